@@ -1,0 +1,158 @@
+//! The request path through `NormalizeErrors` + `ReadRequest` (+ provider).
+//!
+//! ```text
+//! cargo bench --bench request_path
+//! ```
+//!
+//! - `read_request/{1KiB,1MiB}`: `ReadRequest` over an instant inner service,
+//!   bytes in, summary out (throughput in bytes).
+//! - `stack_instant/{1KiB,1MiB}`: `NormalizeErrors` + `ReadRequest` over an
+//!   instant inner service that answers a fixed JSON (the layers' own cost).
+//! - `stack_provider/1KiB`: the same over the real `Provider`, forwarding
+//!   over pooled loopback HTTP/1.1 to an in-process instant upstream (the
+//!   whole in-process path, sockets included).
+//!
+//! Each iteration builds the request, runs it and reads the whole answer.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tollgate::normalize::NormalizeErrorsLayer;
+use tollgate::provider::{HttpClient, Provider};
+use tollgate::read_request::{Parsed, ReadRequestLayer};
+use tollgate::{Body, Error};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+
+/// A chat request of about `size` bytes: `model` first, long message content.
+fn body(size: usize) -> Bytes {
+    let head = r#"{"model":"gpt-4o-mini","stream":false,"max_tokens":256,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    let filler =
+        "The quick brown fox jumps over the lazy dog. \\\"Quoted\\\" text, unicode \u{e9}\u{e8}. ";
+    let mut s = String::with_capacity(size + 256);
+    s.push_str(head);
+    while s.len() + tail.len() < size {
+        s.push_str(filler);
+    }
+    s.push_str(tail);
+    Bytes::from(s)
+}
+
+fn request(bytes: &Bytes) -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(Body::full(bytes.clone()))
+        .unwrap()
+}
+
+fn instant()
+-> impl Service<Request<Parsed>, Response = Response<Body>, Error = Error, Future: Send> + Clone {
+    service_fn(|req: Request<Parsed>| async move {
+        black_box(req.body().summary());
+        Ok::<_, Error>(Response::new(Body::full(Bytes::from_static(
+            ANSWER.as_bytes(),
+        ))))
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sizes = [("1KiB", body(1024)), ("1MiB", body(1 << 20))];
+
+    let mut g = c.benchmark_group("read_request");
+    for (name, bytes) in &sizes {
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        let svc = ServiceBuilder::new()
+            .layer(ReadRequestLayer::new(8 << 20))
+            .service(instant());
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let res = svc.clone().oneshot(request(bytes)).await.unwrap();
+                        black_box(res);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("stack_instant");
+    for (name, bytes) in &sizes {
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        let svc = ServiceBuilder::new()
+            .layer(NormalizeErrorsLayer::new())
+            .layer(ReadRequestLayer::new(8 << 20))
+            .service(instant());
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let res = svc.clone().oneshot(request(bytes)).await.unwrap();
+                        black_box(res.into_body().collect().await.unwrap().to_bytes());
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+
+    // An in-process instant upstream on loopback.
+    let addr = rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(|| async {
+                Ok::<_, Infallible>(([("content-type", "application/json")], ANSWER))
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        addr
+    });
+    let provider = Provider::builder("instant", &format!("http://{addr}/v1"))
+        .unwrap()
+        .model("m")
+        .client(HttpClient::builder().build().unwrap())
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(ReadRequestLayer::new(8 << 20))
+        .service(provider);
+    let mut g = c.benchmark_group("stack_provider");
+    g.measurement_time(Duration::from_secs(5));
+    let bytes = &sizes[0].1;
+    g.bench_function("1KiB", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let res = svc.clone().oneshot(request(bytes)).await.unwrap();
+                    assert_eq!(res.status(), 200);
+                    black_box(res.into_body().collect().await.unwrap().to_bytes());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

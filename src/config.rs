@@ -1,0 +1,414 @@
+//! The reference gateway's configuration (TOML), checked whole at start.
+//!
+//! A bad file is refused before anything listens, with a message naming the
+//! file, the field and the problem: a TOML syntax error, an unknown field, a
+//! wrong type, a group with no deployments, a base URL that is not one, an
+//! API-key variable that is not set. See the README's config reference.
+//!
+//! ```
+//! let config = tollgate::config::Config::from_toml("demo.toml", r#"
+//!     [[groups]]
+//!     name = "gpt-4o-mini"
+//!     [[groups.deployments]]
+//!     provider = "mock"
+//!     base_url = "http://127.0.0.1:9000/v1"
+//!     model = "mock-small"
+//! "#).unwrap();
+//! let router = config.router().unwrap();
+//! assert!(router.has_model("gpt-4o-mini"));
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::provider::{HttpClient, Provider, Timeouts};
+use crate::router::{Deployment, Router};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    #[serde(default)]
+    pub server: Server,
+    /// `[upstream]`
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// `[[groups]]`
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+/// `[server]`: where and how the gateway listens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Address to listen on (default `127.0.0.1:4000`).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (default 4 MiB).
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM (default 30 000 ms).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            max_body_bytes: 4 << 20,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// `[upstream]`: the shared HTTP client and the upstream timeouts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// TCP connect timeout (default 5 000 ms).
+    pub connect_timeout_ms: u64,
+    /// Until the upstream's response headers (default 60 000 ms).
+    pub first_byte_timeout_ms: u64,
+    /// Between two chunks of the upstream's body (default 30 000 ms).
+    pub idle_timeout_ms: u64,
+    /// The whole upstream exchange (default 600 000 ms).
+    pub total_timeout_ms: u64,
+    /// Largest non-streaming upstream answer, in bytes (default 64 MiB).
+    pub max_response_bytes: usize,
+    /// A PEM file of extra CA certificates to trust (private CAs, self-signed upstreams).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Upstream {
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: t.first_byte.as_millis() as u64,
+            idle_timeout_ms: t.idle.as_millis() as u64,
+            total_timeout_ms: t.total.as_millis() as u64,
+            max_response_bytes: 64 << 20,
+            ca_file: None,
+        }
+    }
+}
+
+/// `[[groups]]`: a model group, the name clients ask for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// The model name clients send.
+    pub name: String,
+    /// `[[groups.deployments]]`
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// `[[groups.deployments]]`: one upstream serving a group.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The provider's name, as errors and logs show it (e.g. `openai`).
+    pub provider: String,
+    /// A name for this deployment (default `provider/model`).
+    pub name: Option<String>,
+    /// The OpenAI-compatible base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The environment variable holding the upstream API key (none: no key sent).
+    pub api_key_env: Option<String>,
+    /// The upstream model name (default: the group's name, unchanged).
+    pub model: Option<String>,
+    /// Relative share of the group's traffic (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Extra headers sent upstream with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A configuration problem: the file, the field and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    path: PathBuf,
+    field: String,
+    problem: String,
+}
+
+impl ConfigError {
+    fn new(path: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_owned(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The field at fault (`groups[1].deployments[0].base_url`), empty for syntax errors.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.path.display(), self.problem)
+        } else {
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.path.display(),
+                self.field,
+                self.problem
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and checks a file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot be read: {e}")))?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and checks TOML text; `path` names it in errors.
+    pub fn from_toml(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::new(path, "", format!("{msg}{at}"))
+        })?;
+        config.path = path.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The file this configuration came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.path, field, problem)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let u = &self.upstream;
+        for (field, v) in [
+            ("upstream.connect_timeout_ms", u.connect_timeout_ms),
+            ("upstream.first_byte_timeout_ms", u.first_byte_timeout_ms),
+            ("upstream.idle_timeout_ms", u.idle_timeout_ms),
+            ("upstream.total_timeout_ms", u.total_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(self.err(field, "must be greater than 0"));
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(self.err("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.groups.is_empty() {
+            return Err(self.err(
+                "groups",
+                "no model group is configured; add at least one [[groups]]",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            if g.name.trim().is_empty() {
+                return Err(self.err(format!("groups[{gi}].name"), "must not be empty"));
+            }
+            if !names.insert(&g.name) {
+                return Err(self.err(
+                    format!("groups[{gi}].name"),
+                    format!("model group `{}` is defined twice", g.name),
+                ));
+            }
+            if g.deployments.is_empty() {
+                return Err(self.err(
+                    format!("groups[{gi}].deployments"),
+                    format!("model group `{}` has no deployments", g.name),
+                ));
+            }
+            for (di, d) in g.deployments.iter().enumerate() {
+                let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
+                if d.weight == 0 {
+                    return Err(self.err(at("weight"), "must be at least 1"));
+                }
+                Provider::builder(&d.provider, &d.base_url)
+                    .map_err(|e| self.err(at("base_url"), e.to_string()))?;
+                if let Some(var) = &d.api_key_env {
+                    if std::env::var(var).map_or(true, |v| v.is_empty()) {
+                        return Err(self.err(
+                            at("api_key_env"),
+                            format!("environment variable `{var}` is not set"),
+                        ));
+                    }
+                }
+                for (k, v) in &d.headers {
+                    let probe =
+                        Provider::builder(&d.provider, &d.base_url).and_then(|b| b.header(k, v));
+                    if let Err(e) = probe {
+                        return Err(self.err(at("headers"), e.to_string()));
+                    }
+                }
+            }
+        }
+        if let Some(ca) = &u.ca_file {
+            if !ca.exists() {
+                return Err(self.err(
+                    "upstream.ca_file",
+                    format!("`{}` does not exist", ca.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            first_byte: Duration::from_millis(self.upstream.first_byte_timeout_ms),
+            idle: Duration::from_millis(self.upstream.idle_timeout_ms),
+            total: Duration::from_millis(self.upstream.total_timeout_ms),
+        }
+    }
+
+    /// The shared upstream client.
+    pub fn http_client(&self) -> Result<HttpClient, ConfigError> {
+        let mut b = HttpClient::builder()
+            .connect_timeout(Duration::from_millis(self.upstream.connect_timeout_ms));
+        if let Some(ca) = &self.upstream.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| self.err("upstream.ca_file", format!("cannot be read: {e}")))?;
+            b = b.add_root_certificates_pem(&pem);
+        }
+        b.build()
+            .map_err(|e| self.err("upstream.ca_file", e.to_string()))
+    }
+
+    /// The router over every group's deployments, sharing one client.
+    pub fn router(&self) -> Result<Router<Provider>, ConfigError> {
+        let client = self.http_client()?;
+        let timeouts = self.timeouts();
+        let mut router = Router::builder();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let mut deployments = Vec::with_capacity(g.deployments.len());
+            for (di, d) in g.deployments.iter().enumerate() {
+                let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
+                let model = d.model.as_deref().unwrap_or(&g.name);
+                let name = d
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/{}", d.provider, model));
+                let mut b = Provider::builder(&d.provider, &d.base_url)
+                    .map_err(|e| self.err(at("base_url"), e.to_string()))?
+                    .client(client.clone())
+                    .timeouts(timeouts)
+                    .max_response_bytes(self.upstream.max_response_bytes);
+                if d.model.is_some() {
+                    b = b.model(model);
+                }
+                if let Some(var) = &d.api_key_env {
+                    b = b
+                        .api_key_env(var)
+                        .map_err(|e| self.err(at("api_key_env"), e.to_string()))?;
+                }
+                for (k, v) in &d.headers {
+                    b = b
+                        .header(k, v)
+                        .map_err(|e| self.err(at("headers"), e.to_string()))?;
+                }
+                deployments.push(Deployment::new(&name, b.build(), d.weight));
+            }
+            router = router
+                .group(&g.name, deployments)
+                .map_err(|e| self.err(format!("groups[{gi}]"), e.to_string()))?;
+        }
+        Ok(router.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_toml("gw.toml", text).unwrap_err()
+    }
+
+    const OK: &str = r#"
+        [[groups]]
+        name = "g"
+        [[groups.deployments]]
+        provider = "mock"
+        base_url = "http://127.0.0.1:9000/v1"
+    "#;
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.server.max_body_bytes, 4 << 20);
+        assert_eq!(c.groups[0].deployments[0].weight, 1);
+        assert!(c.router().unwrap().has_model("g"));
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let e = err("[server]\nlisten = 5\n");
+        assert!(e.to_string().starts_with("gw.toml: "), "{e}");
+        assert!(e.to_string().contains("line 2"), "{e}");
+
+        let e = err(&format!("{OK}\n[server]\nlistne = \"x\"\n"));
+        assert!(e.to_string().contains("unknown field `listne`"), "{e}");
+
+        let e = err(&OK.replace("http://127.0.0.1:9000/v1", "127.0.0.1:9000"));
+        assert_eq!(e.field(), "groups[0].deployments[0].base_url");
+        assert!(e.to_string().contains("http://"), "{e}");
+
+        let e = err(&format!(
+            "{OK}\napi_key_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n"
+        ));
+        assert_eq!(e.field(), "groups[0].deployments[0].api_key_env");
+        assert!(e.to_string().contains("TOLLGATE_TEST_SURELY_UNSET"), "{e}");
+
+        let e = err("[[groups]]\nname = \"g\"\n");
+        assert_eq!(e.field(), "groups[0].deployments");
+
+        let e = err(&format!("{OK}{OK}"));
+        assert!(e.to_string().contains("defined twice"), "{e}");
+
+        let e = err("");
+        assert_eq!(e.field(), "groups");
+
+        let e = err(&format!("{OK}\nweight = 0\n"));
+        assert_eq!(e.field(), "groups[0].deployments[0].weight");
+
+        let e = err(&format!("[upstream]\nidle_timeout_ms = 0\n{OK}"));
+        assert_eq!(e.field(), "upstream.idle_timeout_ms");
+    }
+}

@@ -1,0 +1,1063 @@
+//! The one error type of the stack, and the wire contract it renders to.
+//!
+//! Every layer and the provider fail with [`Error`]: a [`Reason`] (a stable,
+//! machine-readable word that also fixes the HTTP status and the OpenAI SDK
+//! `type`), a human message, and metadata — `retry_after`, the provider's name,
+//! the upstream's status, whether the failure is permanent, and a bounded,
+//! sanitized copy of the upstream's raw body. Retry, cooldown and fallback
+//! decide on these typed fields, never by matching strings.
+//!
+//! [`Error::to_response`] renders the contract every client sees:
+//!
+//! ```json
+//! {"error": {"code": 429, "message": "…", "type": "rate_limit_error",
+//!            "metadata": {"reason": "upstream_rate_limited", "retry_after_s": 6,
+//!                         "provider_name": "openai", "raw": {"…": "…"}}}}
+//! ```
+//!
+//! with the HTTP status equal to `code` and a `Retry-After` header wherever
+//! waiting helps. [`Error::from_upstream`] is the one place an upstream's
+//! non-2xx answer is classified (a 429 stays a 429 with its `Retry-After`; an
+//! upstream 401/403 is *our* credential's problem and becomes 502
+//! `upstream_auth_failed`; a 404 is a permanent `upstream_model_not_found`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::body::Body;
+use crate::sanitize::{self, Secrets};
+
+/// How much of an upstream's error body is kept (before sanitizing).
+pub const RAW_LIMIT: usize = 4 * 1024;
+/// How long an upstream-provided error message may be in our `message`.
+const MESSAGE_LIMIT: usize = 400;
+
+/// The phase of an upstream call that ran out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimeoutPhase {
+    /// Opening the TCP (and TLS) connection.
+    Connect,
+    /// Waiting for the response headers after the request was sent.
+    FirstByte,
+    /// Waiting for the next chunk of a response body.
+    Idle,
+    /// The whole exchange, body included.
+    Total,
+    /// The upstream itself answered 408.
+    Upstream,
+}
+
+impl TimeoutPhase {
+    /// The stable word used in `metadata.phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstByte => "first_byte",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Total => "total",
+            TimeoutPhase::Upstream => "upstream",
+        }
+    }
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = ($word:literal, $status:literal),)*) => {
+        /// Why a request failed: a stable word (`metadata.reason`) and its default status.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Reason {
+            /// The stable machine-readable word.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $word,)* }
+            }
+
+            /// The HTTP status this reason is answered with, unless the error says otherwise.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Reason::$variant => match StatusCode::from_u16($status) {
+                        Ok(status) => status,
+                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The request is malformed in a way no more specific reason names.
+    InvalidRequest = ("invalid_request", 400),
+    /// The body is not valid JSON.
+    InvalidJson = ("invalid_json", 400),
+    /// The body has no `model`.
+    MissingModel = ("missing_model", 400),
+    /// The body is larger than the configured limit.
+    BodyTooLarge = ("body_too_large", 413),
+    /// The body is not `application/json`.
+    UnsupportedMediaType = ("unsupported_media_type", 415),
+    /// The method is not allowed on this route.
+    MethodNotAllowed = ("method_not_allowed", 405),
+    /// No such route.
+    NotFound = ("not_found", 404),
+    /// The upstream rejected the request as the client's fault (400, 409, 422, …).
+    UpstreamRejected = ("upstream_rejected_request", 400),
+    /// The prompt does not fit the model's context window.
+    ContextLengthExceeded = ("context_length_exceeded", 400),
+    /// No API key was presented.
+    MissingKey = ("missing_key", 401),
+    /// The presented key is not in the `tg-<id>-<secret>` form.
+    MalformedKey = ("malformed_key", 401),
+    /// The presented key is not known.
+    UnknownKey = ("unknown_key", 401),
+    /// The presented key has expired.
+    KeyExpired = ("key_expired", 401),
+    /// The presented key was revoked or disabled.
+    KeyRevoked = ("key_revoked", 401),
+    /// A budget would be exceeded.
+    BudgetExceeded = ("budget_exceeded", 402),
+    /// The key may not use this model.
+    ModelNotAllowed = ("model_not_allowed", 403),
+    /// The gateway knows no model (group) of this name.
+    ModelNotFound = ("model_not_found", 404),
+    /// The upstream says the model does not exist or was retired (permanent).
+    UpstreamModelNotFound = ("upstream_model_not_found", 404),
+    /// The gateway's own deadline for the request passed.
+    Timeout = ("timeout", 408),
+    /// An upstream call ran out of time (see `metadata.phase`).
+    UpstreamTimeout = ("upstream_timeout", 408),
+    /// The gateway's own rate limit refused the request.
+    RateLimited = ("rate_limited", 429),
+    /// The upstream rate-limited the request.
+    UpstreamRateLimited = ("upstream_rate_limited", 429),
+    /// The tenant's queue is full.
+    QueueFull = ("queue_full", 429),
+    /// The gateway failed in a way it did not expect.
+    Internal = ("internal_error", 500),
+    /// The upstream answered with a server error.
+    UpstreamError = ("upstream_error", 502),
+    /// The upstream refused the gateway's own credential (401/403 upstream).
+    UpstreamAuthFailed = ("upstream_auth_failed", 502),
+    /// The upstream could not be reached (connection refused, DNS, TLS).
+    UpstreamUnreachable = ("upstream_unreachable", 502),
+    /// The upstream sent something that is not a valid answer.
+    UpstreamBadResponse = ("upstream_bad_response", 502),
+    /// The upstream cut a response in the middle.
+    UpstreamStreamCut = ("upstream_stream_cut", 502),
+    /// The upstream says it is temporarily unavailable (503).
+    UpstreamUnavailable = ("upstream_unavailable", 503),
+    /// Every deployment of the model group is cooling down or failed.
+    NoAvailableDeployment = ("no_available_deployment", 503),
+    /// The request waited in the fair queue for too long.
+    QueueTimeout = ("queue_timeout", 503),
+    /// Shared state (budget counters, …) could not be reached.
+    StateUnavailable = ("state_unavailable", 503),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The OpenAI SDK error family (`error.type`) for a status.
+pub fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        402 => "insufficient_quota",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 => "timeout_error",
+        429 => "rate_limit_error",
+        503 => "service_unavailable_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// A failure anywhere in the stack, typed. Cheap to move (one box).
+#[derive(Clone)]
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    reason: Reason,
+    status: StatusCode,
+    message: Cow<'static, str>,
+    retry_after: Option<Duration>,
+    provider: Option<Arc<str>>,
+    upstream_status: Option<StatusCode>,
+    phase: Option<TimeoutPhase>,
+    permanent: bool,
+    raw: Option<Value>,
+    metadata: Map<String, Value>,
+}
+
+impl Error {
+    /// An error with `reason`'s status and the given message.
+    pub fn new(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                reason,
+                status: reason.status(),
+                message: message.into(),
+                retry_after: None,
+                provider: None,
+                upstream_status: None,
+                phase: None,
+                permanent: false,
+                raw: None,
+                metadata: Map::new(),
+            }),
+        }
+    }
+
+    /// An upstream timeout in the given phase.
+    pub fn timeout(phase: TimeoutPhase, after: Duration) -> Self {
+        let what = match phase {
+            TimeoutPhase::Connect => "connecting to the upstream",
+            TimeoutPhase::FirstByte => "waiting for the upstream's first byte",
+            TimeoutPhase::Idle => "waiting for the upstream's next chunk",
+            TimeoutPhase::Total => "for the whole upstream exchange",
+            TimeoutPhase::Upstream => "at the upstream",
+        };
+        let mut e = Error::new(
+            Reason::UpstreamTimeout,
+            format!("Timed out {what} (limit {} ms).", after.as_millis()),
+        );
+        e.inner.phase = Some(phase);
+        e
+    }
+
+    /// Overrides the HTTP status (and `code`).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner.status = status;
+        self
+    }
+
+    /// How long the client should wait before trying again.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.inner.retry_after = Some(after);
+        self
+    }
+
+    /// The provider (deployment) this failure came from.
+    pub fn with_provider(mut self, name: Arc<str>) -> Self {
+        self.inner.provider = Some(name);
+        self
+    }
+
+    /// Marks the failure as permanent (retrying the same thing will not help).
+    pub fn permanent(mut self) -> Self {
+        self.inner.permanent = true;
+        self
+    }
+
+    /// Adds a metadata field (`metadata.<key>`). Never put secrets here.
+    pub fn with_meta(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.inner.metadata.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> Reason {
+        self.inner.reason
+    }
+
+    /// The HTTP status the client sees.
+    pub fn status(&self) -> StatusCode {
+        self.inner.status
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// How long to wait before trying again, if waiting helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The provider this failure came from.
+    pub fn provider(&self) -> Option<&str> {
+        self.inner.provider.as_deref()
+    }
+
+    /// The status the upstream answered with, for upstream failures.
+    pub fn upstream_status(&self) -> Option<StatusCode> {
+        self.inner.upstream_status
+    }
+
+    /// The timeout phase, for timeouts.
+    pub fn phase(&self) -> Option<TimeoutPhase> {
+        self.inner.phase
+    }
+
+    /// Whether retrying the same thing cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.inner.permanent
+    }
+
+    /// The sanitized raw upstream body, if any.
+    pub fn raw(&self) -> Option<&Value> {
+        self.inner.raw.as_ref()
+    }
+
+    /// Extra metadata fields.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.inner.metadata
+    }
+
+    /// Classifies an upstream's non-2xx answer. `body` is at most [`RAW_LIMIT`]
+    /// bytes of it (more is ignored); `secrets` are redacted from everything kept.
+    pub fn from_upstream(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        provider: Arc<str>,
+        secrets: &Secrets<'_>,
+    ) -> Self {
+        let parsed = ParsedBody::new(headers, body, secrets);
+        let upstream_code = parsed.code();
+        let (reason, permanent) = match status.as_u16() {
+            401 | 403 => (Reason::UpstreamAuthFailed, false),
+            404 => (Reason::UpstreamModelNotFound, true),
+            408 => (Reason::UpstreamTimeout, false),
+            410 => (Reason::UpstreamModelNotFound, true),
+            413 => (Reason::BodyTooLarge, false),
+            429 => (Reason::UpstreamRateLimited, false),
+            503 => (Reason::UpstreamUnavailable, false),
+            400 if upstream_code.as_deref() == Some("context_length_exceeded") => {
+                (Reason::ContextLengthExceeded, false)
+            }
+            400..=499 => (Reason::UpstreamRejected, false),
+            _ => (Reason::UpstreamError, false),
+        };
+        let what = match reason {
+            Reason::UpstreamAuthFailed => {
+                "rejected the gateway's credential for it; this is a gateway configuration problem, not your key"
+            }
+            Reason::UpstreamModelNotFound => "says this model does not exist or was retired",
+            Reason::UpstreamTimeout => "timed out",
+            Reason::BodyTooLarge => "says the request is too large",
+            Reason::UpstreamRateLimited => "rate-limited the request",
+            Reason::UpstreamUnavailable => "is temporarily unavailable",
+            Reason::ContextLengthExceeded => "says the prompt exceeds the model's context window",
+            Reason::UpstreamRejected => "rejected the request",
+            _ => "failed",
+        };
+        let mut message = format!("Upstream '{provider}' {what} (HTTP {}).", status.as_u16());
+        if let Some(detail) = parsed.message() {
+            message.push(' ');
+            message.push_str(&detail);
+        }
+        let client_status = match reason {
+            Reason::UpstreamRejected => status,
+            _ => reason.status(),
+        };
+        let mut e = Error::new(reason, message)
+            .with_status(client_status)
+            .with_provider(provider);
+        e.inner.upstream_status = Some(status);
+        e.inner.permanent = permanent;
+        e.inner.raw = parsed.raw;
+        if reason == Reason::UpstreamTimeout {
+            e.inner.phase = Some(TimeoutPhase::Upstream);
+        }
+        e.inner.retry_after = retry_after(headers).or(match reason {
+            Reason::UpstreamRateLimited | Reason::UpstreamUnavailable => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        });
+        e
+    }
+
+    /// Normalizes a non-2xx answer that did not come from a provider (an inner
+    /// service's own 404, a plain-text 500, …): its status is kept, its body is
+    /// kept as sanitized `raw`, and a message is taken from it where one exists.
+    pub fn from_response(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        secrets: &Secrets<'_>,
+    ) -> Self {
+        let parsed = ParsedBody::new(headers, body, secrets);
+        let reason = match status.as_u16() {
+            400 => Reason::InvalidRequest,
+            401 => Reason::MissingKey,
+            402 => Reason::BudgetExceeded,
+            403 => Reason::ModelNotAllowed,
+            404 => Reason::NotFound,
+            405 => Reason::MethodNotAllowed,
+            408 => Reason::Timeout,
+            413 => Reason::BodyTooLarge,
+            415 => Reason::UnsupportedMediaType,
+            429 => Reason::RateLimited,
+            503 => Reason::NoAvailableDeployment,
+            _ if status.is_client_error() => Reason::InvalidRequest,
+            _ => Reason::Internal,
+        };
+        let message = parsed.message().map(Cow::Owned).unwrap_or_else(|| {
+            Cow::Owned(
+                status
+                    .canonical_reason()
+                    .map(|r| format!("{r}."))
+                    .unwrap_or_else(|| format!("HTTP {}.", status.as_u16())),
+            )
+        });
+        let mut e = Error::new(reason, message).with_status(status);
+        e.inner.raw = parsed.raw;
+        e.inner.retry_after = retry_after(headers);
+        e
+    }
+
+    /// The contract's JSON body, with `secrets` (and anything that looks like
+    /// a credential) redacted from every string in it.
+    pub fn to_json(&self, secrets: &Secrets<'_>) -> Bytes {
+        let i = &self.inner;
+        let mut meta = Map::new();
+        meta.insert("reason".into(), i.reason.as_str().into());
+        if let Some(after) = i.retry_after {
+            meta.insert("retry_after_s".into(), ceil_secs(after).into());
+        }
+        if let Some(p) = &i.provider {
+            meta.insert("provider_name".into(), Value::String(p.to_string()));
+        }
+        if let Some(s) = i.upstream_status {
+            meta.insert("upstream_status".into(), s.as_u16().into());
+        }
+        if let Some(phase) = i.phase {
+            meta.insert("phase".into(), phase.as_str().into());
+        }
+        if i.permanent {
+            meta.insert("permanent".into(), true.into());
+        }
+        for (k, v) in &i.metadata {
+            meta.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if let Some(raw) = &i.raw {
+            meta.insert("raw".into(), raw.clone());
+        }
+        let mut meta = Value::Object(meta);
+        sanitize::redact_json(&mut meta, secrets);
+        let message = sanitize::redact(&i.message, secrets);
+        let body = serde_json::json!({
+            "error": {
+                "code": i.status.as_u16(),
+                "message": message,
+                "type": error_type(i.status),
+                "metadata": meta,
+            }
+        });
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// The contract's response: status = `code`, JSON body, `Retry-After`
+    /// where waiting helps. The response carries a [`Normalized`] extension.
+    pub fn to_response(&self, secrets: &Secrets<'_>) -> Response<Body> {
+        let mut res = Response::new(Body::full(self.to_json(secrets)));
+        self.decorate(&mut res);
+        res
+    }
+
+    /// Sets the status, headers and [`Normalized`] marker of an error response.
+    pub(crate) fn decorate<B>(&self, res: &mut Response<B>) {
+        *res.status_mut() = self.inner.status;
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(after) = self.inner.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
+        }
+        res.extensions_mut().insert(Normalized);
+    }
+
+    /// The SSE events that end a stream that failed after it started: the
+    /// error event, a chunk with `finish_reason: "error"`, and `[DONE]`.
+    pub fn to_sse_tail(&self, model: &str, secrets: &Secrets<'_>) -> Bytes {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let chunk = serde_json::json!({
+            "id": "chatcmpl-tollgate-error",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        });
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.to_json(secrets));
+        out.extend_from_slice(b"\n\ndata: ");
+        out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
+        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        Bytes::from(out)
+    }
+}
+
+/// Marks a response that already has the contract's shape, so
+/// [`NormalizeErrors`](crate::normalize::NormalizeErrors) passes it through.
+#[derive(Clone, Copy, Debug)]
+pub struct Normalized;
+
+fn ceil_secs(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 { s + 1 } else { s }
+}
+
+/// `Retry-After` (seconds or an HTTP date), or the `retry-after-ms` some
+/// OpenAI-like providers send.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_millis(ms as u64));
+    }
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+    }
+    let when = httpdate_to_unix(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+fn httpdate_to_unix(s: &str) -> Option<u64> {
+    let mut it = s.split_ascii_whitespace();
+    let _weekday = it.next()?;
+    let day: u64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':');
+    let (h, m, sec): (u64, u64, u64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    if it.next()? != "GMT" {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400)
+        .ok()
+        .map(|d| d + h * 3600 + m * 60 + sec)
+}
+
+/// An error body, looked at once: its sanitized `raw` and where its message is.
+struct ParsedBody {
+    raw: Option<Value>,
+}
+
+impl ParsedBody {
+    fn new(headers: &HeaderMap, body: &[u8], secrets: &Secrets<'_>) -> Self {
+        let body = &body[..body.len().min(RAW_LIMIT)];
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return ParsedBody { raw: None };
+        }
+        let mut raw = match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v,
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let is_html = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.contains("html"))
+                    || text.trim_start().starts_with('<');
+                let text = if is_html {
+                    strip_tags(&text)
+                } else {
+                    text.into_owned()
+                };
+                Value::String(text.trim().to_owned())
+            }
+        };
+        sanitize::redact_json(&mut raw, secrets);
+        ParsedBody { raw: Some(raw) }
+    }
+
+    /// The upstream's own message: `error.message`, `message`, `detail`, `error` (string), or text.
+    fn message(&self) -> Option<String> {
+        let raw = self.raw.as_ref()?;
+        let found = match raw {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(o) => o
+                .get("error")
+                .and_then(|e| match e {
+                    Value::String(s) => Some(s.as_str()),
+                    Value::Object(e) => e.get("message").and_then(Value::as_str),
+                    _ => None,
+                })
+                .or_else(|| o.get("message").and_then(Value::as_str))
+                .or_else(|| o.get("detail").and_then(Value::as_str)),
+            _ => None,
+        }?;
+        let found = found.trim();
+        if found.is_empty() {
+            return None;
+        }
+        Some(truncate(found, MESSAGE_LIMIT))
+    }
+
+    /// The upstream's `error.code` or `code`, as a string.
+    fn code(&self) -> Option<String> {
+        let o = self.raw.as_ref()?.as_object()?;
+        let code = o
+            .get("error")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get("code"))
+            .or_else(|| o.get("code"))?;
+        match code {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn truncate(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_owned();
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Keeps the text of an HTML page, dropping tags, so `raw` stays readable.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                if !out.ends_with(' ') && !out.is_empty() {
+                    out.push(' ');
+                }
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("reason", &i.reason.as_str())
+            .field("status", &i.status.as_u16())
+            .field("message", &sanitize::redact(&i.message, &Secrets::none()));
+        if let Some(p) = &i.provider {
+            d.field("provider", p);
+        }
+        if let Some(s) = i.upstream_status {
+            d.field("upstream_status", &s.as_u16());
+        }
+        if let Some(p) = i.phase {
+            d.field("phase", &p.as_str());
+        }
+        if let Some(r) = i.retry_after {
+            d.field("retry_after", &r);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.inner.reason,
+            self.inner.status.as_u16(),
+            sanitize::redact(&self.inner.message, &Secrets::none())
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Turns any boxed error from a stack into an [`Error`]: our own pass through,
+/// tower's `Elapsed` becomes 408 `timeout`, anything else a 500 whose text is
+/// logged (redacted), not sent.
+pub fn from_boxed(err: tower::BoxError) -> Error {
+    match err.downcast::<Error>() {
+        Ok(e) => *e,
+        Err(err) => {
+            if err.is::<tower::timeout::error::Elapsed>() {
+                return Error::new(
+                    Reason::Timeout,
+                    "The gateway's deadline for this request passed.",
+                );
+            }
+            tracing::error!(error = %sanitize::redact(&err.to_string(), &Secrets::none()), "unexpected error in the stack");
+            Error::new(
+                Reason::Internal,
+                "The gateway failed unexpectedly; the failure was logged.",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(e: &Error) -> Value {
+        serde_json::from_slice(&e.to_json(&Secrets::none())).unwrap()
+    }
+
+    fn upstream(status: u16, headers: &[(&'static str, &str)], body: &str) -> Error {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, v.parse().unwrap());
+        }
+        Error::from_upstream(
+            StatusCode::from_u16(status).unwrap(),
+            &h,
+            body.as_bytes(),
+            "openai".into(),
+            &Secrets::none(),
+        )
+    }
+
+    #[test]
+    fn every_reason_renders_the_contract() {
+        let all = [
+            Reason::InvalidRequest,
+            Reason::InvalidJson,
+            Reason::MissingModel,
+            Reason::BodyTooLarge,
+            Reason::UnsupportedMediaType,
+            Reason::MethodNotAllowed,
+            Reason::NotFound,
+            Reason::UpstreamRejected,
+            Reason::ContextLengthExceeded,
+            Reason::MissingKey,
+            Reason::MalformedKey,
+            Reason::UnknownKey,
+            Reason::KeyExpired,
+            Reason::KeyRevoked,
+            Reason::BudgetExceeded,
+            Reason::ModelNotAllowed,
+            Reason::ModelNotFound,
+            Reason::UpstreamModelNotFound,
+            Reason::Timeout,
+            Reason::UpstreamTimeout,
+            Reason::RateLimited,
+            Reason::UpstreamRateLimited,
+            Reason::QueueFull,
+            Reason::Internal,
+            Reason::UpstreamError,
+            Reason::UpstreamAuthFailed,
+            Reason::UpstreamUnreachable,
+            Reason::UpstreamBadResponse,
+            Reason::UpstreamStreamCut,
+            Reason::UpstreamUnavailable,
+            Reason::NoAvailableDeployment,
+            Reason::QueueTimeout,
+            Reason::StateUnavailable,
+        ];
+        let expected_status = [
+            400, 400, 400, 413, 415, 405, 404, 400, 400, 401, 401, 401, 401, 401, 402, 403, 404,
+            404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 503, 503, 503, 503,
+        ];
+        for (reason, status) in all.iter().zip(expected_status) {
+            let e = Error::new(*reason, "m");
+            let res = e.to_response(&Secrets::none());
+            assert_eq!(res.status().as_u16(), status, "{reason}");
+            let v = json(&e);
+            assert_eq!(v["error"]["code"], status, "{reason}");
+            assert_eq!(v["error"]["message"], "m");
+            assert_eq!(v["error"]["type"], error_type(res.status()));
+            assert_eq!(v["error"]["metadata"]["reason"], reason.as_str());
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+            assert!(res.extensions().get::<Normalized>().is_some());
+        }
+    }
+
+    #[test]
+    fn types_are_the_openai_families() {
+        assert_eq!(error_type(StatusCode::BAD_REQUEST), "invalid_request_error");
+        assert_eq!(error_type(StatusCode::UNAUTHORIZED), "authentication_error");
+        assert_eq!(error_type(StatusCode::FORBIDDEN), "permission_error");
+        assert_eq!(error_type(StatusCode::NOT_FOUND), "not_found_error");
+        assert_eq!(
+            error_type(StatusCode::TOO_MANY_REQUESTS),
+            "rate_limit_error"
+        );
+        assert_eq!(
+            error_type(StatusCode::PAYLOAD_TOO_LARGE),
+            "invalid_request_error"
+        );
+        assert_eq!(error_type(StatusCode::BAD_GATEWAY), "api_error");
+        assert_eq!(error_type(StatusCode::INTERNAL_SERVER_ERROR), "api_error");
+    }
+
+    #[test]
+    fn upstream_429_stays_429_with_retry_after() {
+        let e = upstream(
+            429,
+            &[("retry-after", "6")],
+            r#"{"error":{"message":"Rate limit exceeded. Retry in 6s.","type":"rate_limit","code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(e.reason(), Reason::UpstreamRateLimited);
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(6)));
+        let res = e.to_response(&Secrets::none());
+        assert_eq!(res.headers()[RETRY_AFTER], "6");
+        let v = json(&e);
+        assert_eq!(v["error"]["metadata"]["retry_after_s"], 6);
+        assert_eq!(v["error"]["metadata"]["provider_name"], "openai");
+        assert_eq!(v["error"]["metadata"]["upstream_status"], 429);
+        assert_eq!(
+            v["error"]["metadata"]["raw"]["error"]["code"],
+            "rate_limit_exceeded"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Rate limit exceeded. Retry in 6s.")
+        );
+    }
+
+    #[test]
+    fn upstream_429_with_odd_body_and_retry_after_ms() {
+        let e = upstream(
+            429,
+            &[("retry-after-ms", "2500")],
+            r#"{"detail":"Too Many Requests","status":429}"#,
+        );
+        assert_eq!(e.reason(), Reason::UpstreamRateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(2500)));
+        assert_eq!(json(&e)["error"]["metadata"]["retry_after_s"], 3);
+        assert!(e.message().contains("Too Many Requests"));
+    }
+
+    #[test]
+    fn upstream_429_without_header_still_says_wait() {
+        let e = upstream(429, &[], "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        assert!(e.raw().is_none());
+    }
+
+    #[test]
+    fn retry_after_http_date() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(
+            httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(httpdate_to_unix("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(httpdate_to_unix("garbage"), None);
+    }
+
+    #[test]
+    fn upstream_credential_failures_are_the_gateways_problem() {
+        for status in [401, 403] {
+            let e = upstream(
+                status,
+                &[],
+                r#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwxyz012345."}}"#,
+            );
+            assert_eq!(e.reason(), Reason::UpstreamAuthFailed);
+            assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+            let text = String::from_utf8(e.to_json(&Secrets::none()).to_vec()).unwrap();
+            assert!(
+                !text.contains("sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+                "{text}"
+            );
+            assert!(text.contains("upstream_auth_failed"));
+        }
+    }
+
+    #[test]
+    fn upstream_404_is_permanent() {
+        let e = upstream(
+            404,
+            &[],
+            r#"{"error":{"message":"The model `x` does not exist","code":"model_not_found"}}"#,
+        );
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert!(e.is_permanent());
+        assert_eq!(json(&e)["error"]["metadata"]["permanent"], true);
+        assert_eq!(json(&e)["error"]["type"], "not_found_error");
+    }
+
+    #[test]
+    fn upstream_503_is_temporary_and_distinct_from_404() {
+        let e = upstream(503, &[], "");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.is_permanent());
+        assert!(json(&e)["error"]["metadata"].get("permanent").is_none());
+        assert!(e.retry_after().is_some());
+    }
+
+    #[test]
+    fn upstream_client_errors_keep_status_and_context_length_is_named() {
+        let e = upstream(422, &[], r#"{"error":{"message":"bad field"}}"#);
+        assert_eq!(e.status().as_u16(), 422);
+        assert_eq!(e.reason(), Reason::UpstreamRejected);
+        let e = upstream(
+            400,
+            &[],
+            r#"{"error":{"message":"too long","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(e.reason(), Reason::ContextLengthExceeded);
+        assert_eq!(e.status().as_u16(), 400);
+    }
+
+    #[test]
+    fn upstream_5xx_and_odd_bodies() {
+        let e = upstream(
+            500,
+            &[("content-type", "text/html")],
+            "<html><body><h1>500 Internal Server Error</h1></body></html>",
+        );
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(e.reason(), Reason::UpstreamError);
+        assert_eq!(
+            e.raw(),
+            Some(&Value::String("500 Internal Server Error".into()))
+        );
+        let e = upstream(502, &[("content-type", "text/plain")], "Bad Gateway");
+        assert_eq!(e.raw(), Some(&Value::String("Bad Gateway".into())));
+        assert!(e.message().contains("Bad Gateway"));
+        let e = upstream(500, &[], "\u{0}\u{1}not json at all {");
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        let big = "x".repeat(100_000);
+        let e = upstream(500, &[], &big);
+        assert!(e.raw().unwrap().as_str().unwrap().len() <= RAW_LIMIT);
+        assert!(e.message().len() < 600);
+    }
+
+    #[test]
+    fn from_response_keeps_status() {
+        let e = Error::from_response(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            b"",
+            &Secrets::none(),
+        );
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.message(), "Not Found.");
+        let e = Error::from_response(
+            StatusCode::IM_A_TEAPOT,
+            &HeaderMap::new(),
+            b"{\"message\":\"short and stout\"}",
+            &Secrets::none(),
+        );
+        assert_eq!(e.status().as_u16(), 418);
+        assert_eq!(e.message(), "short and stout");
+    }
+
+    #[test]
+    fn timeouts_name_their_phase() {
+        let e = Error::timeout(TimeoutPhase::FirstByte, Duration::from_millis(250));
+        assert_eq!(e.status(), StatusCode::REQUEST_TIMEOUT);
+        let v = json(&e);
+        assert_eq!(v["error"]["metadata"]["phase"], "first_byte");
+        assert_eq!(v["error"]["metadata"]["reason"], "upstream_timeout");
+        assert!(e.message().contains("250 ms"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_message_and_metadata() {
+        let secret = "tg-abc123-supersecretvalue";
+        let e = Error::new(Reason::RateLimited, format!("key {secret} is limited"))
+            .with_meta("note", format!("seen {secret}"));
+        let text = String::from_utf8(e.to_json(&Secrets::new(&[secret])).to_vec()).unwrap();
+        assert!(!text.contains("supersecretvalue"), "{text}");
+        assert!(!format!("{e:?}{e}").contains("supersecretvalue"));
+    }
+
+    #[test]
+    fn sse_tail_is_error_event_finish_reason_and_done() {
+        let e = Error::new(Reason::UpstreamStreamCut, "cut");
+        let tail = e.to_sse_tail("m", &Secrets::none());
+        let text = std::str::from_utf8(&tail).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|s| !s.is_empty()).collect();
+        assert_eq!(events.len(), 3);
+        let err: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(err["error"]["code"], 502);
+        let chunk: Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(chunk["choices"][0]["finish_reason"], "error");
+        assert_eq!(chunk["model"], "m");
+        assert_eq!(events[2], "data: [DONE]");
+    }
+
+    #[test]
+    fn boxed_errors() {
+        let e = from_boxed(Box::new(Error::new(Reason::QueueFull, "full")));
+        assert_eq!(e.reason(), Reason::QueueFull);
+        let e = from_boxed(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(e.status(), StatusCode::REQUEST_TIMEOUT);
+        let e = from_boxed("Bearer sk-live-0123456789abcdef0123456789".into());
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message().contains("sk-live"));
+    }
+}

@@ -1,0 +1,68 @@
+//! # tollgate
+//!
+//! Composable [Tower](https://docs.rs/tower) middleware for LLM API gateways.
+//! Each concern of a gateway is its own `Layer`; stack the ones you want over
+//! a provider `Service` and mount the result in your own axum or hyper server.
+//!
+//! | layer | job | rejects with |
+//! |---|---|---|
+//! | [`normalize::NormalizeErrors`] | every failure leaves in one JSON shape; mid-stream failures become SSE error events | — |
+//! | [`read_request::ReadRequest`] | buffer the body (size-limited), parse `model`, `stream`, … once | 400, 405, 413, 415 |
+//! | [`router::Router`] | dispatch a model group to one of its deployments | 404 unknown model |
+//! | [`provider::Provider`] | send to an OpenAI-compatible upstream over pooled hyper connections, stream back | 408, 429, 502, 503 |
+//!
+//! ```
+//! use tollgate::normalize::NormalizeErrorsLayer;
+//! use tollgate::read_request::ReadRequestLayer;
+//! use tollgate::provider::{HttpClient, Provider};
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), tollgate::provider::BuildError> {
+//! let provider = Provider::builder("mock", "http://127.0.0.1:9000/v1")?
+//!     .client(HttpClient::builder().build()?)
+//!     .build();
+//! let stack = ServiceBuilder::new()
+//!     .layer(NormalizeErrorsLayer::new())
+//!     .layer(ReadRequestLayer::new(4 << 20))
+//!     .service(provider);
+//! // `stack` is a `Service<http::Request<B>, Error = Infallible>`: mount it with
+//! // `axum::Router::route_service("/v1/chat/completions", stack)`.
+//! # let _ = stack; Ok(()) }
+//! ```
+//!
+//! Errors: every layer fails with [`Error`], rendered by `NormalizeErrors`
+//! into the contract described in [`error`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod error;
+pub mod normalize;
+pub mod read_request;
+pub mod router;
+pub mod sanitize;
+
+#[cfg(feature = "provider")]
+pub mod provider;
+
+#[cfg(feature = "config")]
+pub mod config;
+
+use std::sync::Arc;
+
+pub use body::Body;
+pub use error::{Error, Reason, TimeoutPhase};
+
+/// A request after [`ReadRequest`](read_request::ReadRequest): the parsed
+/// body and the caller's identity `I` travel by type.
+pub type LlmRequest<I = ()> = http::Request<read_request::Parsed<I>>;
+
+/// Response extension: which provider (deployment) served, and under which
+/// upstream model name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The provider's (deployment's) name.
+    pub provider: Arc<str>,
+    /// The upstream model name it was asked for.
+    pub model: Arc<str>,
+}
