@@ -158,6 +158,7 @@ pub struct Summary {
     pub endpoint: Endpoint,
     model_span: Range<usize>,
     stream_options: Option<scan::StreamOptions>,
+    stream_options_null: Option<Range<usize>>,
     object_end: usize,
 }
 
@@ -251,6 +252,7 @@ impl Parsed<()> {
             endpoint: Endpoint::from_path(path),
             model_span: model.span,
             stream_options: fields.stream_options,
+            stream_options_null: fields.stream_options_null,
             object_end: fields.object_end,
         };
         Ok(Parsed {
@@ -323,18 +325,26 @@ impl<I> Parsed<I> {
     fn include_usage_edit(&self) -> (Range<usize>, Bytes) {
         let s = &*self.summary;
         match &s.stream_options {
-            None => (
-                s.object_end..s.object_end,
-                Bytes::from_static(br#","stream_options":{"include_usage":true}"#),
-            ),
+            // `"stream_options": null`: replace the null, never add a second key.
+            None => match &s.stream_options_null {
+                Some(null) => (
+                    null.clone(),
+                    Bytes::from_static(br#"{"include_usage":true}"#),
+                ),
+                None => (
+                    s.object_end..s.object_end,
+                    Bytes::from_static(br#","stream_options":{"include_usage":true}"#),
+                ),
+            },
             Some(scan::StreamOptions {
                 include_usage: Some((_, span)),
                 ..
             }) => (span.clone(), Bytes::from_static(b"true")),
             Some(scan::StreamOptions {
-                span,
-                include_usage: None,
-            }) => {
+                include_usage_null: Some(null),
+                ..
+            }) => (null.clone(), Bytes::from_static(b"true")),
+            Some(scan::StreamOptions { span, .. }) => {
                 let inside = &self.bytes[span.start + 1..span.end - 1];
                 let empty = inside.iter().all(u8::is_ascii_whitespace);
                 let at = span.start + 1;
@@ -796,6 +806,19 @@ mod tests {
             v["stream_options"],
             serde_json::json!({"include_usage": true, "x": 1})
         );
+        // `null` values are replaced, never shadowed by a second key (the
+        // rewritten body must still pass our own duplicate check).
+        for body in [
+            r#"{"model":"g","stream":true,"stream_options":null}"#,
+            r#"{"model":"g","stream":true,"stream_options":{"include_usage":null,"x":1}}"#,
+        ] {
+            let p =
+                Parsed::parse("/v1/chat/completions", Bytes::from_static(body.as_bytes())).unwrap();
+            let out = p.rewrite(None, true).to_bytes();
+            let again = Parsed::parse("/v1/chat/completions", out.clone())
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+            assert_eq!(again.summary().include_usage, Some(true));
+        }
         let v = rewritten(
             r#"{"model":"g","stream":true,"stream_options":{"include_usage":false}}"#,
             None,

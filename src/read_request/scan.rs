@@ -89,6 +89,9 @@ pub struct StreamOptions {
     /// `include_usage` inside it: its boolean and the span of the
     /// `true`/`false` literal.
     pub include_usage: Option<(bool, Range<usize>)>,
+    /// The span of the `null` literal when `include_usage` is `null` (so a
+    /// rewrite replaces it instead of adding a second key).
+    pub include_usage_null: Option<Range<usize>>,
 }
 
 /// The top-level fields of a request body that a gateway acts on.
@@ -110,6 +113,9 @@ pub struct Fields {
     pub n: Option<u64>,
     /// `stream_options`.
     pub stream_options: Option<StreamOptions>,
+    /// The span of the `null` literal when `stream_options` is `null` (so a
+    /// rewrite replaces it instead of adding a second key).
+    pub stream_options_null: Option<Range<usize>>,
     /// OpenRouter-style per-request fallback list `"models": ["a","b"]`.
     pub models: Option<Vec<String>>,
     /// Total byte length of the values of `messages`, `prompt` and `input`
@@ -872,6 +878,7 @@ impl Scanner<'_> {
         let open = self.pos;
         self.pos += 1;
         let mut include_usage = None;
+        let mut include_usage_null = None;
         let mut seen = false;
         self.skip_ws();
         if self.peek() != Some(b'}') {
@@ -895,7 +902,11 @@ impl Scanner<'_> {
                     self.duplicate(INCLUDE_USAGE, key_at);
                 } else {
                     seen = true;
+                    let at = self.pos;
                     include_usage = self.opt_bool(INCLUDE_USAGE, 2)?;
+                    if include_usage.is_none() && self.b.get(at) == Some(&b'n') {
+                        include_usage_null = Some(at..self.pos);
+                    }
                 }
                 self.skip_ws();
                 match self.peek() {
@@ -912,6 +923,7 @@ impl Scanner<'_> {
         Ok(StreamOptions {
             span: open..self.pos,
             include_usage,
+            include_usage_null,
         })
     }
 
@@ -968,7 +980,11 @@ impl Scanner<'_> {
             Key::N => f.n = self.opt_u64(name)?,
             Key::StreamOptions => match self.peek() {
                 Some(b'{') => f.stream_options = Some(self.stream_options()?),
-                Some(b'n') => self.literal(b"null")?,
+                Some(b'n') => {
+                    let at = self.pos;
+                    self.literal(b"null")?;
+                    f.stream_options_null = Some(at..self.pos);
+                }
                 _ => self.wrong_type(name, EXPECT_OBJECT, 1, false)?,
             },
             Key::Models => match self.peek() {
@@ -1251,16 +1267,21 @@ mod tests {
         let body = r#"{"model":null,"stream":null,"max_tokens":null,"max_completion_tokens":null,
             "max_output_tokens":null,"n":null,"stream_options":null,"models":null,"messages":null}"#;
         let f = ok(body);
+        let null_at = body.find(r#""stream_options":null"#).unwrap() + r#""stream_options":"#.len();
         assert_eq!(
             f,
             Fields {
                 prompt_bytes: 4,
                 object_end: body.len() - 1,
+                stream_options_null: Some(null_at..null_at + 4),
                 ..Fields::default()
             }
         );
-        let f = ok(r#"{"stream_options":{"include_usage":null}}"#);
-        assert_eq!(f.stream_options.unwrap().include_usage, None);
+        assert_eq!(&body[null_at..null_at + 4], "null");
+        let body = r#"{"stream_options":{"include_usage":null}}"#;
+        let so = ok(body).stream_options.unwrap();
+        assert_eq!(so.include_usage, None);
+        assert_eq!(&body[so.include_usage_null.unwrap()], "null");
     }
 
     #[test]
