@@ -7,6 +7,8 @@
 //! target/release/examples/load --rate 2000           # open loop at 2,000 requests/s
 //! target/release/examples/load --stream              # streaming: time to first and last byte
 //! target/release/examples/load --concurrency 16 --seconds 5 --rounds 3 --body-bytes 4096
+//! target/release/examples/load --hold 9000             # memory: 9,000 streams held open at once
+//! target/release/examples/load --big-stream 200        # memory: one 200 MiB tool-call stream
 //! ```
 //!
 //! It starts `mock_upstream` and `gateway` (the release binaries beside this
@@ -20,6 +22,14 @@
 //! request's scheduled start, so a stall is not hidden (no coordinated
 //! omission). Everything is bounded: phases end after `--seconds`, the
 //! children are killed at the end. Only loopback addresses are used.
+//!
+//! Memory modes: `--hold N` opens N streaming requests through the gateway
+//! (the mock sends one event a second), waits until every one has its first
+//! byte, and reports the gateway's RSS before and with all N open, and the
+//! difference per stream. `--big-stream MIB` streams one answer of MIB MiB of
+//! tool-call arguments through the gateway while sampling its RSS. Each
+//! process may hold at most 20,000 file descriptors on this machine, and the
+//! gateway holds two per proxied stream, so `--hold` tops out near 9,500.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +53,8 @@ struct Args {
     rate: Option<u64>,
     stream: bool,
     body_bytes: usize,
+    hold: Option<usize>,
+    big_stream_mib: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +65,8 @@ fn parse_args() -> Args {
         rate: None,
         stream: false,
         body_bytes: 1024,
+        hold: None,
+        big_stream_mib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,9 +83,11 @@ fn parse_args() -> Args {
             "--rate" => a.rate = Some(num("--rate").max(1)),
             "--body-bytes" => a.body_bytes = num("--body-bytes") as usize,
             "--stream" => a.stream = true,
+            "--hold" => a.hold = Some(num("--hold").max(1) as usize),
+            "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N]"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] | --hold N | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -299,6 +315,132 @@ fn report(name: &str, r: &PhaseResult) {
     println!();
 }
 
+/// Opens `n` streams through the gateway and reports its RSS per open stream.
+async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, before) = rss_kib(gw_pid);
+    println!(
+        "tollgate load --hold {n}: gateway RSS before: {:.1} MiB",
+        before as f64 / 1024.0
+    );
+    let body = Bytes::from_static(
+        br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hold"}]}"#,
+    );
+    let opened = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let (client, url, body, opened, failed, release) = (
+            client.clone(),
+            url.to_owned(),
+            body.clone(),
+            opened.clone(),
+            failed.clone(),
+            release.clone(),
+        );
+        tasks.spawn(async move {
+            let req = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .unwrap();
+            let res = match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await
+            {
+                Ok(Ok(res)) if res.status().is_success() => res,
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let mut body = res.into_body();
+            match tokio::time::timeout(Duration::from_secs(60), body.frame()).await {
+                Ok(Some(Ok(_))) => {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            // Hold the stream open (reading nothing more) until released.
+            release.notified().await;
+            drop(body);
+        });
+        if i % 250 == 249 {
+            // Let the accept queues drain between batches.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed)) < n as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, with) = rss_kib(gw_pid);
+    let open = opened.load(Ordering::Relaxed);
+    println!(
+        "  {open} streams open ({} failed) after {:.1} s; gateway RSS {:.1} MiB; {:.2} KiB per open stream",
+        failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        with as f64 / 1024.0,
+        (with.saturating_sub(before)) as f64 / open.max(1) as f64
+    );
+    release.notify_waiters();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Streams one `mib` MiB tool-call answer through the gateway, sampling its RSS.
+async fn big_stream(client: &HttpClient, url: &str, mib: u64, gw_pid: u32) {
+    let (_, before) = rss_kib(gw_pid);
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","stream":true,"mock_fault":"tool_args:{mib}MiB","messages":[{{"role":"user","content":"call"}}]}}"#
+    );
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let started = Instant::now();
+    let res = client.request(req).await.expect("gateway answers");
+    let mut body = res.into_body();
+    let (mut bytes, mut max_rss, mut samples) = (0u64, before, Vec::new());
+    let mut next_sample = Instant::now();
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("stream intact").into_data() {
+            bytes += data.len() as u64;
+            tail = data.to_vec();
+        }
+        if Instant::now() >= next_sample {
+            let (_, rss) = rss_kib(gw_pid);
+            max_rss = max_rss.max(rss);
+            samples.push(rss);
+            next_sample = Instant::now() + Duration::from_millis(100);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (peak, after) = rss_kib(gw_pid);
+    let ended = String::from_utf8_lossy(&tail)
+        .trim_end()
+        .ends_with("data: [DONE]");
+    println!(
+        "tollgate load --big-stream {mib}: {:.1} MiB through the gateway in {secs:.1} s ({:.0} MiB/s), ended with [DONE]: {ended}",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0 / secs
+    );
+    println!(
+        "  gateway RSS: before {:.1} MiB, highest sampled during {:.1} MiB ({} samples), after {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        before as f64 / 1024.0,
+        max_rss as f64 / 1024.0,
+        samples.len(),
+        after as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -324,9 +466,14 @@ async fn main() {
     .unwrap();
     let quiet = || Stdio::null();
     let mut children = Children(Vec::new());
+    let mut mock_args = vec!["--listen".to_owned(), mock_addr.to_string()];
+    if args.hold.is_some() {
+        // Long, slow streams: one event a second for two minutes.
+        mock_args.extend(["--chunk-interval-ms", "1000", "--tokens", "120"].map(String::from));
+    }
     children.0.push(
         Command::new(sibling("mock_upstream"))
-            .args(["--listen", &mock_addr.to_string()])
+            .args(&mock_args)
             .stdout(quiet())
             .stderr(quiet())
             .spawn()
@@ -360,6 +507,14 @@ async fn main() {
     let gateway_body = Bytes::from(String::from_utf8_lossy(&body).replace("{M}", "gpt-4o-mini"));
     let direct_url = format!("http://{mock_addr}/v1/chat/completions");
     let gateway_url = format!("http://{gw_addr}/v1/chat/completions");
+    if let Some(n) = args.hold {
+        hold(&client, &gateway_url, n, gw_pid).await;
+        return;
+    }
+    if let Some(mib) = args.big_stream_mib {
+        big_stream(&client, &gateway_url, mib, gw_pid).await;
+        return;
+    }
 
     println!(
         "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock and gateway as separate processes on 127.0.0.1, {} cores",
