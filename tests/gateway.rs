@@ -15,88 +15,43 @@ use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use common::*;
 use futures_util::StreamExt;
 
-/// One group per upstream behaviour; faults are chosen by a header the
-/// deployment sends (the mock's `x-mock-fault`).
-const CONFIG: &str = r#"
-[server]
-max_body_bytes = 65536
+/// A healthy group, a pass-through group (no model rewrite), and one group
+/// per upstream fault: its deployment sends the mock's `x-mock-fault` header.
+const FAULT_GROUPS: [(&str, &str, &str); 7] = [
+    ("rate-limited", "openai-like", "429"),
+    ("rate-limited-odd", "openai-like", "429-odd"),
+    ("bad-upstream-key", "mock", "401"),
+    ("retired", "mock", "404"),
+    ("slow", "mock", "delay:3000"),
+    ("html-500", "mock", "500-html"),
+    ("unavailable", "mock", "503"),
+];
 
-[upstream]
-connect_timeout_ms = 1000
-first_byte_timeout_ms = 700
-idle_timeout_ms = 700
+fn deployment(group: &str, provider: &str, model: Option<&str>, fault: Option<&str>) -> String {
+    let model = model
+        .map(|m| format!("model = \"{m}\"\n"))
+        .unwrap_or_default();
+    let fault = fault
+        .map(|f| format!("headers = {{ \"x-mock-fault\" = \"{f}\" }}\n"))
+        .unwrap_or_default();
+    format!(
+        "[[groups]]\nname = \"{group}\"\n[[groups.deployments]]\nprovider = \"{provider}\"\n\
+         base_url = \"{{mock}}\"\napi_key_env = \"{{key_env}}\"\n{model}{fault}\n"
+    )
+}
 
-[[groups]]
-name = "gpt-4o-mini"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-model = "mock-small"
-
-[[groups]]
-name = "passthrough"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-
-[[groups]]
-name = "rate-limited"
-[[groups.deployments]]
-provider = "openai-like"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "429" }
-
-[[groups]]
-name = "rate-limited-odd"
-[[groups.deployments]]
-provider = "openai-like"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "429-odd" }
-
-[[groups]]
-name = "bad-upstream-key"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "401" }
-
-[[groups]]
-name = "retired"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "404" }
-
-[[groups]]
-name = "slow"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "delay:3000" }
-
-[[groups]]
-name = "html-500"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "500-html" }
-
-[[groups]]
-name = "unavailable"
-[[groups.deployments]]
-provider = "mock"
-base_url = "{mock}"
-api_key_env = "{key_env}"
-headers = { "x-mock-fault" = "503" }
-"#;
+fn config() -> String {
+    let mut c = String::from(
+        "[server]\nmax_body_bytes = 65536\n\n[upstream]\nconnect_timeout_ms = 1000\n\
+         first_byte_timeout_ms = 700\nidle_timeout_ms = 700\n\n",
+    );
+    c += &deployment("gpt-4o-mini", "mock", Some("mock-small"), None);
+    c += &deployment("passthrough", "mock", None, None);
+    for (group, provider, fault) in FAULT_GROUPS {
+        c += &deployment(group, provider, None, Some(fault));
+    }
+    c
+}
 
 fn client(base: String) -> Client<OpenAIConfig> {
     Client::with_config(
@@ -128,7 +83,7 @@ fn expected_content(tokens: usize) -> String {
 #[tokio::test]
 async fn chat_completion_arrives_intact_through_async_openai() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let res = client(gw.base())
         .chat()
         .create(chat_request("gpt-4o-mini"))
@@ -164,7 +119,7 @@ async fn chat_completion_arrives_intact_through_async_openai() {
 #[tokio::test]
 async fn forwarded_body_is_the_clients_bytes_with_only_model_rewritten() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let body = r#"{ "messages": [{"role":"user","content":"model: \"gpt-4o-mini\" \u00e9"}],
         "model" : "gpt-4o-mini", "temperature": 0.25, "x_unknown": {"kept": [1, 2.50, null]} }"#;
     let ans = post(&gw.url("/v1/chat/completions"), body).await;
@@ -188,7 +143,7 @@ async fn forwarded_body_is_the_clients_bytes_with_only_model_rewritten() {
 #[tokio::test]
 async fn streaming_chat_arrives_intact_through_async_openai() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let mut req = chat_request("gpt-4o-mini");
     req.stream = Some(true); // with async-openai's `byot` feature, not forced by create_stream
     let mut stream = client(gw.base()).chat().create_stream(req).await.unwrap();
@@ -213,7 +168,7 @@ async fn streaming_chat_arrives_intact_through_async_openai() {
 #[tokio::test]
 async fn completions_embeddings_and_responses_are_forwarded() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let c = client(gw.base());
     let res = c
         .completions()
@@ -267,7 +222,7 @@ async fn completions_embeddings_and_responses_are_forwarded() {
 #[tokio::test]
 async fn upstream_429_reaches_the_client_as_429_with_retry_after() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(&gw.url("/v1/chat/completions"), chat("rate-limited", "")).await;
     let v = ans.error(429, "upstream_rate_limited");
     assert_eq!(ans.headers["retry-after"], "6");
@@ -314,7 +269,7 @@ async fn upstream_429_reaches_the_client_as_429_with_retry_after() {
 #[tokio::test]
 async fn upstream_credential_failure_is_502_never_401() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(
         &gw.url("/v1/chat/completions"),
         chat("bad-upstream-key", ""),
@@ -342,7 +297,7 @@ async fn upstream_credential_failure_is_502_never_401() {
 #[tokio::test]
 async fn retired_model_is_404_permanent_and_unavailable_is_503_temporary() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(&gw.url("/v1/chat/completions"), chat("retired", "")).await;
     let v = ans.error(404, "upstream_model_not_found");
     assert_eq!(v["error"]["metadata"]["permanent"], true);
@@ -362,7 +317,7 @@ async fn retired_model_is_404_permanent_and_unavailable_is_503_temporary() {
 #[tokio::test]
 async fn first_byte_timeout_is_408_naming_the_phase() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let started = std::time::Instant::now();
     let ans = post(&gw.url("/v1/chat/completions"), chat("slow", "")).await;
     let v = ans.error(408, "upstream_timeout");
@@ -377,7 +332,7 @@ async fn first_byte_timeout_is_408_naming_the_phase() {
 #[tokio::test]
 async fn odd_upstream_answers_become_the_contract() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(&gw.url("/v1/chat/completions"), chat("html-500", "")).await;
     let v = ans.error(502, "upstream_error");
     assert_eq!(v["error"]["metadata"]["raw"], "500 Internal Server Error");
@@ -422,7 +377,7 @@ fn events(body: &str) -> Vec<String> {
 #[tokio::test]
 async fn stream_cut_mid_way_ends_with_error_event_and_done() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(
         &gw.url("/v1/chat/completions"),
         chat("gpt-4o-mini", r#""stream":true,"mock_fault":"cut:3""#),
@@ -470,7 +425,7 @@ async fn stream_cut_mid_way_ends_with_error_event_and_done() {
 #[tokio::test]
 async fn stream_without_done_and_stalled_stream_end_with_error_events() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let ans = post(
         &gw.url("/v1/chat/completions"),
         chat("gpt-4o-mini", r#""stream":true,"mock_fault":"no_done""#),
@@ -495,7 +450,7 @@ async fn stream_without_done_and_stalled_stream_end_with_error_events() {
 #[tokio::test]
 async fn bad_requests_are_refused_in_the_contract_shape() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let url = gw.url("/v1/chat/completions");
     let ans = post(
         &url,
@@ -541,7 +496,7 @@ async fn bad_requests_are_refused_in_the_contract_shape() {
 #[tokio::test]
 async fn models_and_health() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     let v: serde_json::Value = http()
         .get(gw.url("/v1/models"))
         .send()
@@ -579,7 +534,7 @@ async fn graceful_shutdown_lets_a_stream_finish() {
     })
     .await
     .unwrap();
-    let mut gw = gateway(CONFIG, &mock).await;
+    let mut gw = gateway(&config(), &mock).await;
     let res = http()
         .post(gw.url("/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -602,7 +557,7 @@ async fn graceful_shutdown_lets_a_stream_finish() {
 #[tokio::test]
 async fn no_secret_in_any_log_line() {
     let mock = mock().await;
-    let gw = gateway(CONFIG, &mock).await;
+    let gw = gateway(&config(), &mock).await;
     for model in ["bad-upstream-key", "rate-limited", "html-500", "slow"] {
         post(&gw.url("/v1/chat/completions"), chat(model, "")).await;
     }
