@@ -602,3 +602,32 @@ async fn connect_timeout_is_408_naming_the_phase() {
     assert_eq!(v["error"]["metadata"]["phase"], "connect");
     assert_eq!(v["error"]["metadata"]["provider_name"], "blackhole");
 }
+
+#[tokio::test]
+async fn total_timeout_ends_a_slow_stream_naming_the_phase() {
+    // Events every 150 ms keep the idle timer happy; the 600 ms total ends it.
+    let mock = mock_upstream::spawn(MockConfig {
+        chunk_interval: std::time::Duration::from_millis(150),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cfg = "[upstream]\nidle_timeout_ms = 400\ntotal_timeout_ms = 600\n".to_owned()
+        + &deployment("gpt-4o-mini", "mock", Some("mock-small"), None);
+    let gw = gateway(&cfg, &mock).await;
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gpt-4o-mini", r#""stream":true"#),
+    )
+    .await;
+    assert_eq!(ans.status, 200);
+    let ev = events(&ans.body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let err: serde_json::Value = serde_json::from_str(&ev[ev.len() - 3]).unwrap();
+    assert_eq!(err["error"]["code"], 408, "{}", ans.body);
+    assert_eq!(err["error"]["metadata"]["phase"], "total");
+    assert!(
+        ev.iter().filter(|e| e.contains("\"content\"")).count() < 16,
+        "cut before the end"
+    );
+}
