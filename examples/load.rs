@@ -111,8 +111,20 @@ fn free_port() -> u16 {
 struct Children(Vec<Child>);
 
 impl Drop for Children {
+    /// SIGTERM first (the gateway shuts down gracefully, and a profiler
+    /// wrapping it writes its output), SIGKILL after two seconds.
     fn drop(&mut self) {
         for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
