@@ -310,7 +310,7 @@ pub fn presented_key(headers: &HeaderMap) -> Result<&str, Error> {
         return token.filter(|t| !t.is_empty()).ok_or_else(|| {
             Error::new(
                 Reason::MalformedKey,
-                "The Authorization header must be `Bearer <your key>`.",
+                "The Authorization header must carry the key with the scheme Bearer.",
             )
         });
     }
@@ -329,7 +329,7 @@ pub fn presented_key(headers: &HeaderMap) -> Result<&str, Error> {
     }
     Err(Error::new(
         Reason::MissingKey,
-        "No API key was sent: send `Authorization: Bearer <your key>` (or `x-api-key: <your key>`).",
+        "No API key was sent. Send it in the `x-api-key` header, or in `Authorization` with the scheme Bearer.",
     ))
 }
 
