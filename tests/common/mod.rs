@@ -21,6 +21,9 @@ use tollgate::config::Config;
 /// never be forwarded or echoed.
 pub const CLIENT_KEY: &str = "tg-client01-c1i3ntS3cr3tV4lu3Th4tMustN3v3rL34k";
 pub const CLIENT_KEY_ENV: &str = "TOLLGATE_TEST_CLIENT_KEY";
+/// The admin API's master key, for configs with `master_key_env = "{master_env}"`.
+pub const MASTER_KEY: &str = "master-m4st3rK3yTh4tMustN3v3rL34k";
+pub const MASTER_KEY_ENV: &str = "TOLLGATE_TEST_MASTER_KEY";
 /// The upstream key the gateway holds (from the environment).
 pub const UPSTREAM_KEY: &str = "sk-upstream-0pen41Upstr34mK3yTh4tMustN3v3rL34k";
 pub const UPSTREAM_KEY_ENV: &str = "TOLLGATE_TEST_UPSTREAM_KEY";
@@ -52,6 +55,7 @@ pub fn init() {
         unsafe {
             std::env::set_var(UPSTREAM_KEY_ENV, UPSTREAM_KEY);
             std::env::set_var(CLIENT_KEY_ENV, CLIENT_KEY);
+            std::env::set_var(MASTER_KEY_ENV, MASTER_KEY);
         }
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
@@ -69,7 +73,14 @@ pub fn logs() -> String {
 pub fn assert_no_secrets(what: &str, text: &str) {
     let client_secret = CLIENT_KEY.rsplit('-').next().unwrap();
     let upstream_secret = UPSTREAM_KEY.rsplit('-').next().unwrap();
-    for needle in [CLIENT_KEY, client_secret, UPSTREAM_KEY, upstream_secret] {
+    let master_secret = MASTER_KEY.rsplit('-').next().unwrap();
+    for needle in [
+        CLIENT_KEY,
+        client_secret,
+        UPSTREAM_KEY,
+        upstream_secret,
+        master_secret,
+    ] {
         assert!(
             !text.contains(needle),
             "{what} leaks a secret ({needle}):\n{text}"
@@ -130,7 +141,8 @@ pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) 
     init();
     let mut text = toml
         .replace("{mock}", &mock.base_url())
-        .replace("{key_env}", UPSTREAM_KEY_ENV);
+        .replace("{key_env}", UPSTREAM_KEY_ENV)
+        .replace("{master_env}", MASTER_KEY_ENV);
     if !text.contains("[keys]") {
         text.push_str(&format!(
             "\n[keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n"
