@@ -95,24 +95,37 @@ impl AccessGroups {
     }
 }
 
-/// One compiled set of rules: exact names, prefixes, general patterns.
+/// One compiled set of rules: exact names in a hash set, and patterns
+/// sorted by shape so the common ones cost a `starts_with`, an `ends_with`
+/// or a substring search rather than a general match.
 #[derive(Clone, Default)]
 struct Rules {
     all: bool,
     exact: HashSet<Box<str>>,
     prefixes: Vec<Box<str>>,
+    suffixes: Vec<Box<str>>,
+    infixes: Vec<memchr::memmem::Finder<'static>>,
     patterns: Vec<Box<str>>,
 }
 
 impl Rules {
     fn add(&mut self, grant: &str) {
-        match grant.find('*') {
-            None => {
-                self.exact.insert(grant.into());
+        let stars = grant.bytes().filter(|b| *b == b'*').count();
+        let inner = grant.trim_matches('*');
+        if stars == 0 {
+            self.exact.insert(grant.into());
+        } else if inner.is_empty() {
+            self.all = true;
+        } else if inner.contains('*') {
+            self.patterns.push(grant.into());
+        } else {
+            match (grant.starts_with('*'), grant.ends_with('*')) {
+                (false, true) => self.prefixes.push(inner.into()),
+                (true, false) => self.suffixes.push(inner.into()),
+                _ => self
+                    .infixes
+                    .push(memchr::memmem::Finder::new(inner.as_bytes()).into_owned()),
             }
-            Some(_) if grant.bytes().all(|b| b == b'*') => self.all = true,
-            Some(i) if i == grant.len() - 1 => self.prefixes.push(grant[..i].into()),
-            Some(_) => self.patterns.push(grant.into()),
         }
     }
 
@@ -120,11 +133,21 @@ impl Rules {
         self.all
             || self.exact.contains(model)
             || self.prefixes.iter().any(|p| model.starts_with(&**p))
+            || self.suffixes.iter().any(|p| model.ends_with(&**p))
+            || self
+                .infixes
+                .iter()
+                .any(|f| f.find(model.as_bytes()).is_some())
             || self.patterns.iter().any(|p| glob(p, model))
     }
 
     fn is_empty(&self) -> bool {
-        !self.all && self.exact.is_empty() && self.prefixes.is_empty() && self.patterns.is_empty()
+        !self.all
+            && self.exact.is_empty()
+            && self.prefixes.is_empty()
+            && self.suffixes.is_empty()
+            && self.infixes.is_empty()
+            && self.patterns.is_empty()
     }
 }
 
@@ -210,7 +233,10 @@ impl fmt::Debug for Grants {
         f.debug_struct("Grants")
             .field("all", &r.all)
             .field("names", &r.exact.len())
-            .field("patterns", &(r.prefixes.len() + r.patterns.len()))
+            .field(
+                "patterns",
+                &(r.prefixes.len() + r.suffixes.len() + r.infixes.len() + r.patterns.len()),
+            )
             .field("team_ceiling", &self.ceiling.is_some())
             .finish()
     }
@@ -439,6 +465,11 @@ mod tests {
             assert!(!g.allows(no), "{no}");
         }
         assert!(Grants::compile(&["*"], &groups()).allows("anything"));
+        let g = Grants::compile(&["*-mini", "a*b*c", "**"], &groups());
+        assert!(g.allows("x"), "`**` is everything");
+        let g = Grants::compile(&["*-mini", "a*b*c"], &groups());
+        assert!(g.allows("gpt-4o-mini") && !g.allows("gpt-4o-mini-2"));
+        assert!(g.allows("aXbYc") && !g.allows("aXcYb"));
         assert!(!Grants::none().allows("gpt-4o"));
         assert!(Grants::none().is_empty());
     }
