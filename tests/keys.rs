@@ -223,6 +223,12 @@ async fn grants_on_two_of_four_models_decide_listing_and_inference() {
         "refused requests never reach the upstream"
     );
 
+    // An upstream 429 for this key (known failure #2) carries neither its secret
+    // nor its hash: `answer` checks every body and header against both.
+    chat_as(&gw, &key, "gpt-4o-mini", r#""mock_fault":"429""#)
+        .await
+        .error(429, "upstream_rate_limited");
+
     // A model the gateway does not serve is refused the same way: the key
     // learns nothing about what exists beyond its grants.
     chat_as(&gw, &key, "gpt-9", "")

@@ -59,6 +59,9 @@ pub mod sqlite;
 pub mod store;
 pub mod token;
 
+/// The future of [`VirtualKeys`]: the inner service's, or an immediate 401
+/// (the same type as [`ModelAccess`](crate::access::ModelAccess)'s).
+pub use crate::access::ResponseFuture;
 pub use key::{Key, Team};
 pub use keyring::{
     KeyUpdate, Keyring, KeyringBuilder, NewKey, NewTeam, StaticKey, TeamUpdate, presented_key,
