@@ -9,9 +9,11 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `NormalizeErrors` → `ReadRequest` → `Router` →
-//!   provider;
-//! - `GET /v1/models`, the configured model groups in OpenAI's list shape;
+//!   `/v1/responses` through `NormalizeErrors` → `VirtualKeys` →
+//!   `ReadRequest` → `ModelAccess` → `Router` → provider;
+//! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
+//!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
+//! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
 //! - `GET /health`.
 //!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
@@ -23,41 +25,46 @@
 use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
-use axum::Json;
 use axum::routing::get;
+use tollgate::access::{ModelAccessLayer, ModelList};
 use tollgate::config::{Config, ConfigError};
+use tollgate::keys::VirtualKeysLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::read_request::ReadRequestLayer;
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, Reason};
 use tower::ServiceBuilder;
 
-/// The gateway's routes for a checked config.
-pub fn app(config: &Config) -> Result<axum::Router, ConfigError> {
+/// The gateway's routes for a checked config. Opens the key store and loads
+/// every key into memory first.
+pub async fn app(config: &Config) -> Result<axum::Router, ConfigError> {
     let router = config.router()?;
-    let models: Vec<serde_json::Value> = router
-        .model_names()
-        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
-        .collect();
-    let models = serde_json::json!({"object": "list", "data": models});
+    let keyring = config.keyring().await?;
+    let auth = VirtualKeysLayer::new(keyring.clone());
+    let models = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(auth.clone())
+        .service(ModelList::new(router.model_names()));
     let inference = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())
+        .layer(auth)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
+        .layer(ModelAccessLayer::new())
         .service(router);
-    Ok(axum::Router::new()
+    let mut app = axum::Router::new()
         .route_service("/v1/chat/completions", inference.clone())
         .route_service("/v1/completions", inference.clone())
         .route_service("/v1/embeddings", inference.clone())
         .route_service("/v1/responses", inference)
-        .route(
-            "/v1/models",
-            get(move || std::future::ready(Json(models.clone()))),
-        )
-        .route("/health", get(|| async { "ok" }))
-        .fallback(|| async {
-            Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
-                .to_response(&Secrets::none())
-        }))
+        .route_service("/v1/models", models)
+        .route("/health", get(|| async { "ok" }));
+    if let Some(master) = config.master_key() {
+        app = app.merge(tollgate::admin::router(keyring, &master));
+    }
+    Ok(app.fallback(|| async {
+        Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
+            .to_response(&Secrets::none())
+    }))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
@@ -116,7 +123,7 @@ pub async fn signal() {
 
 /// Loads `path`, binds and serves until a signal.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&config)?;
+    let app = app(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;

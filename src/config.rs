@@ -22,10 +22,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::access::AccessGroups;
+use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
 use crate::provider::{HttpClient, Provider, Timeouts};
 use crate::router::{Deployment, Router};
 
@@ -42,8 +45,81 @@ pub struct Config {
     /// `[[groups]]`
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// `[keys]`: virtual keys, their store, the admin API's master key.
+    #[serde(default)]
+    pub keys: Keys,
+    /// `[access_groups]`: a name for a list of model names and patterns,
+    /// usable as one grant (`fast = ["gpt-4o-mini", "mistral/*"]`).
+    #[serde(default)]
+    pub access_groups: BTreeMap<String, Vec<String>>,
     #[serde(skip)]
     path: PathBuf,
+}
+
+/// `[keys]`: where keys live and who administers them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keys {
+    /// `"sqlite"` (default: an embedded database file, nothing lost on
+    /// restart) or `"memory"` (keys made through the admin API are lost on
+    /// restart; config keys always come back).
+    pub store: StoreKind,
+    /// The SQLite file (default `tollgate.db`, relative to the working directory).
+    pub sqlite_path: PathBuf,
+    /// The environment variable holding the admin API's master key (at least
+    /// 16 characters). Unset: no admin API.
+    pub master_key_env: Option<String>,
+    /// Grants given to a key created without `models` (and not in a team).
+    /// Empty (the default): such a key may use nothing until granted.
+    pub default_models: Vec<String>,
+    /// `[[keys.static]]`: keys defined here, read-only at run time.
+    #[serde(rename = "static")]
+    pub static_keys: Vec<StaticKeyConfig>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            store: StoreKind::Sqlite,
+            sqlite_path: PathBuf::from("tollgate.db"),
+            master_key_env: None,
+            default_models: Vec::new(),
+            static_keys: Vec::new(),
+        }
+    }
+}
+
+/// Which key store the gateway uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// [`SqliteStore`](crate::keys::SqliteStore) at `keys.sqlite_path`.
+    Sqlite,
+    /// [`MemoryStore`].
+    Memory,
+}
+
+/// `[[keys.static]]`: a key defined in the file; the whole key
+/// (`tg-<id>-<secret>`) is read from an environment variable.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKeyConfig {
+    /// The environment variable holding the whole key.
+    pub key_env: String,
+    /// A human name.
+    pub alias: Option<String>,
+    /// Grants: model names, access groups, patterns (default `keys.default_models`).
+    pub models: Option<Vec<String>>,
+    /// Requests per minute.
+    pub rpm_limit: Option<u64>,
+    /// Tokens per minute.
+    pub tpm_limit: Option<u64>,
+    /// Budget in USD.
+    pub max_budget: Option<f64>,
+    /// Budget period: `daily`, `weekly`, `monthly` or `total` (default).
+    pub budget_duration: Option<String>,
+    /// Fair-queuing weight (default 1).
+    pub weight: Option<u32>,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -285,7 +361,195 @@ impl Config {
                 ));
             }
         }
+        self.check_keys()
+    }
+
+    fn is_model(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| g.name == name)
+    }
+
+    /// Each grant is a model group, an access group or a pattern.
+    fn check_grants(&self, field: &str, grants: &[String]) -> Result<(), ConfigError> {
+        for (i, g) in grants.iter().enumerate() {
+            if g.trim().is_empty() {
+                return Err(self.err(format!("{field}[{i}]"), "must not be empty"));
+            }
+            if !g.contains('*') && !self.is_model(g) && !self.access_groups.contains_key(g) {
+                return Err(self.err(
+                    format!("{field}[{i}]"),
+                    format!(
+                        "`{g}` is neither a model group, an access group, nor a pattern with `*`"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn check_keys(&self) -> Result<(), ConfigError> {
+        for (name, members) in &self.access_groups {
+            let field = format!("access_groups.{name}");
+            if name.trim().is_empty() || name.contains('*') {
+                return Err(self.err(field, "an access group's name must be a plain word"));
+            }
+            if self.is_model(name) {
+                return Err(self.err(
+                    field,
+                    format!("`{name}` is also a model group; give the access group another name"),
+                ));
+            }
+            for (i, m) in members.iter().enumerate() {
+                if !m.contains('*') && !self.is_model(m) {
+                    return Err(self.err(
+                        format!("{field}[{i}]"),
+                        format!("`{m}` is not a model group (access groups hold model groups and patterns)"),
+                    ));
+                }
+            }
+        }
+        let k = &self.keys;
+        if k.store == StoreKind::Sqlite && k.sqlite_path.as_os_str().is_empty() {
+            return Err(self.err("keys.sqlite_path", "must not be empty"));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        if k.store == StoreKind::Sqlite {
+            return Err(self.err(
+                "keys.store",
+                "this build has no `sqlite` feature; use `memory` or rebuild with it",
+            ));
+        }
+        if let Some(var) = &k.master_key_env {
+            match std::env::var(var) {
+                Ok(v) if v.len() >= 16 => {}
+                Ok(v) if !v.is_empty() => {
+                    return Err(self.err(
+                        "keys.master_key_env",
+                        format!(
+                            "the master key in `{var}` is too short; use at least 16 characters"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(self.err(
+                        "keys.master_key_env",
+                        format!("environment variable `{var}` is not set"),
+                    ));
+                }
+            }
+        }
+        self.check_grants("keys.default_models", &k.default_models)?;
+        let mut ids = HashSet::new();
+        for (i, s) in k.static_keys.iter().enumerate() {
+            let at = |f: &str| format!("keys.static[{i}].{f}");
+            let value = std::env::var(&s.key_env).unwrap_or_default();
+            if value.is_empty() {
+                return Err(self.err(
+                    at("key_env"),
+                    format!("environment variable `{}` is not set", s.key_env),
+                ));
+            }
+            let Ok((id, _)) = token::parse(value.trim()) else {
+                return Err(self.err(
+                    at("key_env"),
+                    format!(
+                        "`{}` does not hold a key of the form `tg-<id>-<secret>` (id: letters, digits, `_`; secret: at least 16 of them)",
+                        s.key_env
+                    ),
+                ));
+            };
+            if !ids.insert(id.to_owned()) {
+                return Err(self.err(
+                    at("key_env"),
+                    format!("a second static key with the id `{id}`"),
+                ));
+            }
+            if let Some(models) = &s.models {
+                self.check_grants(&at("models"), models)?;
+            }
+            if let Some(b) = s.max_budget {
+                if !(b >= 0.0 && b.is_finite()) {
+                    return Err(self.err(at("max_budget"), "must be 0 or more"));
+                }
+            }
+            if let Some(p) = &s.budget_duration {
+                p.parse::<BudgetPeriod>()
+                    .map_err(|e| self.err(at("budget_duration"), e))?;
+            }
+            if s.weight == Some(0) {
+                return Err(self.err(at("weight"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured access groups.
+    pub fn access_groups(&self) -> AccessGroups {
+        AccessGroups::new(self.access_groups.clone())
+    }
+
+    /// The admin API's master key, when `keys.master_key_env` is set.
+    pub fn master_key(&self) -> Option<String> {
+        let var = self.keys.master_key_env.as_ref()?;
+        std::env::var(var).ok().filter(|v| !v.is_empty())
+    }
+
+    /// The static keys, read from the environment.
+    pub fn static_keys(&self) -> Result<Vec<StaticKey>, ConfigError> {
+        let mut out = Vec::with_capacity(self.keys.static_keys.len());
+        for (i, s) in self.keys.static_keys.iter().enumerate() {
+            let key = std::env::var(&s.key_env).map_err(|_| {
+                self.err(
+                    format!("keys.static[{i}].key_env"),
+                    format!("environment variable `{}` is not set", s.key_env),
+                )
+            })?;
+            out.push(StaticKey {
+                key: key.trim().to_owned(),
+                alias: s.alias.clone(),
+                grants: s.models.clone(),
+                limits: Limits {
+                    rpm: s.rpm_limit,
+                    tpm: s.tpm_limit,
+                    max_budget: s.max_budget,
+                    budget_period: s.budget_duration.as_deref().and_then(|p| p.parse().ok()),
+                    weight: s.weight.unwrap_or(1).max(1),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens the configured key store (SQLite work runs on the blocking pool).
+    pub async fn key_store(&self) -> Result<Arc<dyn KeyStore>, ConfigError> {
+        match self.keys.store {
+            StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
+            #[cfg(feature = "sqlite")]
+            StoreKind::Sqlite => {
+                let path = self.keys.sqlite_path.clone();
+                let store =
+                    tokio::task::spawn_blocking(move || crate::keys::SqliteStore::open(path))
+                        .await
+                        .map_err(|e| self.err("keys.sqlite_path", e.to_string()))?
+                        .map_err(|e| self.err("keys.sqlite_path", e.to_string()))?;
+                Ok(Arc::new(store))
+            }
+            #[cfg(not(feature = "sqlite"))]
+            StoreKind::Sqlite => Err(self.err("keys.store", "this build has no `sqlite` feature")),
+        }
+    }
+
+    /// The keyring: the store loaded into memory, the static keys, the
+    /// access groups, the default grants, grants checked against the groups.
+    pub async fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let store = self.key_store().await?;
+        let mut b = Keyring::builder_arc(store)
+            .access_groups(self.access_groups())
+            .models(self.groups.iter().map(|g| g.name.clone()))
+            .default_grants(self.keys.default_models.clone());
+        for s in self.static_keys()? {
+            b = b.static_key(s);
+        }
+        b.build().await.map_err(|e| self.err("keys", e.to_string()))
     }
 
     /// The upstream timeouts.
@@ -410,5 +674,38 @@ mod tests {
 
         let e = err(&format!("[upstream]\nidle_timeout_ms = 0\n{OK}"));
         assert_eq!(e.field(), "upstream.idle_timeout_ms");
+    }
+
+    #[test]
+    fn keys_and_access_groups_are_checked() {
+        let e = err(&format!(
+            "{OK}\n[access_groups]\nfast = [\"g\", \"nope\"]\n"
+        ));
+        assert_eq!(e.field(), "access_groups.fast[1]");
+        let e = err(&format!("{OK}\n[access_groups]\ng = [\"g\"]\n"));
+        assert!(e.to_string().contains("also a model group"), "{e}");
+        let e = err(&format!("{OK}\n[keys]\ndefault_models = [\"gg\"]\n"));
+        assert_eq!(e.field(), "keys.default_models[0]");
+        let e = err(&format!("{OK}\n[keys]\nstore = \"redis\"\n"));
+        assert!(e.to_string().contains("redis"), "{e}");
+        let e = err(&format!(
+            "{OK}\n[keys]\nmaster_key_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n"
+        ));
+        assert_eq!(e.field(), "keys.master_key_env");
+        let e = err(&format!(
+            "{OK}\n[[keys.static]]\nkey_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n"
+        ));
+        assert_eq!(e.field(), "keys.static[0].key_env");
+        let c = Config::from_toml(
+            "gw.toml",
+            &format!("{OK}\n[access_groups]\nfast = [\"g\", \"x/*\"]\n[keys]\nstore = \"memory\"\ndefault_models = [\"fast\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(c.keys.store, StoreKind::Memory);
+        assert!(c.access_groups().contains("fast"));
+        assert_eq!(
+            Config::from_toml("gw.toml", OK).unwrap().keys.store,
+            StoreKind::Sqlite
+        );
     }
 }

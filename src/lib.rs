@@ -48,6 +48,14 @@ pub mod provider;
 #[cfg(feature = "config")]
 pub mod config;
 
+#[cfg(feature = "keys")]
+pub mod access;
+#[cfg(feature = "keys")]
+pub mod keys;
+
+#[cfg(feature = "admin")]
+pub mod admin;
+
 use std::sync::Arc;
 
 pub use body::Body;

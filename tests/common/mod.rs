@@ -16,9 +16,14 @@ use std::time::Duration;
 pub use mock_upstream::{MockConfig, MockServer};
 use tollgate::config::Config;
 
-/// The key clients present. The gateway has no key store yet; it must still
-/// never forward or echo what the client sent.
+/// The key clients present: a static key with every grant, added to a test
+/// config that has no `[keys]` section of its own (see [`gateway`]). It must
+/// never be forwarded or echoed.
 pub const CLIENT_KEY: &str = "tg-client01-c1i3ntS3cr3tV4lu3Th4tMustN3v3rL34k";
+pub const CLIENT_KEY_ENV: &str = "TOLLGATE_TEST_CLIENT_KEY";
+/// The admin API's master key, for configs with `master_key_env = "{master_env}"`.
+pub const MASTER_KEY: &str = "master-m4st3rK3yTh4tMustN3v3rL34k";
+pub const MASTER_KEY_ENV: &str = "TOLLGATE_TEST_MASTER_KEY";
 /// The upstream key the gateway holds (from the environment).
 pub const UPSTREAM_KEY: &str = "sk-upstream-0pen41Upstr34mK3yTh4tMustN3v3rL34k";
 pub const UPSTREAM_KEY_ENV: &str = "TOLLGATE_TEST_UPSTREAM_KEY";
@@ -47,7 +52,11 @@ pub fn init() {
     INIT.call_once(|| {
         // SAFETY: runs once, before any test reads the environment: every
         // test calls `init()` first, and `call_once` blocks them until done.
-        unsafe { std::env::set_var(UPSTREAM_KEY_ENV, UPSTREAM_KEY) };
+        unsafe {
+            std::env::set_var(UPSTREAM_KEY_ENV, UPSTREAM_KEY);
+            std::env::set_var(CLIENT_KEY_ENV, CLIENT_KEY);
+            std::env::set_var(MASTER_KEY_ENV, MASTER_KEY);
+        }
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
             .with_ansi(false)
@@ -64,7 +73,14 @@ pub fn logs() -> String {
 pub fn assert_no_secrets(what: &str, text: &str) {
     let client_secret = CLIENT_KEY.rsplit('-').next().unwrap();
     let upstream_secret = UPSTREAM_KEY.rsplit('-').next().unwrap();
-    for needle in [CLIENT_KEY, client_secret, UPSTREAM_KEY, upstream_secret] {
+    let master_secret = MASTER_KEY.rsplit('-').next().unwrap();
+    for needle in [
+        CLIENT_KEY,
+        client_secret,
+        UPSTREAM_KEY,
+        upstream_secret,
+        master_secret,
+    ] {
         assert!(
             !text.contains(needle),
             "{what} leaks a secret ({needle}):\n{text}"
@@ -115,18 +131,27 @@ impl Drop for Gateway {
 }
 
 /// Starts the reference gateway with `toml` (where `{mock}` is replaced by
-/// the mock's base URL) on 127.0.0.1:0.
+/// the mock's base URL) on 127.0.0.1:0. A config without `[keys]` gets an
+/// in-memory store and [`CLIENT_KEY`] as a static key with every grant.
 pub async fn gateway(toml: &str, mock: &MockServer) -> Gateway {
     gateway_with_grace(toml, mock, Duration::from_secs(5)).await
 }
 
 pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) -> Gateway {
     init();
-    let text = toml
+    let mut text = toml
         .replace("{mock}", &mock.base_url())
-        .replace("{key_env}", UPSTREAM_KEY_ENV);
+        .replace("{key_env}", UPSTREAM_KEY_ENV)
+        .replace("{master_env}", MASTER_KEY_ENV);
+    if !text.contains("[keys]") {
+        text.push_str(&format!(
+            "\n[keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n"
+        ));
+    }
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let app = gateway::app(&config).unwrap();
+    let app = gateway::app(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -145,7 +170,24 @@ pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) 
     }
 }
 
+/// A client that presents [`CLIENT_KEY`] unless a request sets its own
+/// `Authorization`.
 pub fn http() -> reqwest::Client {
+    let mut auth: reqwest::header::HeaderValue = format!("Bearer {CLIENT_KEY}").parse().unwrap();
+    auth.set_sensitive(true);
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, auth)]
+                .into_iter()
+                .collect(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// A client that presents no key.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

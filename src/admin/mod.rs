@@ -1,0 +1,697 @@
+//! The admin API: keys and teams over HTTP, as an axum [`Router`](axum::Router).
+//!
+//! Compatible with LiteLLM's key and team endpoints for the common subset,
+//! so scripts written for it keep working:
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /key/generate` | creates a key; the answer's `key` is the only time the whole key is shown |
+//! | `POST /key/update` | changes a key: a field set to `null` removes it (a limit, the budget, the expiry), a field left out is kept |
+//! | `GET /key/info?key=` | one key (by public id or whole key) |
+//! | `POST /key/delete` | `{"keys": [...]}`: deletes all of them or none |
+//! | `GET /key/list?page=&size=&team_id=&return_full_object=` | keys, paginated (`size` at most 100) |
+//! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
+//! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
+//!
+//! Every route needs the master key (`Authorization: Bearer <master key>` or
+//! `x-api-key`): 401 without it. Bad input — an unknown field, a wrong type,
+//! a negative budget, an unknown team, a malformed duration — is a 400
+//! `invalid_request` whose `metadata.param` names the field, and nothing is
+//! written. Errors have the contract's shape (`NormalizeErrors` wraps the
+//! router). Writes go through the [`Keyring`]: the store first, then memory,
+//! so a change holds for the very next request.
+//!
+//! Fields (LiteLLM's names): `key_alias`, `team_id`, `user_id`, `models`
+//! (model names, access groups, patterns), `duration` (`30s`, `12h`, `30d`,
+//! `2w`; the key expires that long after the call), `blocked`, `rpm_limit`,
+//! `tpm_limit`, `max_budget` (USD), `budget_duration` (`daily`/`1d`,
+//! `weekly`/`7d`, `monthly`/`1mo`), `metadata` (an object), and tollgate's
+//! `weight` (fair queuing). Teams: `team_id`, `team_alias`, and the same
+//! limits, `models` and `metadata`.
+//!
+//! ```
+//! use tollgate::keys::{Keyring, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let keyring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
+//! let admin: axum::Router = tollgate::admin::router(keyring, "master-key-from-the-environment");
+//! # let _ = admin; }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{Error, Reason};
+use crate::keys::record::{parse_duration, rfc3339};
+use crate::keys::{
+    BudgetPeriod, KeyRecord, KeyUpdate, Keyring, Limits, NewKey, NewTeam, Patch, Source,
+    TeamRecord, TeamUpdate, presented_key,
+};
+use crate::normalize::NormalizeErrorsLayer;
+use crate::sanitize::Secrets;
+
+#[derive(Clone)]
+struct Admin {
+    keyring: Keyring,
+    master: Arc<[u8; 32]>,
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(text.as_bytes()));
+    out
+}
+
+/// The admin API over `keyring`, protected by `master_key`.
+pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
+    let state = Admin {
+        keyring,
+        master: Arc::new(digest(master_key)),
+    };
+    axum::Router::new()
+        .route("/key/generate", post(key_generate))
+        .route("/key/update", post(key_update))
+        .route("/key/info", get(key_info))
+        .route("/key/delete", post(key_delete))
+        .route("/key/list", get(key_list))
+        .route("/key/block", post(key_block))
+        .route("/key/unblock", post(key_unblock))
+        .route("/team/new", post(team_new))
+        .route("/team/update", post(team_update))
+        .route("/team/info", get(team_info))
+        .with_state(state)
+        .layer(NormalizeErrorsLayer::new())
+}
+
+/// A refusal in the contract's shape.
+struct Refusal(Error);
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal(e)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        tracing::debug!(status = self.0.status().as_u16(), reason = self.0.reason().as_str(), error = %self.0, "admin request refused");
+        self.0.to_response(&Secrets::none()).into_response()
+    }
+}
+
+type Answer = Result<(StatusCode, axum::Json<Value>), Refusal>;
+
+fn ok(v: Value) -> Answer {
+    Ok((StatusCode::OK, axum::Json(v)))
+}
+
+impl Admin {
+    fn check(&self, headers: &HeaderMap) -> Result<(), Error> {
+        let presented = presented_key(headers).map_err(|e| {
+            Error::new(
+                e.reason(),
+                "The admin API needs the master key: send it in `x-api-key`, or in `Authorization` with the scheme Bearer.",
+            )
+        })?;
+        if bool::from(digest(presented).ct_eq(&*self.master)) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Reason::UnknownKey,
+                "This is not the master key; the admin API needs the master key.",
+            ))
+        }
+    }
+}
+
+fn bad(param: &str, message: impl std::fmt::Display) -> Error {
+    Error::new(Reason::InvalidRequest, format!("`{param}`: {message}")).with_meta("param", param)
+}
+
+/// A JSON object body whose fields are checked one by one, naming the field.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// An empty body is taken as `{}`.
+    fn parse(body: &Bytes, allowed: &[&str]) -> Result<Self, Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields(Map::new()));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            Error::new(
+                Reason::InvalidJson,
+                format!(
+                    "The body is not valid JSON: {e}. Send a JSON object with `Content-Type: application/json`."
+                ),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(Error::new(
+                Reason::InvalidRequest,
+                "The body must be a JSON object.",
+            ));
+        };
+        if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(
+                k,
+                format!("unknown field; the fields are {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Fields(map))
+    }
+
+    fn patch<T>(
+        &self,
+        name: &str,
+        what: &str,
+        f: impl FnOnce(&Value) -> Option<Result<T, String>>,
+    ) -> Result<Patch<T>, Error> {
+        match self.0.get(name) {
+            None => Ok(Patch::Keep),
+            Some(Value::Null) => Ok(Patch::Clear),
+            Some(v) => match f(v) {
+                Some(Ok(t)) => Ok(Patch::Set(t)),
+                Some(Err(problem)) => Err(bad(name, problem)),
+                None => Err(bad(name, format!("must be {what} or null"))),
+            },
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Patch<String>, Error> {
+        self.patch(name, "a string", |v| v.as_str().map(|s| Ok(s.to_owned())))
+    }
+
+    fn count(&self, name: &str) -> Result<Patch<u64>, Error> {
+        self.patch(name, "a whole number, 0 or more", |v| v.as_u64().map(Ok))
+    }
+
+    fn usd(&self, name: &str) -> Result<Patch<f64>, Error> {
+        self.patch(name, "a number of USD", |v| {
+            v.as_f64().map(|f| {
+                if f >= 0.0 && f.is_finite() {
+                    Ok(f)
+                } else {
+                    Err(format!("must be 0 or more, not {f}"))
+                }
+            })
+        })
+    }
+
+    fn weight(&self) -> Result<Patch<u32>, Error> {
+        self.patch("weight", "a whole number from 1", |v| {
+            v.as_u64().map(|w| {
+                u32::try_from(w)
+                    .ok()
+                    .filter(|w| *w >= 1)
+                    .ok_or_else(|| "must be a whole number from 1 to 4294967295".to_owned())
+            })
+        })
+    }
+
+    fn grants(&self) -> Result<Patch<Vec<String>>, Error> {
+        let name = "models";
+        match self.0.get(name) {
+            None => Ok(Patch::Keep),
+            Some(Value::Null) => Ok(Patch::Clear),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad(&format!("models[{i}]"), "must be a string"))
+                })
+                .collect::<Result<_, _>>()
+                .map(Patch::Set),
+            Some(_) => Err(bad(
+                name,
+                "must be a list of model names, access groups or patterns",
+            )),
+        }
+    }
+
+    fn duration(&self) -> Result<Patch<std::time::Duration>, Error> {
+        self.patch("duration", "a duration such as `30d`", |v| {
+            v.as_str().map(parse_duration)
+        })
+    }
+
+    fn period(&self) -> Result<Patch<BudgetPeriod>, Error> {
+        self.patch("budget_duration", "a period such as `monthly`", |v| {
+            v.as_str().map(str::parse)
+        })
+    }
+
+    fn metadata(&self) -> Result<Patch<Map<String, Value>>, Error> {
+        self.patch("metadata", "an object", |v| v.as_object().cloned().map(Ok))
+    }
+
+    fn blocked(&self) -> Result<Option<bool>, Error> {
+        match self.0.get("blocked") {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(bad("blocked", "must be true or false")),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<String, Error> {
+        match self.string(name)? {
+            Patch::Set(s) if !s.is_empty() => Ok(s),
+            _ => Err(bad(name, "is required")),
+        }
+    }
+
+    fn limits(&self) -> Result<LimitPatches, Error> {
+        Ok(LimitPatches {
+            rpm: self.count("rpm_limit")?,
+            tpm: self.count("tpm_limit")?,
+            max_budget: self.usd("max_budget")?,
+            budget_period: self.period()?,
+            weight: self.weight()?,
+        })
+    }
+}
+
+struct LimitPatches {
+    rpm: Patch<u64>,
+    tpm: Patch<u64>,
+    max_budget: Patch<f64>,
+    budget_period: Patch<BudgetPeriod>,
+    weight: Patch<u32>,
+}
+
+impl LimitPatches {
+    fn new_limits(self) -> Limits {
+        let set = |p: Patch<u64>| match p {
+            Patch::Set(v) => Some(v),
+            _ => None,
+        };
+        Limits {
+            rpm: set(self.rpm),
+            tpm: set(self.tpm),
+            max_budget: match self.max_budget {
+                Patch::Set(v) => Some(v),
+                _ => None,
+            },
+            budget_period: match self.budget_period {
+                Patch::Set(v) => Some(v),
+                _ => None,
+            },
+            weight: match self.weight {
+                Patch::Set(v) => v,
+                _ => 1,
+            },
+        }
+    }
+}
+
+fn set<T>(p: Patch<T>) -> Option<T> {
+    match p {
+        Patch::Set(v) => Some(v),
+        _ => None,
+    }
+}
+
+const LIMIT_FIELDS: [&str; 8] = [
+    "models",
+    "rpm_limit",
+    "tpm_limit",
+    "max_budget",
+    "budget_duration",
+    "weight",
+    "metadata",
+    "blocked",
+];
+
+fn fields(extra: &[&'static str]) -> Vec<&'static str> {
+    extra.iter().chain(LIMIT_FIELDS.iter()).copied().collect()
+}
+
+fn limits_json(l: &Limits) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("rpm_limit".into(), json!(l.rpm));
+    m.insert("tpm_limit".into(), json!(l.tpm));
+    m.insert("max_budget".into(), json!(l.max_budget));
+    m.insert(
+        "budget_duration".into(),
+        json!(l.budget_period.map(|p| p.as_str())),
+    );
+    m.insert("weight".into(), json!(l.weight));
+    m
+}
+
+/// A key as the admin API shows it: never its secret or hash.
+fn key_json(r: &KeyRecord, source: Source) -> Value {
+    let mut m = Map::new();
+    m.insert("key_id".into(), json!(r.id));
+    m.insert("key_alias".into(), json!(r.alias));
+    m.insert("team_id".into(), json!(r.team_id));
+    m.insert("user_id".into(), json!(r.user_id));
+    m.insert("models".into(), json!(r.grants));
+    m.insert("expires".into(), json!(r.expires_at.map(rfc3339)));
+    m.insert("blocked".into(), json!(r.blocked));
+    m.extend(limits_json(&r.limits));
+    m.insert("metadata".into(), Value::Object(r.metadata.clone()));
+    m.insert("created_at".into(), json!(rfc3339(r.created_at)));
+    m.insert("updated_at".into(), json!(rfc3339(r.updated_at)));
+    m.insert(
+        "source".into(),
+        json!(match source {
+            Source::Store => "store",
+            Source::Config => "config",
+        }),
+    );
+    Value::Object(m)
+}
+
+fn team_json(t: &TeamRecord) -> Value {
+    let mut m = Map::new();
+    m.insert("team_id".into(), json!(t.id));
+    m.insert("team_alias".into(), json!(t.alias));
+    m.insert("models".into(), json!(t.grants));
+    m.insert("blocked".into(), json!(t.blocked));
+    m.extend(limits_json(&t.limits));
+    m.insert("metadata".into(), Value::Object(t.metadata.clone()));
+    m.insert("created_at".into(), json!(rfc3339(t.created_at)));
+    m.insert("updated_at".into(), json!(rfc3339(t.updated_at)));
+    Value::Object(m)
+}
+
+type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+fn query(q: Params) -> Result<HashMap<String, String>, Error> {
+    q.map(|Query(q)| q).map_err(|_| {
+        Error::new(
+            Reason::InvalidRequest,
+            "The query string could not be read.",
+        )
+    })
+}
+
+async fn key_generate(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(
+        &body,
+        &fields(&["key_alias", "team_id", "user_id", "duration"]),
+    )?;
+    let new = NewKey {
+        alias: set(f.string("key_alias")?),
+        team_id: set(f.string("team_id")?),
+        user_id: set(f.string("user_id")?),
+        grants: set(f.grants()?),
+        expires_in: set(f.duration()?),
+        blocked: f.blocked()?.unwrap_or(false),
+        metadata: set(f.metadata()?).unwrap_or_default(),
+        limits: f.limits()?.new_limits(),
+    };
+    let (key, record) = a.keyring.generate(new).await?;
+    let mut v = key_json(&record, Source::Store);
+    v["key"] = json!(key);
+    ok(v)
+}
+
+async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(
+        &body,
+        &fields(&["key", "key_alias", "team_id", "user_id", "duration"]),
+    )?;
+    let ident = f.required("key")?;
+    let l = f.limits()?;
+    let update = KeyUpdate {
+        alias: f.string("key_alias")?,
+        team_id: f.string("team_id")?,
+        user_id: f.string("user_id")?,
+        grants: f.grants()?,
+        expires_in: f.duration()?,
+        blocked: f.blocked()?,
+        rpm: l.rpm,
+        tpm: l.tpm,
+        max_budget: l.max_budget,
+        budget_period: l.budget_period,
+        weight: l.weight,
+        metadata: f.metadata()?,
+    };
+    let r = a.keyring.update_key(&ident, update).await?;
+    ok(key_json(&r, Source::Store))
+}
+
+async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(&body, &["key"])?;
+    let ident = f.required("key")?;
+    let update = KeyUpdate {
+        blocked: Some(blocked),
+        ..KeyUpdate::default()
+    };
+    let r = a.keyring.update_key(&ident, update).await?;
+    ok(key_json(&r, Source::Store))
+}
+
+async fn key_block(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    set_blocked(a, headers, body, true).await
+}
+
+async fn key_unblock(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    set_blocked(a, headers, body, false).await
+}
+
+async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    let ident = q
+        .get("key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("key", "is required: `GET /key/info?key=<key id>`"))?;
+    let (r, source) = a.keyring.key_info(ident)?;
+    ok(json!({"key": r.id, "info": key_json(&r, source)}))
+}
+
+async fn key_delete(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(&body, &["keys"])?;
+    let keys: Vec<String> = match f.0.get("keys") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(&format!("keys[{i}]"), "must be a string"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("keys", "is required: a non-empty list of keys or key ids").into()),
+    };
+    let deleted = a.keyring.delete_keys(&keys).await?;
+    ok(json!({"deleted_keys": deleted}))
+}
+
+fn number(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, Error> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad(name, format!("must be a whole number from 1 to {max}"))),
+    }
+}
+
+async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    if let Some(k) = q
+        .keys()
+        .find(|k| !["page", "size", "team_id", "return_full_object"].contains(&k.as_str()))
+    {
+        return Err(bad(
+            k,
+            "unknown parameter; use page, size, team_id, return_full_object",
+        )
+        .into());
+    }
+    let page = number(&q, "page", 1, usize::MAX)?;
+    let size = number(&q, "size", 10, 100)?;
+    let full = match q.get("return_full_object").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(bad("return_full_object", "must be true or false").into()),
+    };
+    let (keys, total) = a
+        .keyring
+        .list_keys(q.get("team_id").map(String::as_str), page, size)?;
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(r, s)| if full { key_json(r, *s) } else { json!(r.id) })
+        .collect();
+    ok(json!({
+        "keys": keys,
+        "total_count": total,
+        "current_page": page,
+        "total_pages": total.div_ceil(size),
+    }))
+}
+
+async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(&body, &fields(&["team_id", "team_alias"]))?;
+    let new = NewTeam {
+        id: set(f.string("team_id")?),
+        alias: set(f.string("team_alias")?),
+        grants: set(f.grants()?).unwrap_or_default(),
+        blocked: f.blocked()?.unwrap_or(false),
+        metadata: set(f.metadata()?).unwrap_or_default(),
+        limits: f.limits()?.new_limits(),
+    };
+    let t = a.keyring.create_team(new).await?;
+    ok(team_json(&t))
+}
+
+async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(&body, &fields(&["team_id", "team_alias"]))?;
+    let id = f.required("team_id")?;
+    let l = f.limits()?;
+    let update = TeamUpdate {
+        alias: f.string("team_alias")?,
+        grants: f.grants()?,
+        blocked: f.blocked()?,
+        rpm: l.rpm,
+        tpm: l.tpm,
+        max_budget: l.max_budget,
+        budget_period: l.budget_period,
+        weight: l.weight,
+        metadata: f.metadata()?,
+    };
+    let t = a.keyring.update_team(&id, update).await?;
+    ok(team_json(&t))
+}
+
+async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    let id = q
+        .get("team_id")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("team_id", "is required: `GET /team/info?team_id=<id>`"))?;
+    let (t, keys) = a.keyring.team_info(id)?;
+    ok(json!({"team_id": t.id, "team_info": team_json(&t), "keys": keys}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MemoryStore;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const MASTER: &str = "master-0123456789abcdef";
+
+    async fn app() -> (axum::Router, Keyring) {
+        let ring = Keyring::builder(MemoryStore::new())
+            .models(["a", "b"])
+            .build()
+            .await
+            .unwrap();
+        (router(ring.clone(), MASTER), ring)
+    }
+
+    async fn call(
+        app: &axum::Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+        auth: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(axum::body::Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn master_key_is_required() {
+        let (app, _) = app().await;
+        let (s, v) = call(&app, "POST", "/key/generate", "{}", None).await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["reason"].as_str()),
+            (401, Some("missing_key"))
+        );
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/generate",
+            "{}",
+            Some("wrong-master-key-xx"),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["reason"].as_str()),
+            (401, Some("unknown_key"))
+        );
+        let (s, _) = call(&app, "GET", "/key/list", "", Some("nope-nope-nope-nope")).await;
+        assert_eq!(s, 401);
+        let (s, v) = call(&app, "POST", "/key/generate", "", Some(MASTER)).await;
+        assert_eq!(s, 200, "an empty body is `{{}}`: {v}");
+        assert!(v["key"].as_str().unwrap().starts_with("tg-"));
+    }
+
+    #[tokio::test]
+    async fn bad_input_names_the_field() {
+        let (app, ring) = app().await;
+        let m = Some(MASTER);
+        for (body, param) in [
+            (r#"{"rpm_limit": "ten"}"#, "rpm_limit"),
+            (r#"{"max_budget": -1}"#, "max_budget"),
+            (r#"{"team_id": "ghost"}"#, "team_id"),
+            (r#"{"duration": "soon"}"#, "duration"),
+            (r#"{"budget_duration": "30d"}"#, "budget_duration"),
+            (r#"{"modles": ["a"]}"#, "modles"),
+            (r#"{"models": ["a", 3]}"#, "models[1]"),
+            (r#"{"models": ["zzz"]}"#, "models[0]"),
+            (r#"{"weight": 0}"#, "weight"),
+            (r#"{"blocked": "yes"}"#, "blocked"),
+        ] {
+            let (s, v) = call(&app, "POST", "/key/generate", body, m).await;
+            assert_eq!(s, 400, "{body}: {v}");
+            assert_eq!(v["error"]["metadata"]["param"], param, "{body}: {v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains(param),
+                "{v}"
+            );
+        }
+        let (s, v) = call(&app, "POST", "/key/generate", "{not json", m).await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["reason"].as_str()),
+            (400, Some("invalid_json"))
+        );
+        assert!(ring.is_empty(), "nothing was written");
+        let (s, _) = call(&app, "GET", "/key/generate", "", m).await;
+        assert_eq!(s, 405);
+    }
+}

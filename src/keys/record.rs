@@ -1,0 +1,327 @@
+//! What a store keeps about keys and teams, and the small value types they use.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::token::KeyHash;
+
+/// How often a budget starts again at zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BudgetPeriod {
+    /// Never: the budget is for the key's (or team's) whole life.
+    Total,
+    /// Every calendar day.
+    Daily,
+    /// Every calendar week, from Monday.
+    Weekly,
+    /// Every calendar month, from the 1st.
+    Monthly,
+}
+
+impl BudgetPeriod {
+    /// The word stored and shown (`total`, `daily`, `weekly`, `monthly`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Total => "total",
+            BudgetPeriod::Daily => "daily",
+            BudgetPeriod::Weekly => "weekly",
+            BudgetPeriod::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for BudgetPeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BudgetPeriod {
+    type Err = String;
+
+    /// Accepts the words, and LiteLLM's `budget_duration` spellings of the same
+    /// calendar periods (`1d`, `24h`, `7d`, `1w`, `1mo`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "total" | "none" => BudgetPeriod::Total,
+            "daily" | "1d" | "24h" => BudgetPeriod::Daily,
+            "weekly" | "7d" | "1w" => BudgetPeriod::Weekly,
+            "monthly" | "1mo" => BudgetPeriod::Monthly,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a budget period; use `daily` (or `1d`), `weekly` (`7d`), `monthly` (`1mo`) or `total`"
+                ));
+            }
+        })
+    }
+}
+
+/// A spending limit in US dollars over a period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// The most that may be spent in one period, in USD.
+    pub max_usd: f64,
+    /// The period after which spending starts again at zero.
+    pub period: BudgetPeriod,
+}
+
+/// Limits and settings that keys and teams both have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Requests per minute (none: unlimited).
+    pub rpm: Option<u64>,
+    /// Tokens per minute (none: unlimited).
+    pub tpm: Option<u64>,
+    /// The budget's maximum in USD (none: no budget).
+    pub max_budget: Option<f64>,
+    /// The budget's period (none: [`BudgetPeriod::Total`]).
+    pub budget_period: Option<BudgetPeriod>,
+    /// The fair-queuing weight (at least 1).
+    pub weight: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rpm: None,
+            tpm: None,
+            max_budget: None,
+            budget_period: None,
+            weight: 1,
+        }
+    }
+}
+
+impl Limits {
+    /// The budget, when a maximum is set.
+    pub fn budget(&self) -> Option<Budget> {
+        self.max_budget.map(|max_usd| Budget {
+            max_usd,
+            period: self.budget_period.unwrap_or(BudgetPeriod::Total),
+        })
+    }
+}
+
+/// Where a key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The key store (created through the admin API or [`Keyring`](super::Keyring)).
+    Store,
+    /// The configuration file (read-only at run time).
+    Config,
+}
+
+/// A key as a store keeps it: no secret, only its hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRecord {
+    /// The public id (`<id>` in `tg-<id>-<secret>`).
+    pub id: String,
+    /// The hash of id and secret.
+    pub hash: KeyHash,
+    /// A human name.
+    pub alias: Option<String>,
+    /// The team the key belongs to.
+    pub team_id: Option<String>,
+    /// The user the key was made for (free text, as LiteLLM's `user_id`).
+    pub user_id: Option<String>,
+    /// Model names, access-group names and patterns (`openai/*`).
+    pub grants: Vec<String>,
+    /// When the key stops working, in Unix seconds.
+    pub expires_at: Option<u64>,
+    /// Revoked: refused with 401 `key_revoked` until unblocked.
+    pub blocked: bool,
+    /// Rate limits, budget, weight.
+    pub limits: Limits,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// When the key was made, in Unix seconds.
+    pub created_at: u64,
+    /// When the key was last changed, in Unix seconds.
+    pub updated_at: u64,
+}
+
+impl KeyRecord {
+    /// A key with no grants and no limits, created now.
+    pub fn new(id: impl Into<String>, hash: KeyHash) -> Self {
+        let now = unix_now();
+        KeyRecord {
+            id: id.into(),
+            hash,
+            alias: None,
+            team_id: None,
+            user_id: None,
+            grants: Vec::new(),
+            expires_at: None,
+            blocked: false,
+            limits: Limits::default(),
+            metadata: Map::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A team: keys that share grants (as a ceiling), limits and a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeamRecord {
+    /// The team's id.
+    pub id: String,
+    /// A human name.
+    pub alias: Option<String>,
+    /// The team's grants: the most any of its keys may use (empty: no ceiling).
+    pub grants: Vec<String>,
+    /// Revoked: every key of the team is refused with 401 `key_revoked`.
+    pub blocked: bool,
+    /// Rate limits, budget, weight.
+    pub limits: Limits,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// When the team was made, in Unix seconds.
+    pub created_at: u64,
+    /// When the team was last changed, in Unix seconds.
+    pub updated_at: u64,
+}
+
+impl TeamRecord {
+    /// A team with no grants and no limits, created now.
+    pub fn new(id: impl Into<String>) -> Self {
+        let now = unix_now();
+        TeamRecord {
+            id: id.into(),
+            alias: None,
+            grants: Vec::new(),
+            blocked: false,
+            limits: Limits::default(),
+            metadata: Map::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A change to one field: keep it, remove it (`null`), or set it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Patch<T> {
+    /// The field was left out: keep the current value.
+    #[default]
+    Keep,
+    /// The field was `null`: remove the value (the limit, the budget, the expiry).
+    Clear,
+    /// The field was given.
+    Set(T),
+}
+
+impl<T> Patch<T> {
+    /// Applies the change to an optional value.
+    pub fn apply(self, current: &mut Option<T>) {
+        match self {
+            Patch::Keep => {}
+            Patch::Clear => *current = None,
+            Patch::Set(v) => *current = Some(v),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Parses a LiteLLM-style duration: a whole number and a unit `s`, `m`, `h`,
+/// `d` or `w` (`30d`, `12h`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "`{text}` is not a duration; write a whole number and a unit s, m, h, d or w, e.g. `30d`"
+        )
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs)
+        .filter(|s| *s <= 100 * 366 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is longer than a hundred years"))
+}
+
+/// Unix seconds as RFC 3339 UTC (`2025-01-31T12:00:00Z`).
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(1_209_600)
+        );
+        for bad in ["", "d", "30", "30x", "-1d", "1.5h", "99999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn periods() {
+        assert_eq!("1mo".parse::<BudgetPeriod>(), Ok(BudgetPeriod::Monthly));
+        assert_eq!("weekly".parse::<BudgetPeriod>(), Ok(BudgetPeriod::Weekly));
+        assert!("30d".parse::<BudgetPeriod>().is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(784_111_777), "1994-11-06T08:49:37Z");
+        assert_eq!(rfc3339(1_709_208_000), "2024-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn patches() {
+        let mut v = Some(3);
+        Patch::Keep.apply(&mut v);
+        assert_eq!(v, Some(3));
+        Patch::Set(4).apply(&mut v);
+        assert_eq!(v, Some(4));
+        Patch::Clear.apply(&mut v);
+        assert_eq!(v, None);
+    }
+}

@@ -1,0 +1,376 @@
+//! [`SqliteStore`]: keys and teams in an embedded SQLite database.
+//!
+//! The reference gateway's default store: one file, nothing to run beside
+//! the gateway, nothing lost on restart. SQLite is compiled in (rusqlite's
+//! `bundled`), the file is in WAL mode with `synchronous = FULL` (a write
+//! the admin API acknowledged survives a crash), and every statement runs on
+//! tokio's blocking pool, never on the async runtime. Only hashes are stored.
+//!
+//! The schema changes through numbered [`MIGRATIONS`], applied in order, each
+//! in its own transaction with the `schema_version` row. A database written by
+//! a newer build (a higher version) is refused rather than misread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+
+use super::record::{BudgetPeriod, KeyRecord, Limits, TeamRecord};
+use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
+use super::token::KeyHash;
+
+/// The schema's migrations: `(version, SQL)`, in order.
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE teams (
+            id            TEXT PRIMARY KEY,
+            alias         TEXT,
+            grants        TEXT NOT NULL,
+            blocked       INTEGER NOT NULL DEFAULT 0,
+            rpm_limit     INTEGER,
+            tpm_limit     INTEGER,
+            max_budget    REAL,
+            budget_period TEXT,
+            weight        INTEGER NOT NULL DEFAULT 1,
+            metadata      TEXT NOT NULL DEFAULT '{}',
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );
+        CREATE TABLE keys (
+            id            TEXT PRIMARY KEY,
+            hash          BLOB NOT NULL,
+            alias         TEXT,
+            team_id       TEXT,
+            user_id       TEXT,
+            grants        TEXT NOT NULL,
+            expires_at    INTEGER,
+            blocked       INTEGER NOT NULL DEFAULT 0,
+            rpm_limit     INTEGER,
+            tpm_limit     INTEGER,
+            max_budget    REAL,
+            budget_period TEXT,
+            weight        INTEGER NOT NULL DEFAULT 1,
+            metadata      TEXT NOT NULL DEFAULT '{}',
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );",
+    ),
+    (2, "CREATE INDEX keys_by_team ON keys (team_id);"),
+];
+
+/// Keys and teams in a SQLite file (see the module docs).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+fn db_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(format!("key store `{}`: {e}", path.display()))
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) and migrates the database at `path`.
+    /// Blocking: call it at start, or from `spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let mut conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(|e| db_err(path, e))?;
+        migrate(&mut conn).map_err(|e| db_err(path, e))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| db_err(&self.path, "lock poisoned"))?;
+        version(&conn).map_err(|e| db_err(&self.path, e))
+    }
+
+    /// Runs `f` with the connection on tokio's blocking pool.
+    fn run<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, String> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().map_err(|_| db_err(&p, "lock poisoned"))?;
+                f(&mut conn).map_err(|e| db_err(&p, e))
+            })
+            .await
+            .map_err(|e| db_err(&path, e))?
+        })
+    }
+}
+
+fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    Ok(conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current = version(conn).map_err(|e| e.to_string())?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(format!(
+            "the database has schema version {current}, newer than this build knows ({latest}); use a newer tollgate"
+        ));
+    }
+    for &(v, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {v}: {e}"))?;
+        tx.execute("DELETE FROM schema_version", [])
+            .and_then(|_| tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [v]))
+            .map_err(|e| format!("migration {v}: {e}"))?;
+        tx.commit().map_err(|e| format!("migration {v}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn json_list(text: String) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn json_map(text: String) -> rusqlite::Result<Map<String, Value>> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn period(text: Option<String>) -> rusqlite::Result<Option<BudgetPeriod>> {
+    text.map(|t| {
+        t.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .transpose()
+}
+
+fn u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+}
+
+const KEY_COLUMNS: &str = "id, hash, alias, team_id, user_id, grants, expires_at, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
+const TEAM_COLUMNS: &str = "id, alias, grants, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let hash: Vec<u8> = row.get(1)?;
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        hash: KeyHash::from_bytes(&hash).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Blob,
+                "a key hash is not 32 bytes".into(),
+            )
+        })?,
+        alias: row.get(2)?,
+        team_id: row.get(3)?,
+        user_id: row.get(4)?,
+        grants: json_list(row.get(5)?)?,
+        expires_at: u64_col(row, 6)?,
+        blocked: row.get(7)?,
+        limits: Limits {
+            rpm: u64_col(row, 8)?,
+            tpm: u64_col(row, 9)?,
+            max_budget: row.get(10)?,
+            budget_period: period(row.get(11)?)?,
+            weight: row.get::<_, i64>(12)?.clamp(1, i64::from(u32::MAX)) as u32,
+        },
+        metadata: json_map(row.get(13)?)?,
+        created_at: u64_col(row, 14)?.unwrap_or(0),
+        updated_at: u64_col(row, 15)?.unwrap_or(0),
+    })
+}
+
+fn team_row(row: &Row<'_>) -> rusqlite::Result<TeamRecord> {
+    Ok(TeamRecord {
+        id: row.get(0)?,
+        alias: row.get(1)?,
+        grants: json_list(row.get(2)?)?,
+        blocked: row.get(3)?,
+        limits: Limits {
+            rpm: u64_col(row, 4)?,
+            tpm: u64_col(row, 5)?,
+            max_budget: row.get(6)?,
+            budget_period: period(row.get(7)?)?,
+            weight: row.get::<_, i64>(8)?.clamp(1, i64::from(u32::MAX)) as u32,
+        },
+        metadata: json_map(row.get(9)?)?,
+        created_at: u64_col(row, 10)?.unwrap_or(0),
+        updated_at: u64_col(row, 11)?.unwrap_or(0),
+    })
+}
+
+fn i(v: Option<u64>) -> Option<i64> {
+    v.map(|v| v.min(i64::MAX as u64) as i64)
+}
+
+fn text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+impl KeyStore for SqliteStore {
+    fn load(&self) -> StoreFuture<'_, Snapshot> {
+        self.run(|conn| {
+            let load = || -> rusqlite::Result<Snapshot> {
+                let mut st = conn.prepare(&format!("SELECT {TEAM_COLUMNS} FROM teams"))?;
+                let teams = st.query_map([], team_row)?.collect::<Result<_, _>>()?;
+                let mut st = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys"))?;
+                let keys = st.query_map([], key_row)?.collect::<Result<_, _>>()?;
+                Ok(Snapshot { keys, teams })
+            };
+            load().map_err(|e| e.to_string())
+        })
+    }
+
+    fn put_key(&self, k: KeyRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ),
+                params![
+                    k.id,
+                    &k.hash.as_bytes()[..],
+                    k.alias,
+                    k.team_id,
+                    k.user_id,
+                    text(&k.grants),
+                    i(k.expires_at),
+                    k.blocked,
+                    i(k.limits.rpm),
+                    i(k.limits.tpm),
+                    k.limits.max_budget,
+                    k.limits.budget_period.map(|p| p.as_str()),
+                    i64::from(k.limits.weight),
+                    text(&k.metadata),
+                    i(Some(k.created_at)),
+                    i(Some(k.updated_at)),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let mut delete = || -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                for id in &ids {
+                    tx.execute("DELETE FROM keys WHERE id = ?1", [id])?;
+                }
+                tx.commit()
+            };
+            delete().map_err(|e| e.to_string())
+        })
+    }
+
+    fn put_team(&self, t: TeamRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO teams ({TEAM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    t.id,
+                    t.alias,
+                    text(&t.grants),
+                    t.blocked,
+                    i(t.limits.rpm),
+                    i(t.limits.tpm),
+                    t.limits.max_budget,
+                    t.limits.budget_period.map(|p| p.as_str()),
+                    i64::from(t.limits.weight),
+                    text(&t.metadata),
+                    i(Some(t.created_at)),
+                    i(Some(t.updated_at)),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-sqlite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("keys.db")
+    }
+
+    #[tokio::test]
+    async fn round_trip_survives_reopen() {
+        let path = temp("roundtrip");
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            MIGRATIONS.last().unwrap().0
+        );
+        let mut k = KeyRecord::new("abc", KeyHash::of("abc", "0123456789abcdefgh"));
+        k.alias = Some("ci".into());
+        k.team_id = Some("t1".into());
+        k.grants = vec!["gpt-4o".into(), "openai/*".into()];
+        k.expires_at = Some(2_000_000_000);
+        k.limits = Limits {
+            rpm: Some(60),
+            tpm: None,
+            max_budget: Some(12.5),
+            budget_period: Some(BudgetPeriod::Monthly),
+            weight: 3,
+        };
+        k.metadata.insert("owner".into(), "ops".into());
+        store.put_key(k.clone()).await.unwrap();
+        let mut t = TeamRecord::new("t1");
+        t.grants = vec!["cheap".into()];
+        t.limits.tpm = Some(1000);
+        store.put_team(t.clone()).await.unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.load().await.unwrap();
+        assert_eq!(snap.keys, vec![k.clone()]);
+        assert_eq!(snap.teams, vec![t]);
+        store.delete_keys(vec!["abc".into()]).await.unwrap();
+        assert!(store.load().await.unwrap().keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let path = temp("newer");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE schema_version SET version = 999", [])
+            .unwrap();
+        drop(conn);
+        let e = SqliteStore::open(&path).unwrap_err();
+        assert!(e.to_string().contains("newer than this build"), "{e}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Where keys and teams are kept: the [`KeyStore`] trait and [`MemoryStore`].
+//!
+//! A store is the durable copy. The hot path never reads it: a
+//! [`Keyring`](super::Keyring) loads everything once at start and serves
+//! requests from memory; the admin API writes through the store first and
+//! then into memory, so a write the store refused changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use super::record::{KeyRecord, TeamRecord};
+
+/// A store's future: boxed, since stores are behind `dyn` and off the hot path.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A store failed (I/O, a corrupt row, a schema newer than this build).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError(String);
+
+impl StoreError {
+    /// An error with this description (never put a secret in it).
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError(message.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Everything a store holds.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every key.
+    pub keys: Vec<KeyRecord>,
+    /// Every team.
+    pub teams: Vec<TeamRecord>,
+}
+
+/// Durable storage of keys and teams. Each write is atomic: it happens
+/// whole or not at all.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Everything, to load into memory at start.
+    fn load(&self) -> StoreFuture<'_, Snapshot>;
+    /// Inserts or replaces a key.
+    fn put_key(&self, key: KeyRecord) -> StoreFuture<'_, ()>;
+    /// Deletes these keys, all or none.
+    fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
+    /// Inserts or replaces a team.
+    fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()>;
+}
+
+/// Keys and teams in this process's memory: for tests and for setups whose
+/// keys all come from the config file. Nothing survives a restart.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Maps>>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    keys: BTreeMap<String, KeyRecord>,
+    teams: BTreeMap<String, TeamRecord>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Maps) -> T) -> Result<T, StoreError> {
+        let mut maps = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::new("the memory store's lock is poisoned"))?;
+        Ok(f(&mut maps))
+    }
+}
+
+impl KeyStore for MemoryStore {
+    fn load(&self) -> StoreFuture<'_, Snapshot> {
+        let r = self.with(|m| Snapshot {
+            keys: m.keys.values().cloned().collect(),
+            teams: m.teams.values().cloned().collect(),
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_key(&self, key: KeyRecord) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            m.keys.insert(key.id.clone(), key);
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            for id in ids {
+                m.keys.remove(&id);
+            }
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            m.teams.insert(team.id.clone(), team);
+        });
+        Box::pin(std::future::ready(r))
+    }
+}
