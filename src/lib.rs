@@ -37,6 +37,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fallback;
 pub mod normalize;
 pub mod read_request;
 pub mod router;
