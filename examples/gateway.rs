@@ -9,8 +9,8 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `NormalizeErrors` → `ReadRequest` → `Router` →
-//!   provider;
+//!   `/v1/responses` through `NormalizeErrors` → `ReadRequest` → `Fallback` →
+//!   `Router` (retries, cooldowns) → provider;
 //! - `GET /v1/models`, the configured model groups in OpenAI's list shape;
 //! - `GET /health`.
 //!
@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -28,13 +29,20 @@ use axum::routing::get;
 use tollgate::config::{Config, ConfigError};
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::read_request::ReadRequestLayer;
+use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, Reason};
 use tower::ServiceBuilder;
 
 /// The gateway's routes for a checked config.
 pub fn app(config: &Config) -> Result<axum::Router, ConfigError> {
-    let router = config.router()?;
+    app_with_clock(config, Arc::new(SystemClock))
+}
+
+/// The gateway's routes, with cooldowns measured on `clock`.
+pub fn app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<axum::Router, ConfigError> {
+    let router = config.router_with_clock(clock)?;
+    let fallback = config.fallback_layer()?;
     let models: Vec<serde_json::Value> = router
         .model_names()
         .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
@@ -43,6 +51,7 @@ pub fn app(config: &Config) -> Result<axum::Router, ConfigError> {
     let inference = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
+        .layer(fallback)
         .service(router);
     Ok(axum::Router::new()
         .route_service("/v1/chat/completions", inference.clone())

@@ -383,7 +383,10 @@ where
                     count += listed.len() as u32;
                     attempts.extend(listed.iter().cloned());
                 }
+                let alone = visited.len() == 1 && listed.is_empty();
                 match next_for(&e) {
+                    // Nothing was tried anywhere: the router's error as it is.
+                    Next::Stop if alone => return Err(e),
                     Next::Stop => return Err(finish(vec![e], attempts)),
                     Next::Chain => {}
                     Next::ContextWindow => match chains.context.get(&*current) {
@@ -391,10 +394,14 @@ where
                         None => return Err(finish(vec![e], attempts)),
                     },
                 }
-                errors.push(e);
                 let Some(next) = plan.iter().find(|g| !visited.contains(g)).cloned() else {
+                    if alone {
+                        return Err(e);
+                    }
+                    errors.push(e);
                     return Err(finish(errors, attempts));
                 };
+                errors.push(e);
                 tracing::info!(from = %current, to = %next, "falling back to the next model group");
                 visited.push(next.clone());
                 let mut r = req.clone();

@@ -16,10 +16,15 @@ use common::*;
 use futures_util::StreamExt;
 
 /// One group per upstream behaviour; faults are chosen by a header the
-/// deployment sends (the mock's `x-mock-fault`).
+/// deployment sends (the mock's `x-mock-fault`). No retries: these tests pin
+/// how one upstream outcome reaches the client (retries, cooldowns and
+/// fallbacks are `tests/router.rs`'s).
 const CONFIG: &str = r#"
 [server]
 max_body_bytes = 65536
+
+[router]
+num_retries = 0
 
 [upstream]
 connect_timeout_ms = 1000
@@ -139,8 +144,8 @@ async fn chat_completion_arrives_intact_through_async_openai() {
         Some(expected_content(16).as_str())
     );
     assert_eq!(
-        res.model, "mock-small",
-        "the upstream saw the deployment's model"
+        res.model, "gpt-4o-mini",
+        "the answer names the group that served"
     );
     let usage = res.usage.unwrap();
     assert_eq!(usage.completion_tokens, 16);
@@ -153,6 +158,10 @@ async fn chat_completion_arrives_intact_through_async_openai() {
     assert_eq!(
         last.headers["authorization"],
         format!("Bearer {UPSTREAM_KEY}")
+    );
+    assert!(
+        String::from_utf8_lossy(&last.body).contains(r#""model":"mock-small""#),
+        "the upstream saw the deployment's model"
     );
     let forwarded = format!("{:?}{}", last.headers, String::from_utf8_lossy(&last.body));
     assert!(
@@ -291,7 +300,9 @@ async fn upstream_429_reaches_the_client_as_429_with_retry_after() {
 
     // The OpenAI client library sees the 429 (see README: async-openai 0.43
     // types `error.code` as a string, so it reports our numeric `code` as a
-    // deserialization failure carrying the whole contract body).
+    // deserialization failure carrying the whole contract body). A fresh
+    // gateway: this one's deployment is cooling down now (a 503).
+    let gw = gateway(CONFIG, &mock).await;
     let err = client(gw.base())
         .chat()
         .create(chat_request("rate-limited"))
