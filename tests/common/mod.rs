@@ -10,11 +10,12 @@ pub mod mock_upstream;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::{Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 pub use mock_upstream::{MockConfig, MockServer};
 use tollgate::config::Config;
+use tollgate::router::{Clock, SystemClock};
 
 /// The key clients present. The gateway has no key store yet; it must still
 /// never forward or echo what the client sent.
@@ -121,12 +122,26 @@ pub async fn gateway(toml: &str, mock: &MockServer) -> Gateway {
 }
 
 pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) -> Gateway {
+    start_gateway(toml, mock, grace, Arc::new(SystemClock)).await
+}
+
+/// Starts the reference gateway with its cooldowns measured on `clock`.
+pub async fn gateway_with_clock(toml: &str, mock: &MockServer, clock: Arc<dyn Clock>) -> Gateway {
+    start_gateway(toml, mock, Duration::from_secs(5), clock).await
+}
+
+async fn start_gateway(
+    toml: &str,
+    mock: &MockServer,
+    grace: Duration,
+    clock: Arc<dyn Clock>,
+) -> Gateway {
     init();
     let text = toml
         .replace("{mock}", &mock.base_url())
         .replace("{key_env}", UPSTREAM_KEY_ENV);
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let app = gateway::app(&config).unwrap();
+    let app = gateway::app_with_clock(&config, clock).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
