@@ -658,6 +658,15 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_config_loads() {
+        let c =
+            Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml")).unwrap();
+        assert_eq!(c.chains().unwrap().fallbacks_of("gpt-4o"), ["gpt-4o-mini"]);
+        assert_eq!(c.retry_policy(), RetryPolicy::default());
+        c.router().unwrap();
+    }
+
+    #[test]
     fn router_settings_become_the_policy() {
         let c = Config::from_toml(
             "gw.toml",

@@ -21,7 +21,7 @@
 //! A stream is never fallen back after its first content chunk: the router
 //! only returns a stream once it has committed, so nothing here can append
 //! an assistant "prefill" or rewrite the conversation — each group gets the
-//! client's own bytes, only `model` changed ([`Parsed::retarget`]).
+//! client's own bytes, only `model` changed ([`Parsed::retarget`](crate::read_request::Parsed::retarget)).
 //!
 //! The answer that succeeds carries `x-tollgate-model-group` (the group that
 //! served; a non-streaming answer's `model` says the same) and
