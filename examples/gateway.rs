@@ -10,7 +10,8 @@
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/responses` through `NormalizeErrors` → `VirtualKeys` →
-//!   `ReadRequest` → `ModelAccess` → `Router` → provider;
+//!   `ReadRequest` → `ModelAccess` → `Fallback` → `Router` (retries,
+//!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
 //! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
@@ -23,6 +24,7 @@
 #![allow(dead_code)]
 
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -31,6 +33,7 @@ use tollgate::config::{Config, ConfigError};
 use tollgate::keys::VirtualKeysLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::read_request::ReadRequestLayer;
+use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, Reason};
 use tower::ServiceBuilder;
@@ -38,7 +41,16 @@ use tower::ServiceBuilder;
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
 pub async fn app(config: &Config) -> Result<axum::Router, ConfigError> {
-    let router = config.router()?;
+    app_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// The gateway's routes, with cooldowns measured on `clock`.
+pub async fn app_with_clock(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<axum::Router, ConfigError> {
+    let router = config.router_with_clock(clock)?;
+    let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
     let auth = VirtualKeysLayer::new(keyring.clone());
     let models = ServiceBuilder::new()
@@ -50,6 +62,7 @@ pub async fn app(config: &Config) -> Result<axum::Router, ConfigError> {
         .layer(auth)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
         .layer(ModelAccessLayer::new())
+        .layer(fallback)
         .service(router);
     let mut app = axum::Router::new()
         .route_service("/v1/chat/completions", inference.clone())

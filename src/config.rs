@@ -3,19 +3,40 @@
 //! A bad file is refused before anything listens, with a message naming the
 //! file, the field and the problem: a TOML syntax error, an unknown field, a
 //! wrong type, a group with no deployments, a base URL that is not one, an
-//! API-key variable that is not set. See the README's config reference.
+//! API-key variable that is not set, a fallback chain naming an unknown group
+//! or forming a cycle. See the README's config reference.
 //!
 //! ```
 //! let config = tollgate::config::Config::from_toml("demo.toml", r#"
+//!     [router]
+//!     num_retries = 2
 //!     [[groups]]
 //!     name = "gpt-4o-mini"
+//!     fallbacks = ["backup"]
 //!     [[groups.deployments]]
 //!     provider = "mock"
 //!     base_url = "http://127.0.0.1:9000/v1"
 //!     model = "mock-small"
+//!     [[groups]]
+//!     name = "backup"
+//!     [[groups.deployments]]
+//!     provider = "mock"
+//!     base_url = "http://127.0.0.1:9000/v1"
 //! "#).unwrap();
 //! let router = config.router().unwrap();
 //! assert!(router.has_model("gpt-4o-mini"));
+//! let _fallback = config.fallback_layer().unwrap();
+//!
+//! let e = tollgate::config::Config::from_toml("bad.toml", r#"
+//!     [[groups]]
+//!     name = "a"
+//!     fallbacks = ["gpt-5-typo"]
+//!     [[groups.deployments]]
+//!     provider = "mock"
+//!     base_url = "http://127.0.0.1:9000/v1"
+//! "#).unwrap_err();
+//! assert_eq!(e.field(), "groups[0].fallbacks");
+//! assert!(e.to_string().contains("`gpt-5-typo`"));
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,9 +49,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::AccessGroups;
+use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
 use crate::provider::{HttpClient, Provider, Timeouts};
-use crate::router::{Deployment, Router};
+use crate::router::cooldown::MAX_THRESHOLD;
+use crate::router::{Clock, Deployment, FailureWindow, RetryPolicy, Router, SystemClock};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -42,6 +65,9 @@ pub struct Config {
     /// `[upstream]`
     #[serde(default)]
     pub upstream: Upstream,
+    /// `[router]`
+    #[serde(default)]
+    pub router: RouterSettings,
     /// `[[groups]]`
     #[serde(default)]
     pub groups: Vec<Group>,
@@ -176,12 +202,64 @@ impl Default for Upstream {
     }
 }
 
+/// `[router]`: retries and cooldowns (see [`RetryPolicy`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// Retries per request after the first attempt (default 2).
+    pub num_retries: u32,
+    /// First backoff before the same deployment is tried again (default 100 ms).
+    pub backoff_ms: u64,
+    /// Longest backoff (default 2 000 ms).
+    pub max_backoff_ms: u64,
+    /// Shortest cooldown after a 429 (default 1 000 ms).
+    pub min_rate_limit_cooldown_ms: u64,
+    /// Longest cooldown after a 429, whatever `Retry-After` says (default 300 000 ms).
+    pub max_rate_limit_cooldown_ms: u64,
+    /// Cooldown after an upstream 401/403 (default 300 000 ms).
+    pub credential_cooldown_ms: u64,
+    /// Cooldown after an upstream 404/410 (default 3 600 000 ms).
+    pub model_gone_cooldown_ms: u64,
+    /// Timeouts / 5xx / connection failures that cool a deployment down (default 3).
+    pub failure_threshold: u32,
+    /// … within this window (default 60 000 ms).
+    pub failure_window_ms: u64,
+    /// … for this long (default 30 000 ms).
+    pub failure_cooldown_ms: u64,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        RouterSettings {
+            num_retries: p.num_retries,
+            backoff_ms: ms(p.backoff),
+            max_backoff_ms: ms(p.max_backoff),
+            min_rate_limit_cooldown_ms: ms(p.min_rate_limit_cooldown),
+            max_rate_limit_cooldown_ms: ms(p.max_rate_limit_cooldown),
+            credential_cooldown_ms: ms(p.credential_cooldown),
+            model_gone_cooldown_ms: ms(p.model_gone_cooldown),
+            failure_threshold: p.failures.threshold,
+            failure_window_ms: ms(p.failures.window),
+            failure_cooldown_ms: ms(p.failure_cooldown),
+        }
+    }
+}
+
 /// `[[groups]]`: a model group, the name clients ask for.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
     /// The model name clients send.
     pub name: String,
+    /// Groups to try, in order, when this one is exhausted or gone (followed
+    /// transitively; checked at start: unknown groups and cycles are refused).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Groups to try when this one says the prompt exceeds its context window.
+    #[serde(default)]
+    pub context_window_fallbacks: Vec<String>,
     /// `[[groups.deployments]]`
     #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
@@ -204,6 +282,8 @@ pub struct DeploymentConfig {
     /// Relative share of the group's traffic (default 1).
     #[serde(default = "one")]
     pub weight: u32,
+    /// At most this many requests in flight here (default: no limit).
+    pub capacity: Option<u32>,
     /// Extra headers sent upstream with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -211,6 +291,13 @@ pub struct DeploymentConfig {
 
 fn one() -> u32 {
     1
+}
+
+/// A deployment's name: its `name`, or `provider/model`.
+fn deployment_name(group: &str, d: &DeploymentConfig) -> String {
+    d.name
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", d.provider, d.model.as_deref().unwrap_or(group)))
 }
 
 /// A configuration problem: the file, the field and what is wrong.
@@ -303,6 +390,22 @@ impl Config {
                 return Err(self.err(field, "must be greater than 0"));
             }
         }
+        let r = &self.router;
+        if !(1..=MAX_THRESHOLD).contains(&r.failure_threshold) {
+            return Err(self.err(
+                "router.failure_threshold",
+                format!("must be between 1 and {MAX_THRESHOLD}"),
+            ));
+        }
+        if r.failure_window_ms == 0 {
+            return Err(self.err("router.failure_window_ms", "must be greater than 0"));
+        }
+        if r.min_rate_limit_cooldown_ms > r.max_rate_limit_cooldown_ms {
+            return Err(self.err(
+                "router.min_rate_limit_cooldown_ms",
+                "must not be greater than router.max_rate_limit_cooldown_ms",
+            ));
+        }
         if self.server.max_body_bytes == 0 {
             return Err(self.err("server.max_body_bytes", "must be greater than 0"));
         }
@@ -329,10 +432,34 @@ impl Config {
                     format!("model group `{}` has no deployments", g.name),
                 ));
             }
+            if g.deployments.len() > crate::router::MAX_DEPLOYMENTS {
+                return Err(self.err(
+                    format!("groups[{gi}].deployments"),
+                    format!(
+                        "model group `{}` has more than {} deployments",
+                        g.name,
+                        crate::router::MAX_DEPLOYMENTS
+                    ),
+                ));
+            }
+            let mut seen = HashSet::new();
             for (di, d) in g.deployments.iter().enumerate() {
                 let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
                 if d.weight == 0 {
                     return Err(self.err(at("weight"), "must be at least 1"));
+                }
+                if d.capacity == Some(0) {
+                    return Err(self.err(at("capacity"), "must be at least 1"));
+                }
+                if !seen.insert(deployment_name(&g.name, d)) {
+                    return Err(self.err(
+                        at("name"),
+                        format!(
+                            "model group `{}` has two deployments named `{}`; set distinct `name`s",
+                            g.name,
+                            deployment_name(&g.name, d)
+                        ),
+                    ));
                 }
                 Provider::builder(&d.provider, &d.base_url)
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?;
@@ -353,6 +480,7 @@ impl Config {
                 }
             }
         }
+        self.chains()?;
         if let Some(ca) = &u.ca_file {
             if !ca.exists() {
                 return Err(self.err(
@@ -574,20 +702,73 @@ impl Config {
             .map_err(|e| self.err("upstream.ca_file", e.to_string()))
     }
 
-    /// The router over every group's deployments, sharing one client.
+    /// The router's retry and cooldown policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let r = &self.router;
+        let ms = Duration::from_millis;
+        RetryPolicy {
+            num_retries: r.num_retries,
+            backoff: ms(r.backoff_ms),
+            max_backoff: ms(r.max_backoff_ms),
+            min_rate_limit_cooldown: ms(r.min_rate_limit_cooldown_ms),
+            max_rate_limit_cooldown: ms(r.max_rate_limit_cooldown_ms),
+            credential_cooldown: ms(r.credential_cooldown_ms),
+            model_gone_cooldown: ms(r.model_gone_cooldown_ms),
+            failures: FailureWindow {
+                threshold: r.failure_threshold,
+                window: ms(r.failure_window_ms),
+            },
+            failure_cooldown: ms(r.failure_cooldown_ms),
+        }
+    }
+
+    /// Every group's fallback chains, checked: an unknown group or a cycle
+    /// is an error naming the chain's field.
+    pub fn chains(&self) -> Result<Chains, ConfigError> {
+        let mut b = Chains::builder(self.groups.iter().map(|g| g.name.as_str()));
+        for g in &self.groups {
+            if !g.fallbacks.is_empty() {
+                b = b.fallbacks(&g.name, &g.fallbacks);
+            }
+            if !g.context_window_fallbacks.is_empty() {
+                b = b.context_window_fallbacks(&g.name, &g.context_window_fallbacks);
+            }
+        }
+        b.build().map_err(|e| {
+            let gi = self
+                .groups
+                .iter()
+                .position(|g| g.name == e.group())
+                .unwrap_or(0);
+            self.err(format!("groups[{gi}].{}", e.kind()), e.to_string())
+        })
+    }
+
+    /// The `Fallback` layer over the checked chains.
+    pub fn fallback_layer(&self) -> Result<FallbackLayer, ConfigError> {
+        Ok(FallbackLayer::new(self.chains()?))
+    }
+
+    /// The router over every group's deployments, sharing one client, on
+    /// the system clock.
     pub fn router(&self) -> Result<Router<Provider>, ConfigError> {
+        self.router_with_clock(Arc::new(SystemClock))
+    }
+
+    /// The router with cooldowns measured on `clock` (tests move it by hand).
+    pub fn router_with_clock(
+        &self,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Router<Provider>, ConfigError> {
         let client = self.http_client()?;
         let timeouts = self.timeouts();
-        let mut router = Router::builder();
+        let mut router = Router::builder().policy(self.retry_policy()).clock(clock);
         for (gi, g) in self.groups.iter().enumerate() {
             let mut deployments = Vec::with_capacity(g.deployments.len());
             for (di, d) in g.deployments.iter().enumerate() {
                 let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
                 let model = d.model.as_deref().unwrap_or(&g.name);
-                let name = d
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/{}", d.provider, model));
+                let name = deployment_name(&g.name, d);
                 let mut b = Provider::builder(&d.provider, &d.base_url)
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?
                     .client(client.clone())
@@ -606,7 +787,11 @@ impl Config {
                         .header(k, v)
                         .map_err(|e| self.err(at("headers"), e.to_string()))?;
                 }
-                deployments.push(Deployment::new(&name, b.build(), d.weight));
+                let mut dep = Deployment::new(&name, b.build(), d.weight);
+                if let Some(n) = d.capacity {
+                    dep = dep.capacity(n);
+                }
+                deployments.push(dep);
             }
             router = router
                 .group(&g.name, deployments)
@@ -674,6 +859,90 @@ mod tests {
 
         let e = err(&format!("[upstream]\nidle_timeout_ms = 0\n{OK}"));
         assert_eq!(e.field(), "upstream.idle_timeout_ms");
+
+        let e = err(&format!("[router]\nfailure_threshold = 0\n{OK}"));
+        assert_eq!(e.field(), "router.failure_threshold");
+        let e = err(&format!("{OK}\ncapacity = 0\n"));
+        assert_eq!(e.field(), "groups[0].deployments[0].capacity");
+        let e = err(&format!(
+            "{OK}{}",
+            OK.replace("[[groups]]\n        name = \"g\"", "")
+        ));
+        assert!(
+            e.to_string().contains("two deployments named `mock/g`"),
+            "{e}"
+        );
+    }
+
+    fn two_groups(extra_a: &str, extra_b: &str) -> String {
+        format!(
+            r#"
+            [[groups]]
+            name = "a"
+            {extra_a}
+            [[groups.deployments]]
+            provider = "mock"
+            base_url = "http://127.0.0.1:9000/v1"
+
+            [[groups]]
+            name = "b"
+            {extra_b}
+            [[groups.deployments]]
+            provider = "mock"
+            base_url = "http://127.0.0.1:9000/v1"
+            "#
+        )
+    }
+
+    #[test]
+    fn fallback_chains_are_checked_at_start() {
+        let c = Config::from_toml(
+            "gw.toml",
+            &two_groups(
+                r#"fallbacks = ["b"]"#,
+                r#"context_window_fallbacks = ["a"]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.chains().unwrap().fallbacks_of("a"), ["b"]);
+        c.fallback_layer().unwrap();
+
+        let e = err(&two_groups("", r#"fallbacks = ["gpt-4o-typo"]"#));
+        assert_eq!(e.field(), "groups[1].fallbacks");
+        assert!(e.to_string().contains("`gpt-4o-typo`"), "{e}");
+        assert!(e.to_string().starts_with("gw.toml: "), "{e}");
+
+        let e = err(&two_groups(r#"fallbacks = ["b"]"#, r#"fallbacks = ["a"]"#));
+        assert_eq!(e.field(), "groups[0].fallbacks");
+        assert!(e.to_string().contains("`a` → `b` → `a`"), "{e}");
+
+        let e = err(&two_groups(r#"context_window_fallbacks = ["a"]"#, ""));
+        assert_eq!(e.field(), "groups[0].context_window_fallbacks");
+    }
+
+    #[test]
+    fn router_settings_become_the_policy() {
+        let c = Config::from_toml(
+            "gw.toml",
+            &format!(
+                "[router]\nnum_retries = 5\nfailure_threshold = 4\nfailure_window_ms = 500\nmodel_gone_cooldown_ms = 10\n{OK}\ncapacity = 8\n"
+            ),
+        )
+        .unwrap();
+        let p = c.retry_policy();
+        assert_eq!(p.num_retries, 5);
+        assert_eq!(p.failures.threshold, 4);
+        assert_eq!(p.failures.window, Duration::from_millis(500));
+        assert_eq!(p.model_gone_cooldown, Duration::from_millis(10));
+        assert_eq!(
+            p.credential_cooldown,
+            RetryPolicy::default().credential_cooldown
+        );
+        assert_eq!(c.router().unwrap().policy(), &p);
+        assert_eq!(
+            Config::from_toml("gw.toml", OK).unwrap().retry_policy(),
+            RetryPolicy::default()
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | [`normalize::NormalizeErrors`] | every failure leaves in one JSON shape; mid-stream failures become SSE error events | — |
 //! | [`read_request::ReadRequest`] | buffer the body (size-limited), parse `model`, `stream`, … once | 400, 405, 413, 415 |
-//! | [`router::Router`] | dispatch a model group to one of its deployments | 404 unknown model |
+//! | [`fallback::Fallback`] | try the next model group when one is exhausted or gone (checked chains, per-request `models`) | — |
+//! | [`router::Router`] | pick a healthy deployment by load, retry elsewhere, cool failing ones down | 404 unknown model, 503 no deployment |
 //! | [`provider::Provider`] | send to an OpenAI-compatible upstream over pooled hyper connections, stream back | 408, 429, 502, 503 |
 //!
 //! ```
@@ -37,6 +38,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fallback;
 pub mod normalize;
 pub mod read_request;
 pub mod router;

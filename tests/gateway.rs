@@ -40,10 +40,12 @@ fn deployment(group: &str, provider: &str, model: Option<&str>, fault: Option<&s
     )
 }
 
+/// No retries: these tests pin how one upstream outcome reaches the client
+/// (retries, cooldowns and fallbacks are `tests/router.rs`'s).
 fn config() -> String {
     let mut c = String::from(
-        "[server]\nmax_body_bytes = 65536\n\n[upstream]\nconnect_timeout_ms = 1000\n\
-         first_byte_timeout_ms = 700\nidle_timeout_ms = 700\n\n",
+        "[server]\nmax_body_bytes = 65536\n\n[router]\nnum_retries = 0\n\n[upstream]\n\
+         connect_timeout_ms = 1000\nfirst_byte_timeout_ms = 700\nidle_timeout_ms = 700\n\n",
     );
     c += &deployment("gpt-4o-mini", "mock", Some("mock-small"), None);
     c += &deployment("passthrough", "mock", None, None);
@@ -94,8 +96,8 @@ async fn chat_completion_arrives_intact_through_async_openai() {
         Some(expected_content(16).as_str())
     );
     assert_eq!(
-        res.model, "mock-small",
-        "the upstream saw the deployment's model"
+        res.model, "gpt-4o-mini",
+        "the answer names the group that served"
     );
     let usage = res.usage.unwrap();
     assert_eq!(usage.completion_tokens, 16);
@@ -108,6 +110,10 @@ async fn chat_completion_arrives_intact_through_async_openai() {
     assert_eq!(
         last.headers["authorization"],
         format!("Bearer {UPSTREAM_KEY}")
+    );
+    assert!(
+        String::from_utf8_lossy(&last.body).contains(r#""model":"mock-small""#),
+        "the upstream saw the deployment's model"
     );
     let forwarded = format!("{:?}{}", last.headers, String::from_utf8_lossy(&last.body));
     assert!(
@@ -246,7 +252,9 @@ async fn upstream_429_reaches_the_client_as_429_with_retry_after() {
 
     // The OpenAI client library sees the 429 (see README: async-openai 0.43
     // types `error.code` as a string, so it reports our numeric `code` as a
-    // deserialization failure carrying the whole contract body).
+    // deserialization failure carrying the whole contract body). A fresh
+    // gateway: this one's deployment is cooling down now (a 503).
+    let gw = gateway(&config(), &mock).await;
     let err = client(gw.base())
         .chat()
         .create(chat_request("rate-limited"))
@@ -630,4 +638,17 @@ async fn total_timeout_ends_a_slow_stream_naming_the_phase() {
         ev.iter().filter(|e| e.contains("\"content\"")).count() < 16,
         "cut before the end"
     );
+}
+
+#[test]
+fn the_demo_config_loads() {
+    init(); // sets the demo's key variables, as `cargo run --example demo` does
+    let c = tollgate::config::Config::from_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/demo.toml"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.chains().unwrap().fallbacks_of("gpt-4o"), ["gpt-4o-mini"]);
+    assert_eq!(c.retry_policy(), tollgate::router::RetryPolicy::default());
+    assert!(c.router().unwrap().has_model("gpt-4o-mini"));
 }

@@ -160,6 +160,9 @@ pub struct Summary {
     stream_options: Option<scan::StreamOptions>,
     stream_options_null: Option<Range<usize>>,
     object_end: usize,
+    /// Set by [`Parsed::retarget`]: the JSON literal of the model group the
+    /// request was re-aimed at, written in place of the client's `model`.
+    retargeted: Option<Bytes>,
 }
 
 impl Summary {
@@ -254,6 +257,7 @@ impl Parsed<()> {
             stream_options: fields.stream_options,
             stream_options_null: fields.stream_options_null,
             object_end: fields.object_end,
+            retargeted: None,
         };
         Ok(Parsed {
             bytes,
@@ -293,15 +297,35 @@ impl<I> Parsed<I> {
         &self.summary.model
     }
 
+    /// The same request aimed at another model group (what a fallback
+    /// does): [`model`](Self::model) becomes `model`, and
+    /// [`rewrite`](Self::rewrite) writes it in place of the client's `model`
+    /// value when the provider does not set its own upstream model name.
+    /// Nothing else changes: the messages are the client's, untouched.
+    pub fn retarget(&self, model: &str) -> Self
+    where
+        I: Clone,
+    {
+        let mut summary = Summary::clone(&self.summary);
+        summary.model = model.to_owned();
+        summary.retargeted = Some(json_string(model));
+        Parsed {
+            bytes: self.bytes.clone(),
+            summary: Arc::new(summary),
+            identity: self.identity.clone(),
+        }
+    }
+
     /// The body to send upstream: the client's bytes with the `model` value
     /// replaced by `model` (a JSON string literal, quotes included, see
-    /// [`json_string`]) when given, and `stream_options.include_usage` set to
+    /// [`json_string`]) when given (else by the group a
+    /// [`retarget`](Self::retarget) aimed it at), and `stream_options.include_usage` set to
     /// `true` when `include_usage` is set and the request streams. Built from
     /// shared slices of the original: no copy, no re-serializing.
     pub fn rewrite(&self, model: Option<&Bytes>, include_usage: bool) -> Chunks {
         let s = &*self.summary;
         let mut edits: Vec<(Range<usize>, Bytes)> = Vec::with_capacity(2);
-        if let Some(m) = model {
+        if let Some(m) = model.or(s.retargeted.as_ref()) {
             edits.push((s.model_span.clone(), m.clone()));
         }
         if include_usage && s.stream && s.include_usage != Some(true) {
@@ -766,6 +790,26 @@ mod tests {
             .to_bytes();
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[tokio::test]
+    async fn retarget_aims_the_request_at_another_group() {
+        let body = r#"{"model":"primary","messages":[{"role":"user","content":"hi"}]}"#;
+        let p = Parsed::parse("/v1/chat/completions", Bytes::from_static(body.as_bytes())).unwrap();
+        let q = p.retarget("backup");
+        assert_eq!(q.model(), "backup");
+        assert_eq!(p.model(), "primary", "the original is unchanged");
+        let out = q.rewrite(None, false).to_bytes();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"backup","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        // A provider's own upstream model still wins.
+        let out = q.rewrite(Some(&json_string("up")), false).to_bytes();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"up","messages":[{"role":"user","content":"hi"}]}"#
+        );
     }
 
     #[tokio::test]

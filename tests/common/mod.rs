@@ -10,11 +10,12 @@ pub mod mock_upstream;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::{Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 pub use mock_upstream::{MockConfig, MockServer};
 use tollgate::config::Config;
+use tollgate::router::{Clock, SystemClock};
 
 /// The key clients present: a static key with every grant, added to a test
 /// config that has no `[keys]` section of its own (see [`gateway`]). It must
@@ -56,6 +57,9 @@ pub fn init() {
             std::env::set_var(UPSTREAM_KEY_ENV, UPSTREAM_KEY);
             std::env::set_var(CLIENT_KEY_ENV, CLIENT_KEY);
             std::env::set_var(MASTER_KEY_ENV, MASTER_KEY);
+            // What `cargo run --example demo` sets, so `examples/demo.toml` loads.
+            std::env::set_var("TOLLGATE_DEMO_KEY", "tg-demo-DemoKeyForLoopbackOnly0000");
+            std::env::set_var("TOLLGATE_MASTER_KEY", "demo-master-key-for-loopback-only");
         }
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
@@ -138,6 +142,20 @@ pub async fn gateway(toml: &str, mock: &MockServer) -> Gateway {
 }
 
 pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) -> Gateway {
+    start_gateway(toml, mock, grace, Arc::new(SystemClock)).await
+}
+
+/// Starts the reference gateway with its cooldowns measured on `clock`.
+pub async fn gateway_with_clock(toml: &str, mock: &MockServer, clock: Arc<dyn Clock>) -> Gateway {
+    start_gateway(toml, mock, Duration::from_secs(5), clock).await
+}
+
+async fn start_gateway(
+    toml: &str,
+    mock: &MockServer,
+    grace: Duration,
+    clock: Arc<dyn Clock>,
+) -> Gateway {
     init();
     let mut text = toml
         .replace("{mock}", &mock.base_url())
@@ -149,7 +167,7 @@ pub async fn gateway_with_grace(toml: &str, mock: &MockServer, grace: Duration) 
         ));
     }
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let app = gateway::app(&config)
+    let app = gateway::app_with_clock(&config, clock)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

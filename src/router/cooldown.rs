@@ -1,0 +1,378 @@
+//! Cooldown state: which deployments the router must not use until when.
+//!
+//! The [`Router`](super::Router) reads and writes cooldowns only through the
+//! [`CooldownStore`] trait, so several gateway replicas can share one truth
+//! (a Redis store keeps a local mirror and publishes changes; the trait is
+//! synchronous so that the hot path never waits on the network). Time comes
+//! from a [`Clock`], in milliseconds, so tests can move it by hand
+//! ([`ManualClock`]) or with `tokio::time::pause` ([`TokioClock`]).
+//!
+//! [`InMemoryCooldowns`] is the in-process store: one slot per deployment,
+//! all atomics, no lock. Reading a deployment's state is one atomic load.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Milliseconds on a [`Clock`].
+pub type Millis = u64;
+
+/// A source of time for cooldowns, in milliseconds.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now_ms(&self) -> Millis;
+}
+
+/// Wall-clock time: milliseconds since the Unix epoch. The right clock for a
+/// store shared across replicas.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Tokio's clock, so `tokio::time::pause` and `advance` move cooldowns too.
+/// Counts from its creation (plus one, so it never reads 0).
+#[derive(Clone, Copy, Debug)]
+pub struct TokioClock {
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        TokioClock {
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> Millis {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// A clock that moves only when told to (tests through real sockets, where
+/// pausing tokio's clock would fire every network timeout at once).
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    now: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock reading `start` ms.
+    pub fn new(start: Millis) -> Self {
+        ManualClock {
+            now: Arc::new(AtomicU64::new(start)),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new(1_000_000)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Millis {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a deployment is cooling down. The reason decides what a request gets
+/// when every deployment of its group is cooling: only temporary reasons make
+/// that a 503 worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CooldownReason {
+    /// The upstream answered 429 (cooling until its `Retry-After`).
+    RateLimited = 1,
+    /// Too many timeouts / 5xx / connection failures in the failure window.
+    Failures = 2,
+    /// The upstream refused the gateway's credential (401/403).
+    Credential = 3,
+    /// The upstream says the model does not exist or was retired (404/410).
+    ModelGone = 4,
+}
+
+impl CooldownReason {
+    /// The stable word used in metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CooldownReason::RateLimited => "rate_limited",
+            CooldownReason::Failures => "failures",
+            CooldownReason::Credential => "credential",
+            CooldownReason::ModelGone => "model_gone",
+        }
+    }
+
+    /// Whether waiting is expected to help (a rate limit, passing failures),
+    /// as opposed to a problem an operator must fix (a key, a retired model).
+    pub fn is_temporary(self) -> bool {
+        matches!(self, CooldownReason::RateLimited | CooldownReason::Failures)
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => CooldownReason::RateLimited,
+            2 => CooldownReason::Failures,
+            3 => CooldownReason::Credential,
+            4 => CooldownReason::ModelGone,
+            _ => return None,
+        })
+    }
+}
+
+/// A deployment is cooling down until `until` (on the router's [`Clock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooldown {
+    /// When it may take traffic again.
+    pub until: Millis,
+    /// Why.
+    pub reason: CooldownReason,
+}
+
+/// Names a deployment to a [`CooldownStore`]: a dense `index` (0..n over the
+/// whole router, for in-process stores) and a `key` unique across replicas
+/// (`group/deployment`, for shared stores).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeploymentId {
+    index: u32,
+    key: Arc<str>,
+}
+
+impl DeploymentId {
+    /// An id; the router assigns them when it is built.
+    pub fn new(index: u32, key: &str) -> Self {
+        DeploymentId {
+            index,
+            key: key.into(),
+        }
+    }
+
+    /// The dense index, 0..the router's deployment count.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// `group/deployment`, stable across replicas.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The sliding failure window: `threshold` failures within `window` cool a
+/// deployment down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureWindow {
+    /// How many failures (1..=[`MAX_THRESHOLD`]).
+    pub threshold: u32,
+    /// Within how long.
+    pub window: Duration,
+}
+
+/// The largest failure threshold the in-memory store tracks.
+pub const MAX_THRESHOLD: u32 = 32;
+
+/// Where cooldowns live. Implementations must be cheap to read: the router
+/// calls [`get`](Self::get) for the deployments of a group on every request.
+pub trait CooldownStore: Send + Sync + fmt::Debug + 'static {
+    /// The deployment's latest cooldown, possibly already expired (the caller
+    /// compares `until` with its clock).
+    fn get(&self, id: &DeploymentId) -> Option<Cooldown>;
+
+    /// Cools the deployment down; an existing later expiry is kept.
+    fn cool_down(&self, id: &DeploymentId, cooldown: Cooldown);
+
+    /// Records a counted failure (timeout, 5xx, connection) at `now`. Returns
+    /// `true` when this failure completes `threshold` failures within the
+    /// window; the window then starts empty again.
+    fn record_failure(&self, id: &DeploymentId, now: Millis, window: FailureWindow) -> bool;
+}
+
+/// The in-process [`CooldownStore`]: a fixed array of atomic slots indexed by
+/// [`DeploymentId::index`]. Ids beyond its capacity are never cooling.
+pub struct InMemoryCooldowns {
+    slots: Box<[Slot]>,
+}
+
+struct Slot {
+    /// `until << 8 | reason`, so `fetch_max` keeps the later expiry.
+    state: AtomicU64,
+    /// The last `threshold` failure times (a ring).
+    failures: [AtomicU64; MAX_THRESHOLD as usize],
+    next: AtomicU32,
+}
+
+impl InMemoryCooldowns {
+    /// A store for deployments with indexes `0..capacity`.
+    pub fn new(capacity: usize) -> Self {
+        InMemoryCooldowns {
+            slots: (0..capacity)
+                .map(|_| Slot {
+                    state: AtomicU64::new(0),
+                    failures: std::array::from_fn(|_| AtomicU64::new(0)),
+                    next: AtomicU32::new(0),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for InMemoryCooldowns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryCooldowns")
+            .field("capacity", &self.slots.len())
+            .finish()
+    }
+}
+
+impl CooldownStore for InMemoryCooldowns {
+    fn get(&self, id: &DeploymentId) -> Option<Cooldown> {
+        let v = self.slots.get(id.index())?.state.load(Ordering::Acquire);
+        Some(Cooldown {
+            until: v >> 8,
+            reason: CooldownReason::from_u8(v as u8)?,
+        })
+    }
+
+    fn cool_down(&self, id: &DeploymentId, cooldown: Cooldown) {
+        if let Some(slot) = self.slots.get(id.index()) {
+            let packed = (cooldown.until << 8) | cooldown.reason as u64;
+            slot.state.fetch_max(packed, Ordering::AcqRel);
+        }
+    }
+
+    fn record_failure(&self, id: &DeploymentId, now: Millis, window: FailureWindow) -> bool {
+        let Some(slot) = self.slots.get(id.index()) else {
+            return false;
+        };
+        let n = window.threshold.clamp(1, MAX_THRESHOLD);
+        let at = slot.next.fetch_add(1, Ordering::AcqRel) % n;
+        // 0 marks an empty entry; a clock reading 0 still counts.
+        slot.failures[at as usize].store(now.max(1), Ordering::Release);
+        let since = now.saturating_sub(window.window.as_millis() as u64);
+        let recent = slot.failures[..n as usize]
+            .iter()
+            .filter(|t| {
+                let t = t.load(Ordering::Acquire);
+                t != 0 && t >= since
+            })
+            .count();
+        if recent as u32 >= n {
+            for t in &slot.failures[..n as usize] {
+                t.store(0, Ordering::Release);
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u32) -> DeploymentId {
+        DeploymentId::new(i, &format!("g/d{i}"))
+    }
+
+    #[test]
+    fn later_expiry_wins_and_reason_travels_with_it() {
+        let s = InMemoryCooldowns::new(2);
+        assert_eq!(s.get(&id(0)), None);
+        let a = Cooldown {
+            until: 5_000,
+            reason: CooldownReason::RateLimited,
+        };
+        s.cool_down(&id(0), a);
+        assert_eq!(s.get(&id(0)), Some(a));
+        s.cool_down(
+            &id(0),
+            Cooldown {
+                until: 4_000,
+                reason: CooldownReason::ModelGone,
+            },
+        );
+        assert_eq!(
+            s.get(&id(0)),
+            Some(a),
+            "an earlier expiry does not shorten it"
+        );
+        let b = Cooldown {
+            until: 9_000,
+            reason: CooldownReason::Credential,
+        };
+        s.cool_down(&id(0), b);
+        assert_eq!(s.get(&id(0)), Some(b));
+        assert_eq!(s.get(&id(1)), None, "slots are independent");
+        assert_eq!(s.get(&id(7)), None, "beyond capacity: never cooling");
+    }
+
+    #[test]
+    fn failures_count_in_a_sliding_window() {
+        let s = InMemoryCooldowns::new(1);
+        let w = FailureWindow {
+            threshold: 3,
+            window: Duration::from_millis(1_000),
+        };
+        assert!(!s.record_failure(&id(0), 100, w));
+        assert!(!s.record_failure(&id(0), 200, w));
+        // The first failure slid out of the window before the third.
+        assert!(!s.record_failure(&id(0), 1_150, w));
+        // And the second before the fourth.
+        assert!(!s.record_failure(&id(0), 1_300, w));
+        assert!(s.record_failure(&id(0), 1_400, w), "three within 1 s");
+        // The window starts empty again.
+        assert!(!s.record_failure(&id(0), 1_410, w));
+        assert!(!s.record_failure(&id(0), 1_420, w));
+        assert!(s.record_failure(&id(0), 1_430, w));
+    }
+
+    #[test]
+    fn threshold_one_cools_at_once() {
+        let s = InMemoryCooldowns::new(1);
+        let w = FailureWindow {
+            threshold: 1,
+            window: Duration::from_secs(1),
+        };
+        assert!(s.record_failure(&id(0), 0, w));
+    }
+
+    #[test]
+    fn manual_and_tokio_clocks() {
+        let c = ManualClock::new(10);
+        c.advance(Duration::from_secs(6));
+        assert_eq!(c.now_ms(), 6_010);
+        assert!(SystemClock.now_ms() > 1_600_000_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_pause_and_advance() {
+        let c = TokioClock::new();
+        let t0 = c.now_ms();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(c.now_ms() - t0, 6_000);
+    }
+}

@@ -1,0 +1,884 @@
+//! `Router`: send a model group's request to a healthy deployment, retry
+//! elsewhere, cool failing deployments down.
+//!
+//! A model group is the name clients ask for (`"model": "gpt-4o-mini"`); a
+//! [`Deployment`] is a provider `Service` behind it with a weight and an
+//! optional capacity. Several deployments of one group may point at
+//! different providers or keys.
+//!
+//! **Picking.** Among the deployments that are not cooling down and not at
+//! capacity, weighted power of two choices on in-flight requests: the first
+//! candidate comes from a smooth weighted round-robin wheel (so an idle
+//! router splits traffic exactly by weight, not just on average), the second
+//! is drawn at random by weight, and the one with fewer in-flight requests
+//! per unit of weight wins (ties go to the wheel). The in-flight count is
+//! held by a guard that lives in the response body, so a stream counts until
+//! it ends or the client goes away. Every step is an atomic load or add: no
+//! lock on the hot path.
+//!
+//! **Outcomes.** Every failure is classified by [`Outcome::of`] on the typed
+//! [`Error`] (reason and upstream status, never text) and handled by the
+//! table in [`outcome`]: a client fault (400, 413, 422, context length) is
+//! returned at once; a 429 cools the deployment down until its `Retry-After`;
+//! an upstream 401/403 or 404 cools it down for long; timeouts, connection
+//! failures and 5xx cool it down after [`FailureWindow::threshold`] of them
+//! within the window. Retryable failures try another deployment, up to
+//! [`RetryPolicy::num_retries`] retries per request; the *same* deployment is
+//! tried again (after a backoff with jitter) only when no other is left and
+//! the failure was a passing one (never a timeout). Cooldowns live in a
+//! [`CooldownStore`] (in memory by default; shareable across replicas).
+//!
+//! **Streams.** The commit point is the first content event (see
+//! [`body`]): the router reads the stream up to it, holding the few frames
+//! seen (at most 64 KiB), so a status error, a timeout or a cut before any
+//! content is retried invisibly. After it the stream is the client's; a
+//! failure ends it with the SSE error event (by
+//! [`NormalizeErrors`](crate::normalize::NormalizeErrors)) and counts as a
+//! deployment failure.
+//!
+//! **Answers.** Success: headers `x-tollgate-deployment` (which deployment
+//! served), `x-tollgate-model-group` (which group) and `x-tollgate-attempts`;
+//! a non-streaming JSON answer's top-level `model` is set to the group that
+//! served (a splice of the upstream's bytes, no re-serializing; stream chunks
+//! keep the upstream's `model`). Failure: the failed attempt's own error when
+//! it is not retryable, else the most useful of the attempts' errors (one
+//! with a `Retry-After` first); either way `metadata.attempts` lists every
+//! failed attempt (group, deployment, provider, reason, statuses, sanitized
+//! message). A request for a group whose every deployment is cooling down
+//! gets 503 `no_available_deployment` with `Retry-After` set to the soonest
+//! expiry — unless they all cool down for a permanent reason: every upstream
+//! said the model is gone (404 `upstream_model_not_found`, `permanent`) or
+//! refused the gateway's key (502 `upstream_auth_failed`). An unknown group
+//! is 404 `model_not_found`.
+//!
+//! ```
+//! use tollgate::provider::Provider;
+//! use tollgate::router::{Deployment, RetryPolicy, Router};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let a = Provider::builder("east", "http://127.0.0.1:9001/v1")?.model("gpt-4o-mini").build();
+//! let b = Provider::builder("west", "http://127.0.0.1:9002/v1")?.model("gpt-4o-mini").build();
+//! let router = Router::builder()
+//!     .group("gpt-4o-mini", vec![Deployment::new("east", a, 1), Deployment::new("west", b, 2).capacity(64)])?
+//!     .policy(RetryPolicy { num_retries: 3, ..RetryPolicy::default() })
+//!     .build();
+//! assert_eq!(router.model_names().collect::<Vec<_>>(), ["gpt-4o-mini"]);
+//! # Ok(()) }
+//! ```
+
+pub mod body;
+pub mod cooldown;
+pub mod outcome;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::{Service, ServiceExt};
+
+use crate::body::{Body, Chunks};
+use crate::error::{Error, Reason};
+use crate::read_request::{json_string, scan};
+use crate::{LlmRequest, Served};
+
+use self::body::{CommitWatch, Failed, InFlight, OnFailure, PEEK_LIMIT, RouterBody};
+pub use self::cooldown::{
+    Clock, Cooldown, CooldownReason, CooldownStore, DeploymentId, FailureWindow, InMemoryCooldowns,
+    ManualClock, Millis, SystemClock, TokioClock,
+};
+pub use self::outcome::Outcome;
+use self::outcome::{ATTEMPTS, attempt_record, most_useful};
+
+/// The response header naming the deployment that served.
+pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
+/// The response header naming the model group that served.
+pub const MODEL_GROUP_HEADER: &str = "x-tollgate-model-group";
+/// The response header counting the upstream attempts made for the request.
+pub const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
+
+/// The most deployments one group may have.
+pub const MAX_DEPLOYMENTS: usize = 128;
+
+/// Retries, backoff and cooldowns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries per request after the first attempt (default 2).
+    pub num_retries: u32,
+    /// First backoff before trying the same deployment again (default 100 ms;
+    /// doubles each time, with jitter; never before trying another one).
+    pub backoff: Duration,
+    /// The longest backoff (default 2 s).
+    pub max_backoff: Duration,
+    /// The shortest 429 cooldown (default 1 s; an upstream 429 without
+    /// `Retry-After` is taken as 1 s).
+    pub min_rate_limit_cooldown: Duration,
+    /// The longest 429 cooldown, whatever `Retry-After` says (default 300 s).
+    pub max_rate_limit_cooldown: Duration,
+    /// Cooldown after the upstream refused our credential (default 300 s).
+    pub credential_cooldown: Duration,
+    /// Cooldown after the upstream said the model is gone (default 3 600 s).
+    pub model_gone_cooldown: Duration,
+    /// Failures (timeouts, 5xx, connection) that cool a deployment down
+    /// (default 3 within 60 s).
+    pub failures: FailureWindow,
+    /// Cooldown after that many failures (default 30 s).
+    pub failure_cooldown: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            num_retries: 2,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            min_rate_limit_cooldown: Duration::from_secs(1),
+            max_rate_limit_cooldown: Duration::from_secs(300),
+            credential_cooldown: Duration::from_secs(300),
+            model_gone_cooldown: Duration::from_secs(3600),
+            failures: FailureWindow {
+                threshold: 3,
+                window: Duration::from_secs(60),
+            },
+            failure_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before the `k`-th retry of the same deployment (from 0):
+    /// `backoff * 2^k`, capped, then a uniform draw from its upper half.
+    pub fn backoff_for(&self, k: u32) -> Duration {
+        let full = self
+            .backoff
+            .saturating_mul(1u32 << k.min(16))
+            .min(self.max_backoff);
+        let half = full / 2;
+        half + full.mul_f64(fastrand::f64()) / 2
+    }
+
+    /// What an outcome does to the deployment, if anything, at `now`.
+    fn penalize(&self, store: &dyn CooldownStore, id: &DeploymentId, e: &Error, now: Millis) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let cooldown = match Outcome::of(e) {
+            Outcome::RateLimited => {
+                let after = e
+                    .retry_after()
+                    .unwrap_or(self.min_rate_limit_cooldown)
+                    .clamp(self.min_rate_limit_cooldown, self.max_rate_limit_cooldown);
+                Some((after, CooldownReason::RateLimited))
+            }
+            Outcome::Credential => Some((self.credential_cooldown, CooldownReason::Credential)),
+            Outcome::ModelGone => Some((self.model_gone_cooldown, CooldownReason::ModelGone)),
+            Outcome::Transient => store
+                .record_failure(id, now, self.failures)
+                .then_some((self.failure_cooldown, CooldownReason::Failures)),
+            Outcome::ClientFault | Outcome::ContextLength | Outcome::Gateway => None,
+        };
+        if let Some((after, reason)) = cooldown {
+            tracing::info!(
+                deployment = id.key(),
+                reason = reason.as_str(),
+                cooldown_ms = ms(after),
+                "deployment cooling down"
+            );
+            store.cool_down(
+                id,
+                Cooldown {
+                    until: now + ms(after),
+                    reason,
+                },
+            );
+        }
+    }
+}
+
+/// One deployment of a model group.
+#[derive(Clone)]
+pub struct Deployment<S> {
+    name: Arc<str>,
+    service: S,
+    weight: u32,
+    capacity: Option<u32>,
+}
+
+impl<S> Deployment<S> {
+    /// A deployment named `name` (logs, headers) with a relative `weight` (0 is taken as 1).
+    pub fn new(name: &str, service: S, weight: u32) -> Self {
+        Deployment {
+            name: name.into(),
+            service,
+            weight: weight.max(1),
+            capacity: None,
+        }
+    }
+
+    /// At most this many requests in flight here (0 is taken as 1); when
+    /// every deployment of the group is full, requests get 503.
+    pub fn capacity(mut self, n: u32) -> Self {
+        self.capacity = Some(n.max(1));
+        self
+    }
+
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<S> fmt::Debug for Deployment<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deployment")
+            .field("name", &self.name)
+            .field("weight", &self.weight)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// A deployment inside a built router.
+struct Slot<S> {
+    name: Arc<str>,
+    header: HeaderValue,
+    service: S,
+    weight: u64,
+    capacity: u32,
+    id: DeploymentId,
+    load: Arc<AtomicU32>,
+}
+
+struct Group<S> {
+    name: Arc<str>,
+    header: HeaderValue,
+    literal: Bytes,
+    slots: Vec<Slot<S>>,
+    /// Slot indexes in smooth weighted round-robin order.
+    wheel: Box<[u8]>,
+    cursor: AtomicUsize,
+}
+
+/// Which deployment to try next.
+enum Pick {
+    /// One not tried yet for this request.
+    Fresh(usize),
+    /// Every live one was tried already: this one again.
+    Again(usize),
+    /// None can take the request now.
+    None(Unavailable),
+}
+
+/// Why no deployment can take a request.
+struct Unavailable {
+    soonest: Option<Millis>,
+    any_temporary: bool,
+    all_gone: bool,
+    cooling: Vec<Value>,
+}
+
+type Mask = u128;
+
+impl<S> Group<S> {
+    fn pick(&self, now: Millis, tried: Mask, store: &dyn CooldownStore) -> Pick {
+        let mut live: Mask = 0;
+        let mut why = Unavailable {
+            soonest: None,
+            any_temporary: false,
+            all_gone: true,
+            cooling: Vec::new(),
+        };
+        for (i, s) in self.slots.iter().enumerate() {
+            match store.get(&s.id) {
+                Some(c) if c.until > now => {
+                    why.soonest = Some(why.soonest.map_or(c.until, |t| t.min(c.until)));
+                    why.any_temporary |= c.reason.is_temporary();
+                    why.all_gone &= c.reason == CooldownReason::ModelGone;
+                    why.cooling.push(serde_json::json!({
+                        "deployment": &*s.name,
+                        "reason": c.reason.as_str(),
+                        "retry_after_ms": c.until - now,
+                    }));
+                }
+                _ if s.load.load(Ordering::Relaxed) >= s.capacity => {
+                    why.any_temporary = true;
+                    why.all_gone = false;
+                }
+                _ => live |= 1 << i,
+            }
+        }
+        if live & !tried != 0 {
+            Pick::Fresh(self.choose(live & !tried))
+        } else if live != 0 {
+            Pick::Again(self.choose(live))
+        } else {
+            Pick::None(why)
+        }
+    }
+
+    /// Weighted power of two choices among `mask` (non-empty): two distinct
+    /// candidates, the one with fewer in-flight requests per weight wins.
+    fn choose(&self, mask: Mask) -> usize {
+        if mask.count_ones() == 1 {
+            return mask.trailing_zeros() as usize;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let n = self.wheel.len();
+        let first = (0..n)
+            .map(|k| self.wheel[(start + k) % n] as usize)
+            .find(|&i| mask & (1 << i) != 0)
+            .unwrap_or(mask.trailing_zeros() as usize);
+        // The second candidate: by weight among the others.
+        let others = mask & !(1 << first);
+        let total: u64 = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| others & (1 << i) != 0)
+            .map(|(_, s)| s.weight)
+            .sum();
+        let mut at = fastrand::u64(0..total.max(1));
+        let mut second = first;
+        for (i, s) in self.slots.iter().enumerate() {
+            if others & (1 << i) == 0 {
+                continue;
+            }
+            if at < s.weight {
+                second = i;
+                break;
+            }
+            at -= s.weight;
+        }
+        let (a, b) = (&self.slots[first], &self.slots[second]);
+        let la = u64::from(a.load.load(Ordering::Relaxed));
+        let lb = u64::from(b.load.load(Ordering::Relaxed));
+        // lb / wb < la / wa, without division.
+        if lb * a.weight < la * b.weight {
+            second
+        } else {
+            first
+        }
+    }
+}
+
+/// Smooth weighted round-robin order of slot indexes (nginx's), weights
+/// scaled down so the wheel has at most 4 096 entries, each slot at least once.
+fn wheel(weights: &[u64]) -> Box<[u8]> {
+    let total: u64 = weights.iter().sum();
+    let scale = total.div_ceil(4096).max(1);
+    let w: Vec<i64> = weights.iter().map(|w| (w / scale).max(1) as i64).collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&w) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
+            .unwrap_or((0, &0));
+        current[best] -= total;
+        out.push(best as u8);
+    }
+    out.into_boxed_slice()
+}
+
+struct Shared<S> {
+    groups: HashMap<String, Group<S>>,
+    policy: RetryPolicy,
+    store: Arc<dyn CooldownStore>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Routes requests to a healthy deployment of the model group they name,
+/// retrying and cooling down by the [`outcome`] table (see the module docs).
+pub struct Router<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Router<S> {
+    fn clone(&self) -> Self {
+        Router {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, g) in &self.shared.groups {
+            let names: Vec<&str> = g.slots.iter().map(|s| &*s.name).collect();
+            m.entry(k, &names);
+        }
+        m.finish()
+    }
+}
+
+/// A router could not be built (an empty, repeated or oversized group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterError(String);
+
+impl fmt::Display for RouterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RouterError {}
+
+/// Builds a [`Router`].
+pub struct RouterBuilder<S> {
+    groups: Vec<(String, Vec<Deployment<S>>)>,
+    policy: RetryPolicy,
+    store: Option<Arc<dyn CooldownStore>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S> fmt::Debug for RouterBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterBuilder")
+            .field(
+                "groups",
+                &self.groups.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Router<S> {
+    /// An empty builder.
+    pub fn builder() -> RouterBuilder<S> {
+        RouterBuilder {
+            groups: Vec::new(),
+            policy: RetryPolicy::default(),
+            store: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The model groups, sorted.
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self.shared.groups.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    /// Whether a model group of this name exists.
+    pub fn has_model(&self, name: &str) -> bool {
+        self.shared.groups.contains_key(name)
+    }
+
+    /// The retry policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    fn slot(&self, group: &str, deployment: &str) -> Option<&Slot<S>> {
+        self.shared
+            .groups
+            .get(group)?
+            .slots
+            .iter()
+            .find(|s| &*s.name == deployment)
+    }
+
+    /// The deployment's cooldown, if it is cooling down now.
+    pub fn cooldown(&self, group: &str, deployment: &str) -> Option<Cooldown> {
+        let s = self.slot(group, deployment)?;
+        let now = self.shared.clock.now_ms();
+        self.shared.store.get(&s.id).filter(|c| c.until > now)
+    }
+
+    /// Requests in flight at the deployment (until their bodies end).
+    pub fn in_flight(&self, group: &str, deployment: &str) -> Option<u32> {
+        Some(self.slot(group, deployment)?.load.load(Ordering::Relaxed))
+    }
+}
+
+impl<S> RouterBuilder<S> {
+    /// Adds a model group with its deployments (at most [`MAX_DEPLOYMENTS`],
+    /// names unique within the group).
+    pub fn group(
+        mut self,
+        name: &str,
+        deployments: Vec<Deployment<S>>,
+    ) -> Result<Self, RouterError> {
+        if deployments.is_empty() {
+            return Err(RouterError(format!(
+                "model group `{name}` has no deployments"
+            )));
+        }
+        if deployments.len() > MAX_DEPLOYMENTS {
+            return Err(RouterError(format!(
+                "model group `{name}` has {} deployments; at most {MAX_DEPLOYMENTS} are supported",
+                deployments.len()
+            )));
+        }
+        if self.groups.iter().any(|(n, _)| n == name) {
+            return Err(RouterError(format!(
+                "model group `{name}` is defined twice"
+            )));
+        }
+        for (i, d) in deployments.iter().enumerate() {
+            if deployments[..i].iter().any(|o| o.name == d.name) {
+                return Err(RouterError(format!(
+                    "model group `{name}` has two deployments named `{}`; give them distinct names",
+                    d.name
+                )));
+            }
+        }
+        self.groups.push((name.to_owned(), deployments));
+        Ok(self)
+    }
+
+    /// Retries, backoff and cooldowns.
+    pub fn policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where cooldowns live (default: an [`InMemoryCooldowns`] sized for
+    /// the router). A store of your own is indexed by [`DeploymentId`]s
+    /// `0..n` in the order the groups and deployments were added.
+    pub fn cooldown_store(mut self, store: Arc<dyn CooldownStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The clock cooldowns are measured on (default [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Router<S> {
+        let mut groups = HashMap::with_capacity(self.groups.len());
+        let mut index = 0u32;
+        for (name, deployments) in self.groups {
+            let weights: Vec<u64> = deployments.iter().map(|d| u64::from(d.weight)).collect();
+            let slots = deployments
+                .into_iter()
+                .map(|d| {
+                    let id = DeploymentId::new(index, &format!("{name}/{}", d.name));
+                    index += 1;
+                    Slot {
+                        header: HeaderValue::from_str(&d.name)
+                            .unwrap_or_else(|_| HeaderValue::from_static("unnamed")),
+                        name: d.name,
+                        service: d.service,
+                        weight: u64::from(d.weight),
+                        capacity: d.capacity.unwrap_or(u32::MAX),
+                        id,
+                        load: Arc::new(AtomicU32::new(0)),
+                    }
+                })
+                .collect();
+            let group = Group {
+                header: HeaderValue::from_str(&name)
+                    .unwrap_or_else(|_| HeaderValue::from_static("unnamed")),
+                literal: json_string(&name),
+                name: name.as_str().into(),
+                slots,
+                wheel: wheel(&weights),
+                cursor: AtomicUsize::new(0),
+            };
+            groups.insert(name, group);
+        }
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(InMemoryCooldowns::new(index as usize)));
+        Router {
+            shared: Arc::new(Shared {
+                groups,
+                policy: self.policy,
+                store,
+                clock: self.clock,
+            }),
+        }
+    }
+}
+
+impl<S, I> Service<LlmRequest<I>> for Router<S>
+where
+    S: Service<LlmRequest<I>, Response = Response<Body>, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    I: Clone + Send + Sync + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Readiness is per deployment; it is driven inside the future.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: LlmRequest<I>) -> ResponseFuture {
+        let shared = self.shared.clone();
+        ResponseFuture {
+            inner: Box::pin(async move { shared.route(req).await }),
+        }
+    }
+}
+
+/// The future of [`Router`] (and of [`Fallback`](crate::fallback::Fallback)):
+/// the retry loop, boxed once per request (see the README's performance notes).
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>,
+}
+
+impl ResponseFuture {
+    pub(crate) fn new(
+        f: impl Future<Output = Result<Response<Body>, Error>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture { inner: Box::pin(f) }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S> Shared<S> {
+    async fn route<I>(self: Arc<Self>, req: LlmRequest<I>) -> Result<Response<Body>, Error>
+    where
+        S: Service<LlmRequest<I>, Response = Response<Body>, Error = Error> + Clone,
+        I: Clone,
+    {
+        let Some(group) = self.groups.get(req.body().model()) else {
+            return Err(Error::new(
+                Reason::ModelNotFound,
+                format!(
+                    "No model `{}` is served here; GET /v1/models lists the models you can use.",
+                    req.body().model()
+                ),
+            )
+            .permanent());
+        };
+        let stream = req.body().summary().stream;
+        let max_attempts = 1 + self.policy.num_retries;
+        let mut tried: Mask = 0;
+        let mut errors: Vec<Error> = Vec::new();
+        let mut records: Vec<Value> = Vec::new();
+        let mut again = 0u32;
+        loop {
+            let now = self.clock.now_ms();
+            let i = match group.pick(now, tried, &*self.store) {
+                Pick::Fresh(i) => i,
+                Pick::Again(i) => {
+                    let passing = errors
+                        .last()
+                        .is_some_and(|e| Outcome::of(e).retries_same(e));
+                    if !passing {
+                        return Err(give_up(errors, records));
+                    }
+                    tokio::time::sleep(self.policy.backoff_for(again)).await;
+                    again += 1;
+                    i
+                }
+                Pick::None(why) if errors.is_empty() => {
+                    return Err(unavailable(group, why, now));
+                }
+                Pick::None(_) => return Err(give_up(errors, records)),
+            };
+            tried |= 1 << i;
+            let slot = &group.slots[i];
+            let guard = InFlight::acquire(&slot.load);
+            let result = match slot.service.clone().oneshot(req.clone()).await {
+                Ok(res) if stream && is_event_stream(&res) => commit(res).await,
+                Ok(res) => Ok((res, VecDeque::new())),
+                Err(e) => Err(e),
+            };
+            let attempts = records.len() as u32 + 1;
+            let e = match result {
+                Ok((res, held)) => {
+                    return Ok(self.finish(group, slot, res, held, guard, attempts).await);
+                }
+                Err(e) => e,
+            };
+            drop(guard);
+            self.policy
+                .penalize(&*self.store, &slot.id, &e, self.clock.now_ms());
+            tracing::debug!(group = %group.name, deployment = %slot.name, reason = %e.reason(), attempt = attempts, "upstream attempt failed");
+            records.push(attempt_record(&group.name, &slot.name, &e));
+            let outcome = Outcome::of(&e);
+            if !outcome.retries() {
+                return Err(e.with_meta(ATTEMPTS, records));
+            }
+            errors.push(e);
+            if attempts >= max_attempts {
+                return Err(give_up(errors, records));
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        group: &Group<S>,
+        slot: &Slot<S>,
+        res: Response<Body>,
+        held: VecDeque<Frame<Bytes>>,
+        guard: InFlight,
+        attempts: u32,
+    ) -> Response<Body> {
+        let (mut parts, body) = res.into_parts();
+        let streaming = !held.is_empty() || body.size_hint().exact().is_none();
+        let body = if !streaming && parts.status.is_success() && is_json(&parts.headers) {
+            set_model(body, &group.literal, &group.name).await
+        } else {
+            body
+        };
+        let on_failure: Option<OnFailure> = streaming.then(|| {
+            let (store, clock, policy, id) = (
+                self.store.clone(),
+                self.clock.clone(),
+                self.policy,
+                slot.id.clone(),
+            );
+            Box::new(move |e: &Error| policy.penalize(&*store, &id, e, clock.now_ms())) as OnFailure
+        });
+        let h = &mut parts.headers;
+        h.insert(DEPLOYMENT_HEADER, slot.header.clone());
+        h.insert(MODEL_GROUP_HEADER, group.header.clone());
+        h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        Response::from_parts(
+            parts,
+            Body::new(RouterBody::new(held, body, guard, on_failure)),
+        )
+    }
+}
+
+fn is_event_stream<B>(res: &Response<B>) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"))
+}
+
+/// Reads a stream up to its commit point. An `Err` frame before it is the
+/// attempt's error (tagged with the provider), so it can be retried.
+async fn commit(res: Response<Body>) -> Result<(Response<Body>, VecDeque<Frame<Bytes>>), Error> {
+    let (parts, mut body) = res.into_parts();
+    let mut watch = CommitWatch::default();
+    let mut held = VecDeque::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                return Err(match parts.extensions.get::<Served>() {
+                    Some(s) if e.provider().is_none() => e.with_provider(s.provider.clone()),
+                    _ => e,
+                });
+            }
+            Some(Ok(frame)) => {
+                let content = frame.data_ref().is_some_and(|d| watch.feed(d));
+                held.push_back(frame);
+                if content || watch.held() >= PEEK_LIMIT {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((Response::from_parts(parts, body), held))
+}
+
+/// Sets the top-level `model` of an in-memory JSON answer to the group's
+/// name: the upstream's bytes around a new literal, nothing re-serialized.
+/// Anything that does not scan as a JSON object with a `model` is left as is.
+async fn set_model(body: Body, literal: &Bytes, group: &str) -> Body {
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return Body::new(Failed(Some(e))),
+    };
+    match scan::scan(&bytes) {
+        Ok(f) => match f.model {
+            Some(m) if m.value != group => Body::new(Chunks::new(vec![
+                bytes.slice(..m.span.start),
+                literal.clone(),
+                bytes.slice(m.span.end..),
+            ])),
+            _ => Body::full(bytes),
+        },
+        Err(_) => Body::full(bytes),
+    }
+}
+
+/// Every attempt failed: the most useful error, listing them all.
+fn give_up(errors: Vec<Error>, records: Vec<Value>) -> Error {
+    match most_useful(errors) {
+        Some(e) => e.with_meta(ATTEMPTS, records),
+        None => Error::new(Reason::Internal, "The router made no attempt."),
+    }
+}
+
+/// No deployment could take the request, before any attempt.
+fn unavailable<S>(group: &Group<S>, why: Unavailable, now: Millis) -> Error {
+    let g = &group.name;
+    let e = if why.soonest.is_some() && !why.any_temporary && why.all_gone {
+        Error::new(
+            Reason::UpstreamModelNotFound,
+            format!(
+                "Every deployment of model group `{g}` says the model does not exist or was retired."
+            ),
+        )
+        .permanent()
+    } else if why.soonest.is_some() && !why.any_temporary {
+        Error::new(
+            Reason::UpstreamAuthFailed,
+            format!(
+                "Every deployment of model group `{g}` refused the gateway's credential; this is a gateway configuration problem, not your key."
+            ),
+        )
+    } else {
+        let after = why
+            .soonest
+            .map_or(Duration::from_secs(1), |t| Duration::from_millis(t - now));
+        Error::new(
+            Reason::NoAvailableDeployment,
+            format!(
+                "Every deployment of model group `{g}` is cooling down or busy; try again in {} s.",
+                after.as_millis().div_ceil(1000).max(1)
+            ),
+        )
+        .with_retry_after(after)
+    };
+    e.with_meta("model_group", &**g)
+        .with_meta("cooling", why.cooling)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,593 @@
+//! The router over `service_fn`-style fake deployments, on tokio's paused
+//! clock where cooldowns or backoffs matter.
+
+use super::*;
+use crate::read_request::Parsed;
+use crate::sanitize::Secrets;
+use http::{HeaderMap, Request, StatusCode};
+use std::sync::atomic::AtomicUsize;
+
+type Answer = Result<Response<Body>, Error>;
+type BoxFut = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// A fake deployment: counts its calls, answers by `behave(call number)`.
+#[derive(Clone)]
+struct Fake {
+    calls: Arc<AtomicUsize>,
+    behave: Arc<dyn Fn(usize) -> BoxFut + Send + Sync>,
+}
+
+impl Fake {
+    fn new(behave: impl Fn(usize) -> BoxFut + Send + Sync + 'static) -> Self {
+        Fake {
+            calls: Arc::new(AtomicUsize::new(0)),
+            behave: Arc::new(behave),
+        }
+    }
+
+    fn ok() -> Self {
+        Fake::new(|_| Box::pin(async { Ok(json_answer("upstream-model")) }))
+    }
+
+    fn failing(status: u16, headers: &'static [(&'static str, &'static str)]) -> Self {
+        Fake::new(move |_| Box::pin(async move { Err(upstream(status, headers)) }))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<LlmRequest> for Fake {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: LlmRequest) -> BoxFut {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        (self.behave)(n)
+    }
+}
+
+fn json_answer(model: &str) -> Response<Body> {
+    let mut res = Response::new(Body::full(format!(
+        r#"{{"id":"x","object":"chat.completion","model":"{model}","choices":[]}}"#
+    )));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn upstream(status: u16, headers: &[(&str, &str)]) -> Error {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    Error::from_upstream(
+        StatusCode::from_u16(status).unwrap(),
+        &h,
+        br#"{"error":{"message":"upstream says no"}}"#,
+        "fake".into(),
+        &Secrets::none(),
+    )
+}
+
+fn req(model: &str) -> LlmRequest {
+    req_body(&format!(r#"{{"model":"{model}"}}"#))
+}
+
+fn req_body(body: &str) -> LlmRequest {
+    Request::post("/v1/chat/completions")
+        .body(Parsed::parse("/v1/chat/completions", Bytes::from(body.to_owned())).unwrap())
+        .unwrap()
+}
+
+/// `(deployment name, fake, weight)`
+type Spec<'a> = (&'a str, Fake, u32);
+
+fn router(groups: Vec<(&str, Vec<Spec<'_>>)>) -> Router<Fake> {
+    let mut b = Router::builder().clock(Arc::new(TokioClock::new()));
+    for (g, ds) in groups {
+        let ds = ds
+            .into_iter()
+            .map(|(n, f, w)| Deployment::new(n, f, w))
+            .collect();
+        b = b.group(g, ds).unwrap();
+    }
+    b.build()
+}
+
+fn served_by(res: &Response<Body>) -> &str {
+    res.headers()[DEPLOYMENT_HEADER].to_str().unwrap()
+}
+
+fn attempts(res: &Response<Body>) -> &str {
+    res.headers()[ATTEMPTS_HEADER].to_str().unwrap()
+}
+
+async fn text(res: Response<Body>) -> String {
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn unknown_model_is_404_naming_only_it() {
+    let r = router(vec![("a", vec![("d", Fake::ok(), 1)])]);
+    let e = r.oneshot(req("nope")).await.unwrap_err();
+    assert_eq!(e.status(), 404);
+    assert_eq!(e.reason(), Reason::ModelNotFound);
+    assert!(e.message().contains("`nope`"));
+    assert!(!e.message().contains("`a`"));
+}
+
+#[tokio::test]
+async fn idle_router_splits_exactly_by_weight() {
+    let r = router(vec![(
+        "g",
+        vec![("one", Fake::ok(), 1), ("three", Fake::ok(), 3)],
+    )]);
+    let mut three = 0;
+    for _ in 0..4000 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        if served_by(&res) == "three" {
+            three += 1;
+        }
+    }
+    assert_eq!(three, 3000);
+}
+
+/// The issue's load test: 2 000 requests over weights 1:1:2, in proportion
+/// within 5 %, both one at a time and 50 at a time with uneven latencies.
+#[tokio::test(start_paused = true)]
+async fn two_thousand_requests_split_1_1_2_within_5_percent() {
+    for concurrency in [1usize, 50] {
+        let slow = |ms: u64| {
+            Fake::new(move |_| {
+                Box::pin(async move {
+                    let jitter = fastrand::u64(0..ms);
+                    tokio::time::sleep(Duration::from_millis(ms + jitter)).await;
+                    Ok(json_answer("m"))
+                })
+            })
+        };
+        let (a, b, c) = (slow(10), slow(10), slow(10));
+        let r = router(vec![(
+            "g",
+            vec![
+                ("a", a.clone(), 1),
+                ("b", b.clone(), 1),
+                ("c", c.clone(), 2),
+            ],
+        )]);
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut tasks = Vec::new();
+        for _ in 0..2000 {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = r.oneshot(req("g")).await.unwrap();
+                text(res).await;
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (na, nb, nc) = (a.calls() as f64, b.calls() as f64, c.calls() as f64);
+        assert_eq!(na + nb + nc, 2000.0);
+        for (got, want) in [(na, 500.0), (nb, 500.0), (nc, 1000.0)] {
+            assert!(
+                (got - want).abs() <= want * 0.05,
+                "concurrency {concurrency}: {na}/{nb}/{nc}"
+            );
+        }
+        assert_eq!(r.in_flight("g", "a"), Some(0));
+    }
+}
+
+#[tokio::test]
+async fn load_aware_picks_the_less_busy_deployment() {
+    let r = router(vec![(
+        "g",
+        vec![("a", Fake::ok(), 1), ("b", Fake::ok(), 1)],
+    )]);
+    // Keep answers alive (bodies not read) until three of them are `a`'s,
+    // then let `b`'s go: three in flight at `a`, none at `b`.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(r.clone().oneshot(req("g")).await.unwrap());
+        if held.iter().filter(|res| served_by(res) == "a").count() == 3 {
+            break;
+        }
+    }
+    held.retain(|res| served_by(res) == "a");
+    assert_eq!(r.in_flight("g", "a"), Some(3));
+    assert_eq!(r.in_flight("g", "b"), Some(0));
+    for _ in 0..20 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        assert_eq!(served_by(&res), "b", "b has nothing in flight");
+    }
+    drop(held);
+    assert_eq!(
+        r.in_flight("g", "a"),
+        Some(0),
+        "guards live as long as the bodies"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_cools_down_until_retry_after_and_the_twin_serves() {
+    let a = Fake::failing(429, &[("retry-after", "6")]);
+    let b = Fake::ok();
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    // Until `a` is picked once, it serves nothing; after that, `b` serves all.
+    for _ in 0..10 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        assert_eq!(served_by(&res), "b");
+    }
+    assert_eq!(a.calls(), 1, "a cooled down after its 429");
+    let c = r.cooldown("g", "a").unwrap();
+    assert_eq!(c.reason, CooldownReason::RateLimited);
+    tokio::time::advance(Duration::from_millis(5_900)).await;
+    for _ in 0..4 {
+        r.clone().oneshot(req("g")).await.unwrap();
+    }
+    assert_eq!(a.calls(), 1, "still cooling at 5.9 s");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    for _ in 0..4 {
+        r.clone().oneshot(req("g")).await.unwrap();
+    }
+    assert_eq!(a.calls(), 2, "traffic again after 6 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retried_answer_says_where_and_after_how_many_attempts() {
+    let a = Fake::failing(500, &[]);
+    let b = Fake::ok();
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    // The wheel offers `a` first on an idle router.
+    let res = r.clone().oneshot(req("g")).await.unwrap();
+    assert_eq!(served_by(&res), "b");
+    assert_eq!(attempts(&res), "2");
+    assert_eq!(res.headers()[MODEL_GROUP_HEADER], "g");
+    let v: Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(v["model"], "g", "the answer names the group that served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_faults_are_returned_at_once() {
+    for status in [400, 413, 422] {
+        let a = Fake::failing(status, &[]);
+        let b = Fake::failing(status, &[]);
+        let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+        let e = r.clone().oneshot(req("g")).await.unwrap_err();
+        assert_eq!(e.status().as_u16(), status);
+        assert_eq!(a.calls() + b.calls(), 1, "{status}: no retry");
+        assert!(r.cooldown("g", "a").is_none() && r.cooldown("g", "b").is_none());
+        assert_eq!(e.metadata()[ATTEMPTS].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn credential_and_model_gone_cool_down_long() {
+    for (status, reason, long) in [
+        (401, CooldownReason::Credential, 300),
+        (403, CooldownReason::Credential, 300),
+        (404, CooldownReason::ModelGone, 3600),
+    ] {
+        let a = Fake::failing(status, &[]);
+        let b = Fake::ok();
+        let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+        for _ in 0..5 {
+            let res = r.clone().oneshot(req("g")).await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert_eq!(served_by(&res), "b");
+        }
+        assert_eq!(a.calls(), 1);
+        let c = r.cooldown("g", "a").unwrap();
+        assert_eq!(c.reason, reason);
+        tokio::time::advance(Duration::from_secs(long - 1)).await;
+        assert!(r.cooldown("g", "a").is_some(), "{status}");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(r.cooldown("g", "a").is_none(), "{status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_cool_down_after_the_threshold_in_the_window() {
+    let a = Fake::failing(500, &[]);
+    let b = Fake::ok();
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    let mut n = 0;
+    while a.calls() < 2 {
+        r.clone().oneshot(req("g")).await.unwrap();
+        n += 1;
+        assert!(n < 100);
+    }
+    assert!(r.cooldown("g", "a").is_none(), "two failures: not yet");
+    while a.calls() < 3 {
+        r.clone().oneshot(req("g")).await.unwrap();
+    }
+    let c = r.cooldown("g", "a").unwrap();
+    assert_eq!(c.reason, CooldownReason::Failures);
+    for _ in 0..10 {
+        r.clone().oneshot(req("g")).await.unwrap();
+    }
+    assert_eq!(a.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_deployment_is_retried_with_backoff_but_not_after_a_timeout() {
+    let a = Fake::new(|n| {
+        Box::pin(async move {
+            if n < 2 {
+                Err(upstream(502, &[]))
+            } else {
+                Ok(json_answer("m"))
+            }
+        })
+    });
+    let r = router(vec![("g", vec![("a", a.clone(), 1)])]);
+    let started = tokio::time::Instant::now();
+    let res = r.clone().oneshot(req("g")).await.unwrap();
+    assert_eq!(attempts(&res), "3");
+    // Backoffs of 50..100 ms then 100..200 ms.
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(150)..=Duration::from_millis(300)).contains(&waited),
+        "{waited:?}"
+    );
+
+    let t = Fake::new(|_| {
+        Box::pin(async {
+            Err(Error::timeout(
+                crate::TimeoutPhase::FirstByte,
+                Duration::from_secs(1),
+            ))
+        })
+    });
+    let r = router(vec![("g", vec![("t", t.clone(), 1)])]);
+    let e = r.oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::UpstreamTimeout);
+    assert_eq!(
+        t.calls(),
+        1,
+        "a timeout is not tried again on the same deployment"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_bounds_attempts() {
+    let fakes: Vec<Fake> = (0..5).map(|_| Fake::failing(503, &[])).collect();
+    let r = Router::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .policy(RetryPolicy {
+            num_retries: 2,
+            ..RetryPolicy::default()
+        })
+        .group(
+            "g",
+            fakes
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Deployment::new(&format!("d{i}"), f.clone(), 1))
+                .collect(),
+        )
+        .unwrap()
+        .build();
+    let e = r.oneshot(req("g")).await.unwrap_err();
+    assert_eq!(fakes.iter().map(Fake::calls).sum::<usize>(), 3);
+    assert_eq!(e.reason(), Reason::UpstreamUnavailable);
+    let list = e.metadata()[ATTEMPTS].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    let names: std::collections::HashSet<&str> = list
+        .iter()
+        .map(|a| a["deployment"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "three different deployments: {list:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_deployment_cooling_is_503_with_the_soonest_expiry() {
+    let a = Fake::failing(429, &[("retry-after", "6")]);
+    let b = Fake::failing(429, &[("retry-after", "9")]);
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(
+        e.reason(),
+        Reason::UpstreamRateLimited,
+        "attempts were made"
+    );
+    assert_eq!(e.metadata()[ATTEMPTS].as_array().unwrap().len(), 2);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::NoAvailableDeployment);
+    assert_eq!(e.status(), 503);
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
+    assert!(!e.is_permanent());
+    assert_eq!(
+        a.calls() + b.calls(),
+        2,
+        "no upstream call while all cool down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_whose_model_is_gone_stays_404_permanent() {
+    let a = Fake::failing(404, &[]);
+    let b = Fake::failing(404, &[]);
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    for _ in 0..3 {
+        let e = r.clone().oneshot(req("g")).await.unwrap_err();
+        assert_eq!(e.status(), 404);
+        assert_eq!(e.reason(), Reason::UpstreamModelNotFound);
+        assert!(e.is_permanent());
+        assert!(e.retry_after().is_none());
+    }
+    assert_eq!(a.calls() + b.calls(), 2);
+
+    let k = Fake::failing(401, &[]);
+    let r = router(vec![("k", vec![("k", k.clone(), 1)])]);
+    for _ in 0..2 {
+        let e = r.clone().oneshot(req("k")).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamAuthFailed);
+        assert_eq!(e.status(), 502, "never a 401");
+    }
+    assert_eq!(k.calls(), 1);
+}
+
+#[tokio::test]
+async fn full_deployments_are_skipped_then_503() {
+    let r = Router::builder()
+        .group(
+            "g",
+            vec![
+                Deployment::new("a", Fake::ok(), 1).capacity(1),
+                Deployment::new("b", Fake::ok(), 1).capacity(1),
+            ],
+        )
+        .unwrap()
+        .build();
+    let one = r.clone().oneshot(req("g")).await.unwrap();
+    let two = r.clone().oneshot(req("g")).await.unwrap();
+    assert_ne!(served_by(&one), served_by(&two));
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::NoAvailableDeployment);
+    assert!(e.retry_after().is_some());
+    drop(one);
+    r.clone().oneshot(req("g")).await.unwrap();
+}
+
+fn sse(frames: Vec<Result<&'static str, Error>>) -> Response<Body> {
+    let stream = futures_util::stream::iter(
+        frames
+            .into_iter()
+            .map(|f| f.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))),
+    );
+    let mut res = Response::new(Body::new(http_body_util::StreamBody::new(stream)));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    res
+}
+
+const ROLE: &str =
+    "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+const TOK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_before_content_is_retried_invisibly() {
+    let a = Fake::new(|_| {
+        Box::pin(async {
+            Ok(sse(vec![
+                Ok(ROLE),
+                Err(Error::new(Reason::UpstreamStreamCut, "cut")),
+            ]))
+        })
+    });
+    let b =
+        Fake::new(|_| Box::pin(async { Ok(sse(vec![Ok(ROLE), Ok(TOK), Ok("data: [DONE]\n\n")])) }));
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    let res = r
+        .clone()
+        .oneshot(req_body(r#"{"model":"g","stream":true}"#))
+        .await
+        .unwrap();
+    assert_eq!(served_by(&res), "b");
+    assert_eq!(attempts(&res), "2");
+    assert_eq!(text(res).await, format!("{ROLE}{TOK}data: [DONE]\n\n"));
+    assert_eq!(a.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_after_content_is_the_clients_and_counts_as_a_failure() {
+    let a = Fake::new(|_| {
+        Box::pin(async {
+            Ok(sse(vec![
+                Ok(ROLE),
+                Ok(TOK),
+                Ok(TOK),
+                Err(Error::new(Reason::UpstreamStreamCut, "cut")),
+            ]))
+        })
+    });
+    let r = Router::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .policy(RetryPolicy {
+            failures: FailureWindow {
+                threshold: 1,
+                window: Duration::from_secs(60),
+            },
+            ..RetryPolicy::default()
+        })
+        .group("g", vec![Deployment::new("a", a.clone(), 1)])
+        .unwrap()
+        .build();
+    let res = r
+        .clone()
+        .oneshot(req_body(r#"{"model":"g","stream":true}"#))
+        .await
+        .unwrap();
+    assert_eq!(attempts(&res), "1");
+    let mut body = res.into_body();
+    let mut got = String::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(f)) => got.push_str(std::str::from_utf8(f.data_ref().unwrap()).unwrap()),
+            Some(Err(e)) => break e,
+            None => panic!("the cut must surface"),
+        }
+    };
+    assert_eq!(got, format!("{ROLE}{TOK}{TOK}"));
+    assert_eq!(err.reason(), Reason::UpstreamStreamCut);
+    assert_eq!(a.calls(), 1, "no retry after the commit point");
+    assert_eq!(
+        r.cooldown("g", "a").map(|c| c.reason),
+        Some(CooldownReason::Failures)
+    );
+}
+
+#[test]
+fn wheel_is_smooth_and_proportional() {
+    assert_eq!(&*wheel(&[1, 1, 2]), &[2, 0, 1, 2]);
+    assert_eq!(&*wheel(&[5, 1, 1]), &[0, 0, 1, 0, 2, 0, 0]);
+    let big = wheel(&[1_000_000, 3_000_000]);
+    assert!(big.len() <= 4096);
+    let ones = big.iter().filter(|&&i| i == 1).count() as f64;
+    assert!((ones / big.len() as f64 - 0.75).abs() < 0.001, "{ones}");
+    assert_eq!(wheel(&[1, 100_000]).iter().filter(|&&i| i == 0).count(), 1);
+}
+
+#[test]
+fn builder_refuses_empty_repeated_and_ambiguous_groups() {
+    assert!(Router::<()>::builder().group("g", vec![]).is_err());
+    let b = Router::builder()
+        .group("g", vec![Deployment::new("d", (), 1)])
+        .unwrap();
+    assert!(b.group("g", vec![Deployment::new("d", (), 1)]).is_err());
+    let Err(e) = Router::builder().group(
+        "h",
+        vec![Deployment::new("d", (), 1), Deployment::new("d", (), 1)],
+    ) else {
+        panic!("two deployments of one name");
+    };
+    assert!(e.to_string().contains("two deployments named `d`"), "{e}");
+}
+
+#[test]
+fn backoff_doubles_with_jitter_and_is_capped() {
+    let p = RetryPolicy::default();
+    for _ in 0..100 {
+        let b0 = p.backoff_for(0);
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&b0));
+        let b3 = p.backoff_for(3);
+        assert!((Duration::from_millis(400)..=Duration::from_millis(800)).contains(&b3));
+        assert!(p.backoff_for(30) <= p.max_backoff);
+    }
+}
