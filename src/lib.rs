@@ -48,6 +48,12 @@ pub mod provider;
 #[cfg(feature = "config")]
 pub mod config;
 
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
+
+#[cfg(feature = "fair-queue")]
+pub mod fair_queue;
+
 use std::sync::Arc;
 
 pub use body::Body;
