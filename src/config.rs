@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::fair_queue::QueueSettings;
 use crate::provider::{HttpClient, Provider, Timeouts};
+use crate::rate_limit::Limits;
 use crate::router::{Deployment, Router};
 
 /// The whole configuration file.
@@ -42,8 +44,126 @@ pub struct Config {
     /// `[[groups]]`
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// `[rate_limits]`: absent, nothing is rate-limited.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimits>,
+    /// `[fair_queue]`: absent, requests are not queued (no capacity bound).
+    #[serde(default)]
+    pub fair_queue: Option<FairQueueConfig>,
     #[serde(skip)]
     path: PathBuf,
+}
+
+/// `[rate_limits]`: per-key requests and tokens per minute.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Requests per minute of every key without its own (0: unlimited).
+    pub requests_per_minute: u32,
+    /// Tokens per minute of every key without its own (0: unlimited).
+    pub tokens_per_minute: u32,
+    /// The output tokens charged for a request that sets no `max_tokens` (default 1024).
+    pub default_max_output_tokens: u64,
+    /// `[rate_limits.keys.<key id>]`: a key's own limits (by its public id).
+    pub keys: BTreeMap<String, KeyLimits>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
+            default_max_output_tokens: 1024,
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl RateLimits {
+    /// The limits of the key with public id `key_id`.
+    pub fn limits_for(&self, key_id: &str) -> Limits {
+        let own = self.keys.get(key_id);
+        Limits::per_minute(
+            own.and_then(|k| k.requests_per_minute)
+                .unwrap_or(self.requests_per_minute),
+            own.and_then(|k| k.tokens_per_minute)
+                .unwrap_or(self.tokens_per_minute),
+        )
+    }
+}
+
+/// `[rate_limits.keys.<key id>]`: one key's limits; a field left out takes the default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests per minute (0: unlimited).
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute (0: unlimited).
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// What a fair-queue tenant is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantBy {
+    /// Each key is a tenant.
+    #[default]
+    Key,
+    /// Each team is a tenant (a key without a team is its own).
+    Team,
+}
+
+/// `[fair_queue]`: bounded capacity per model group, weighted fair queuing per tenant.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairQueueConfig {
+    /// Requests in flight at once per model group (default 64).
+    pub capacity: usize,
+    /// `[fair_queue.group_capacity]`: a group's own capacity, by group name.
+    pub group_capacity: BTreeMap<String, usize>,
+    /// Requests of one tenant that may wait per group; more get 429 `queue_full` (default 1000).
+    pub max_queue_per_tenant: usize,
+    /// How long a request may wait for a slot; then 503 `queue_timeout` (default 30 000 ms).
+    pub max_wait_ms: u64,
+    /// `Retry-After` of `queue_full` and `queue_timeout` (default 1 s).
+    pub retry_after_s: u64,
+    /// `"key"` or `"team"` (default `"key"`).
+    pub tenant: TenantBy,
+    /// `[fair_queue.weights]`: a tenant's weight, by key id or team (default 1).
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Default for FairQueueConfig {
+    fn default() -> Self {
+        FairQueueConfig {
+            capacity: 64,
+            group_capacity: BTreeMap::new(),
+            max_queue_per_tenant: 1000,
+            max_wait_ms: 30_000,
+            retry_after_s: 1,
+            tenant: TenantBy::Key,
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+impl FairQueueConfig {
+    /// The fair queue's settings.
+    pub fn settings(&self) -> QueueSettings {
+        let mut s = QueueSettings::new(self.capacity)
+            .max_queue_per_tenant(self.max_queue_per_tenant)
+            .max_wait(Duration::from_millis(self.max_wait_ms))
+            .retry_after(Duration::from_secs(self.retry_after_s));
+        for (group, n) in &self.group_capacity {
+            s = s.group_capacity(group, *n);
+        }
+        s
+    }
+
+    /// The weight of tenant `id`.
+    pub fn weight_for(&self, id: &str) -> u32 {
+        self.weights.get(id).copied().unwrap_or(1)
+    }
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -277,11 +397,64 @@ impl Config {
                 }
             }
         }
+        self.check_rate_limits()?;
+        self.check_fair_queue()?;
         if let Some(ca) = &u.ca_file {
             if !ca.exists() {
                 return Err(self.err(
                     "upstream.ca_file",
                     format!("`{}` does not exist", ca.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rate_limits(&self) -> Result<(), ConfigError> {
+        let Some(r) = &self.rate_limits else {
+            return Ok(());
+        };
+        if r.default_max_output_tokens == 0 {
+            return Err(self.err(
+                "rate_limits.default_max_output_tokens",
+                "must be at least 1",
+            ));
+        }
+        for id in r.keys.keys() {
+            if id.trim().is_empty() {
+                return Err(self.err("rate_limits.keys", "a key id must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_fair_queue(&self) -> Result<(), ConfigError> {
+        let Some(q) = &self.fair_queue else {
+            return Ok(());
+        };
+        if q.capacity == 0 {
+            return Err(self.err("fair_queue.capacity", "must be at least 1"));
+        }
+        if q.max_queue_per_tenant == 0 {
+            return Err(self.err("fair_queue.max_queue_per_tenant", "must be at least 1"));
+        }
+        if q.max_wait_ms == 0 {
+            return Err(self.err("fair_queue.max_wait_ms", "must be greater than 0"));
+        }
+        for (group, n) in &q.group_capacity {
+            let field = format!("fair_queue.group_capacity.{group}");
+            if !self.groups.iter().any(|g| &g.name == group) {
+                return Err(self.err(field, format!("no model group `{group}` is configured")));
+            }
+            if *n == 0 {
+                return Err(self.err(field, "must be at least 1"));
+            }
+        }
+        for (tenant, w) in &q.weights {
+            if !(1..=65_536).contains(w) {
+                return Err(self.err(
+                    format!("fair_queue.weights.{tenant}"),
+                    "must be between 1 and 65536",
                 ));
             }
         }
@@ -410,5 +583,61 @@ mod tests {
 
         let e = err(&format!("[upstream]\nidle_timeout_ms = 0\n{OK}"));
         assert_eq!(e.field(), "upstream.idle_timeout_ms");
+    }
+
+    #[test]
+    fn rate_limits_and_fair_queue() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.rate_limits.is_none() && c.fair_queue.is_none());
+
+        let c = Config::from_toml(
+            "gw.toml",
+            &format!(
+                r#"
+                [rate_limits]
+                requests_per_minute = 60
+                tokens_per_minute = 10000
+                [rate_limits.keys.big]
+                tokens_per_minute = 0
+                [fair_queue]
+                capacity = 8
+                max_wait_ms = 500
+                tenant = "team"
+                [fair_queue.group_capacity]
+                g = 2
+                [fair_queue.weights]
+                search = 3
+                {OK}"#
+            ),
+        )
+        .unwrap();
+        let r = c.rate_limits.as_ref().unwrap();
+        assert_eq!(r.limits_for("someone"), Limits::per_minute(60, 10_000));
+        assert_eq!(r.limits_for("big"), Limits::per_minute(60, 0));
+        assert_eq!(r.default_max_output_tokens, 1024);
+        let q = c.fair_queue.as_ref().unwrap();
+        assert_eq!(q.tenant, TenantBy::Team);
+        assert_eq!((q.weight_for("search"), q.weight_for("other")), (3, 1));
+        let s = q.settings();
+        assert_eq!((s.capacity_for("g"), s.capacity_for("h")), (2, 8));
+        assert_eq!(q.max_queue_per_tenant, 1000);
+
+        let e = err(&format!("[fair_queue]\ncapacity = 0\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.capacity");
+        let e = err(&format!("[fair_queue.group_capacity]\nnope = 2\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.group_capacity.nope");
+        assert!(e.to_string().contains("no model group `nope`"), "{e}");
+        let e = err(&format!("[fair_queue.weights]\nx = 0\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.weights.x");
+        let e = err(&format!("[fair_queue]\nmax_wait_ms = 0\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.max_wait_ms");
+        let e = err(&format!("[fair_queue]\ntenant = \"ip\"\n{OK}"));
+        assert!(e.to_string().contains("unknown variant `ip`"), "{e}");
+        let e = err(&format!("[rate_limits]\nrpm = 5\n{OK}"));
+        assert!(e.to_string().contains("unknown field `rpm`"), "{e}");
+        let e = err(&format!(
+            "[rate_limits]\ndefault_max_output_tokens = 0\n{OK}"
+        ));
+        assert_eq!(e.field(), "rate_limits.default_max_output_tokens");
     }
 }
