@@ -9,8 +9,9 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `NormalizeErrors` → `ReadRequest` → `Router` →
-//!   provider;
+//!   `/v1/responses` through `NormalizeErrors` → (identify the caller) →
+//!   `ReadRequest` → `RateLimit` (with `[rate_limits]`) → `FairQueue` (with
+//!   `[fair_queue]`) → `Router` → provider;
 //! - `GET /v1/models`, the configured model groups in OpenAI's list shape;
 //! - `GET /health`.
 //!
@@ -21,16 +22,60 @@
 #![allow(dead_code)]
 
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::routing::get;
-use tollgate::config::{Config, ConfigError};
+use http::Request;
+use tollgate::config::{Config, ConfigError, TenantBy};
+use tollgate::fair_queue::{FairQueueLayer, Tenant};
 use tollgate::normalize::NormalizeErrorsLayer;
-use tollgate::read_request::ReadRequestLayer;
+use tollgate::rate_limit::{Limits, RateLimitLayer};
+use tollgate::read_request::{Identified, ReadRequestLayer};
 use tollgate::sanitize::Secrets;
-use tollgate::{Error, Reason};
+use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
+
+/// Who is calling, until the virtual-keys layer authenticates callers: the
+/// public id of the `tg-<id>-<secret>` key the client presents (never the
+/// secret), or `anonymous`. Nothing here is verified: rate limits and fair
+/// queuing work per presented id, which only trusted callers should rely on.
+///
+/// When `VirtualKeys` lands it replaces [`identify`] and hands the stack its
+/// key type instead; the two closures in [`app`] then read the key's own
+/// limits, team and weight rather than the config's tables.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The key's public id.
+    pub key_id: Arc<str>,
+    /// The key's team (none until virtual keys carry one).
+    pub team: Option<Arc<str>>,
+}
+
+/// The public id of a presented `tg-<id>-<secret>` key.
+pub fn key_id(headers: &http::HeaderMap) -> Option<&str> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))?;
+    let (id, secret) = presented.trim().strip_prefix("tg-")?.split_once('-')?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    (!id.is_empty() && id.len() <= 64 && id.chars().all(plain) && !secret.is_empty()).then_some(id)
+}
+
+/// Attaches the [`Caller`] to the request, for `ReadRequest` to pass down.
+pub fn identify<B>(req: Request<B>) -> Request<Identified<Caller, B>> {
+    let key_id: Arc<str> = Arc::from(key_id(req.headers()).unwrap_or("anonymous"));
+    req.map(|body| Identified {
+        identity: Caller { key_id, team: None },
+        body,
+    })
+}
 
 /// The gateway's routes for a checked config.
 pub fn app(config: &Config) -> Result<axum::Router, ConfigError> {
@@ -40,9 +85,39 @@ pub fn app(config: &Config) -> Result<axum::Router, ConfigError> {
         .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
         .collect();
     let models = serde_json::json!({"object": "list", "data": models});
+    // Rate-limit key: the caller's key id, with its limits from the config.
+    let rate_limit = config.rate_limits.clone().map(|limits| {
+        let default_max_output = limits.default_max_output_tokens;
+        let limits = Arc::new(limits);
+        RateLimitLayer::new(move |req: &LlmRequest<Caller>| {
+            let id = &req.body().identity().key_id;
+            let own = limits.limits_for(id);
+            (own != Limits::UNLIMITED).then(|| (id.clone(), own))
+        })
+        .default_max_output_tokens(default_max_output)
+    });
+    // Tenant: the caller's key or team, with its weight from the config.
+    let fair_queue = config.fair_queue.clone().map(|queue| {
+        let settings = queue.settings();
+        let queue = Arc::new(queue);
+        FairQueueLayer::new(settings, move |req: &LlmRequest<Caller>| {
+            let caller = req.body().identity();
+            let id = match (queue.tenant, &caller.team) {
+                (TenantBy::Team, Some(team)) => team.clone(),
+                _ => caller.key_id.clone(),
+            };
+            let weight = queue.weight_for(&id);
+            Tenant { id, weight }
+        })
+    });
+    // The documented order; VirtualKeys, ModelAccess, Budget and Fallback
+    // take their places here as they land.
     let inference = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())
+        .map_request(identify::<axum::body::Body>)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
+        .option_layer(rate_limit)
+        .option_layer(fair_queue)
         .service(router);
     Ok(axum::Router::new()
         .route_service("/v1/chat/completions", inference.clone())
