@@ -188,9 +188,14 @@ impl Answer {
 
 /// POSTs raw bytes with the client key, reading the whole answer.
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> Answer {
+    post_as(url, CLIENT_KEY, body).await
+}
+
+/// POSTs raw bytes presenting `key`, reading the whole answer.
+pub async fn post_as(url: &str, key: &str, body: impl Into<reqwest::Body>) -> Answer {
     let res = http()
         .post(url)
-        .bearer_auth(CLIENT_KEY)
+        .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
         .send()
