@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | [`normalize::NormalizeErrors`] | every failure leaves in one JSON shape; mid-stream failures become SSE error events | — |
 //! | [`read_request::ReadRequest`] | buffer the body (size-limited), parse `model`, `stream`, … once | 400, 405, 413, 415 |
+//! | `rate_limit::RateLimit` | per-key requests/min and tokens/min (governor), `x-ratelimit-*` headers (feature `rate-limit`) | 429 |
+//! | `fair_queue::FairQueue` | weighted fair queuing across tenants in front of bounded capacity per model group (feature `fair-queue`) | 429 queue full, 503 queue timeout |
 //! | [`router::Router`] | dispatch a model group to one of its deployments | 404 unknown model |
 //! | [`provider::Provider`] | send to an OpenAI-compatible upstream over pooled hyper connections, stream back | 408, 429, 502, 503 |
 //!
