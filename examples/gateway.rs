@@ -10,7 +10,8 @@
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/responses` through `NormalizeErrors` → `VirtualKeys` →
-//!   `ReadRequest` → `ModelAccess` → `Fallback` → `Router` (retries,
+//!   `ReadRequest` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
+//!   `FairQueue` (with `[fair_queue]`) → `Fallback` → `Router` (retries,
 //!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
@@ -29,13 +30,16 @@ use std::time::Duration;
 
 use axum::routing::get;
 use tollgate::access::{ModelAccessLayer, ModelList};
-use tollgate::config::{Config, ConfigError};
+use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
+use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
+use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
+use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::ReadRequestLayer;
 use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
-use tollgate::{Error, Reason};
+use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
 
 /// The gateway's routes for a checked config. Opens the key store and loads
@@ -62,6 +66,8 @@ pub async fn app_with_clock(
         .layer(auth)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
         .layer(ModelAccessLayer::new())
+        .option_layer(rate_limit(config))
+        .option_layer(fair_queue(config))
         .layer(fallback)
         .service(router);
     let mut app = axum::Router::new()
@@ -78,6 +84,69 @@ pub async fn app_with_clock(
         Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
             .to_response(&Secrets::none())
     }))
+}
+
+/// `RateLimit`'s hook over the authenticated key: the key's own rpm/tpm
+/// limits, else its team's (one allowance for the whole team), else
+/// `[rate_limits]`'s defaults.
+#[derive(Clone, Debug)]
+pub struct KeyLimits(Arc<RateLimits>);
+
+impl RateLimitKey<Key> for KeyLimits {
+    type Key = Arc<str>;
+
+    fn key(&self, req: &LlmRequest<Key>) -> Option<(Arc<str>, Limits)> {
+        let key = req.body().identity();
+        let own = key.rpm_limit().is_some() || key.tpm_limit().is_some();
+        let (id, rpm, tpm) = match key.team() {
+            Some(team) if !own && (team.rpm_limit().is_some() || team.tpm_limit().is_some()) => (
+                Arc::from(format!("team:{}", team.id())),
+                team.rpm_limit(),
+                team.tpm_limit(),
+            ),
+            _ => (key.id_arc().clone(), key.rpm_limit(), key.tpm_limit()),
+        };
+        let limits = self.0.limits_for(rpm, tpm);
+        (limits != Limits::UNLIMITED).then_some((id, limits))
+    }
+}
+
+/// `FairQueue`'s hook over the authenticated key: a tenant is the key
+/// (weighted by the key's `weight`) or, with `tenant = "team"`, its team
+/// (weighted by the team's).
+#[derive(Clone, Copy, Debug)]
+pub struct TenantOfKey(TenantBy);
+
+impl TenantOf<Key> for TenantOfKey {
+    fn tenant(&self, req: &LlmRequest<Key>) -> Tenant {
+        let key = req.body().identity();
+        match (self.0, key.team()) {
+            (TenantBy::Team, Some(team)) => Tenant {
+                id: Arc::from(format!("team:{}", team.id())),
+                weight: team.weight(),
+            },
+            _ => Tenant {
+                id: key.id_arc().clone(),
+                weight: key.weight(),
+            },
+        }
+    }
+}
+
+/// `RateLimit`, when `[rate_limits]` is configured.
+fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
+    let defaults = config.rate_limits.clone()?;
+    let max_output = defaults.default_max_output_tokens;
+    Some(RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output))
+}
+
+/// `FairQueue`, when `[fair_queue]` is configured.
+fn fair_queue(config: &Config) -> Option<FairQueueLayer<TenantOfKey>> {
+    let queue = config.fair_queue.as_ref()?;
+    Some(FairQueueLayer::new(
+        queue.settings(),
+        TenantOfKey(queue.tenant),
+    ))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight

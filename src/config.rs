@@ -49,9 +49,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::AccessGroups;
+use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
 use crate::provider::{HttpClient, Provider, Timeouts};
+use crate::rate_limit::Limits as RateQuota;
 use crate::router::cooldown::MAX_THRESHOLD;
 use crate::router::{Clock, Deployment, FailureWindow, RetryPolicy, Router, SystemClock};
 
@@ -78,8 +80,106 @@ pub struct Config {
     /// usable as one grant (`fast = ["gpt-4o-mini", "mistral/*"]`).
     #[serde(default)]
     pub access_groups: BTreeMap<String, Vec<String>>,
+    /// `[rate_limits]`: absent, nothing is rate-limited.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimits>,
+    /// `[fair_queue]`: absent, requests are not queued (no capacity bound).
+    #[serde(default)]
+    pub fair_queue: Option<FairQueueConfig>,
     #[serde(skip)]
     path: PathBuf,
+}
+
+/// `[rate_limits]`: requests and tokens per minute, per key. A key's own
+/// `rpm_limit`/`tpm_limit` (set through the admin API or on a static key)
+/// win; these defaults apply to keys without their own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Requests per minute of every key without its own (0: unlimited).
+    pub requests_per_minute: u32,
+    /// Tokens per minute of every key without its own (0: unlimited).
+    pub tokens_per_minute: u32,
+    /// The output tokens charged for a request that sets no `max_tokens` (default 1024).
+    pub default_max_output_tokens: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
+            default_max_output_tokens: 1024,
+        }
+    }
+}
+
+impl RateLimits {
+    /// The limits of a key with these own limits (`None`: the defaults).
+    pub fn limits_for(&self, own_rpm: Option<u64>, own_tpm: Option<u64>) -> RateQuota {
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        RateQuota::per_minute(
+            own_rpm.map_or(self.requests_per_minute, clamp),
+            own_tpm.map_or(self.tokens_per_minute, clamp),
+        )
+    }
+}
+
+/// What a fair-queue tenant is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantBy {
+    /// Each key is a tenant, weighted by the key's `weight`.
+    #[default]
+    Key,
+    /// Each team is a tenant, weighted by the team's `weight` (a key without
+    /// a team is its own tenant).
+    Team,
+}
+
+/// `[fair_queue]`: bounded capacity per model group, weighted fair queuing per tenant.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairQueueConfig {
+    /// Requests in flight at once per model group (default 64).
+    pub capacity: usize,
+    /// `[fair_queue.group_capacity]`: a group's own capacity, by group name.
+    pub group_capacity: BTreeMap<String, usize>,
+    /// Requests of one tenant that may wait per group; more get 429 `queue_full` (default 1000).
+    pub max_queue_per_tenant: usize,
+    /// How long a request may wait for a slot; then 503 `queue_timeout` (default 30 000 ms).
+    pub max_wait_ms: u64,
+    /// `Retry-After` of `queue_full` and `queue_timeout` (default 1 s).
+    pub retry_after_s: u64,
+    /// `"key"` or `"team"` (default `"key"`).
+    pub tenant: TenantBy,
+}
+
+impl Default for FairQueueConfig {
+    fn default() -> Self {
+        FairQueueConfig {
+            capacity: 64,
+            group_capacity: BTreeMap::new(),
+            max_queue_per_tenant: 1000,
+            max_wait_ms: 30_000,
+            retry_after_s: 1,
+            tenant: TenantBy::Key,
+        }
+    }
+}
+
+impl FairQueueConfig {
+    /// The fair queue's settings.
+    pub fn settings(&self) -> QueueSettings {
+        let mut s = QueueSettings::new(self.capacity)
+            .max_queue_per_tenant(self.max_queue_per_tenant)
+            .max_wait(Duration::from_millis(self.max_wait_ms))
+            .retry_after(Duration::from_secs(self.retry_after_s));
+        for (group, n) in &self.group_capacity {
+            s = s.group_capacity(group, *n);
+        }
+        s
+    }
 }
 
 /// `[keys]`: where keys live and who administers them.
@@ -489,7 +589,47 @@ impl Config {
                 ));
             }
         }
+        self.check_rate_limits()?;
+        self.check_fair_queue()?;
         self.check_keys()
+    }
+
+    fn check_rate_limits(&self) -> Result<(), ConfigError> {
+        let Some(r) = &self.rate_limits else {
+            return Ok(());
+        };
+        if r.default_max_output_tokens == 0 {
+            return Err(self.err(
+                "rate_limits.default_max_output_tokens",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_fair_queue(&self) -> Result<(), ConfigError> {
+        let Some(q) = &self.fair_queue else {
+            return Ok(());
+        };
+        if q.capacity == 0 {
+            return Err(self.err("fair_queue.capacity", "must be at least 1"));
+        }
+        if q.max_queue_per_tenant == 0 {
+            return Err(self.err("fair_queue.max_queue_per_tenant", "must be at least 1"));
+        }
+        if q.max_wait_ms == 0 {
+            return Err(self.err("fair_queue.max_wait_ms", "must be greater than 0"));
+        }
+        for (group, n) in &q.group_capacity {
+            let field = format!("fair_queue.group_capacity.{group}");
+            if !self.is_model(group) {
+                return Err(self.err(field, format!("no model group `{group}` is configured")));
+            }
+            if *n == 0 {
+                return Err(self.err(field, "must be at least 1"));
+            }
+        }
+        Ok(())
     }
 
     fn is_model(&self, name: &str) -> bool {
@@ -976,5 +1116,61 @@ mod tests {
             Config::from_toml("gw.toml", OK).unwrap().keys.store,
             StoreKind::Sqlite
         );
+    }
+
+    #[test]
+    fn rate_limits_and_fair_queue() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.rate_limits.is_none() && c.fair_queue.is_none());
+
+        let c = Config::from_toml(
+            "gw.toml",
+            &format!(
+                r#"
+                [rate_limits]
+                requests_per_minute = 60
+                tokens_per_minute = 10000
+                [fair_queue]
+                capacity = 8
+                max_wait_ms = 500
+                tenant = "team"
+                [fair_queue.group_capacity]
+                g = 2
+                {OK}"#
+            ),
+        )
+        .unwrap();
+        let r = c.rate_limits.as_ref().unwrap();
+        assert_eq!(r.limits_for(None, None), RateQuota::per_minute(60, 10_000));
+        assert_eq!(
+            r.limits_for(Some(5), None),
+            RateQuota::per_minute(5, 10_000)
+        );
+        assert_eq!(
+            r.limits_for(None, Some(1 << 40)),
+            RateQuota::per_minute(60, u32::MAX)
+        );
+        assert_eq!(r.default_max_output_tokens, 1024);
+        let q = c.fair_queue.as_ref().unwrap();
+        assert_eq!(q.tenant, TenantBy::Team);
+        let s = q.settings();
+        assert_eq!((s.capacity_for("g"), s.capacity_for("h")), (2, 8));
+        assert_eq!(q.max_queue_per_tenant, 1000);
+
+        let e = err(&format!("[fair_queue]\ncapacity = 0\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.capacity");
+        let e = err(&format!("[fair_queue.group_capacity]\nnope = 2\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.group_capacity.nope");
+        assert!(e.to_string().contains("no model group `nope`"), "{e}");
+        let e = err(&format!("[fair_queue]\nmax_wait_ms = 0\n{OK}"));
+        assert_eq!(e.field(), "fair_queue.max_wait_ms");
+        let e = err(&format!("[fair_queue]\ntenant = \"ip\"\n{OK}"));
+        assert!(e.to_string().contains("unknown variant `ip`"), "{e}");
+        let e = err(&format!("[rate_limits]\nrpm = 5\n{OK}"));
+        assert!(e.to_string().contains("unknown field `rpm`"), "{e}");
+        let e = err(&format!(
+            "[rate_limits]\ndefault_max_output_tokens = 0\n{OK}"
+        ));
+        assert_eq!(e.field(), "rate_limits.default_max_output_tokens");
     }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
@@ -203,6 +203,7 @@ struct Inner {
     permanent: bool,
     raw: Option<Value>,
     metadata: Map<String, Value>,
+    headers: HeaderMap,
 }
 
 impl Error {
@@ -220,6 +221,7 @@ impl Error {
                 permanent: false,
                 raw: None,
                 metadata: Map::new(),
+                headers: HeaderMap::new(),
             }),
         }
     }
@@ -269,6 +271,19 @@ impl Error {
     pub fn with_meta(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.inner.metadata.insert(key.to_owned(), value.into());
         self
+    }
+
+    /// Adds a response header to the rendered error (e.g. `x-ratelimit-*`).
+    /// `Content-Type` and `Retry-After` are the contract's own and win over it.
+    /// Never put secrets here.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.inner.headers.insert(name, value);
+        self
+    }
+
+    /// The extra response headers set with [`Error::with_header`].
+    pub fn headers(&self) -> &HeaderMap {
+        &self.inner.headers
     }
 
     /// The reason.
@@ -478,6 +493,9 @@ impl Error {
     pub(crate) fn decorate<B>(&self, res: &mut Response<B>) {
         *res.status_mut() = self.inner.status;
         let h = res.headers_mut();
+        for (name, value) in &self.inner.headers {
+            h.insert(name, value.clone());
+        }
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(after) = self.inner.retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
@@ -1048,6 +1066,22 @@ mod tests {
         assert_eq!(chunk["choices"][0]["finish_reason"], "error");
         assert_eq!(chunk["model"], "m");
         assert_eq!(events[2], "data: [DONE]");
+    }
+
+    #[test]
+    fn extra_headers_are_rendered_but_not_over_the_contracts_own() {
+        let e = Error::new(Reason::RateLimited, "slow down")
+            .with_retry_after(Duration::from_secs(3))
+            .with_header(
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderValue::from_static("10"),
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("999"))
+            .with_header(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let res = e.to_response(&Secrets::none());
+        assert_eq!(res.headers()["x-ratelimit-limit-requests"], "10");
+        assert_eq!(res.headers()[RETRY_AFTER], "3");
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | [`normalize::NormalizeErrors`] | every failure leaves in one JSON shape; mid-stream failures become SSE error events | — |
 //! | [`read_request::ReadRequest`] | buffer the body (size-limited), parse `model`, `stream`, … once | 400, 405, 413, 415 |
+//! | `rate_limit::RateLimit` | per-key requests/min and tokens/min (governor), `x-ratelimit-*` headers (feature `rate-limit`) | 429 |
+//! | `fair_queue::FairQueue` | weighted fair queuing across tenants in front of bounded capacity per model group (feature `fair-queue`) | 429 queue full, 503 queue timeout |
 //! | [`fallback::Fallback`] | try the next model group when one is exhausted or gone (checked chains, per-request `models`) | — |
 //! | [`router::Router`] | pick a healthy deployment by load, retry elsewhere, cool failing ones down | 404 unknown model, 503 no deployment |
 //! | [`provider::Provider`] | send to an OpenAI-compatible upstream over pooled hyper connections, stream back | 408, 429, 502, 503 |
@@ -57,6 +59,12 @@ pub mod keys;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
+
+#[cfg(feature = "fair-queue")]
+pub mod fair_queue;
 
 use std::sync::Arc;
 

@@ -25,6 +25,23 @@ pub const CLIENT_KEY_ENV: &str = "TOLLGATE_TEST_CLIENT_KEY";
 /// The admin API's master key, for configs with `master_key_env = "{master_env}"`.
 pub const MASTER_KEY: &str = "master-m4st3rK3yTh4tMustN3v3rL34k";
 pub const MASTER_KEY_ENV: &str = "TOLLGATE_TEST_MASTER_KEY";
+
+/// More clients' keys, for tests with several tenants, by the variable a
+/// `[[keys.static]]` entry reads them from (`key_env`).
+pub const EXTRA_KEYS: [(&str, &str); 3] = [
+    (
+        "TOLLGATE_TEST_KEY_HEAVY",
+        "tg-heavy-h3avyS3cr3tV4lu3Th4tMustN3v3rL34kXyZ",
+    ),
+    (
+        "TOLLGATE_TEST_KEY_LIGHT",
+        "tg-light-l1ghtS3cr3tV4lu3Th4tMustN3v3rL34kXyZ",
+    ),
+    (
+        "TOLLGATE_TEST_KEY_OTHER",
+        "tg-other-0th3rS3cr3tV4lu3Th4tMustN3v3rL34kXyZ",
+    ),
+];
 /// The upstream key the gateway holds (from the environment).
 pub const UPSTREAM_KEY: &str = "sk-upstream-0pen41Upstr34mK3yTh4tMustN3v3rL34k";
 pub const UPSTREAM_KEY_ENV: &str = "TOLLGATE_TEST_UPSTREAM_KEY";
@@ -57,6 +74,9 @@ pub fn init() {
             std::env::set_var(UPSTREAM_KEY_ENV, UPSTREAM_KEY);
             std::env::set_var(CLIENT_KEY_ENV, CLIENT_KEY);
             std::env::set_var(MASTER_KEY_ENV, MASTER_KEY);
+            for (var, key) in EXTRA_KEYS {
+                std::env::set_var(var, key);
+            }
             // What `cargo run --example demo` sets, so `examples/demo.toml` loads.
             std::env::set_var("TOLLGATE_DEMO_KEY", "tg-demo-DemoKeyForLoopbackOnly0000");
             std::env::set_var("TOLLGATE_MASTER_KEY", "demo-master-key-for-loopback-only");
@@ -248,9 +268,14 @@ impl Answer {
 
 /// POSTs raw bytes with the client key, reading the whole answer.
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> Answer {
+    post_as(url, CLIENT_KEY, body).await
+}
+
+/// POSTs raw bytes presenting `key`, reading the whole answer.
+pub async fn post_as(url: &str, key: &str, body: impl Into<reqwest::Body>) -> Answer {
     let res = http()
         .post(url)
-        .bearer_auth(CLIENT_KEY)
+        .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
         .send()
