@@ -179,6 +179,11 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// The virtual key the harness presents (a loopback-only load key, not a
+/// secret); the gateway reads it from `TOLLGATE_LOAD_KEY`. The mock ignores it.
+const LOAD_KEY: &str = "tg-load-LoadKeyForLoopbackOnly0000000";
+const AUTHORIZATION: &str = "Bearer tg-load-LoadKeyForLoopbackOnly0000000";
+
 struct PhaseResult {
     total: Histogram<u64>,
     first_byte: Option<Histogram<u64>>,
@@ -199,6 +204,7 @@ async fn one(
     start: Instant,
 ) -> Result<(u64, u64), ()> {
     let req = http::Request::post(url)
+        .header("authorization", AUTHORIZATION)
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))
         .unwrap();
@@ -354,6 +360,7 @@ async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32) {
         );
         tasks.spawn(async move {
             let req = http::Request::post(url)
+                .header("authorization", AUTHORIZATION)
                 .header("content-type", "application/json")
                 .body(Full::new(body))
                 .unwrap();
@@ -412,6 +419,7 @@ async fn big_stream(client: &HttpClient, url: &str, mib: u64, gw_pid: u32) {
         r#"{{"model":"gpt-4o-mini","stream":true,"mock_fault":"tool_args:{mib}MiB","messages":[{{"role":"user","content":"call"}}]}}"#
     );
     let req = http::Request::post(url)
+        .header("authorization", AUTHORIZATION)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
@@ -471,7 +479,9 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n[[groups]]\nname = \"gpt-4o-mini\"\n\
+            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n\
+             [keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n\n\
+             [[groups]]\nname = \"gpt-4o-mini\"\n\
              [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://{mock_addr}/v1\"\nmodel = \"mock-small\"\n"
         ),
     )
@@ -495,6 +505,7 @@ async fn main() {
         Command::new(sibling("gateway"))
             .arg(&config)
             .env("RUST_LOG", "warn")
+            .env("TOLLGATE_LOAD_KEY", LOAD_KEY)
             .stdout(quiet())
             .stderr(Stdio::inherit())
             .spawn()
