@@ -7,7 +7,9 @@
 //! | layer | job | rejects with |
 //! |---|---|---|
 //! | [`normalize::NormalizeErrors`] | every failure leaves in one JSON shape; mid-stream failures become SSE error events | — |
+//! | `keys::VirtualKeys` | authenticate `Authorization: Bearer` / `x-api-key`; the key travels to inner layers by type (feature `keys`) | 401 |
 //! | [`read_request::ReadRequest`] | buffer the body (size-limited), parse `model`, `stream`, … once | 400, 405, 413, 415 |
+//! | `access::ModelAccess` | the key may use this model (and every entry of `models`); `GET /v1/models` uses the same check (feature `keys`) | 403 |
 //! | `rate_limit::RateLimit` | per-key requests/min and tokens/min (governor), `x-ratelimit-*` headers (feature `rate-limit`) | 429 |
 //! | `fair_queue::FairQueue` | weighted fair queuing across tenants in front of bounded capacity per model group (feature `fair-queue`) | 429 queue full, 503 queue timeout |
 //! | [`fallback::Fallback`] | try the next model group when one is exhausted or gone (checked chains, per-request `models`) | — |
