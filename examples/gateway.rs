@@ -18,6 +18,9 @@
 //! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
 //! - `GET /health`.
 //!
+//! Every response carries `x-request-id` (the client's, or a new UUID) and,
+//! on inference routes, `x-tollgate-overhead-ms` (the gateway's own time).
+//!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
 //! for `server.shutdown_grace_ms`, then exit. Logs go through `tracing`
 //! (`RUST_LOG=tollgate=debug` for more). For a demo with the bundled mock
@@ -35,12 +38,15 @@ use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
+use tollgate::overhead::OverheadLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::ReadRequestLayer;
 use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
@@ -62,6 +68,7 @@ pub async fn app_with_clock(
         .layer(auth.clone())
         .service(ModelList::new(router.model_names()));
     let inference = ServiceBuilder::new()
+        .layer(OverheadLayer::new())
         .layer(NormalizeErrorsLayer::new())
         .layer(auth)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
@@ -80,10 +87,24 @@ pub async fn app_with_clock(
     if let Some(master) = config.master_key() {
         app = app.merge(tollgate::admin::router(keyring, &master));
     }
-    Ok(app.fallback(|| async {
-        Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
-            .to_response(&Secrets::none())
-    }))
+    Ok(app
+        .fallback(|| async {
+            Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
+                .to_response(&Secrets::none())
+        })
+        // Outermost: every request gets an `x-request-id` (the client's, or a
+        // new UUID), echoed in the response and named in every log line of
+        // its span (with the path; never a header, so never a key).
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
 }
 
 /// `RateLimit`'s hook over the authenticated key: the key's own rpm/tpm

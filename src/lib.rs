@@ -44,6 +44,7 @@ pub mod body;
 pub mod error;
 pub mod fallback;
 pub mod normalize;
+pub mod overhead;
 pub mod read_request;
 pub mod router;
 pub mod sanitize;
@@ -76,6 +77,12 @@ pub use error::{Error, Reason, TimeoutPhase};
 /// A request after [`ReadRequest`](read_request::ReadRequest): the parsed
 /// body and the caller's identity `I` travel by type.
 pub type LlmRequest<I = ()> = http::Request<read_request::Parsed<I>>;
+
+/// Response extension: how long the provider waited on the upstream that
+/// served (until its headers for a stream, until its whole answer
+/// otherwise). [`overhead::Overhead`] subtracts it from the total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamTime(pub std::time::Duration);
 
 /// Response extension: which provider (deployment) served, and under which
 /// upstream model name.

@@ -652,3 +652,39 @@ fn the_demo_config_loads() {
     assert_eq!(c.retry_policy(), tollgate::router::RetryPolicy::default());
     assert!(c.router().unwrap().has_model("gpt-4o-mini"));
 }
+
+#[tokio::test]
+async fn request_ids_and_the_overhead_header() {
+    let mock = mock().await;
+    let gw = gateway(&config(), &mock).await;
+    // Generated when the client sends none, on answers and on refusals alike.
+    let ok = post(&gw.url("/v1/chat/completions"), chat("gpt-4o-mini", "")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let id = ok.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let overhead: f64 = ok.headers["x-tollgate-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(overhead >= 0.0);
+    let refused = post(&gw.url("/v1/chat/completions"), "{nope").await;
+    refused.error(400, "invalid_json");
+    assert!(refused.headers.contains_key("x-request-id"));
+    assert!(refused.headers.contains_key("x-tollgate-overhead-ms"));
+    // Propagated when the client sends one.
+    let res = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .header("x-request-id", "client-chosen-id-42")
+        .body(chat("gpt-4o-mini", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "client-chosen-id-42");
+    assert!(
+        logs().contains("client-chosen-id-42"),
+        "the request id names the request's log lines"
+    );
+}

@@ -64,11 +64,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::Served;
 use crate::body::{Body, Chunks};
 use crate::error::{Error, RAW_LIMIT, Reason, TimeoutPhase};
 use crate::read_request::{Parsed, json_string};
 use crate::sanitize::Secrets;
+use crate::{Served, UpstreamTime};
 
 pub use body::UpstreamBody;
 
@@ -559,6 +559,7 @@ impl Inner {
             res.headers_mut().insert(CONTENT_TYPE, ct);
         }
         res.extensions_mut().insert(self.served(&parsed));
+        res.extensions_mut().insert(UpstreamTime(start.elapsed()));
         Ok(res)
     }
 
