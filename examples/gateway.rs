@@ -194,6 +194,8 @@ fn budget(config: &Config, ledger: Ledger) -> BudgetLayer<KeyBudgets> {
         },
         config.prices(),
     )
+    // The config's providers ask for usage on streams when budgets are on.
+    .upstream_includes_usage(config.budgets.is_some())
 }
 
 /// `FairQueue`, when `[fair_queue]` is configured.

@@ -1078,7 +1078,8 @@ impl Config {
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?
                     .client(client.clone())
                     .timeouts(timeouts)
-                    .max_response_bytes(self.upstream.max_response_bytes);
+                    .max_response_bytes(self.upstream.max_response_bytes)
+                    .include_usage(self.budgets.is_some());
                 if d.model.is_some() {
                     b = b.model(model);
                 }

@@ -217,3 +217,51 @@ async fn key_and_global_budgets_at_once() {
     assert!(global <= 500, "global {global}");
     assert_eq!(global, key, "every request was charged on both scopes");
 }
+
+#[tokio::test]
+async fn streams_are_charged_from_usage_the_client_did_not_ask_to_see() {
+    let mock = mock().await;
+    let ledger = Ledger::default();
+    let gw = gateway_with_ledger(&with_static_budget(1.0), &mock, ledger.clone()).await;
+    let url = gw.url("/v1/chat/completions");
+    // Asked for by the client: the usage chunk is shown, and charged.
+    let asked = post(
+        &url,
+        chat(
+            "m",
+            r#""stream":true,"max_tokens":500,"stream_options":{"include_usage":true}"#,
+        ),
+    )
+    .await;
+    assert_eq!(asked.status, 200);
+    let usage_line = asked
+        .body
+        .lines()
+        .find(|l| l.contains("\"usage\":{"))
+        .expect("the usage chunk");
+    let event: Value = serde_json::from_str(usage_line.strip_prefix("data: ").unwrap()).unwrap();
+    let charged = event["usage"]["prompt_tokens"].as_u64().unwrap()
+        + event["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(settled(&ledger, &client(), Period::Monthly).await, charged);
+    // Not asked for: the gateway asks upstream, charges it, and hides it.
+    let plain = post(&url, chat("m", r#""stream":true,"max_tokens":500"#)).await;
+    assert_eq!(plain.status, 200);
+    assert!(!plain.body.contains("\"usage\""), "{}", plain.body);
+    assert!(
+        plain.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        plain.body
+    );
+    assert_eq!(
+        plain.body.matches("\"content\"").count(),
+        asked.body.matches("\"content\"").count()
+    );
+    let second = settled(&ledger, &client(), Period::Monthly).await - charged;
+    assert!(second > 0 && second < 501, "second {second}");
+    let requests = mock.log.all();
+    assert_eq!(requests.len(), 2);
+    for r in requests {
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains("\"include_usage\":true"), "{body}");
+    }
+}

@@ -117,6 +117,7 @@ pub struct BudgetLayer<B> {
     ledger: Ledger,
     budgets: Arc<B>,
     prices: Arc<Prices>,
+    upstream_usage: bool,
 }
 
 impl<B> Clone for BudgetLayer<B> {
@@ -125,6 +126,7 @@ impl<B> Clone for BudgetLayer<B> {
             ledger: self.ledger.clone(),
             budgets: self.budgets.clone(),
             prices: self.prices.clone(),
+            upstream_usage: self.upstream_usage,
         }
     }
 }
@@ -145,7 +147,18 @@ impl<B> BudgetLayer<B> {
             ledger,
             budgets: Arc::new(budgets),
             prices: Arc::new(prices),
+            upstream_usage: false,
         }
+    }
+
+    /// Says that the provider asks upstreams for `stream_options.include_usage`
+    /// on chat and completions streams
+    /// ([`ProviderBuilder::include_usage`](crate::provider::ProviderBuilder::include_usage)):
+    /// streams are then charged from the reported usage, and the usage chunk
+    /// is removed from the stream of a client that did not ask for it.
+    pub fn upstream_includes_usage(mut self, on: bool) -> Self {
+        self.upstream_usage = on;
+        self
     }
 
     /// The ledger (for reporting spend).
@@ -221,7 +234,12 @@ where
         let amount = price.worst_case(prompt_tokens, output);
         match self.layer.ledger.reserve(&limits, amount) {
             Ok(reservation) => {
+                let hide_usage = self.layer.upstream_usage
+                    && summary.stream
+                    && summary.include_usage != Some(true)
+                    && summary.endpoint.stream_ends_with_done();
                 let held = Held {
+                    hide_usage,
                     reservation,
                     prompt_tokens,
                     group: summary.model.clone(),
@@ -251,6 +269,7 @@ where
 }
 
 struct Held {
+    hide_usage: bool,
     reservation: Reservation,
     prompt_tokens: u64,
     group: String,
@@ -307,9 +326,14 @@ where
                     prompt_tokens: held.prompt_tokens,
                 };
                 let meter = if sse { Meter::sse() } else { Meter::json() };
-                Poll::Ready(Ok(
-                    res.map(|body| Body::new(Metered::new(body, meter, settlement)))
-                ))
+                Poll::Ready(Ok(res.map(|body| {
+                    let metered = Metered::new(body, meter, settlement);
+                    if held.hide_usage && sse {
+                        Body::new(metered.hide_usage_chunk())
+                    } else {
+                        Body::new(metered)
+                    }
+                })))
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project::{pin_project, pinned_drop};
 use serde_json::Value;
@@ -175,6 +175,66 @@ fn content_len(event: &Value) -> u64 {
     n
 }
 
+/// Removes, from a stream, the usage-only chunk (`"choices":[]` with a
+/// `usage`) that the gateway asked the upstream for on behalf of a client
+/// that did not ask for it. Every other line passes unchanged, each as soon
+/// as its newline arrives (at most [`EVENT_CAP`] of one line is held back;
+/// a longer line is passed through as it comes).
+#[derive(Debug, Default)]
+struct UsageFilter {
+    pending: BytesMut,
+    passthrough: bool,
+}
+
+impl UsageFilter {
+    fn pass(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(chunk.len() + self.pending.len());
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let newline = memchr::memchr(b'\n', rest);
+            if self.passthrough {
+                let end = newline.map_or(rest.len(), |i| i + 1);
+                out.extend_from_slice(&rest[..end]);
+                self.passthrough = newline.is_none();
+                rest = &rest[end..];
+                continue;
+            }
+            match newline {
+                Some(i) => {
+                    self.pending.extend_from_slice(&rest[..=i]);
+                    rest = &rest[i + 1..];
+                    let line = self.pending.split();
+                    if !is_usage_only(&line) {
+                        out.extend_from_slice(&line);
+                    }
+                }
+                None if self.pending.len() + rest.len() > EVENT_CAP => {
+                    out.extend_from_slice(&self.pending.split());
+                    out.extend_from_slice(rest);
+                    self.passthrough = true;
+                    break;
+                }
+                None => {
+                    self.pending.extend_from_slice(rest);
+                    break;
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// What is held back when the stream ends (an unfinished last line).
+    fn rest(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+}
+
+fn is_usage_only(line: &[u8]) -> bool {
+    line.starts_with(b"data:")
+        && memchr::memmem::find(line, b"\"choices\":[]").is_some()
+        && memchr::memmem::find(line, b"\"usage\":{").is_some()
+}
+
 /// What settling needs: the reservation, the price, the prompt estimate.
 #[derive(Debug)]
 pub struct Settlement {
@@ -210,6 +270,8 @@ pub struct Metered<B> {
     inner: B,
     meter: Meter,
     settlement: Option<Settlement>,
+    hide: Option<UsageFilter>,
+    ended: bool,
 }
 
 impl<B> Metered<B> {
@@ -219,7 +281,17 @@ impl<B> Metered<B> {
             inner,
             meter,
             settlement: Some(settlement),
+            hide: None,
+            ended: false,
         }
+    }
+
+    /// Also removes the usage-only chunk from the stream: for a client that
+    /// did not ask for `stream_options.include_usage` when the gateway asked
+    /// the upstream for it. Lines are then forwarded as each one completes.
+    pub fn hide_usage_chunk(mut self) -> Self {
+        self.hide = Some(UsageFilter::default());
+        self
     }
 }
 
@@ -234,31 +306,58 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let polled = this.inner.as_mut().poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
                     this.meter.feed(data);
+                    match this.hide {
+                        None => return Poll::Ready(Some(Ok(frame))),
+                        Some(filter) => {
+                            let out = filter.pass(data);
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                    }
                 }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                this.meter.finish();
-                if let Some(s) = this.settlement.take() {
-                    s.settle(this.meter);
+                Poll::Ready(None) => {
+                    *this.ended = true;
+                    this.meter.finish();
+                    if let Some(s) = this.settlement.take() {
+                        s.settle(this.meter);
+                    }
+                    let rest = this.hide.as_mut().map(UsageFilter::rest);
+                    return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
                 }
+                Poll::Ready(Some(Err(e))) => {
+                    this.meter.finish();
+                    if let Some(s) = this.settlement.take() {
+                        s.settle(this.meter);
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || (self.hide.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.hide {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 
@@ -425,6 +524,45 @@ mod tests {
         drop(body);
         let u = ledger.usage(&limit.scope, limit.period);
         assert_eq!((u.spent, u.reserved), (10 + 2 * 2, 0));
+    }
+
+    #[tokio::test]
+    async fn the_usage_chunk_the_gateway_asked_for_is_hidden_and_charged() {
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let stream = format!("{}{}{usage}", chunk("hi"), chunk("there"));
+        let expected = format!("{}{}\ndata: [DONE]\n\n", chunk("hi"), chunk("there"));
+        for split in 1..stream.len() {
+            let (a, b) = stream.as_bytes().split_at(split);
+            let parts = vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+            let body = Metered::new(
+                stream_of(parts),
+                Meter::sse(),
+                ledger_and_settlement(2010).2,
+            )
+            .hide_usage_chunk();
+            let all = body.collect().await.unwrap().to_bytes();
+            assert_eq!(all, expected.as_bytes(), "split at {split}");
+        }
+        // An unfinished last line is passed on at the end.
+        let parts = vec![
+            Ok(Bytes::from(stream.clone())),
+            Ok(Bytes::from_static(b"data: tail")),
+        ];
+        let body = Metered::new(stream_of(parts), Meter::sse(), s).hide_usage_chunk();
+        let all = body.collect().await.unwrap().to_bytes();
+        assert!(all.ends_with(b"data: [DONE]\n\ndata: tail"));
+        assert_eq!(ledger.usage(&limit.scope, limit.period).spent, 7 + 3 * 2);
+    }
+
+    #[test]
+    fn long_lines_pass_through_the_filter_without_being_held() {
+        let mut f = UsageFilter::default();
+        let big = vec![b'a'; EVENT_CAP + 1];
+        assert_eq!(f.pass(b"data: ").len(), 0);
+        assert_eq!(f.pass(&big).len(), 6 + big.len());
+        assert_eq!(&f.pass(b"bc\nda")[..], b"bc\n");
+        assert_eq!(f.pending.len(), 2);
     }
 
     #[tokio::test]
