@@ -265,3 +265,91 @@ async fn streams_are_charged_from_usage_the_client_did_not_ask_to_see() {
         assert!(body.contains("\"include_usage\":true"), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_team_and_global_budgets_hold_together_under_concurrency() {
+    let mock = mock().await;
+    let ledger = Ledger::default();
+    // Each request reserves 101 micros. Global $0.05; team $0.006 a day;
+    // key a $0.004, key b $0.004 a month.
+    let toml = with_static_budget(1.0).replace(
+        "time_zone = \"Europe/Paris\"",
+        "time_zone = \"Europe/Paris\"\nglobal_max_usd = 0.05\nglobal_period = \"monthly\"",
+    );
+    let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
+    let admin = |path: &str, body: Value| {
+        let url = gw.url(path);
+        async move {
+            let res = anonymous()
+                .post(url)
+                .bearer_auth(MASTER_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    admin(
+        "/team/new",
+        json!({"team_id": "t", "max_budget": 0.006, "budget_duration": "daily"}),
+    )
+    .await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let made = admin(
+            "/key/generate",
+            json!({"models": ["*"], "team_id": "t", "max_budget": 0.004, "budget_duration": "monthly"}),
+        )
+        .await;
+        keys.push((
+            made["key"].as_str().unwrap().to_owned(),
+            made["key_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let url = gw.url("/v1/chat/completions");
+    let body = chat("m", r#""max_tokens":100"#);
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let (url, body, key) = (url.clone(), body.clone(), keys[i % 2].0.clone());
+            tokio::spawn(async move { post_as(&url, &key, body).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        if a.status != 200 {
+            let e = a.error(402, "budget_exceeded");
+            let scope = e["error"]["metadata"]["scope"].as_str().unwrap().to_owned();
+            assert!(
+                ["key", "team", "global"].contains(&scope.as_str()),
+                "{scope}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 0);
+    let a = settled(
+        &ledger,
+        &Scope::Key(keys[0].1.as_str().into()),
+        Period::Monthly,
+    )
+    .await;
+    let b = settled(
+        &ledger,
+        &Scope::Key(keys[1].1.as_str().into()),
+        Period::Monthly,
+    )
+    .await;
+    let team = settled(&ledger, &Scope::Team("t".into()), Period::Daily).await;
+    let global = settled(&ledger, &Scope::Global, Period::Monthly).await;
+    assert!(a <= 4_000 && b <= 4_000, "a {a}, b {b}");
+    assert!(team <= 6_000, "team {team}");
+    assert_eq!(
+        team,
+        a + b,
+        "every request was charged on its key and its team"
+    );
+    assert_eq!(global, team);
+}
