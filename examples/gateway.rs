@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use tollgate::access::{ModelAccessLayer, ModelList};
-use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
+use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Price, Scope};
+use tollgate::config::{Config, ConfigError, RateLimits, TenantBy, period_of};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
@@ -59,6 +60,16 @@ pub async fn app_with_clock(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<axum::Router, ConfigError> {
+    app_with_ledger(config, clock, config.ledger()).await
+}
+
+/// The gateway's routes, with budgets kept in `ledger` (the caller may keep
+/// a clone to read spend); `None`: no `Budget` layer.
+pub async fn app_with_ledger(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    ledger: Option<Ledger>,
+) -> Result<axum::Router, ConfigError> {
     let router = config.router_with_clock(clock)?;
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
@@ -74,6 +85,7 @@ pub async fn app_with_clock(
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
         .layer(ModelAccessLayer::new())
         .option_layer(rate_limit(config))
+        .option_layer(ledger.map(|l| budget(config, l)))
         .option_layer(fair_queue(config))
         .layer(fallback)
         .service(router);
@@ -159,6 +171,52 @@ fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
     let defaults = config.rate_limits.clone()?;
     let max_output = defaults.default_max_output_tokens;
     Some(RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output))
+}
+
+/// `Budget`'s hook over the authenticated key: the key's own budget, its
+/// team's, and the global one, each that is set.
+#[derive(Clone, Debug)]
+pub struct KeyBudgets {
+    global: Option<Limit>,
+}
+
+impl BudgetsOf<Key> for KeyBudgets {
+    fn budgets(&self, req: &LlmRequest<Key>) -> Vec<Limit> {
+        let key = req.body().identity();
+        let limit = |scope: Scope, b: tollgate::keys::Budget| {
+            Some(Limit {
+                scope,
+                max: Price::micros_from_usd(b.max_usd)?,
+                period: period_of(b.period),
+            })
+        };
+        let mut out = Vec::with_capacity(3);
+        out.extend(
+            key.budget()
+                .and_then(|b| limit(Scope::Key(key.id_arc().clone()), b)),
+        );
+        if let Some(team) = key.team() {
+            out.extend(
+                team.budget()
+                    .and_then(|b| limit(Scope::Team(Arc::from(team.id())), b)),
+            );
+        }
+        out.extend(self.global.clone());
+        out
+    }
+}
+
+/// `Budget` over `ledger`, with `[budgets]`' global budget and the groups' prices.
+fn budget(config: &Config, ledger: Ledger) -> BudgetLayer<KeyBudgets> {
+    BudgetLayer::new(
+        ledger,
+        KeyBudgets {
+            global: config.global_budget(),
+        },
+        config.prices(),
+    )
+    // The config's providers ask for usage on streams when budgets are on.
+    .upstream_includes_usage(config.budgets.is_some())
 }
 
 /// `FairQueue`, when `[fair_queue]` is configured.

@@ -49,6 +49,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::AccessGroups;
+use crate::budget::{Ledger, Limit, ModelPrice, Period, Price, Prices, Scope, TimeZone};
 use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
@@ -86,6 +87,9 @@ pub struct Config {
     /// `[fair_queue]`: absent, requests are not queued (no capacity bound).
     #[serde(default)]
     pub fair_queue: Option<FairQueueConfig>,
+    /// `[budgets]`: absent, nothing is metered or refused for money.
+    #[serde(default)]
+    pub budgets: Option<Budgets>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -347,6 +351,34 @@ impl Default for RouterSettings {
     }
 }
 
+/// `[budgets]`: spending limits per key, team and globally. Keys' and
+/// teams' own budgets are set through the admin API (or on static keys);
+/// prices come from `[[groups]]` (and deployment overrides).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budgets {
+    /// The IANA time zone periods are aligned in (midnight, Monday, the 1st).
+    pub time_zone: String,
+    /// The whole gateway's budget in USD (none: no global budget).
+    pub global_max_usd: Option<f64>,
+    /// The global budget's period: `total`, `daily`, `weekly` or `monthly`.
+    pub global_period: String,
+    /// The output cap reserved for a request without `max_tokens` to a group
+    /// without its own `max_output_tokens`.
+    pub default_max_output_tokens: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            time_zone: "UTC".into(),
+            global_max_usd: None,
+            global_period: "monthly".into(),
+            default_max_output_tokens: 4096,
+        }
+    }
+}
+
 /// `[[groups]]`: a model group, the name clients ask for.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,6 +395,16 @@ pub struct Group {
     /// `[[groups.deployments]]`
     #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
+    /// USD per million input tokens (none: free).
+    pub price_in_per_mtok: Option<f64>,
+    /// USD per million output tokens (none: free).
+    pub price_out_per_mtok: Option<f64>,
+    /// USD per million cached input tokens, where the provider reports them
+    /// (none: the input price).
+    pub price_cached_in_per_mtok: Option<f64>,
+    /// The output cap a budget reserves when a request gives no `max_tokens`
+    /// (none: `[budgets].default_max_output_tokens`).
+    pub max_output_tokens: Option<u64>,
 }
 
 /// `[[groups.deployments]]`: one upstream serving a group.
@@ -387,10 +429,26 @@ pub struct DeploymentConfig {
     /// Extra headers sent upstream with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// This deployment's price per million input tokens, in USD, if not the group's.
+    pub price_in_per_mtok: Option<f64>,
+    /// This deployment's price per million output tokens, in USD, if not the group's.
+    pub price_out_per_mtok: Option<f64>,
+    /// This deployment's price per million cached input tokens, in USD.
+    pub price_cached_in_per_mtok: Option<f64>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// A key's or team's budget period as the ledger's.
+pub fn period_of(p: BudgetPeriod) -> Period {
+    match p {
+        BudgetPeriod::Total => Period::Total,
+        BudgetPeriod::Daily => Period::Daily,
+        BudgetPeriod::Weekly => Period::Weekly,
+        BudgetPeriod::Monthly => Period::Monthly,
+    }
 }
 
 /// A deployment's name: its `name`, or `provider/model`.
@@ -591,7 +649,114 @@ impl Config {
         }
         self.check_rate_limits()?;
         self.check_fair_queue()?;
+        self.check_budgets()?;
         self.check_keys()
+    }
+
+    fn check_budgets(&self) -> Result<(), ConfigError> {
+        let usd = |field: String, v: Option<f64>| match v {
+            Some(v) if Price::micros_from_usd(v).is_none() => {
+                Err(self.err(field, "must be a number of dollars, 0 or more"))
+            }
+            _ => Ok(()),
+        };
+        for (gi, g) in self.groups.iter().enumerate() {
+            let at = |f: &str| format!("groups[{gi}].{f}");
+            usd(at("price_in_per_mtok"), g.price_in_per_mtok)?;
+            usd(at("price_out_per_mtok"), g.price_out_per_mtok)?;
+            usd(at("price_cached_in_per_mtok"), g.price_cached_in_per_mtok)?;
+            if g.max_output_tokens == Some(0) {
+                return Err(self.err(at("max_output_tokens"), "must be at least 1"));
+            }
+            for (di, d) in g.deployments.iter().enumerate() {
+                let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
+                usd(at("price_in_per_mtok"), d.price_in_per_mtok)?;
+                usd(at("price_out_per_mtok"), d.price_out_per_mtok)?;
+                usd(at("price_cached_in_per_mtok"), d.price_cached_in_per_mtok)?;
+            }
+        }
+        let Some(b) = &self.budgets else {
+            return Ok(());
+        };
+        TimeZone::get(&b.time_zone).map_err(|_| {
+            self.err(
+                "budgets.time_zone",
+                format!(
+                    "`{}` is not an IANA time zone (e.g. `Europe/Paris`)",
+                    b.time_zone
+                ),
+            )
+        })?;
+        usd("budgets.global_max_usd".into(), b.global_max_usd)?;
+        b.global_period.parse::<BudgetPeriod>().map_err(|_| {
+            self.err(
+                "budgets.global_period",
+                "must be `total`, `daily`, `weekly` or `monthly`",
+            )
+        })?;
+        if b.default_max_output_tokens == 0 {
+            return Err(self.err("budgets.default_max_output_tokens", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The budget ledger (periods in `[budgets].time_zone`), when `[budgets]` is configured.
+    pub fn ledger(&self) -> Option<Ledger> {
+        let b = self.budgets.as_ref()?;
+        Some(Ledger::new(
+            TimeZone::get(&b.time_zone).unwrap_or(TimeZone::UTC),
+        ))
+    }
+
+    /// The global budget, when `[budgets].global_max_usd` is set.
+    pub fn global_budget(&self) -> Option<Limit> {
+        let b = self.budgets.as_ref()?;
+        Some(Limit {
+            scope: Scope::Global,
+            max: Price::micros_from_usd(b.global_max_usd?)?,
+            period: period_of(b.global_period.parse().ok()?),
+        })
+    }
+
+    /// Every group's price and output cap, with the deployments' overrides.
+    pub fn prices(&self) -> Prices {
+        let m = |v: Option<f64>| v.and_then(Price::micros_from_usd);
+        let default_max = self
+            .budgets
+            .as_ref()
+            .map_or(Budgets::default().default_max_output_tokens, |b| {
+                b.default_max_output_tokens
+            });
+        let mut prices = Prices::new();
+        for g in &self.groups {
+            let base = Price {
+                input_per_mtok: m(g.price_in_per_mtok).unwrap_or(0),
+                output_per_mtok: m(g.price_out_per_mtok).unwrap_or(0),
+                cached_input_per_mtok: m(g.price_cached_in_per_mtok),
+            };
+            prices = prices.group(
+                &g.name,
+                ModelPrice {
+                    price: base,
+                    max_output_tokens: g.max_output_tokens.unwrap_or(default_max),
+                },
+            );
+            for d in &g.deployments {
+                if d.price_in_per_mtok.is_some()
+                    || d.price_out_per_mtok.is_some()
+                    || d.price_cached_in_per_mtok.is_some()
+                {
+                    let price = Price {
+                        input_per_mtok: m(d.price_in_per_mtok).unwrap_or(base.input_per_mtok),
+                        output_per_mtok: m(d.price_out_per_mtok).unwrap_or(base.output_per_mtok),
+                        cached_input_per_mtok: m(d.price_cached_in_per_mtok)
+                            .or(base.cached_input_per_mtok),
+                    };
+                    prices = prices.deployment(&g.name, deployment_name(&g.name, d), price);
+                }
+            }
+        }
+        prices
     }
 
     fn check_rate_limits(&self) -> Result<(), ConfigError> {
@@ -913,7 +1078,8 @@ impl Config {
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?
                     .client(client.clone())
                     .timeouts(timeouts)
-                    .max_response_bytes(self.upstream.max_response_bytes);
+                    .max_response_bytes(self.upstream.max_response_bytes)
+                    .include_usage(self.budgets.is_some());
                 if d.model.is_some() {
                     b = b.model(model);
                 }
@@ -1172,5 +1338,48 @@ mod tests {
             "[rate_limits]\ndefault_max_output_tokens = 0\n{OK}"
         ));
         assert_eq!(e.field(), "rate_limits.default_max_output_tokens");
+    }
+
+    #[test]
+    fn budgets_and_prices() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.ledger().is_none() && c.global_budget().is_none());
+        let priced = r#"
+            [budgets]
+            time_zone = "America/New_York"
+            global_max_usd = 250.5
+            global_period = "weekly"
+            [[groups]]
+            name = "g"
+            price_in_per_mtok = 2.5
+            price_out_per_mtok = 10
+            max_output_tokens = 100
+            [[groups.deployments]]
+            provider = "cheap"
+            base_url = "http://127.0.0.1:9000/v1"
+            price_out_per_mtok = 8
+        "#;
+        let c = Config::from_toml("gw.toml", priced).unwrap();
+        let ledger = c.ledger().unwrap();
+        assert_eq!(ledger.time_zone().iana_name(), Some("America/New_York"));
+        let g = c.global_budget().unwrap();
+        assert_eq!(
+            (g.scope, g.max, g.period),
+            (Scope::Global, 250_500_000, Period::Weekly)
+        );
+        let prices = format!("{:?}", c.prices());
+        assert!(prices.contains("input_per_mtok: 2500000"), "{prices}");
+        assert!(prices.contains("output_per_mtok: 8000000"), "{prices}");
+
+        let e = err(&format!("[budgets]\ntime_zone = \"Mars/Olympus\"\n{OK}"));
+        assert_eq!(e.field(), "budgets.time_zone");
+        let e = err(&format!("[budgets]\nglobal_period = \"hourly\"\n{OK}"));
+        assert_eq!(e.field(), "budgets.global_period");
+        let e = err(&format!("[budgets]\nglobal_max_usd = -1\n{OK}"));
+        assert_eq!(e.field(), "budgets.global_max_usd");
+        let e = err(&priced.replace("price_in_per_mtok = 2.5", "price_in_per_mtok = -2.5"));
+        assert_eq!(e.field(), "groups[0].price_in_per_mtok");
+        let e = err(&priced.replace("price_out_per_mtok = 8", "price_out_per_mtok = nan"));
+        assert_eq!(e.field(), "groups[0].deployments[0].price_out_per_mtok");
     }
 }

@@ -69,6 +69,9 @@ pub mod rate_limit;
 #[cfg(feature = "fair-queue")]
 pub mod fair_queue;
 
+#[cfg(feature = "budget")]
+pub mod budget;
+
 use std::sync::Arc;
 
 pub use body::Body;

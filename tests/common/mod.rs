@@ -170,11 +170,38 @@ pub async fn gateway_with_clock(toml: &str, mock: &MockServer, clock: Arc<dyn Cl
     start_gateway(toml, mock, Duration::from_secs(5), clock).await
 }
 
+/// Starts the reference gateway with its budgets kept in `ledger` (a clone
+/// the test keeps reads the spend).
+pub async fn gateway_with_ledger(
+    toml: &str,
+    mock: &MockServer,
+    ledger: tollgate::budget::Ledger,
+) -> Gateway {
+    start(
+        toml,
+        mock,
+        Duration::from_secs(5),
+        Arc::new(SystemClock),
+        Some(ledger),
+    )
+    .await
+}
+
 async fn start_gateway(
     toml: &str,
     mock: &MockServer,
     grace: Duration,
     clock: Arc<dyn Clock>,
+) -> Gateway {
+    start(toml, mock, grace, clock, None).await
+}
+
+async fn start(
+    toml: &str,
+    mock: &MockServer,
+    grace: Duration,
+    clock: Arc<dyn Clock>,
+    ledger: Option<tollgate::budget::Ledger>,
 ) -> Gateway {
     init();
     let mut text = toml
@@ -187,7 +214,8 @@ async fn start_gateway(
         ));
     }
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let app = gateway::app_with_clock(&config, clock)
+    let ledger = ledger.or_else(|| config.ledger());
+    let app = gateway::app_with_ledger(&config, clock, ledger)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,448 @@
+//! The `Budget` layer: reserve a request's worst case on each of its
+//! budgets, refuse with 402 when one cannot cover it, settle the real cost
+//! when the answer ends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use http::header::CONTENT_TYPE;
+use pin_project::pin_project;
+use tower::{Layer, Service};
+
+use super::ledger::{Ledger, Limit, Reservation};
+use super::meter::{Meter, Metered, Settlement};
+use super::usage::Price;
+use crate::body::Body;
+use crate::error::Error;
+use crate::{LlmRequest, Served};
+
+/// The budgets a request is checked and charged against (key, team,
+/// global: any it belongs to); empty means "no budget".
+///
+/// Implemented by every `Fn(&LlmRequest<I>) -> Vec<Limit>`.
+pub trait BudgetsOf<I> {
+    /// The budgets of `req`.
+    fn budgets(&self, req: &LlmRequest<I>) -> Vec<Limit>;
+}
+
+impl<F, I> BudgetsOf<I> for F
+where
+    F: Fn(&LlmRequest<I>) -> Vec<Limit>,
+{
+    fn budgets(&self, req: &LlmRequest<I>) -> Vec<Limit> {
+        self(req)
+    }
+}
+
+/// A model group's price and output cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelPrice {
+    /// The price.
+    pub price: Price,
+    /// The output cap reserved when a request gives no `max_tokens`.
+    pub max_output_tokens: u64,
+}
+
+/// Prices by model group, with per-deployment overrides.
+///
+/// A request reserves at the dearest of its group's price and its
+/// deployments' overrides (whichever serves it, the reservation covers it),
+/// and settles at the price of the deployment that served (the
+/// [`Served`] response extension), or else at the group's.
+#[derive(Clone, Debug, Default)]
+pub struct Prices {
+    groups: HashMap<String, ModelPrice>,
+    deployments: HashMap<String, (String, Price)>,
+}
+
+impl Prices {
+    /// No prices: every model is free (budgets still refuse once used up).
+    pub fn new() -> Self {
+        Prices::default()
+    }
+
+    /// Sets a model group's price.
+    pub fn group(mut self, name: impl Into<String>, price: ModelPrice) -> Self {
+        self.groups.insert(name.into(), price);
+        self
+    }
+
+    /// Overrides the price of one deployment (by its name) of `group`.
+    pub fn deployment(
+        mut self,
+        group: impl Into<String>,
+        deployment: impl Into<String>,
+        price: Price,
+    ) -> Self {
+        self.deployments
+            .insert(deployment.into(), (group.into(), price));
+        self
+    }
+
+    /// What a request to `group` reserves: `(price, default output cap)`.
+    fn reserve_price(&self, group: &str) -> (Price, u64) {
+        let base = self.groups.get(group).copied().unwrap_or_default();
+        let mut price = base.price;
+        for (g, p) in self.deployments.values() {
+            if g == group {
+                price.input_per_mtok = price.input_per_mtok.max(p.input_per_mtok);
+                price.output_per_mtok = price.output_per_mtok.max(p.output_per_mtok);
+                price.cached_input_per_mtok =
+                    match (price.cached_input_per_mtok, p.cached_input_per_mtok) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+            }
+        }
+        (price, base.max_output_tokens)
+    }
+
+    /// The price a call to `group` served by `served` is settled at.
+    fn settle_price(&self, group: &str, served: Option<&Served>) -> Price {
+        served
+            .and_then(|s| self.deployments.get(&*s.provider))
+            .map(|(_, p)| *p)
+            .or_else(|| self.groups.get(group).map(|g| g.price))
+            .unwrap_or_default()
+    }
+}
+
+/// Builds [`Budget`] services sharing one [`Ledger`].
+pub struct BudgetLayer<B> {
+    ledger: Ledger,
+    budgets: Arc<B>,
+    prices: Arc<Prices>,
+    upstream_usage: bool,
+}
+
+impl<B> Clone for BudgetLayer<B> {
+    fn clone(&self) -> Self {
+        BudgetLayer {
+            ledger: self.ledger.clone(),
+            budgets: self.budgets.clone(),
+            prices: self.prices.clone(),
+            upstream_usage: self.upstream_usage,
+        }
+    }
+}
+
+impl<B> fmt::Debug for BudgetLayer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetLayer")
+            .field("ledger", &self.ledger)
+            .field("prices", &self.prices)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> BudgetLayer<B> {
+    /// Budgets named by `budgets`, kept in `ledger`, priced by `prices`.
+    pub fn new(ledger: Ledger, budgets: B, prices: Prices) -> Self {
+        BudgetLayer {
+            ledger,
+            budgets: Arc::new(budgets),
+            prices: Arc::new(prices),
+            upstream_usage: false,
+        }
+    }
+
+    /// Says that the provider asks upstreams for `stream_options.include_usage`
+    /// on chat and completions streams
+    /// ([`ProviderBuilder::include_usage`](crate::provider::ProviderBuilder::include_usage)):
+    /// streams are then charged from the reported usage, and the usage chunk
+    /// is removed from the stream of a client that did not ask for it.
+    pub fn upstream_includes_usage(mut self, on: bool) -> Self {
+        self.upstream_usage = on;
+        self
+    }
+
+    /// The ledger (for reporting spend).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+impl<S, B> Layer<S> for BudgetLayer<B> {
+    type Service = Budget<S, B>;
+
+    fn layer(&self, inner: S) -> Budget<S, B> {
+        Budget {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Reserves, refuses or settles each request's cost; see the [module docs](super).
+pub struct Budget<S, B> {
+    inner: S,
+    layer: BudgetLayer<B>,
+}
+
+impl<S: Clone, B> Clone for Budget<S, B> {
+    fn clone(&self) -> Self {
+        Budget {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for Budget<S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, I> Service<LlmRequest<I>> for Budget<S, B>
+where
+    S: Service<LlmRequest<I>, Response = Response<Body>, Error = Error>,
+    B: BudgetsOf<I>,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: LlmRequest<I>) -> Self::Future {
+        let limits = self.layer.budgets.budgets(&req);
+        if limits.is_empty() {
+            return ResponseFuture {
+                kind: Kind::Calling {
+                    fut: self.inner.call(req),
+                    held: None,
+                },
+            };
+        }
+        let summary = req.body().summary();
+        let (price, default_output) = self.layer.prices.reserve_price(&summary.model);
+        let prompt_tokens = summary.prompt_tokens_estimate();
+        let output = summary
+            .max_output_tokens
+            .unwrap_or(default_output)
+            .saturating_mul(summary.n.max(1));
+        let amount = price.worst_case(prompt_tokens, output);
+        match self.layer.ledger.reserve(&limits, amount) {
+            Ok(reservation) => {
+                let hide_usage = self.layer.upstream_usage
+                    && summary.stream
+                    && summary.include_usage != Some(true)
+                    && summary.endpoint.stream_ends_with_done();
+                let held = Held {
+                    hide_usage,
+                    reservation,
+                    prompt_tokens,
+                    group: summary.model.clone(),
+                    prices: self.layer.prices.clone(),
+                };
+                ResponseFuture {
+                    kind: Kind::Calling {
+                        fut: self.inner.call(req),
+                        held: Some(held),
+                    },
+                }
+            }
+            Err(refusal) => {
+                tracing::info!(
+                    model = %summary.model,
+                    scope = refusal.limit.scope.kind(),
+                    "budget refused a request"
+                );
+                ResponseFuture {
+                    kind: Kind::Refused {
+                        error: Some(refusal.into()),
+                    },
+                }
+            }
+        }
+    }
+}
+
+struct Held {
+    hide_usage: bool,
+    reservation: Reservation,
+    prompt_tokens: u64,
+    group: String,
+    prices: Arc<Prices>,
+}
+
+/// The future of [`Budget`]: the reservation travels inside it, then inside
+/// the response body; a failed call releases it.
+#[pin_project]
+pub struct ResponseFuture<F> {
+    #[pin]
+    kind: Kind<F>,
+}
+
+#[pin_project(project = KindProj)]
+enum Kind<F> {
+    Refused {
+        error: Option<Error>,
+    },
+    Calling {
+        #[pin]
+        fut: F,
+        held: Option<Held>,
+    },
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = Result<Response<Body>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+            KindProj::Calling { fut, held } => {
+                // An error drops `held` with the future: the reservation is released.
+                let res = ready!(fut.poll(cx))?;
+                let Some(held) = held.take() else {
+                    return Poll::Ready(Ok(res));
+                };
+                let sse = res
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let price = held
+                    .prices
+                    .settle_price(&held.group, res.extensions().get::<Served>());
+                let settlement = Settlement {
+                    reservation: held.reservation,
+                    price,
+                    prompt_tokens: held.prompt_tokens,
+                };
+                let meter = if sse { Meter::sse() } else { Meter::json() };
+                Poll::Ready(Ok(res.map(|body| {
+                    let metered = Metered::new(body, meter, settlement);
+                    if held.hide_usage && sse {
+                        Body::new(metered.hide_usage_chunk())
+                    } else {
+                        Body::new(metered)
+                    }
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Period, Scope};
+    use crate::read_request::Parsed;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::{ServiceExt, service_fn};
+
+    fn req(body: &str) -> LlmRequest<&'static str> {
+        let parsed = Parsed::parse("/v1/chat/completions", bytes::Bytes::from(body.to_owned()))
+            .unwrap()
+            .with_identity("k1");
+        Request::post("/v1/chat/completions").body(parsed).unwrap()
+    }
+
+    fn limits(req: &LlmRequest<&'static str>) -> Vec<Limit> {
+        vec![
+            Limit {
+                scope: Scope::Key((*req.body().identity()).into()),
+                max: 1_000,
+                period: Period::Monthly,
+            },
+            Limit {
+                scope: Scope::Global,
+                max: 1_000_000,
+                period: Period::Total,
+            },
+        ]
+    }
+
+    type ByKey = fn(&LlmRequest<&'static str>) -> Vec<Limit>;
+
+    fn layer() -> BudgetLayer<ByKey> {
+        let prices = Prices::new().group(
+            "m",
+            ModelPrice {
+                price: Price {
+                    input_per_mtok: 1_000_000,
+                    output_per_mtok: 2_000_000,
+                    cached_input_per_mtok: None,
+                },
+                max_output_tokens: 100,
+            },
+        );
+        BudgetLayer::new(Ledger::default(), limits as ByKey, prices)
+    }
+
+    fn answer(_req: LlmRequest<&'static str>) -> std::future::Ready<Result<Response<Body>, Error>> {
+        std::future::ready(Ok(Response::new(Body::full(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2.0}}"#,
+        ))))
+    }
+
+    #[tokio::test]
+    async fn reserves_the_worst_case_and_settles_the_real_cost() {
+        let layer = layer();
+        let key = Scope::Key("k1".into());
+        // 4 prompt tokens + 300 output (max_tokens 150 × n 2): 4 + 600 micros.
+        let svc = layer.layer(service_fn(answer));
+        let res = svc
+            .clone()
+            .oneshot(req(
+                r#"{"model":"m","messages":"abcdefghijklmn","max_tokens":150,"n":2}"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(layer.ledger().usage(&key, Period::Monthly).reserved, 604);
+        // Another such request would take the key past 1000.
+        let e = svc
+            .clone()
+            .oneshot(req(
+                r#"{"model":"m","messages":"abcdefghijklmn","max_tokens":150,"n":2}"#,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 402);
+        assert_eq!(e.metadata()["scope"], "key");
+        res.into_body().collect().await.unwrap();
+        let u = layer.ledger().usage(&key, Period::Monthly);
+        assert_eq!((u.spent, u.reserved), (5 + 2 * 2, 0));
+        // The default output cap (100) is reserved when the request gives none.
+        let _res = svc.oneshot(req(r#"{"model":"m"}"#)).await.unwrap();
+        assert_eq!(
+            layer.ledger().usage(&key, Period::Monthly).reserved,
+            1 + 200
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_calls_cost_nothing_and_unbudgeted_requests_pass() {
+        let layer = layer();
+        let svc = layer.layer(service_fn(|_r: LlmRequest<&'static str>| async {
+            Err::<Response<Body>, _>(Error::new(crate::Reason::UpstreamError, "down"))
+        }));
+        assert!(svc.oneshot(req(r#"{"model":"m"}"#)).await.is_err());
+        let u = layer.ledger().usage(&Scope::Global, Period::Total);
+        assert_eq!((u.spent, u.reserved), (0, 0));
+        let free = BudgetLayer::new(
+            Ledger::default(),
+            |_r: &LlmRequest<&'static str>| Vec::new(),
+            Prices::new(),
+        )
+        .layer(service_fn(answer));
+        assert!(free.oneshot(req(r#"{"model":"m"}"#)).await.is_ok());
+    }
+}

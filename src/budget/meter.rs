@@ -1,0 +1,581 @@
+//! Metering a response as it passes: usage, or an estimate of what was
+//! streamed, in O(1) memory per response.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project::{pin_project, pinned_drop};
+use serde_json::Value;
+
+use super::ledger::{Micros, Reservation};
+use super::usage::{Price, TokenUsage};
+
+/// The most of one SSE line (one `data:` event) that is buffered to be
+/// read; a longer event is forwarded all the same but only counted.
+pub const EVENT_CAP: usize = 64 * 1024;
+/// How much of the end of a non-streaming (JSON) answer is kept to find its `usage`.
+const JSON_TAIL: usize = 8 * 1024;
+
+/// Reads usage from a response's bytes as they pass, in bounded memory:
+/// SSE events one line at a time (each line buffered up to [`EVENT_CAP`]),
+/// or, for a JSON answer, only its last bytes. Nothing of the content or
+/// tool-call arguments is kept: only a count of their bytes, for an
+/// estimate when no usage comes.
+#[derive(Debug)]
+pub struct Meter {
+    sse: bool,
+    line: Vec<u8>,
+    line_len: usize,
+    content_bytes: u64,
+    total_bytes: u64,
+    usage: Option<TokenUsage>,
+}
+
+impl Meter {
+    /// A meter of a `text/event-stream` answer.
+    pub fn sse() -> Self {
+        Meter::new(true)
+    }
+
+    /// A meter of a JSON answer.
+    pub fn json() -> Self {
+        Meter::new(false)
+    }
+
+    fn new(sse: bool) -> Self {
+        Meter {
+            sse,
+            line: Vec::new(),
+            line_len: 0,
+            content_bytes: 0,
+            total_bytes: 0,
+            usage: None,
+        }
+    }
+
+    /// Reads the next bytes of the answer.
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        self.total_bytes += chunk.len() as u64;
+        if !self.sse {
+            if chunk.len() >= JSON_TAIL {
+                self.line.clear();
+                chunk = &chunk[chunk.len() - JSON_TAIL..];
+            } else if self.line.len() + chunk.len() > JSON_TAIL {
+                self.line.drain(..self.line.len() + chunk.len() - JSON_TAIL);
+            }
+            self.line.extend_from_slice(chunk);
+            return;
+        }
+        while !chunk.is_empty() {
+            let (segment, ends) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            let room = EVENT_CAP.saturating_sub(self.line.len());
+            self.line
+                .extend_from_slice(&segment[..segment.len().min(room)]);
+            self.line_len += segment.len();
+            match ends {
+                Some(next) => {
+                    self.end_line();
+                    chunk = &chunk[next..];
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        if let Some(payload) = line.strip_prefix(b"data:") {
+            let payload = payload.trim_ascii();
+            if self.line_len > EVENT_CAP {
+                // Too long to read: count it as content (it is, in practice:
+                // a long tool-call argument or text delta).
+                self.content_bytes += self.line_len as u64;
+            } else if payload != b"[DONE]" {
+                match serde_json::from_slice::<Value>(payload) {
+                    Ok(event) => {
+                        if let Some(u) = TokenUsage::in_event(&event) {
+                            self.usage = Some(u);
+                        }
+                        self.content_bytes += content_len(&event);
+                    }
+                    Err(_) => self.content_bytes += payload.len() as u64,
+                }
+            }
+        }
+        self.line.clear();
+        if self.line.capacity() > 2 * JSON_TAIL {
+            self.line = Vec::new();
+        }
+        self.line_len = 0;
+    }
+
+    /// The answer ended: reads what is left.
+    pub fn finish(&mut self) {
+        if self.sse {
+            if self.line_len > 0 {
+                self.end_line();
+            }
+            return;
+        }
+        let tail = &self.line;
+        if let Some(at) = memchr::memmem::rfind(tail, b"\"usage\"") {
+            let rest = &tail[at + 7..];
+            let rest = rest.trim_ascii_start();
+            if let Some(value) = rest.strip_prefix(b":") {
+                let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Value>();
+                if let Some(Ok(u)) = values.next() {
+                    self.usage = TokenUsage::from_json(&u);
+                }
+            }
+        }
+        self.content_bytes = self.total_bytes;
+        self.line = Vec::new();
+    }
+
+    /// The usage the upstream reported, if it did.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+
+    /// Output tokens estimated from the content seen so far (a token per
+    /// four bytes), at least one.
+    pub fn output_tokens_estimate(&self) -> u64 {
+        self.content_bytes.div_ceil(4).max(1)
+    }
+
+    /// Bytes the meter holds now (bounded by [`EVENT_CAP`] whatever the answer's size).
+    pub fn buffered(&self) -> usize {
+        self.line.capacity()
+    }
+}
+
+/// Bytes of generated text in one event: chat deltas (content, reasoning,
+/// tool-call arguments), completion text, Responses API deltas.
+fn content_len(event: &Value) -> u64 {
+    let len = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
+    let mut n = len(event.get("delta"));
+    if let Some(choices) = event.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            n += len(c.get("text"));
+            if let Some(d) = c.get("delta") {
+                n += len(d.get("content")) + len(d.get("reasoning_content"));
+                if let Some(calls) = d.get("tool_calls").and_then(Value::as_array) {
+                    for call in calls {
+                        n += len(call.get("function").and_then(|f| f.get("arguments")));
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Removes, from a stream, the usage-only chunk (`"choices":[]` with a
+/// `usage`) that the gateway asked the upstream for on behalf of a client
+/// that did not ask for it. Every other line passes unchanged, each as soon
+/// as its newline arrives (at most [`EVENT_CAP`] of one line is held back;
+/// a longer line is passed through as it comes).
+#[derive(Debug, Default)]
+struct UsageFilter {
+    pending: BytesMut,
+    passthrough: bool,
+}
+
+impl UsageFilter {
+    fn pass(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(chunk.len() + self.pending.len());
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let newline = memchr::memchr(b'\n', rest);
+            if self.passthrough {
+                let end = newline.map_or(rest.len(), |i| i + 1);
+                out.extend_from_slice(&rest[..end]);
+                self.passthrough = newline.is_none();
+                rest = &rest[end..];
+                continue;
+            }
+            match newline {
+                Some(i) => {
+                    self.pending.extend_from_slice(&rest[..=i]);
+                    rest = &rest[i + 1..];
+                    let line = self.pending.split();
+                    if !is_usage_only(&line) {
+                        out.extend_from_slice(&line);
+                    }
+                }
+                None if self.pending.len() + rest.len() > EVENT_CAP => {
+                    out.extend_from_slice(&self.pending.split());
+                    out.extend_from_slice(rest);
+                    self.passthrough = true;
+                    break;
+                }
+                None => {
+                    self.pending.extend_from_slice(rest);
+                    break;
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// What is held back when the stream ends (an unfinished last line).
+    fn rest(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+}
+
+fn is_usage_only(line: &[u8]) -> bool {
+    line.starts_with(b"data:")
+        && memchr::memmem::find(line, b"\"choices\":[]").is_some()
+        && memchr::memmem::find(line, b"\"usage\":{").is_some()
+}
+
+/// What settling needs: the reservation, the price, the prompt estimate.
+#[derive(Debug)]
+pub struct Settlement {
+    /// The money held for the request.
+    pub reservation: Reservation,
+    /// The serving model's price.
+    pub price: Price,
+    /// The request's prompt-token estimate, charged when no usage comes.
+    pub prompt_tokens: u64,
+}
+
+impl Settlement {
+    /// Settles from the meter: the reported usage, or else an estimate of
+    /// what was used (never zero). Returns the charge.
+    pub fn settle(self, meter: &Meter) -> Micros {
+        let cost = match meter.usage() {
+            Some(usage) => self.price.cost(&usage),
+            None => self
+                .price
+                .worst_case(self.prompt_tokens, meter.output_tokens_estimate())
+                .max(1),
+        };
+        self.reservation.settle(cost)
+    }
+}
+
+/// A response body that forwards every frame at once, unchanged, while a
+/// [`Meter`] reads it; its [`Settlement`] is made when the body ends, fails
+/// (a cut stream) or is dropped (a client that went away).
+#[pin_project(PinnedDrop)]
+pub struct Metered<B> {
+    #[pin]
+    inner: B,
+    meter: Meter,
+    settlement: Option<Settlement>,
+    hide: Option<UsageFilter>,
+    ended: bool,
+}
+
+impl<B> Metered<B> {
+    /// Meters `inner`.
+    pub fn new(inner: B, meter: Meter, settlement: Settlement) -> Self {
+        Metered {
+            inner,
+            meter,
+            settlement: Some(settlement),
+            hide: None,
+            ended: false,
+        }
+    }
+
+    /// Also removes the usage-only chunk from the stream: for a client that
+    /// did not ask for `stream_options.include_usage` when the gateway asked
+    /// the upstream for it. Lines are then forwarded as each one completes.
+    pub fn hide_usage_chunk(mut self) -> Self {
+        self.hide = Some(UsageFilter::default());
+        self
+    }
+}
+
+impl<B> HttpBody for Metered<B>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let polled = this.inner.as_mut().poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    this.meter.feed(data);
+                    match this.hide {
+                        None => return Poll::Ready(Some(Ok(frame))),
+                        Some(filter) => {
+                            let out = filter.pass(data);
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    *this.ended = true;
+                    this.meter.finish();
+                    if let Some(s) = this.settlement.take() {
+                        s.settle(this.meter);
+                    }
+                    let rest = this.hide.as_mut().map(UsageFilter::rest);
+                    return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.meter.finish();
+                    if let Some(s) = this.settlement.take() {
+                        s.settle(this.meter);
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.hide.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.hide {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[pinned_drop]
+impl<B> PinnedDrop for Metered<B> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(s) = this.settlement.take() {
+            this.meter.finish();
+            s.settle(this.meter);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Ledger, Limit, Period, Scope};
+    use http_body_util::BodyExt;
+
+    fn chunk(content: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}}}}]}}\n\n"
+        )
+    }
+
+    #[test]
+    fn usage_in_the_last_event_split_anywhere() {
+        let stream = format!(
+            "{}{}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":12.5,\"completion_tokens\":4.0}}}}\n\ndata: [DONE]\n\n",
+            chunk("hello"),
+            chunk("world")
+        );
+        for split in 1..stream.len() {
+            let mut m = Meter::sse();
+            m.feed(&stream.as_bytes()[..split]);
+            m.feed(&stream.as_bytes()[split..]);
+            m.finish();
+            let u = m.usage().unwrap();
+            assert_eq!(
+                (u.prompt_tokens, u.completion_tokens),
+                (13, 4),
+                "split at {split}"
+            );
+        }
+        let mut m = Meter::sse();
+        m.feed(format!("{}{}", chunk("hello"), chunk("worlds!!")).as_bytes());
+        m.finish();
+        assert_eq!(m.usage(), None);
+        assert_eq!(m.output_tokens_estimate(), 4); // 13 bytes of content
+    }
+
+    #[test]
+    fn json_answers_keep_only_their_tail() {
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"{}"}}}}],"usage":{{"prompt_tokens":3,"completion_tokens":2.4}}}}"#,
+            "x".repeat(100_000)
+        );
+        let mut m = Meter::json();
+        for part in body.as_bytes().chunks(1000) {
+            m.feed(part);
+        }
+        assert!(m.buffered() <= 2 * JSON_TAIL);
+        m.finish();
+        let u = m.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 2));
+    }
+
+    #[test]
+    fn two_hundred_mib_of_tool_arguments_in_flat_memory() {
+        let head = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"";
+        let tail = b"\"}}]}}]}\n\n";
+        let args = vec![b'a'; 4096];
+        let mut m = Meter::sse();
+        let mut max_buffered = 0;
+        let total = 200 << 20;
+        for _ in 0..total / 4096 {
+            m.feed(head);
+            m.feed(&args);
+            m.feed(tail);
+            max_buffered = max_buffered.max(m.buffered());
+        }
+        // One huge event line, too: counted, never buffered whole.
+        m.feed(b"data: {\"x\":\"");
+        for _ in 0..1024 {
+            m.feed(&args);
+            max_buffered = max_buffered.max(m.buffered());
+        }
+        m.feed(b"\"}\n\n");
+        m.finish();
+        assert!(max_buffered <= 2 * EVENT_CAP, "{max_buffered}");
+        assert!(m.output_tokens_estimate() >= (total as u64 + (4 << 20)) / 4);
+    }
+
+    fn ledger_and_settlement(amount: Micros) -> (Ledger, Limit, Settlement) {
+        let ledger = Ledger::default();
+        let limit = Limit {
+            scope: Scope::Key("k".into()),
+            max: 1_000_000,
+            period: Period::Daily,
+        };
+        let reservation = ledger
+            .reserve(std::slice::from_ref(&limit), amount)
+            .unwrap();
+        let price = Price {
+            input_per_mtok: 1_000_000,
+            output_per_mtok: 2_000_000,
+            cached_input_per_mtok: None,
+        };
+        (
+            ledger,
+            limit,
+            Settlement {
+                reservation,
+                price,
+                prompt_tokens: 10,
+            },
+        )
+    }
+
+    fn stream_of(
+        parts: Vec<Result<Bytes, crate::Error>>,
+    ) -> impl HttpBody<Data = Bytes, Error = crate::Error> {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            parts.into_iter().map(|p| p.map(Frame::data)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_is_charged_more_than_zero_and_less_than_the_reservation() {
+        // Worst case: 10 prompt tokens + 1000 output tokens = 2010 micros.
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let parts = vec![
+            Ok(Bytes::from(chunk("0123456789abcdef"))),
+            Ok(Bytes::from(chunk("0123456789abcdef"))),
+            Err(crate::Error::new(crate::Reason::UpstreamError, "cut")),
+        ];
+        let body = Metered::new(stream_of(parts), Meter::sse(), s);
+        let mut forwarded = Vec::new();
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => forwarded.extend_from_slice(f.data_ref().unwrap()),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(
+            forwarded,
+            format!("{}{}", chunk("0123456789abcdef"), chunk("0123456789abcdef")).as_bytes()
+        );
+        let u = ledger.usage(&limit.scope, limit.period);
+        // 10 prompt tokens + 8 output tokens (32 bytes) at 1 and 2 micros.
+        assert_eq!((u.spent, u.reserved), (26, 0));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_settles_from_what_was_streamed() {
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let parts: Vec<Result<Bytes, crate::Error>> =
+            (0..10).map(|_| Ok(Bytes::from(chunk("abcd")))).collect();
+        let mut body = Box::pin(Metered::new(stream_of(parts), Meter::sse(), s));
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let u = ledger.usage(&limit.scope, limit.period);
+        assert_eq!((u.spent, u.reserved), (10 + 2 * 2, 0));
+    }
+
+    #[tokio::test]
+    async fn the_usage_chunk_the_gateway_asked_for_is_hidden_and_charged() {
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let stream = format!("{}{}{usage}", chunk("hi"), chunk("there"));
+        let expected = format!("{}{}\ndata: [DONE]\n\n", chunk("hi"), chunk("there"));
+        for split in 1..stream.len() {
+            let (a, b) = stream.as_bytes().split_at(split);
+            let parts = vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+            let body = Metered::new(
+                stream_of(parts),
+                Meter::sse(),
+                ledger_and_settlement(2010).2,
+            )
+            .hide_usage_chunk();
+            let all = body.collect().await.unwrap().to_bytes();
+            assert_eq!(all, expected.as_bytes(), "split at {split}");
+        }
+        // An unfinished last line is passed on at the end.
+        let parts = vec![
+            Ok(Bytes::from(stream.clone())),
+            Ok(Bytes::from_static(b"data: tail")),
+        ];
+        let body = Metered::new(stream_of(parts), Meter::sse(), s).hide_usage_chunk();
+        let all = body.collect().await.unwrap().to_bytes();
+        assert!(all.ends_with(b"data: [DONE]\n\ndata: tail"));
+        assert_eq!(ledger.usage(&limit.scope, limit.period).spent, 7 + 3 * 2);
+    }
+
+    #[test]
+    fn long_lines_pass_through_the_filter_without_being_held() {
+        let mut f = UsageFilter::default();
+        let big = vec![b'a'; EVENT_CAP + 1];
+        assert_eq!(f.pass(b"data: ").len(), 0);
+        assert_eq!(f.pass(&big).len(), 6 + big.len());
+        assert_eq!(&f.pass(b"bc\nda")[..], b"bc\n");
+        assert_eq!(f.pending.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reported_usage_wins_and_is_never_more_than_the_reservation() {
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let body = Metered::new(
+            stream_of(vec![Ok(Bytes::from(chunk("hi"))), Ok(Bytes::from(usage))]),
+            Meter::sse(),
+            s,
+        );
+        let all = body.collect().await.unwrap().to_bytes();
+        assert!(all.ends_with(b"data: [DONE]\n\n"));
+        assert_eq!(ledger.usage(&limit.scope, limit.period).spent, 7 + 3 * 2);
+    }
+}

@@ -1,0 +1,171 @@
+//! Budget periods, aligned to calendar boundaries in a time zone, and the
+//! clock they are read from.
+
+use std::sync::{Arc, Mutex};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+
+/// How long a budget lasts before spending starts again at zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Period {
+    /// Never resets.
+    Total,
+    /// Resets at midnight.
+    Daily,
+    /// Resets on Monday at midnight.
+    Weekly,
+    /// Resets on the 1st of the month at midnight.
+    Monthly,
+}
+
+impl Period {
+    /// The stable word for this period (`total`, `daily`, `weekly`, `monthly`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Total => "total",
+            Period::Daily => "daily",
+            Period::Weekly => "weekly",
+            Period::Monthly => "monthly",
+        }
+    }
+
+    /// The window of this period that contains `now`, in `tz`.
+    pub fn window(self, now: Timestamp, tz: &TimeZone) -> Window {
+        let today = now.to_zoned(tz.clone()).date();
+        let (first, next) = match self {
+            Period::Total => {
+                return Window {
+                    start: None,
+                    end: None,
+                };
+            }
+            Period::Daily => (today, today.checked_add(1.day())),
+            Period::Weekly => {
+                let back = i64::from(today.weekday().to_monday_zero_offset());
+                let monday = today.checked_sub(back.days()).unwrap_or(today);
+                (monday, monday.checked_add(1.week()))
+            }
+            Period::Monthly => {
+                let first = today.first_of_month();
+                (first, first.checked_add(1.month()))
+            }
+        };
+        Window {
+            start: Some(midnight(first, tz)),
+            end: next.ok().map(|d| midnight(d, tz)),
+        }
+    }
+}
+
+/// The first instant of `date` in `tz` (the first valid one where a DST
+/// change skips midnight).
+fn midnight(date: Date, tz: &TimeZone) -> Timestamp {
+    date.to_zoned(tz.clone())
+        .map(|z| z.timestamp())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// One period's span: from `start` (inclusive) to `end` (exclusive);
+/// `None` on both sides for [`Period::Total`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// The first instant of the period.
+    pub start: Option<Timestamp>,
+    /// The first instant of the next period: when this one resets.
+    pub end: Option<Timestamp>,
+}
+
+/// Where budgets read the time from.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that moves only when told to, for tests. Clones share the time.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl ManualClock {
+    /// A clock that reads `now` until set.
+    pub fn new(now: Timestamp) -> Self {
+        ManualClock(Arc::new(Mutex::new(now)))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, now: Timestamp) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(tz: &TimeZone, s: &str) -> Timestamp {
+        s.parse::<jiff::civil::DateTime>()
+            .unwrap()
+            .to_zoned(tz.clone())
+            .unwrap()
+            .timestamp()
+    }
+
+    #[test]
+    fn april_30_late_evening_in_the_zone_is_april() {
+        let tz = TimeZone::get("America/New_York").unwrap();
+        // 23:59 on April 30 in New York is already May 1 in UTC.
+        let now = at(&tz, "2026-04-30T23:59");
+        assert_eq!(now.to_string(), "2026-05-01T03:59:00Z");
+        let w = Period::Monthly.window(now, &tz);
+        assert_eq!(w.start, Some(at(&tz, "2026-04-01T00:00")));
+        assert_eq!(w.end, Some(at(&tz, "2026-05-01T00:00")));
+        // A minute later it is May's.
+        let may = Period::Monthly.window(at(&tz, "2026-05-01T00:00"), &tz);
+        assert_eq!(may.start, w.end);
+        // In UTC the same instant is May's.
+        let utc = Period::Monthly.window(now, &TimeZone::UTC);
+        assert_eq!(utc.start, Some("2026-05-01T00:00Z".parse().unwrap()));
+    }
+
+    #[test]
+    fn weeks_start_on_monday_in_the_zone() {
+        let tz = TimeZone::get("Asia/Tokyo").unwrap();
+        // Monday 2026-11-23 00:30 in Tokyo is Sunday 15:30 in UTC.
+        let monday = at(&tz, "2026-11-23T00:30");
+        assert_eq!(monday.to_string(), "2026-11-22T15:30:00Z");
+        let w = Period::Weekly.window(monday, &tz);
+        assert_eq!(w.start, Some(at(&tz, "2026-11-23T00:00")));
+        assert_eq!(w.end, Some(at(&tz, "2026-11-30T00:00")));
+        let sunday = Period::Weekly.window(at(&tz, "2026-11-22T23:59"), &tz);
+        assert_eq!(sunday.start, Some(at(&tz, "2026-11-16T00:00")));
+        assert_eq!(sunday.end, w.start);
+    }
+
+    #[test]
+    fn days_across_a_dst_change_and_total() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        // 2026-03-29 has 23 hours in Berlin.
+        let w = Period::Daily.window(at(&tz, "2026-03-29T12:00"), &tz);
+        let (start, end) = (w.start.unwrap(), w.end.unwrap());
+        assert_eq!(end.as_second() - start.as_second(), 23 * 3600);
+        let t = Period::Total.window(start, &tz);
+        assert_eq!((t.start, t.end), (None, None));
+    }
+}
