@@ -142,10 +142,10 @@ impl Meter {
         self.usage
     }
 
-    /// Output tokens estimated from the content seen so far (a token per
-    /// four bytes), at least one.
+    /// Output tokens estimated from the content seen so far
+    /// ([`tokens_from_bytes`](crate::read_request::tokens_from_bytes)).
     pub fn output_tokens_estimate(&self) -> u64 {
-        self.content_bytes.div_ceil(4).max(1)
+        crate::read_request::tokens_from_bytes(self.content_bytes)
     }
 
     /// Bytes the meter holds now (bounded by [`EVENT_CAP`] whatever the answer's size).

@@ -165,10 +165,17 @@ pub struct Summary {
     retargeted: Option<Bytes>,
 }
 
+/// The gateway's one token estimate from text size: a token per four bytes,
+/// at least one. Used for prompts before a call and for streamed output when
+/// the upstream reports no usage.
+pub fn tokens_from_bytes(bytes: u64) -> u64 {
+    bytes.div_ceil(4).max(1)
+}
+
 impl Summary {
-    /// A cheap prompt-token estimate: a token per four bytes of prompt.
+    /// A cheap prompt-token estimate: [`tokens_from_bytes`] of the prompt.
     pub fn prompt_tokens_estimate(&self) -> u64 {
-        (self.prompt_bytes as u64).div_ceil(4).max(1)
+        tokens_from_bytes(self.prompt_bytes as u64)
     }
 }
 
