@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::key::Key;
 use super::record::{BudgetPeriod, KeyRecord, Limits, Patch, Source, TeamRecord, unix_now};
-use super::store::{KeyStore, StoreError};
+use super::store::{KeyStore, Snapshot, StoreError};
 use super::token::{self, KeyHash};
 use crate::access::AccessGroups;
 use crate::error::{Error, Reason};
@@ -127,6 +127,37 @@ impl fmt::Debug for StaticKey {
         f.debug_struct("StaticKey")
             .field("alias", &self.alias)
             .finish_non_exhaustive()
+    }
+}
+
+/// A change made elsewhere (by another replica, through a shared store),
+/// for [`Keyring::apply`] to bring into this process's memory. A change
+/// feed (such as [`PostgresStore::follow`](crate::keys::postgres::PostgresStore::follow))
+/// reads the changed rows from the store and sends them here; records carry
+/// the store's current state, so applying a change twice, or late, is
+/// harmless: the next change of the same key brings its newest state.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A key was created or changed: its record as the store now has it.
+    Key(KeyRecord),
+    /// A key was deleted (its public id).
+    KeyDeleted(String),
+    /// A team was created or changed: its record as the store now has it.
+    Team(TeamRecord),
+    /// Everything the store has, replacing every stored key and team (after
+    /// a gap in the feed). Keys from the configuration file stay.
+    Reload(Snapshot),
+}
+
+/// A [`Keyring`] that does not keep it alive: for background tasks (a
+/// change feed) that should stop when the gateway drops its keyring.
+#[derive(Clone, Debug)]
+pub struct WeakKeyring(Weak<Inner>);
+
+impl WeakKeyring {
+    /// The keyring, while anything else still holds it.
+    pub fn upgrade(&self) -> Option<Keyring> {
+        self.0.upgrade().map(|inner| Keyring { inner })
     }
 }
 
@@ -399,6 +430,87 @@ impl Keyring {
             .with_meta("key_id", key.id()));
         }
         Ok(key)
+    }
+
+    /// A handle that does not keep the keyring alive.
+    pub fn downgrade(&self) -> WeakKeyring {
+        WeakKeyring(Arc::downgrade(&self.inner))
+    }
+
+    /// Brings a change made elsewhere into memory (see [`Change`]): the
+    /// entry point of change feeds. Keys from the configuration file are
+    /// never replaced or removed by it (a stored key with a static key's id
+    /// is skipped, with a warning).
+    pub fn apply(&self, change: Change) -> Result<(), Error> {
+        match change {
+            Change::Key(record) => {
+                if self.is_static(&record.id)? {
+                    tracing::warn!(key_id = %record.id, "a stored key has the id of a static key; skipped");
+                    return Ok(());
+                }
+                tracing::debug!(key_id = %record.id, blocked = record.blocked, "key changed elsewhere");
+                self.install(record)
+            }
+            Change::KeyDeleted(id) => {
+                let mut index = self.inner.index.write().map_err(|_| poisoned())?;
+                if index
+                    .keys
+                    .get(id.as_str())
+                    .is_some_and(|e| e.source == Source::Store)
+                {
+                    index.keys.remove(id.as_str());
+                    tracing::debug!(key_id = %id, "key deleted elsewhere");
+                }
+                Ok(())
+            }
+            Change::Team(team) => {
+                tracing::debug!(team = %team.id, blocked = team.blocked, "team changed elsewhere");
+                self.install_team(team)
+            }
+            Change::Reload(snapshot) => {
+                let mut index = self.inner.index.write().map_err(|_| poisoned())?;
+                let Index { keys, teams } = &mut *index;
+                teams.clear();
+                for t in snapshot.teams {
+                    teams.insert(t.id.clone(), t);
+                }
+                keys.retain(|_, e| e.source == Source::Config);
+                for record in snapshot.keys {
+                    if keys.contains_key(record.id.as_str()) {
+                        tracing::warn!(key_id = %record.id, "a stored key has the id of a static key; skipped");
+                        continue;
+                    }
+                    let key = Key::from_record(
+                        &record,
+                        record.team_id.as_ref().and_then(|t| teams.get(t)),
+                        &self.inner.groups,
+                    );
+                    keys.insert(
+                        record.id.as_str().into(),
+                        Entry {
+                            hash: record.hash,
+                            key,
+                            record,
+                            source: Source::Store,
+                        },
+                    );
+                }
+                tracing::info!(
+                    keys = keys.len(),
+                    teams = teams.len(),
+                    "keys reloaded from the store"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn is_static(&self, id: &str) -> Result<bool, Error> {
+        let index = self.inner.index.read().map_err(|_| poisoned())?;
+        Ok(index
+            .keys
+            .get(id)
+            .is_some_and(|e| e.source == Source::Config))
     }
 
     /// The access groups grants may name.

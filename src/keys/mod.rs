@@ -23,9 +23,11 @@
 //!
 //! The hot path never waits on a database: a [`Keyring`] holds every key in
 //! memory and is written through to a [`KeyStore`] ([`MemoryStore`], or
-//! `SqliteStore` with the `sqlite` feature) by its write methods (which the
-//! admin API calls), so a revoke or an update takes effect for the very next
-//! request on this process.
+//! `SqliteStore` with the `sqlite` feature, `PostgresStore` with `postgres`)
+//! by its write methods (which the admin API calls), so a revoke or an update
+//! takes effect for the very next request on this process. Changes made by
+//! other replicas reach memory through [`Keyring::apply`], fed by the
+//! store's change feed (`PostgresStore::follow`).
 //!
 //! ```
 //! use http::{Request, Response, StatusCode};
@@ -53,6 +55,8 @@
 mod key;
 mod keyring;
 mod layer;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -64,9 +68,12 @@ pub mod token;
 pub use crate::access::ResponseFuture;
 pub use key::{Key, Team};
 pub use keyring::{
-    KeyUpdate, Keyring, KeyringBuilder, NewKey, NewTeam, StaticKey, TeamUpdate, presented_key,
+    Change, KeyUpdate, Keyring, KeyringBuilder, NewKey, NewTeam, StaticKey, TeamUpdate,
+    WeakKeyring, presented_key,
 };
 pub use layer::{VirtualKeys, VirtualKeysLayer};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use record::{Budget, BudgetPeriod, KeyRecord, Limits, Patch, Source, TeamRecord};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
