@@ -16,6 +16,9 @@
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
 //! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
+//!   keys live where `keys.url` says (`sqlite://…` by default, `memory`, or
+//!   `postgres://…` for several replicas, which then follow each other's
+//!   changes through the database's change feed: see `Config::keyring`);
 //! - `GET /health`.
 //!
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
@@ -288,7 +291,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), "tollgate gateway listening");
+    // The key store's kind and place; a PostgreSQL URL is never shown (it may hold a password).
+    let keys = config.key_location().map(|l| format!("{l:?}"))?;
+    tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), keys = %keys, "tollgate gateway listening");
     serve(
         listener,
         app,

@@ -190,12 +190,25 @@ impl FairQueueConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Keys {
-    /// `"sqlite"` (default: an embedded database file, nothing lost on
-    /// restart) or `"memory"` (keys made through the admin API are lost on
-    /// restart; config keys always come back).
-    pub store: StoreKind,
-    /// The SQLite file (default `tollgate.db`, relative to the working directory).
-    pub sqlite_path: PathBuf,
+    /// Where keys and teams are kept, as a URL: `sqlite://PATH` (the
+    /// default, `sqlite://tollgate.db`: an embedded file, nothing lost on
+    /// restart), `postgres://USER@HOST:PORT/DB` (shared by several
+    /// replicas, with the `postgres` feature) or `memory` (keys made
+    /// through the admin API are lost on restart). Exclusive with `url_env`
+    /// and with the older `store`/`sqlite_path`.
+    pub url: Option<String>,
+    /// The environment variable holding the URL (for a URL with a password).
+    pub url_env: Option<String>,
+    /// The older spelling of `url`: `"sqlite"` or `"memory"`.
+    pub store: Option<StoreKind>,
+    /// With `store = "sqlite"`: the file (default `tollgate.db`, relative to
+    /// the working directory).
+    pub sqlite_path: Option<PathBuf>,
+    /// With a PostgreSQL store: how often each replica polls the change log
+    /// for changes its listener missed (default 500 ms; at least 10).
+    pub change_poll_ms: u64,
+    /// With a PostgreSQL store: connections in the pool (default 8).
+    pub pool_size: usize,
     /// The environment variable holding the admin API's master key (at least
     /// 16 characters). Unset: no admin API.
     pub master_key_env: Option<String>,
@@ -210,8 +223,12 @@ pub struct Keys {
 impl Default for Keys {
     fn default() -> Self {
         Keys {
-            store: StoreKind::Sqlite,
-            sqlite_path: PathBuf::from("tollgate.db"),
+            url: None,
+            url_env: None,
+            store: None,
+            sqlite_path: None,
+            change_poll_ms: 500,
+            pool_size: 8,
             master_key_env: None,
             default_models: Vec::new(),
             static_keys: Vec::new(),
@@ -219,7 +236,7 @@ impl Default for Keys {
     }
 }
 
-/// Which key store the gateway uses.
+/// Which key store the gateway uses (the older `keys.store` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
@@ -227,6 +244,27 @@ pub enum StoreKind {
     Sqlite,
     /// [`MemoryStore`].
     Memory,
+}
+
+/// Where keys are kept, resolved from `[keys]` ([`Config::key_location`]).
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// In this process's memory.
+    Memory,
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (the URL may hold a password: never shown).
+    Postgres(String),
+}
+
+impl fmt::Debug for KeyLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyLocation::Memory => f.write_str("Memory"),
+            KeyLocation::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            KeyLocation::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
 }
 
 /// `[[keys.static]]`: a key defined in the file; the whole key
@@ -841,15 +879,35 @@ impl Config {
             }
         }
         let k = &self.keys;
-        if k.store == StoreKind::Sqlite && k.sqlite_path.as_os_str().is_empty() {
-            return Err(self.err("keys.sqlite_path", "must not be empty"));
-        }
+        let location = self.key_location()?;
         #[cfg(not(feature = "sqlite"))]
-        if k.store == StoreKind::Sqlite {
+        if let KeyLocation::Sqlite(_) = location {
+            let field = if k.store.is_some() {
+                "keys.store"
+            } else {
+                "keys.url"
+            };
             return Err(self.err(
-                "keys.store",
+                field,
                 "this build has no `sqlite` feature; use `memory` or rebuild with it",
             ));
+        }
+        if let KeyLocation::Postgres(_url) = &location {
+            #[cfg(not(feature = "postgres"))]
+            return Err(self.err(
+                "keys.url",
+                "this build has no `postgres` feature; rebuild with it (or `full`)",
+            ));
+            #[cfg(feature = "postgres")]
+            if let Err(e) = _url.parse::<tokio_postgres::Config>() {
+                return Err(self.err("keys.url", format!("not a PostgreSQL connection URL ({e})")));
+            }
+        }
+        if k.change_poll_ms < 10 {
+            return Err(self.err("keys.change_poll_ms", "must be at least 10"));
+        }
+        if k.pool_size == 0 {
+            return Err(self.err("keys.pool_size", "must be at least 1"));
         }
         if let Some(var) = &k.master_key_env {
             match std::env::var(var) {
@@ -952,29 +1010,148 @@ impl Config {
         Ok(out)
     }
 
+    /// Where keys are kept: `keys.url` (or the variable `keys.url_env`
+    /// names), else the older `keys.store`/`keys.sqlite_path`, else
+    /// `sqlite://tollgate.db`.
+    pub fn key_location(&self) -> Result<KeyLocation, ConfigError> {
+        let k = &self.keys;
+        let older = k.store.is_some() || k.sqlite_path.is_some();
+        let url = match (&k.url, &k.url_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("keys.url_env", "give `url` or `url_env`, not both"));
+            }
+            (Some(u), None) => Some((u.clone(), "keys.url")),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Some((v.trim().to_owned(), "keys.url_env")),
+                _ => {
+                    return Err(self.err(
+                        "keys.url_env",
+                        format!("environment variable `{var}` is not set"),
+                    ));
+                }
+            },
+            (None, None) => None,
+        };
+        let Some((url, field)) = url else {
+            return match (k.store, &k.sqlite_path) {
+                (Some(StoreKind::Memory), Some(_)) => Err(self.err(
+                    "keys.sqlite_path",
+                    "is for `store = \"sqlite\"`; remove it or the `store` line",
+                )),
+                (Some(StoreKind::Memory), None) => Ok(KeyLocation::Memory),
+                (_, Some(p)) if p.as_os_str().is_empty() => {
+                    Err(self.err("keys.sqlite_path", "must not be empty"))
+                }
+                (_, path) => Ok(KeyLocation::Sqlite(
+                    path.clone().unwrap_or_else(|| PathBuf::from("tollgate.db")),
+                )),
+            };
+        };
+        if older {
+            let other = if k.store.is_some() {
+                "store"
+            } else {
+                "sqlite_path"
+            };
+            return Err(self.err(
+                field,
+                format!("give the store as `url` alone; remove `keys.{other}` (`url = \"sqlite://PATH\"` replaces `store`/`sqlite_path`)"),
+            ));
+        }
+        if url == "memory" || url == "memory://" {
+            return Ok(KeyLocation::Memory);
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(self.err(
+                    field,
+                    "`sqlite://` needs a file path, e.g. `sqlite://tollgate.db`",
+                ));
+            }
+            return Ok(KeyLocation::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(KeyLocation::Postgres(url));
+        }
+        // Name only the scheme: the rest may hold a password.
+        let scheme = url.split_once("://").map_or("(no scheme)", |(s, _)| s);
+        Err(self.err(
+            field,
+            format!("a key store URL with the scheme `{scheme}` is not supported; use `sqlite://PATH`, `postgres://USER@HOST:PORT/DB` or `memory`"),
+        ))
+    }
+
     /// Opens the configured key store (SQLite work runs on the blocking pool).
     pub async fn key_store(&self) -> Result<Arc<dyn KeyStore>, ConfigError> {
-        match self.keys.store {
-            StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
+        let field = if self.keys.url_env.is_some() {
+            "keys.url_env"
+        } else {
+            "keys.url"
+        };
+        match self.key_location()? {
+            KeyLocation::Memory => Ok(Arc::new(MemoryStore::new())),
             #[cfg(feature = "sqlite")]
-            StoreKind::Sqlite => {
-                let path = self.keys.sqlite_path.clone();
+            KeyLocation::Sqlite(path) => {
+                let field = if self.keys.url.is_some() || self.keys.url_env.is_some() {
+                    field
+                } else {
+                    "keys.sqlite_path"
+                };
                 let store =
                     tokio::task::spawn_blocking(move || crate::keys::SqliteStore::open(path))
                         .await
-                        .map_err(|e| self.err("keys.sqlite_path", e.to_string()))?
-                        .map_err(|e| self.err("keys.sqlite_path", e.to_string()))?;
+                        .map_err(|e| self.err(field, e.to_string()))?
+                        .map_err(|e| self.err(field, e.to_string()))?;
                 Ok(Arc::new(store))
             }
             #[cfg(not(feature = "sqlite"))]
-            StoreKind::Sqlite => Err(self.err("keys.store", "this build has no `sqlite` feature")),
+            KeyLocation::Sqlite(_) => {
+                Err(self.err("keys.store", "this build has no `sqlite` feature"))
+            }
+            #[cfg(feature = "postgres")]
+            KeyLocation::Postgres(url) => Ok(Arc::new(self.postgres_store(&url).await?)),
+            #[cfg(not(feature = "postgres"))]
+            KeyLocation::Postgres(_) => {
+                Err(self.err(field, "this build has no `postgres` feature"))
+            }
         }
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn postgres_store(&self, url: &str) -> Result<crate::keys::PostgresStore, ConfigError> {
+        let field = if self.keys.url_env.is_some() {
+            "keys.url_env"
+        } else {
+            "keys.url"
+        };
+        crate::keys::PostgresStore::connect_with(
+            url,
+            crate::keys::postgres::PostgresOptions {
+                pool_size: self.keys.pool_size,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| self.err(field, e.to_string()))
     }
 
     /// The keyring: the store loaded into memory, the static keys, the
     /// access groups, the default grants, grants checked against the groups.
+    /// With a PostgreSQL store, the keyring also follows the database's
+    /// change feed (other replicas' writes), polling every `keys.change_poll_ms`.
     pub async fn keyring(&self) -> Result<Keyring, ConfigError> {
+        #[cfg(feature = "postgres")]
+        if let KeyLocation::Postgres(url) = self.key_location()? {
+            let store = self.postgres_store(&url).await?;
+            let keyring = self.keyring_over(Arc::new(store.clone())).await?;
+            store.follow(&keyring, Duration::from_millis(self.keys.change_poll_ms));
+            return Ok(keyring);
+        }
         let store = self.key_store().await?;
+        self.keyring_over(store).await
+    }
+
+    async fn keyring_over(&self, store: Arc<dyn KeyStore>) -> Result<Keyring, ConfigError> {
         let mut b = Keyring::builder_arc(store)
             .access_groups(self.access_groups())
             .models(self.groups.iter().map(|g| g.name.clone()))
@@ -1276,12 +1453,66 @@ mod tests {
             &format!("{OK}\n[access_groups]\nfast = [\"g\", \"x/*\"]\n[keys]\nstore = \"memory\"\ndefault_models = [\"fast\"]\n"),
         )
         .unwrap();
-        assert_eq!(c.keys.store, StoreKind::Memory);
+        assert_eq!(c.keys.store, Some(StoreKind::Memory));
+        assert_eq!(c.key_location().unwrap(), KeyLocation::Memory);
         assert!(c.access_groups().contains("fast"));
         assert_eq!(
-            Config::from_toml("gw.toml", OK).unwrap().keys.store,
-            StoreKind::Sqlite
+            Config::from_toml("gw.toml", OK)
+                .unwrap()
+                .key_location()
+                .unwrap(),
+            KeyLocation::Sqlite(PathBuf::from("tollgate.db"))
         );
+    }
+
+    #[test]
+    fn key_store_urls() {
+        let at = |keys: &str| Config::from_toml("gw.toml", &format!("{OK}\n[keys]\n{keys}\n"));
+        let loc = |keys: &str| at(keys).unwrap().key_location().unwrap();
+        assert_eq!(loc("url = \"memory\""), KeyLocation::Memory);
+        assert_eq!(
+            loc("url = \"sqlite:///var/lib/tg.db\""),
+            KeyLocation::Sqlite(PathBuf::from("/var/lib/tg.db"))
+        );
+        assert_eq!(
+            loc("url = \"sqlite://tg.db\""),
+            KeyLocation::Sqlite(PathBuf::from("tg.db"))
+        );
+        assert_eq!(
+            loc("store = \"sqlite\"\nsqlite_path = \"x.db\""),
+            KeyLocation::Sqlite(PathBuf::from("x.db"))
+        );
+        let e = at("url = \"redis://u:hunter2hunter2@h/0\"").unwrap_err();
+        assert_eq!(e.field(), "keys.url");
+        assert!(
+            e.to_string().contains("`redis`") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
+        let e = at("url = \"sqlite://\"").unwrap_err();
+        assert_eq!(e.field(), "keys.url");
+        let e = at("url = \"memory\"\nstore = \"sqlite\"").unwrap_err();
+        assert!(e.to_string().contains("remove `keys.store`"), "{e}");
+        let e = at("store = \"memory\"\nsqlite_path = \"x.db\"").unwrap_err();
+        assert_eq!(e.field(), "keys.sqlite_path");
+        let e = at("url_env = \"TOLLGATE_TEST_SURELY_UNSET\"").unwrap_err();
+        assert_eq!(e.field(), "keys.url_env");
+        let e = at("url = \"memory\"\nchange_poll_ms = 1").unwrap_err();
+        assert_eq!(e.field(), "keys.change_poll_ms");
+        let e = at("url = \"memory\"\npool_size = 0").unwrap_err();
+        assert_eq!(e.field(), "keys.pool_size");
+        let e = at("uri = \"memory\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field `uri`"), "{e}");
+        #[cfg(feature = "postgres")]
+        {
+            let c = at("url = \"postgres://tg:pw@127.0.0.1:5432/tg\"").unwrap();
+            assert!(matches!(
+                c.key_location().unwrap(),
+                KeyLocation::Postgres(_)
+            ));
+            assert!(!format!("{:?}", c.key_location().unwrap()).contains("pw"));
+            let e = at("url = \"postgres://h:notaport/db\"").unwrap_err();
+            assert_eq!(e.field(), "keys.url");
+        }
     }
 
     #[test]

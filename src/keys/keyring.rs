@@ -646,6 +646,35 @@ impl Keyring {
         }
     }
 
+    /// With a store other processes write too: brings the key `ident`
+    /// names up to date from the store before a write reads it.
+    async fn refresh_key(&self, ident: &str) -> Result<(), Error> {
+        let id = match token::parse(ident) {
+            Ok((id, _)) => id,
+            Err(_) => ident.strip_prefix(token::PREFIX).unwrap_or(ident),
+        };
+        if !token::valid_id(id) {
+            return Ok(());
+        }
+        if let Some(read) = self.inner.store.get_key(id) {
+            match read.await.map_err(store_failed)? {
+                Some(record) => self.apply(Change::Key(record))?,
+                None => self.apply(Change::KeyDeleted(id.to_owned()))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`refresh_key`](Self::refresh_key), for a team.
+    async fn refresh_team(&self, id: &str) -> Result<(), Error> {
+        if let Some(read) = self.inner.store.get_team(id) {
+            if let Some(team) = read.await.map_err(store_failed)? {
+                self.apply(Change::Team(team))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a key into memory (after the store took it).
     fn install(&self, record: KeyRecord) -> Result<(), Error> {
         let mut index = self.inner.index.write().map_err(|_| poisoned())?;
@@ -671,6 +700,7 @@ impl Keyring {
     pub async fn generate(&self, new: NewKey) -> Result<(String, KeyRecord), Error> {
         let _write = self.inner.write.lock().await;
         if let Some(t) = &new.team_id {
+            self.refresh_team(t).await?;
             self.team_exists(t)?;
         }
         if let Some(g) = &new.grants {
@@ -722,8 +752,10 @@ impl Keyring {
     /// Changes a key, whole or not at all; the change holds for the next request.
     pub async fn update_key(&self, ident: &str, u: KeyUpdate) -> Result<KeyRecord, Error> {
         let _write = self.inner.write.lock().await;
+        self.refresh_key(ident).await?;
         let mut r = self.stored_record(ident)?;
         if let Patch::Set(t) = &u.team_id {
+            self.refresh_team(t).await?;
             self.team_exists(t)?;
         }
         if let Patch::Set(g) = &u.grants {
@@ -774,6 +806,9 @@ impl Keyring {
     /// Deletes keys, all or none; the next request with any of them is 401.
     pub async fn delete_keys(&self, idents: &[String]) -> Result<Vec<String>, Error> {
         let _write = self.inner.write.lock().await;
+        for ident in idents {
+            self.refresh_key(ident).await?;
+        }
         let mut ids = Vec::with_capacity(idents.len());
         for ident in idents {
             let id = self.stored_record(ident)?.id;
@@ -806,6 +841,7 @@ impl Keyring {
                         "must be 1 to 64 letters, digits or underscores",
                     ));
                 }
+                self.refresh_team(&id).await?;
                 let index = self.inner.index.read().map_err(|_| poisoned())?;
                 if index.teams.contains_key(&id) {
                     return Err(bad("team_id", format!("a team `{id}` already exists")));
@@ -839,6 +875,7 @@ impl Keyring {
     /// Changes a team, whole or not at all; its keys see it on their next request.
     pub async fn update_team(&self, id: &str, u: TeamUpdate) -> Result<TeamRecord, Error> {
         let _write = self.inner.write.lock().await;
+        self.refresh_team(id).await?;
         let mut t = self.team_info(id)?.0;
         if let Patch::Set(g) = &u.grants {
             self.check_grants(g, "models")?;

@@ -792,6 +792,42 @@ impl KeyStore for PostgresStore {
         })
     }
 
+    fn get_key(&self, id: &str) -> Option<StoreFuture<'_, Option<KeyRecord>>> {
+        let id = id.to_owned();
+        Some(Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {KEY_COLUMNS} FROM tollgate_keys WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            row.as_ref()
+                .map(key_row)
+                .transpose()
+                .map_err(|e| self.err(e))
+        }))
+    }
+
+    fn get_team(&self, id: &str) -> Option<StoreFuture<'_, Option<TeamRecord>>> {
+        let id = id.to_owned();
+        Some(Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {TEAM_COLUMNS} FROM tollgate_teams WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            row.as_ref()
+                .map(team_row)
+                .transpose()
+                .map_err(|e| self.err(e))
+        }))
+    }
+
     fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -1129,6 +1165,69 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn changes_propagate_through_the_poll_alone() {
         changes_propagate(false).await;
+    }
+
+    #[tokio::test]
+    async fn writes_start_from_the_store_not_from_memory() {
+        let db = test_db("rmw").await;
+        let (_s1, one) = replica(&db.url).await;
+        let (_s2, two) = replica(&db.url).await;
+        // No change feed at all: each write re-reads what it changes.
+        one.create_team(NewTeam {
+            id: Some("ml".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (key, rec) = two
+            .generate(NewKey {
+                team_id: Some("ml".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("a team made on another replica is found");
+        one.update_key(
+            &rec.id,
+            KeyUpdate {
+                rpm: Patch::Set(9),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a key made on another replica is found");
+        let r = two
+            .update_key(
+                &key,
+                KeyUpdate {
+                    alias: Patch::Set("ci".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.limits.rpm, r.alias.as_deref()),
+            (Some(9), Some("ci")),
+            "no lost update"
+        );
+        let e = one
+            .create_team(NewTeam {
+                id: Some("ml".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.metadata()["param"], "team_id");
+        two.delete_keys(&[rec.id.clone()]).await.unwrap();
+        let e = one
+            .update_key(&rec.id, KeyUpdate::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.status(),
+            http::StatusCode::NOT_FOUND,
+            "a key deleted elsewhere is gone here too"
+        );
     }
 
     #[tokio::test]

@@ -55,6 +55,20 @@ pub trait KeyStore: Send + Sync + 'static {
     fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
     /// Inserts or replaces a team.
     fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()>;
+    /// For a store other processes write too: one key as the store has it
+    /// now (`None` inside: no such key), read by the keyring before it
+    /// changes a key, so a write starts from the newest state rather than
+    /// from this process's memory. `None` (the default): this process's
+    /// memory is the truth, nothing to read.
+    fn get_key(&self, id: &str) -> Option<StoreFuture<'_, Option<KeyRecord>>> {
+        let _ = id;
+        None
+    }
+    /// As [`get_key`](Self::get_key), for a team.
+    fn get_team(&self, id: &str) -> Option<StoreFuture<'_, Option<TeamRecord>>> {
+        let _ = id;
+        None
+    }
 }
 
 /// Keys and teams in this process's memory: for tests and for setups whose

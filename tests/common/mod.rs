@@ -7,6 +7,7 @@
 pub mod gateway;
 #[path = "../../examples/mock_upstream.rs"]
 pub mod mock_upstream;
+pub mod processes;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
