@@ -136,6 +136,28 @@ impl fmt::Debug for StaticKey {
 /// reads the changed rows from the store and sends them here; records carry
 /// the store's current state, so applying a change twice, or late, is
 /// harmless: the next change of the same key brings its newest state.
+///
+/// ```
+/// use tollgate::keys::{Change, Keyring, KeyUpdate, MemoryStore, NewKey};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Two replicas: `here` learns of `there`'s writes only through `apply`.
+/// let (here, there) = (
+///     Keyring::builder(MemoryStore::new()).build().await.unwrap(),
+///     Keyring::builder(MemoryStore::new()).build().await.unwrap(),
+/// );
+/// let (key, record) = there.generate(NewKey::default()).await.unwrap();
+/// assert!(here.check(&key).is_err());
+/// here.apply(Change::Key(record.clone())).unwrap();
+/// assert!(here.check(&key).is_ok());
+/// let revoked = there
+///     .update_key(&record.id, KeyUpdate { blocked: Some(true), ..Default::default() })
+///     .await
+///     .unwrap();
+/// here.apply(Change::Key(revoked)).unwrap();
+/// assert_eq!(here.check(&key).unwrap_err().status(), 401);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub enum Change {
     /// A key was created or changed: its record as the store now has it.
@@ -1204,6 +1226,74 @@ mod tests {
         ring.delete_keys(&[keys[0].0.clone()]).await.unwrap();
         assert_eq!(reason(ring.check(&keys[0].0)), Reason::UnknownKey);
         assert_eq!(ring.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn changes_from_elsewhere_are_applied_and_spare_static_keys() {
+        let static_key = "tg-static1-0123456789abcdefghij";
+        let here = Keyring::builder(MemoryStore::new())
+            .static_key(StaticKey {
+                key: static_key.into(),
+                alias: None,
+                grants: Some(vec!["*".into()]),
+                limits: Limits::default(),
+            })
+            .build()
+            .await
+            .unwrap();
+        let there = ring().await;
+        let team = there
+            .create_team(NewTeam {
+                id: Some("ml".into()),
+                grants: vec!["a".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (key, rec) = there
+            .generate(NewKey {
+                team_id: Some("ml".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        here.apply(Change::Team(team)).unwrap();
+        here.apply(Change::Key(rec.clone())).unwrap();
+        assert!(here.check(&key).unwrap().grants().allows("a"));
+        let blocked = there
+            .update_team(
+                "ml",
+                TeamUpdate {
+                    blocked: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        here.apply(Change::Team(blocked)).unwrap();
+        assert_eq!(reason(here.check(&key)), Reason::KeyRevoked);
+
+        // A stored key may not replace or remove a static one.
+        let mut impostor = KeyRecord::new("static1", KeyHash::of("static1", "another-secret-0000"));
+        impostor.blocked = true;
+        here.apply(Change::Key(impostor)).unwrap();
+        here.apply(Change::KeyDeleted("static1".into())).unwrap();
+        assert!(here.check(static_key).is_ok());
+
+        here.apply(Change::KeyDeleted(rec.id.clone())).unwrap();
+        assert_eq!(reason(here.check(&key)), Reason::UnknownKey);
+        here.apply(Change::Key(rec.clone())).unwrap();
+        // A reload replaces every stored key and team, and keeps static keys.
+        here.apply(Change::Reload(Snapshot::default())).unwrap();
+        assert_eq!(reason(here.check(&key)), Reason::UnknownKey);
+        assert!(here.team_info("ml").is_err());
+        assert!(here.check(static_key).is_ok());
+        assert_eq!(here.len(), 1);
+        // A handle that does not keep the keyring alive.
+        let weak = here.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(here);
+        assert!(weak.upgrade().is_none());
     }
 
     #[tokio::test]

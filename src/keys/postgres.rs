@@ -1144,7 +1144,9 @@ pub(crate) mod tests {
                 .is_ok_and(|k| k.team().is_some_and(|t| t.rpm_limit() == Some(7)))
         })
         .await;
-        one.delete_keys(&[rec.id.clone()]).await.unwrap();
+        one.delete_keys(std::slice::from_ref(&rec.id))
+            .await
+            .unwrap();
         eventually("a delete holds", || {
             two.check(&key)
                 .is_err_and(|e| e.reason() == Reason::UnknownKey)
@@ -1218,7 +1220,9 @@ pub(crate) mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.metadata()["param"], "team_id");
-        two.delete_keys(&[rec.id.clone()]).await.unwrap();
+        two.delete_keys(std::slice::from_ref(&rec.id))
+            .await
+            .unwrap();
         let e = one
             .update_key(&rec.id, KeyUpdate::default())
             .await
@@ -1257,7 +1261,7 @@ pub(crate) mod tests {
         // Two more changes, then the log loses them: the follower cannot
         // replay, so it reloads the whole store.
         let (k2, _) = one.generate(NewKey::default()).await.unwrap();
-        one.delete_keys(&[k1.clone()]).await.unwrap();
+        one.delete_keys(std::slice::from_ref(&k1)).await.unwrap();
         s1.client()
             .await
             .unwrap()

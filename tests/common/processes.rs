@@ -290,6 +290,7 @@ impl Drop for TcpProxy {
 }
 
 #[cfg(feature = "postgres")]
+#[allow(unused_imports)]
 pub use pg::*;
 
 #[cfg(feature = "postgres")]
