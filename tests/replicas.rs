@@ -131,6 +131,29 @@ async fn a_key_made_on_one_replica_works_on_all_and_its_revocation_follows() {
         assert_eq!(v["error"]["metadata"]["key_id"], id.as_str());
     }
 
+    // Twenty more revocations and restorations, each written through a
+    // different replica, each awaited on the other two.
+    let mut seen = Vec::new();
+    for round in 0..20 {
+        let writer = round % 3;
+        let (path, status, reason) = if round % 2 == 0 {
+            ("/key/unblock", 200, None)
+        } else {
+            ("/key/block", 401, Some("key_revoked"))
+        };
+        admin(&gws[writer], path, json!({"key": id})).await;
+        for (i, gw) in gws.iter().enumerate() {
+            if i != writer {
+                seen.push(until(gw, &key, status, reason).await);
+            }
+        }
+    }
+    seen.sort();
+    report(
+        "propagation delay over 40 observations (min, median, max)",
+        &[seen[0], seen[seen.len() / 2], seen[seen.len() - 1]],
+    );
+
     // Restored through replica 3: every replica serves it again.
     admin(&gws[2], "/key/unblock", json!({"key": id})).await;
     for gw in &gws {
@@ -290,4 +313,58 @@ async fn replicas_survive_the_database_going_away_and_coming_back() {
     // And the change feed resumes: replica 2 follows.
     let d = until(&gws[1], &key, 401, Some("key_revoked")).await;
     report("revocation delay after the database came back", &[d]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_writes_through_postgres_and_sqlite_report_their_latency() {
+    let db = TestDatabase::create("latency").await;
+    let mock = mock().await;
+    let sqlite = std::env::temp_dir().join(format!("tollgate-latency-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&sqlite);
+    let pg = replicas(2, &mock, &db.url).await;
+    let lite = spawn_gateway(
+        &fill(REPLICA, &mock).replace("{pg}", &format!("sqlite://{}", sqlite.display())),
+    )
+    .await;
+    for (name, gw, other) in [("postgres", &pg[0], Some(&pg[1])), ("sqlite", &lite, None)] {
+        let (key, id) = generate(gw, json!({"models": ["gpt-4o-mini"]})).await;
+        let mut times = Vec::new();
+        for rpm in 1..=50u64 {
+            let start = std::time::Instant::now();
+            admin(gw, "/key/update", json!({"key": id, "rpm_limit": rpm})).await;
+            times.push(start.elapsed());
+        }
+        times.sort();
+        report(
+            &format!("admin /key/update latency, {name} (min, median, p90, max of 50)"),
+            &[times[0], times[25], times[45], times[49]],
+        );
+        if let Some(other) = other {
+            // The last write is what the other replica has.
+            within(
+                "the last update reaches the other replica",
+                LIMIT,
+                || async {
+                    let res = anonymous()
+                        .get(other.url(&format!("/key/info?key={id}")))
+                        .bearer_auth(MASTER_KEY)
+                        .send()
+                        .await
+                        .unwrap();
+                    let v: Value = res.json().await.unwrap();
+                    if v["info"]["rpm_limit"] == 50 {
+                        Ok(())
+                    } else {
+                        Err(v.to_string())
+                    }
+                },
+            )
+            .await;
+        }
+        assert_eq!(chat_on(gw, &key).await.status, 200);
+    }
+    drop(lite);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
+    }
 }

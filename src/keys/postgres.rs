@@ -409,19 +409,17 @@ impl PostgresStore {
     /// them to `ring`, returns how many changes were applied.
     async fn catch_up(&self, ring: &Keyring, state: &FeedState) -> Result<usize, StoreError> {
         let from = state.version.load(Ordering::SeqCst);
-        let rows = {
-            let client = self.client().await?;
-            client
-                .query(
-                    "SELECT c.version, ch.version, ch.kind, ch.item_id
-                     FROM tollgate_change_counter c
-                     LEFT JOIN tollgate_changes ch ON ch.version > $1
-                     ORDER BY ch.version LIMIT 1001",
-                    &[&from],
-                )
-                .await
-                .map_err(|e| self.err(e))?
-        };
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.version, ch.version, ch.kind, ch.item_id
+                 FROM tollgate_change_counter c
+                 LEFT JOIN tollgate_changes ch ON ch.version > $1
+                 ORDER BY ch.version LIMIT 1001",
+                &[&from],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         let counter: i64 = rows.first().map_or(0, |r| r.get(0));
         let changes: Vec<(i64, String, String)> = rows
             .iter()
@@ -433,6 +431,7 @@ impl PostgresStore {
             || (changes.is_empty() && counter > from)
             || from < 0;
         if gap {
+            drop(client);
             let (version, snapshot) = self.snapshot().await?;
             ring.apply(Change::Reload(snapshot))
                 .map_err(|e| self.err(e.message()))?;
@@ -450,7 +449,6 @@ impl PostgresStore {
                 _ => keys.insert(id.clone()),
             };
         }
-        let client = self.client().await?;
         if !teams.is_empty() {
             let ids: Vec<String> = teams.into_iter().collect();
             let rows = client
