@@ -368,3 +368,22 @@ async fn admin_writes_through_postgres_and_sqlite_report_their_latency() {
         let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_database_refuses_the_start_naming_the_field() {
+    let mock = mock().await;
+    let port = closed_port().await;
+    let text = fill(REPLICA, &mock).replace(
+        "{pg}",
+        &format!("postgres://tg:s3cretPassw0rd@127.0.0.1:{port}/tollgate"),
+    );
+    let config = tollgate::config::Config::from_toml("replica.toml", &text).unwrap();
+    let e = config.keyring().await.unwrap_err();
+    assert_eq!(e.field(), "keys.url", "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("127.0.0.1:{port}/tollgate")),
+        "{e}"
+    );
+}
