@@ -256,6 +256,12 @@ async fn a_killed_listener_falls_back_to_the_poll_and_resubscribes() {
             gw.logs()
         );
     }
+    // Every pooled connection killed too (what a server restart does to
+    // them): the pool checks a connection before reuse, so the next write
+    // goes through at once on a new one.
+    let pooled = db.backends("tollgate").await;
+    assert!(!pooled.is_empty(), "the replicas hold pooled connections");
+    db.terminate(&pooled).await;
     admin(&gws[0], "/key/unblock", json!({"key": id})).await;
     for gw in &gws {
         until(gw, &key, 200, None).await;
