@@ -9,8 +9,8 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `NormalizeErrors` → `VirtualKeys` →
-//!   `ReadRequest` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
+//!   `/v1/responses` through `Overhead` → `NormalizeErrors` → `VirtualKeys` →
+//!   `ReadRequest` → `RequestMetrics` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
 //!   `FairQueue` (with `[fair_queue]`) → `Fallback` → `Router` (retries,
 //!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
