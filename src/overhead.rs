@@ -199,4 +199,33 @@ mod tests {
         let res = svc.oneshot(Request::new(Body::empty())).await.unwrap();
         assert_eq!(header(&res), 0.0);
     }
+
+    /// The histogram gets the same figure as the header, once per answer.
+    #[cfg(feature = "metrics")]
+    #[tokio::test(start_paused = true)]
+    async fn records_the_overhead_histogram() {
+        use crate::metrics::OVERHEAD;
+        use crate::metrics::tests::Seen;
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let svc = OverheadLayer::new().layer(service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut res = Response::new(Body::empty());
+            res.extensions_mut()
+                .insert(UpstreamTime(Duration::from_millis(30)));
+            Ok::<_, Infallible>(res)
+        }));
+        for _ in 0..3 {
+            svc.clone()
+                .oneshot(Request::new(Body::empty()))
+                .await
+                .unwrap();
+        }
+        let mut seen = Seen::default();
+        assert_eq!(
+            seen.update(&snapshotter).histogram(OVERHEAD, &[]),
+            [0.02, 0.02, 0.02]
+        );
+    }
 }
