@@ -8,6 +8,12 @@
 //!   bytes in, summary out (throughput in bytes).
 //! - `stack_instant/{1KiB,1MiB}`: `NormalizeErrors` + `ReadRequest` over an
 //!   instant inner service that answers a fixed JSON (the layers' own cost).
+//! - `stack_metrics/{noop,prometheus}`: `Overhead` + `NormalizeErrors` +
+//!   `ReadRequest` + `RequestMetrics` over the instant service, 1 KiB body:
+//!   built without a recorder (the metric handles are no-ops), and built
+//!   with a Prometheus recorder (`metrics-exporter-prometheus`) current, so
+//!   the overhead and request histograms and the request counter are really
+//!   recorded. Compare with `stack_instant/1KiB`.
 //! - `stack_provider/1KiB`: the same over the real `Provider`, forwarding
 //!   over pooled loopback HTTP/1.1 to an in-process instant upstream (the
 //!   whole in-process path, sockets included).
@@ -22,7 +28,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use tollgate::metrics::RequestMetricsLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
+use tollgate::overhead::OverheadLayer;
 use tollgate::provider::{HttpClient, Provider};
 use tollgate::read_request::{Parsed, ReadRequestLayer};
 use tollgate::{Body, Error};
@@ -124,6 +132,43 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| timed(&rt, &svc, bytes, iters))
         });
     }
+    g.finish();
+
+    let mut g = c.benchmark_group("stack_metrics");
+    let bytes = &sizes[0].1;
+    let stack = || {
+        ServiceBuilder::new()
+            .layer(OverheadLayer::new())
+            .layer(NormalizeErrorsLayer::new())
+            .layer(ReadRequestLayer::new(8 << 20))
+            .layer(RequestMetricsLayer::new(["gpt-4o-mini"]))
+            .service(instant())
+    };
+    let noop = stack();
+    g.bench_function("noop", |b| {
+        b.iter_custom(|iters| timed(&rt, &noop, bytes, iters))
+    });
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for (name, buckets) in tollgate::metrics::BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
+                buckets,
+            )
+            .unwrap();
+    }
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    let measured = metrics::with_local_recorder(&recorder, stack);
+    g.bench_function("prometheus", |b| {
+        b.iter_custom(|iters| timed(&rt, &measured, bytes, iters))
+    });
+    // The handles really record: the scrape counts the requests.
+    assert!(
+        handle
+            .render()
+            .contains("tollgate_requests_total{model_group=\"gpt-4o-mini\",status=\"2xx\"}")
+    );
     g.finish();
 
     // An in-process instant upstream on loopback.

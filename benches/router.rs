@@ -16,6 +16,11 @@
 //! The router's added cost per request is `router/3_deployments` minus
 //! `router/direct`.
 //!
+//! - `router/{3_deployments,failover_429}_prometheus`: the same with a
+//!   Prometheus recorder (`metrics-exporter-prometheus`) current while the
+//!   router is built and run, so every metric is really recorded (the other
+//!   cases run without a recorder: the metric calls are no-ops).
+//!
 //! - `gateway/full_stack`: the reference gateway (`NormalizeErrors` →
 //!   `ReadRequest` → `Fallback` → `Router` → provider) on 127.0.0.1 in front
 //!   of the bundled mock upstream, driven by a keep-alive HTTP client with 32
@@ -116,6 +121,23 @@ fn bench(c: &mut Criterion) {
     g.bench_function("3_deployments", |b| {
         b.iter_custom(|n| rt.block_on(drive(&three, &req, n)))
     });
+    let prometheus = prometheus();
+    let three_prometheus = metrics::with_local_recorder(&prometheus, || {
+        Router::builder()
+            .group(
+                "g",
+                vec![
+                    Deployment::new("a", instant(), 1),
+                    Deployment::new("b", instant(), 1),
+                    Deployment::new("c", instant(), 2),
+                ],
+            )
+            .unwrap()
+            .build()
+    });
+    g.bench_function("3_deployments_prometheus", |b| {
+        b.iter_custom(|n| rt.block_on(drive(&three_prometheus, &req, n)))
+    });
     let chains = Chains::builder(["g", "h"])
         .fallbacks("g", ["h"])
         .build()
@@ -149,22 +171,33 @@ fn bench(c: &mut Criterion) {
             }
         })
     };
-    let failover = Router::builder()
-        .policy(RetryPolicy {
-            min_rate_limit_cooldown: Duration::ZERO,
-            ..RetryPolicy::default()
-        })
-        .group(
-            "g",
-            vec![
-                Deployment::new("a", flaky.clone(), 1),
-                Deployment::new("b", flaky, 1),
-            ],
-        )
-        .unwrap()
-        .build();
+    let failover = || {
+        Router::builder()
+            .policy(RetryPolicy {
+                min_rate_limit_cooldown: Duration::ZERO,
+                ..RetryPolicy::default()
+            })
+            .group(
+                "g",
+                vec![
+                    Deployment::new("a", flaky.clone(), 1),
+                    Deployment::new("b", flaky.clone(), 1),
+                ],
+            )
+            .unwrap()
+            .build()
+    };
+    let plain = failover();
     g.bench_function("failover_429", |b| {
-        b.iter_custom(|n| rt.block_on(drive(&failover, &req, n)))
+        b.iter_custom(|n| rt.block_on(drive(&plain, &req, n)))
+    });
+    let measured = metrics::with_local_recorder(&prometheus, failover);
+    g.bench_function("failover_429_prometheus", |b| {
+        b.iter_custom(|n| {
+            // Failure-path metrics use the recorder current when they happen.
+            let _local = metrics::set_default_local_recorder(&prometheus);
+            rt.block_on(drive(&measured, &req, n))
+        })
     });
     g.finish();
 
@@ -239,6 +272,20 @@ fn full_stack(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// A Prometheus recorder with tollgate's buckets (not installed globally).
+fn prometheus() -> metrics_exporter_prometheus::PrometheusRecorder {
+    let mut b = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for (name, buckets) in tollgate::metrics::BUCKETS {
+        b = b
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
+                buckets,
+            )
+            .unwrap();
+    }
+    b.build_recorder()
 }
 
 criterion_group!(benches, bench);

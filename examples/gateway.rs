@@ -9,8 +9,8 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `NormalizeErrors` → `VirtualKeys` →
-//!   `ReadRequest` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
+//!   `/v1/responses` through `Overhead` → `NormalizeErrors` → `VirtualKeys` →
+//!   `ReadRequest` → `RequestMetrics` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
 //!   `FairQueue` (with `[fair_queue]`) → `Fallback` → `Router` (retries,
 //!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
@@ -19,6 +19,8 @@
 //!   keys live where `keys.url` says (`sqlite://…` by default, `memory`, or
 //!   `postgres://…` for several replicas, which then follow each other's
 //!   changes through the database's change feed: see `Config::keyring`);
+//! - `GET /metrics`: Prometheus text format, when `server.metrics` is on
+//!   (the default); see `tollgate::metrics` for the names and labels;
 //! - `GET /health`.
 //!
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
@@ -26,12 +28,15 @@
 //!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
 //! for `server.shutdown_grace_ms`, then exit. Logs go through `tracing`
-//! (`RUST_LOG=tollgate=debug` for more). For a demo with the bundled mock
+//! (`RUST_LOG=tollgate=debug` for more): each request's span carries its
+//! `request_id`, the key's public `key_id` and `team`, the `model`, and the
+//! fair queue's `queue_wait_ms`; nested spans name the `model_group` tried
+//! and each upstream `attempt` with its `deployment`. For a demo with the bundled mock
 //! upstream, run `cargo run --example demo`.
 #![allow(dead_code)]
 
 use std::future::{Future, IntoFuture};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -41,10 +46,11 @@ use tollgate::config::{Config, ConfigError, RateLimits, TenantBy, period_of};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
+use tollgate::metrics::RequestMetricsLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::overhead::OverheadLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
-use tollgate::read_request::ReadRequestLayer;
+use tollgate::read_request::{Identified, ReadRequestLayer};
 use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, LlmRequest, Reason};
@@ -73,6 +79,13 @@ pub async fn app_with_ledger(
     clock: Arc<dyn Clock>,
     ledger: Option<Ledger>,
 ) -> Result<axum::Router, ConfigError> {
+    // Before any layer is built: hot-path metric handles bind to the
+    // recorder installed when they are registered.
+    let metrics = if config.server.metrics {
+        prometheus()
+    } else {
+        None
+    };
     let router = config.router_with_clock(clock)?;
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
@@ -85,7 +98,9 @@ pub async fn app_with_ledger(
         .layer(OverheadLayer::new())
         .layer(NormalizeErrorsLayer::new())
         .layer(auth)
+        .map_request(record_key)
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
+        .layer(RequestMetricsLayer::new(router.model_names()))
         .layer(ModelAccessLayer::new())
         .option_layer(rate_limit(config))
         .option_layer(ledger.map(|l| budget(config, l)))
@@ -102,6 +117,20 @@ pub async fn app_with_ledger(
     if let Some(master) = config.master_key() {
         app = app.merge(tollgate::admin::router(keyring, &master));
     }
+    if let Some(handle) = metrics {
+        app = app.route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }),
+        );
+    }
     Ok(app
         .fallback(|| async {
             Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
@@ -109,17 +138,80 @@ pub async fn app_with_ledger(
         })
         // Outermost: every request gets an `x-request-id` (the client's, or a
         // new UUID), echoed in the response and named in every log line of
-        // its span (with the path; never a header, so never a key).
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-        }))
+        // its span (with the path; never a header, so never a key). The
+        // layers fill in the empty fields: the key's public id and team,
+        // the model, the fair queue's wait.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "request",
+                    request_id = %id,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    key_id = tracing::field::Empty,
+                    team = tracing::field::Empty,
+                    model = tracing::field::Empty,
+                    queue_wait_ms = tracing::field::Empty,
+                )
+            }),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+}
+
+/// The Prometheus recorder, installed globally on first use (once per
+/// process, with `tollgate::metrics`' buckets and descriptions); `None` when
+/// another recorder was installed first.
+pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in tollgate::metrics::BUCKETS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
+                    .ok()?;
+            }
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    tollgate::metrics::describe();
+                    // Histogram samples are folded into buckets on each
+                    // scrape and here, so memory stays bounded unscraped.
+                    let upkeep = handle.clone();
+                    std::thread::spawn(move || {
+                        loop {
+                            std::thread::sleep(Duration::from_secs(5));
+                            upkeep.run_upkeep();
+                        }
+                    });
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no /metrics: another metrics recorder is installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Names the authenticated key in the request's span: its public id and
+/// team (never the secret).
+fn record_key<B>(req: http::Request<Identified<Key, B>>) -> http::Request<Identified<Key, B>> {
+    let key = &req.body().identity;
+    let span = tracing::Span::current();
+    span.record("key_id", tracing::field::display(key.id()));
+    if let Some(team) = key.team() {
+        span.record("team", tracing::field::display(team.id()));
+    }
+    req
 }
 
 /// `RateLimit`'s hook over the authenticated key: the key's own rpm/tpm

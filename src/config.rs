@@ -300,6 +300,9 @@ pub struct Server {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run on after SIGINT/SIGTERM (default 30 000 ms).
     pub shutdown_grace_ms: u64,
+    /// Serve Prometheus metrics on `GET /metrics` of the same listener,
+    /// without authentication (default true; `false`: no route, a 404).
+    pub metrics: bool,
 }
 
 impl Default for Server {
@@ -308,6 +311,7 @@ impl Default for Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             max_body_bytes: 4 << 20,
             shutdown_grace_ms: 30_000,
+            metrics: true,
         }
     }
 }
@@ -1305,8 +1309,17 @@ mod tests {
         let c = Config::from_toml("gw.toml", OK).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(c.server.max_body_bytes, 4 << 20);
+        assert!(c.server.metrics, "/metrics is served by default");
         assert_eq!(c.groups[0].deployments[0].weight, 1);
         assert!(c.router().unwrap().has_model("g"));
+    }
+
+    #[test]
+    fn metrics_can_be_switched_off_and_must_be_a_bool() {
+        let c = Config::from_toml("gw.toml", &format!("[server]\nmetrics = false\n{OK}")).unwrap();
+        assert!(!c.server.metrics);
+        let e = err(&format!("[server]\nmetrics = \"yes\"\n{OK}"));
+        assert!(e.to_string().contains("expected a boolean (line 2)"), "{e}");
     }
 
     #[test]

@@ -53,10 +53,12 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Response};
 use serde_json::Value;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::LlmRequest;
 use crate::body::Body;
 use crate::error::{Error, Reason};
+use crate::metrics::{KnownGroups, record};
 use crate::router::outcome::{ATTEMPTS, Outcome, attempts_of, most_useful};
 use crate::router::{ATTEMPTS_HEADER, ResponseFuture};
 
@@ -149,6 +151,8 @@ type Chain = Arc<[Arc<str>]>;
 pub struct Chains {
     fallbacks: HashMap<String, Chain>,
     context: HashMap<String, Chain>,
+    /// The groups, for the `from`/`to` labels of `tollgate_fallbacks_total`.
+    known: KnownGroups,
 }
 
 /// Builds [`Chains`] over a known set of groups.
@@ -214,6 +218,7 @@ impl ChainsBuilder {
         Ok(Chains {
             fallbacks: flatten("fallbacks", &self.known, self.fallbacks)?,
             context: flatten("context_window_fallbacks", &self.known, self.context)?,
+            known: KnownGroups::new(&self.known),
         })
     }
 }
@@ -356,7 +361,8 @@ where
     let mut next_req = None;
     loop {
         let r = next_req.take().unwrap_or_else(|| req.clone());
-        match inner.clone().oneshot(r).await {
+        let span = tracing::debug_span!("model_group", model_group = %current);
+        match inner.clone().oneshot(r).instrument(span).await {
             Ok(mut res) => {
                 if count > 0 {
                     let here = res
@@ -403,6 +409,7 @@ where
                 };
                 errors.push(e);
                 tracing::info!(from = %current, to = %next, "falling back to the next model group");
+                record::fallback(chains.known.label(&current), chains.known.label(&next));
                 visited.push(next.clone());
                 let mut r = req.clone();
                 *r.body_mut() = req.body().retarget(&next);

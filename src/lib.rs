@@ -43,6 +43,7 @@
 pub mod body;
 pub mod error;
 pub mod fallback;
+pub mod metrics;
 pub mod normalize;
 pub mod overhead;
 pub mod read_request;

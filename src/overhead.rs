@@ -40,20 +40,33 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::UpstreamTime;
+use crate::metrics::{Histogram, record};
 
 /// The response header with the gateway's own time, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-tollgate-overhead-ms";
 
 /// Applies [`Overhead`].
-#[derive(Clone, Copy, Debug, Default)]
+///
+/// Each answer's overhead is also recorded in the
+/// [`tollgate_overhead_seconds`](crate::metrics::OVERHEAD) histogram, whose
+/// handle is registered with the recorder current when the layer is built.
+#[derive(Clone, Debug)]
 pub struct OverheadLayer {
-    _priv: (),
+    histogram: Histogram,
+}
+
+impl Default for OverheadLayer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl OverheadLayer {
     /// The layer.
     pub fn new() -> Self {
-        OverheadLayer { _priv: () }
+        OverheadLayer {
+            histogram: record::overhead(),
+        }
     }
 }
 
@@ -61,7 +74,10 @@ impl<S> Layer<S> for OverheadLayer {
     type Service = Overhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Overhead { inner }
+        Overhead {
+            inner,
+            histogram: self.histogram.clone(),
+        }
     }
 }
 
@@ -69,6 +85,7 @@ impl<S> Layer<S> for OverheadLayer {
 #[derive(Clone, Debug)]
 pub struct Overhead<S> {
     inner: S,
+    histogram: Histogram,
 }
 
 impl<S, B, RB> Service<Request<B>> for Overhead<S>
@@ -87,6 +104,7 @@ where
         ResponseFuture {
             fut: self.inner.call(req),
             start: Instant::now(),
+            histogram: self.histogram.clone(),
         }
     }
 }
@@ -97,6 +115,7 @@ pub struct ResponseFuture<F> {
     #[pin]
     fut: F,
     start: Instant,
+    histogram: Histogram,
 }
 
 impl<F, RB, E> Future for ResponseFuture<F>
@@ -115,6 +134,7 @@ where
             .map(|u| u.0)
             .unwrap_or_default();
         let own = total.saturating_sub(upstream);
+        this.histogram.record(own.as_secs_f64());
         let ms = format!("{:.3}", own.as_secs_f64() * 1000.0);
         if let Ok(v) = HeaderValue::from_str(&ms) {
             res.headers_mut().insert(OVERHEAD_HEADER, v);
@@ -178,5 +198,34 @@ mod tests {
         }));
         let res = svc.oneshot(Request::new(Body::empty())).await.unwrap();
         assert_eq!(header(&res), 0.0);
+    }
+
+    /// The histogram gets the same figure as the header, once per answer.
+    #[cfg(feature = "metrics")]
+    #[tokio::test(start_paused = true)]
+    async fn records_the_overhead_histogram() {
+        use crate::metrics::OVERHEAD;
+        use crate::metrics::tests::Seen;
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let svc = OverheadLayer::new().layer(service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut res = Response::new(Body::empty());
+            res.extensions_mut()
+                .insert(UpstreamTime(Duration::from_millis(30)));
+            Ok::<_, Infallible>(res)
+        }));
+        for _ in 0..3 {
+            svc.clone()
+                .oneshot(Request::new(Body::empty()))
+                .await
+                .unwrap();
+        }
+        let mut seen = Seen::default();
+        assert_eq!(
+            seen.update(&snapshotter).histogram(OVERHEAD, &[]),
+            [0.02, 0.02, 0.02]
+        );
     }
 }

@@ -19,6 +19,7 @@ use super::scheduler::{Permit, Scheduler, Ticket};
 use crate::LlmRequest;
 use crate::body::Body;
 use crate::error::{Error, Reason};
+use crate::metrics::record;
 
 /// The future of [`FairQueue`](super::FairQueue): waits for a slot (bounded
 /// by the configured wait), then calls the inner service; the response body
@@ -92,6 +93,7 @@ where
     ) -> Self {
         let since = Instant::now();
         let deadline = tokio::time::sleep_until(since + sched.settings.max_wait);
+        record::queue_depth(&ticket.tenant, 1.0);
         ResponseFuture {
             state: State::Waiting {
                 rx,
@@ -142,12 +144,16 @@ where
                             }
                         }
                     };
+                    let waited = since.elapsed();
+                    record::queue_depth(&ticket.tenant, -1.0);
+                    record::queue_wait(&ticket.tenant, waited);
+                    tracing::Span::current().record("queue_wait_ms", waited.as_millis() as u64);
                     let next = match outcome {
                         Ok(()) => {
                             tracing::debug!(
                                 tenant = %ticket.tenant,
                                 group = %ticket.group,
-                                wait_ms = since.elapsed().as_millis() as u64,
+                                wait_ms = waited.as_millis() as u64,
                                 "fair queue: slot granted"
                             );
                             let permit = this.sched.permit(ticket);
@@ -191,6 +197,7 @@ fn timeout(sched: &Scheduler, ticket: &Ticket, waited: std::time::Duration) -> E
         reason = "queue_timeout",
         "fair queue: gave up waiting for a slot"
     );
+    record::queue_rejected(&ticket.tenant, "queue_timeout");
     let max = sched.settings.max_wait;
     Error::new(
         Reason::QueueTimeout,
@@ -212,6 +219,7 @@ where
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let StateProj::Waiting { ticket, .. } = this.state.project() {
+            record::queue_depth(&ticket.tenant, -1.0);
             // Dropped while waiting (the client went away): give up the
             // place at once; if a slot was granted meanwhile, pass it on.
             if this.sched.leave(ticket) {

@@ -82,6 +82,7 @@ where
                     reason = "queue_full",
                     "fair queue refused a request"
                 );
+                crate::metrics::record::queue_rejected(&tenant.id, "queue_full");
                 let e = Error::new(
                     Reason::QueueFull,
                     format!(

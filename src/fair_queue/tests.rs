@@ -459,3 +459,63 @@ async fn many_tenants_leave_no_state_behind() {
     assert!(svc.stats().is_empty());
     assert_eq!(svc.sched.tenants_tracked("g"), 0);
 }
+
+/// Queue depth and wait per tenant, and refusals by reason, through a local
+/// recorder (paused time: the waits are exact).
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn metrics_track_depth_wait_and_refusals_per_tenant() {
+    use crate::metrics::tests::Seen;
+    use crate::metrics::*;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    let mut seen = Seen::default();
+    let mut svc = layer(
+        QueueSettings::new(1)
+            .max_queue_per_tenant(2)
+            .max_wait(Duration::from_millis(250)),
+    )
+    .layer(recorder_svc());
+    let holder = submit(&mut svc, A).await; // runs at once: no wait recorded
+    let b1 = submit(&mut svc, B).await;
+    let b2 = submit(&mut svc, B).await;
+    let full = submit(&mut svc, B).await.await.unwrap().unwrap_err();
+    assert_eq!(full.reason(), Reason::QueueFull);
+    seen.update(&snapshotter);
+    assert_eq!(seen.gauge(QUEUE_DEPTH, &[(TENANT, "b")]), Some(2.0));
+    assert_eq!(
+        seen.gauge(QUEUE_DEPTH, &[(TENANT, "a")]),
+        None,
+        "a never waited"
+    );
+    // A holds the slot 200 ms; b1 then runs 200 ms; b2 times out at 250 ms.
+    assert!(holder.await.unwrap().is_ok());
+    assert!(b1.await.unwrap().is_ok());
+    assert_eq!(
+        b2.await.unwrap().unwrap_err().reason(),
+        Reason::QueueTimeout
+    );
+    seen.update(&snapshotter);
+    assert_eq!(seen.gauge(QUEUE_DEPTH, &[(TENANT, "b")]), Some(0.0));
+
+    let rejected = |reason| seen.counter(QUEUE_REJECTED_TOTAL, &[(TENANT, "b"), (REASON, reason)]);
+    assert_eq!(rejected("queue_full"), 1);
+    assert_eq!(rejected("queue_timeout"), 1);
+    let mut waits = seen.histogram(QUEUE_WAIT, &[(TENANT, "b")]);
+    waits.sort_by(f64::total_cmp);
+    assert_eq!(
+        waits,
+        [0.2, 0.25],
+        "b1 waited for A's 200 ms, b2 its whole 250 ms"
+    );
+    assert!(seen.histogram(QUEUE_WAIT, &[(TENANT, "a")]).is_empty());
+}
+
+/// Holds each request 200 ms.
+fn recorder_svc()
+-> impl Service<LlmRequest<Who>, Response = Response<Body>, Error = Error, Future: Send> + Clone {
+    recorder(Log::default(), Duration::from_millis(200), Arc::default())
+}

@@ -290,3 +290,37 @@ async fn when_everything_fails_the_most_useful_error_lists_every_attempt() {
         "{groups:?}"
     );
 }
+
+/// `tollgate_fallbacks_total` by `from` and `to`; a name from a request's
+/// own `models` list that is not a configured group is `other`.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn metrics_count_each_fallback_with_bounded_labels() {
+    use crate::metrics::tests::Seen;
+    use crate::metrics::{FALLBACKS_TOTAL, FROM, OTHER, TO};
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    let (svc, _) = stack(
+        &[("primary", &[("p1", 503)]), ("backup", &[("b1", 200)])],
+        |c| c.fallbacks("primary", ["backup"]),
+    );
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(req(CHAT)).await.unwrap();
+        assert_eq!(res.headers()[MODEL_GROUP_HEADER], "backup");
+    }
+    // The request's own list: an unknown name first, then the backup.
+    let own = r#"{"model":"primary","models":["made-up","backup"],"messages":[]}"#;
+    let res = svc.clone().oneshot(req(own)).await.unwrap();
+    assert_eq!(res.headers()[MODEL_GROUP_HEADER], "backup");
+
+    let mut seen = Seen::default();
+    let seen = seen.update(&snapshotter);
+    let n = |from, to| seen.counter(FALLBACKS_TOTAL, &[(FROM, from), (TO, to)]);
+    assert_eq!(n("primary", "backup"), 2);
+    assert_eq!(n("primary", OTHER), 1);
+    assert_eq!(n(OTHER, "backup"), 1);
+    assert_eq!(n("primary", "made-up"), 0, "no series for a client's name");
+}

@@ -601,6 +601,10 @@ where
                                 let mut inner = inner.take().expect("polled after completion");
                                 let identity = identity.take().expect("polled after completion");
                                 break Parsed::parse(parts.uri.path(), bytes).map(|parsed| {
+                                    // The request span (if the caller opened one
+                                    // with a `model` field) names the model.
+                                    tracing::Span::current()
+                                        .record("model", tracing::field::display(parsed.model()));
                                     inner.call(Request::from_parts(
                                         parts,
                                         parsed.with_identity(identity),

@@ -15,27 +15,35 @@ use memchr::memmem;
 
 use crate::body::Body;
 use crate::error::Error;
+use crate::metrics::Gauge;
 
 /// How many bytes of a stream may be held back before the commit point;
 /// past it the stream commits anyway (memory stays bounded).
 pub(crate) const PEEK_LIMIT: usize = 64 * 1024;
 
-/// Counts a deployment's in-flight requests; released when dropped.
+/// Counts a deployment's in-flight requests (and its
+/// `tollgate_deployment_in_flight` gauge); released when dropped.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     load: Arc<AtomicU32>,
+    gauge: Gauge,
 }
 
 impl InFlight {
-    pub(crate) fn acquire(load: &Arc<AtomicU32>) -> Self {
+    pub(crate) fn acquire(load: &Arc<AtomicU32>, gauge: &Gauge) -> Self {
         load.fetch_add(1, Ordering::Relaxed);
-        InFlight { load: load.clone() }
+        gauge.increment(1.0);
+        InFlight {
+            load: load.clone(),
+            gauge: gauge.clone(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
     }
 }
 
@@ -219,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn replays_then_continues_and_releases_the_guard() {
         let load = Arc::new(AtomicU32::new(0));
-        let guard = InFlight::acquire(&load);
+        let guard = InFlight::acquire(&load, &crate::metrics::record::in_flight("g/d"));
         assert_eq!(load.load(Ordering::Relaxed), 1);
         let buffered = VecDeque::from([
             Frame::data(Bytes::from_static(b"a")),

@@ -86,9 +86,11 @@ use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::body::{Body, Chunks};
 use crate::error::{Error, Reason};
+use crate::metrics;
 use crate::read_request::{json_string, scan};
 use crate::{LlmRequest, Served};
 
@@ -170,6 +172,7 @@ impl RetryPolicy {
     /// What an outcome does to the deployment, if anything, at `now`.
     fn penalize(&self, store: &dyn CooldownStore, id: &DeploymentId, e: &Error, now: Millis) {
         let ms = |d: Duration| d.as_millis() as u64;
+        metrics::record::upstream_error(id.key(), e.reason().as_str());
         let cooldown = match Outcome::of(e) {
             Outcome::RateLimited => {
                 let after = e
@@ -192,6 +195,7 @@ impl RetryPolicy {
                 cooldown_ms = ms(after),
                 "deployment cooling down"
             );
+            metrics::record::cooldown(id.key(), reason.as_str());
             store.cool_down(
                 id,
                 Cooldown {
@@ -255,6 +259,8 @@ struct Slot<S> {
     capacity: u32,
     id: DeploymentId,
     load: Arc<AtomicU32>,
+    /// Mirrors `load` in `tollgate_deployment_in_flight`.
+    gauge: metrics::Gauge,
 }
 
 struct Group<S> {
@@ -575,6 +581,7 @@ impl<S> RouterBuilder<S> {
                     let id = DeploymentId::new(index, &format!("{name}/{}", d.name));
                     index += 1;
                     Slot {
+                        gauge: metrics::record::in_flight(id.key()),
                         header: HeaderValue::from_str(&d.name)
                             .unwrap_or_else(|_| HeaderValue::from_static("unnamed")),
                         name: d.name,
@@ -710,13 +717,27 @@ impl<S> Shared<S> {
             };
             tried |= 1 << i;
             let slot = &group.slots[i];
-            let guard = InFlight::acquire(&slot.load);
-            let result = match slot.service.clone().oneshot(req.clone()).await {
-                Ok(res) if stream && is_event_stream(&res) => commit(res).await,
-                Ok(res) => Ok((res, VecDeque::new())),
-                Err(e) => Err(e),
-            };
             let attempts = records.len() as u32 + 1;
+            if attempts > 1 {
+                metrics::record::retry(&group.name);
+            }
+            let guard = InFlight::acquire(&slot.load, &slot.gauge);
+            let span = tracing::debug_span!("attempt", deployment = %slot.name, attempt = attempts);
+            let result = async {
+                match slot.service.clone().oneshot(req.clone()).await {
+                    Ok(res) => {
+                        tracing::debug!(status = res.status().as_u16(), "upstream answered");
+                        if stream && is_event_stream(&res) {
+                            commit(res).await
+                        } else {
+                            Ok((res, VecDeque::new()))
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            .instrument(span.clone())
+            .await;
             let e = match result {
                 Ok((res, held)) => {
                     return Ok(self.finish(group, slot, res, held, guard, attempts).await);
@@ -724,9 +745,11 @@ impl<S> Shared<S> {
                 Err(e) => e,
             };
             drop(guard);
-            self.policy
-                .penalize(&*self.store, &slot.id, &e, self.clock.now_ms());
-            tracing::debug!(group = %group.name, deployment = %slot.name, reason = %e.reason(), attempt = attempts, "upstream attempt failed");
+            span.in_scope(|| {
+                self.policy
+                    .penalize(&*self.store, &slot.id, &e, self.clock.now_ms());
+                tracing::debug!(group = %group.name, deployment = %slot.name, reason = %e.reason(), attempt = attempts, "upstream attempt failed");
+            });
             records.push(attempt_record(&group.name, &slot.name, &e));
             let outcome = Outcome::of(&e);
             if !outcome.retries() {

@@ -591,3 +591,56 @@ fn backoff_doubles_with_jitter_and_is_capped() {
         assert!(p.backoff_for(30) <= p.max_backoff);
     }
 }
+
+/// Metrics through a local recorder: each failed attempt, cooldown and retry
+/// is counted once, by deployment and reason; the in-flight gauge follows
+/// the body.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn metrics_count_errors_cooldowns_retries_and_in_flight() {
+    use crate::metrics::tests::Seen;
+    use crate::metrics::*;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    let limited = Fake::failing(429, &[("retry-after", "6")]);
+    let r = router(vec![
+        ("g", vec![("a", limited.clone(), 1), ("b", Fake::ok(), 1)]),
+        ("h", vec![("x", Fake::failing(500, &[]), 1)]),
+    ]);
+    for _ in 0..4 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        assert_eq!(served_by(&res), "b");
+        text(res).await;
+    }
+    assert_eq!(limited.calls(), 1, "cooling down after its 429");
+    // One deployment, failing 5xx: retried twice on itself, then given up.
+    assert_eq!(r.clone().oneshot(req("h")).await.unwrap_err().status(), 502);
+    // A body still being read keeps its deployment in flight.
+    let held = r.clone().oneshot(req("g")).await.unwrap();
+
+    let mut seen = Seen::default();
+    seen.update(&snapshotter);
+    let errors =
+        |d, reason| seen.counter(UPSTREAM_ERRORS_TOTAL, &[(DEPLOYMENT, d), (REASON, reason)]);
+    assert_eq!(errors("g/a", "upstream_rate_limited"), 1);
+    assert_eq!(errors("h/x", "upstream_error"), 3);
+    let cooldowns = |d, reason| seen.counter(COOLDOWNS_TOTAL, &[(DEPLOYMENT, d), (REASON, reason)]);
+    assert_eq!(cooldowns("g/a", "rate_limited"), 1);
+    assert_eq!(
+        cooldowns("h/x", "failures"),
+        1,
+        "the third failure in the window"
+    );
+    assert_eq!(seen.counter(RETRIES_TOTAL, &[(MODEL_GROUP, "g")]), 1);
+    assert_eq!(seen.counter(RETRIES_TOTAL, &[(MODEL_GROUP, "h")]), 2);
+    let in_flight = |seen: &Seen, d| seen.gauge(DEPLOYMENT_IN_FLIGHT, &[(DEPLOYMENT, d)]);
+    assert_eq!(in_flight(&seen, "g/b"), Some(1.0));
+    assert_eq!(in_flight(&seen, "g/a"), Some(0.0));
+    assert_eq!(in_flight(&seen, "h/x"), Some(0.0));
+    text(held).await;
+    seen.update(&snapshotter);
+    assert_eq!(in_flight(&seen, "g/b"), Some(0.0), "released with the body");
+}
