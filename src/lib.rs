@@ -72,6 +72,9 @@ pub mod fair_queue;
 #[cfg(feature = "budget")]
 pub mod budget;
 
+#[cfg(feature = "redis")]
+pub mod state;
+
 use std::sync::Arc;
 
 pub use body::Body;
