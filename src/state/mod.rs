@@ -54,7 +54,7 @@ mod cooldown;
 mod rate_limit;
 
 pub use budget::RedisLedger;
-// pub use cooldown::RedisCooldowns;
+pub use cooldown::RedisCooldowns;
 // pub use rate_limit::RedisRateLimiter;
 
 /// What a layer does when Redis cannot answer.
