@@ -55,7 +55,7 @@ mod rate_limit;
 
 pub use budget::RedisLedger;
 pub use cooldown::RedisCooldowns;
-// pub use rate_limit::RedisRateLimiter;
+pub use rate_limit::RedisRateLimiter;
 
 /// What a layer does when Redis cannot answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
