@@ -151,6 +151,17 @@ where
     }
 }
 
+/// What a shared limiter does when its store (Redis) does not answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Refuse the request: 503 `state_unavailable` (the default).
+    #[default]
+    Closed,
+    /// Let the request through unchecked.
+    Open,
+}
+
 /// The tokens a request is charged: the prompt estimate plus the output cap
 /// (or `default_max_output` when the request sets none) times `n`.
 pub fn token_cost(summary: &Summary, default_max_output: u64) -> u64 {

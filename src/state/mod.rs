@@ -53,20 +53,10 @@ mod budget;
 mod cooldown;
 mod rate_limit;
 
+pub use crate::rate_limit::OnUnavailable;
 pub use budget::RedisLedger;
 pub use cooldown::RedisCooldowns;
 pub use rate_limit::RedisRateLimiter;
-
-/// What a layer does when Redis cannot answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnUnavailable {
-    /// Refuse the request: 503 `state_unavailable` (the default).
-    #[default]
-    Closed,
-    /// Let the request through unchecked (rate limits only; budgets always
-    /// fail closed).
-    Open,
-}
 
 /// A connection to the Redis that replicas share, a key prefix and a
 /// timeout for each call. Cheap to clone (clones share the connection).
