@@ -190,7 +190,7 @@ async fn a_429_seen_by_one_gateway_cools_the_deployment_for_all() {
     let dep_a = DeploymentId::new(0, "g/a");
     // Gateway 0 meets the 429 (sooner or later P2C picks a) and retries on b.
     let mut tries = 0;
-    while a.log.len() == 0 {
+    while a.log.is_empty() {
         let ans = post(&gws[0].url("/v1/chat/completions"), chat("g", "")).await;
         assert_eq!(ans.status, 200, "{}", ans.body);
         assert_eq!(ans.headers["x-tollgate-deployment"], "b");
