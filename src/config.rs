@@ -1401,6 +1401,34 @@ mod tests {
     }
 
     #[test]
+    fn state_section_is_checked() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.state.url.is_none(), "absent: state in process");
+        let state = |body: &str| format!("[state]\n{body}\n{OK}");
+        let e = err(&state(
+            "url = \"redis://127.0.0.1:6379\"\non_unavailable_budget = \"open\"",
+        ));
+        assert_eq!(e.field(), "state.on_unavailable_budget");
+        assert!(e.to_string().contains("unbudgeted"), "{e}");
+        let e = err(&state("url = \"http://user:pw@127.0.0.1\""));
+        assert_eq!(e.field(), "state.url");
+        assert!(!e.to_string().contains("pw"), "never echoes the URL: {e}");
+        let e = err(&state("url = \"redis://127.0.0.1\"\ntimeout_ms = 0"));
+        assert_eq!(e.field(), "state.timeout_ms");
+        let e = err(&state(
+            "url = \"redis://127.0.0.1\"\non_unavailable_rate_limit = \"maybe\"",
+        ));
+        assert!(e.to_string().contains("`closed` or `open`"), "{e}");
+        let c = Config::from_toml(
+            "gw.toml",
+            &state("url = \"redis://127.0.0.1:6379/0\"\nprefix = \"t:\"\non_unavailable_rate_limit = \"open\""),
+        )
+        .unwrap();
+        assert_eq!(c.state.on_unavailable_rate_limit, OnUnavailable::Open);
+        assert_eq!(c.state.timeout_ms, 500);
+    }
+
+    #[test]
     fn rate_limits_and_fair_queue() {
         let c = Config::from_toml("gw.toml", OK).unwrap();
         assert!(c.rate_limits.is_none() && c.fair_queue.is_none());

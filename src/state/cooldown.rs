@@ -182,9 +182,14 @@ async fn subscriber(state: RedisState, shared: Weak<Shared>, synced: watch::Send
         if shared.strong_count() == 0 {
             return;
         }
+        let started = tokio::time::Instant::now();
         match listen(&state, &channel, &shared, &synced).await {
             Ok(()) => return,
             Err(e) => {
+                if started.elapsed() > Duration::from_secs(10) {
+                    // It had been up for a while: a fresh outage.
+                    backoff = Duration::from_millis(50);
+                }
                 tracing::warn!(error = %e, "cooldown subscription to Redis lost; reconnecting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -240,7 +245,15 @@ async fn listen(
 async fn load(state: &RedisState, shared: &Weak<Shared>) -> Result<(), String> {
     let prefix = format!("{}cooldown:", state.prefix());
     let mut conn = state.conn();
-    let pattern = format!("{prefix}*");
+    // The prefix is matched literally, whatever glob characters it holds.
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for ch in prefix.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('*');
     let found: Vec<(String, Option<String>)> = state
         .run("cooldown", async move {
             let mut keys: Vec<String> = Vec::new();
