@@ -27,7 +27,8 @@ const SETTLED_TTL_S: u64 = 86_400;
 const SETTLE_ATTEMPTS: u32 = 5;
 
 /// Checks every scope, then reserves on all or none. Reclaims first the
-/// holds whose expiry passed (a replica that died holding them).
+/// holds whose expiry passed (a replica that died holding them). A new
+/// counter gets its expiry (a day after its period).
 ///
 /// KEYS: per scope, the counter hash then its holds zset.
 /// ARGV: amount, reservation id, hold ms, then per scope: max, expire-at (0: never).
@@ -38,6 +39,7 @@ local rid = ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS / 2
+local new = {}
 for i = 1, n do
   local c, h = KEYS[2 * i - 1], KEYS[2 * i]
   local stale = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'LIMIT', 0, 64)
@@ -52,6 +54,7 @@ for i = 1, n do
   local v = redis.call('HMGET', c, 'spent', 'reserved')
   local spent = tonumber(v[1]) or 0
   local reserved = tonumber(v[2]) or 0
+  new[i] = v[1] == false and v[2] == false
   if spent + reserved + tonumber(amount) > tonumber(ARGV[2 * i + 2]) then
     return {0, i, spent, reserved}
   end
@@ -63,7 +66,7 @@ for i = 1, n do
   redis.call('HSET', c, 'h:' .. rid, amount)
   redis.call('ZADD', h, expiry, rid)
   local at = ARGV[2 * i + 3]
-  if at ~= '0' then
+  if new[i] and at ~= '0' then
     redis.call('EXPIREAT', c, at)
     redis.call('EXPIREAT', h, at)
   end
@@ -74,7 +77,8 @@ return {1}
 /// Charges the real cost on every scope and releases the hold, once: the
 /// last key remembers that this reservation was settled, so a retry after a
 /// lost answer changes nothing. A hold already reclaimed (expired) is still
-/// charged: money spent is never lost.
+/// charged: money spent is never lost (a counter recreated so gets its
+/// expiry again).
 ///
 /// KEYS: per scope, the counter hash then its holds zset; then the settled marker.
 /// ARGV: reservation id, charge, marker ttl (s), then per scope: expire-at (0: never).
@@ -95,11 +99,12 @@ for i = 1, n do
     redis.call('HDEL', c, 'h:' .. rid)
     redis.call('ZREM', h, rid)
   end
+  local existed = a or redis.call('EXISTS', c) == 1
   if charged ~= '0' then
     redis.call('HINCRBY', c, 'spent', charged)
   end
   local at = ARGV[i + 3]
-  if at ~= '0' then
+  if not existed and at ~= '0' then
     redis.call('EXPIREAT', c, at)
     redis.call('EXPIREAT', h, at)
   end
@@ -394,6 +399,15 @@ mod tests {
         assert_eq!((b.spent, b.reserved), (0, 0), "nothing held on key b");
         let t = ledger.usage(&team.scope, Period::Daily).await.unwrap();
         assert_eq!((t.spent, t.reserved), (0, 50));
+        // The day's counter expires a day after the day ends, the total one never.
+        let (day, _) = ledger.keys(&team.scope, Period::Daily, Timestamp::now());
+        let mut conn = ledger.inner.state.conn();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&day.hash)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 86_400 && ttl <= 2 * 86_400, "ttl {ttl}");
         assert_eq!(a.settle(80), 50, "never more than the reservation");
         ledger.settled().await;
         let t = ledger.usage(&team.scope, Period::Daily).await.unwrap();
