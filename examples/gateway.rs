@@ -21,6 +21,8 @@
 //!   changes through the database's change feed: see `Config::keyring`);
 //! - `GET /metrics`: Prometheus text format, when `server.metrics` is on
 //!   (the default); see `tollgate::metrics` for the names and labels;
+//! - with `[state].url` (feature `redis`), budgets, rate limits and
+//!   cooldowns shared with every replica on the same Redis;
 //! - `GET /health`.
 //!
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
@@ -72,8 +74,16 @@ pub async fn app_with_clock(
     app_with_ledger(config, clock, config.ledger()).await
 }
 
+/// Where budgets live: in this process, or (with `[state].url`) in Redis.
+#[cfg(feature = "redis")]
+pub type Store = tollgate::budget::EitherStore<Ledger, tollgate::state::RedisLedger>;
+/// Where budgets live: in this process.
+#[cfg(not(feature = "redis"))]
+pub type Store = Ledger;
+
 /// The gateway's routes, with budgets kept in `ledger` (the caller may keep
-/// a clone to read spend); `None`: no `Budget` layer.
+/// a clone to read spend; with `[state].url` they are kept in Redis, in
+/// `ledger`'s time zone); `None`: no `Budget` layer.
 pub async fn app_with_ledger(
     config: &Config,
     clock: Arc<dyn Clock>,
@@ -86,7 +96,36 @@ pub async fn app_with_ledger(
     } else {
         None
     };
-    let router = config.router_with_clock(clock)?;
+    #[cfg(feature = "redis")]
+    let (router, store, rate_limit) = {
+        let state = config.redis_state()?;
+        let cooldowns = state.clone().map(|s| {
+            tollgate::state::RedisCooldowns::new(s, config.deployment_count(), clock.clone())
+        });
+        if let (Some(c), Some(s)) = (&cooldowns, &state) {
+            // Start with what the other replicas have cooling (without
+            // waiting on a Redis that is down: it is loaded when it is back).
+            let _ = tokio::time::timeout(s.timeout(), c.synced()).await;
+        }
+        let store: Option<Arc<dyn tollgate::router::CooldownStore>> =
+            cooldowns.map(|c| Arc::new(c) as _);
+        let router = config.router_with_cooldowns(clock, store)?;
+        let store = ledger.map(|l| match &state {
+            Some(s) => tollgate::budget::EitherStore::Right(
+                tollgate::state::RedisLedger::new(s.clone(), l.time_zone().clone())
+                    .hold(Duration::from_millis(config.state.reservation_ttl_ms)),
+            ),
+            None => tollgate::budget::EitherStore::Left(l),
+        });
+        let limiter = state.map(|s| {
+            tollgate::state::RedisRateLimiter::new(s)
+                .on_unavailable(config.state.on_unavailable_rate_limit)
+        });
+        (router, store, rate_limit(config, limiter))
+    };
+    #[cfg(not(feature = "redis"))]
+    let (router, store, rate_limit) =
+        (config.router_with_clock(clock)?, ledger, rate_limit(config));
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
     let auth = VirtualKeysLayer::new(keyring.clone());
@@ -102,8 +141,8 @@ pub async fn app_with_ledger(
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
         .layer(RequestMetricsLayer::new(router.model_names()))
         .layer(ModelAccessLayer::new())
-        .option_layer(rate_limit(config))
-        .option_layer(ledger.map(|l| budget(config, l)))
+        .option_layer(rate_limit)
+        .option_layer(store.map(|l| budget(config, l)))
         .option_layer(fair_queue(config))
         .layer(fallback)
         .service(router);
@@ -261,7 +300,24 @@ impl TenantOf<Key> for TenantOfKey {
     }
 }
 
+/// `RateLimit`, when `[rate_limits]` is configured (in Redis when `shared`).
+#[cfg(feature = "redis")]
+fn rate_limit(
+    config: &Config,
+    shared: Option<tollgate::state::RedisRateLimiter>,
+) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
+    let defaults = config.rate_limits.clone()?;
+    let max_output = defaults.default_max_output_tokens;
+    let keys = KeyLimits(Arc::new(defaults));
+    let layer = match shared {
+        Some(limiter) => RateLimitLayer::shared(keys, limiter),
+        None => RateLimitLayer::new(keys),
+    };
+    Some(layer.default_max_output_tokens(max_output))
+}
+
 /// `RateLimit`, when `[rate_limits]` is configured.
+#[cfg(not(feature = "redis"))]
 fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
     let defaults = config.rate_limits.clone()?;
     let max_output = defaults.default_max_output_tokens;
@@ -302,7 +358,7 @@ impl BudgetsOf<Key> for KeyBudgets {
 }
 
 /// `Budget` over `ledger`, with `[budgets]`' global budget and the groups' prices.
-fn budget(config: &Config, ledger: Ledger) -> BudgetLayer<KeyBudgets> {
+fn budget(config: &Config, ledger: Store) -> BudgetLayer<KeyBudgets, Store> {
     BudgetLayer::new(
         ledger,
         KeyBudgets {

@@ -54,9 +54,11 @@ use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
 use crate::provider::{HttpClient, Provider, Timeouts};
-use crate::rate_limit::Limits as RateQuota;
+use crate::rate_limit::{Limits as RateQuota, OnUnavailable};
 use crate::router::cooldown::MAX_THRESHOLD;
-use crate::router::{Clock, Deployment, FailureWindow, RetryPolicy, Router, SystemClock};
+use crate::router::{
+    Clock, CooldownStore, Deployment, FailureWindow, RetryPolicy, Router, SystemClock,
+};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -90,6 +92,10 @@ pub struct Config {
     /// `[budgets]`: absent, nothing is metered or refused for money.
     #[serde(default)]
     pub budgets: Option<Budgets>,
+    /// `[state]`: where budgets, rate limits and cooldowns live (absent or
+    /// no `url`: in this process).
+    #[serde(default)]
+    pub state: State,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -421,6 +427,47 @@ impl Default for Budgets {
     }
 }
 
+/// `[state]`: shared state for several replicas. With `url`, budgets, rate
+/// limits and router cooldowns live in Redis (feature `redis`), one truth
+/// for every gateway using the same Redis and `prefix`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    /// `redis://host:port/db` (absent: state in this process).
+    pub url: Option<String>,
+    /// The prefix of every key (default `tollgate:`): replicas sharing a
+    /// prefix share state; tests and tenants isolate by it.
+    pub prefix: String,
+    /// When Redis does not answer, budgeted requests are refused (503
+    /// `state_unavailable`): only `"closed"` is accepted, since the
+    /// alternative would serve requests unbudgeted.
+    pub on_unavailable_budget: OnUnavailable,
+    /// When Redis does not answer, rate-limited requests are refused
+    /// (`"closed"`, 503 `state_unavailable`, the default) or let through
+    /// unchecked (`"open"`).
+    pub on_unavailable_rate_limit: OnUnavailable,
+    /// The longest any one Redis call may take (default 500 ms): past it the
+    /// request gets 503, it never hangs.
+    pub timeout_ms: u64,
+    /// How long a budget reservation is held at most (default 900 000 ms,
+    /// longer than any request): the holds of a replica that died are
+    /// reclaimed after this.
+    pub reservation_ttl_ms: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            url: None,
+            prefix: "tollgate:".into(),
+            on_unavailable_budget: OnUnavailable::Closed,
+            on_unavailable_rate_limit: OnUnavailable::Closed,
+            timeout_ms: 500,
+            reservation_ttl_ms: 900_000,
+        }
+    }
+}
+
 /// `[[groups]]`: a model group, the name clients ask for.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -692,6 +739,7 @@ impl Config {
         self.check_rate_limits()?;
         self.check_fair_queue()?;
         self.check_budgets()?;
+        self.check_state()?;
         self.check_keys()
     }
 
@@ -740,6 +788,61 @@ impl Config {
             return Err(self.err("budgets.default_max_output_tokens", "must be at least 1"));
         }
         Ok(())
+    }
+
+    fn check_state(&self) -> Result<(), ConfigError> {
+        let st = &self.state;
+        let Some(url) = &st.url else {
+            return Ok(());
+        };
+        if !cfg!(feature = "redis") {
+            return Err(self.err(
+                "state.url",
+                "this build has no Redis support (build with the `redis` feature)",
+            ));
+        }
+        if !url.starts_with("redis://") {
+            // Never echo the URL: it may hold a password.
+            return Err(self.err("state.url", "must be a `redis://host:port/db` URL"));
+        }
+        #[cfg(feature = "redis")]
+        if redis::Client::open(url.as_str()).is_err() {
+            return Err(self.err("state.url", "is not a valid `redis://` URL"));
+        }
+        if st.on_unavailable_budget == OnUnavailable::Open {
+            return Err(self.err(
+                "state.on_unavailable_budget",
+                "must be `closed`: budgets never let a request through unbudgeted",
+            ));
+        }
+        if st.timeout_ms == 0 {
+            return Err(self.err("state.timeout_ms", "must be greater than 0"));
+        }
+        if st.reservation_ttl_ms < 1_000 {
+            return Err(self.err("state.reservation_ttl_ms", "must be at least 1000"));
+        }
+        Ok(())
+    }
+
+    /// The connection to `[state].url`, when set (lazy: Redis may be down
+    /// now). Call within a tokio runtime.
+    #[cfg(feature = "redis")]
+    pub fn redis_state(&self) -> Result<Option<crate::state::RedisState>, ConfigError> {
+        let Some(url) = &self.state.url else {
+            return Ok(None);
+        };
+        crate::state::RedisState::open(
+            url,
+            &self.state.prefix,
+            Duration::from_millis(self.state.timeout_ms),
+        )
+        .map(Some)
+        .map_err(|_| self.err("state.url", "is not a valid `redis://` URL"))
+    }
+
+    /// How many deployments all groups have together.
+    pub fn deployment_count(&self) -> usize {
+        self.groups.iter().map(|g| g.deployments.len()).sum()
     }
 
     /// The budget ledger (periods in `[budgets].time_zone`), when `[budgets]` is configured.
@@ -1246,9 +1349,22 @@ impl Config {
         &self,
         clock: Arc<dyn Clock>,
     ) -> Result<Router<Provider>, ConfigError> {
+        self.router_with_cooldowns(clock, None)
+    }
+
+    /// The router with cooldowns on `clock`, kept in `store` (`None`: in
+    /// this process).
+    pub fn router_with_cooldowns(
+        &self,
+        clock: Arc<dyn Clock>,
+        store: Option<Arc<dyn CooldownStore>>,
+    ) -> Result<Router<Provider>, ConfigError> {
         let client = self.http_client()?;
         let timeouts = self.timeouts();
         let mut router = Router::builder().policy(self.retry_policy()).clock(clock);
+        if let Some(store) = store {
+            router = router.cooldown_store(store);
+        }
         for (gi, g) in self.groups.iter().enumerate() {
             let mut deployments = Vec::with_capacity(g.deployments.len());
             for (di, d) in g.deployments.iter().enumerate() {
@@ -1526,6 +1642,34 @@ mod tests {
             let e = at("url = \"postgres://h:notaport/db\"").unwrap_err();
             assert_eq!(e.field(), "keys.url");
         }
+    }
+
+    #[test]
+    fn state_section_is_checked() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.state.url.is_none(), "absent: state in process");
+        let state = |body: &str| format!("[state]\n{body}\n{OK}");
+        let e = err(&state(
+            "url = \"redis://127.0.0.1:6379\"\non_unavailable_budget = \"open\"",
+        ));
+        assert_eq!(e.field(), "state.on_unavailable_budget");
+        assert!(e.to_string().contains("unbudgeted"), "{e}");
+        let e = err(&state("url = \"http://user:pw@127.0.0.1\""));
+        assert_eq!(e.field(), "state.url");
+        assert!(!e.to_string().contains("pw"), "never echoes the URL: {e}");
+        let e = err(&state("url = \"redis://127.0.0.1\"\ntimeout_ms = 0"));
+        assert_eq!(e.field(), "state.timeout_ms");
+        let e = err(&state(
+            "url = \"redis://127.0.0.1\"\non_unavailable_rate_limit = \"maybe\"",
+        ));
+        assert!(e.to_string().contains("`closed` or `open`"), "{e}");
+        let c = Config::from_toml(
+            "gw.toml",
+            &state("url = \"redis://127.0.0.1:6379/0\"\nprefix = \"t:\"\non_unavailable_rate_limit = \"open\""),
+        )
+        .unwrap();
+        assert_eq!(c.state.on_unavailable_rate_limit, OnUnavailable::Open);
+        assert_eq!(c.state.timeout_ms, 500);
     }
 
     #[test]

@@ -37,6 +37,9 @@
 //!
 //! Errors: every layer fails with [`Error`], rendered by `NormalizeErrors`
 //! into the contract described in [`error`].
+//!
+//! State for several replicas (budgets, rate limits, router cooldowns) can
+//! live in Redis: `state` (feature `redis`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -72,6 +75,9 @@ pub mod fair_queue;
 
 #[cfg(feature = "budget")]
 pub mod budget;
+
+#[cfg(feature = "redis")]
+pub mod state;
 
 use std::sync::Arc;
 

@@ -151,6 +151,17 @@ where
     }
 }
 
+/// What a shared limiter does when its store (Redis) does not answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Refuse the request: 503 `state_unavailable` (the default).
+    #[default]
+    Closed,
+    /// Let the request through unchecked.
+    Open,
+}
+
 /// The tokens a request is charged: the prompt estimate plus the output cap
 /// (or `default_max_output` when the request sets none) times `n`.
 pub fn token_cost(summary: &Summary, default_max_output: u64) -> u64 {
@@ -305,21 +316,7 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
                     Window::allowed(&snapshot, limit).write(&mut headers, request_names())
                 }
                 Err(not_until) => {
-                    let wait = self.wait(&not_until);
-                    let window = Window::refused(wait, limit, 1);
-                    window.write(&mut headers, request_names());
-                    let err = Error::new(
-                        Reason::RateLimited,
-                        format!(
-                            "Rate limit reached for requests: this key may send {} requests per minute. Try again in {}.",
-                            limit,
-                            openai_duration(wait)
-                        ),
-                    )
-                    .with_retry_after(wait)
-                    .with_meta("limit", "requests")
-                    .with_meta("limit_requests_per_minute", limit.get());
-                    return Err(with_headers(err, headers));
+                    return Err(requests_refused(limit, self.wait(&not_until), headers));
                 }
             }
         }
@@ -332,41 +329,9 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
                 }
                 Ok(Err(not_until)) => {
                     let wait = self.wait(&not_until);
-                    Window::refused(wait, limit, n).write(&mut headers, token_names());
-                    let err = Error::new(
-                        Reason::RateLimited,
-                        format!(
-                            "Rate limit reached for tokens: this key may use {limit} tokens per minute and this request may use up to {tokens}. Try again in {}.",
-                            openai_duration(wait)
-                        ),
-                    )
-                    .with_retry_after(wait)
-                    .with_meta("limit", "tokens")
-                    .with_meta("limit_tokens_per_minute", limit.get())
-                    .with_meta("requested_tokens", tokens);
-                    return Err(with_headers(err, headers));
+                    return Err(tokens_refused(limit, tokens, wait, headers));
                 }
-                Err(_insufficient) => {
-                    // Larger than the whole bucket: waiting cannot help.
-                    Window {
-                        limit: limit.get(),
-                        remaining: 0,
-                        reset: Duration::ZERO,
-                    }
-                    .write(&mut headers, token_names());
-                    headers.remove(RESET_TOKENS);
-                    let err = Error::new(
-                        Reason::RateLimited,
-                        format!(
-                            "This request may use up to {tokens} tokens (prompt estimate + max output tokens × n), more than this key's limit of {limit} tokens per minute, so it can never pass. Lower `max_tokens` (or `n`) or shorten the prompt."
-                        ),
-                    )
-                    .permanent()
-                    .with_meta("limit", "tokens")
-                    .with_meta("limit_tokens_per_minute", limit.get())
-                    .with_meta("requested_tokens", tokens);
-                    return Err(with_headers(err, headers));
-                }
+                Err(_insufficient) => return Err(tokens_never(limit, tokens, headers)),
             }
         }
         Ok(headers)
@@ -393,6 +358,116 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
     }
 }
 
+/// 429: the key's requests per minute are used up for `wait`.
+fn requests_refused(limit: NonZeroU32, wait: Duration, mut headers: HeaderMap) -> Error {
+    Window::refused(wait, limit, 1).write(&mut headers, request_names());
+    let err = Error::new(
+        Reason::RateLimited,
+        format!(
+            "Rate limit reached for requests: this key may send {} requests per minute. Try again in {}.",
+            limit,
+            openai_duration(wait)
+        ),
+    )
+    .with_retry_after(wait)
+    .with_meta("limit", "requests")
+    .with_meta("limit_requests_per_minute", limit.get());
+    with_headers(err, headers)
+}
+
+/// 429: the key's tokens per minute cannot cover `tokens` for `wait`.
+fn tokens_refused(limit: NonZeroU32, tokens: u64, wait: Duration, mut headers: HeaderMap) -> Error {
+    let n = u32::try_from(tokens).unwrap_or(u32::MAX).max(1);
+    Window::refused(wait, limit, n).write(&mut headers, token_names());
+    let err = Error::new(
+        Reason::RateLimited,
+        format!(
+            "Rate limit reached for tokens: this key may use {limit} tokens per minute and this request may use up to {tokens}. Try again in {}.",
+            openai_duration(wait)
+        ),
+    )
+    .with_retry_after(wait)
+    .with_meta("limit", "tokens")
+    .with_meta("limit_tokens_per_minute", limit.get())
+    .with_meta("requested_tokens", tokens);
+    with_headers(err, headers)
+}
+
+/// 429, permanent: `tokens` is more than the key's whole per-minute limit.
+fn tokens_never(limit: NonZeroU32, tokens: u64, mut headers: HeaderMap) -> Error {
+    // Larger than the whole bucket: waiting cannot help.
+    Window {
+        limit: limit.get(),
+        remaining: 0,
+        reset: Duration::ZERO,
+    }
+    .write(&mut headers, token_names());
+    headers.remove(RESET_TOKENS);
+    let err = Error::new(
+        Reason::RateLimited,
+        format!(
+            "This request may use up to {tokens} tokens (prompt estimate + max output tokens × n), more than this key's limit of {limit} tokens per minute, so it can never pass. Lower `max_tokens` (or `n`) or shorten the prompt."
+        ),
+    )
+    .permanent()
+    .with_meta("limit", "tokens")
+    .with_meta("limit_tokens_per_minute", limit.get())
+    .with_meta("requested_tokens", tokens);
+    with_headers(err, headers)
+}
+
+/// One limit's answer from a shared limiter (GCRA run elsewhere).
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Passed; the bucket is whole again after `reset`.
+    Allowed { reset: Duration },
+    /// Refused; it could pass after `wait`.
+    Refused { wait: Duration },
+    /// Larger than the whole limit: never.
+    Never,
+}
+
+/// The headers (or the refusal) for a shared limiter's verdicts, exactly as
+/// the in-process limiter writes them.
+#[cfg(feature = "redis")]
+pub(crate) fn shared_verdict(
+    limits: Limits,
+    tokens: u64,
+    requests: Option<Verdict>,
+    token_verdict: Option<Verdict>,
+) -> Result<HeaderMap, Error> {
+    let allowed = |limit: NonZeroU32, reset: Duration| {
+        let cell = MINUTE / limit.get();
+        let used = reset.as_nanos().div_ceil(cell.as_nanos().max(1));
+        Window {
+            limit: limit.get(),
+            remaining: limit
+                .get()
+                .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
+            reset,
+        }
+    };
+    let mut headers = HeaderMap::new();
+    if let (Some(limit), Some(v)) = (limits.requests_per_minute, requests) {
+        match v {
+            Verdict::Allowed { reset } => {
+                allowed(limit, reset).write(&mut headers, request_names())
+            }
+            Verdict::Refused { wait } => return Err(requests_refused(limit, wait, headers)),
+            Verdict::Never => return Err(requests_refused(limit, MINUTE, headers)),
+        }
+    }
+    if let (Some(limit), Some(v)) = (limits.tokens_per_minute, token_verdict) {
+        match v {
+            Verdict::Allowed { reset } => allowed(limit, reset).write(&mut headers, token_names()),
+            Verdict::Refused { wait } => return Err(tokens_refused(limit, tokens, wait, headers)),
+            Verdict::Never => return Err(tokens_never(limit, tokens, headers)),
+        }
+    }
+    Ok(headers)
+}
+
 fn with_headers(mut err: Error, headers: HeaderMap) -> Error {
     for (name, value) in &headers {
         err = err.with_header(name.clone(), value.clone());
@@ -400,11 +475,17 @@ fn with_headers(mut err: Error, headers: HeaderMap) -> Error {
     err
 }
 
+/// A shared limiter and how it names a key.
+#[cfg(feature = "redis")]
+type Shared<K> = Option<(crate::state::RedisRateLimiter, fn(&K) -> String)>;
+
 /// Applies [`RateLimit`]. Clones share the counters.
 pub struct RateLimitLayer<X, K, C: Clock = DefaultClock> {
     extract: X,
     limiters: Arc<Limiters<K, C>>,
     default_max_output: u64,
+    #[cfg(feature = "redis")]
+    shared: Shared<K>,
 }
 
 impl<X, K> RateLimitLayer<X, K>
@@ -441,6 +522,8 @@ where
                 sweeping: AtomicBool::new(false),
             }),
             default_max_output: 1024,
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 
@@ -463,12 +546,32 @@ where
     }
 }
 
+#[cfg(feature = "redis")]
+impl<X, K> RateLimitLayer<X, K>
+where
+    K: Hash + Eq + Clone + Send + Sync + fmt::Display + 'static,
+{
+    /// Limits by `extract`'s key in Redis, shared by every replica (see
+    /// [`RedisRateLimiter`](crate::state::RedisRateLimiter)); the key is
+    /// named there by its `Display`. Same refusals and headers as in process.
+    pub fn shared<I>(extract: X, limiter: crate::state::RedisRateLimiter) -> Self
+    where
+        X: RateLimitKey<I, Key = K>,
+    {
+        let mut layer = Self::new(extract);
+        layer.shared = Some((limiter, |k: &K| k.to_string()));
+        layer
+    }
+}
+
 impl<X: Clone, K, C: Clock> Clone for RateLimitLayer<X, K, C> {
     fn clone(&self) -> Self {
         RateLimitLayer {
             extract: self.extract.clone(),
             limiters: self.limiters.clone(),
             default_max_output: self.default_max_output,
+            #[cfg(feature = "redis")]
+            shared: self.shared.clone(),
         }
     }
 }
@@ -491,6 +594,8 @@ impl<S, X: Clone, K, C: Clock> Layer<S> for RateLimitLayer<X, K, C> {
             extract: self.extract.clone(),
             limiters: self.limiters.clone(),
             default_max_output: self.default_max_output,
+            #[cfg(feature = "redis")]
+            shared: self.shared.clone(),
         }
     }
 }
@@ -501,6 +606,8 @@ pub struct RateLimit<S, X, K, C: Clock = DefaultClock> {
     extract: X,
     limiters: Arc<Limiters<K, C>>,
     default_max_output: u64,
+    #[cfg(feature = "redis")]
+    shared: Shared<K>,
 }
 
 impl<S: Clone, X: Clone, K, C: Clock> Clone for RateLimit<S, X, K, C> {
@@ -510,6 +617,8 @@ impl<S: Clone, X: Clone, K, C: Clock> Clone for RateLimit<S, X, K, C> {
             extract: self.extract.clone(),
             limiters: self.limiters.clone(),
             default_max_output: self.default_max_output,
+            #[cfg(feature = "redis")]
+            shared: self.shared.clone(),
         }
     }
 }
@@ -525,14 +634,14 @@ impl<S: fmt::Debug, X, K: Hash + Eq, C: Clock> fmt::Debug for RateLimit<S, X, K,
 
 impl<S, X, K, C, I, B> Service<LlmRequest<I>> for RateLimit<S, X, K, C>
 where
-    S: Service<LlmRequest<I>, Response = Response<B>, Error = Error>,
+    S: Service<LlmRequest<I>, Response = Response<B>, Error = Error> + Clone,
     X: RateLimitKey<I, Key = K>,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     C: Clock + Clone,
 {
     type Response = Response<B>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, LlmRequest<I>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -548,6 +657,19 @@ where
             };
         };
         let tokens = token_cost(req.body().summary(), self.default_max_output);
+        #[cfg(feature = "redis")]
+        if let Some((limiter, name)) = &self.shared {
+            // One round trip: the readied service waits in the future.
+            let check = limiter.check(name(&key), limits, tokens);
+            let inner = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, inner);
+            return ResponseFuture {
+                kind: Kind::Checking {
+                    check,
+                    call: Some((inner, req)),
+                },
+            };
+        }
         match self.limiters.check(key, limits, tokens) {
             Ok(headers) => ResponseFuture {
                 kind: Kind::Calling {
@@ -556,12 +678,7 @@ where
                 },
             },
             Err(error) => {
-                tracing::info!(
-                    model = %req.body().model(),
-                    limit = error.metadata().get("limit").and_then(|v| v.as_str()).unwrap_or(""),
-                    retry_after_ms = error.retry_after().map(|d| d.as_millis() as u64),
-                    "rate limit refused a request"
-                );
+                log_refusal(req.body().model(), &error);
                 ResponseFuture {
                     kind: Kind::Refused { error: Some(error) },
                 }
@@ -570,33 +687,72 @@ where
     }
 }
 
+fn log_refusal(model: &str, error: &Error) {
+    tracing::info!(
+        model = %model,
+        limit = error.metadata().get("limit").and_then(|v| v.as_str()).unwrap_or(""),
+        reason = %error.reason(),
+        retry_after_ms = error.retry_after().map(|d| d.as_millis() as u64),
+        "rate limit refused a request"
+    );
+}
+
+/// A shared limiter's answer: the headers to send, or the refusal.
+#[cfg(feature = "redis")]
+pub(crate) type Check = Pin<Box<dyn Future<Output = Result<HeaderMap, Error>> + Send>>;
+
 /// The future of [`RateLimit`].
 #[pin_project]
-pub struct ResponseFuture<F> {
+pub struct ResponseFuture<S: Service<R>, R> {
     #[pin]
-    kind: Kind<F>,
+    kind: Kind<S, R>,
 }
 
 #[pin_project(project = KindProj)]
-enum Kind<F> {
+enum Kind<S: Service<R>, R> {
     Refused {
         error: Option<Error>,
     },
+    #[cfg(feature = "redis")]
+    Checking {
+        check: Check,
+        call: Option<(S, R)>,
+    },
     Calling {
         #[pin]
-        fut: F,
+        fut: S::Future,
         headers: HeaderMap,
     },
 }
 
-impl<F, B> Future for ResponseFuture<F>
+impl<S, I, B> Future for ResponseFuture<S, LlmRequest<I>>
 where
-    F: Future<Output = Result<Response<B>, Error>>,
+    S: Service<LlmRequest<I>, Response = Response<B>, Error = Error>,
 {
     type Output = Result<Response<B>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        #[cfg(feature = "redis")]
+        if let KindProj::Checking { check, call } = self.as_mut().project().kind.project() {
+            let checked = ready!(check.as_mut().poll(cx));
+            let (mut inner, req) = call.take().expect("polled after completion");
+            let headers = match checked {
+                Ok(headers) => headers,
+                Err(error) => {
+                    log_refusal(req.body().model(), &error);
+                    return Poll::Ready(Err(error));
+                }
+            };
+            let fut = inner.call(req);
+            self.as_mut()
+                .project()
+                .kind
+                .set(Kind::Calling { fut, headers });
+        }
         match self.project().kind.project() {
+            #[cfg(feature = "redis")]
+            KindProj::Checking { .. } => unreachable!("left above"),
             KindProj::Refused { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }

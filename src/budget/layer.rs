@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::ledger::{Ledger, Limit, Reservation};
 use super::meter::{Meter, Metered, Settlement};
+use super::store::BudgetStore;
 use super::usage::Price;
 use crate::body::Body;
 use crate::error::Error;
@@ -112,15 +113,16 @@ impl Prices {
     }
 }
 
-/// Builds [`Budget`] services sharing one [`Ledger`].
-pub struct BudgetLayer<B> {
-    ledger: Ledger,
+/// Builds [`Budget`] services sharing one [`BudgetStore`] (by default the
+/// in-process [`Ledger`]).
+pub struct BudgetLayer<B, L = Ledger> {
+    ledger: L,
     budgets: Arc<B>,
     prices: Arc<Prices>,
     upstream_usage: bool,
 }
 
-impl<B> Clone for BudgetLayer<B> {
+impl<B, L: Clone> Clone for BudgetLayer<B, L> {
     fn clone(&self) -> Self {
         BudgetLayer {
             ledger: self.ledger.clone(),
@@ -131,7 +133,7 @@ impl<B> Clone for BudgetLayer<B> {
     }
 }
 
-impl<B> fmt::Debug for BudgetLayer<B> {
+impl<B, L: fmt::Debug> fmt::Debug for BudgetLayer<B, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BudgetLayer")
             .field("ledger", &self.ledger)
@@ -140,9 +142,10 @@ impl<B> fmt::Debug for BudgetLayer<B> {
     }
 }
 
-impl<B> BudgetLayer<B> {
-    /// Budgets named by `budgets`, kept in `ledger`, priced by `prices`.
-    pub fn new(ledger: Ledger, budgets: B, prices: Prices) -> Self {
+impl<B, L> BudgetLayer<B, L> {
+    /// Budgets named by `budgets`, kept in `ledger` (a [`Ledger`], or any
+    /// [`BudgetStore`]), priced by `prices`.
+    pub fn new(ledger: L, budgets: B, prices: Prices) -> Self {
         BudgetLayer {
             ledger,
             budgets: Arc::new(budgets),
@@ -162,15 +165,15 @@ impl<B> BudgetLayer<B> {
     }
 
     /// The ledger (for reporting spend).
-    pub fn ledger(&self) -> &Ledger {
+    pub fn ledger(&self) -> &L {
         &self.ledger
     }
 }
 
-impl<S, B> Layer<S> for BudgetLayer<B> {
-    type Service = Budget<S, B>;
+impl<S, B, L: Clone> Layer<S> for BudgetLayer<B, L> {
+    type Service = Budget<S, B, L>;
 
-    fn layer(&self, inner: S) -> Budget<S, B> {
+    fn layer(&self, inner: S) -> Budget<S, B, L> {
         Budget {
             inner,
             layer: self.clone(),
@@ -179,12 +182,12 @@ impl<S, B> Layer<S> for BudgetLayer<B> {
 }
 
 /// Reserves, refuses or settles each request's cost; see the [module docs](super).
-pub struct Budget<S, B> {
+pub struct Budget<S, B, L = Ledger> {
     inner: S,
-    layer: BudgetLayer<B>,
+    layer: BudgetLayer<B, L>,
 }
 
-impl<S: Clone, B> Clone for Budget<S, B> {
+impl<S: Clone, B, L: Clone> Clone for Budget<S, B, L> {
     fn clone(&self) -> Self {
         Budget {
             inner: self.inner.clone(),
@@ -193,7 +196,7 @@ impl<S: Clone, B> Clone for Budget<S, B> {
     }
 }
 
-impl<S, B> fmt::Debug for Budget<S, B> {
+impl<S, B, L: fmt::Debug> fmt::Debug for Budget<S, B, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Budget")
             .field("layer", &self.layer)
@@ -201,14 +204,15 @@ impl<S, B> fmt::Debug for Budget<S, B> {
     }
 }
 
-impl<S, B, I> Service<LlmRequest<I>> for Budget<S, B>
+impl<S, B, L, I> Service<LlmRequest<I>> for Budget<S, B, L>
 where
-    S: Service<LlmRequest<I>, Response = Response<Body>, Error = Error>,
+    S: Service<LlmRequest<I>, Response = Response<Body>, Error = Error> + Clone,
     B: BudgetsOf<I>,
+    L: BudgetStore,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, LlmRequest<I>, L::Reserve>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -232,38 +236,46 @@ where
             .unwrap_or(default_output)
             .saturating_mul(summary.n.max(1));
         let amount = price.worst_case(prompt_tokens, output);
-        match self.layer.ledger.reserve(&limits, amount) {
-            Ok(reservation) => {
-                let hide_usage = self.layer.upstream_usage
-                    && summary.stream
-                    && summary.include_usage != Some(true)
-                    && summary.endpoint.stream_ends_with_done();
-                let held = Held {
-                    hide_usage,
-                    reservation,
-                    prompt_tokens,
-                    group: summary.model.clone(),
-                    prices: self.layer.prices.clone(),
-                };
-                ResponseFuture {
-                    kind: Kind::Calling {
-                        fut: self.inner.call(req),
-                        held: Some(held),
-                    },
-                }
-            }
-            Err(refusal) => {
-                tracing::info!(
-                    model = %summary.model,
-                    scope = refusal.limit.scope.kind(),
-                    "budget refused a request"
-                );
-                ResponseFuture {
-                    kind: Kind::Refused {
-                        error: Some(refusal.into()),
-                    },
-                }
-            }
+        let reserve = self.layer.ledger.reserve(&limits, amount);
+        let hide_usage = self.layer.upstream_usage
+            && summary.stream
+            && summary.include_usage != Some(true)
+            && summary.endpoint.stream_ends_with_done();
+        let pending = Pending {
+            hide_usage,
+            prompt_tokens,
+            group: summary.model.clone(),
+            prices: self.layer.prices.clone(),
+        };
+        // The reservation may take a round trip: the readied service goes
+        // into the future, a clone stays for the next call.
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        ResponseFuture {
+            kind: Kind::Reserving {
+                reserve,
+                call: Some((inner, req, pending)),
+            },
+        }
+    }
+}
+
+/// What a request needs settled, until its reservation is made.
+struct Pending {
+    hide_usage: bool,
+    prompt_tokens: u64,
+    group: String,
+    prices: Arc<Prices>,
+}
+
+impl Pending {
+    fn held(self, reservation: Reservation) -> Held {
+        Held {
+            hide_usage: self.hide_usage,
+            reservation,
+            prompt_tokens: self.prompt_tokens,
+            group: self.group,
+            prices: self.prices,
         }
     }
 }
@@ -276,37 +288,60 @@ struct Held {
     prices: Arc<Prices>,
 }
 
-/// The future of [`Budget`]: the reservation travels inside it, then inside
+/// The future of [`Budget`]: it waits for the [`BudgetStore`]'s
+/// reservation, then calls; the reservation travels inside it, then inside
 /// the response body; a failed call releases it.
 #[pin_project]
-pub struct ResponseFuture<F> {
+pub struct ResponseFuture<S: Service<R>, R, F> {
     #[pin]
-    kind: Kind<F>,
+    kind: Kind<S, R, F>,
 }
 
 #[pin_project(project = KindProj)]
-enum Kind<F> {
-    Refused {
-        error: Option<Error>,
+enum Kind<S: Service<R>, R, F> {
+    Reserving {
+        #[pin]
+        reserve: F,
+        call: Option<(S, R, Pending)>,
     },
     Calling {
         #[pin]
-        fut: F,
+        fut: S::Future,
         held: Option<Held>,
     },
 }
 
-impl<F> Future for ResponseFuture<F>
+impl<S, R, F> Future for ResponseFuture<S, R, F>
 where
-    F: Future<Output = Result<Response<Body>, Error>>,
+    S: Service<R, Response = Response<Body>, Error = Error>,
+    F: Future<Output = Result<Reservation, Error>>,
 {
     type Output = Result<Response<Body>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let KindProj::Reserving { reserve, call } = self.as_mut().project().kind.project() {
+            let reserved = ready!(reserve.poll(cx));
+            let (mut inner, req, pending) = call.take().expect("polled after completion");
+            let reservation = match reserved {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::info!(
+                        model = %pending.group,
+                        reason = %error.reason(),
+                        scope = error.metadata().get("scope").and_then(|v| v.as_str()).unwrap_or(""),
+                        "budget refused a request"
+                    );
+                    return Poll::Ready(Err(error));
+                }
+            };
+            let fut = inner.call(req);
+            self.as_mut().project().kind.set(Kind::Calling {
+                fut,
+                held: Some(pending.held(reservation)),
+            });
+        }
         match self.project().kind.project() {
-            KindProj::Refused { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
+            KindProj::Reserving { .. } => unreachable!("left above"),
             KindProj::Calling { fut, held } => {
                 // An error drops `held` with the future: the reservation is released.
                 let res = ready!(fut.poll(cx))?;

@@ -278,8 +278,10 @@ impl Ledger {
         }
         drop(guards);
         Ok(Reservation {
-            shards: self.shards.clone(),
-            counters: ids.into_iter().map(|(id, _, s)| (id, s)).collect(),
+            held: Held::Memory {
+                shards: self.shards.clone(),
+                counters: ids.into_iter().map(|(id, _, s)| (id, s)).collect(),
+            },
             amount,
             open: true,
         })
@@ -301,26 +303,55 @@ impl Ledger {
 /// Money held for one running request on each of its budgets.
 ///
 /// [`settle`](Reservation::settle) charges the real cost and releases the
-/// rest; dropping it unsettled releases everything.
+/// rest; dropping it unsettled releases everything. A [`Ledger`]'s
+/// reservation settles in place; a shared store's
+/// ([`Reservation::from_fn`]) hands the charge to its own closer, which may
+/// finish in the background.
 #[must_use = "dropping a reservation releases it"]
 pub struct Reservation {
-    shards: Arc<Shards>,
-    counters: Vec<(CounterId, usize)>,
+    held: Held,
     amount: Micros,
     open: bool,
 }
 
+/// Called once with the charge (0: released) when a store's reservation closes.
+type Closer = Box<dyn FnOnce(Micros) + Send>;
+
+enum Held {
+    Memory {
+        shards: Arc<Shards>,
+        counters: Vec<(CounterId, usize)>,
+    },
+    Store(Option<Closer>),
+}
+
 impl fmt::Debug for Reservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scopes = match &self.held {
+            Held::Memory { counters, .. } => Some(counters.len()),
+            Held::Store(_) => None,
+        };
         f.debug_struct("Reservation")
             .field("amount", &self.amount)
-            .field("scopes", &self.counters.len())
+            .field("scopes", &scopes)
             .field("open", &self.open)
             .finish()
     }
 }
 
 impl Reservation {
+    /// A reservation of `amount` held by another store (Redis, …): `close`
+    /// is called exactly once, with the charge (at most `amount`; 0 when the
+    /// reservation is released or dropped). It must not block: a store that
+    /// talks to the network spawns the work.
+    pub fn from_fn(amount: Micros, close: impl FnOnce(Micros) + Send + 'static) -> Self {
+        Reservation {
+            held: Held::Store(Some(Box::new(close))),
+            amount,
+            open: true,
+        }
+    }
+
     /// The amount held.
     pub fn amount(&self) -> Micros {
         self.amount
@@ -345,11 +376,20 @@ impl Reservation {
         if !std::mem::replace(&mut self.open, false) {
             return;
         }
-        for (id, shard) in &self.counters {
-            let mut map = self.shards.lock(*shard);
-            if let Some(c) = map.get_mut(id) {
-                c.reserved = c.reserved.saturating_sub(self.amount);
-                c.spent = c.spent.saturating_add(charged);
+        match &mut self.held {
+            Held::Memory { shards, counters } => {
+                for (id, shard) in counters.iter() {
+                    let mut map = shards.lock(*shard);
+                    if let Some(c) = map.get_mut(id) {
+                        c.reserved = c.reserved.saturating_sub(self.amount);
+                        c.spent = c.spent.saturating_add(charged);
+                    }
+                }
+            }
+            Held::Store(close) => {
+                if let Some(close) = close.take() {
+                    close(charged);
+                }
             }
         }
     }

@@ -98,6 +98,7 @@ mod layer;
 mod ledger;
 mod meter;
 mod period;
+mod store;
 mod usage;
 
 pub use jiff::{Timestamp, tz::TimeZone};
@@ -105,4 +106,5 @@ pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFutu
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};
 pub use period::{Clock, ManualClock, Period, SystemClock, Window};
+pub use store::{BudgetStore, EitherReserve, EitherStore};
 pub use usage::{Price, TokenUsage};
