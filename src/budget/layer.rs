@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::ledger::{Ledger, Limit, Reservation};
 use super::meter::{Meter, Metered, Settlement};
+use super::spend::{PendingSpend, SpendWriter, Spender};
 use super::usage::Price;
 use crate::body::Body;
 use crate::error::Error;
@@ -24,10 +25,19 @@ use crate::{LlmRequest, Served};
 /// The budgets a request is checked and charged against (key, team,
 /// global: any it belongs to); empty means "no budget".
 ///
-/// Implemented by every `Fn(&LlmRequest<I>) -> Vec<Limit>`.
+/// Implemented by every `Fn(&LlmRequest<I>) -> Vec<Limit>` (whose requests'
+/// spend records then name no key or team).
 pub trait BudgetsOf<I> {
     /// The budgets of `req`.
     fn budgets(&self, req: &LlmRequest<I>) -> Vec<Limit>;
+
+    /// Whose spend `req` is, for its [`SpendRecord`](super::SpendRecord):
+    /// the key's public id and its team (never the key itself). Asked only
+    /// when the layer writes spend records ([`BudgetLayer::spend`]).
+    fn spender(&self, req: &LlmRequest<I>) -> Spender {
+        let _ = req;
+        Spender::default()
+    }
 }
 
 impl<F, I> BudgetsOf<I> for F
@@ -118,6 +128,7 @@ pub struct BudgetLayer<B> {
     budgets: Arc<B>,
     prices: Arc<Prices>,
     upstream_usage: bool,
+    spend: Option<SpendWriter>,
 }
 
 impl<B> Clone for BudgetLayer<B> {
@@ -127,6 +138,7 @@ impl<B> Clone for BudgetLayer<B> {
             budgets: self.budgets.clone(),
             prices: self.prices.clone(),
             upstream_usage: self.upstream_usage,
+            spend: self.spend.clone(),
         }
     }
 }
@@ -148,7 +160,21 @@ impl<B> BudgetLayer<B> {
             budgets: Arc::new(budgets),
             prices: Arc::new(prices),
             upstream_usage: false,
+            spend: None,
         }
+    }
+
+    /// Writes a [`SpendRecord`](super::SpendRecord) of every request that
+    /// reaches the layer through `writer` (see [`spend`](super::spend)):
+    /// requests without budgets are then metered too.
+    pub fn spend(mut self, writer: SpendWriter) -> Self {
+        self.spend = Some(writer);
+        self
+    }
+
+    /// The spend writer, if the layer writes spend records.
+    pub fn spend_writer(&self) -> Option<&SpendWriter> {
+        self.spend.as_ref()
     }
 
     /// Says that the provider asks upstreams for `stream_options.include_usage`
@@ -216,7 +242,21 @@ where
 
     fn call(&mut self, req: LlmRequest<I>) -> Self::Future {
         let limits = self.layer.budgets.budgets(&req);
-        if limits.is_empty() {
+        let summary = req.body().summary();
+        let hide_usage = self.layer.upstream_usage
+            && summary.stream
+            && summary.include_usage != Some(true)
+            && summary.endpoint.stream_ends_with_done();
+        let record = self.layer.spend.as_ref().map(|writer| {
+            PendingSpend::start(
+                writer.clone(),
+                req.headers(),
+                self.layer.budgets.spender(&req),
+                &summary.model,
+                self.layer.ledger.now(),
+            )
+        });
+        if limits.is_empty() && record.is_none() && !hide_usage {
             return ResponseFuture {
                 kind: Kind::Calling {
                     fut: self.inner.call(req),
@@ -224,53 +264,55 @@ where
                 },
             };
         }
-        let summary = req.body().summary();
         let (price, default_output) = self.layer.prices.reserve_price(&summary.model);
         let prompt_tokens = summary.prompt_tokens_estimate();
-        let output = summary
-            .max_output_tokens
-            .unwrap_or(default_output)
-            .saturating_mul(summary.n.max(1));
-        let amount = price.worst_case(prompt_tokens, output);
-        match self.layer.ledger.reserve(&limits, amount) {
-            Ok(reservation) => {
-                let hide_usage = self.layer.upstream_usage
-                    && summary.stream
-                    && summary.include_usage != Some(true)
-                    && summary.endpoint.stream_ends_with_done();
-                let held = Held {
-                    hide_usage,
-                    reservation,
-                    prompt_tokens,
-                    group: summary.model.clone(),
-                    prices: self.layer.prices.clone(),
-                };
-                ResponseFuture {
-                    kind: Kind::Calling {
-                        fut: self.inner.call(req),
-                        held: Some(held),
-                    },
+        let reservation = if limits.is_empty() {
+            None
+        } else {
+            let output = summary
+                .max_output_tokens
+                .unwrap_or(default_output)
+                .saturating_mul(summary.n.max(1));
+            let amount = price.worst_case(prompt_tokens, output);
+            match self.layer.ledger.reserve(&limits, amount) {
+                Ok(reservation) => Some(reservation),
+                Err(refusal) => {
+                    tracing::info!(
+                        model = %summary.model,
+                        scope = refusal.limit.scope.kind(),
+                        "budget refused a request"
+                    );
+                    let error = Error::from(refusal);
+                    if let Some(record) = record {
+                        record.failed(&error);
+                    }
+                    return ResponseFuture {
+                        kind: Kind::Refused { error: Some(error) },
+                    };
                 }
             }
-            Err(refusal) => {
-                tracing::info!(
-                    model = %summary.model,
-                    scope = refusal.limit.scope.kind(),
-                    "budget refused a request"
-                );
-                ResponseFuture {
-                    kind: Kind::Refused {
-                        error: Some(refusal.into()),
-                    },
-                }
-            }
+        };
+        let held = Held {
+            hide_usage,
+            reservation,
+            record,
+            prompt_tokens,
+            group: summary.model.clone(),
+            prices: self.layer.prices.clone(),
+        };
+        ResponseFuture {
+            kind: Kind::Calling {
+                fut: self.inner.call(req),
+                held: Some(held),
+            },
         }
     }
 }
 
 struct Held {
     hide_usage: bool,
-    reservation: Reservation,
+    reservation: Option<Reservation>,
+    record: Option<PendingSpend>,
     prompt_tokens: u64,
     group: String,
     prices: Arc<Prices>,
@@ -308,11 +350,22 @@ where
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
             KindProj::Calling { fut, held } => {
-                // An error drops `held` with the future: the reservation is released.
-                let res = ready!(fut.poll(cx))?;
-                let Some(held) = held.take() else {
+                // An error releases the reservation and records the failure.
+                let res = match ready!(fut.poll(cx)) {
+                    Ok(res) => res,
+                    Err(e) => {
+                        if let Some(record) = held.take().and_then(|h| h.record) {
+                            record.failed(&e);
+                        }
+                        return Poll::Ready(Err(e));
+                    }
+                };
+                let Some(mut held) = held.take() else {
                     return Poll::Ready(Ok(res));
                 };
+                if let Some(record) = &mut held.record {
+                    record.answered(&res);
+                }
                 let sse = res
                     .headers()
                     .get(CONTENT_TYPE)
@@ -324,6 +377,7 @@ where
                     reservation: held.reservation,
                     price,
                     prompt_tokens: held.prompt_tokens,
+                    record: held.record,
                 };
                 let meter = if sse { Meter::sse() } else { Meter::json() };
                 Poll::Ready(Ok(res.map(|body| {

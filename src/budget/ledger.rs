@@ -285,6 +285,22 @@ impl Ledger {
         })
     }
 
+    /// Adds `spent` to what `scope` spent in the `period` that contains now,
+    /// without any check: for rebuilding the ledger at start from persisted
+    /// spend ([`restore_ledger`](super::restore_ledger)).
+    pub fn restore_spent(&self, scope: &Scope, period: Period, spent: Micros) {
+        if spent == 0 {
+            return;
+        }
+        let (id, window) = self.id(scope, period, self.clock.now());
+        let mut shard = self.shards.lock(self.shards.index(&id));
+        let counter = shard.entry(id).or_insert_with(|| Counter {
+            end: window.end.map(Timestamp::as_second),
+            ..Counter::default()
+        });
+        counter.spent = counter.spent.saturating_add(spent);
+    }
+
     /// What `scope` has spent and holds reserved in the `period` that contains now.
     pub fn usage(&self, scope: &Scope, period: Period) -> Usage {
         let (id, window) = self.id(scope, period, self.clock.now());
