@@ -15,14 +15,20 @@
 //!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
-//! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
+//! - the admin API (`/key/*`, `/team/*`, `/spend/logs`) when `keys.master_key_env` is set;
 //! - `GET /health`.
 //!
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
 //! on inference routes, `x-tollgate-overhead-ms` (the gateway's own time).
 //!
+//! With `[budgets]`, every request that reaches `Budget` leaves a spend
+//! record (`[spend]`), written in the background into the key store's
+//! database (the same SQLite file); at start, the budgets' spend in the
+//! current periods is rebuilt from those records, so a restart forgets no
+//! spend.
+//!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
-//! for `server.shutdown_grace_ms`, then exit. Logs go through `tracing`
+//! for `server.shutdown_grace_ms`, write the queued spend records, then exit. Logs go through `tracing`
 //! (`RUST_LOG=tollgate=debug` for more). For a demo with the bundled mock
 //! upstream, run `cargo run --example demo`.
 #![allow(dead_code)]
@@ -33,8 +39,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use tollgate::access::{ModelAccessLayer, ModelList};
-use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Price, Scope};
-use tollgate::config::{Config, ConfigError, RateLimits, TenantBy, period_of};
+use tollgate::admin::SpendView;
+use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
+use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
@@ -70,6 +77,30 @@ pub async fn app_with_ledger(
     clock: Arc<dyn Clock>,
     ledger: Option<Ledger>,
 ) -> Result<axum::Router, ConfigError> {
+    Ok(build(config, clock, ledger).await?.router)
+}
+
+/// The gateway, built: its routes, and the spend writer that must be
+/// flushed when it stops ([`serve_and_flush`]).
+pub struct Built {
+    /// The routes.
+    pub router: axum::Router,
+    /// The spend records' writer, when spend records are on.
+    pub spend: Option<SpendWriter>,
+}
+
+/// Builds the gateway with budgets kept in `ledger` (`None`: no `Budget`
+/// layer). With spend records on, `ledger`'s spend is first rebuilt from them.
+pub async fn build(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    ledger: Option<Ledger>,
+) -> Result<Built, ConfigError> {
+    let spend = match &ledger {
+        Some(l) => config.spend(l).await?,
+        None => None,
+    };
+    let writer = spend.as_ref().map(|(_, w)| w.clone());
     let router = config.router_with_clock(clock)?;
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
@@ -85,7 +116,7 @@ pub async fn app_with_ledger(
         .layer(ReadRequestLayer::new(config.server.max_body_bytes))
         .layer(ModelAccessLayer::new())
         .option_layer(rate_limit(config))
-        .option_layer(ledger.map(|l| budget(config, l)))
+        .option_layer(ledger.clone().map(|l| budget(config, l, writer.clone())))
         .option_layer(fair_queue(config))
         .layer(fallback)
         .service(router);
@@ -97,9 +128,14 @@ pub async fn app_with_ledger(
         .route_service("/v1/models", models)
         .route("/health", get(|| async { "ok" }));
     if let Some(master) = config.master_key() {
-        app = app.merge(tollgate::admin::router(keyring, &master));
+        let view = SpendView {
+            ledger,
+            store: spend.map(|(store, _)| store),
+            global: config.global_budget(),
+        };
+        app = app.merge(tollgate::admin::router_with_spend(keyring, &master, view));
     }
-    Ok(app
+    let router = app
         .fallback(|| async {
             Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
                 .to_response(&Secrets::none())
@@ -116,7 +152,11 @@ pub async fn app_with_ledger(
             tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    Ok(Built {
+        router,
+        spend: writer,
+    })
 }
 
 /// `RateLimit`'s hook over the authenticated key: the key's own rpm/tpm
@@ -174,7 +214,8 @@ fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
 }
 
 /// `Budget`'s hook over the authenticated key: the key's own budget, its
-/// team's, and the global one, each that is set.
+/// team's, and the global one, each that is set; spend records name the
+/// key's public id and its team.
 #[derive(Clone, Debug)]
 pub struct KeyBudgets {
     global: Option<Limit>,
@@ -183,32 +224,34 @@ pub struct KeyBudgets {
 impl BudgetsOf<Key> for KeyBudgets {
     fn budgets(&self, req: &LlmRequest<Key>) -> Vec<Limit> {
         let key = req.body().identity();
-        let limit = |scope: Scope, b: tollgate::keys::Budget| {
-            Some(Limit {
-                scope,
-                max: Price::micros_from_usd(b.max_usd)?,
-                period: period_of(b.period),
-            })
-        };
         let mut out = Vec::with_capacity(3);
         out.extend(
             key.budget()
-                .and_then(|b| limit(Scope::Key(key.id_arc().clone()), b)),
+                .and_then(|b| Limit::from_budget(Scope::Key(key.id_arc().clone()), b)),
         );
         if let Some(team) = key.team() {
             out.extend(
                 team.budget()
-                    .and_then(|b| limit(Scope::Team(Arc::from(team.id())), b)),
+                    .and_then(|b| Limit::from_budget(Scope::Team(Arc::from(team.id())), b)),
             );
         }
         out.extend(self.global.clone());
         out
     }
+
+    fn spender(&self, req: &LlmRequest<Key>) -> Spender {
+        let key = req.body().identity();
+        Spender {
+            key_id: Some(key.id().to_owned()),
+            team_id: key.team().map(|t| t.id().to_owned()),
+        }
+    }
 }
 
-/// `Budget` over `ledger`, with `[budgets]`' global budget and the groups' prices.
-fn budget(config: &Config, ledger: Ledger) -> BudgetLayer<KeyBudgets> {
-    BudgetLayer::new(
+/// `Budget` over `ledger`, with `[budgets]`' global budget and the groups'
+/// prices, writing spend records through `spend`.
+fn budget(config: &Config, ledger: Ledger, spend: Option<SpendWriter>) -> BudgetLayer<KeyBudgets> {
+    let layer = BudgetLayer::new(
         ledger,
         KeyBudgets {
             global: config.global_budget(),
@@ -216,7 +259,11 @@ fn budget(config: &Config, ledger: Ledger) -> BudgetLayer<KeyBudgets> {
         config.prices(),
     )
     // The config's providers ask for usage on streams when budgets are on.
-    .upstream_includes_usage(config.budgets.is_some())
+    .upstream_includes_usage(config.budgets.is_some());
+    match spend {
+        Some(writer) => layer.spend(writer),
+        None => layer,
+    }
 }
 
 /// `FairQueue`, when `[fair_queue]` is configured.
@@ -263,6 +310,26 @@ pub async fn serve(
     }
 }
 
+/// [`serve`]s the built gateway, then writes the spend records still queued.
+pub async fn serve_and_flush(
+    listener: tokio::net::TcpListener,
+    built: Built,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let served = serve(listener, built.router, shutdown, grace).await;
+    if let Some(writer) = built.spend {
+        writer.flush().await;
+        tracing::info!(
+            written = writer.written(),
+            dropped = writer.dropped(),
+            failed = writer.failed(),
+            "spend records written"
+        );
+    }
+    served
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let ctrl_c = async {
@@ -284,14 +351,14 @@ pub async fn signal() {
 
 /// Loads `path`, binds and serves until a signal.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&config).await?;
+    let built = build(&config, Arc::new(SystemClock), config.ledger()).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), "tollgate gateway listening");
-    serve(
+    serve_and_flush(
         listener,
-        app,
+        built,
         signal(),
         Duration::from_millis(config.server.shutdown_grace_ms),
     )

@@ -499,4 +499,121 @@ mod tests {
         .layer(service_fn(answer));
         assert!(free.oneshot(req(r#"{"model":"m"}"#)).await.is_ok());
     }
+
+    #[tokio::test]
+    async fn one_spend_record_per_request_answered_refused_failed_or_unbudgeted() {
+        use crate::budget::{MemorySpendStore, SpendWriter};
+        let store = MemorySpendStore::new();
+        let writer = SpendWriter::spawn(store.clone(), 64, 8);
+        struct Owned;
+        impl BudgetsOf<&'static str> for Owned {
+            fn budgets(&self, req: &LlmRequest<&'static str>) -> Vec<Limit> {
+                match *req.body().identity() {
+                    "free" => Vec::new(),
+                    _ => limits(req),
+                }
+            }
+            fn spender(&self, req: &LlmRequest<&'static str>) -> Spender {
+                Spender {
+                    key_id: Some((*req.body().identity()).into()),
+                    team_id: Some("t".into()),
+                }
+            }
+        }
+        let layer = BudgetLayer::new(Ledger::default(), Owned, layer().prices.as_ref().clone())
+            .spend(writer.clone());
+        let ok = layer.layer(service_fn(|_r: LlmRequest<&'static str>| async {
+            let mut res = Response::new(Body::full(
+                r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2.0}}"#,
+            ));
+            res.headers_mut()
+                .insert(crate::router::ATTEMPTS_HEADER, http::HeaderValue::from(3));
+            res.extensions_mut().insert(Served {
+                provider: "dep-1".into(),
+                model: "upstream-m".into(),
+            });
+            Ok::<_, Error>(res)
+        }));
+        let with_id = |body: &str, who: &'static str| {
+            let mut r = req(body);
+            *r.body_mut() = r.body().clone().with_identity(who);
+            r.headers_mut()
+                .insert("x-request-id", http::HeaderValue::from_static("req-1"));
+            r
+        };
+        // Answered: the record is written when the body settles, not before.
+        let res = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m","max_tokens":100}"#, "k1"))
+            .await
+            .unwrap();
+        writer.flush().await;
+        assert!(store.is_empty(), "not settled yet");
+        res.into_body().collect().await.unwrap();
+        // Refused: 3 + 1000 output tokens × 2 is over the key's 1000.
+        let e = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m","max_tokens":1000}"#, "k1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 402);
+        // Without any budget: recorded all the same.
+        let res = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m"}"#, "free"))
+            .await
+            .unwrap();
+        drop(res); // a client that went away: settled on drop, estimated
+        // Failed upstream: status of the error, nothing charged.
+        let failing = layer.layer(service_fn(|_r: LlmRequest<&'static str>| async {
+            Err::<Response<Body>, _>(
+                Error::new(crate::Reason::UpstreamError, "down").with_provider("dep-2".into()),
+            )
+        }));
+        failing
+            .oneshot(with_id(r#"{"model":"m"}"#, "k1"))
+            .await
+            .unwrap_err();
+        writer.flush().await;
+        let all = store.all();
+        assert_eq!(all.len(), 4, "{all:#?}");
+        let by_status = |s: u16| all.iter().filter(|r| r.status == s).collect::<Vec<_>>();
+        let answered = by_status(200);
+        assert_eq!(answered.len(), 2);
+        let paid = answered
+            .iter()
+            .find(|r| r.key_id.as_deref() == Some("k1"))
+            .unwrap();
+        assert_eq!(paid.request_id, "req-1");
+        assert_eq!(paid.team_id.as_deref(), Some("t"));
+        assert_eq!((paid.prompt_tokens, paid.completion_tokens), (5, 2));
+        assert_eq!(
+            (paid.cost, paid.estimated, paid.attempts),
+            (5 + 2 * 2, false, 3)
+        );
+        assert_eq!(paid.deployment.as_deref(), Some("dep-1"));
+        assert_eq!(paid.served_model.as_deref(), Some("upstream-m"));
+        let free = answered
+            .iter()
+            .find(|r| r.key_id.as_deref() == Some("free"))
+            .unwrap();
+        assert!(free.estimated && free.cost > 0, "{free:?}");
+        let refused = by_status(402);
+        assert_eq!(
+            (refused.len(), refused[0].cost, refused[0].attempts),
+            (1, 0, 0)
+        );
+        let failed = by_status(502);
+        assert_eq!(
+            (failed.len(), failed[0].cost, failed[0].attempts),
+            (1, 0, 1)
+        );
+        // The ledger charged exactly what the records say.
+        let spent = layer
+            .ledger()
+            .usage(&crate::budget::Scope::Key("k1".into()), Period::Monthly)
+            .spent;
+        assert_eq!(spent, paid.cost);
+        assert_eq!(writer.dropped(), 0);
+    }
 }

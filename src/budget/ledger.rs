@@ -51,6 +51,19 @@ pub struct Limit {
     pub period: Period,
 }
 
+#[cfg(feature = "keys")]
+impl Limit {
+    /// A key's or team's budget (USD over a period) as a limit of `scope`;
+    /// `None` when the amount is not a number of dollars, 0 or more.
+    pub fn from_budget(scope: Scope, budget: crate::keys::Budget) -> Option<Limit> {
+        Some(Limit {
+            scope,
+            max: super::usage::Price::micros_from_usd(budget.max_usd)?,
+            period: budget.period.into(),
+        })
+    }
+}
+
 /// What a scope has spent and holds reserved in the current period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {

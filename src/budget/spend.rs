@@ -427,7 +427,8 @@ pub async fn restore_ledger(ledger: &Ledger, store: &dyn SpendStore) -> Result<(
 /// response body, and is handed to the writer when the request settles.
 #[derive(Debug)]
 pub struct PendingSpend {
-    record: SpendRecord,
+    /// Boxed: the request's future and body carry a pointer, not the record.
+    record: Box<SpendRecord>,
     started: tokio::time::Instant,
     writer: SpendWriter,
 }
@@ -456,7 +457,7 @@ impl PendingSpend {
         model: &str,
         start: Timestamp,
     ) -> Self {
-        let mut record = SpendRecord::new(request_id(headers), model, start);
+        let mut record = Box::new(SpendRecord::new(request_id(headers), model, start));
         record.key_id = spender.key_id;
         record.team_id = spender.team_id;
         PendingSpend {
@@ -510,7 +511,7 @@ impl PendingSpend {
 
     fn finish(mut self) {
         self.record.latency_us = self.started.elapsed().as_micros() as u64;
-        self.writer.record(self.record);
+        self.writer.record_boxed(self.record);
     }
 }
 

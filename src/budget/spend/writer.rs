@@ -17,7 +17,8 @@ pub const WRITE_ERRORS_METRIC: &str = "tollgate_spend_write_errors_total";
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 enum Msg {
-    Record(SpendRecord),
+    /// Boxed: a queue slot is a pointer, however large a record is.
+    Record(Box<SpendRecord>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -77,6 +78,10 @@ impl SpendWriter {
     /// is full the record is dropped, counted, and reported (a `warn` line
     /// at most every 10 s, and the `tollgate_spend_records_dropped_total` metric).
     pub fn record(&self, record: SpendRecord) {
+        self.record_boxed(Box::new(record));
+    }
+
+    pub(crate) fn record_boxed(&self, record: Box<SpendRecord>) {
         if self.tx.try_send(Msg::Record(record)).is_ok() {
             return;
         }
@@ -133,7 +138,7 @@ async fn run(store: impl SpendStore, mut rx: mpsc::Receiver<Msg>, max: usize, sh
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(r) => batch.push(r),
+                Msg::Record(r) => batch.push(*r),
                 Msg::Flush(ack) => acks.push(ack),
             }
             if batch.len() < max {
