@@ -15,7 +15,7 @@
 //!   cooldowns) → provider;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
-//! - the admin API (`/key/*`, `/team/*`) when `keys.master_key_env` is set;
+//! - the admin API (`/key/*`, `/team/*`, `/spend/logs`) when `keys.master_key_env` is set;
 //!   keys live where `keys.url` says (`sqlite://…` by default, `memory`, or
 //!   `postgres://…` for several replicas, which then follow each other's
 //!   changes through the database's change feed: see `Config::keyring`);
@@ -28,8 +28,14 @@
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
 //! on inference routes, `x-tollgate-overhead-ms` (the gateway's own time).
 //!
+//! With `[budgets]`, every request that reaches `Budget` leaves a spend
+//! record (`[spend]`), written in the background into the key store's
+//! database (the same SQLite file); at start, the budgets' spend in the
+//! current periods is rebuilt from those records, so a restart forgets no
+//! spend.
+//!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
-//! for `server.shutdown_grace_ms`, then exit. Logs go through `tracing`
+//! for `server.shutdown_grace_ms`, write the queued spend records, then exit. Logs go through `tracing`
 //! (`RUST_LOG=tollgate=debug` for more): each request's span carries its
 //! `request_id`, the key's public `key_id` and `team`, the `model`, and the
 //! fair queue's `queue_wait_ms`; nested spans name the `model_group` tried
@@ -43,8 +49,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use tollgate::access::{ModelAccessLayer, ModelList};
-use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Price, Scope};
-use tollgate::config::{Config, ConfigError, RateLimits, TenantBy, period_of};
+use tollgate::admin::SpendView;
+use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
+use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
@@ -89,6 +96,29 @@ pub async fn app_with_ledger(
     clock: Arc<dyn Clock>,
     ledger: Option<Ledger>,
 ) -> Result<axum::Router, ConfigError> {
+    Ok(build(config, clock, ledger).await?.router)
+}
+
+/// The gateway, built: its routes, and the spend writer that must be
+/// flushed when it stops ([`serve_and_flush`]).
+pub struct Built {
+    /// The routes.
+    pub router: axum::Router,
+    /// The spend records' writer, when spend records are on.
+    pub spend: Option<SpendWriter>,
+}
+
+/// Builds the gateway with budgets kept in `ledger` (`None`: no `Budget`
+/// layer). With spend records on, `ledger`'s spend is first rebuilt from them.
+pub async fn build(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    ledger: Option<Ledger>,
+) -> Result<Built, ConfigError> {
+    let spend = match &ledger {
+        Some(l) => config.spend(l).await?,
+        None => None,
+    };
     // Before any layer is built: hot-path metric handles bind to the
     // recorder installed when they are registered.
     let metrics = if config.server.metrics {
@@ -110,7 +140,7 @@ pub async fn app_with_ledger(
         let store: Option<Arc<dyn tollgate::router::CooldownStore>> =
             cooldowns.map(|c| Arc::new(c) as _);
         let router = config.router_with_cooldowns(clock, store)?;
-        let store = ledger.map(|l| match &state {
+        let store = ledger.clone().map(|l| match &state {
             Some(s) => tollgate::budget::EitherStore::Right(
                 tollgate::state::RedisLedger::new(s.clone(), l.time_zone().clone())
                     .hold(Duration::from_millis(config.state.reservation_ttl_ms)),
@@ -124,8 +154,12 @@ pub async fn app_with_ledger(
         (router, store, rate_limit(config, limiter))
     };
     #[cfg(not(feature = "redis"))]
-    let (router, store, rate_limit) =
-        (config.router_with_clock(clock)?, ledger, rate_limit(config));
+    let (router, store, rate_limit) = (
+        config.router_with_clock(clock)?,
+        ledger.clone(),
+        rate_limit(config),
+    );
+    let writer = spend.as_ref().map(|(_, w)| w.clone());
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
     let auth = VirtualKeysLayer::new(keyring.clone());
@@ -142,7 +176,7 @@ pub async fn app_with_ledger(
         .layer(RequestMetricsLayer::new(router.model_names()))
         .layer(ModelAccessLayer::new())
         .option_layer(rate_limit)
-        .option_layer(store.map(|l| budget(config, l)))
+        .option_layer(store.map(|l| budget(config, l, writer.clone())))
         .option_layer(fair_queue(config))
         .layer(fallback)
         .service(router);
@@ -154,7 +188,12 @@ pub async fn app_with_ledger(
         .route_service("/v1/models", models)
         .route("/health", get(|| async { "ok" }));
     if let Some(master) = config.master_key() {
-        app = app.merge(tollgate::admin::router(keyring, &master));
+        let view = SpendView {
+            ledger,
+            store: spend.map(|(store, _)| store),
+            global: config.global_budget(),
+        };
+        app = app.merge(tollgate::admin::router_with_spend(keyring, &master, view));
     }
     if let Some(handle) = metrics {
         app = app.route(
@@ -170,7 +209,7 @@ pub async fn app_with_ledger(
             }),
         );
     }
-    Ok(app
+    let router = app
         .fallback(|| async {
             Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
                 .to_response(&Secrets::none())
@@ -200,7 +239,11 @@ pub async fn app_with_ledger(
             }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    Ok(Built {
+        router,
+        spend: writer,
+    })
 }
 
 /// The Prometheus recorder, installed globally on first use (once per
@@ -325,7 +368,8 @@ fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
 }
 
 /// `Budget`'s hook over the authenticated key: the key's own budget, its
-/// team's, and the global one, each that is set.
+/// team's, and the global one, each that is set; spend records name the
+/// key's public id and its team.
 #[derive(Clone, Debug)]
 pub struct KeyBudgets {
     global: Option<Limit>,
@@ -334,32 +378,38 @@ pub struct KeyBudgets {
 impl BudgetsOf<Key> for KeyBudgets {
     fn budgets(&self, req: &LlmRequest<Key>) -> Vec<Limit> {
         let key = req.body().identity();
-        let limit = |scope: Scope, b: tollgate::keys::Budget| {
-            Some(Limit {
-                scope,
-                max: Price::micros_from_usd(b.max_usd)?,
-                period: period_of(b.period),
-            })
-        };
         let mut out = Vec::with_capacity(3);
         out.extend(
             key.budget()
-                .and_then(|b| limit(Scope::Key(key.id_arc().clone()), b)),
+                .and_then(|b| Limit::from_budget(Scope::Key(key.id_arc().clone()), b)),
         );
         if let Some(team) = key.team() {
             out.extend(
                 team.budget()
-                    .and_then(|b| limit(Scope::Team(Arc::from(team.id())), b)),
+                    .and_then(|b| Limit::from_budget(Scope::Team(Arc::from(team.id())), b)),
             );
         }
         out.extend(self.global.clone());
         out
     }
+
+    fn spender(&self, req: &LlmRequest<Key>) -> Spender {
+        let key = req.body().identity();
+        Spender {
+            key_id: Some(key.id().to_owned()),
+            team_id: key.team().map(|t| t.id().to_owned()),
+        }
+    }
 }
 
-/// `Budget` over `ledger`, with `[budgets]`' global budget and the groups' prices.
-fn budget(config: &Config, ledger: Store) -> BudgetLayer<KeyBudgets, Store> {
-    BudgetLayer::new(
+/// `Budget` over `ledger`, with `[budgets]`' global budget and the groups'
+/// prices, writing spend records through `spend`.
+fn budget(
+    config: &Config,
+    ledger: Store,
+    spend: Option<SpendWriter>,
+) -> BudgetLayer<KeyBudgets, Store> {
+    let layer = BudgetLayer::new(
         ledger,
         KeyBudgets {
             global: config.global_budget(),
@@ -367,7 +417,11 @@ fn budget(config: &Config, ledger: Store) -> BudgetLayer<KeyBudgets, Store> {
         config.prices(),
     )
     // The config's providers ask for usage on streams when budgets are on.
-    .upstream_includes_usage(config.budgets.is_some())
+    .upstream_includes_usage(config.budgets.is_some());
+    match spend {
+        Some(writer) => layer.spend(writer),
+        None => layer,
+    }
 }
 
 /// `FairQueue`, when `[fair_queue]` is configured.
@@ -414,6 +468,26 @@ pub async fn serve(
     }
 }
 
+/// [`serve`]s the built gateway, then writes the spend records still queued.
+pub async fn serve_and_flush(
+    listener: tokio::net::TcpListener,
+    built: Built,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let served = serve(listener, built.router, shutdown, grace).await;
+    if let Some(writer) = built.spend {
+        writer.flush().await;
+        tracing::info!(
+            written = writer.written(),
+            dropped = writer.dropped(),
+            failed = writer.failed(),
+            "spend records written"
+        );
+    }
+    served
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let ctrl_c = async {
@@ -435,16 +509,16 @@ pub async fn signal() {
 
 /// Loads `path`, binds and serves until a signal.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&config).await?;
+    let built = build(&config, Arc::new(SystemClock), config.ledger()).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     // The key store's kind and place; a PostgreSQL URL is never shown (it may hold a password).
     let keys = config.key_location().map(|l| format!("{l:?}"))?;
     tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), keys = %keys, "tollgate gateway listening");
-    serve(
+    serve_and_flush(
         listener,
-        app,
+        built,
         signal(),
         Duration::from_millis(config.server.shutdown_grace_ms),
     )

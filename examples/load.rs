@@ -9,6 +9,7 @@
 //! target/release/examples/load --concurrency 16 --seconds 5 --rounds 3 --body-bytes 4096
 //! target/release/examples/load --hold 9000             # memory: 9,000 streams held open at once
 //! target/release/examples/load --big-stream 200        # memory: one 200 MiB tool-call stream
+//! target/release/examples/load --budget --big-stream 200   # the same through Budget + spend records
 //! ```
 //!
 //! It starts `mock_upstream` and `gateway` (the release binaries beside this
@@ -30,6 +31,11 @@
 //! tool-call arguments through the gateway while sampling its RSS. Each
 //! process may hold at most 20,000 file descriptors on this machine, and the
 //! gateway holds two per proxied stream, so `--hold` tops out near 9,500.
+//!
+//! `--budget` (with any mode) adds `[budgets]` to the gateway's config: the
+//! load key gets a $1,000,000 monthly budget, the group a price, keys and
+//! spend records go to a SQLite file in the run's temporary directory, so
+//! every request is reserved, metered, settled and recorded.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +61,7 @@ struct Args {
     body_bytes: usize,
     hold: Option<usize>,
     big_stream_mib: Option<u64>,
+    budget: bool,
 }
 
 fn parse_args() -> Args {
@@ -67,6 +74,7 @@ fn parse_args() -> Args {
         body_bytes: 1024,
         hold: None,
         big_stream_mib: None,
+        budget: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,11 +91,12 @@ fn parse_args() -> Args {
             "--rate" => a.rate = Some(num("--rate").max(1)),
             "--body-bytes" => a.body_bytes = num("--body-bytes") as usize,
             "--stream" => a.stream = true,
+            "--budget" => a.budget = true,
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] | --hold N | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] | --hold N | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -476,12 +485,25 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("tollgate-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("load.toml");
+    let (store, budget, price, budgets) = if args.budget {
+        (
+            format!(
+                "store = \"sqlite\"\nsqlite_path = \"{}\"",
+                dir.join("load.db").display()
+            ),
+            "max_budget = 1000000.0\nbudget_duration = \"monthly\"\n",
+            "price_in_per_mtok = 0.15\nprice_out_per_mtok = 0.6\n",
+            "[budgets]\ntime_zone = \"UTC\"\n\n",
+        )
+    } else {
+        ("store = \"memory\"".to_owned(), "", "", "")
+    };
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n\
-             [keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n\n\
-             [[groups]]\nname = \"gpt-4o-mini\"\n\
+            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n{budgets}\
+             [keys]\n{store}\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n{budget}\n\
+             [[groups]]\nname = \"gpt-4o-mini\"\n{price}\
              [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://{mock_addr}/v1\"\nmodel = \"mock-small\"\n"
         ),
     )

@@ -49,7 +49,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::AccessGroups;
-use crate::budget::{Ledger, Limit, ModelPrice, Period, Price, Prices, Scope, TimeZone};
+use crate::budget::{
+    Ledger, Limit, MemorySpendStore, ModelPrice, Period, Price, Prices, Scope, SpendStore,
+    SpendWriter, TimeZone, restore_ledger,
+};
 use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
@@ -96,6 +99,9 @@ pub struct Config {
     /// no `url`: in this process).
     #[serde(default)]
     pub state: State,
+    /// `[spend]`: the spend records the `Budget` layer writes (with `[budgets]`).
+    #[serde(default)]
+    pub spend: SpendConfig,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -468,6 +474,32 @@ impl Default for State {
     }
 }
 
+/// `[spend]`: one spend record per request that reaches the `Budget` layer
+/// (so only with `[budgets]`), written by a bounded background writer into
+/// the key store's database (`keys.store = "sqlite"`: the same file, table
+/// `spend`; `"memory"`: in memory, lost on restart).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpendConfig {
+    /// Write spend records (and rebuild budgets' spend from them at start).
+    pub enabled: bool,
+    /// Records waiting to be written; when full, a record is dropped,
+    /// counted and logged, never waited for.
+    pub queue: usize,
+    /// The most records written in one transaction.
+    pub batch: usize,
+}
+
+impl Default for SpendConfig {
+    fn default() -> Self {
+        SpendConfig {
+            enabled: true,
+            queue: 10_000,
+            batch: 256,
+        }
+    }
+}
+
 /// `[[groups]]`: a model group, the name clients ask for.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -532,12 +564,7 @@ fn one() -> u32 {
 
 /// A key's or team's budget period as the ledger's.
 pub fn period_of(p: BudgetPeriod) -> Period {
-    match p {
-        BudgetPeriod::Total => Period::Total,
-        BudgetPeriod::Daily => Period::Daily,
-        BudgetPeriod::Weekly => Period::Weekly,
-        BudgetPeriod::Monthly => Period::Monthly,
-    }
+    p.into()
 }
 
 /// A deployment's name: its `name`, or `provider/model`.
@@ -740,6 +767,7 @@ impl Config {
         self.check_fair_queue()?;
         self.check_budgets()?;
         self.check_state()?;
+        self.check_spend()?;
         self.check_keys()
     }
 
@@ -824,6 +852,17 @@ impl Config {
         Ok(())
     }
 
+    fn check_spend(&self) -> Result<(), ConfigError> {
+        let s = &self.spend;
+        if !(1..=10_000_000).contains(&s.queue) {
+            return Err(self.err("spend.queue", "must be from 1 to 10000000"));
+        }
+        if !(1..=100_000).contains(&s.batch) {
+            return Err(self.err("spend.batch", "must be from 1 to 100000"));
+        }
+        Ok(())
+    }
+
     /// The connection to `[state].url`, when set (lazy: Redis may be down
     /// now). Call within a tokio runtime.
     #[cfg(feature = "redis")]
@@ -843,6 +882,58 @@ impl Config {
     /// How many deployments all groups have together.
     pub fn deployment_count(&self) -> usize {
         self.groups.iter().map(|g| g.deployments.len()).sum()
+    }
+
+    /// Spend records as configured, for budgets kept in `ledger`: the store
+    /// ([`spend_store`](Self::spend_store)), `ledger`'s spend in the current
+    /// periods rebuilt from it ([`restore_ledger`]), and the background
+    /// writer (`[spend].queue`, `[spend].batch`) started on it. `None` when
+    /// spend records are off.
+    pub async fn spend(
+        &self,
+        ledger: &Ledger,
+    ) -> Result<Option<(Arc<dyn SpendStore>, SpendWriter)>, ConfigError> {
+        let Some(store) = self.spend_store().await? else {
+            return Ok(None);
+        };
+        restore_ledger(ledger, &*store).await.map_err(|e| {
+            self.err(
+                "keys.url",
+                format!("cannot rebuild the budgets' spend from the spend records: {e}"),
+            )
+        })?;
+        let writer = SpendWriter::spawn(store.clone(), self.spend.queue, self.spend.batch);
+        Ok(Some((store, writer)))
+    }
+
+    /// The spend store, when spend records are on (`[budgets]` configured
+    /// and `[spend].enabled`): the key store's SQLite file, or memory.
+    pub async fn spend_store(&self) -> Result<Option<Arc<dyn SpendStore>>, ConfigError> {
+        if self.budgets.is_none() || !self.spend.enabled {
+            return Ok(None);
+        }
+        match self.key_location()? {
+            KeyLocation::Memory => Ok(Some(Arc::new(MemorySpendStore::new()))),
+            #[cfg(feature = "sqlite")]
+            KeyLocation::Sqlite(path) => {
+                let store = tokio::task::spawn_blocking(move || {
+                    crate::budget::SqliteSpendStore::open(path)
+                })
+                .await
+                .map_err(|e| self.err("keys.url", e.to_string()))?
+                .map_err(|e| self.err("keys.url", e.to_string()))?;
+                Ok(Some(Arc::new(store)))
+            }
+            #[cfg(not(feature = "sqlite"))]
+            KeyLocation::Sqlite(_) => {
+                Err(self.err("keys.url", "this build has no `sqlite` feature"))
+            }
+            KeyLocation::Postgres(_) => Err(self.err(
+                "spend.enabled",
+                "spend records are not yet written to PostgreSQL: set `enabled = false` \
+                 in [spend] (budgets then start from zero on restart)",
+            )),
+        }
     }
 
     /// The budget ledger (periods in `[budgets].time_zone`), when `[budgets]` is configured.
@@ -1769,5 +1860,27 @@ mod tests {
         assert_eq!(e.field(), "groups[0].price_in_per_mtok");
         let e = err(&priced.replace("price_out_per_mtok = 8", "price_out_per_mtok = nan"));
         assert_eq!(e.field(), "groups[0].deployments[0].price_out_per_mtok");
+    }
+
+    #[test]
+    fn spend_section() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.spend.enabled);
+        assert_eq!((c.spend.queue, c.spend.batch), (10_000, 256));
+        let c = Config::from_toml(
+            "gw.toml",
+            &format!("[spend]\nqueue = 50\nbatch = 5\nenabled = false\n{OK}"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.spend.queue, c.spend.batch, c.spend.enabled),
+            (50, 5, false)
+        );
+        let e = err(&format!("[spend]\nqueue = 0\n{OK}"));
+        assert_eq!(e.field(), "spend.queue");
+        let e = err(&format!("[spend]\nbatch = 0\n{OK}"));
+        assert_eq!(e.field(), "spend.batch");
+        let e = err(&format!("[spend]\nqeue = 5\n{OK}"));
+        assert!(e.to_string().contains("unknown field `qeue`"), "{e}");
     }
 }

@@ -21,7 +21,9 @@
 //! | `tollgate_queue_depth` | gauge | `tenant` | `FairQueue`: the tenant's requests waiting for a slot (all model groups) |
 //! | `tollgate_queue_wait_seconds` | histogram | `tenant` | `FairQueue`: the wait of each request that queued (granted or timed out; one admitted at once is not recorded) |
 //! | `tollgate_queue_rejected_total` | counter | `tenant`, `reason` | `FairQueue`: `queue_full`, `queue_timeout` |
-//! | `tollgate_spend_micros_total`, `tollgate_spend_records_dropped_total` | counters | see `budget` | the budget layer's spend records |
+//! | `tollgate_spend_micros_total` | counter | — | `Budget`: micro-USD charged by each settlement (what the spend records say) |
+//! | `tollgate_spend_records_dropped_total` | counter | — | `SpendWriter`: records dropped on a full queue (never expected; a `warn` line too) |
+//! | `tollgate_spend_write_errors_total` | counter | — | `SpendWriter`: records in a batch the store refused (an `error` line too) |
 //!
 //! **Labels, and why their number stays bounded.**
 //!
@@ -110,6 +112,12 @@ pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
 pub const QUEUE_WAIT: &str = "tollgate_queue_wait_seconds";
 /// Fair-queue refusals by `tenant` and `reason`.
 pub const QUEUE_REJECTED_TOTAL: &str = "tollgate_queue_rejected_total";
+/// Counter: micro-USD charged by budget settlements (the spend records' cost).
+pub const SPEND_MICROS_TOTAL: &str = "tollgate_spend_micros_total";
+/// Counter: spend records dropped because the writer's queue was full.
+pub const SPEND_RECORDS_DROPPED_TOTAL: &str = "tollgate_spend_records_dropped_total";
+/// Counter: spend records lost because the store refused their batch.
+pub const SPEND_WRITE_ERRORS_TOTAL: &str = "tollgate_spend_write_errors_total";
 
 /// Label: a configured model group, or [`OTHER`].
 pub const MODEL_GROUP: &str = "model_group";
@@ -210,6 +218,12 @@ pub(crate) mod noop {
     pub(crate) fn queue_wait(_: &Arc<str>, _: Duration) {}
     #[cfg_attr(not(feature = "fair-queue"), allow(dead_code))]
     pub(crate) fn queue_rejected(_: &Arc<str>, _: &'static str) {}
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend(_: u64) {}
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend_records_dropped() {}
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend_write_errors(_: u64) {}
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -254,6 +268,18 @@ pub(crate) mod record {
             "Upstream attempts after a request's first, by model group."
         );
         describe_counter!(FALLBACKS_TOTAL, "Moves from one model group to the next.");
+        describe_counter!(
+            SPEND_MICROS_TOTAL,
+            "Micro-USD charged by budget settlements."
+        );
+        describe_counter!(
+            SPEND_RECORDS_DROPPED_TOTAL,
+            "Spend records dropped because the writer's queue was full."
+        );
+        describe_counter!(
+            SPEND_WRITE_ERRORS_TOTAL,
+            "Spend records lost because the store refused their batch."
+        );
         describe_gauge!(DEPLOYMENT_IN_FLIGHT, "Requests in flight per deployment.");
         describe_gauge!(
             QUEUE_DEPTH,
@@ -310,6 +336,24 @@ pub(crate) mod record {
     /// A fallback; `from` and `to` already bounded (configured groups or [`OTHER`]).
     pub(crate) fn fallback(from: Arc<str>, to: Arc<str>) {
         counter!(FALLBACKS_TOTAL, FROM => from, TO => to).increment(1);
+    }
+
+    /// A settlement charged `micros`.
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend(micros: u64) {
+        counter!(SPEND_MICROS_TOTAL).increment(micros);
+    }
+
+    /// A spend record was dropped on a full queue.
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend_records_dropped() {
+        counter!(SPEND_RECORDS_DROPPED_TOTAL).increment(1);
+    }
+
+    /// The store refused a batch of `n` spend records.
+    #[cfg_attr(not(feature = "budget"), allow(dead_code))]
+    pub(crate) fn spend_write_errors(n: u64) {
+        counter!(SPEND_WRITE_ERRORS_TOTAL).increment(n);
     }
 
     /// `delta` more (or fewer) of `tenant`'s requests wait.

@@ -80,6 +80,22 @@ async fn five_hundred_concurrent_requests_never_overspend() {
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
     let spent = settled(&ledger, &client(), Period::Monthly).await;
     assert!(spent > 0 && spent <= 10_100, "spent {spent}");
+    // One spend record per request, none dropped by the writer at this load.
+    let writer = gw
+        .spend
+        .as_ref()
+        .expect("spend records are on with [budgets]");
+    for _ in 0..500 {
+        writer.flush().await;
+        if writer.written() >= 500 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (writer.written(), writer.dropped(), writer.failed()),
+        (500, 0, 0)
+    );
 }
 
 #[tokio::test]

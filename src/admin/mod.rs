@@ -12,6 +12,18 @@
 //! | `GET /key/list?page=&size=&team_id=&return_full_object=` | keys, paginated (`size` at most 100) |
 //! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
+//! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]) |
+//!
+//! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
+//! budget the key is charged on (its own, its team's, the global one): the
+//! spend and reservations of the current period and when it resets.
+//!
+//! `GET /spend/logs`: every filter given must match (`key_id`, `team_id`,
+//! `model` as the client asked for it, `start_time` ≤ start < `end_time`,
+//! both RFC 3339); `limit` records (1 to 1000, default 100), and
+//! `next_cursor` to pass as `cursor` for the next page (`null` on the last).
+//! Pages are read by keyset from the store's indexes: memory stays bounded
+//! by `limit`, whatever the history's size. A bad parameter is a 400 naming it.
 //!
 //! Every route needs the master key (`Authorization: Bearer <master key>` or
 //! `x-api-key`): 401 without it. Bad input — an unknown field, a wrong type,
@@ -63,6 +75,22 @@ use crate::sanitize::Secrets;
 struct Admin {
     keyring: Keyring,
     master: Arc<[u8; 32]>,
+    #[cfg(feature = "budget")]
+    spend: SpendView,
+}
+
+/// Where the admin API reads spend from (feature `budget`): the ledger for
+/// the current periods (`GET /key/info`), the store for the history
+/// (`GET /spend/logs`), and the global budget, if any.
+#[cfg(feature = "budget")]
+#[derive(Clone, Default)]
+pub struct SpendView {
+    /// The budgets' ledger.
+    pub ledger: Option<crate::budget::Ledger>,
+    /// The spend records' store.
+    pub store: Option<Arc<dyn crate::budget::SpendStore>>,
+    /// The global budget.
+    pub global: Option<crate::budget::Limit>,
 }
 
 fn digest(text: &str) -> [u8; 32] {
@@ -73,11 +101,27 @@ fn digest(text: &str) -> [u8; 32] {
 
 /// The admin API over `keyring`, protected by `master_key`.
 pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
-    let state = Admin {
+    routes(Admin {
         keyring,
         master: Arc::new(digest(master_key)),
-    };
-    axum::Router::new()
+        #[cfg(feature = "budget")]
+        spend: SpendView::default(),
+    })
+}
+
+/// The admin API with spend: `GET /spend/logs` from `spend.store`, and
+/// budgets' current spend in `GET /key/info` from `spend.ledger`.
+#[cfg(feature = "budget")]
+pub fn router_with_spend(keyring: Keyring, master_key: &str, spend: SpendView) -> axum::Router {
+    routes(Admin {
+        keyring,
+        master: Arc::new(digest(master_key)),
+        spend,
+    })
+}
+
+fn routes(state: Admin) -> axum::Router {
+    let router = axum::Router::new()
         .route("/key/generate", post(key_generate))
         .route("/key/update", post(key_update))
         .route("/key/info", get(key_info))
@@ -87,9 +131,10 @@ pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
         .route("/key/unblock", post(key_unblock))
         .route("/team/new", post(team_new))
         .route("/team/update", post(team_update))
-        .route("/team/info", get(team_info))
-        .with_state(state)
-        .layer(NormalizeErrorsLayer::new())
+        .route("/team/info", get(team_info));
+    #[cfg(feature = "budget")]
+    let router = router.route("/spend/logs", get(spend::logs));
+    router.with_state(state).layer(NormalizeErrorsLayer::new())
 }
 
 /// A refusal in the contract's shape.
@@ -473,7 +518,13 @@ async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad("key", "is required: `GET /key/info?key=<key id>`"))?;
     let (r, source) = a.keyring.key_info(ident)?;
-    ok(json!({"key": r.id, "info": key_json(&r, source)}))
+    #[allow(unused_mut)]
+    let mut info = key_json(&r, source);
+    #[cfg(feature = "budget")]
+    if let Some(budgets) = spend::budgets_of(&a, &r) {
+        info["budgets"] = budgets;
+    }
+    ok(json!({"key": r.id, "info": info}))
 }
 
 async fn key_delete(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -591,6 +642,9 @@ async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
     let (t, keys) = a.keyring.team_info(id)?;
     ok(json!({"team_id": t.id, "team_info": team_json(&t), "keys": keys}))
 }
+
+#[cfg(feature = "budget")]
+mod spend;
 
 #[cfg(test)]
 mod tests {

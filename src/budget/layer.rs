@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use super::ledger::{Ledger, Limit, Reservation};
 use super::meter::{Meter, Metered, Settlement};
+use super::spend::{PendingSpend, SpendWriter, Spender};
 use super::store::BudgetStore;
 use super::usage::Price;
 use crate::body::Body;
@@ -25,10 +26,19 @@ use crate::{LlmRequest, Served};
 /// The budgets a request is checked and charged against (key, team,
 /// global: any it belongs to); empty means "no budget".
 ///
-/// Implemented by every `Fn(&LlmRequest<I>) -> Vec<Limit>`.
+/// Implemented by every `Fn(&LlmRequest<I>) -> Vec<Limit>` (whose requests'
+/// spend records then name no key or team).
 pub trait BudgetsOf<I> {
     /// The budgets of `req`.
     fn budgets(&self, req: &LlmRequest<I>) -> Vec<Limit>;
+
+    /// Whose spend `req` is, for its [`SpendRecord`](super::SpendRecord):
+    /// the key's public id and its team (never the key itself). Asked only
+    /// when the layer writes spend records ([`BudgetLayer::spend`]).
+    fn spender(&self, req: &LlmRequest<I>) -> Spender {
+        let _ = req;
+        Spender::default()
+    }
 }
 
 impl<F, I> BudgetsOf<I> for F
@@ -120,6 +130,7 @@ pub struct BudgetLayer<B, L = Ledger> {
     budgets: Arc<B>,
     prices: Arc<Prices>,
     upstream_usage: bool,
+    spend: Option<SpendWriter>,
 }
 
 impl<B, L: Clone> Clone for BudgetLayer<B, L> {
@@ -129,6 +140,7 @@ impl<B, L: Clone> Clone for BudgetLayer<B, L> {
             budgets: self.budgets.clone(),
             prices: self.prices.clone(),
             upstream_usage: self.upstream_usage,
+            spend: self.spend.clone(),
         }
     }
 }
@@ -151,7 +163,21 @@ impl<B, L> BudgetLayer<B, L> {
             budgets: Arc::new(budgets),
             prices: Arc::new(prices),
             upstream_usage: false,
+            spend: None,
         }
+    }
+
+    /// Writes a [`SpendRecord`](super::SpendRecord) of every request that
+    /// reaches the layer through `writer` (see [`spend`](super::spend)):
+    /// requests without budgets are then metered too.
+    pub fn spend(mut self, writer: SpendWriter) -> Self {
+        self.spend = Some(writer);
+        self
+    }
+
+    /// The spend writer, if the layer writes spend records.
+    pub fn spend_writer(&self) -> Option<&SpendWriter> {
+        self.spend.as_ref()
     }
 
     /// Says that the provider asks upstreams for `stream_options.include_usage`
@@ -220,7 +246,21 @@ where
 
     fn call(&mut self, req: LlmRequest<I>) -> Self::Future {
         let limits = self.layer.budgets.budgets(&req);
-        if limits.is_empty() {
+        let summary = req.body().summary();
+        let hide_usage = self.layer.upstream_usage
+            && summary.stream
+            && summary.include_usage != Some(true)
+            && summary.endpoint.stream_ends_with_done();
+        let record = self.layer.spend.as_ref().map(|writer| {
+            PendingSpend::start(
+                writer.clone(),
+                req.headers(),
+                self.layer.budgets.spender(&req),
+                &summary.model,
+                self.layer.ledger.now(),
+            )
+        });
+        if limits.is_empty() && record.is_none() && !hide_usage {
             return ResponseFuture {
                 kind: Kind::Calling {
                     fut: self.inner.call(req),
@@ -228,25 +268,30 @@ where
                 },
             };
         }
-        let summary = req.body().summary();
         let (price, default_output) = self.layer.prices.reserve_price(&summary.model);
         let prompt_tokens = summary.prompt_tokens_estimate();
+        let pending = Pending {
+            hide_usage,
+            record,
+            prompt_tokens,
+            group: summary.model.clone(),
+            prices: self.layer.prices.clone(),
+        };
+        if limits.is_empty() {
+            // Metered for its spend record or its hidden usage chunk only.
+            return ResponseFuture {
+                kind: Kind::Calling {
+                    fut: self.inner.call(req),
+                    held: Some(pending.held(None)),
+                },
+            };
+        }
         let output = summary
             .max_output_tokens
             .unwrap_or(default_output)
             .saturating_mul(summary.n.max(1));
         let amount = price.worst_case(prompt_tokens, output);
         let reserve = self.layer.ledger.reserve(&limits, amount);
-        let hide_usage = self.layer.upstream_usage
-            && summary.stream
-            && summary.include_usage != Some(true)
-            && summary.endpoint.stream_ends_with_done();
-        let pending = Pending {
-            hide_usage,
-            prompt_tokens,
-            group: summary.model.clone(),
-            prices: self.layer.prices.clone(),
-        };
         // The reservation may take a round trip: the readied service goes
         // into the future, a clone stays for the next call.
         let inner = self.inner.clone();
@@ -263,16 +308,18 @@ where
 /// What a request needs settled, until its reservation is made.
 struct Pending {
     hide_usage: bool,
+    record: Option<PendingSpend>,
     prompt_tokens: u64,
     group: String,
     prices: Arc<Prices>,
 }
 
 impl Pending {
-    fn held(self, reservation: Reservation) -> Held {
+    fn held(self, reservation: Option<Reservation>) -> Held {
         Held {
             hide_usage: self.hide_usage,
             reservation,
+            record: self.record,
             prompt_tokens: self.prompt_tokens,
             group: self.group,
             prices: self.prices,
@@ -282,7 +329,8 @@ impl Pending {
 
 struct Held {
     hide_usage: bool,
-    reservation: Reservation,
+    reservation: Option<Reservation>,
+    record: Option<PendingSpend>,
     prompt_tokens: u64,
     group: String,
     prices: Arc<Prices>,
@@ -331,23 +379,37 @@ where
                         scope = error.metadata().get("scope").and_then(|v| v.as_str()).unwrap_or(""),
                         "budget refused a request"
                     );
+                    if let Some(record) = pending.record {
+                        record.failed(&error);
+                    }
                     return Poll::Ready(Err(error));
                 }
             };
             let fut = inner.call(req);
             self.as_mut().project().kind.set(Kind::Calling {
                 fut,
-                held: Some(pending.held(reservation)),
+                held: Some(pending.held(Some(reservation))),
             });
         }
         match self.project().kind.project() {
             KindProj::Reserving { .. } => unreachable!("left above"),
             KindProj::Calling { fut, held } => {
-                // An error drops `held` with the future: the reservation is released.
-                let res = ready!(fut.poll(cx))?;
-                let Some(held) = held.take() else {
+                // An error releases the reservation and records the failure.
+                let res = match ready!(fut.poll(cx)) {
+                    Ok(res) => res,
+                    Err(e) => {
+                        if let Some(record) = held.take().and_then(|h| h.record) {
+                            record.failed(&e);
+                        }
+                        return Poll::Ready(Err(e));
+                    }
+                };
+                let Some(mut held) = held.take() else {
                     return Poll::Ready(Ok(res));
                 };
+                if let Some(record) = &mut held.record {
+                    record.answered(&res);
+                }
                 let sse = res
                     .headers()
                     .get(CONTENT_TYPE)
@@ -359,6 +421,7 @@ where
                     reservation: held.reservation,
                     price,
                     prompt_tokens: held.prompt_tokens,
+                    record: held.record,
                 };
                 let meter = if sse { Meter::sse() } else { Meter::json() };
                 Poll::Ready(Ok(res.map(|body| {
@@ -479,5 +542,122 @@ mod tests {
         )
         .layer(service_fn(answer));
         assert!(free.oneshot(req(r#"{"model":"m"}"#)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_spend_record_per_request_answered_refused_failed_or_unbudgeted() {
+        use crate::budget::{MemorySpendStore, SpendWriter};
+        let store = MemorySpendStore::new();
+        let writer = SpendWriter::spawn(store.clone(), 64, 8);
+        struct Owned;
+        impl BudgetsOf<&'static str> for Owned {
+            fn budgets(&self, req: &LlmRequest<&'static str>) -> Vec<Limit> {
+                match *req.body().identity() {
+                    "free" => Vec::new(),
+                    _ => limits(req),
+                }
+            }
+            fn spender(&self, req: &LlmRequest<&'static str>) -> Spender {
+                Spender {
+                    key_id: Some((*req.body().identity()).into()),
+                    team_id: Some("t".into()),
+                }
+            }
+        }
+        let layer = BudgetLayer::new(Ledger::default(), Owned, layer().prices.as_ref().clone())
+            .spend(writer.clone());
+        let ok = layer.layer(service_fn(|_r: LlmRequest<&'static str>| async {
+            let mut res = Response::new(Body::full(
+                r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2.0}}"#,
+            ));
+            res.headers_mut()
+                .insert(crate::router::ATTEMPTS_HEADER, http::HeaderValue::from(3));
+            res.extensions_mut().insert(Served {
+                provider: "dep-1".into(),
+                model: "upstream-m".into(),
+            });
+            Ok::<_, Error>(res)
+        }));
+        let with_id = |body: &str, who: &'static str| {
+            let mut r = req(body);
+            *r.body_mut() = r.body().clone().with_identity(who);
+            r.headers_mut()
+                .insert("x-request-id", http::HeaderValue::from_static("req-1"));
+            r
+        };
+        // Answered: the record is written when the body settles, not before.
+        let res = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m","max_tokens":100}"#, "k1"))
+            .await
+            .unwrap();
+        writer.flush().await;
+        assert!(store.is_empty(), "not settled yet");
+        res.into_body().collect().await.unwrap();
+        // Refused: 3 + 1000 output tokens × 2 is over the key's 1000.
+        let e = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m","max_tokens":1000}"#, "k1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 402);
+        // Without any budget: recorded all the same.
+        let res = ok
+            .clone()
+            .oneshot(with_id(r#"{"model":"m"}"#, "free"))
+            .await
+            .unwrap();
+        drop(res); // a client that went away: settled on drop, estimated
+        // Failed upstream: status of the error, nothing charged.
+        let failing = layer.layer(service_fn(|_r: LlmRequest<&'static str>| async {
+            Err::<Response<Body>, _>(
+                Error::new(crate::Reason::UpstreamError, "down").with_provider("dep-2".into()),
+            )
+        }));
+        failing
+            .oneshot(with_id(r#"{"model":"m"}"#, "k1"))
+            .await
+            .unwrap_err();
+        writer.flush().await;
+        let all = store.all();
+        assert_eq!(all.len(), 4, "{all:#?}");
+        let by_status = |s: u16| all.iter().filter(|r| r.status == s).collect::<Vec<_>>();
+        let answered = by_status(200);
+        assert_eq!(answered.len(), 2);
+        let paid = answered
+            .iter()
+            .find(|r| r.key_id.as_deref() == Some("k1"))
+            .unwrap();
+        assert_eq!(paid.request_id, "req-1");
+        assert_eq!(paid.team_id.as_deref(), Some("t"));
+        assert_eq!((paid.prompt_tokens, paid.completion_tokens), (5, 2));
+        assert_eq!(
+            (paid.cost, paid.estimated, paid.attempts),
+            (5 + 2 * 2, false, 3)
+        );
+        assert_eq!(paid.deployment.as_deref(), Some("dep-1"));
+        assert_eq!(paid.served_model.as_deref(), Some("upstream-m"));
+        let free = answered
+            .iter()
+            .find(|r| r.key_id.as_deref() == Some("free"))
+            .unwrap();
+        assert!(free.estimated && free.cost > 0, "{free:?}");
+        let refused = by_status(402);
+        assert_eq!(
+            (refused.len(), refused[0].cost, refused[0].attempts),
+            (1, 0, 0)
+        );
+        let failed = by_status(502);
+        assert_eq!(
+            (failed.len(), failed[0].cost, failed[0].attempts),
+            (1, 0, 1)
+        );
+        // The ledger charged exactly what the records say.
+        let spent = layer
+            .ledger()
+            .usage(&crate::budget::Scope::Key("k1".into()), Period::Monthly)
+            .spent;
+        assert_eq!(spent, paid.cost);
+        assert_eq!(writer.dropped(), 0);
     }
 }

@@ -51,6 +51,19 @@ pub struct Limit {
     pub period: Period,
 }
 
+#[cfg(feature = "keys")]
+impl Limit {
+    /// A key's or team's budget (USD over a period) as a limit of `scope`;
+    /// `None` when the amount is not a number of dollars, 0 or more.
+    pub fn from_budget(scope: Scope, budget: crate::keys::Budget) -> Option<Limit> {
+        Some(Limit {
+            scope,
+            max: super::usage::Price::micros_from_usd(budget.max_usd)?,
+            period: budget.period.into(),
+        })
+    }
+}
+
 /// What a scope has spent and holds reserved in the current period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -285,6 +298,22 @@ impl Ledger {
             amount,
             open: true,
         })
+    }
+
+    /// Adds `spent` to what `scope` spent in the `period` that contains now,
+    /// without any check: for rebuilding the ledger at start from persisted
+    /// spend ([`restore_ledger`](super::restore_ledger)).
+    pub fn restore_spent(&self, scope: &Scope, period: Period, spent: Micros) {
+        if spent == 0 {
+            return;
+        }
+        let (id, window) = self.id(scope, period, self.clock.now());
+        let mut shard = self.shards.lock(self.shards.index(&id));
+        let counter = shard.entry(id).or_insert_with(|| Counter {
+            end: window.end.map(Timestamp::as_second),
+            ..Counter::default()
+        });
+        counter.spent = counter.spent.saturating_add(spent);
     }
 
     /// What `scope` has spent and holds reserved in the `period` that contains now.

@@ -10,6 +10,7 @@ use pin_project::{pin_project, pinned_drop};
 use serde_json::Value;
 
 use super::ledger::{Micros, Reservation};
+use super::spend::PendingSpend;
 use super::usage::{Price, TokenUsage};
 
 /// The most of one SSE line (one `data:` event) that is buffered to be
@@ -235,29 +236,47 @@ fn is_usage_only(line: &[u8]) -> bool {
         && memchr::memmem::find(line, b"\"usage\":{").is_some()
 }
 
-/// What settling needs: the reservation, the price, the prompt estimate.
+/// What settling needs: the reservation, the price, the prompt estimate,
+/// and the spend record to finish.
 #[derive(Debug)]
 pub struct Settlement {
-    /// The money held for the request.
-    pub reservation: Reservation,
+    /// The money held for the request (`None`: a request without budgets,
+    /// metered for its spend record only).
+    pub reservation: Option<Reservation>,
     /// The serving model's price.
     pub price: Price,
     /// The request's prompt-token estimate, charged when no usage comes.
     pub prompt_tokens: u64,
+    /// The request's spend record, finished with the charge.
+    pub record: Option<PendingSpend>,
 }
 
 impl Settlement {
     /// Settles from the meter: the reported usage, or else an estimate of
-    /// what was used (never zero). Returns the charge.
+    /// what was used (never zero). Returns the charge: the cost, or the
+    /// reservation when the cost is larger (it never is with an honest
+    /// upstream). The one place a request's cost is computed.
     pub fn settle(self, meter: &Meter) -> Micros {
-        let cost = match meter.usage() {
-            Some(usage) => self.price.cost(&usage),
-            None => self
-                .price
-                .worst_case(self.prompt_tokens, meter.output_tokens_estimate())
-                .max(1),
+        let (usage, cost) = match meter.usage() {
+            Some(usage) => (usage, self.price.cost(&usage)),
+            None => {
+                let usage = TokenUsage {
+                    prompt_tokens: self.prompt_tokens,
+                    completion_tokens: meter.output_tokens_estimate(),
+                    cached_tokens: 0,
+                };
+                (usage, self.price.cost(&usage).max(1))
+            }
         };
-        self.reservation.settle(cost)
+        let charged = match self.reservation {
+            Some(r) => r.settle(cost),
+            None => cost,
+        };
+        crate::metrics::record::spend(charged);
+        if let Some(record) = self.record {
+            record.settled(usage, meter.usage().is_none(), charged);
+        }
+        charged
     }
 }
 
@@ -471,9 +490,10 @@ mod tests {
             ledger,
             limit,
             Settlement {
-                reservation,
+                reservation: Some(reservation),
                 price,
                 prompt_tokens: 10,
+                record: None,
             },
         )
     }

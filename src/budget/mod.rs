@@ -35,6 +35,13 @@
 //! assert_eq!((usage.spent, usage.reserved), (120_000, 0));
 //! ```
 //!
+//! # Spend records
+//!
+//! With a [`SpendWriter`] ([`BudgetLayer::spend`]), the layer also writes one
+//! [`SpendRecord`] per request into a [`SpendStore`], in the background;
+//! [`restore_ledger`] rebuilds the ledger's spend from the store at start.
+//! See [`spend`].
+//!
 //! # The `Budget` layer
 //!
 //! [`BudgetLayer`] sits after `ReadRequest` (it prices the parsed request)
@@ -98,6 +105,7 @@ mod layer;
 mod ledger;
 mod meter;
 mod period;
+pub mod spend;
 mod store;
 mod usage;
 
@@ -106,5 +114,11 @@ pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFutu
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};
 pub use period::{Clock, ManualClock, Period, SystemClock, Window};
+#[cfg(feature = "sqlite")]
+pub use spend::SqliteSpendStore;
+pub use spend::{
+    Cursor, MemorySpendStore, PendingSpend, SpendError, SpendFuture, SpendPage, SpendQuery,
+    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger,
+};
 pub use store::{BudgetStore, EitherReserve, EitherStore};
 pub use usage::{Price, TokenUsage};

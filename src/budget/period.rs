@@ -59,6 +59,19 @@ impl Period {
     }
 }
 
+#[cfg(feature = "keys")]
+impl From<crate::keys::BudgetPeriod> for Period {
+    fn from(p: crate::keys::BudgetPeriod) -> Period {
+        use crate::keys::BudgetPeriod;
+        match p {
+            BudgetPeriod::Total => Period::Total,
+            BudgetPeriod::Daily => Period::Daily,
+            BudgetPeriod::Weekly => Period::Weekly,
+            BudgetPeriod::Monthly => Period::Monthly,
+        }
+    }
+}
+
 /// The first instant of `date` in `tz` (the first valid one where a DST
 /// change skips midnight).
 fn midnight(date: Date, tz: &TimeZone) -> Timestamp {

@@ -42,6 +42,10 @@ pub trait BudgetStore: Clone + fmt::Debug + Send + Sync + 'static {
     /// Reserves `amount` on every budget in `limits` (in the periods that
     /// contain now), or on none.
     fn reserve(&self, limits: &[Limit], amount: Micros) -> Self::Reserve;
+
+    /// The current instant by the store's clock (a request's start, as its
+    /// spend record says; periods are computed from the same clock).
+    fn now(&self) -> jiff::Timestamp;
 }
 
 impl BudgetStore for Ledger {
@@ -49,6 +53,10 @@ impl BudgetStore for Ledger {
 
     fn reserve(&self, limits: &[Limit], amount: Micros) -> Self::Reserve {
         ready(Ledger::reserve(self, limits, amount).map_err(Error::from))
+    }
+
+    fn now(&self) -> jiff::Timestamp {
+        Ledger::now(self)
     }
 }
 
@@ -94,6 +102,13 @@ impl<A: BudgetStore, B: BudgetStore> BudgetStore for EitherStore<A, B> {
         match self {
             EitherStore::Left(a) => EitherReserve::Left(a.reserve(limits, amount)),
             EitherStore::Right(b) => EitherReserve::Right(b.reserve(limits, amount)),
+        }
+    }
+
+    fn now(&self) -> jiff::Timestamp {
+        match self {
+            EitherStore::Left(a) => a.now(),
+            EitherStore::Right(b) => b.now(),
         }
     }
 }

@@ -58,6 +58,35 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         );",
     ),
     (2, "CREATE INDEX keys_by_team ON keys (team_id);"),
+    // Spend records (`tollgate::budget::SqliteSpendStore`). `id` is the
+    // rowid, so each index below also orders by it: a page of
+    // `ORDER BY start_us DESC, id DESC` under any one filter is read from an
+    // index, never sorted in memory.
+    (
+        3,
+        "CREATE TABLE spend (
+            id                INTEGER PRIMARY KEY,
+            request_id        TEXT NOT NULL,
+            key_id            TEXT,
+            team_id           TEXT,
+            model             TEXT NOT NULL,
+            model_group       TEXT,
+            deployment        TEXT,
+            served_model      TEXT,
+            prompt_tokens     INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            estimated         INTEGER NOT NULL,
+            cost              INTEGER NOT NULL,
+            status            INTEGER NOT NULL,
+            start_us          INTEGER NOT NULL,
+            latency_us        INTEGER NOT NULL,
+            attempts          INTEGER NOT NULL
+        );
+        CREATE INDEX spend_by_start ON spend (start_us);
+        CREATE INDEX spend_by_key ON spend (key_id, start_us);
+        CREATE INDEX spend_by_team ON spend (team_id, start_us);
+        CREATE INDEX spend_by_model ON spend (model, start_us);",
+    ),
 ];
 
 /// Keys and teams in a SQLite file (see the module docs).
@@ -76,12 +105,7 @@ impl SqliteStore {
     /// Blocking: call it at start, or from `spawn_blocking`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let mut conn = Connection::open(path).map_err(|e| db_err(path, e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(|e| db_err(path, e))?;
-        migrate(&mut conn).map_err(|e| db_err(path, e))?;
+        let conn = open_connection(path, "FULL").map_err(|e| db_err(path, e))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_owned()),
@@ -117,6 +141,20 @@ impl SqliteStore {
     }
 }
 
+/// Opens (creating it if needed) and migrates the database at `path`, in
+/// WAL mode with this `synchronous` setting: the one way every table of the
+/// file (keys, teams, spend) is opened, so whichever store opens it first
+/// brings the whole schema up to date.
+pub(crate) fn open_connection(path: &Path, synchronous: &str) -> Result<Connection, String> {
+    let mut conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+    ))
+    .map_err(|e| e.to_string())?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
 fn version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     Ok(conn
@@ -134,7 +172,15 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         ));
     }
     for &(v, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        // IMMEDIATE: two connections opening the file at once (the key
+        // store's and the spend store's) take turns; the second sees the
+        // first's migrations and skips them.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
+        if version(&tx).map_err(|e| e.to_string())? >= v {
+            continue;
+        }
         tx.execute_batch(sql)
             .map_err(|e| format!("migration {v}: {e}"))?;
         tx.execute("DELETE FROM schema_version", [])

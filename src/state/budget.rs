@@ -255,6 +255,10 @@ impl RedisLedger {
 impl BudgetStore for RedisLedger {
     type Reserve = Pin<Box<dyn Future<Output = Result<Reservation, Error>> + Send>>;
 
+    fn now(&self) -> jiff::Timestamp {
+        self.inner.clock.now()
+    }
+
     fn reserve(&self, limits: &[Limit], amount: Micros) -> Self::Reserve {
         let now = self.inner.clock.now();
         let rid = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));

@@ -130,6 +130,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The spend writer (with `[budgets]`): flushed by a graceful shutdown.
+    pub spend: Option<tollgate::budget::SpendWriter>,
 }
 
 impl Gateway {
@@ -216,15 +218,16 @@ async fn start(
     }
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
     let ledger = ledger.or_else(|| config.ledger());
-    let app = gateway::app_with_ledger(&config, clock, ledger)
+    let built = gateway::build(&config, clock, ledger)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let spend = built.spend.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway::serve(
+    let task = tokio::spawn(gateway::serve_and_flush(
         listener,
-        app,
+        built,
         async move {
             let _ = rx.await;
         },
@@ -234,6 +237,7 @@ async fn start(
         addr,
         stop: Some(tx),
         task,
+        spend,
     }
 }
 

@@ -1,0 +1,334 @@
+//! `GET /spend/logs` and the budgets shown by `GET /key/info`.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use super::{Admin, Answer, Params, bad, number, ok, query};
+use crate::budget::{Cursor, Limit, Scope, SpendQuery, SpendRecord, usd_value};
+use crate::error::{Error, Reason};
+use crate::keys::KeyRecord;
+
+const PARAMS: [&str; 7] = [
+    "key_id",
+    "team_id",
+    "model",
+    "start_time",
+    "end_time",
+    "limit",
+    "cursor",
+];
+
+/// The most records in one page.
+pub const MAX_LIMIT: usize = 1000;
+
+fn time(
+    q: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<Option<Timestamp>, Error> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<Timestamp>().map_err(|_| {
+                bad(
+                    name,
+                    "must be an RFC 3339 time with an offset, such as `2026-05-01T00:00:00Z`",
+                )
+            })
+        })
+        .transpose()
+}
+
+fn filter(
+    q: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    match q.get(name) {
+        Some(v) if v.is_empty() => Err(bad(name, "must not be empty; leave it out to match all")),
+        v => Ok(v.cloned()),
+    }
+}
+
+fn record_json(r: &SpendRecord) -> Value {
+    let end = r
+        .start
+        .checked_add(jiff::SignedDuration::from_micros(r.latency_us as i64))
+        .unwrap_or(r.start);
+    let mut m = Map::new();
+    m.insert("request_id".into(), json!(r.request_id));
+    m.insert("key_id".into(), json!(r.key_id));
+    m.insert("team_id".into(), json!(r.team_id));
+    m.insert("model".into(), json!(r.model));
+    m.insert("model_group".into(), json!(r.model_group));
+    m.insert("deployment".into(), json!(r.deployment));
+    m.insert("served_model".into(), json!(r.served_model));
+    m.insert("prompt_tokens".into(), json!(r.prompt_tokens));
+    m.insert("completion_tokens".into(), json!(r.completion_tokens));
+    m.insert(
+        "total_tokens".into(),
+        json!(r.prompt_tokens.saturating_add(r.completion_tokens)),
+    );
+    m.insert("tokens_estimated".into(), json!(r.estimated));
+    m.insert("spend".into(), usd_value(r.cost));
+    m.insert("spend_micros".into(), json!(r.cost));
+    m.insert("status".into(), json!(r.status));
+    m.insert("start_time".into(), json!(r.start.to_string()));
+    m.insert("end_time".into(), json!(end.to_string()));
+    m.insert("latency_ms".into(), json!(r.latency_us as f64 / 1000.0));
+    m.insert("attempts".into(), json!(r.attempts));
+    Value::Object(m)
+}
+
+/// `GET /spend/logs`.
+pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    if let Some(k) = q.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(bad(k, format!("unknown parameter; use {}", PARAMS.join(", "))).into());
+    }
+    let start = time(&q, "start_time")?;
+    let end = time(&q, "end_time")?;
+    if let (Some(s), Some(e)) = (start, end) {
+        if e <= s {
+            return Err(bad("end_time", "must be later than `start_time`").into());
+        }
+    }
+    let after = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            bad(
+                "cursor",
+                "is not a cursor this API gave; pass the `next_cursor` of the previous page",
+            )
+        })?),
+    };
+    let spend_query = SpendQuery {
+        key_id: filter(&q, "key_id")?,
+        team_id: filter(&q, "team_id")?,
+        model: filter(&q, "model")?,
+        start,
+        end,
+        after,
+        limit: number(&q, "limit", 100, MAX_LIMIT)?,
+    };
+    let Some(store) = &a.spend.store else {
+        return Err(Error::new(
+            Reason::NotFound,
+            "This gateway keeps no spend records (they need `[budgets]`, and `[spend] enabled` not false).",
+        )
+        .into());
+    };
+    let page = store.query(spend_query).await.map_err(|e| {
+        tracing::error!(error = %e, "spend store query failed");
+        Error::new(
+            Reason::Internal,
+            "The spend records could not be read; see the gateway's log.",
+        )
+    })?;
+    let data: Vec<Value> = page.records.iter().map(record_json).collect();
+    ok(json!({
+        "data": data,
+        "next_cursor": page.next.map(Cursor::encode),
+    }))
+}
+
+/// Each budget `key` is charged on, with the current period's spend, or
+/// `None` without a ledger.
+pub(super) fn budgets_of(a: &Admin, key: &KeyRecord) -> Option<Value> {
+    let ledger = a.spend.ledger.as_ref()?;
+    let mut limits: Vec<Limit> = Vec::with_capacity(3);
+    limits.extend(
+        key.limits
+            .budget()
+            .and_then(|b| Limit::from_budget(Scope::Key(key.id.as_str().into()), b)),
+    );
+    if let Some(team) = &key.team_id {
+        if let Ok((t, _)) = a.keyring.team_info(team) {
+            limits.extend(
+                t.limits
+                    .budget()
+                    .and_then(|b| Limit::from_budget(Scope::Team(team.as_str().into()), b)),
+            );
+        }
+    }
+    limits.extend(a.spend.global.clone());
+    let out: Vec<Value> = limits
+        .iter()
+        .map(|l| {
+            let u = ledger.usage(&l.scope, l.period);
+            let mut m = Map::new();
+            m.insert("scope".into(), json!(l.scope.kind()));
+            match &l.scope {
+                Scope::Key(id) => m.insert("key_id".into(), json!(&**id)),
+                Scope::Team(id) => m.insert("team_id".into(), json!(&**id)),
+                Scope::Global => None,
+            };
+            m.insert("max_budget".into(), usd_value(l.max));
+            m.insert("budget_duration".into(), json!(l.period.as_str()));
+            m.insert("spend".into(), usd_value(u.spent));
+            m.insert("reserved".into(), usd_value(u.reserved));
+            m.insert("spend_micros".into(), json!(u.spent));
+            m.insert("reserved_micros".into(), json!(u.reserved));
+            m.insert(
+                "period_start".into(),
+                json!(u.window.start.map(|t| t.to_string())),
+            );
+            m.insert(
+                "resets_at".into(),
+                json!(u.window.end.map(|t| t.to_string())),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    Some(Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SpendView;
+    use super::*;
+    use crate::budget::{Ledger, MemorySpendStore, Period, SpendStore};
+    use crate::keys::{Keyring, MemoryStore};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    const MASTER: &str = "master-0123456789abcdef";
+
+    async fn get(app: &axum::Router, uri: &str) -> (u16, Value) {
+        let req = axum::http::Request::get(uri)
+            .header("authorization", format!("Bearer {MASTER}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn logs_filter_page_and_refuse_bad_parameters() {
+        let ring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
+        let store = Arc::new(MemorySpendStore::new());
+        let batch = (0..25)
+            .map(|i| {
+                let mut r = SpendRecord::new(
+                    format!("r{i}"),
+                    if i % 2 == 0 { "a" } else { "b" },
+                    Timestamp::from_second(1_800_000_000 + i).unwrap(),
+                );
+                r.key_id = Some("k".into());
+                r.cost = 1_500;
+                r
+            })
+            .collect();
+        store.write(batch).await.unwrap();
+        let app = super::super::router_with_spend(
+            ring,
+            MASTER,
+            SpendView {
+                store: Some(store),
+                ..SpendView::default()
+            },
+        );
+        let mut seen = Vec::new();
+        let mut uri = "/spend/logs?model=a&limit=5".to_owned();
+        loop {
+            let (s, v) = get(&app, &uri).await;
+            assert_eq!(s, 200, "{v}");
+            for r in v["data"].as_array().unwrap() {
+                assert_eq!(r["model"], "a");
+                assert_eq!(r["spend"], 0.0015);
+                seen.push(r["request_id"].as_str().unwrap().to_owned());
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => uri = format!("/spend/logs?model=a&limit=5&cursor={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 13);
+        assert_eq!(seen[0], "r24");
+        let (_, v) = get(
+            &app,
+            "/spend/logs?start_time=2027-01-15T08:00:10Z&end_time=2027-01-15T08:00:12%2B00:00",
+        )
+        .await;
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["r11", "r10"]);
+        for (uri, param) in [
+            ("/spend/logs?limit=0", "limit"),
+            ("/spend/logs?limit=1001", "limit"),
+            ("/spend/logs?start_time=yesterday", "start_time"),
+            ("/spend/logs?end_time=2026-01-01", "end_time"),
+            (
+                "/spend/logs?start_time=2026-02-01T00:00:00Z&end_time=2026-01-01T00:00:00Z",
+                "end_time",
+            ),
+            ("/spend/logs?cursor=nope", "cursor"),
+            ("/spend/logs?key_id=", "key_id"),
+            ("/spend/logs?user=x", "user"),
+        ] {
+            let (s, v) = get(&app, uri).await;
+            assert_eq!(s, 400, "{uri}: {v}");
+            assert_eq!(v["error"]["metadata"]["param"], param, "{uri}: {v}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_store_logs_are_404_and_key_info_has_no_budgets() {
+        let ring = Keyring::builder(MemoryStore::new())
+            .models(["m"])
+            .build()
+            .await
+            .unwrap();
+        let (key, _) = ring
+            .generate(crate::keys::NewKey {
+                grants: Some(vec!["m".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let app = super::super::router(ring.clone(), MASTER);
+        let (s, _) = get(&app, "/spend/logs").await;
+        assert_eq!(s, 404);
+        let (s, v) = get(&app, &format!("/key/info?key={key}")).await;
+        assert_eq!(s, 200);
+        assert!(v["info"].get("budgets").is_none(), "{v}");
+        // With a ledger: the global budget is listed even for a key without its own.
+        let ledger = Ledger::default();
+        let global = Limit {
+            scope: Scope::Global,
+            max: 5_000_000,
+            period: Period::Daily,
+        };
+        let held = ledger
+            .reserve(std::slice::from_ref(&global), 1_234)
+            .unwrap();
+        let app = super::super::router_with_spend(
+            ring,
+            MASTER,
+            SpendView {
+                ledger: Some(ledger),
+                global: Some(global),
+                store: None,
+            },
+        );
+        let (_, v) = get(&app, &format!("/key/info?key={key}")).await;
+        let b = &v["info"]["budgets"][0];
+        assert_eq!(b["scope"], "global");
+        assert_eq!(
+            (b["reserved_micros"].as_u64(), b["spend_micros"].as_u64()),
+            (Some(1_234), Some(0))
+        );
+        assert!(
+            b["resets_at"].is_string() && b["period_start"].is_string(),
+            "{b}"
+        );
+        drop(held);
+    }
+}

@@ -1,0 +1,690 @@
+//! Spend records: one per client request, written in the background.
+//!
+//! The [`Budget`](super::Budget) layer, given a [`SpendWriter`]
+//! ([`BudgetLayer::spend`](super::BudgetLayer::spend)), makes one
+//! [`SpendRecord`] per request that reaches it: answered, failed upstream,
+//! or refused by a budget (cost 0 and the refusal's status), with or
+//! without any budget. It sits above `Fallback` and `Router`, so the
+//! retries and fallbacks of one request make one record (with their count
+//! in [`attempts`](SpendRecord::attempts)). A record is finished when the
+//! answer's body settles (it ends, is cut, or is dropped by a client that
+//! went away), or when the call fails; its cost is the one the settlement
+//! charged, computed in one place ([`Settlement::settle`](super::Settlement::settle)).
+//! Requests refused before the layer (401, 400, 403, 429 of the layers in
+//! front of it) are not recorded: they never reach it, and cost nothing.
+//!
+//! The response path never waits for a record to be stored: the
+//! [`SpendWriter`] hands it to a bounded queue with `try_send`, and a
+//! background task writes the queue in batches, one transaction per batch,
+//! into a [`SpendStore`]. When the queue is full, the record is dropped,
+//! counted ([`SpendWriter::dropped`] and the metric
+//! `tollgate_spend_records_dropped_total`) and reported by a `warn` log line
+//! (at most one every 10 seconds, with the count). [`SpendWriter::flush`]
+//! waits until everything queued before it is stored (the reference
+//! gateway calls it on graceful shutdown).
+//!
+//! Stores: [`MemorySpendStore`] (tests, nothing survives a restart) and,
+//! with the `sqlite` feature, [`SqliteSpendStore`] (the keys' database
+//! file, table `spend`). The trait is small and object-safe, to be used as
+//! `Arc<dyn SpendStore>`: write a batch atomically, read one page of a
+//! filtered query by keyset pagination (newest first), and sum the cost per
+//! key, per team and overall since an instant ([`restore_ledger`] rebuilds
+//! a ledger's spend in the current periods from it after a restart). A
+//! store must answer a page in memory bounded by the page's size, whatever
+//! the history's size.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tollgate::budget::{MemorySpendStore, SpendQuery, SpendRecord, SpendStore, SpendWriter, Timestamp};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = Arc::new(MemorySpendStore::new());
+//! let writer = SpendWriter::spawn(store.clone(), 10_000, 256);
+//! for i in 0..3 {
+//!     let mut r = SpendRecord::new(format!("req-{i}"), "gpt-4o", Timestamp::from_second(1_700_000_000 + i).unwrap());
+//!     r.key_id = Some("k1".into());
+//!     r.cost = 120;
+//!     writer.record(r); // never waits
+//! }
+//! writer.flush().await;
+//! let page = store.query(SpendQuery { key_id: Some("k1".into()), limit: 2, ..SpendQuery::default() }).await.unwrap();
+//! assert_eq!(page.records[0].request_id, "req-2"); // newest first
+//! let rest = store.query(SpendQuery { after: page.next, limit: 2, ..SpendQuery::default() }).await.unwrap();
+//! assert_eq!((rest.records.len(), rest.next), (1, None));
+//! assert_eq!(writer.dropped(), 0);
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+use jiff::Timestamp;
+
+use super::ledger::{Ledger, Micros, Scope};
+use super::period::Period;
+use super::usage::TokenUsage;
+use crate::{Error, Served};
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod writer;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteSpendStore;
+pub use writer::SpendWriter;
+
+/// The longest request id kept in a record (a longer client-sent
+/// `x-request-id` is cut).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// What one client request cost, and how it went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendRecord {
+    /// The request's `x-request-id` (the client's, or the one the gateway
+    /// set), at most [`MAX_REQUEST_ID`] visible ASCII characters.
+    pub request_id: String,
+    /// The public id of the key that called (never the key or its hash).
+    pub key_id: Option<String>,
+    /// The key's team.
+    pub team_id: Option<String>,
+    /// The model the client asked for.
+    pub model: String,
+    /// The model group that served (after fallbacks).
+    pub model_group: Option<String>,
+    /// The deployment (provider) that served.
+    pub deployment: Option<String>,
+    /// The upstream model name the deployment was asked for.
+    pub served_model: Option<String>,
+    /// Input tokens (reported by the upstream, or estimated).
+    pub prompt_tokens: u64,
+    /// Output tokens (reported, or estimated from what was streamed).
+    pub completion_tokens: u64,
+    /// True when the tokens are the gateway's estimate (no usage reported:
+    /// a cut stream, a client that left, an upstream that reports none).
+    pub estimated: bool,
+    /// What was charged, in micro-USD.
+    pub cost: Micros,
+    /// The HTTP status the client got.
+    pub status: u16,
+    /// When the request reached the budget layer.
+    pub start: Timestamp,
+    /// From the start until the answer settled (its body ended, was cut or
+    /// dropped), or the call failed, in microseconds.
+    pub latency_us: u64,
+    /// Upstream attempts made, over every retry and fallback (0: none, e.g.
+    /// a budget refusal).
+    pub attempts: u32,
+}
+
+impl SpendRecord {
+    /// A record of a request to `model` started at `start`; everything
+    /// else empty or zero.
+    pub fn new(request_id: impl Into<String>, model: impl Into<String>, start: Timestamp) -> Self {
+        SpendRecord {
+            request_id: request_id.into(),
+            key_id: None,
+            team_id: None,
+            model: model.into(),
+            model_group: None,
+            deployment: None,
+            served_model: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            estimated: false,
+            cost: 0,
+            status: 0,
+            start,
+            latency_us: 0,
+            attempts: 0,
+        }
+    }
+}
+
+/// Who a request's spend belongs to, for its record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spender {
+    /// The key's public id.
+    pub key_id: Option<String>,
+    /// The key's team.
+    pub team_id: Option<String>,
+}
+
+/// Where a page of records starts: after this record (opaque to clients,
+/// see [`Cursor::encode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    /// The record's start, in microseconds since the Unix epoch.
+    pub start_us: i64,
+    /// The store's sequence number of the record (ties on `start_us`).
+    pub seq: i64,
+}
+
+impl Cursor {
+    /// The cursor as an opaque token for clients.
+    pub fn encode(self) -> String {
+        format!("{:x}.{:x}", self.start_us as u64, self.seq as u64)
+    }
+
+    /// Reads a token made by [`encode`](Self::encode).
+    pub fn decode(token: &str) -> Option<Cursor> {
+        let (a, b) = token.split_once('.')?;
+        let start = u64::from_str_radix(a, 16).ok()? as i64;
+        let seq = u64::from_str_radix(b, 16).ok()? as i64;
+        Some(Cursor {
+            start_us: start,
+            seq,
+        })
+    }
+}
+
+/// Which records to read: every filter given must match. Pages are newest
+/// first (by start, then by arrival).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpendQuery {
+    /// Only this key's.
+    pub key_id: Option<String>,
+    /// Only this team's.
+    pub team_id: Option<String>,
+    /// Only requests that asked for this model.
+    pub model: Option<String>,
+    /// Only requests started at or after this instant.
+    pub start: Option<Timestamp>,
+    /// Only requests started before this instant.
+    pub end: Option<Timestamp>,
+    /// The page after this cursor (`None`: the first page).
+    pub after: Option<Cursor>,
+    /// The most records in the page (0 is taken as 1).
+    pub limit: usize,
+}
+
+impl SpendQuery {
+    /// Whether `r` passes the filters (not the cursor).
+    pub fn matches(&self, r: &SpendRecord) -> bool {
+        let eq = |want: &Option<String>, have: Option<&String>| {
+            want.as_ref().is_none_or(|w| have == Some(w))
+        };
+        eq(&self.key_id, r.key_id.as_ref())
+            && eq(&self.team_id, r.team_id.as_ref())
+            && eq(&self.model, Some(&r.model))
+            && self.start.is_none_or(|s| r.start >= s)
+            && self.end.is_none_or(|e| r.start < e)
+    }
+}
+
+/// One page of records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpendPage {
+    /// The records, newest first.
+    pub records: Vec<SpendRecord>,
+    /// Where the next page starts (`None`: this was the last).
+    pub next: Option<Cursor>,
+}
+
+/// Cost summed per key, per team and overall.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpendTotals {
+    /// Per key id.
+    pub keys: Vec<(String, Micros)>,
+    /// Per team id.
+    pub teams: Vec<(String, Micros)>,
+    /// Every request's.
+    pub global: Micros,
+}
+
+/// A spend store failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendError(String);
+
+impl SpendError {
+    /// An error with this description (never put a secret in it).
+    pub fn new(message: impl Into<String>) -> Self {
+        SpendError(message.into())
+    }
+}
+
+impl fmt::Display for SpendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpendError {}
+
+/// A spend store's future: boxed, since stores are behind `dyn` and off the
+/// response path.
+pub type SpendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SpendError>> + Send + 'a>>;
+
+/// Durable storage of spend records (see the [module docs](self)).
+///
+/// Object-safe: use it as `Arc<dyn SpendStore>`. Implementations for a
+/// shared database (PostgreSQL) implement the same three calls.
+pub trait SpendStore: Send + Sync + 'static {
+    /// Stores `batch` atomically (one transaction), in order.
+    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()>;
+    /// One page of `query`, newest first, in memory bounded by `query.limit`.
+    fn query(&self, query: SpendQuery) -> SpendFuture<'_, SpendPage>;
+    /// The cost of the requests started at or after `since` (`None`: ever),
+    /// per key, per team and overall.
+    fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals>;
+}
+
+impl<S: SpendStore + ?Sized> SpendStore for Arc<S> {
+    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
+        (**self).write(batch)
+    }
+    fn query(&self, query: SpendQuery) -> SpendFuture<'_, SpendPage> {
+        (**self).query(query)
+    }
+    fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
+        (**self).totals(since)
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+/// Records in this process's memory, for tests and setups that keep no
+/// history. Nothing survives a restart.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySpendStore {
+    inner: Arc<Mutex<Memory>>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    seq: i64,
+    records: BTreeMap<Cursor, SpendRecord>,
+}
+
+impl MemorySpendStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemorySpendStore::default()
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every record, oldest first.
+    pub fn all(&self) -> Vec<SpendRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SpendStore for MemorySpendStore {
+    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
+        let mut m = self.lock();
+        for r in batch {
+            m.seq += 1;
+            let at = Cursor {
+                start_us: micros(r.start),
+                seq: m.seq,
+            };
+            m.records.insert(at, r);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn query(&self, q: SpendQuery) -> SpendFuture<'_, SpendPage> {
+        let m = self.lock();
+        let limit = q.limit.max(1);
+        let upper = q
+            .after
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut page = SpendPage::default();
+        let mut last = None;
+        for (at, r) in m
+            .records
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .filter(|(_, r)| q.matches(r))
+        {
+            if page.records.len() == limit {
+                page.next = last;
+                break;
+            }
+            page.records.push(r.clone());
+            last = Some(*at);
+        }
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
+    fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
+        let m = self.lock();
+        let (mut keys, mut teams) = (BTreeMap::new(), BTreeMap::new());
+        let mut global: Micros = 0;
+        for r in m
+            .records
+            .values()
+            .filter(|r| since.is_none_or(|s| r.start >= s))
+        {
+            if let Some(k) = &r.key_id {
+                *keys.entry(k.clone()).or_insert(0u64) += r.cost;
+            }
+            if let Some(t) = &r.team_id {
+                *teams.entry(t.clone()).or_insert(0u64) += r.cost;
+            }
+            global += r.cost;
+        }
+        Box::pin(std::future::ready(Ok(SpendTotals {
+            keys: keys.into_iter().collect(),
+            teams: teams.into_iter().collect(),
+            global,
+        })))
+    }
+}
+
+/// Rebuilds `ledger`'s spend in the current periods from `store`, at start
+/// (before serving): for each period (total, daily, weekly, monthly), the
+/// records started in the window that contains now are summed per key, per
+/// team and overall, by the store (an aggregation: memory bounded by the
+/// number of keys and teams, not of records), and charged to the matching
+/// counters. Reservations of requests that were running when the process
+/// stopped are gone with it; records still queued then are lost (a
+/// graceful shutdown flushes them).
+///
+/// Counters are rebuilt for every key and team that spent, with a budget
+/// or not; a budget of that period then starts from what was really spent.
+pub async fn restore_ledger(ledger: &Ledger, store: &dyn SpendStore) -> Result<(), SpendError> {
+    let now = ledger.now();
+    for period in [
+        Period::Total,
+        Period::Daily,
+        Period::Weekly,
+        Period::Monthly,
+    ] {
+        let window = period.window(now, ledger.time_zone());
+        let totals = store.totals(window.start).await?;
+        for (key, spent) in totals.keys {
+            ledger.restore_spent(&Scope::Key(key.into()), period, spent);
+        }
+        for (team, spent) in totals.teams {
+            ledger.restore_spent(&Scope::Team(team.into()), period, spent);
+        }
+        ledger.restore_spent(&Scope::Global, period, totals.global);
+    }
+    Ok(())
+}
+
+/// A record being made: it travels with the request, then inside the
+/// response body, and is handed to the writer when the request settles.
+#[derive(Debug)]
+pub struct PendingSpend {
+    /// Boxed: the request's future and body carry a pointer, not the record.
+    record: Box<SpendRecord>,
+    started: tokio::time::Instant,
+    writer: SpendWriter,
+}
+
+/// The request id from `x-request-id`: visible ASCII only, at most
+/// [`MAX_REQUEST_ID`] characters.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .map(|v| {
+            v.as_bytes()
+                .iter()
+                .filter(|b| b.is_ascii_graphic())
+                .take(MAX_REQUEST_ID)
+                .map(|&b| b as char)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl PendingSpend {
+    pub(crate) fn start(
+        writer: SpendWriter,
+        headers: &HeaderMap,
+        spender: Spender,
+        model: &str,
+        start: Timestamp,
+    ) -> Self {
+        let mut record = Box::new(SpendRecord::new(request_id(headers), model, start));
+        record.key_id = spender.key_id;
+        record.team_id = spender.team_id;
+        PendingSpend {
+            record,
+            started: tokio::time::Instant::now(),
+            writer,
+        }
+    }
+
+    /// The call answered: who served, after how many attempts, with which status.
+    pub(crate) fn answered<B>(&mut self, res: &http::Response<B>) {
+        let r = &mut self.record;
+        r.status = res.status().as_u16();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        r.model_group = header(crate::router::MODEL_GROUP_HEADER);
+        r.attempts = header(crate::router::ATTEMPTS_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        if let Some(s) = res.extensions().get::<Served>() {
+            r.deployment = Some(s.provider.to_string());
+            r.served_model = Some(s.model.to_string());
+        }
+    }
+
+    /// The call failed (or was refused) with `e`: nothing charged.
+    pub(crate) fn failed(mut self, e: &Error) {
+        let listed = crate::router::outcome::attempts_of(e).len() as u32;
+        self.record.status = e.status().as_u16();
+        self.record.attempts = if listed > 0 {
+            listed
+        } else {
+            u32::from(e.provider().is_some() || e.upstream_status().is_some())
+        };
+        self.finish();
+    }
+
+    /// The answer settled: `usage` (or its estimate) cost `charged`.
+    pub(crate) fn settled(mut self, usage: TokenUsage, estimated: bool, charged: Micros) {
+        let r = &mut self.record;
+        r.prompt_tokens = usage.prompt_tokens;
+        r.completion_tokens = usage.completion_tokens;
+        r.estimated = estimated;
+        r.cost = charged;
+        self.finish();
+    }
+
+    fn finish(mut self) {
+        self.record.latency_us = self.started.elapsed().as_micros() as u64;
+        self.writer.record_boxed(self.record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: i64, key: &str, team: Option<&str>, model: &str, cost: Micros) -> SpendRecord {
+        let mut r = SpendRecord::new(
+            format!("r{i}"),
+            model,
+            Timestamp::from_second(1_700_000_000 + i / 3).unwrap(),
+        );
+        r.key_id = Some(key.into());
+        r.team_id = team.map(Into::into);
+        r.cost = cost;
+        r
+    }
+
+    /// Walks every page of `q` and returns the request ids, checking order.
+    pub(crate) async fn walk(store: &dyn SpendStore, mut q: SpendQuery) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut last: Option<Timestamp> = None;
+        loop {
+            let page = store.query(q.clone()).await.unwrap();
+            assert!(page.records.len() <= q.limit.max(1));
+            for r in &page.records {
+                assert!(q.matches(r));
+                assert!(last.is_none_or(|l| r.start <= l), "newest first");
+                last = Some(r.start);
+                ids.push(r.request_id.clone());
+            }
+            match page.next {
+                Some(c) => q.after = Some(c),
+                None => return ids,
+            }
+        }
+    }
+
+    /// The shared contract of every store: filters, pages, totals.
+    pub(crate) async fn contract(store: &dyn SpendStore) {
+        let batch: Vec<SpendRecord> = (0..250)
+            .map(|i| {
+                let key = if i % 2 == 0 { "a" } else { "b" };
+                let team = (i % 5 == 0).then_some("t");
+                let model = if i % 3 == 0 { "big" } else { "small" };
+                rec(i, key, team, model, 10)
+            })
+            .collect();
+        for chunk in batch.chunks(64) {
+            store.write(chunk.to_vec()).await.unwrap();
+        }
+        let all = walk(
+            store,
+            SpendQuery {
+                limit: 7,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(all.len(), 250);
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), 250, "each record exactly once");
+        let a = walk(
+            store,
+            SpendQuery {
+                key_id: Some("a".into()),
+                limit: 10,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(a.len(), 125);
+        let t_big = walk(
+            store,
+            SpendQuery {
+                team_id: Some("t".into()),
+                model: Some("big".into()),
+                limit: 3,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        // i % 15 == 0 in 0..250: 17 records.
+        assert_eq!(t_big.len(), 17);
+        let start = Timestamp::from_second(1_700_000_010).unwrap();
+        let end = Timestamp::from_second(1_700_000_020).unwrap();
+        let range = walk(
+            store,
+            SpendQuery {
+                start: Some(start),
+                end: Some(end),
+                limit: 4,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(range.len(), 30, "seconds 10..20, three records each");
+        let none = store
+            .query(SpendQuery {
+                key_id: Some("nobody".into()),
+                limit: 5,
+                ..SpendQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(none, SpendPage::default());
+
+        let totals = store.totals(None).await.unwrap();
+        assert_eq!(totals.global, 2_500);
+        assert_eq!(
+            totals.keys,
+            vec![("a".to_owned(), 1_250), ("b".to_owned(), 1_250)]
+        );
+        assert_eq!(totals.teams, vec![("t".to_owned(), 500)]);
+        let since = store.totals(Some(end)).await.unwrap();
+        // Records 60..250 start at second 20 or later.
+        assert_eq!(since.global, 1_900);
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        contract(&MemorySpendStore::new()).await;
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            start_us: 1_700_000_000_000_000,
+            seq: 42,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in ["", "x", "12", "zz.1", "1.", ".1", "1.2.3"] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_bounded_and_visible() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "a b\tc".parse().unwrap());
+        assert_eq!(request_id(&h), "abc");
+        h.insert("x-request-id", "x".repeat(500).parse().unwrap());
+        assert_eq!(request_id(&h).len(), MAX_REQUEST_ID);
+        assert_eq!(request_id(&HeaderMap::new()), "");
+    }
+
+    #[tokio::test]
+    async fn a_restored_ledger_refuses_what_was_spent() {
+        use crate::budget::Limit;
+        let ledger = Ledger::default();
+        let store = MemorySpendStore::new();
+        let now = ledger.now();
+        let mut old = rec(0, "a", Some("t"), "m", 700);
+        old.start = Timestamp::from_second(0).unwrap(); // long ago: only in `total`
+        let mut fresh = rec(1, "a", Some("t"), "m", 300);
+        fresh.start = now;
+        store.write(vec![old, fresh]).await.unwrap();
+        restore_ledger(&ledger, &store).await.unwrap();
+        let key = Scope::Key("a".into());
+        assert_eq!(ledger.usage(&key, Period::Total).spent, 1_000);
+        assert_eq!(ledger.usage(&key, Period::Monthly).spent, 300);
+        assert_eq!(
+            ledger.usage(&Scope::Team("t".into()), Period::Daily).spent,
+            300
+        );
+        assert_eq!(ledger.usage(&Scope::Global, Period::Total).spent, 1_000);
+        let limit = Limit {
+            scope: key,
+            max: 1_050,
+            period: Period::Total,
+        };
+        assert!(ledger.reserve(std::slice::from_ref(&limit), 100).is_err());
+        assert!(ledger.reserve(&[limit], 50).is_ok());
+    }
+}

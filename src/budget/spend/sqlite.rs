@@ -1,0 +1,334 @@
+//! [`SqliteSpendStore`]: spend records in the keys' SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, Row, params};
+
+use super::{
+    Cursor, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore, SpendTotals,
+    micros,
+};
+use crate::budget::Micros;
+
+/// Spend records in table `spend` of an embedded SQLite database, normally
+/// the keys' file (`keys.sqlite_path`; the schema is migrated by whichever
+/// of the two stores opens the file first, see
+/// [`keys::sqlite::MIGRATIONS`](crate::keys::sqlite::MIGRATIONS)).
+///
+/// Two connections: one writes (a batch is one transaction), one reads
+/// (WAL mode: pages are read while a batch is written). The writing
+/// connection runs with `synchronous = NORMAL`: a batch survives a crash of
+/// the process, and may be lost only with the machine's power, like the
+/// records still queued in memory. Pages are keyset-paginated over
+/// indexes that end in the record's start and rowid, so a page reads only
+/// its own rows, whatever the table's size; totals are one `GROUP BY` per
+/// scope, streamed by SQLite.
+#[derive(Clone, Debug)]
+pub struct SqliteSpendStore {
+    write: Arc<Mutex<Connection>>,
+    read: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> SpendError {
+    SpendError::new(format!("spend store `{}`: {e}", path.display()))
+}
+
+const COLUMNS: &str = "id, request_id, key_id, team_id, model, model_group, deployment, served_model, \
+     prompt_tokens, completion_tokens, estimated, cost, status, start_us, latency_us, attempts";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<(Cursor, SpendRecord)> {
+    let seq: i64 = r.get(0)?;
+    let start_us: i64 = r.get(13)?;
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    let record = SpendRecord {
+        request_id: r.get(1)?,
+        key_id: r.get(2)?,
+        team_id: r.get(3)?,
+        model: r.get(4)?,
+        model_group: r.get(5)?,
+        deployment: r.get(6)?,
+        served_model: r.get(7)?,
+        prompt_tokens: u(8)?,
+        completion_tokens: u(9)?,
+        estimated: r.get::<_, i64>(10)? != 0,
+        cost: u(11)?,
+        status: u(12)? as u16,
+        start: Timestamp::from_microsecond(start_us).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Integer, e.into())
+        })?,
+        latency_us: u(14)?,
+        attempts: u(15)? as u32,
+    };
+    Ok((Cursor { start_us, seq }, record))
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteSpendStore {
+    /// Opens (creating and migrating it if needed) the database at `path`.
+    /// Blocking: call it at start, or from `spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SpendError> {
+        let path = path.as_ref();
+        let open =
+            |sync| crate::keys::sqlite::open_connection(path, sync).map_err(|e| err(path, e));
+        let write = open("NORMAL")?;
+        let read = open("NORMAL")?;
+        Ok(SqliteSpendStore {
+            write: Arc::new(Mutex::new(write)),
+            read: Arc::new(Mutex::new(read)),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// Runs `f` with one of the connections on tokio's blocking pool.
+    fn run<T, F>(&self, conn: &Arc<Mutex<Connection>>, f: F) -> SpendFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = conn.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                f(&mut conn).map_err(|e| err(&p, e))
+            })
+            .await
+            .map_err(|e| err(&path, e))?
+        })
+    }
+
+    /// The query plan SQLite picks for a page of `q` (for tests: a page
+    /// must be read from an index, never sorted in a temporary b-tree).
+    pub fn page_plan(&self, q: &SpendQuery) -> Result<String, SpendError> {
+        let (sql, args) = page_sql(q);
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(|e| err(&self.path, e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .map_err(|e| err(&self.path, e))?;
+        let mut plan = Vec::new();
+        for r in rows {
+            plan.push(r.map_err(|e| err(&self.path, e))?);
+        }
+        Ok(plan.join("\n"))
+    }
+}
+
+/// The SQL of one page: only the filters given, the cursor as a row-value
+/// bound, newest first, one row more than the page to know if another follows.
+fn page_sql(q: &SpendQuery) -> (String, Vec<Sql>) {
+    let mut sql = format!("SELECT {COLUMNS} FROM spend WHERE 1");
+    let mut args: Vec<Sql> = Vec::new();
+    for (column, value) in [
+        ("key_id", &q.key_id),
+        ("team_id", &q.team_id),
+        ("model", &q.model),
+    ] {
+        if let Some(v) = value {
+            args.push(Sql::Text(v.clone()));
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
+    }
+    if let Some(s) = q.start {
+        args.push(Sql::Integer(micros(s)));
+        sql.push_str(&format!(" AND start_us >= ?{}", args.len()));
+    }
+    if let Some(e) = q.end {
+        args.push(Sql::Integer(micros(e)));
+        sql.push_str(&format!(" AND start_us < ?{}", args.len()));
+    }
+    if let Some(c) = q.after {
+        args.push(Sql::Integer(c.start_us));
+        args.push(Sql::Integer(c.seq));
+        let n = args.len();
+        sql.push_str(&format!(" AND (start_us, id) < (?{}, ?{n})", n - 1));
+    }
+    args.push(Sql::Integer(q.limit.max(1) as i64 + 1));
+    sql.push_str(&format!(
+        " ORDER BY start_us DESC, id DESC LIMIT ?{}",
+        args.len()
+    ));
+    (sql, args)
+}
+
+impl SpendStore for SqliteSpendStore {
+    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
+        self.run(&self.write, move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO spend (request_id, key_id, team_id, model, model_group, deployment, \
+                     served_model, prompt_tokens, completion_tokens, estimated, cost, status, start_us, \
+                     latency_us, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )?;
+                for r in &batch {
+                    stmt.execute(params![
+                        r.request_id,
+                        r.key_id,
+                        r.team_id,
+                        r.model,
+                        r.model_group,
+                        r.deployment,
+                        r.served_model,
+                        i(r.prompt_tokens),
+                        i(r.completion_tokens),
+                        r.estimated,
+                        i(r.cost),
+                        r.status,
+                        micros(r.start),
+                        i(r.latency_us),
+                        r.attempts,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn query(&self, q: SpendQuery) -> SpendFuture<'_, SpendPage> {
+        self.run(&self.read, move |conn| {
+            let (sql, args) = page_sql(&q);
+            let limit = q.limit.max(1);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut page = SpendPage::default();
+            let mut last = None;
+            while let Some(r) = rows.next()? {
+                if page.records.len() == limit {
+                    page.next = last;
+                    break;
+                }
+                let (at, record) = row(r)?;
+                page.records.push(record);
+                last = Some(at);
+            }
+            Ok(page)
+        })
+    }
+
+    fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
+        let since = since.map_or(i64::MIN, micros);
+        self.run(&self.read, move |conn| {
+            let sums = |column: &str| -> rusqlite::Result<Vec<(String, Micros)>> {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {column}, SUM(cost) FROM spend \
+                     WHERE {column} IS NOT NULL AND start_us >= ?1 \
+                     GROUP BY {column} HAVING SUM(cost) > 0 ORDER BY {column}"
+                ))?;
+                let rows = stmt.query_map([since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?;
+                rows.collect()
+            };
+            let keys = sums("key_id")?;
+            let teams = sums("team_id")?;
+            let global: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(cost), 0) FROM spend WHERE start_us >= ?1",
+                [since],
+                |r| r.get(0),
+            )?;
+            Ok(SpendTotals {
+                keys,
+                teams,
+                global: global.max(0) as u64,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::spend::tests::contract;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-spend-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("tollgate.db")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_store_keeps_the_contract_and_survives_reopening() {
+        let path = temp("contract");
+        contract(&SqliteSpendStore::open(&path).unwrap()).await;
+        // Reopened (as after a restart), with the key store on the same file.
+        let keys = crate::keys::SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            keys.schema_version().unwrap(),
+            crate::keys::sqlite::MIGRATIONS.last().unwrap().0
+        );
+        let again = SqliteSpendStore::open(&path).unwrap();
+        assert_eq!(again.totals(None).await.unwrap().global, 2_500);
+        let first = again
+            .query(SpendQuery {
+                limit: 1,
+                ..SpendQuery::default()
+            })
+            .await
+            .unwrap();
+        let r = &first.records[0];
+        assert_eq!(
+            (r.request_id.as_str(), r.cost, r.key_id.as_deref()),
+            ("r249", 10, Some("b"))
+        );
+    }
+
+    #[test]
+    fn every_page_is_read_from_an_index_never_sorted() {
+        let store = SqliteSpendStore::open(temp("plan")).unwrap();
+        let at = Some(Cursor {
+            start_us: 1,
+            seq: 2,
+        });
+        let t = Some(Timestamp::UNIX_EPOCH);
+        for q in [
+            SpendQuery::default(),
+            SpendQuery {
+                after: at,
+                start: t,
+                end: t,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                key_id: Some("k".into()),
+                after: at,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                team_id: Some("t".into()),
+                start: t,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                model: Some("m".into()),
+                after: at,
+                end: t,
+                ..SpendQuery::default()
+            },
+        ] {
+            let plan = store.page_plan(&q).unwrap();
+            assert!(
+                plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"),
+                "{q:?}: {plan}"
+            );
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "{q:?} sorts in memory: {plan}"
+            );
+        }
+    }
+}
