@@ -160,6 +160,10 @@ pub async fn build(
         rate_limit(config),
     );
     let writer = spend.as_ref().map(|(_, w)| w.clone());
+    // `GET /key/info` reads budgets' spend where they live (here or Redis).
+    let usage = store
+        .clone()
+        .map(|s| Arc::new(s) as Arc<dyn tollgate::budget::UsageSource>);
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
     let auth = VirtualKeysLayer::new(keyring.clone());
@@ -189,7 +193,7 @@ pub async fn build(
         .route("/health", get(|| async { "ok" }));
     if let Some(master) = config.master_key() {
         let view = SpendView {
-            ledger,
+            ledger: usage,
             store: spend.map(|(store, _)| store),
             global: config.global_budget(),
         };

@@ -54,7 +54,7 @@ fn priced(max_usd: f64) -> String {
     format!(
         "[budgets]\n\n[[groups]]\nname = \"m\"\nprice_in_per_mtok = 1.0\nprice_out_per_mtok = 1.0\n\
          max_output_tokens = 1000\n[[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"{{mock}}\"\n\
-         \n[keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n\
+         \n[keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n[[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n\
          max_budget = {max_usd}\nbudget_duration = \"monthly\"\n"
     )
 }
@@ -130,6 +130,22 @@ async fn six_hundred_requests_over_three_gateways_never_overspend() {
         ok,
         "no refused request reached upstream"
     );
+    // Every replica's `/key/info` reads the key's spend from Redis: the
+    // same figure whichever replica is asked.
+    for gw in &gws {
+        let res = anonymous()
+            .get(gw.url("/key/info?key=client01"))
+            .bearer_auth(MASTER_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let info: serde_json::Value = res.json().await.unwrap();
+        let budgets = &info["info"]["budgets"];
+        assert_eq!(budgets[0]["scope"], "key", "{info}");
+        assert_eq!(budgets[0]["spend_micros"], spent, "{info}");
+        assert_eq!(budgets[0]["reserved_micros"], 0, "{info}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

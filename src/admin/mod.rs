@@ -85,8 +85,9 @@ struct Admin {
 #[cfg(feature = "budget")]
 #[derive(Clone, Default)]
 pub struct SpendView {
-    /// The budgets' ledger.
-    pub ledger: Option<crate::budget::Ledger>,
+    /// Where the budgets' current spend is read: the in-process
+    /// [`Ledger`](crate::budget::Ledger), or the shared store (Redis).
+    pub ledger: Option<Arc<dyn crate::budget::UsageSource>>,
     /// The spend records' store.
     pub store: Option<Arc<dyn crate::budget::SpendStore>>,
     /// The global budget.
@@ -521,7 +522,7 @@ async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
     #[allow(unused_mut)]
     let mut info = key_json(&r, source);
     #[cfg(feature = "budget")]
-    if let Some(budgets) = spend::budgets_of(&a, &r) {
+    if let Some(budgets) = spend::budgets_of(&a, &r).await? {
         info["budgets"] = budgets;
     }
     ok(json!({"key": r.id, "info": info}))

@@ -134,8 +134,10 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
 
 /// Each budget `key` is charged on, with the current period's spend, or
 /// `None` without a ledger.
-pub(super) fn budgets_of(a: &Admin, key: &KeyRecord) -> Option<Value> {
-    let ledger = a.spend.ledger.as_ref()?;
+pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Value>, Error> {
+    let Some(ledger) = a.spend.ledger.as_ref() else {
+        return Ok(None);
+    };
     let mut limits: Vec<Limit> = Vec::with_capacity(3);
     limits.extend(
         key.limits
@@ -152,10 +154,10 @@ pub(super) fn budgets_of(a: &Admin, key: &KeyRecord) -> Option<Value> {
         }
     }
     limits.extend(a.spend.global.clone());
-    let out: Vec<Value> = limits
-        .iter()
-        .map(|l| {
-            let u = ledger.usage(&l.scope, l.period);
+    let mut out: Vec<Value> = Vec::with_capacity(limits.len());
+    for l in &limits {
+        {
+            let u = ledger.usage(&l.scope, l.period).await?;
             let mut m = Map::new();
             m.insert("scope".into(), json!(l.scope.kind()));
             match &l.scope {
@@ -177,10 +179,10 @@ pub(super) fn budgets_of(a: &Admin, key: &KeyRecord) -> Option<Value> {
                 "resets_at".into(),
                 json!(u.window.end.map(|t| t.to_string())),
             );
-            Value::Object(m)
-        })
-        .collect();
-    Some(Value::Array(out))
+            out.push(Value::Object(m));
+        }
+    }
+    Ok(Some(Value::Array(out)))
 }
 
 #[cfg(test)]
@@ -313,7 +315,7 @@ mod tests {
             ring,
             MASTER,
             SpendView {
-                ledger: Some(ledger),
+                ledger: Some(Arc::new(ledger)),
                 global: Some(global),
                 store: None,
             },

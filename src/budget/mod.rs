@@ -120,5 +120,5 @@ pub use spend::{
     Cursor, MemorySpendStore, PendingSpend, SpendError, SpendFuture, SpendPage, SpendQuery,
     SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger,
 };
-pub use store::{BudgetStore, EitherReserve, EitherStore};
+pub use store::{BudgetStore, EitherReserve, EitherStore, UsageSource};
 pub use usage::{Price, TokenUsage};

@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 
 use pin_project::pin_project;
 
-use super::ledger::{Ledger, Limit, Micros, Reservation};
+use super::ledger::{Ledger, Limit, Micros, Reservation, Scope, Usage};
+use super::period::Period;
 use crate::error::Error;
 
 /// Keeps budgets: reserves a request's worst case on all of its budgets or
@@ -57,6 +58,42 @@ impl BudgetStore for Ledger {
 
     fn now(&self) -> jiff::Timestamp {
         Ledger::now(self)
+    }
+}
+
+/// What a scope has spent and holds reserved in its current period,
+/// wherever budgets live: the admin API's view (`GET /key/info`), object
+/// safe so it can be shared as `Arc<dyn UsageSource>`.
+pub trait UsageSource: Send + Sync + 'static {
+    /// `scope`'s spend and reservations in the `period` that contains now;
+    /// 503 `state_unavailable` when a shared store cannot answer.
+    fn usage<'a>(
+        &'a self,
+        scope: &'a Scope,
+        period: Period,
+    ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>>;
+}
+
+impl UsageSource for Ledger {
+    fn usage<'a>(
+        &'a self,
+        scope: &'a Scope,
+        period: Period,
+    ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
+        Box::pin(ready(Ok(Ledger::usage(self, scope, period))))
+    }
+}
+
+impl<A: UsageSource, B: UsageSource> UsageSource for EitherStore<A, B> {
+    fn usage<'a>(
+        &'a self,
+        scope: &'a Scope,
+        period: Period,
+    ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
+        match self {
+            EitherStore::Left(a) => a.usage(scope, period),
+            EitherStore::Right(b) => b.usage(scope, period),
+        }
     }
 }
 

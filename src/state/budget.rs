@@ -252,6 +252,16 @@ impl RedisLedger {
     }
 }
 
+impl crate::budget::UsageSource for RedisLedger {
+    fn usage<'a>(
+        &'a self,
+        scope: &'a Scope,
+        period: Period,
+    ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
+        Box::pin(RedisLedger::usage(self, scope, period))
+    }
+}
+
 impl BudgetStore for RedisLedger {
     type Reserve = Pin<Box<dyn Future<Output = Result<Reservation, Error>> + Send>>;
 
