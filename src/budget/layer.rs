@@ -291,6 +291,21 @@ where
             .unwrap_or(default_output)
             .saturating_mul(summary.n.max(1));
         let amount = price.worst_case(prompt_tokens, output);
+        if let Some(reserved) = self.layer.ledger.reserve_now(&limits, amount) {
+            // Decided at once (the in-process ledger): no clone of the inner
+            // service, no waiting state.
+            return ResponseFuture {
+                kind: match reserved {
+                    Ok(r) => Kind::Calling {
+                        fut: self.inner.call(req),
+                        held: Some(pending.held(Some(r))),
+                    },
+                    Err(error) => Kind::Refused {
+                        error: Some(pending.refused(error)),
+                    },
+                },
+            };
+        }
         let reserve = self.layer.ledger.reserve(&limits, amount);
         // The reservation may take a round trip: the readied service goes
         // into the future, a clone stays for the next call.
@@ -315,6 +330,21 @@ struct Pending {
 }
 
 impl Pending {
+    /// The store said no (402, or 503 when it cannot answer): logged and
+    /// recorded.
+    fn refused(self, error: Error) -> Error {
+        tracing::info!(
+            model = %self.group,
+            reason = %error.reason(),
+            scope = error.metadata().get("scope").and_then(|v| v.as_str()).unwrap_or(""),
+            "budget refused a request"
+        );
+        if let Some(record) = self.record {
+            record.failed(&error);
+        }
+        error
+    }
+
     fn held(self, reservation: Option<Reservation>) -> Held {
         Held {
             hide_usage: self.hide_usage,
@@ -347,6 +377,9 @@ pub struct ResponseFuture<S: Service<R>, R, F> {
 
 #[pin_project(project = KindProj)]
 enum Kind<S: Service<R>, R, F> {
+    Refused {
+        error: Option<Error>,
+    },
     Reserving {
         #[pin]
         reserve: F,
@@ -372,18 +405,7 @@ where
             let (mut inner, req, pending) = call.take().expect("polled after completion");
             let reservation = match reserved {
                 Ok(r) => r,
-                Err(error) => {
-                    tracing::info!(
-                        model = %pending.group,
-                        reason = %error.reason(),
-                        scope = error.metadata().get("scope").and_then(|v| v.as_str()).unwrap_or(""),
-                        "budget refused a request"
-                    );
-                    if let Some(record) = pending.record {
-                        record.failed(&error);
-                    }
-                    return Poll::Ready(Err(error));
-                }
+                Err(error) => return Poll::Ready(Err(pending.refused(error))),
             };
             let fut = inner.call(req);
             self.as_mut().project().kind.set(Kind::Calling {
@@ -393,6 +415,9 @@ where
         }
         match self.project().kind.project() {
             KindProj::Reserving { .. } => unreachable!("left above"),
+            KindProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
             KindProj::Calling { fut, held } => {
                 // An error releases the reservation and records the failure.
                 let res = match ready!(fut.poll(cx)) {

@@ -44,6 +44,15 @@ pub trait BudgetStore: Clone + fmt::Debug + Send + Sync + 'static {
     /// contain now), or on none.
     fn reserve(&self, limits: &[Limit], amount: Micros) -> Self::Reserve;
 
+    /// The same decision made at once, if this store can decide without
+    /// waiting (the [`Ledger`] always can; a shared store cannot: `None`,
+    /// the default). The `Budget` layer then calls its inner service
+    /// directly instead of moving a clone of it into its future.
+    fn reserve_now(&self, limits: &[Limit], amount: Micros) -> Option<Result<Reservation, Error>> {
+        let _ = (limits, amount);
+        None
+    }
+
     /// The current instant by the store's clock (a request's start, as its
     /// spend record says; periods are computed from the same clock).
     fn now(&self) -> jiff::Timestamp;
@@ -54,6 +63,10 @@ impl BudgetStore for Ledger {
 
     fn reserve(&self, limits: &[Limit], amount: Micros) -> Self::Reserve {
         ready(Ledger::reserve(self, limits, amount).map_err(Error::from))
+    }
+
+    fn reserve_now(&self, limits: &[Limit], amount: Micros) -> Option<Result<Reservation, Error>> {
+        Some(Ledger::reserve(self, limits, amount).map_err(Error::from))
     }
 
     fn now(&self) -> jiff::Timestamp {
@@ -139,6 +152,13 @@ impl<A: BudgetStore, B: BudgetStore> BudgetStore for EitherStore<A, B> {
         match self {
             EitherStore::Left(a) => EitherReserve::Left(a.reserve(limits, amount)),
             EitherStore::Right(b) => EitherReserve::Right(b.reserve(limits, amount)),
+        }
+    }
+
+    fn reserve_now(&self, limits: &[Limit], amount: Micros) -> Option<Result<Reservation, Error>> {
+        match self {
+            EitherStore::Left(a) => a.reserve_now(limits, amount),
+            EitherStore::Right(b) => b.reserve_now(limits, amount),
         }
     }
 
