@@ -430,6 +430,29 @@ impl Drop for Reservation {
     }
 }
 
+/// The operations the ledgers' property tests interleave (the in-process
+/// ledger's here, Redis' in `state::budget`).
+#[cfg(test)]
+pub(crate) mod prop {
+    use super::Micros;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    pub(crate) enum Op {
+        Reserve { scopes: u8, amount: Micros },
+        Settle { which: usize, cost: Micros },
+        Release { which: usize },
+    }
+
+    pub(crate) fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..8, 0u64..400).prop_map(|(scopes, amount)| Op::Reserve { scopes, amount }),
+            (any::<usize>(), 0u64..500).prop_map(|(which, cost)| Op::Settle { which, cost }),
+            any::<usize>().prop_map(|which| Op::Release { which }),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,20 +612,7 @@ mod tests {
         assert_eq!(usd(10_000_000), "$10.00");
     }
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Reserve { scopes: u8, amount: Micros },
-        Settle { which: usize, cost: Micros },
-        Release { which: usize },
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (1u8..8, 0u64..400).prop_map(|(scopes, amount)| Op::Reserve { scopes, amount }),
-            (any::<usize>(), 0u64..500).prop_map(|(which, cost)| Op::Settle { which, cost }),
-            any::<usize>().prop_map(|which| Op::Release { which }),
-        ]
-    }
+    use super::prop::{Op, op};
 
     proptest! {
         #[test]

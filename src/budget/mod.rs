@@ -111,6 +111,8 @@ mod usage;
 
 pub use jiff::{Timestamp, tz::TimeZone};
 pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFuture};
+#[cfg(test)]
+pub(crate) use ledger::prop;
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};
 pub use period::{Clock, ManualClock, Period, SystemClock, Window};

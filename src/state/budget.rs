@@ -580,20 +580,7 @@ mod tests {
         );
     }
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Reserve { scopes: u8, amount: Micros },
-        Settle { which: usize, cost: Micros },
-        Release { which: usize },
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (1u8..8, 0u64..400).prop_map(|(scopes, amount)| Op::Reserve { scopes, amount }),
-            (any::<usize>(), 0u64..500).prop_map(|(which, cost)| Op::Settle { which, cost }),
-            any::<usize>().prop_map(|which| Op::Release { which }),
-        ]
-    }
+    use crate::budget::prop::{Op, op};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
