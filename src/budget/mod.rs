@@ -114,6 +114,8 @@ pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFutu
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};
 pub use period::{Clock, ManualClock, Period, SystemClock, Window};
+#[cfg(feature = "postgres")]
+pub use spend::PostgresSpendStore;
 #[cfg(feature = "sqlite")]
 pub use spend::SqliteSpendStore;
 pub use spend::{
