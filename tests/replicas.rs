@@ -590,24 +590,50 @@ timeout_ms = 10000
         }
     }
 
+    /// The address of the test PostgreSQL server (for a proxy in front of it).
+    async fn postgres_addr(url: &str) -> std::net::SocketAddr {
+        let c: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &c.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => panic!("TOLLGATE_TEST_POSTGRES_URL must name a TCP host"),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replica_stopped_while_postgres_is_away_exits_and_says_what_is_unwritten() {
+        let db = TestDatabase::create("spendstop").await;
+        let mock = mock().await;
+        let proxy = TcpProxy::start(postgres_addr(&db.url).await).await;
+        let Setup { mut gws, .. } = setup(&mock, &with_addr(&db.url, proxy.addr), 100.0).await;
+        proxy.cut();
+        let url = gws[0].url("/v1/chat/completions");
+        for _ in 0..20 {
+            assert_eq!(post(&url, chat("m", "")).await.status, 200);
+        }
+        // The flush waits at most 10 s for the store; the test allows 60 s
+        // before calling it a hang (a bound, not a timing assertion).
+        let status = gws[0].terminate(Duration::from_secs(60)).await;
+        assert!(status.success(), "{status}\n{}", gws[0].logs());
+        let logs = gws[0].logs();
+        assert!(logs.contains("spend store unavailable"), "{logs}");
+        assert!(
+            logs.contains("spend records not written") && logs.contains("unwritten=20"),
+            "{logs}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_spend_record_is_lost_while_postgres_is_away() {
         let db = TestDatabase::create("spendcut").await;
         let mock = mock().await;
-        let target: std::net::SocketAddr = {
-            let c: tokio_postgres::Config = db.url.parse().unwrap();
-            let host = match &c.get_hosts()[0] {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                #[allow(unreachable_patterns)]
-                _ => panic!("TOLLGATE_TEST_POSTGRES_URL must name a TCP host"),
-            };
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .unwrap()
-                .next()
-                .unwrap()
-        };
+        let target = postgres_addr(&db.url).await;
         let proxy = TcpProxy::start(target).await;
         let Setup { gws, ledger } = setup(&mock, &with_addr(&db.url, proxy.addr), 100.0).await;
         const SENT: usize = 450;
