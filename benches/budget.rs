@@ -18,6 +18,9 @@
 //!   the embedded SQLite store (queue 100,000, batches of 256, WAL, one
 //!   transaction per batch), measured until they are stored: the writer's
 //!   sustained records per second (criterion's throughput).
+//! - `budget/spend/postgres_writer` (feature `postgres`): the same into
+//!   `PostgresSpendStore`, on a fresh database of the server at
+//!   `TOLLGATE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -209,28 +212,65 @@ fn spend_writer(c: &mut Criterion) {
     let mut g = c.benchmark_group("budget/spend");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(5));
-    g.bench_function("sqlite_writer", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let started = Instant::now();
-                let mut sent = 0;
-                while sent < iters {
-                    // Half the queue at a time: nothing is dropped, and
-                    // the writer never runs dry between two rounds.
-                    let n = (iters - sent).min(50_000);
-                    for _ in 0..n {
-                        writer.record(record.clone());
-                    }
-                    writer.flush().await;
-                    sent += n;
-                }
-                started.elapsed()
-            })
-        })
-    });
-    g.finish();
+    g.bench_function("sqlite_writer", |b| write_all(b, &rt, &writer, &record));
     assert_eq!(writer.dropped(), 0);
+    #[cfg(feature = "postgres")]
+    {
+        // A database of its own on TOLLGATE_TEST_POSTGRES_URL's server, dropped after.
+        let base = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("tollgate_bench_spend_{}", std::process::id());
+        let admin = |sql: String| {
+            let base = base.clone();
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                    .await
+                    .expect("PostgreSQL at TOLLGATE_TEST_POSTGRES_URL");
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await.unwrap();
+            })
+        };
+        admin(format!("DROP DATABASE IF EXISTS {name}"));
+        admin(format!("CREATE DATABASE {name}"));
+        let (head, _) = base.split('?').next().unwrap().rsplit_once('/').unwrap();
+        let url = format!("{head}/{name}");
+        let store = rt
+            .block_on(tollgate::budget::PostgresSpendStore::connect(&url))
+            .unwrap();
+        let pg = rt.block_on(async { SpendWriter::spawn(store, 100_000, 256) });
+        g.bench_function("postgres_writer", |b| write_all(b, &rt, &pg, &record));
+        assert_eq!((pg.dropped(), pg.failed()), (0, 0));
+        drop(pg);
+        admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+    g.finish();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `iters` records through `writer` and waits until they are stored.
+fn write_all(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    writer: &SpendWriter,
+    record: &SpendRecord,
+) {
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let started = Instant::now();
+            let mut sent = 0;
+            while sent < iters {
+                // Half the queue at a time: nothing is dropped, and
+                // the writer never runs dry between two rounds.
+                let n = (iters - sent).min(50_000);
+                for _ in 0..n {
+                    writer.record(record.clone());
+                }
+                writer.flush().await;
+                sent += n;
+            }
+            started.elapsed()
+        })
+    })
 }
 
 criterion_group!(benches, ledger, meter, layer, spend_writer);

@@ -472,7 +472,12 @@ pub async fn serve(
     }
 }
 
-/// [`serve`]s the built gateway, then writes the spend records still queued.
+/// How long a stopping gateway waits for the spend store to take the
+/// records still queued.
+pub const SPEND_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
+/// [`serve`]s the built gateway, then writes the spend records still queued
+/// (waiting at most [`SPEND_FLUSH_LIMIT`]).
 pub async fn serve_and_flush(
     listener: tokio::net::TcpListener,
     built: Built,
@@ -481,11 +486,14 @@ pub async fn serve_and_flush(
 ) -> std::io::Result<()> {
     let served = serve(listener, built.router, shutdown, grace).await;
     if let Some(writer) = built.spend {
-        writer.flush().await;
+        // Bounded: a spend store that is away must not keep the process
+        // from ending (what is left unwritten is logged as an error).
+        writer.flush_within(SPEND_FLUSH_LIMIT).await;
         tracing::info!(
             written = writer.written(),
             dropped = writer.dropped(),
             failed = writer.failed(),
+            unwritten = writer.pending(),
             "spend records written"
         );
     }

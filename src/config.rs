@@ -907,7 +907,9 @@ impl Config {
     }
 
     /// The spend store, when spend records are on (`[budgets]` configured
-    /// and `[spend].enabled`): the key store's SQLite file, or memory.
+    /// and `[spend].enabled`): the key store's SQLite file, its PostgreSQL
+    /// database (table `tollgate_spend`, a pool of its own of
+    /// `keys.pool_size` connections to the same URL), or memory.
     pub async fn spend_store(&self) -> Result<Option<Arc<dyn SpendStore>>, ConfigError> {
         if self.budgets.is_none() || !self.spend.enabled {
             return Ok(None);
@@ -928,11 +930,28 @@ impl Config {
             KeyLocation::Sqlite(_) => {
                 Err(self.err("keys.url", "this build has no `sqlite` feature"))
             }
-            KeyLocation::Postgres(_) => Err(self.err(
-                "spend.enabled",
-                "spend records are not yet written to PostgreSQL: set `enabled = false` \
-                 in [spend] (budgets then start from zero on restart)",
-            )),
+            #[cfg(feature = "postgres")]
+            KeyLocation::Postgres(url) => {
+                let field = if self.keys.url_env.is_some() {
+                    "keys.url_env"
+                } else {
+                    "keys.url"
+                };
+                let store = crate::budget::PostgresSpendStore::connect_with(
+                    &url,
+                    crate::keys::postgres::PostgresOptions {
+                        pool_size: self.keys.pool_size,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| self.err(field, e.to_string()))?;
+                Ok(Some(Arc::new(store)))
+            }
+            #[cfg(not(feature = "postgres"))]
+            KeyLocation::Postgres(_) => {
+                Err(self.err("keys.url", "this build has no `postgres` feature"))
+            }
         }
     }
 

@@ -393,3 +393,306 @@ async fn an_unreachable_database_refuses_the_start_naming_the_field() {
         "{e}"
     );
 }
+
+/// Spend records shared by the replicas: keys and spend in PostgreSQL,
+/// budgets in Redis (`[state]`, a prefix of the test's own).
+#[cfg(feature = "redis")]
+mod spend {
+    use super::*;
+    use std::collections::HashSet;
+    use tollgate::budget::{Period, Scope, TimeZone};
+    use tollgate::state::{RedisLedger, RedisState};
+
+    fn redis_url() -> String {
+        std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    /// A group at $1 per million tokens in and out (a token costs a
+    /// micro-dollar), the static client key (`client01`) with a monthly
+    /// budget of `max_usd`, keys and spend in `{pg}`, budgets in Redis.
+    const PRICED: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_ms = 100
+
+[budgets]
+
+[[groups]]
+name = "m"
+price_in_per_mtok = 1.0
+price_out_per_mtok = 1.0
+max_output_tokens = 1000
+[[groups.deployments]]
+provider = "mock"
+base_url = "{mock}"
+
+[keys]
+url = "{pg}"
+change_poll_ms = 500
+master_key_env = "{master_env}"
+[[keys.static]]
+key_env = "{client_env}"
+models = ["*"]
+max_budget = {max_usd}
+budget_duration = "monthly"
+
+[state]
+url = "{redis}"
+prefix = "{prefix}"
+timeout_ms = 10000
+"#;
+
+    struct Setup {
+        gws: Vec<GatewayProcess>,
+        ledger: RedisLedger,
+    }
+
+    async fn setup(mock: &MockServer, pg_url: &str, max_usd: f64) -> Setup {
+        let url = redis_url();
+        let prefix = format!(
+            "tollgate-it:pgspend:{}:{}:",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let state = RedisState::open(&url, &prefix, Duration::from_secs(2)).expect("redis URL");
+        state
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} does not answer ({e}); this test needs it"));
+        let toml = fill(PRICED, mock)
+            .replace("{pg}", pg_url)
+            .replace("{redis}", &url)
+            .replace("{prefix}", &prefix)
+            .replace("{max_usd}", &max_usd.to_string());
+        Setup {
+            gws: spawn_replicas(3, &toml).await,
+            ledger: RedisLedger::new(state, TimeZone::UTC),
+        }
+    }
+
+    /// The key's spend in Redis once no reservation is held any more.
+    async fn settled(ledger: &RedisLedger) -> u64 {
+        let scope = Scope::Key("client01".into());
+        within(
+            "every reservation settled",
+            Duration::from_secs(30),
+            || async {
+                let u = ledger.usage(&scope, Period::Monthly).await.unwrap();
+                if u.reserved == 0 {
+                    Ok(u.spent)
+                } else {
+                    Err(format!("{u:?}"))
+                }
+            },
+        )
+        .await
+        .0
+    }
+
+    /// Every spend record of `client01`, read page by page (100 a page),
+    /// each page from the next replica: the cursor is the shared store's.
+    async fn records(gws: &[GatewayProcess]) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for page in 0.. {
+            let gw = &gws[page % gws.len()];
+            let mut url = gw.url("/spend/logs?key_id=client01&limit=100");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let res = anonymous()
+                .get(url)
+                .bearer_auth(MASTER_KEY)
+                .send()
+                .await
+                .expect("/spend/logs answers");
+            assert_eq!(res.status(), 200);
+            let v: Value = res.json().await.unwrap();
+            out.extend(v["data"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Waits until the records number `n` (the writers write in the
+    /// background), then returns them.
+    async fn all_records(gws: &[GatewayProcess], n: usize) -> Vec<Value> {
+        within(
+            "every spend record is in PostgreSQL",
+            Duration::from_secs(60),
+            || async {
+                let r = records(gws).await;
+                if r.len() >= n {
+                    Ok(r)
+                } else {
+                    Err(format!("{} of {n}", r.len()))
+                }
+            },
+        )
+        .await
+        .0
+    }
+
+    /// Checks `records` against the answers: one per request (ids unique),
+    /// statuses as answered, and their costs summing to what Redis charged.
+    fn check(records: &[Value], sent: usize, ok: u64, refused: u64, spent: u64) {
+        assert_eq!(records.len(), sent, "exactly one record per request");
+        let ids: HashSet<&str> = records
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), sent, "no record stored twice");
+        let count = |s: u64| records.iter().filter(|r| r["status"] == s).count() as u64;
+        assert_eq!((count(200), count(402)), (ok, refused));
+        let sum: u64 = records
+            .iter()
+            .map(|r| r["spend_micros"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, spent, "the records' costs are what Redis charged");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn six_hundred_requests_over_three_processes_one_record_each_in_postgres() {
+        let db = TestDatabase::create("spend600").await;
+        let mock = mock().await;
+        // Each request reserves 1 prompt token + 100 output = 101 micros;
+        // $0.0101 admits about 100 of them.
+        let Setup { gws, ledger } = setup(&mock, &db.url, 0.0101).await;
+        let body = chat("m", r#""max_tokens":100"#);
+        let tasks: Vec<_> = (0..600)
+            .map(|i| {
+                let (url, body) = (gws[i % 3].url("/v1/chat/completions"), body.clone());
+                tokio::spawn(async move { post(&url, body).await })
+            })
+            .collect();
+        let (mut ok, mut refused) = (0u64, 0u64);
+        for t in tasks {
+            let a = t.await.unwrap();
+            if a.status == 200 {
+                ok += 1;
+            } else {
+                a.error(402, "budget_exceeded");
+                refused += 1;
+            }
+        }
+        assert_eq!(ok + refused, 600);
+        assert!(ok >= 100 && refused >= 1, "ok {ok}, refused {refused}");
+        let spent = settled(&ledger).await;
+        assert!(spent <= 10_100, "spent {spent} over the $0.0101 budget");
+        let records = all_records(&gws, 600).await;
+        check(&records, 600, ok, refused, spent);
+        eprintln!("observed: {ok} served, {refused} refused, {spent} µUSD charged and recorded");
+        for gw in &gws {
+            assert_no_secrets("a replica's logs", &gw.logs());
+        }
+    }
+
+    /// The address of the test PostgreSQL server (for a proxy in front of it).
+    async fn postgres_addr(url: &str) -> std::net::SocketAddr {
+        let c: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &c.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => panic!("TOLLGATE_TEST_POSTGRES_URL must name a TCP host"),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replica_stopped_while_postgres_is_away_exits_and_says_what_is_unwritten() {
+        let db = TestDatabase::create("spendstop").await;
+        let mock = mock().await;
+        let proxy = TcpProxy::start(postgres_addr(&db.url).await).await;
+        let Setup { mut gws, .. } = setup(&mock, &with_addr(&db.url, proxy.addr), 100.0).await;
+        proxy.cut();
+        let url = gws[0].url("/v1/chat/completions");
+        for _ in 0..20 {
+            assert_eq!(post(&url, chat("m", "")).await.status, 200);
+        }
+        // The flush waits at most 10 s for the store; the test allows 60 s
+        // before calling it a hang (a bound, not a timing assertion).
+        let status = gws[0].terminate(Duration::from_secs(60)).await;
+        assert!(status.success(), "{status}\n{}", gws[0].logs());
+        let logs = gws[0].logs();
+        assert!(logs.contains("spend store unavailable"), "{logs}");
+        assert!(
+            logs.contains("spend records not written") && logs.contains("unwritten=20"),
+            "{logs}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_spend_record_is_lost_while_postgres_is_away() {
+        let db = TestDatabase::create("spendcut").await;
+        let mock = mock().await;
+        let target = postgres_addr(&db.url).await;
+        let proxy = TcpProxy::start(target).await;
+        let Setup { gws, ledger } = setup(&mock, &with_addr(&db.url, proxy.addr), 100.0).await;
+        const SENT: usize = 450;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        // 30 clients, 15 requests each, round robin over the replicas.
+        let clients: Vec<_> = (0..30)
+            .map(|c| {
+                let urls: Vec<String> = gws.iter().map(|g| g.url("/v1/chat/completions")).collect();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    for i in 0..SENT / 30 {
+                        let a = post(&urls[(c + i) % 3], chat("m", r#""max_tokens":50"#)).await;
+                        done.send(a).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let mut answers = Vec::new();
+        while let Some(a) = done_rx.recv().await {
+            answers.push(a);
+            if answers.len() == 100 {
+                // PostgreSQL goes away mid-load: its connections close and
+                // new ones are dropped at once.
+                proxy.cut();
+            }
+            if answers.len() == 300 {
+                proxy.restore();
+            }
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        assert_eq!(answers.len(), SENT);
+        for a in &answers {
+            // Keys are in memory and budgets in Redis: serving goes on.
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+        let spent = settled(&ledger).await;
+        let records = all_records(&gws, SENT).await;
+        check(&records, SENT, SENT as u64, 0, spent);
+        let logs: Vec<String> = gws.iter().map(|g| g.logs()).collect();
+        assert!(
+            logs.iter().any(|l| l.contains("spend store unavailable")),
+            "no writer saw PostgreSQL away: the cut came too late to test anything"
+        );
+        for l in &logs {
+            if l.contains("spend store unavailable") {
+                assert!(l.contains("spend store back"), "{l}");
+            }
+            assert!(!l.contains("spend records dropped"), "{l}");
+            assert!(!l.contains("spend records lost"), "{l}");
+        }
+        eprintln!(
+            "observed: {SENT} requests, {} records, {spent} µUSD; {} of 3 writers retried",
+            records.len(),
+            logs.iter()
+                .filter(|l| l.contains("spend store unavailable"))
+                .count()
+        );
+    }
+}

@@ -116,6 +116,8 @@ pub(crate) use ledger::prop;
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};
 pub use period::{Clock, ManualClock, Period, SystemClock, Window};
+#[cfg(feature = "postgres")]
+pub use spend::PostgresSpendStore;
 #[cfg(feature = "sqlite")]
 pub use spend::SqliteSpendStore;
 pub use spend::{

@@ -69,10 +69,14 @@ use super::period::Period;
 use super::usage::TokenUsage;
 use crate::{Error, Served};
 
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresSpendStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSpendStore;
 pub use writer::SpendWriter;
@@ -237,18 +241,39 @@ pub struct SpendTotals {
 
 /// A spend store failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpendError(String);
+pub struct SpendError {
+    message: String,
+    permanent: bool,
+}
 
 impl SpendError {
-    /// An error with this description (never put a secret in it).
+    /// An error with this description (never put a secret in it): a store
+    /// that may work again later (the [`SpendWriter`] retries the batch).
     pub fn new(message: impl Into<String>) -> Self {
-        SpendError(message.into())
+        SpendError {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// An error that retrying cannot cure (the store refuses these records
+    /// as they are): the [`SpendWriter`] counts the batch as lost.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SpendError {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether retrying cannot cure this error.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 
 impl fmt::Display for SpendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -265,6 +290,15 @@ pub type SpendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SpendError>>
 pub trait SpendStore: Send + Sync + 'static {
     /// Stores `batch` atomically (one transaction), in order.
     fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()>;
+    /// Stores `batch` as [`write`](Self::write) does, at most once per
+    /// `token`: the [`SpendWriter`] retries a failed batch with the same
+    /// token, and a store that can tell a batch it already committed (whose
+    /// answer was lost with the connection) skips it. The default forgets
+    /// the token (fine for stores whose failed write never committed).
+    fn write_once<'a>(&'a self, batch: &'a [SpendRecord], token: u128) -> SpendFuture<'a, ()> {
+        let _ = token;
+        self.write(batch.to_vec())
+    }
     /// One page of `query`, newest first, in memory bounded by `query.limit`.
     fn query(&self, query: SpendQuery) -> SpendFuture<'_, SpendPage>;
     /// The cost of the requests started at or after `since` (`None`: ever),
@@ -275,6 +309,9 @@ pub trait SpendStore: Send + Sync + 'static {
 impl<S: SpendStore + ?Sized> SpendStore for Arc<S> {
     fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
         (**self).write(batch)
+    }
+    fn write_once<'a>(&'a self, batch: &'a [SpendRecord], token: u128) -> SpendFuture<'a, ()> {
+        (**self).write_once(batch, token)
     }
     fn query(&self, query: SpendQuery) -> SpendFuture<'_, SpendPage> {
         (**self).query(query)

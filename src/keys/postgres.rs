@@ -143,8 +143,48 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
 ];
 
-/// An arbitrary constant: the advisory lock replicas take to migrate one at a time.
-const MIGRATION_LOCK: i64 = 0x7467_6b65_7973; // "tgkeys"
+/// A pool of connections to `url` as the stores use it (keepalive,
+/// `application_name=tollgate`, connections checked before reuse, every
+/// wait bounded by `options.timeout`), its configuration, and the
+/// database's name without credentials. Errors name no password.
+pub(crate) fn pool(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<(Pool, Arc<tokio_postgres::Config>, Arc<str>), String> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("not a PostgreSQL connection URL ({e})"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.timeout);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10));
+    if config.get_application_name().is_none() {
+        config.application_name("tollgate");
+    }
+    let name: Arc<str> = describe(&config).into();
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(options.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.timeout))
+        .create_timeout(Some(options.timeout))
+        .recycle_timeout(Some(options.timeout))
+        .build()
+        .map_err(|e| format!("PostgreSQL `{name}`: {e}"))?;
+    Ok((pool, Arc::new(config), name))
+}
+
+/// An arbitrary constant: the advisory lock replicas take to migrate one at
+/// a time (every component's migrations take it: the key store's and the
+/// spend store's).
+pub(crate) const MIGRATION_LOCK: i64 = 0x7467_6b65_7973; // "tgkeys"
 
 /// Settings of a [`PostgresStore`].
 #[derive(Clone, Debug)]
@@ -212,36 +252,10 @@ impl PostgresStore {
 
     /// Connects with `options` and migrates the schema.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::new(format!("not a PostgreSQL connection URL ({e})")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(options.timeout);
-        }
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
-        if config.get_application_name().is_none() {
-            config.application_name("tollgate");
-        }
-        let name: Arc<str> = describe(&config).into();
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.timeout))
-            .create_timeout(Some(options.timeout))
-            .recycle_timeout(Some(options.timeout))
-            .build()
-            .map_err(|e| StoreError::new(format!("key store `{name}`: {e}")))?;
+        let (pool, config, name) = pool(url, &options).map_err(StoreError::new)?;
         let store = PostgresStore {
             pool,
-            config: Arc::new(config),
+            config,
             name,
             loaded: Arc::new(AtomicI64::new(-1)),
         };

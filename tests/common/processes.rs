@@ -76,6 +76,25 @@ impl GatewayProcess {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Asks the process to stop (SIGTERM, a graceful shutdown) and waits at
+    /// most `limit` for it to exit; panics with its output if it does not.
+    #[allow(dead_code)]
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM not delivered");
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("the process is waited for"),
+            Err(_) => panic!(
+                "the gateway did not exit within {limit:?} of SIGTERM:\n{}",
+                self.logs()
+            ),
+        }
+    }
 }
 
 impl Drop for GatewayProcess {
