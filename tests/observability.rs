@@ -342,16 +342,25 @@ async fn metrics_count_exactly_what_the_scenario_did() {
 
     // In flight: a gauge per deployment, back to zero once every body is
     // read (the server drops a body just after its last byte is written).
+    // The recorder is the process's: this scenario's deployments only (the
+    // other tests of this binary register theirs in it too).
+    let ours = |m: &Scrape| -> Vec<(BTreeMap<String, String>, f64)> {
+        m.all("tollgate_deployment_in_flight")
+            .into_iter()
+            .filter(|(l, _)| l["deployment"].starts_with("obs-"))
+            .map(|(l, v)| (l.clone(), v))
+            .collect()
+    };
     let mut settled = m;
     for _ in 0..100 {
-        let in_flight = settled.all("tollgate_deployment_in_flight");
+        let in_flight = ours(&settled);
         if in_flight.len() == 4 && in_flight.iter().all(|(_, v)| *v == 0.0) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         settled = scrape(&gw).await.0;
     }
-    let in_flight = settled.all("tollgate_deployment_in_flight");
+    let in_flight = ours(&settled);
     let mut names: Vec<&str> = in_flight
         .iter()
         .map(|(l, _)| l["deployment"].as_str())
