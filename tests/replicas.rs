@@ -448,6 +448,11 @@ timeout_ms = 10000
     }
 
     async fn setup(mock: &MockServer, pg_url: &str, max_usd: f64) -> Setup {
+        setup_with(mock, pg_url, max_usd, "").await
+    }
+
+    /// [`setup`], with `extra` appended to the replicas' config.
+    async fn setup_with(mock: &MockServer, pg_url: &str, max_usd: f64, extra: &str) -> Setup {
         let url = redis_url();
         let prefix = format!(
             "tollgate-it:pgspend:{}:{}:",
@@ -459,7 +464,7 @@ timeout_ms = 10000
             .ping()
             .await
             .unwrap_or_else(|e| panic!("Redis at {url} does not answer ({e}); this test needs it"));
-        let toml = fill(PRICED, mock)
+        let toml = fill(&format!("{PRICED}{extra}"), mock)
             .replace("{pg}", pg_url)
             .replace("{redis}", &url)
             .replace("{prefix}", &prefix)
@@ -588,6 +593,45 @@ timeout_ms = 10000
         for gw in &gws {
             assert_no_secrets("a replica's logs", &gw.logs());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sixty_requests_per_minute_hold_across_three_processes() {
+        let db = TestDatabase::create("rpm60").await;
+        let mock = mock().await;
+        let Setup { gws, .. } = setup_with(
+            &mock,
+            &db.url,
+            100.0,
+            "\n[rate_limits]\nrequests_per_minute = 60\n",
+        )
+        .await;
+        // A burst of 150 spread over the three processes, far shorter than a
+        // minute: the one shared bucket lets 60 through (61 if a cell refills
+        // during the burst), whichever process each request reaches.
+        let tasks: Vec<_> = (0..150)
+            .map(|i| {
+                let url = gws[i % 3].url("/v1/chat/completions");
+                tokio::spawn(async move { post(&url, chat("m", "")).await })
+            })
+            .collect();
+        let (mut ok, mut per_process) = (0, [0; 3]);
+        for (i, t) in tasks.into_iter().enumerate() {
+            let a = t.await.unwrap();
+            if a.status == 200 {
+                ok += 1;
+                per_process[i % 3] += 1;
+                assert_eq!(a.headers["x-ratelimit-limit-requests"], "60");
+            } else {
+                a.error(429, "rate_limited");
+                assert!(a.headers.contains_key("retry-after"));
+            }
+        }
+        assert!(
+            (60..=61).contains(&ok),
+            "{ok} of 150 passed: {per_process:?}"
+        );
+        assert_eq!(mock.log.len(), ok, "no refused request reached upstream");
     }
 
     /// The address of the test PostgreSQL server (for a proxy in front of it).
