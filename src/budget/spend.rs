@@ -326,6 +326,62 @@ pub(crate) fn micros(t: Timestamp) -> i64 {
     t.as_microsecond()
 }
 
+/// A value bound in a page query of the SQL stores.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) enum PageArg {
+    Text(String),
+    Int(i64),
+}
+
+/// The SQL of one page of `q` from `table`, for both SQL stores: only the
+/// filters given, the cursor as a row-value bound, newest first, one row
+/// more than the page (to know whether another follows). Placeholders are
+/// `{mark}1`, `{mark}2`, … (`?` for SQLite, `$` for PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn page_sql(
+    q: &SpendQuery,
+    table: &str,
+    columns: &str,
+    mark: char,
+) -> (String, Vec<PageArg>) {
+    let mut sql = format!("SELECT {columns} FROM {table} WHERE true");
+    let mut args: Vec<PageArg> = Vec::new();
+    let mut bind = |sql: &mut String, condition: &str, arg: PageArg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND {condition} {mark}{}", args.len()));
+    };
+    for (column, value) in [
+        ("key_id", &q.key_id),
+        ("team_id", &q.team_id),
+        ("model", &q.model),
+    ] {
+        if let Some(v) = value {
+            bind(&mut sql, &format!("{column} ="), PageArg::Text(v.clone()));
+        }
+    }
+    if let Some(s) = q.start {
+        bind(&mut sql, "start_us >=", PageArg::Int(micros(s)));
+    }
+    if let Some(e) = q.end {
+        bind(&mut sql, "start_us <", PageArg::Int(micros(e)));
+    }
+    if let Some(c) = q.after {
+        args.push(PageArg::Int(c.start_us));
+        args.push(PageArg::Int(c.seq));
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND (start_us, id) < ({mark}{}, {mark}{n})",
+            n - 1
+        ));
+    }
+    args.push(PageArg::Int(q.limit.max(1) as i64 + 1));
+    sql.push_str(&format!(
+        " ORDER BY start_us DESC, id DESC LIMIT {mark}{}",
+        args.len()
+    ));
+    (sql, args)
+}
+
 /// Records in this process's memory, for tests and setups that keep no
 /// history. Nothing survives a restart.
 #[derive(Clone, Debug, Default)]

@@ -184,7 +184,66 @@ pub(crate) fn pool(
 /// An arbitrary constant: the advisory lock replicas take to migrate one at
 /// a time (every component's migrations take it: the key store's and the
 /// spend store's).
-pub(crate) const MIGRATION_LOCK: i64 = 0x7467_6b65_7973; // "tgkeys"
+const MIGRATION_LOCK: i64 = 0x7467_6b65_7973; // "tgkeys"
+
+/// Why [`migrate`] stopped.
+pub(crate) enum MigrateError {
+    /// The database holds a newer schema of the component than this build.
+    Newer { current: i32, latest: i32 },
+    /// PostgreSQL failed before any migration ran.
+    Pg(tokio_postgres::Error),
+    /// PostgreSQL failed applying migration `.0`.
+    Step(i32, tokio_postgres::Error),
+}
+
+/// Brings `component`'s schema up to the last of `migrations`, one
+/// migration per transaction under [`MIGRATION_LOCK`] (replicas starting
+/// together migrate once), its version kept in `tollgate_schema`; a newer
+/// schema is refused. Shared by the key store and the spend store.
+pub(crate) async fn migrate(
+    client: &mut deadpool_postgres::Object,
+    component: &str,
+    migrations: &[(i32, &str)],
+    database: &str,
+) -> Result<(), MigrateError> {
+    let latest = migrations.last().map_or(0, |m| m.0);
+    loop {
+        let tx = client.transaction().await.map_err(MigrateError::Pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(MigrateError::Pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS tollgate_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        )
+        .await
+        .map_err(MigrateError::Pg)?;
+        let current: i32 = tx
+            .query_opt(
+                "SELECT version FROM tollgate_schema WHERE component = $1",
+                &[&component],
+            )
+            .await
+            .map_err(MigrateError::Pg)?
+            .map_or(0, |r| r.get(0));
+        if current > latest {
+            return Err(MigrateError::Newer { current, latest });
+        }
+        let Some(&(v, sql)) = migrations.iter().find(|m| m.0 > current) else {
+            return Ok(());
+        };
+        let step = |e| MigrateError::Step(v, e);
+        tx.batch_execute(sql).await.map_err(step)?;
+        tx.execute(
+            "INSERT INTO tollgate_schema (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+            &[&component, &v],
+        )
+        .await
+        .map_err(step)?;
+        tx.commit().await.map_err(step)?;
+        tracing::info!(database, component, version = v, "schema migrated");
+    }
+}
 
 /// Settings of a [`PostgresStore`].
 #[derive(Clone, Debug)]
@@ -273,48 +332,15 @@ impl PostgresStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-        loop {
-            let tx = client.transaction().await.map_err(|e| self.err(e))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(|e| self.err(e))?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS tollgate_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
-            )
+        migrate(&mut client, "keys", MIGRATIONS, &self.name)
             .await
-            .map_err(|e| self.err(e))?;
-            let current: i32 = tx
-                .query_opt(
-                    "SELECT version FROM tollgate_schema WHERE component = 'keys'",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.err(e))?
-                .map_or(0, |r| r.get(0));
-            if current > latest {
-                return Err(self.err(format!(
+            .map_err(|e| match e {
+                MigrateError::Newer { current, latest } => self.err(format!(
                     "the database has schema version {current}, newer than this build knows ({latest}); use a newer tollgate"
-                )));
-            }
-            let Some(&(v, sql)) = MIGRATIONS.iter().find(|m| m.0 > current) else {
-                return Ok(());
-            };
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tx.execute(
-                "INSERT INTO tollgate_schema (component, version) VALUES ('keys', $1)
-                 ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-                &[&v],
-            )
-            .await
-            .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tx.commit()
-                .await
-                .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tracing::info!(database = %self.name, version = v, "key store migrated");
-        }
+                )),
+                MigrateError::Pg(e) => self.err(e),
+                MigrateError::Step(v, e) => self.err(format!("migration {v}: {e}")),
+            })
     }
 
     /// The schema version of the database.

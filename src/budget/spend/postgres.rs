@@ -11,11 +11,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    Cursor, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore, SpendTotals,
-    micros,
+    Cursor, PageArg, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore,
+    SpendTotals, micros,
 };
 use crate::budget::Micros;
-use crate::keys::postgres::{MIGRATION_LOCK, PostgresOptions};
+use crate::keys::postgres::{MigrateError, PostgresOptions, migrate};
 
 /// The spend store's migrations, recorded in `tollgate_schema` under
 /// `component = 'spend'`: `(version, SQL)`, in order.
@@ -117,40 +117,18 @@ fn row(r: &Row) -> Result<(Cursor, SpendRecord), String> {
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
-/// The SQL of one page (as `SqliteSpendStore`'s): only the filters given,
-/// the cursor as a row-value bound, newest first, one row more than the page.
+/// One page of `q`, with PostgreSQL's placeholders and values.
 fn page_sql(q: &SpendQuery) -> (String, Params) {
-    let mut sql = format!("SELECT {COLUMNS} FROM tollgate_spend WHERE true");
-    let mut args: Params = Vec::new();
-    for (column, value) in [
-        ("key_id", &q.key_id),
-        ("team_id", &q.team_id),
-        ("model", &q.model),
-    ] {
-        if let Some(v) = value {
-            args.push(Box::new(v.clone()));
-            sql.push_str(&format!(" AND {column} = ${}", args.len()));
-        }
-    }
-    if let Some(s) = q.start {
-        args.push(Box::new(micros(s)));
-        sql.push_str(&format!(" AND start_us >= ${}", args.len()));
-    }
-    if let Some(e) = q.end {
-        args.push(Box::new(micros(e)));
-        sql.push_str(&format!(" AND start_us < ${}", args.len()));
-    }
-    if let Some(c) = q.after {
-        args.push(Box::new(c.start_us));
-        args.push(Box::new(c.seq));
-        let n = args.len();
-        sql.push_str(&format!(" AND (start_us, id) < (${}, ${n})", n - 1));
-    }
-    args.push(Box::new(q.limit.max(1) as i64 + 1));
-    sql.push_str(&format!(
-        " ORDER BY start_us DESC, id DESC LIMIT ${}",
-        args.len()
-    ));
+    let (sql, args) = super::page_sql(q, "tollgate_spend", COLUMNS, '$');
+    let args = args
+        .into_iter()
+        .map(|a| -> Box<dyn ToSql + Sync + Send> {
+            match a {
+                PageArg::Text(t) => Box::new(t),
+                PageArg::Int(i) => Box::new(i),
+            }
+        })
+        .collect();
     (sql, args)
 }
 
@@ -216,49 +194,16 @@ impl PostgresSpendStore {
 
     async fn migrate(&self) -> Result<(), SpendError> {
         let mut client = self.client().await?;
-        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-        loop {
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(|e| self.pg(e))?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS tollgate_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
-            )
+        migrate(&mut client, "spend", MIGRATIONS, &self.name)
             .await
-            .map_err(|e| self.pg(e))?;
-            let current: i32 = tx
-                .query_opt(
-                    "SELECT version FROM tollgate_schema WHERE component = 'spend'",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.pg(e))?
-                .map_or(0, |r| r.get(0));
-            if current > latest {
-                return Err(SpendError::permanent(format!(
+            .map_err(|e| match e {
+                MigrateError::Newer { current, latest } => SpendError::permanent(format!(
                     "spend store `{}`: the database has spend schema version {current}, newer than this build knows ({latest}); use a newer tollgate",
                     self.name
-                )));
-            }
-            let Some(&(v, sql)) = MIGRATIONS.iter().find(|m| m.0 > current) else {
-                return Ok(());
-            };
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tx.execute(
-                "INSERT INTO tollgate_schema (component, version) VALUES ('spend', $1)
-                 ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-                &[&v],
-            )
-            .await
-            .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tx.commit()
-                .await
-                .map_err(|e| self.err(format!("migration {v}: {e}")))?;
-            tracing::info!(database = %self.name, version = v, "spend store migrated");
-        }
+                )),
+                MigrateError::Pg(e) => self.pg(e),
+                MigrateError::Step(v, e) => self.err(format!("migration {v}: {e}")),
+            })
     }
 
     /// The spend schema's version in the database.

@@ -8,8 +8,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, Row, params};
 
 use super::{
-    Cursor, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore, SpendTotals,
-    micros,
+    Cursor, PageArg, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore,
+    SpendTotals, micros,
 };
 use crate::budget::Micros;
 
@@ -124,40 +124,16 @@ impl SqliteSpendStore {
     }
 }
 
-/// The SQL of one page: only the filters given, the cursor as a row-value
-/// bound, newest first, one row more than the page to know if another follows.
+/// One page of `q`, with SQLite's placeholders and values.
 fn page_sql(q: &SpendQuery) -> (String, Vec<Sql>) {
-    let mut sql = format!("SELECT {COLUMNS} FROM spend WHERE 1");
-    let mut args: Vec<Sql> = Vec::new();
-    for (column, value) in [
-        ("key_id", &q.key_id),
-        ("team_id", &q.team_id),
-        ("model", &q.model),
-    ] {
-        if let Some(v) = value {
-            args.push(Sql::Text(v.clone()));
-            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
-        }
-    }
-    if let Some(s) = q.start {
-        args.push(Sql::Integer(micros(s)));
-        sql.push_str(&format!(" AND start_us >= ?{}", args.len()));
-    }
-    if let Some(e) = q.end {
-        args.push(Sql::Integer(micros(e)));
-        sql.push_str(&format!(" AND start_us < ?{}", args.len()));
-    }
-    if let Some(c) = q.after {
-        args.push(Sql::Integer(c.start_us));
-        args.push(Sql::Integer(c.seq));
-        let n = args.len();
-        sql.push_str(&format!(" AND (start_us, id) < (?{}, ?{n})", n - 1));
-    }
-    args.push(Sql::Integer(q.limit.max(1) as i64 + 1));
-    sql.push_str(&format!(
-        " ORDER BY start_us DESC, id DESC LIMIT ?{}",
-        args.len()
-    ));
+    let (sql, args) = super::page_sql(q, "spend", COLUMNS, '?');
+    let args = args
+        .into_iter()
+        .map(|a| match a {
+            PageArg::Text(t) => Sql::Text(t),
+            PageArg::Int(i) => Sql::Integer(i),
+        })
+        .collect();
     (sql, args)
 }
 
