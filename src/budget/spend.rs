@@ -644,6 +644,41 @@ mod tests {
         }
     }
 
+    /// One page query of each shape (every filter, the cursor, a time
+    /// range): each SQL store must answer all of them from an index, unsorted.
+    pub(crate) fn page_shapes() -> Vec<SpendQuery> {
+        let at = Some(Cursor {
+            start_us: 1,
+            seq: 2,
+        });
+        let t = Some(Timestamp::UNIX_EPOCH);
+        vec![
+            SpendQuery::default(),
+            SpendQuery {
+                after: at,
+                start: t,
+                end: t,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                key_id: Some("k".into()),
+                after: at,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                team_id: Some("t".into()),
+                start: t,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                model: Some("m".into()),
+                after: at,
+                end: t,
+                ..SpendQuery::default()
+            },
+        ]
+    }
+
     /// The shared contract of every store: filters, pages, totals.
     pub(crate) async fn contract(store: &dyn SpendStore) {
         let batch: Vec<SpendRecord> = (0..250)

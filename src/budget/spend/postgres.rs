@@ -392,7 +392,7 @@ impl SpendStore for PostgresSpendStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::spend::tests::contract;
+    use crate::budget::spend::tests::{contract, page_shapes};
     use crate::keys::postgres::tests::test_db;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,36 +463,7 @@ mod tests {
     async fn every_page_is_read_from_an_index_never_sorted() {
         let db = test_db("spend_plan").await;
         let store = PostgresSpendStore::connect(&db.url).await.unwrap();
-        let at = Some(Cursor {
-            start_us: 1,
-            seq: 2,
-        });
-        let t = Some(Timestamp::UNIX_EPOCH);
-        for q in [
-            SpendQuery::default(),
-            SpendQuery {
-                after: at,
-                start: t,
-                end: t,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                key_id: Some("k".into()),
-                after: at,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                team_id: Some("t".into()),
-                start: t,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                model: Some("m".into()),
-                after: at,
-                end: t,
-                ..SpendQuery::default()
-            },
-        ] {
+        for q in page_shapes() {
             let plan = store.page_plan(&q).await.unwrap();
             assert!(plan.contains("Index Scan"), "{q:?}: {plan}");
             assert!(!plan.contains("Sort"), "{q:?} sorts: {plan}");

@@ -225,7 +225,7 @@ impl SpendStore for SqliteSpendStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::spend::tests::contract;
+    use crate::budget::spend::tests::{contract, page_shapes};
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -266,36 +266,7 @@ mod tests {
     #[test]
     fn every_page_is_read_from_an_index_never_sorted() {
         let store = SqliteSpendStore::open(temp("plan")).unwrap();
-        let at = Some(Cursor {
-            start_us: 1,
-            seq: 2,
-        });
-        let t = Some(Timestamp::UNIX_EPOCH);
-        for q in [
-            SpendQuery::default(),
-            SpendQuery {
-                after: at,
-                start: t,
-                end: t,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                key_id: Some("k".into()),
-                after: at,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                team_id: Some("t".into()),
-                start: t,
-                ..SpendQuery::default()
-            },
-            SpendQuery {
-                model: Some("m".into()),
-                after: at,
-                end: t,
-                ..SpendQuery::default()
-            },
-        ] {
+        for q in page_shapes() {
             let plan = store.page_plan(&q).unwrap();
             assert!(
                 plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"),
