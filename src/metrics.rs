@@ -219,7 +219,9 @@ pub(crate) mod noop {
     #[cfg_attr(not(feature = "fair-queue"), allow(dead_code))]
     pub(crate) fn queue_rejected(_: &Arc<str>, _: &'static str) {}
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
-    pub(crate) fn spend(_: u64) {}
+    pub(crate) fn spent() -> Counter {
+        Counter
+    }
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
     pub(crate) fn spend_records_dropped() {}
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
@@ -338,10 +340,10 @@ pub(crate) mod record {
         counter!(FALLBACKS_TOTAL, FROM => from, TO => to).increment(1);
     }
 
-    /// A settlement charged `micros`.
+    /// The handle settlements add their charge to.
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
-    pub(crate) fn spend(micros: u64) {
-        counter!(SPEND_MICROS_TOTAL).increment(micros);
+    pub(crate) fn spent() -> Counter {
+        counter!(SPEND_MICROS_TOTAL)
     }
 
     /// A spend record was dropped on a full queue.

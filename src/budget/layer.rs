@@ -131,6 +131,8 @@ pub struct BudgetLayer<B, L = Ledger> {
     prices: Arc<Prices>,
     upstream_usage: bool,
     spend: Option<SpendWriter>,
+    /// `tollgate_spend_micros_total`, registered once (see `tollgate::metrics`).
+    spent: crate::metrics::Counter,
 }
 
 impl<B, L: Clone> Clone for BudgetLayer<B, L> {
@@ -141,6 +143,7 @@ impl<B, L: Clone> Clone for BudgetLayer<B, L> {
             prices: self.prices.clone(),
             upstream_usage: self.upstream_usage,
             spend: self.spend.clone(),
+            spent: self.spent.clone(),
         }
     }
 }
@@ -164,6 +167,7 @@ impl<B, L> BudgetLayer<B, L> {
             prices: Arc::new(prices),
             upstream_usage: false,
             spend: None,
+            spent: crate::metrics::record::spent(),
         }
     }
 
@@ -276,6 +280,7 @@ where
             prompt_tokens,
             group: summary.model.clone(),
             prices: self.layer.prices.clone(),
+            spent: self.layer.spent.clone(),
         };
         if limits.is_empty() {
             // Metered for its spend record or its hidden usage chunk only.
@@ -327,6 +332,7 @@ struct Pending {
     prompt_tokens: u64,
     group: String,
     prices: Arc<Prices>,
+    spent: crate::metrics::Counter,
 }
 
 impl Pending {
@@ -353,6 +359,7 @@ impl Pending {
             prompt_tokens: self.prompt_tokens,
             group: self.group,
             prices: self.prices,
+            spent: self.spent,
         }
     }
 }
@@ -364,6 +371,7 @@ struct Held {
     prompt_tokens: u64,
     group: String,
     prices: Arc<Prices>,
+    spent: crate::metrics::Counter,
 }
 
 /// The future of [`Budget`]: it waits for the [`BudgetStore`]'s
@@ -447,6 +455,7 @@ where
                     price,
                     prompt_tokens: held.prompt_tokens,
                     record: held.record,
+                    spent: held.spent,
                 };
                 let meter = if sse { Meter::sse() } else { Meter::json() };
                 Poll::Ready(Ok(res.map(|body| {
@@ -514,6 +523,30 @@ mod tests {
         std::future::ready(Ok(Response::new(Body::full(
             r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2.0}}"#,
         ))))
+    }
+
+    #[cfg(feature = "metrics")]
+    #[tokio::test]
+    async fn settlements_add_their_charge_to_the_spend_counter() {
+        use crate::metrics::SPEND_MICROS_TOTAL;
+        use crate::metrics::tests::Seen;
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let svc = layer().layer(service_fn(answer));
+        for _ in 0..2 {
+            let res = svc.clone().oneshot(req(r#"{"model":"m"}"#)).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+        // A refusal charges nothing: 2,000 output tokens are over the key's 1,000.
+        let refused = svc.oneshot(req(r#"{"model":"m","max_tokens":2000}"#)).await;
+        assert_eq!(refused.unwrap_err().status(), 402);
+        let mut seen = Seen::default();
+        // Each answer: 5 prompt tokens at $1/M + 2 output at $2/M = 9 micros.
+        assert_eq!(
+            seen.update(&snapshotter).counter(SPEND_MICROS_TOTAL, &[]),
+            18
+        );
     }
 
     #[tokio::test]

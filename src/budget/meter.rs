@@ -249,6 +249,8 @@ pub struct Settlement {
     pub prompt_tokens: u64,
     /// The request's spend record, finished with the charge.
     pub record: Option<PendingSpend>,
+    /// `tollgate_spend_micros_total`, registered once by the layer.
+    pub(crate) spent: crate::metrics::Counter,
 }
 
 impl Settlement {
@@ -272,7 +274,7 @@ impl Settlement {
             Some(r) => r.settle(cost),
             None => cost,
         };
-        crate::metrics::record::spend(charged);
+        self.spent.increment(charged);
         if let Some(record) = self.record {
             record.settled(usage, meter.usage().is_none(), charged);
         }
@@ -494,6 +496,7 @@ mod tests {
                 price,
                 prompt_tokens: 10,
                 record: None,
+                spent: crate::metrics::record::spent(),
             },
         )
     }
