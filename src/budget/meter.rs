@@ -7,11 +7,10 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project::{pin_project, pinned_drop};
-use serde_json::Value;
 
 use super::ledger::{Micros, Reservation};
 use super::spend::PendingSpend;
-use super::usage::{Price, TokenUsage};
+use super::usage::{Event, Price, TokenUsage};
 
 /// The most of one SSE line (one `data:` event) that is buffered to be
 /// read; a longer event is forwarded all the same but only counted.
@@ -97,14 +96,14 @@ impl Meter {
                 // a long tool-call argument or text delta).
                 self.content_bytes += self.line_len as u64;
             } else if payload != b"[DONE]" {
-                match serde_json::from_slice::<Value>(payload) {
-                    Ok(event) => {
-                        if let Some(u) = TokenUsage::in_event(&event) {
+                match Event::read(payload) {
+                    Some(event) => {
+                        if let Some(u) = event.usage() {
                             self.usage = Some(u);
                         }
-                        self.content_bytes += content_len(&event);
+                        self.content_bytes += event.content_bytes;
                     }
-                    Err(_) => self.content_bytes += payload.len() as u64,
+                    None => self.content_bytes += payload.len() as u64,
                 }
             }
         }
@@ -124,14 +123,14 @@ impl Meter {
             return;
         }
         let tail = &self.line;
-        if let Some(at) = memchr::memmem::rfind(tail, b"\"usage\"") {
+        // Built once: building a searcher costs as much as this search.
+        static USAGE: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+        if let Some(at) = USAGE.rfind(tail) {
             let rest = &tail[at + 7..];
             let rest = rest.trim_ascii_start();
             if let Some(value) = rest.strip_prefix(b":") {
-                let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Value>();
-                if let Some(Ok(u)) = values.next() {
-                    self.usage = TokenUsage::from_json(&u);
-                }
+                self.usage = TokenUsage::read_at(value);
             }
         }
         self.content_bytes = self.total_bytes;
@@ -153,27 +152,6 @@ impl Meter {
     pub fn buffered(&self) -> usize {
         self.line.capacity()
     }
-}
-
-/// Bytes of generated text in one event: chat deltas (content, reasoning,
-/// tool-call arguments), completion text, Responses API deltas.
-fn content_len(event: &Value) -> u64 {
-    let len = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
-    let mut n = len(event.get("delta"));
-    if let Some(choices) = event.get("choices").and_then(Value::as_array) {
-        for c in choices {
-            n += len(c.get("text"));
-            if let Some(d) = c.get("delta") {
-                n += len(d.get("content")) + len(d.get("reasoning_content"));
-                if let Some(calls) = d.get("tool_calls").and_then(Value::as_array) {
-                    for call in calls {
-                        n += len(call.get("function").and_then(|f| f.get("arguments")));
-                    }
-                }
-            }
-        }
-    }
-    n
 }
 
 /// Removes, from a stream, the usage-only chunk (`"choices":[]` with a

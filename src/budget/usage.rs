@@ -1,5 +1,10 @@
 //! Token usage as providers really report it, and prices per million tokens.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::ledger::Micros;
@@ -15,25 +20,6 @@ pub struct TokenUsage {
     pub cached_tokens: u64,
 }
 
-/// A count as providers send it: an integer, a float (rounded: known
-/// failure #12), a numeric string; anything else, negative or missing is `None`.
-fn count(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f.round() as u64)
-        }),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f.round() as u64),
-        _ => None,
-    }
-}
-
 impl TokenUsage {
     /// Reads a `usage` object in the Chat Completions shape (`prompt_tokens`,
     /// `completion_tokens`, `prompt_tokens_details.cached_tokens`) or the
@@ -41,35 +27,367 @@ impl TokenUsage {
     /// `input_tokens_details.cached_tokens`). Floats are rounded and missing
     /// fields count zero; `None` when neither input nor output is given.
     pub fn from_json(usage: &Value) -> Option<TokenUsage> {
-        let prompt = count(usage.get("prompt_tokens")).or_else(|| count(usage.get("input_tokens")));
-        let completion =
-            count(usage.get("completion_tokens")).or_else(|| count(usage.get("output_tokens")));
-        if prompt.is_none() && completion.is_none() {
-            return None;
-        }
-        let prompt_tokens = prompt.unwrap_or(0);
-        let cached = usage
-            .get("prompt_tokens_details")
-            .or_else(|| usage.get("input_tokens_details"))
-            .and_then(|d| count(d.get("cached_tokens")));
-        Some(TokenUsage {
-            prompt_tokens,
-            completion_tokens: completion.unwrap_or(0),
-            cached_tokens: cached.unwrap_or(0).min(prompt_tokens),
-        })
+        Lenient::<UsageField>::deserialize(usage).ok()?.0.0
     }
 
     /// The usage in one response JSON object or SSE event: a top-level
     /// non-null `usage` (Chat Completions, completions, embeddings) or
     /// `response.usage` (Responses API `response.completed`).
     pub fn in_event(event: &Value) -> Option<TokenUsage> {
-        let usage = match event.get("usage") {
-            Some(u) if !u.is_null() => u,
-            _ => event.get("response")?.get("usage")?,
-        };
-        TokenUsage::from_json(usage)
+        Lenient::<Event>::deserialize(event).ok()?.0.usage()
+    }
+
+    /// The `usage` object that starts `json` (whatever follows it is not read).
+    pub(crate) fn read_at(json: &[u8]) -> Option<TokenUsage> {
+        let mut values =
+            serde_json::Deserializer::from_slice(json).into_iter::<Lenient<UsageField>>();
+        values.next()?.ok()?.0.0
     }
 }
+
+/// What the meter reads of one response JSON object or SSE event, straight
+/// from its bytes: no tree is built, nothing is copied but escaped keys.
+#[derive(Debug, Default)]
+pub(crate) struct Event {
+    usage: Option<TokenUsage>,
+    response_usage: Option<TokenUsage>,
+    /// Bytes of generated text: chat deltas (content, reasoning, tool-call
+    /// arguments), completion text, Responses API deltas.
+    pub(crate) content_bytes: u64,
+}
+
+impl Event {
+    /// Reads one event's JSON; `None` when it is not JSON.
+    pub(crate) fn read(json: &[u8]) -> Option<Event> {
+        serde_json::from_slice::<Lenient<Event>>(json)
+            .ok()
+            .map(|e| e.0)
+    }
+
+    /// The event's usage ([`TokenUsage::in_event`]).
+    pub(crate) fn usage(&self) -> Option<TokenUsage> {
+        self.usage.or(self.response_usage)
+    }
+}
+
+// Reading what providers send without failing on what they add or get
+// wrong: every type below reads any JSON value, takes what has its shape
+// and skips the rest (unknown fields, nulls, odd types) as `Default`.
+
+/// Any JSON value, read as `T` where it has `T`'s shape and as
+/// `T::default()` where it has not.
+struct Lenient<T>(T);
+
+/// How a type reads each kind of JSON value; the defaults skip it.
+trait Shape: Default {
+    fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+    fn array<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+    fn string(_: &str) -> Self {
+        Self::default()
+    }
+    fn number(_: Number) -> Self {
+        Self::default()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Number {
+    Unsigned(u64),
+    Float(f64),
+}
+
+impl<'de, T: Shape> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Shape> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<T, E> {
+                Ok(T::number(Number::Unsigned(n)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<T, E> {
+                Ok(T::number(match u64::try_from(n) {
+                    Ok(n) => Number::Unsigned(n),
+                    Err(_) => Number::Float(n as f64),
+                }))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<T, E> {
+                Ok(T::number(Number::Float(n)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<T, E> {
+                Ok(T::string(s))
+            }
+            fn visit_unit<E>(self) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+                T::array(seq)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::object(map)
+            }
+        }
+        d.deserialize_any(V(PhantomData)).map(Lenient)
+    }
+}
+
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads an object's fields: `field` is called with each key and must read
+/// its value (`read`) or skip it (`skip`).
+fn fields<'de, A: MapAccess<'de>, T: Default>(
+    mut map: A,
+    mut field: impl FnMut(&mut T, &str, &mut A) -> Result<(), A::Error>,
+) -> Result<T, A::Error> {
+    let mut out = T::default();
+    while let Some(key) = map.next_key::<Key<'de>>()? {
+        field(&mut out, &key.0, &mut map)?;
+    }
+    Ok(out)
+}
+
+fn read<'de, T: Shape, A: MapAccess<'de>>(map: &mut A) -> Result<T, A::Error> {
+    Ok(map.next_value::<Lenient<T>>()?.0)
+}
+
+fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    map.next_value::<IgnoredAny>().map(drop)
+}
+
+/// A count as providers send it: an integer, a float (rounded: known
+/// failure #12), a numeric string; anything else, negative or missing is `None`.
+#[derive(Clone, Copy, Default)]
+struct Count(Option<u64>);
+
+impl Shape for Count {
+    fn number(n: Number) -> Self {
+        Count(match n {
+            Number::Unsigned(n) => Some(n),
+            Number::Float(f) => whole(f),
+        })
+    }
+    fn string(s: &str) -> Self {
+        Count(s.trim().parse::<f64>().ok().and_then(whole))
+    }
+}
+
+fn whole(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0).then(|| f.round() as u64)
+}
+
+/// A string's length in bytes (0 for anything else).
+#[derive(Default)]
+struct TextLen(u64);
+
+impl Shape for TextLen {
+    fn string(s: &str) -> Self {
+        TextLen(s.len() as u64)
+    }
+}
+
+/// A `usage` object.
+#[derive(Default)]
+struct UsageField(Option<TokenUsage>);
+
+impl Shape for UsageField {
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        #[derive(Default)]
+        struct Raw {
+            prompt: Count,
+            completion: Count,
+            input: Count,
+            output: Count,
+            prompt_details: Option<Count>,
+            input_details: Option<Count>,
+        }
+        let raw = fields(map, |r: &mut Raw, key, map| {
+            match key {
+                "prompt_tokens" => r.prompt = read(map)?,
+                "completion_tokens" => r.completion = read(map)?,
+                "input_tokens" => r.input = read(map)?,
+                "output_tokens" => r.output = read(map)?,
+                "prompt_tokens_details" => r.prompt_details = read::<Details, _>(map)?.0,
+                "input_tokens_details" => r.input_details = read::<Details, _>(map)?.0,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        let prompt = raw.prompt.0.or(raw.input.0);
+        let completion = raw.completion.0.or(raw.output.0);
+        if prompt.is_none() && completion.is_none() {
+            return Ok(UsageField(None));
+        }
+        let prompt_tokens = prompt.unwrap_or(0);
+        let cached = raw.prompt_details.or(raw.input_details).and_then(|c| c.0);
+        Ok(UsageField(Some(TokenUsage {
+            prompt_tokens,
+            completion_tokens: completion.unwrap_or(0),
+            cached_tokens: cached.unwrap_or(0).min(prompt_tokens),
+        })))
+    }
+}
+
+/// `prompt_tokens_details` / `input_tokens_details`: `Some` when an object.
+#[derive(Default)]
+struct Details(Option<Count>);
+
+impl Shape for Details {
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        let cached = fields(map, |c: &mut Count, key, map| match key {
+            "cached_tokens" => {
+                *c = read(map)?;
+                Ok(())
+            }
+            _ => skip(map),
+        })?;
+        Ok(Details(Some(cached)))
+    }
+}
+
+impl Shape for Event {
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        fields(map, |e: &mut Event, key, map| {
+            match key {
+                "usage" => e.usage = read::<UsageField, _>(map)?.0,
+                "response" => {
+                    e.response_usage = read::<Response, _>(map)?.0;
+                }
+                "delta" => e.content_bytes += read::<TextLen, _>(map)?.0,
+                "choices" => e.content_bytes += read::<Each<Choice>, _>(map)?.0,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The Responses API's `response` object: its `usage`.
+#[derive(Default)]
+struct Response(Option<TokenUsage>);
+
+impl Shape for Response {
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        fields(map, |r: &mut Response, key, map| {
+            match key {
+                "usage" => r.0 = read::<UsageField, _>(map)?.0,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Generated text in bytes: what [`Each`] sums.
+trait Text: Shape {
+    fn bytes(&self) -> u64;
+}
+
+/// An array's elements' generated text, summed.
+#[derive(Default)]
+struct Each<T>(u64, PhantomData<T>);
+
+impl<T: Text> Shape for Each<T> {
+    fn array<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        let mut sum = 0;
+        while let Some(item) = seq.next_element::<Lenient<T>>()? {
+            sum += item.0.bytes();
+        }
+        Ok(Each(sum, PhantomData))
+    }
+}
+
+macro_rules! text_object {
+    ($(#[$doc:meta])* $name:ident { $($key:literal => $field:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        struct $name(u64);
+
+        impl Text for $name {
+            fn bytes(&self) -> u64 {
+                self.0
+            }
+        }
+
+        impl Shape for $name {
+            fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+                fields(map, |n: &mut $name, key, map| {
+                    match key {
+                        $($key => n.0 += read::<$field, _>(map)?.bytes(),)*
+                        _ => skip(map)?,
+                    }
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+impl Text for TextLen {
+    fn bytes(&self) -> u64 {
+        self.0
+    }
+}
+
+impl<T> Text for Each<T>
+where
+    Each<T>: Shape,
+{
+    fn bytes(&self) -> u64 {
+        self.0
+    }
+}
+
+text_object!(
+    /// One of `choices`: completion `text` or a chat `delta`.
+    Choice { "text" => TextLen, "delta" => Delta }
+);
+text_object!(
+    /// A chat delta: content, reasoning and tool-call arguments.
+    Delta {
+        "content" => TextLen,
+        "reasoning_content" => TextLen,
+        "tool_calls" => Each<ToolCall>,
+    }
+);
+text_object!(
+    /// One tool call of a delta.
+    ToolCall { "function" => Function }
+);
+text_object!(
+    /// A tool call's function: its `arguments`.
+    Function { "arguments" => TextLen }
+);
 
 /// A model's price, in micro-USD per million tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -153,6 +471,189 @@ mod tests {
         );
         let done = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 2, "output_tokens": 1}}});
         assert_eq!(TokenUsage::in_event(&done).unwrap().completion_tokens, 1);
+    }
+
+    #[test]
+    fn events_are_read_from_their_bytes_whatever_their_shape() {
+        let read = |j: &str| Event::read(j.as_bytes()).map(|e| (e.usage(), e.content_bytes));
+        // Chat delta with escapes, reasoning and tool-call arguments.
+        let chunk = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a\"b\u00e9","reasoning_content":"xy",
+            "tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"k\":1}"}},{"function":{"arguments":"zz"}}]}}],"usage":null}"#;
+        // `a"bé` is 5 bytes decoded (é is two), `{"k":1}` is 7.
+        assert_eq!(read(chunk), Some((None, 5 + 2 + 7 + 2)));
+        // Completions text, Responses delta, usage in the Responses shape.
+        assert_eq!(read(r#"{"choices":[{"text":"hello"}]}"#), Some((None, 5)));
+        assert_eq!(
+            read(r#"{"type":"response.output_text.delta","delta":"abc"}"#),
+            Some((None, 3))
+        );
+        let done = r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":2,"output_tokens":1.4}}}"#;
+        let (usage, _) = read(done).unwrap();
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((2, 1))
+        );
+        // Odd types and unknown fields are skipped, never fatal.
+        let odd = r#"{"choices":"none","delta":{"x":1},"usage":7,"extra":[1,{"a":[null,true]}],
+            "\u0075sage":{"prompt_tokens":"3","completion_tokens":-2}}"#;
+        let (usage, content) = read(odd).unwrap();
+        assert_eq!(content, 0);
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 0))
+        );
+        assert_eq!(
+            read(r#"{"choices":[1,"a",null,{"delta":null}]}"#),
+            Some((None, 0))
+        );
+        // Not JSON.
+        assert!(Event::read(b"{\"choices\":[").is_none());
+        assert!(Event::read(b"not json").is_none());
+        // A usage object followed by the rest of an answer.
+        let tail = br#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":9},"completion_tokens":2.0}},"x":1}"#;
+        assert_eq!(
+            TokenUsage::read_at(tail),
+            Some(TokenUsage {
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                cached_tokens: 5
+            })
+        );
+        assert_eq!(TokenUsage::read_at(b"null}"), None);
+    }
+
+    /// The reader against the tree-based reading it replaced, on arbitrary
+    /// JSON events: same usage, same generated-text bytes.
+    mod differential {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn count(v: Option<&Value>) -> Option<u64> {
+            match v? {
+                Value::Number(n) => n.as_u64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f.round() as u64)
+                }),
+                Value::String(s) => s
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.round() as u64),
+                _ => None,
+            }
+        }
+
+        fn usage_of(u: &Value) -> Option<TokenUsage> {
+            let prompt = count(u.get("prompt_tokens")).or_else(|| count(u.get("input_tokens")));
+            let completion =
+                count(u.get("completion_tokens")).or_else(|| count(u.get("output_tokens")));
+            if prompt.is_none() && completion.is_none() {
+                return None;
+            }
+            let details = [
+                u.get("prompt_tokens_details"),
+                u.get("input_tokens_details"),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|d| d.is_object());
+            let prompt_tokens = prompt.unwrap_or(0);
+            Some(TokenUsage {
+                prompt_tokens,
+                completion_tokens: completion.unwrap_or(0),
+                cached_tokens: details
+                    .and_then(|d| count(d.get("cached_tokens")))
+                    .unwrap_or(0)
+                    .min(prompt_tokens),
+            })
+        }
+
+        fn oracle(e: &Value) -> (Option<TokenUsage>, u64) {
+            let usage = e.get("usage").and_then(usage_of).or_else(|| {
+                e.get("response")
+                    .and_then(|r| r.get("usage"))
+                    .and_then(usage_of)
+            });
+            let len = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
+            let mut n = len(e.get("delta"));
+            for c in e
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                n += len(c.get("text"));
+                if let Some(d) = c.get("delta") {
+                    n += len(d.get("content")) + len(d.get("reasoning_content"));
+                    for call in d
+                        .get("tool_calls")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        n += len(call.get("function").and_then(|f| f.get("arguments")));
+                    }
+                }
+            }
+            (usage, n)
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<u32>().prop_map(Value::from),
+                (-5i64..5).prop_map(Value::from),
+                (-10.0f64..1e6).prop_map(Value::from),
+                "[a-z\\\"é😀 0-9.]{0,12}".prop_map(Value::from),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let keys = prop_oneof![
+                Just("usage"),
+                Just("response"),
+                Just("delta"),
+                Just("choices"),
+                Just("text"),
+                Just("content"),
+                Just("reasoning_content"),
+                Just("tool_calls"),
+                Just("function"),
+                Just("arguments"),
+                Just("prompt_tokens"),
+                Just("completion_tokens"),
+                Just("input_tokens"),
+                Just("output_tokens"),
+                Just("prompt_tokens_details"),
+                Just("input_tokens_details"),
+                Just("cached_tokens"),
+                Just("other"),
+            ];
+            leaf().prop_recursive(5, 64, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map(
+                        keys.clone().prop_map(String::from),
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn agrees_with_the_tree(event in value()) {
+                let bytes = serde_json::to_vec(&event).unwrap();
+                let got = Event::read(&bytes).map(|e| (e.usage(), e.content_bytes));
+                prop_assert_eq!(got, Some(oracle(&event)));
+                prop_assert_eq!(TokenUsage::in_event(&event), oracle(&event).0);
+            }
+        }
     }
 
     #[test]
