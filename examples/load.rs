@@ -16,10 +16,14 @@
 //! one) as child processes on 127.0.0.1, writes the gateway a config with
 //! the full stack as it exists, then runs `rounds` times: a phase straight at
 //! the mock, a phase through the gateway. It prints per phase the
-//! throughput, latency percentiles (p50/p90/p99/max) and errors; then the
-//! gateway's added latency at each percentile (gateway minus direct, medians
-//! over rounds), throughput through the gateway as a share of direct, and the
-//! gateway's peak RSS (`VmHWM`). Open-loop latency is measured from each
+//! throughput, latency percentiles (p50/p90/p99/max), errors, and the CPU
+//! time the load generator, the mock and the gateway each spent per request
+//! (from `/proc/<pid>/stat`); then the gateway's added latency at each
+//! percentile (gateway minus direct, medians over rounds), throughput through
+//! the gateway as a share of direct, the ceiling the CPU puts on that share
+//! when all three processes share the machine's cores ((client + mock) /
+//! (client + mock + gateway) CPU per request), and the gateway's peak RSS
+//! (`VmHWM`). Open-loop latency is measured from each
 //! request's scheduled start, so a stall is not hidden (no coordinated
 //! omission). Everything is bounded: phases end after `--seconds`, the
 //! children are killed at the end. Only loopback addresses are used.
@@ -186,6 +190,63 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU time a process has used (user + system), in microseconds; `pid`
+/// `None` is this process (the load generator).
+fn cpu_us(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // utime and stime are the 12th and 13th of those, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ: 100 on Linux (the kernel's ABI for /proc, whatever CONFIG_HZ).
+    ticks * 10_000
+}
+
+/// CPU used by the load generator, the mock and the gateway during a phase.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    client: u64,
+    mock: u64,
+    gateway: u64,
+}
+
+impl Cpu {
+    fn now(mock: u32, gateway: u32) -> Cpu {
+        Cpu {
+            client: cpu_us(None),
+            mock: cpu_us(Some(mock)),
+            gateway: cpu_us(Some(gateway)),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            client: self.client - before.client,
+            mock: self.mock - before.mock,
+            gateway: self.gateway - before.gateway,
+        }
+    }
+
+    /// Microseconds of CPU per answered request: (client, mock, gateway).
+    fn per_request(self, ok: u64) -> (f64, f64, f64) {
+        let n = ok.max(1) as f64;
+        (
+            self.client as f64 / n,
+            self.mock as f64 / n,
+            self.gateway as f64 / n,
+        )
+    }
+}
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The virtual key the harness presents (a loopback-only load key, not a
@@ -194,6 +255,7 @@ const LOAD_KEY: &str = "tg-load-LoadKeyForLoopbackOnly0000000";
 const AUTHORIZATION: &str = "Bearer tg-load-LoadKeyForLoopbackOnly0000000";
 
 struct PhaseResult {
+    cpu: Cpu,
     total: Histogram<u64>,
     first_byte: Option<Histogram<u64>>,
     ok: u64,
@@ -235,7 +297,14 @@ async fn one(
     }
 }
 
-async fn phase(client: &HttpClient, url: &str, body: Bytes, args: &Args) -> PhaseResult {
+async fn phase(
+    client: &HttpClient,
+    url: &str,
+    body: Bytes,
+    args: &Args,
+    pids: (u32, u32),
+) -> PhaseResult {
+    let cpu_before = Cpu::now(pids.0, pids.1);
     let total = Arc::new(std::sync::Mutex::new(histogram()));
     let first = Arc::new(std::sync::Mutex::new(histogram()));
     let ok = Arc::new(AtomicU64::new(0));
@@ -300,9 +369,11 @@ async fn phase(client: &HttpClient, url: &str, body: Bytes, args: &Args) -> Phas
         }
     }
     let elapsed = began.elapsed();
+    let cpu = Cpu::now(pids.0, pids.1).since(cpu_before);
     let total = total.lock().unwrap().clone();
     let first = first.lock().unwrap().clone();
     PhaseResult {
+        cpu,
         total,
         first_byte: args.stream.then_some(first),
         ok: ok.load(Ordering::Relaxed),
@@ -339,7 +410,9 @@ fn report(name: &str, r: &PhaseResult) {
             fmt_us(fb.value_at_quantile(0.99))
         );
     }
+    let (c, m, g) = r.cpu.per_request(r.ok);
     println!();
+    println!("         CPU per request: client {c:.1} µs, mock {m:.1} µs, gateway {g:.1} µs");
 }
 
 /// Opens `n` streams through the gateway and reports its RSS per open stream.
@@ -534,6 +607,7 @@ async fn main() {
             .expect("gateway starts"),
     );
     let gw_pid = children.0[1].id();
+    let pids = (children.0[0].id(), gw_pid);
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -580,18 +654,27 @@ async fn main() {
         seconds: 1,
         ..args.clone()
     };
-    phase(&client, &direct_url, direct_body.clone(), &warm).await;
-    phase(&client, &gateway_url, gateway_body.clone(), &warm).await;
+    phase(&client, &direct_url, direct_body.clone(), &warm, pids).await;
+    phase(&client, &gateway_url, gateway_body.clone(), &warm, pids).await;
 
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); QUANTILES.len()];
     let mut share = Vec::new();
     let mut added_fb = Vec::new();
+    let mut ceiling = Vec::new();
+    let mut gateway_cpu = Vec::new();
     for round in 1..=args.rounds {
         println!("-- round {round}");
-        let d = phase(&client, &direct_url, direct_body.clone(), &args).await;
+        let d = phase(&client, &direct_url, direct_body.clone(), &args, pids).await;
         report("direct", &d);
-        let g = phase(&client, &gateway_url, gateway_body.clone(), &args).await;
+        let g = phase(&client, &gateway_url, gateway_body.clone(), &args, pids).await;
         report("gateway", &g);
+        // With every process on the same cores, throughput is bounded by
+        // the CPU all of them spend per request: direct costs client +
+        // mock, through the gateway client + mock + gateway.
+        let (dc, dm, _) = d.cpu.per_request(d.ok);
+        let (gc, gm, gg) = g.cpu.per_request(g.ok);
+        ceiling.push((dc + dm) / (gc + gm + gg).max(1e-9));
+        gateway_cpu.push(gg);
         for (i, (_, q)) in QUANTILES.iter().enumerate() {
             added[i]
                 .push(g.total.value_at_quantile(*q) as f64 - d.total.value_at_quantile(*q) as f64);
@@ -614,6 +697,11 @@ async fn main() {
     println!(
         "-- gateway throughput / direct: {:.0} %",
         median(share) * 100.0
+    );
+    println!(
+        "-- gateway CPU per request {:.1} µs; with every process on these cores, CPU alone caps throughput / direct at {:.0} %",
+        median(gateway_cpu),
+        median(ceiling) * 100.0
     );
     let (peak, now) = rss_kib(gw_pid);
     println!(
