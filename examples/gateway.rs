@@ -290,7 +290,7 @@ pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 
 /// Names the authenticated key in the request's span: its public id and
 /// team (never the secret).
-fn record_key<B>(req: http::Request<Identified<Key, B>>) -> http::Request<Identified<Key, B>> {
+pub fn record_key<B>(req: http::Request<Identified<Key, B>>) -> http::Request<Identified<Key, B>> {
     let key = &req.body().identity;
     let span = tracing::Span::current();
     span.record("key_id", tracing::field::display(key.id()));
@@ -349,7 +349,7 @@ impl TenantOf<Key> for TenantOfKey {
 
 /// `RateLimit`, when `[rate_limits]` is configured (in Redis when `shared`).
 #[cfg(feature = "redis")]
-fn rate_limit(
+pub fn rate_limit(
     config: &Config,
     shared: Option<tollgate::state::RedisRateLimiter>,
 ) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
@@ -365,7 +365,7 @@ fn rate_limit(
 
 /// `RateLimit`, when `[rate_limits]` is configured.
 #[cfg(not(feature = "redis"))]
-fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
+pub fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
     let defaults = config.rate_limits.clone()?;
     let max_output = defaults.default_max_output_tokens;
     Some(RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output))
@@ -408,7 +408,7 @@ impl BudgetsOf<Key> for KeyBudgets {
 
 /// `Budget` over `ledger`, with `[budgets]`' global budget and the groups'
 /// prices, writing spend records through `spend`.
-fn budget(
+pub fn budget(
     config: &Config,
     ledger: Store,
     spend: Option<SpendWriter>,
@@ -429,7 +429,7 @@ fn budget(
 }
 
 /// `FairQueue`, when `[fair_queue]` is configured.
-fn fair_queue(config: &Config) -> Option<FairQueueLayer<TenantOfKey>> {
+pub fn fair_queue(config: &Config) -> Option<FairQueueLayer<TenantOfKey>> {
     let queue = config.fair_queue.as_ref()?;
     Some(FairQueueLayer::new(
         queue.settings(),
