@@ -166,7 +166,26 @@ struct UsageFilter {
 }
 
 impl UsageFilter {
-    fn pass(&mut self, chunk: &[u8]) -> Bytes {
+    /// What of `chunk` goes on now. Without a line held from an earlier
+    /// chunk, the chunk's complete lines go on as a slice of it (no copy)
+    /// unless one of them is the usage chunk; only an unfinished last line
+    /// is copied, to be held.
+    fn pass(&mut self, chunk: &Bytes) -> Bytes {
+        if self.pending.is_empty() && !self.passthrough {
+            let complete = memchr::memrchr(b'\n', chunk).map_or(0, |i| i + 1);
+            let lines = &chunk[..complete];
+            let clean = !lines.split_inclusive(|&b| b == b'\n').any(is_usage_only);
+            let held = chunk.len() - complete;
+            if clean && held <= EVENT_CAP {
+                self.pending.extend_from_slice(&chunk[complete..]);
+                return chunk.slice(..complete);
+            }
+        }
+        self.pass_copying(chunk)
+    }
+
+    /// [`pass`](Self::pass), line by line into a new buffer.
+    fn pass_copying(&mut self, chunk: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(chunk.len() + self.pending.len());
         let mut rest = chunk;
         while !rest.is_empty() {
@@ -559,11 +578,35 @@ mod tests {
     #[test]
     fn long_lines_pass_through_the_filter_without_being_held() {
         let mut f = UsageFilter::default();
-        let big = vec![b'a'; EVENT_CAP + 1];
-        assert_eq!(f.pass(b"data: ").len(), 0);
+        let big = Bytes::from(vec![b'a'; EVENT_CAP + 1]);
+        assert_eq!(f.pass(&Bytes::from_static(b"data: ")).len(), 0);
         assert_eq!(f.pass(&big).len(), 6 + big.len());
-        assert_eq!(&f.pass(b"bc\nda")[..], b"bc\n");
+        assert_eq!(&f.pass(&Bytes::from_static(b"bc\nda"))[..], b"bc\n");
         assert_eq!(f.pending.len(), 2);
+    }
+
+    #[test]
+    fn whole_events_pass_the_filter_without_a_copy() {
+        let mut f = UsageFilter::default();
+        let events = Bytes::from(chunk("hi") + &chunk("there"));
+        let out = f.pass(&events);
+        assert_eq!(out, events);
+        assert_eq!(
+            out.as_ptr(),
+            events.as_ptr(),
+            "a slice of the chunk, not a copy"
+        );
+        // An unfinished last line is held; the lines before it are a slice.
+        let split = Bytes::from(chunk("a") + "data: {\"cho");
+        let out = f.pass(&split);
+        assert_eq!(out, chunk("a").as_bytes());
+        assert_eq!(out.as_ptr(), split.as_ptr());
+        assert_eq!(&f.pending[..], b"data: {\"cho");
+        // The usage chunk is removed (copying what is kept).
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        let mut f = UsageFilter::default();
+        let out = f.pass(&Bytes::from(chunk("b") + usage + "data: [DONE]\n\n"));
+        assert_eq!(out, (chunk("b") + "\n" + "data: [DONE]\n\n").as_bytes());
     }
 
     #[tokio::test]
