@@ -59,6 +59,7 @@
 //! builds a fresh stack, and every answer is checked to be a 200, so a
 //! refusal fails the bench instead of being measured.
 
+#[macro_use]
 #[path = "../examples/gateway.rs"]
 mod gateway;
 
@@ -87,7 +88,9 @@ use tollgate::overhead::OverheadLayer;
 use tollgate::read_request::{Identified, Parsed, ReadRequestLayer};
 use tollgate::router::{Deployment, Router};
 use tollgate::{Body, Error, LlmRequest};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+// Used by `inference_stack!`.
+use gateway::record_key;
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// The bench's static virtual key (an in-process bench key, not a secret).
 const BENCH_KEY: &str = "tg-bench-BenchKeyInProcessOnly0000000000";
@@ -320,29 +323,24 @@ impl SpendStore for Discard {
     }
 }
 
-/// The gateway's inference stack as `examples/gateway.rs`' `build()` makes
-/// it (keep in step), over the instant router.
+/// The gateway's inference stack, by the same macro as `build()`, over
+/// the instant router.
 macro_rules! full_stack {
     ($env:expr) => {{
         let env: &Env = $env;
         env.with_recorder(|| {
-            let router = env.router::<Key>();
             let fair_queue = gateway::fair_queue(&env.config);
             let rate_limit = env.rate_limit();
             assert!(fair_queue.is_some() && rate_limit.is_some());
-            ServiceBuilder::new()
-                .layer(OverheadLayer::new())
-                .layer(NormalizeErrorsLayer::new())
-                .layer(VirtualKeysLayer::new(env.keyring.clone()))
-                .map_request(gateway::record_key)
-                .layer(ReadRequestLayer::new(env.config.server.max_body_bytes))
-                .layer(RequestMetricsLayer::new(router.model_names()))
-                .layer(ModelAccessLayer::new())
-                .option_layer(rate_limit)
-                .option_layer(Some(env.budget()))
-                .option_layer(fair_queue)
-                .layer(env.config.fallback_layer().unwrap())
-                .service(router)
+            inference_stack!(
+                VirtualKeysLayer::new(env.keyring.clone()),
+                env.config.server.max_body_bytes,
+                rate_limit,
+                Some(env.budget()),
+                fair_queue,
+                env.config.fallback_layer().unwrap(),
+                env.router::<Key>()
+            )
         })
     }};
 }

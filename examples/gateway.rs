@@ -48,24 +48,47 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::get;
-use tollgate::access::{ModelAccessLayer, ModelList};
+use tollgate::access::ModelList;
 use tollgate::admin::SpendView;
 use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
 use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
-use tollgate::metrics::RequestMetricsLayer;
 use tollgate::normalize::NormalizeErrorsLayer;
-use tollgate::overhead::OverheadLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
-use tollgate::read_request::{Identified, ReadRequestLayer};
+use tollgate::read_request::Identified;
 use tollgate::router::{Clock, SystemClock};
 use tollgate::sanitize::Secrets;
 use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+
+/// The inference stack, outermost first, over `$router` (the `Router` of
+/// the config's groups): one definition for the gateway and for
+/// `benches/stack.rs`, which measures it over an instant provider.
+macro_rules! inference_stack {
+    ($auth:expr, $max_body:expr, $rate_limit:expr, $budget:expr, $fair_queue:expr, $fallback:expr, $router:expr) => {{
+        let router = $router;
+        tower::ServiceBuilder::new()
+            .layer(tollgate::overhead::OverheadLayer::new())
+            .layer(tollgate::normalize::NormalizeErrorsLayer::new())
+            .layer($auth)
+            // `record_key` must be in scope where the macro is used.
+            .map_request(record_key)
+            .layer(tollgate::read_request::ReadRequestLayer::new($max_body))
+            .layer(tollgate::metrics::RequestMetricsLayer::new(
+                router.model_names(),
+            ))
+            .layer(tollgate::access::ModelAccessLayer::new())
+            .option_layer($rate_limit)
+            .option_layer($budget)
+            .option_layer($fair_queue)
+            .layer($fallback)
+            .service(router)
+    }};
+}
 
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
@@ -171,19 +194,15 @@ pub async fn build(
         .layer(NormalizeErrorsLayer::new())
         .layer(auth.clone())
         .service(ModelList::new(router.model_names()));
-    let inference = ServiceBuilder::new()
-        .layer(OverheadLayer::new())
-        .layer(NormalizeErrorsLayer::new())
-        .layer(auth)
-        .map_request(record_key)
-        .layer(ReadRequestLayer::new(config.server.max_body_bytes))
-        .layer(RequestMetricsLayer::new(router.model_names()))
-        .layer(ModelAccessLayer::new())
-        .option_layer(rate_limit)
-        .option_layer(store.map(|l| budget(config, l, writer.clone())))
-        .option_layer(fair_queue(config))
-        .layer(fallback)
-        .service(router);
+    let inference = inference_stack!(
+        auth,
+        config.server.max_body_bytes,
+        rate_limit,
+        store.map(|l| budget(config, l, writer.clone())),
+        fair_queue(config),
+        fallback,
+        router
+    );
     let mut app = axum::Router::new()
         .route_service("/v1/chat/completions", inference.clone())
         .route_service("/v1/completions", inference.clone())
