@@ -279,7 +279,14 @@ impl HttpClientBuilder {
             .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
             .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
-            .http2_keep_alive_while_idle(true);
+            .http2_keep_alive_while_idle(true)
+            // When many clients go away at once, the gateway cancels their
+            // upstream streams, and the upstream's DATA already on the wire
+            // for them is answered with RST_STREAM(STREAM_CLOSED). h2 counts
+            // those as the peer's protocol errors and, past 1,024, closes the
+            // connection (`too_many_internal_resets`) with every other stream
+            // on it. An upstream is a configured, trusted peer: no limit.
+            .http2_max_local_error_reset_streams(None);
         let client = builder.build(connector.clone());
         let h2c = self
             .http2_prior_knowledge
