@@ -391,8 +391,37 @@ async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32, upstream: &
             let res = match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await
             {
                 Ok(Ok(res)) if res.status().is_success() => res,
-                _ => {
+                other => {
                     failed.fetch_add(1, Ordering::Relaxed);
+                    // The first failure of each kind, to say why.
+                    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                    let kind = match &other {
+                        Ok(Ok(res)) => res.status().to_string(),
+                        Ok(Err(_)) => "connection".to_owned(),
+                        Err(_) => "timeout".to_owned(),
+                    };
+                    let first = {
+                        let mut seen = SEEN.lock().unwrap();
+                        !seen.contains(&kind) && {
+                            seen.push(kind);
+                            true
+                        }
+                    };
+                    if first {
+                        let why = match other {
+                            Ok(Ok(res)) => {
+                                let status = res.status();
+                                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                                format!(
+                                    "status {status}: {}",
+                                    String::from_utf8_lossy(&body.unwrap_or_default())
+                                )
+                            }
+                            Ok(Err(e)) => format!("{e:?}"),
+                            Err(_) => "no answer in 60 s".to_owned(),
+                        };
+                        eprintln!("  a failure: {why}");
+                    }
                     return;
                 }
             };
