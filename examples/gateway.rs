@@ -471,6 +471,11 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    // `axum::serve(listener, router)` deep-copies the router's route tables
+    // for every connection (~4.5 KiB each, held as long as the connection);
+    // a make-service over the state-resolved router hands each connection a
+    // clone of one `Arc` instead.
+    let app = app.with_state::<()>(()).into_make_service();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!(

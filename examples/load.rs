@@ -8,6 +8,7 @@
 //! target/release/examples/load --stream              # streaming: time to first and last byte
 //! target/release/examples/load --concurrency 16 --seconds 5 --rounds 3 --body-bytes 4096
 //! target/release/examples/load --hold 9000             # memory: 9,000 streams held open at once
+//! target/release/examples/load --hold 10000 --upstream-h2   # the same, gateway to mock in h2c
 //! target/release/examples/load --big-stream 200        # memory: one 200 MiB tool-call stream
 //! target/release/examples/load --budget --big-stream 200   # the same through Budget + spend records
 //! ```
@@ -34,7 +35,13 @@
 //! difference per stream. `--big-stream MIB` streams one answer of MIB MiB of
 //! tool-call arguments through the gateway while sampling its RSS. Each
 //! process may hold at most 20,000 file descriptors on this machine, and the
-//! gateway holds two per proxied stream, so `--hold` tops out near 9,500.
+//! gateway holds two per proxied stream over HTTP/1.1, so `--hold` tops out
+//! near 9,500 there; with `--upstream-h2` it holds one per stream (and one
+//! connection to the mock), as does this process, so 10,000 fit.
+//!
+//! `--upstream-h2` (with any mode) sets `[upstream] http2_prior_knowledge =
+//! true` in the gateway's config: the gateway speaks HTTP/2 (h2c) to the
+//! mock, all streams multiplexed over one connection.
 //!
 //! `--budget` (with any mode) adds `[budgets]` to the gateway's config: the
 //! load key gets a $1,000,000 monthly budget, the group a price, keys and
@@ -66,6 +73,7 @@ struct Args {
     hold: Option<usize>,
     big_stream_mib: Option<u64>,
     budget: bool,
+    upstream_h2: bool,
 }
 
 fn parse_args() -> Args {
@@ -79,6 +87,7 @@ fn parse_args() -> Args {
         hold: None,
         big_stream_mib: None,
         budget: false,
+        upstream_h2: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,11 +105,12 @@ fn parse_args() -> Args {
             "--body-bytes" => a.body_bytes = num("--body-bytes") as usize,
             "--stream" => a.stream = true,
             "--budget" => a.budget = true,
+            "--upstream-h2" => a.upstream_h2 = true,
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] | --hold N | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] | --hold N | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -415,12 +425,17 @@ fn report(name: &str, r: &PhaseResult) {
     println!("         CPU per request: client {c:.1} µs, mock {m:.1} µs, gateway {g:.1} µs");
 }
 
+/// Open file descriptors of a process (`self` for this one).
+fn fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// Opens `n` streams through the gateway and reports its RSS per open stream.
-async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32) {
+async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32, upstream: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, before) = rss_kib(gw_pid);
     println!(
-        "tollgate load --hold {n}: gateway RSS before: {:.1} MiB",
+        "tollgate load --hold {n}, gateway to mock in {upstream}: gateway RSS before: {:.1} MiB",
         before as f64 / 1024.0
     );
     let body = Bytes::from_static(
@@ -449,8 +464,37 @@ async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32) {
             let res = match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await
             {
                 Ok(Ok(res)) if res.status().is_success() => res,
-                _ => {
+                other => {
                     failed.fetch_add(1, Ordering::Relaxed);
+                    // The first failure of each kind, to say why.
+                    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                    let kind = match &other {
+                        Ok(Ok(res)) => res.status().to_string(),
+                        Ok(Err(_)) => "connection".to_owned(),
+                        Err(_) => "timeout".to_owned(),
+                    };
+                    let first = {
+                        let mut seen = SEEN.lock().unwrap();
+                        !seen.contains(&kind) && {
+                            seen.push(kind);
+                            true
+                        }
+                    };
+                    if first {
+                        let why = match other {
+                            Ok(Ok(res)) => {
+                                let status = res.status();
+                                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                                format!(
+                                    "status {status}: {}",
+                                    String::from_utf8_lossy(&body.unwrap_or_default())
+                                )
+                            }
+                            Ok(Err(e)) => format!("{e:?}"),
+                            Err(_) => "no answer in 60 s".to_owned(),
+                        };
+                        eprintln!("  a failure: {why}");
+                    }
                     return;
                 }
             };
@@ -488,6 +532,11 @@ async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32) {
         started.elapsed().as_secs_f64(),
         with as f64 / 1024.0,
         (with.saturating_sub(before)) as f64 / open.max(1) as f64
+    );
+    println!(
+        "  open file descriptors: gateway {}, load generator {}",
+        fds(&gw_pid.to_string()),
+        fds("self")
     );
     release.notify_waiters();
     tasks.abort_all();
@@ -571,10 +620,15 @@ async fn main() {
     } else {
         ("store = \"memory\"".to_owned(), "", "", "")
     };
+    let upstream = if args.upstream_h2 {
+        "[upstream]\nhttp2_prior_knowledge = true\n\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n{budgets}\
+            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n{upstream}{budgets}\
              [keys]\n{store}\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n{budget}\n\
              [[groups]]\nname = \"gpt-4o-mini\"\n{price}\
              [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://{mock_addr}/v1\"\nmodel = \"mock-small\"\n"
@@ -627,7 +681,12 @@ async fn main() {
     let direct_url = format!("http://{mock_addr}/v1/chat/completions");
     let gateway_url = format!("http://{gw_addr}/v1/chat/completions");
     if let Some(n) = args.hold {
-        hold(&client, &gateway_url, n, gw_pid).await;
+        let upstream = if args.upstream_h2 {
+            "HTTP/2 (h2c)"
+        } else {
+            "HTTP/1.1"
+        };
+        hold(&client, &gateway_url, n, gw_pid, upstream).await;
         return;
     }
     if let Some(mib) = args.big_stream_mib {

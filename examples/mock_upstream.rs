@@ -18,7 +18,8 @@
 //!
 //! Flags also accept the `--flag=value` form. The server prints
 //! `mock_upstream listening on http://ADDR/v1` once it accepts connections, speaks
-//! HTTP/1.1 and HTTP/2 (prior knowledge, h2c), and stops on Ctrl-C.
+//! HTTP/1.1 and HTTP/2 (prior knowledge, h2c; no limit on concurrent streams per
+//! connection), and stops on Ctrl-C.
 //!
 //! # Using it from tests, benches and other examples
 //!
@@ -54,7 +55,8 @@
 //! `prompt_tokens` = request body length / 4 (at least 1), `completion_tokens` = tokens.
 //! The model is echoed as received (`mock-small` when the body has none). Every request,
 //! whatever its route or outcome, is recorded in the [`RequestLog`] (last 1000 kept;
-//! `path` is the URI path without the query string; `body` the exact bytes received).
+//! `path` is the URI path without the query string; `body` the exact bytes received;
+//! `version` the HTTP version it came in).
 //! A body that is not a JSON object gets a 400 `invalid_request_error`.
 //!
 //! # Faults, chosen per request
@@ -158,6 +160,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The HTTP version the request came in (`HTTP/1.1`, or `HTTP/2` over h2c).
+    pub version: http::Version,
 }
 
 const LOG_CAPACITY: usize = 1000;
@@ -253,18 +257,55 @@ pub fn router(cfg: MockConfig, log: RequestLog) -> Router {
     build_router(cfg, log, None)
 }
 
+/// Serves HTTP/1.1 and h2c (prior knowledge) on every accepted connection,
+/// with no limit on concurrent HTTP/2 streams per connection (hyper's default
+/// of 200 would make a gateway that multiplexes over one connection queue
+/// its 201st stream). On `stop`: no new connections, open ones are shut down
+/// gracefully, and this returns when they are all closed.
 async fn serve(listener: tokio::net::TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    // Each connection task holds a clone of `open`; `closed()` resolves when
+    // every clone is gone.
+    let (open, _) = watch::channel(());
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => {
+                    // Out of file descriptors and the like: let it pass.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
         // Streams are many small writes: do not let Nagle delay them.
         let _ = tcp.set_nodelay(true);
-    });
-    let signal = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
+        let svc = TowerToHyperService::new(app.clone());
+        let mut stop = stop.clone();
+        let open = open.subscribe();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(None);
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return drop(open),
+                () = stopped(&mut stop) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    open.closed().await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,6 +406,7 @@ async fn record(st: &Inner, req: Request) -> Result<(http::request::Parts, Bytes
         path: parts.uri.path().to_owned(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        version: parts.version,
     });
     Ok((parts, body))
 }

@@ -344,6 +344,10 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     /// A PEM file of extra CA certificates to trust (private CAs, self-signed upstreams).
     pub ca_file: Option<PathBuf>,
+    /// Speak HTTP/2 with prior knowledge (h2c) to `http://` upstreams
+    /// (default false: HTTP/1.1); `https://` upstreams negotiate by ALPN
+    /// either way. See [`HttpClientBuilder::http2_prior_knowledge`](crate::provider::HttpClientBuilder::http2_prior_knowledge).
+    pub http2_prior_knowledge: bool,
 }
 
 impl Default for Upstream {
@@ -356,6 +360,7 @@ impl Default for Upstream {
             total_timeout_ms: t.total.as_millis() as u64,
             max_response_bytes: 64 << 20,
             ca_file: None,
+            http2_prior_knowledge: false,
         }
     }
 }
@@ -1391,7 +1396,8 @@ impl Config {
     /// The shared upstream client.
     pub fn http_client(&self) -> Result<HttpClient, ConfigError> {
         let mut b = HttpClient::builder()
-            .connect_timeout(Duration::from_millis(self.upstream.connect_timeout_ms));
+            .connect_timeout(Duration::from_millis(self.upstream.connect_timeout_ms))
+            .http2_prior_knowledge(self.upstream.http2_prior_knowledge);
         if let Some(ca) = &self.upstream.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| self.err("upstream.ca_file", format!("cannot be read: {e}")))?;
@@ -1538,6 +1544,27 @@ mod tests {
         assert!(c.server.metrics, "/metrics is served by default");
         assert_eq!(c.groups[0].deployments[0].weight, 1);
         assert!(c.router().unwrap().has_model("g"));
+    }
+
+    #[test]
+    fn http2_prior_knowledge_is_off_by_default_and_reaches_the_client() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(!c.upstream.http2_prior_knowledge);
+        assert!(!c.http_client().unwrap().http2_prior_knowledge());
+        let on = format!("[upstream]\nhttp2_prior_knowledge = true\n{OK}");
+        let c = Config::from_toml("gw.toml", &on).unwrap();
+        assert!(c.upstream.http2_prior_knowledge);
+        assert!(c.http_client().unwrap().http2_prior_knowledge());
+        let e = err(&format!(
+            "[upstream]\nhttp2_prior_knowledge = \"yes\"\n{OK}"
+        ));
+        assert!(e.to_string().contains("expected a boolean (line 2)"), "{e}");
+        let e = err(&format!("[upstream]\nhttp2_prior_knowlege = true\n{OK}"));
+        assert!(
+            e.to_string()
+                .contains("unknown field `http2_prior_knowlege`"),
+            "{e}"
+        );
     }
 
     #[test]

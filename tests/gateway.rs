@@ -688,3 +688,79 @@ async fn request_ids_and_the_overhead_header() {
         "the request id names the request's log lines"
     );
 }
+
+/// `[upstream] http2_prior_knowledge = true`: the gateway speaks HTTP/2
+/// (h2c) to the plain-HTTP mock, answers arrive intact, and a stream the
+/// upstream cuts (an `RST_STREAM` on HTTP/2) still ends with the SSE error
+/// event and `[DONE]`. Without it, the same mock sees HTTP/1.1.
+#[tokio::test]
+async fn h2c_to_a_plain_http_upstream_keeps_answers_and_stream_cuts_intact() {
+    let mock = mock().await;
+    let h2c = config().replace("[upstream]\n", "[upstream]\nhttp2_prior_knowledge = true\n");
+    let gw = gateway(&h2c, &mock).await;
+
+    let res = client(gw.base())
+        .chat()
+        .create(chat_request("gpt-4o-mini"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.choices[0].message.content.as_deref(),
+        Some(expected_content(16).as_str())
+    );
+    let last = mock.log.last().unwrap();
+    assert_eq!(last.version, http::Version::HTTP_2);
+    assert!(String::from_utf8_lossy(&last.body).contains(r#""model":"mock-small""#));
+
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gpt-4o-mini", r#""stream":true"#),
+    )
+    .await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    let ev = events(&ans.body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let content: String = ev[..ev.len() - 1]
+        .iter()
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, expected_content(16));
+    assert_eq!(mock.log.last().unwrap().version, http::Version::HTTP_2);
+
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gpt-4o-mini", r#""stream":true,"mock_fault":"cut:3""#),
+    )
+    .await;
+    assert_eq!(ans.status, 200);
+    let ev = events(&ans.body);
+    let n = ev.len();
+    assert_eq!(ev[n - 1], "[DONE]", "{}", ans.body);
+    let finish: serde_json::Value = serde_json::from_str(&ev[n - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "error");
+    let err: serde_json::Value = serde_json::from_str(&ev[n - 3]).unwrap();
+    assert_eq!(err["error"]["code"], 502);
+    assert_eq!(err["error"]["metadata"]["reason"], "upstream_stream_cut");
+    let content = ev.iter().filter(|e| e.contains("\"content\"")).count();
+    assert_eq!(content, 3, "the three chunks before the cut: {}", ans.body);
+    assert_eq!(mock.log.last().unwrap().version, http::Version::HTTP_2);
+
+    // A non-streaming answer cut half-way: a clean 502, as over HTTP/1.1.
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gpt-4o-mini", r#""mock_fault":"cut:3""#),
+    )
+    .await;
+    ans.error(502, "upstream_stream_cut");
+
+    // Off by default: the same mock is spoken to in HTTP/1.1.
+    let gw11 = gateway(&config(), &mock).await;
+    let ans = post(&gw11.url("/v1/chat/completions"), chat("gpt-4o-mini", "")).await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    assert_eq!(mock.log.last().unwrap().version, http::Version::HTTP_11);
+}

@@ -22,6 +22,11 @@ struct TlsMock {
 }
 
 async fn tls_mock() -> TlsMock {
+    tls_mock_offering(&[b"h2", b"http/1.1"]).await
+}
+
+/// A TLS mock whose ALPN offers only `protocols`.
+async fn tls_mock_offering(protocols: &[&[u8]]) -> TlsMock {
     init();
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
@@ -36,7 +41,7 @@ async fn tls_mock() -> TlsMock {
         .with_no_client_auth()
         .with_single_cert(vec![cert_der], key_der)
         .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -79,6 +84,12 @@ fn config(port: u16, ca_file: Option<&std::path::Path>) -> String {
     let ca = ca_file
         .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
         .unwrap_or_default();
+    config_with(port, &ca)
+}
+
+/// The config with `upstream` as the `[upstream]` table's body.
+fn config_with(port: u16, upstream: &str) -> String {
+    let ca = upstream;
     format!(
         "[upstream]\n{ca}\n[[groups]]\nname = \"secure\"\n[[groups.deployments]]\nprovider = \"tls-mock\"\n\
          base_url = \"https://127.0.0.1:{port}/v1\"\napi_key_env = \"{{key_env}}\"\nmodel = \"mock-small\"\n"
@@ -130,4 +141,35 @@ async fn untrusted_certificate_is_a_clear_502() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("TLS"), "{msg}");
     assert!(tls.log.is_empty());
+}
+
+/// `http2_prior_knowledge` is for `http://` upstreams only: an `https://`
+/// upstream whose ALPN offers only HTTP/1.1 is still spoken to in HTTP/1.1.
+#[tokio::test]
+async fn prior_knowledge_leaves_https_to_alpn() {
+    let tls = tls_mock_offering(&[b"http/1.1"]).await;
+    let dir = std::env::temp_dir().join(format!("tollgate-tls-alpn-{}", tls.port));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &tls.cert_pem).unwrap();
+    let plain = mock().await;
+    let upstream = format!(
+        "ca_file = {:?}\nhttp2_prior_knowledge = true\n",
+        ca.display().to_string()
+    );
+    let gw = gateway(&config_with(tls.port, &upstream), &plain).await;
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("secure", r#""stream":true"#),
+    )
+    .await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    assert!(
+        ans.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        ans.body
+    );
+    assert_eq!(*tls.alpn.lock().unwrap(), ["http/1.1"]);
+    assert_eq!(tls.log.last().unwrap().version, http::Version::HTTP_11);
+    let _ = std::fs::remove_dir_all(&dir);
 }

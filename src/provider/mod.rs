@@ -4,7 +4,9 @@
 //! `base_url` + the request's path after `/v1` (so `/v1/chat/completions`,
 //! `/v1/completions`, `/v1/embeddings` and `/v1/responses` all work) over a
 //! pooled [`HttpClient`] (hyper-util; HTTP/1.1, and HTTP/2 by ALPN over
-//! rustls TLS). The body goes out as the client's bytes with only the `model`
+//! rustls TLS; optionally HTTP/2 with prior knowledge, h2c, to plain
+//! `http://` upstreams: see [`HttpClientBuilder::http2_prior_knowledge`]).
+//! The body goes out as the client's bytes with only the `model`
 //! value rewritten: nothing the client did not send is added, and none of the
 //! client's headers (its key above all) are forwarded.
 //!
@@ -110,11 +112,39 @@ type Connector = HttpsConnector<HttpConnector>;
 
 /// A pooled HTTP client for upstreams: hyper-util's legacy pool over rustls.
 /// Cheap to clone; share one between providers so they share connections.
+///
+/// `https://` upstreams negotiate HTTP/2 or HTTP/1.1 by ALPN; `http://`
+/// upstreams get HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when the
+/// builder's [`http2_prior_knowledge`](HttpClientBuilder::http2_prior_knowledge)
+/// is on. Both kinds share one connector (TCP_NODELAY, the connect timeout,
+/// the TLS roots) and the HTTP/2 settings below; each has its own pool.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// `https://` (ALPN) and, without prior knowledge, `http://` (HTTP/1.1).
     client: Client<Connector, Chunks>,
+    /// `http://` with HTTP/2 prior knowledge, when switched on.
+    h2c: Option<Client<Connector, Chunks>>,
     connect_timeout: Duration,
 }
+
+/// The HTTP/2 receive window of one stream. A client that stops reading its
+/// stream lets at most this much of the upstream's answer wait in the
+/// gateway; then flow control holds back that stream alone.
+pub const HTTP2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// The HTTP/2 receive window of a whole connection. Data a slow client has not
+/// read yet holds connection window too, so it is set far above the stream
+/// window: it takes 1,024 fully stalled streams before the other streams
+/// sharing an upstream connection are slowed.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 1 << 30;
+
+/// How long an HTTP/2 connection may stay silent before the client pings it.
+pub const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is declared dead
+/// (every stream on it then fails: a stream already answering ends with
+/// `upstream_stream_cut`, one waiting for headers is `upstream_unreachable`).
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds an [`HttpClient`].
 #[derive(Debug)]
@@ -122,6 +152,7 @@ pub struct HttpClientBuilder {
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    http2_prior_knowledge: bool,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     error: Option<BuildError>,
 }
@@ -133,6 +164,7 @@ impl HttpClient {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            http2_prior_knowledge: false,
             extra_roots: Vec::new(),
             error: None,
         }
@@ -155,6 +187,26 @@ impl HttpClientBuilder {
     /// How many idle connections per host are kept.
     pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
         self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// Speaks HTTP/2 with prior knowledge (h2c) to plain `http://`
+    /// upstreams instead of HTTP/1.1 (off by default). `https://` upstreams
+    /// are unaffected: they keep negotiating HTTP/2 or HTTP/1.1 by ALPN.
+    ///
+    /// Turn it on only when every `http://` upstream this client reaches
+    /// speaks h2c (an HTTP/1.1-only server refuses the HTTP/2 preface, and
+    /// every request to it fails as `upstream_unreachable`). What it buys:
+    /// all concurrent requests to one upstream share one TCP connection (one
+    /// file descriptor, one set of buffers) instead of one connection each,
+    /// which is most of the gateway's memory per open stream. What it costs:
+    /// the pool opens one HTTP/2 connection per upstream host and port and
+    /// never a second, so the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// (hyper's default is 200, nginx's 128) caps the requests in flight to
+    /// it; more wait inside the client, counted against the first-byte
+    /// timeout. Raise the upstream's limit to the concurrency you expect.
+    pub fn http2_prior_knowledge(mut self, on: bool) -> Self {
+        self.http2_prior_knowledge = on;
         self
     }
 
@@ -213,16 +265,57 @@ impl HttpClientBuilder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .build(connector);
+            // HTTP/2, whether by ALPN or prior knowledge: many streams share a
+            // connection, so one slow reader must not hold the connection's
+            // window, and a dead connection must be noticed without waiting
+            // for the kernel.
+            .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
+            // When many clients go away at once, the gateway cancels their
+            // upstream streams, and the upstream's DATA already on the wire
+            // for them is answered with RST_STREAM(STREAM_CLOSED). h2 counts
+            // those as the peer's protocol errors and, past 1,024, closes the
+            // connection (`too_many_internal_resets`) with every other stream
+            // on it. An upstream is a configured, trusted peer: no limit.
+            .http2_max_local_error_reset_streams(None);
+        let client = builder.build(connector.clone());
+        let h2c = self
+            .http2_prior_knowledge
+            .then(|| builder.http2_only(true).build(connector));
         Ok(HttpClient {
             client,
+            h2c,
             connect_timeout: self.connect_timeout,
         })
+    }
+}
+
+impl HttpClient {
+    /// Whether an upstream of this scheme is spoken to in h2c.
+    fn is_h2c(&self, scheme: &http::uri::Scheme) -> bool {
+        self.h2c.is_some() && *scheme == http::uri::Scheme::HTTP
+    }
+
+    /// The client for an upstream of this scheme.
+    fn pick(&self, scheme: &http::uri::Scheme) -> &Client<Connector, Chunks> {
+        match &self.h2c {
+            Some(h2c) if self.is_h2c(scheme) => h2c,
+            _ => &self.client,
+        }
+    }
+
+    /// Whether `http://` upstreams get HTTP/2 with prior knowledge (h2c).
+    pub fn http2_prior_knowledge(&self) -> bool {
+        self.h2c.is_some()
     }
 }
 
@@ -509,9 +602,13 @@ impl Inner {
         } else {
             TimeoutPhase::Total
         };
-        let res = match tokio::time::timeout(first_byte, client.client.request(out)).await {
+        let request = client.pick(&self.scheme).request(out);
+        let res = match tokio::time::timeout(first_byte, request).await {
             Err(_) => return Err(self.tag(Error::timeout(phase, first_byte))),
-            Ok(Err(e)) => return Err(self.tag(classify(&e, client.connect_timeout))),
+            Ok(Err(e)) => {
+                let h2c = client.is_h2c(&self.scheme);
+                return Err(self.tag(classify(&e, client.connect_timeout, h2c)));
+            }
             Ok(Ok(res)) => res,
         };
         let (parts, incoming) = res.into_parts();
@@ -601,8 +698,10 @@ async fn read_bounded(body: UpstreamBody, limit: usize) -> Result<Bytes, Error> 
 }
 
 /// Classifies a failure before the response headers: connect timeout,
-/// refused connection, TLS failure, or a connection closed early.
-fn classify(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> Error {
+/// refused connection, TLS failure, or a connection closed early (which, over
+/// h2c, is also how an upstream that speaks only HTTP/1.1 answers the HTTP/2
+/// preface: the message says so).
+fn classify(e: &hyper_util::client::legacy::Error, connect_timeout: Duration, h2c: bool) -> Error {
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     let mut io_kind = None;
     let mut tls: Option<String> = None;
@@ -633,6 +732,10 @@ fn classify(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) ->
             Some(kind) => format!("the connection failed ({kind})"),
             None => "the connection failed".to_owned(),
         }
+    } else if h2c {
+        "the connection closed before an answer (spoken to in HTTP/2 with prior \
+         knowledge, h2c: an upstream that speaks only HTTP/1.1 fails this way)"
+            .to_owned()
     } else {
         "the connection closed before an answer".to_owned()
     };
@@ -677,6 +780,288 @@ mod tests {
                 .build()
                 .is_err()
         );
+    }
+
+    /// A loopback upstream built on hyper's auto server (HTTP/1.1 and h2c
+    /// prior knowledge, or HTTP/1.1 only). The path picks the behaviour; it
+    /// records each request's HTTP version and counts connections.
+    mod loopback {
+        use std::convert::Infallible;
+        use std::net::SocketAddr;
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use bytes::Bytes;
+        use futures_util::stream::{self, StreamExt};
+        use http::{Request, Response, Version};
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::{Frame, Incoming};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto;
+
+        use super::*;
+
+        #[derive(Default)]
+        pub struct Seen {
+            pub versions: Mutex<Vec<Version>>,
+            pub connections: AtomicUsize,
+        }
+
+        type Out = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+        fn sse(events: Vec<Result<&'static str, ()>>, then_stall: bool) -> Out {
+            let s = stream::iter(events)
+                .then(|e| async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    match e {
+                        Ok(text) => Ok(Frame::data(Bytes::from_static(text.as_bytes()))),
+                        Err(()) => Err(std::io::Error::other("cut")),
+                    }
+                })
+                .chain(stream::iter(then_stall.then_some(())).then(|()| async {
+                    std::future::pending::<()>().await;
+                    Ok(Frame::data(Bytes::new()))
+                }));
+            BodyExt::boxed(StreamBody::new(s))
+        }
+
+        async fn answer(
+            req: Request<Incoming>,
+            seen: Arc<Seen>,
+        ) -> Result<Response<Out>, Infallible> {
+            seen.versions.lock().unwrap().push(req.version());
+            let path = req.uri().path().to_owned();
+            let _ = req.into_body().collect().await;
+            const EVENTS: [&str; 3] = [
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+                "data: [DONE]\n\n",
+            ];
+            let (ct, body) = match path.as_str() {
+                "/v1/json" => (
+                    "application/json",
+                    sse(vec![Ok("{\"id\":\"x\",\"ok\":true}")], false),
+                ),
+                "/v1/stream" => ("text/event-stream", sse(EVENTS.map(Ok).to_vec(), false)),
+                "/v1/cut" => (
+                    "text/event-stream",
+                    sse(vec![Ok(EVENTS[0]), Err(())], false),
+                ),
+                "/v1/cut-json" => (
+                    "application/json",
+                    sse(vec![Ok("{\"id\":"), Err(())], false),
+                ),
+                "/v1/stall" => ("text/event-stream", sse(vec![Ok(EVENTS[0])], true)),
+                "/v1/slow" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    ("application/json", sse(vec![Ok("{}")], false))
+                }
+                // Answers a little every 100 ms, for ever.
+                "/v1/drip" => {
+                    let s = stream::unfold((), |()| async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Ok(Frame::data(Bytes::from_static(b": ping\n\n"))), ()))
+                    });
+                    ("text/event-stream", BodyExt::boxed(StreamBody::new(s)))
+                }
+                _ => ("application/json", sse(vec![Ok("{}")], false)),
+            };
+            Ok(Response::builder()
+                .header("content-type", ct)
+                .body(body)
+                .unwrap())
+        }
+
+        /// Serves on 127.0.0.1:0 until the test ends.
+        pub async fn upstream(h2c: bool) -> (SocketAddr, Arc<Seen>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(Seen::default());
+            let seen2 = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    seen2.connections.fetch_add(1, Ordering::SeqCst);
+                    let seen = seen2.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| answer(req, seen.clone()));
+                        let mut b = auto::Builder::new(TokioExecutor::new());
+                        if h2c {
+                            b.http2().max_concurrent_streams(None);
+                        } else {
+                            b = b.http1_only();
+                        }
+                        let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                    });
+                }
+            });
+            (addr, seen)
+        }
+
+        pub fn provider(addr: SocketAddr, client: HttpClient, t: Timeouts) -> Provider {
+            Provider::builder("loop", &format!("http://{addr}/v1"))
+                .unwrap()
+                .timeouts(t)
+                .client(client)
+                .build()
+        }
+
+        pub async fn call(p: &Provider, path: &str, stream: bool) -> Result<Response<Body>, Error> {
+            let body = format!(r#"{{"model":"m","stream":{stream}}}"#);
+            let parsed = Parsed::parse(path, Bytes::from(body)).unwrap();
+            let req = Request::post(path).body(parsed).unwrap();
+            p.clone().call(req).await
+        }
+
+        /// The whole body, or the error that ended it.
+        pub async fn read(res: Response<Body>) -> Result<Bytes, Error> {
+            Ok(res.into_body().collect().await?.to_bytes())
+        }
+    }
+
+    fn h2c_client() -> HttpClient {
+        HttpClient::builder()
+            .http2_prior_knowledge(true)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn prior_knowledge_speaks_http2_to_http_upstreams_and_answers_arrive_intact() {
+        let (addr, seen) = loopback::upstream(true).await;
+        assert!(h2c_client().http2_prior_knowledge());
+        let p = loopback::provider(addr, h2c_client(), Timeouts::default());
+        let res = loopback::call(&p, "/v1/json", false).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            &loopback::read(res).await.unwrap()[..],
+            br#"{"id":"x","ok":true}"#
+        );
+        let res = loopback::call(&p, "/v1/stream", true).await.unwrap();
+        let body = loopback::read(res).await.unwrap();
+        assert!(body.starts_with(b"data: {"), "{body:?}");
+        assert!(body.ends_with(b"data: [DONE]\n\n"), "{body:?}");
+        assert_eq!(*seen.versions.lock().unwrap(), [http::Version::HTTP_2; 2]);
+
+        // Off (the default): HTTP/1.1 to the same h2c-capable upstream.
+        let client = HttpClient::builder().build().unwrap();
+        assert!(!client.http2_prior_knowledge());
+        let p = loopback::provider(addr, client, Timeouts::default());
+        let res = loopback::call(&p, "/v1/json", false).await.unwrap();
+        loopback::read(res).await.unwrap();
+        assert_eq!(seen.versions.lock().unwrap()[2], http::Version::HTTP_11);
+    }
+
+    #[tokio::test]
+    async fn concurrent_streams_share_one_h2c_connection() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        for (h2c, connections) in [(true, 1), (false, 20)] {
+            let (addr, seen) = loopback::upstream(true).await;
+            let client = HttpClient::builder()
+                .http2_prior_knowledge(h2c)
+                .build()
+                .unwrap();
+            let p = loopback::provider(addr, client, Timeouts::default());
+            // Twenty streams open at once (each stalls after its first event).
+            let mut open = Vec::new();
+            for _ in 0..20 {
+                let mut res = loopback::call(&p, "/v1/stall", true).await.unwrap();
+                let first = res.body_mut().frame().await.unwrap().unwrap();
+                assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
+                open.push(res);
+            }
+            assert_eq!(
+                seen.connections.load(Ordering::SeqCst),
+                connections,
+                "h2c: {h2c}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn timeouts_hold_over_h2c() {
+        let (addr, _) = loopback::upstream(true).await;
+        let t = Timeouts {
+            first_byte: Duration::from_millis(200),
+            idle: Duration::from_millis(200),
+            total: Duration::from_secs(60),
+        };
+        let p = loopback::provider(addr, h2c_client(), t);
+        let e = loopback::call(&p, "/v1/slow", false).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamTimeout);
+        assert_eq!(e.phase(), Some(TimeoutPhase::FirstByte));
+
+        let res = loopback::call(&p, "/v1/stall", true).await.unwrap();
+        let e = loopback::read(res).await.unwrap_err();
+        assert_eq!(e.phase(), Some(TimeoutPhase::Idle));
+
+        let t = Timeouts {
+            total: Duration::from_millis(400),
+            ..t
+        };
+        let p = loopback::provider(addr, h2c_client(), t);
+        let res = loopback::call(&p, "/v1/drip", true).await.unwrap();
+        let e = loopback::read(res).await.unwrap_err();
+        assert_eq!(e.phase(), Some(TimeoutPhase::Total));
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_over_h2c_names_the_connect_phase() {
+        // A non-routable address (TEST-NET-1): the SYN goes unanswered, or
+        // the network says unreachable at once; both must be a clean error.
+        let client = HttpClient::builder()
+            .http2_prior_knowledge(true)
+            .connect_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let p = Provider::builder("loop", "http://192.0.2.1:81/v1")
+            .unwrap()
+            .client(client)
+            .build();
+        let e = loopback::call(&p, "/v1/json", false).await.unwrap_err();
+        match e.reason() {
+            Reason::UpstreamTimeout => assert_eq!(e.phase(), Some(TimeoutPhase::Connect)),
+            Reason::UpstreamUnreachable => {}
+            other => panic!("{other:?}: {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_over_h2c_is_upstream_stream_cut() {
+        let (addr, _) = loopback::upstream(true).await;
+        let p = loopback::provider(addr, h2c_client(), Timeouts::default());
+        let res = loopback::call(&p, "/v1/cut", true).await.unwrap();
+        let e = loopback::read(res).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamStreamCut);
+        let e = loopback::call(&p, "/v1/cut-json", false).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamStreamCut);
+        // The connection survives a reset stream: the next request is served.
+        let res = loopback::call(&p, "/v1/json", false).await.unwrap();
+        loopback::read(res).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connection_failures_over_h2c_are_classified() {
+        // Refused.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let p = loopback::provider(addr, h2c_client(), Timeouts::default());
+        let e = loopback::call(&p, "/v1/json", false).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamUnreachable);
+        assert!(e.message().contains("refused"), "{}", e.message());
+
+        // An upstream that speaks only HTTP/1.1 refuses the HTTP/2 preface.
+        let (addr, seen) = loopback::upstream(false).await;
+        let p = loopback::provider(addr, h2c_client(), Timeouts::default());
+        let e = loopback::call(&p, "/v1/json", false).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamUnreachable);
+        assert!(e.message().contains("HTTP/2"), "{}", e.message());
+        assert!(seen.versions.lock().unwrap().is_empty());
     }
 
     #[test]
