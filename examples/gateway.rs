@@ -568,8 +568,13 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
-#[tokio::main]
-async fn main() {
+/// mimalloc rather than the system allocator: at saturation the gateway
+/// spent ~11 % of its CPU in glibc's malloc/free; with mimalloc, 16 % less
+/// CPU per request (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
     init_tracing();
     let path = std::env::args()
         .nth(1)
@@ -581,7 +586,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(config).await {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.server.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(config)) {
         eprintln!("tollgate: {e}");
         std::process::exit(1);
     }

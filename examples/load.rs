@@ -43,6 +43,9 @@
 //! true` in the gateway's config: the gateway speaks HTTP/2 (h2c) to the
 //! mock, all streams multiplexed over one connection.
 //!
+//! `--workers N` (with any mode) sets `[server] worker_threads = N` in the
+//! gateway's config (default: one runtime thread per core).
+//!
 //! `--budget` (with any mode) adds `[budgets]` to the gateway's config: the
 //! load key gets a $1,000,000 monthly budget, the group a price, keys and
 //! spend records go to a SQLite file in the run's temporary directory, so
@@ -74,6 +77,7 @@ struct Args {
     big_stream_mib: Option<u64>,
     budget: bool,
     upstream_h2: bool,
+    workers: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -88,6 +92,7 @@ fn parse_args() -> Args {
         big_stream_mib: None,
         budget: false,
         upstream_h2: false,
+        workers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,11 +111,12 @@ fn parse_args() -> Args {
             "--stream" => a.stream = true,
             "--budget" => a.budget = true,
             "--upstream-h2" => a.upstream_h2 = true,
+            "--workers" => a.workers = Some(num("--workers").max(1)),
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] | --hold N | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] | --hold N | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -625,10 +631,13 @@ async fn main() {
     } else {
         ""
     };
+    let workers = args
+        .workers
+        .map_or(String::new(), |n| format!("worker_threads = {n}\n"));
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n\n{upstream}{budgets}\
+            "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n{workers}\n{upstream}{budgets}\
              [keys]\n{store}\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n{budget}\n\
              [[groups]]\nname = \"gpt-4o-mini\"\n{price}\
              [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://{mock_addr}/v1\"\nmodel = \"mock-small\"\n"

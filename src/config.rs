@@ -315,6 +315,10 @@ pub struct Server {
     /// Serve Prometheus metrics on `GET /metrics` of the same listener,
     /// without authentication (default true; `false`: no route, a 404).
     pub metrics: bool,
+    /// Threads of the reference gateway's async runtime (default: one per
+    /// core). 1 serves more requests per CPU second where the gateway shares
+    /// its cores with other busy processes (see README, Performance).
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for Server {
@@ -324,6 +328,7 @@ impl Default for Server {
             max_body_bytes: 4 << 20,
             shutdown_grace_ms: 30_000,
             metrics: true,
+            worker_threads: None,
         }
     }
 }
@@ -687,6 +692,9 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             return Err(self.err("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.server.worker_threads == Some(0) {
+            return Err(self.err("server.worker_threads", "must be at least 1"));
         }
         if self.groups.is_empty() {
             return Err(self.err(
@@ -1542,6 +1550,11 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(c.server.max_body_bytes, 4 << 20);
         assert!(c.server.metrics, "/metrics is served by default");
+        assert_eq!(c.server.worker_threads, None, "one thread per core");
+        let one = Config::from_toml("gw.toml", &format!("[server]\nworker_threads = 1\n{OK}"));
+        assert_eq!(one.unwrap().server.worker_threads, Some(1));
+        let e = err(&format!("[server]\nworker_threads = 0\n{OK}"));
+        assert!(e.to_string().contains("server.worker_threads"), "{e}");
         assert_eq!(c.groups[0].deployments[0].weight, 1);
         assert!(c.router().unwrap().has_model("g"));
     }
