@@ -529,17 +529,23 @@ pub struct PendingSpend {
 /// The request id from `x-request-id`: visible ASCII only, at most
 /// [`MAX_REQUEST_ID`] characters.
 fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .map(|v| {
-            v.as_bytes()
-                .iter()
-                .filter(|b| b.is_ascii_graphic())
-                .take(MAX_REQUEST_ID)
-                .map(|&b| b as char)
-                .collect()
-        })
-        .unwrap_or_default()
+    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    let Some(v) = headers.get(&REQUEST_ID) else {
+        return String::new();
+    };
+    let bytes = v.as_bytes();
+    match std::str::from_utf8(bytes) {
+        // Every id the gateway makes (a UUID), and most clients' ids.
+        Ok(id) if id.len() <= MAX_REQUEST_ID && bytes.iter().all(u8::is_ascii_graphic) => {
+            id.to_owned()
+        }
+        _ => bytes
+            .iter()
+            .filter(|b| b.is_ascii_graphic())
+            .take(MAX_REQUEST_ID)
+            .map(|&b| b as char)
+            .collect(),
+    }
 }
 
 impl PendingSpend {
@@ -564,16 +570,13 @@ impl PendingSpend {
     pub(crate) fn answered<B>(&mut self, res: &http::Response<B>) {
         let r = &mut self.record;
         r.status = res.status().as_u16();
-        let header = |name: &str| {
-            res.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        r.model_group = header(crate::router::MODEL_GROUP_HEADER);
-        r.attempts = header(crate::router::ATTEMPTS_HEADER)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1);
+        static MODEL_GROUP: http::HeaderName =
+            http::HeaderName::from_static(crate::router::MODEL_GROUP_HEADER);
+        static ATTEMPTS: http::HeaderName =
+            http::HeaderName::from_static(crate::router::ATTEMPTS_HEADER);
+        let header = |name| res.headers().get(name).and_then(|v| v.to_str().ok());
+        r.model_group = header(&MODEL_GROUP).map(str::to_owned);
+        r.attempts = header(&ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(1);
         if let Some(s) = res.extensions().get::<Served>() {
             r.deployment = Some(s.provider.to_string());
             r.served_model = Some(s.model.to_string());
