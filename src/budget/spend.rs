@@ -788,6 +788,16 @@ mod tests {
         h.insert("x-request-id", "x".repeat(500).parse().unwrap());
         assert_eq!(request_id(&h).len(), MAX_REQUEST_ID);
         assert_eq!(request_id(&HeaderMap::new()), "");
+        let uuid = "3f1b0c1e-8d1a-4c7e-9a55-1f0f5b2a9c11";
+        h.insert("x-request-id", uuid.parse().unwrap());
+        assert_eq!(request_id(&h), uuid);
+        h.insert(
+            "x-request-id",
+            "é1"
+                .parse()
+                .unwrap_or(http::HeaderValue::from_bytes(b"\xc3\xa91").unwrap()),
+        );
+        assert_eq!(request_id(&h), "1", "non-ASCII bytes are left out");
     }
 
     #[tokio::test]
