@@ -174,25 +174,32 @@ pub fn token_cost(summary: &Summary, default_max_output: u64) -> u64 {
 /// A duration in OpenAI's `x-ratelimit-reset-*` format: `20ms`, `6s`,
 /// `1.5s`, `1m0s`, `1h2m3s`.
 pub fn openai_duration(d: Duration) -> String {
+    use std::fmt::Write;
     let ms = d.as_nanos().div_ceil(1_000_000) as u64;
+    // One allocation, written in place: this runs twice per request.
+    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return out;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, frac) = (rest / 1000, rest % 1000);
-    let mut out = String::new();
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        let _ = write!(out, "{h}h");
     }
     if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
+        let _ = write!(out, "{m}m");
     }
-    out.push_str(&s.to_string());
+    let _ = write!(out, "{s}");
     if frac > 0 {
-        let f = format!("{frac:03}");
-        out.push('.');
-        out.push_str(f.trim_end_matches('0'));
+        // Milliseconds without trailing zeros: .5, .25, .125.
+        let (mut digits, mut width) = (frac, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        let _ = write!(out, ".{digits:0width$}");
     }
     out.push('s');
     out
@@ -262,7 +269,10 @@ impl Window {
         let [limit, remaining, reset] = names;
         headers.insert(limit, HeaderValue::from(self.limit));
         headers.insert(remaining, HeaderValue::from(self.remaining));
-        if let Ok(v) = HeaderValue::from_str(&openai_duration(self.reset)) {
+        // The string's buffer becomes the value's: no second copy.
+        if let Ok(v) =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(openai_duration(self.reset)))
+        {
             headers.insert(reset, v);
         }
     }
@@ -278,7 +288,8 @@ fn token_names() -> [HeaderName; 3] {
 
 /// Every key's limiters, shared by all clones of a layer and its services.
 struct Limiters<K, C: Clock> {
-    map: DashMap<K, Entry<C>>,
+    /// foldhash: the map is read on every request (SipHash cost more than the check).
+    map: DashMap<K, Entry<C>, foldhash::fast::RandomState>,
     clock: C,
     start: C::Instant,
     next_sweep: AtomicU64,
@@ -309,7 +320,7 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
             }
         };
         entry.last_seen.fetch_max(now, Ordering::Relaxed);
-        let mut headers = HeaderMap::new();
+        let mut headers = HeaderMap::with_capacity(6);
         if let (Some(limiter), Some(limit)) = (&entry.requests, limits.requests_per_minute) {
             match limiter.check() {
                 Ok(snapshot) => {
@@ -515,7 +526,7 @@ where
         RateLimitLayer {
             extract,
             limiters: Arc::new(Limiters {
-                map: DashMap::new(),
+                map: DashMap::default(),
                 clock,
                 start,
                 next_sweep: AtomicU64::new(IDLE_AFTER.as_nanos() as u64),
