@@ -43,6 +43,10 @@
 //! true` in the gateway's config: the gateway speaks HTTP/2 (h2c) to the
 //! mock, all streams multiplexed over one connection.
 //!
+//! `--hold N --client-h2`: the held streams reach the gateway over HTTP/2
+//! (h2c), 150 streams per connection, instead of one HTTP/1.1 connection
+//! each.
+//!
 //! `--workers N` (with any mode) sets `[server] worker_threads = N` in the
 //! gateway's config (default: one runtime thread per core).
 //!
@@ -78,6 +82,7 @@ struct Args {
     budget: bool,
     upstream_h2: bool,
     workers: Option<u64>,
+    client_h2: bool,
 }
 
 fn parse_args() -> Args {
@@ -93,6 +98,7 @@ fn parse_args() -> Args {
         budget: false,
         upstream_h2: false,
         workers: None,
+        client_h2: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -112,11 +118,12 @@ fn parse_args() -> Args {
             "--budget" => a.budget = true,
             "--upstream-h2" => a.upstream_h2 = true,
             "--workers" => a.workers = Some(num("--workers").max(1)),
+            "--client-h2" => a.client_h2 = true,
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] | --hold N | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] | --hold N [--client-h2] | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -437,11 +444,16 @@ fn fds(pid: &str) -> usize {
 }
 
 /// Opens `n` streams through the gateway and reports its RSS per open stream.
-async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32, upstream: &str) {
+async fn hold(clients: &[HttpClient], url: &str, n: usize, gw_pid: u32, upstream: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, before) = rss_kib(gw_pid);
     println!(
-        "tollgate load --hold {n}, gateway to mock in {upstream}: gateway RSS before: {:.1} MiB",
+        "tollgate load --hold {n}, gateway to mock in {upstream}, clients to gateway in {}: gateway RSS before: {:.1} MiB",
+        if clients.len() > 1 {
+            format!("HTTP/2 (h2c, {} connections)", clients.len())
+        } else {
+            "HTTP/1.1 (a connection per stream)".to_owned()
+        },
         before as f64 / 1024.0
     );
     let body = Bytes::from_static(
@@ -454,7 +466,7 @@ async fn hold(client: &HttpClient, url: &str, n: usize, gw_pid: u32, upstream: &
     let started = Instant::now();
     for i in 0..n {
         let (client, url, body, opened, failed, release) = (
-            client.clone(),
+            clients[i % clients.len()].clone(),
             url.to_owned(),
             body.clone(),
             opened.clone(),
@@ -695,7 +707,24 @@ async fn main() {
         } else {
             "HTTP/1.1"
         };
-        hold(&client, &gateway_url, n, gw_pid, upstream).await;
+        let clients = if args.client_h2 {
+            // hyper's HTTP/2 server takes 200 concurrent streams per
+            // connection (axum::serve does not change it), and a hyper-util
+            // client keeps one HTTP/2 connection per host: one client per
+            // 150 streams.
+            (0..n.div_ceil(150))
+                .map(|_| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_nodelay(true);
+                    Client::builder(TokioExecutor::new())
+                        .http2_only(true)
+                        .build(connector)
+                })
+                .collect()
+        } else {
+            vec![client.clone()]
+        };
+        hold(&clients, &gateway_url, n, gw_pid, upstream).await;
         return;
     }
     if let Some(mib) = args.big_stream_mib {
