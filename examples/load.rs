@@ -26,7 +26,10 @@
 //! (client + mock + gateway) CPU per request), and the gateway's peak RSS
 //! (`VmHWM`). Open-loop latency is measured from each
 //! request's scheduled start, so a stall is not hidden (no coordinated
-//! omission). Everything is bounded: phases end after `--seconds`, the
+//! omission); it is also reported from when each request was really sent,
+//! without the up to one millisecond by which tokio's timer lets a send lag
+//! its schedule ("from the send": the gateway's added latency without that
+//! noise). Everything is bounded: phases end after `--seconds`, the
 //! children are killed at the end. Only loopback addresses are used.
 //!
 //! Memory modes: `--hold N` opens N streaming requests through the gateway
@@ -281,6 +284,9 @@ struct PhaseResult {
     cpu: Cpu,
     total: Histogram<u64>,
     first_byte: Option<Histogram<u64>>,
+    /// Last and first byte from when each request was really sent.
+    sent_total: Histogram<u64>,
+    sent_first: Histogram<u64>,
     ok: u64,
     errors: u64,
     elapsed: Duration,
@@ -291,12 +297,14 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// One request; returns (time to first byte, time to last byte) in µs from `start`.
-async fn one(
-    client: &HttpClient,
-    url: &str,
-    body: &Bytes,
-    start: Instant,
-) -> Result<(u64, u64), ()> {
+/// What one request took, in µs: (first byte, last byte) from when it was
+/// due, and the same from when it was really sent (a closed loop sends
+/// when due; an open loop's sends lag their schedule by up to a timer tick).
+type Timing = ((u64, u64), (u64, u64));
+
+async fn one(client: &HttpClient, url: &str, body: &Bytes, due: Instant) -> Result<Timing, ()> {
+    let start = Instant::now();
+    let lag = start.saturating_duration_since(due).as_micros() as u64;
     let req = http::Request::post(url)
         .header("authorization", AUTHORIZATION)
         .header("content-type", "application/json")
@@ -313,8 +321,9 @@ async fn one(
         }
     }
     let last = start.elapsed().as_micros() as u64;
+    let first = first.unwrap_or(last);
     if ok {
-        Ok((first.unwrap_or(last), last))
+        Ok(((lag + first, lag + last), (first, last)))
     } else {
         Err(())
     }
@@ -330,18 +339,28 @@ async fn phase(
     let cpu_before = Cpu::now(pids.0, pids.1);
     let total = Arc::new(std::sync::Mutex::new(histogram()));
     let first = Arc::new(std::sync::Mutex::new(histogram()));
+    let sent = Arc::new(std::sync::Mutex::new([histogram(), histogram()]));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let run_for = Duration::from_secs(args.seconds);
     let began = Instant::now();
     let record = {
-        let (total, first, ok, errors) = (total.clone(), first.clone(), ok.clone(), errors.clone());
-        move |r: Result<(u64, u64), ()>| match r {
-            Ok((fb, lb)) => {
+        let (total, first, sent, ok, errors) = (
+            total.clone(),
+            first.clone(),
+            sent.clone(),
+            ok.clone(),
+            errors.clone(),
+        );
+        move |r: Result<Timing, ()>| match r {
+            Ok(((fb, lb), (sent_fb, sent_lb))) => {
                 ok.fetch_add(1, Ordering::Relaxed);
                 let _ = total.lock().unwrap().record(lb.max(1));
                 let _ = first.lock().unwrap().record(fb.max(1));
+                let mut sent = sent.lock().unwrap();
+                let _ = sent[0].record(sent_fb.max(1));
+                let _ = sent[1].record(sent_lb.max(1));
             }
             Err(()) => {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -395,9 +414,12 @@ async fn phase(
     let cpu = Cpu::now(pids.0, pids.1).since(cpu_before);
     let total = total.lock().unwrap().clone();
     let first = first.lock().unwrap().clone();
+    let [sent_first, sent_total] = sent.lock().unwrap().clone();
     PhaseResult {
         cpu,
         total,
+        sent_total,
+        sent_first,
         first_byte: args.stream.then_some(first),
         ok: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
@@ -432,6 +454,20 @@ fn report(name: &str, r: &PhaseResult) {
             fmt_us(fb.value_at_quantile(0.5)),
             fmt_us(fb.value_at_quantile(0.99))
         );
+    }
+    if r.sent_total.value_at_quantile(0.5) != r.total.value_at_quantile(0.5) {
+        print!(
+            "\n         from the send: p50 {} p99 {}",
+            fmt_us(r.sent_total.value_at_quantile(0.5)),
+            fmt_us(r.sent_total.value_at_quantile(0.99))
+        );
+        if r.first_byte.is_some() {
+            print!(
+                ", first byte p50 {} p99 {}",
+                fmt_us(r.sent_first.value_at_quantile(0.5)),
+                fmt_us(r.sent_first.value_at_quantile(0.99))
+            );
+        }
     }
     let (c, m, g) = r.cpu.per_request(r.ok);
     println!();
@@ -757,6 +793,8 @@ async fn main() {
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); QUANTILES.len()];
     let mut share = Vec::new();
     let mut added_fb = Vec::new();
+    let mut added_sent: [Vec<f64>; 2] = Default::default();
+    let mut added_sent_fb: [Vec<f64>; 2] = Default::default();
     let mut ceiling = Vec::new();
     let mut gateway_cpu = Vec::new();
     for round in 1..=args.rounds {
@@ -780,6 +818,14 @@ async fn main() {
             (g.ok as f64 / g.elapsed.as_secs_f64())
                 / (d.ok as f64 / d.elapsed.as_secs_f64()).max(1e-9),
         );
+        for (i, q) in [0.5, 0.99].into_iter().enumerate() {
+            added_sent[i].push(
+                g.sent_total.value_at_quantile(q) as f64 - d.sent_total.value_at_quantile(q) as f64,
+            );
+            added_sent_fb[i].push(
+                g.sent_first.value_at_quantile(q) as f64 - d.sent_first.value_at_quantile(q) as f64,
+            );
+        }
         if let (Some(gf), Some(df)) = (&g.first_byte, &d.first_byte) {
             added_fb.push(gf.value_at_quantile(0.5) as f64 - df.value_at_quantile(0.5) as f64);
         }
@@ -788,8 +834,20 @@ async fn main() {
     for (i, (name, _)) in QUANTILES.iter().enumerate() {
         println!("  {name}: {:+.0} µs", median(added[i].clone()));
     }
+    if args.rate.is_some() {
+        println!(
+            "  from the send (no schedule lag): p50 {:+.0} µs, p99 {:+.0} µs",
+            median(added_sent[0].clone()),
+            median(added_sent[1].clone())
+        );
+    }
     if !added_fb.is_empty() {
         println!("  time to first byte, p50: {:+.0} µs", median(added_fb));
+        println!(
+            "  time to first byte from the send: p50 {:+.0} µs, p99 {:+.0} µs",
+            median(added_sent_fb[0].clone()),
+            median(added_sent_fb[1].clone())
+        );
     }
     println!(
         "-- gateway throughput / direct: {:.0} %",
