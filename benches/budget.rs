@@ -26,14 +26,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Discard;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tollgate::budget::{
-    BudgetLayer, Ledger, Limit, Meter, ModelPrice, Period, Price, Prices, Scope, SpendFuture,
-    SpendPage, SpendQuery, SpendRecord, SpendStore, SpendTotals, SpendWriter, SqliteSpendStore,
-    Timestamp,
+    BudgetLayer, Ledger, Limit, Meter, ModelPrice, Period, Price, Prices, Scope, SpendRecord,
+    SpendWriter, SqliteSpendStore, Timestamp,
 };
 use tollgate::read_request::Parsed;
 use tollgate::{Body, Error, LlmRequest};
@@ -114,22 +116,6 @@ where
 {
     let res = svc.clone().oneshot(req).now_or_never().unwrap().unwrap();
     black_box(res.into_body().collect().now_or_never().unwrap().unwrap());
-}
-
-/// A store that drops every batch: the layer's cost, not storage's.
-struct Discard;
-
-impl SpendStore for Discard {
-    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
-        drop(black_box(batch));
-        Box::pin(std::future::ready(Ok(())))
-    }
-    fn query(&self, _q: SpendQuery) -> SpendFuture<'_, SpendPage> {
-        Box::pin(std::future::ready(Ok(SpendPage::default())))
-    }
-    fn totals(&self, _since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
-        Box::pin(std::future::ready(Ok(SpendTotals::default())))
-    }
 }
 
 fn layer(c: &mut Criterion) {

@@ -276,16 +276,7 @@ fn full_stack(c: &mut Criterion) {
 
 /// A Prometheus recorder with tollgate's buckets (not installed globally).
 fn prometheus() -> metrics_exporter_prometheus::PrometheusRecorder {
-    let mut b = metrics_exporter_prometheus::PrometheusBuilder::new();
-    for (name, buckets) in tollgate::metrics::BUCKETS {
-        b = b
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
-                buckets,
-            )
-            .unwrap();
-    }
-    b.build_recorder()
+    gateway::prometheus_builder().build_recorder()
 }
 
 criterion_group!(benches, bench);

@@ -59,6 +59,7 @@
 //! builds a fresh stack, and every answer is checked to be a 200, so a
 //! refusal fails the bench instead of being measured.
 
+mod common;
 #[macro_use]
 #[path = "../examples/gateway.rs"]
 mod gateway;
@@ -69,6 +70,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Discard;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use hdrhistogram::Histogram;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -76,10 +78,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusRecorder;
 use tollgate::access::ModelAccessLayer;
-use tollgate::budget::{
-    SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore, SpendTotals, SpendWriter,
-    Timestamp,
-};
+use tollgate::budget::SpendWriter;
 use tollgate::config::Config;
 use tollgate::keys::{Key, Keyring, VirtualKeysLayer};
 use tollgate::metrics::RequestMetricsLayer;
@@ -305,22 +304,6 @@ fn store(ledger: tollgate::budget::Ledger) -> gateway::Store {
 #[cfg(not(feature = "redis"))]
 fn store(ledger: tollgate::budget::Ledger) -> gateway::Store {
     ledger
-}
-
-/// A spend store that drops every batch: the hand-off's cost, not storage's.
-struct Discard;
-
-impl SpendStore for Discard {
-    fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
-        drop(black_box(batch));
-        Box::pin(std::future::ready(Ok(())))
-    }
-    fn query(&self, _q: SpendQuery) -> SpendFuture<'_, SpendPage> {
-        Box::pin(std::future::ready(Ok(SpendPage::default())))
-    }
-    fn totals(&self, _since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
-        Box::pin(std::future::ready(Ok(SpendTotals::default())))
-    }
 }
 
 /// The gateway's inference stack, by the same macro as `build()`, over
@@ -610,16 +593,7 @@ fn main() {
     let mut headers = http::HeaderMap::new();
     headers.insert(AUTHORIZATION, auth.clone());
     let key = keyring.authenticate(&headers).unwrap();
-    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
-    for (name, buckets) in tollgate::metrics::BUCKETS {
-        builder = builder
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
-                buckets,
-            )
-            .unwrap();
-    }
-    let recorder = builder.build_recorder();
+    let recorder = gateway::prometheus_builder().build_recorder();
     let handle = recorder.handle();
     let env = Env {
         writer: SpendWriter::spawn(Discard, config.spend.queue, config.spend.batch),

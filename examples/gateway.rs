@@ -269,22 +269,28 @@ pub async fn build(
     })
 }
 
+/// A Prometheus builder with `tollgate::metrics`' histogram buckets (the
+/// gateway installs it; benches build local recorders from it).
+pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    tollgate::metrics::BUCKETS
+        .iter()
+        .fold(PrometheusBuilder::new(), |builder, (name, buckets)| {
+            builder
+                .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
+                .expect("tollgate's buckets are not empty")
+        })
+}
+
 /// The Prometheus recorder, installed globally on first use (once per
 /// process, with `tollgate::metrics`' buckets and descriptions); `None` when
 /// another recorder was installed first.
 pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let mut builder = PrometheusBuilder::new();
-            for (name, buckets) in tollgate::metrics::BUCKETS {
-                builder = builder
-                    .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
-                    .ok()?;
-            }
-            match builder.install_recorder() {
+            match prometheus_builder().install_recorder() {
                 Ok(handle) => {
                     tollgate::metrics::describe();
                     // Histogram samples are folded into buckets on each
