@@ -375,13 +375,6 @@ async fn odd_upstream_answers_become_the_contract() {
     );
 }
 
-/// Reads an SSE body and splits it into `data:` payloads.
-fn events(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned()))
-        .collect()
-}
-
 #[tokio::test]
 async fn stream_cut_mid_way_ends_with_error_event_and_done() {
     let mock = mock().await;
@@ -392,15 +385,8 @@ async fn stream_cut_mid_way_ends_with_error_event_and_done() {
     )
     .await;
     assert_eq!(ans.status, 200);
-    let ev = events(&ans.body);
-    let n = ev.len();
-    assert!(n >= 6, "{}", ans.body);
-    assert_eq!(ev[n - 1], "[DONE]");
-    let finish: serde_json::Value = serde_json::from_str(&ev[n - 2]).unwrap();
-    assert_eq!(finish["choices"][0]["finish_reason"], "error");
-    let err: serde_json::Value = serde_json::from_str(&ev[n - 3]).unwrap();
-    assert_eq!(err["error"]["code"], 502);
-    assert_eq!(err["error"]["metadata"]["reason"], "upstream_stream_cut");
+    let ev = assert_ended_by_error(&ans.body, "upstream_stream_cut");
+    assert!(ev.len() >= 6, "{}", ans.body);
     let content: Vec<&String> = ev.iter().filter(|e| e.contains("\"content\"")).collect();
     assert_eq!(
         content.len(),
@@ -738,14 +724,7 @@ async fn h2c_to_a_plain_http_upstream_keeps_answers_and_stream_cuts_intact() {
     )
     .await;
     assert_eq!(ans.status, 200);
-    let ev = events(&ans.body);
-    let n = ev.len();
-    assert_eq!(ev[n - 1], "[DONE]", "{}", ans.body);
-    let finish: serde_json::Value = serde_json::from_str(&ev[n - 2]).unwrap();
-    assert_eq!(finish["choices"][0]["finish_reason"], "error");
-    let err: serde_json::Value = serde_json::from_str(&ev[n - 3]).unwrap();
-    assert_eq!(err["error"]["code"], 502);
-    assert_eq!(err["error"]["metadata"]["reason"], "upstream_stream_cut");
+    let ev = assert_ended_by_error(&ans.body, "upstream_stream_cut");
     let content = ev.iter().filter(|e| e.contains("\"content\"")).count();
     assert_eq!(content, 3, "the three chunks before the cut: {}", ans.body);
     assert_eq!(mock.log.last().unwrap().version, http::Version::HTTP_2);

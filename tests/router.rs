@@ -45,13 +45,6 @@ fn attempts(ans: &Answer) -> u32 {
         .unwrap()
 }
 
-/// Reads an SSE body and splits it into `data:` payloads.
-fn events(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned()))
-        .collect()
-}
-
 /// Known failure #1 (the LiteLLM bug): a 429, whatever its body looks like,
 /// cools its deployment down for `Retry-After` and the twin serves.
 #[tokio::test]
@@ -402,13 +395,7 @@ async fn a_stream_cut_after_the_third_chunk_ends_with_an_error_event_and_no_fall
     let ans = post(&gw.url("/v1/chat/completions"), body.clone()).await;
     assert_eq!(ans.status, 200);
     assert_eq!(attempts(&ans), 1);
-    let ev = events(&ans.body);
-    let n = ev.len();
-    assert_eq!(ev[n - 1], "[DONE]", "{}", ans.body);
-    let finish: serde_json::Value = serde_json::from_str(&ev[n - 2]).unwrap();
-    assert_eq!(finish["choices"][0]["finish_reason"], "error");
-    let err: serde_json::Value = serde_json::from_str(&ev[n - 3]).unwrap();
-    assert_eq!(err["error"]["metadata"]["reason"], "upstream_stream_cut");
+    let ev = assert_ended_by_error(&ans.body, "upstream_stream_cut");
     let content = ev
         .iter()
         .filter(|e| e.contains("\"content\":\"tok") || e.contains("\"content\":\" tok"))

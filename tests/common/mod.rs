@@ -337,3 +337,26 @@ pub fn chat(model: &str, extra: &str) -> String {
 pub async fn spawn_server(listener: tokio::net::TcpListener, app: axum::Router) {
     tokio::spawn(axum::serve(listener, app).into_future());
 }
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data:").map(|d| d.trim().to_owned()))
+        .collect()
+}
+
+/// Asserts that a stream failed after its content the way the contract
+/// says: an error event (code 502, `reason`), a chunk with
+/// `finish_reason: "error"`, then `[DONE]`. Returns the events.
+pub fn assert_ended_by_error(body: &str, reason: &str) -> Vec<String> {
+    let ev = events(body);
+    let n = ev.len();
+    assert!(n >= 3, "{body}");
+    assert_eq!(ev[n - 1], "[DONE]", "{body}");
+    let finish: serde_json::Value = serde_json::from_str(&ev[n - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "error", "{body}");
+    let err: serde_json::Value = serde_json::from_str(&ev[n - 3]).unwrap();
+    assert_eq!(err["error"]["code"], 502, "{body}");
+    assert_eq!(err["error"]["metadata"]["reason"], reason, "{body}");
+    ev
+}
