@@ -194,6 +194,50 @@ pub fn scan(body: &[u8]) -> Result<Fields, ScanError> {
     }
 }
 
+/// The top-level string `model` of a JSON object, read only as far as that
+/// member: nothing after it is scanned or validated. For an upstream's
+/// answer (already validated, with `model` ahead of its `choices`), where the
+/// router renames the model without reading the rest. `None` when the body
+/// is not an object, has no top-level string `model`, or is malformed before
+/// it.
+pub fn top_level_model(body: &[u8]) -> Option<StrField> {
+    let mut s = Scanner {
+        b: body,
+        pos: 0,
+        key_buf: Vec::new(),
+        deferred: None,
+    };
+    s.skip_ws();
+    if s.peek() != Some(b'{') {
+        return None;
+    }
+    s.pos += 1;
+    s.skip_ws();
+    while s.peek() == Some(b'"') {
+        let model = s.key(|k| k == b"model").ok()?;
+        s.colon().ok()?;
+        if model {
+            if s.peek() != Some(b'"') {
+                return None;
+            }
+            let start = s.pos;
+            let value = s.decoded_string().ok()?;
+            return Some(StrField {
+                span: start..s.pos,
+                value,
+            });
+        }
+        s.skip_value(1).ok()?;
+        s.skip_ws();
+        if s.peek() != Some(b',') {
+            return None;
+        }
+        s.pos += 1;
+        s.skip_ws();
+    }
+    None
+}
+
 /// Internal result: boxed so that `Ok` paths stay small and cheap.
 type Res<T> = Result<T, Box<ScanError>>;
 
@@ -1219,6 +1263,46 @@ mod tests {
 
     fn field_type(field: &'static str, expected: &'static str) -> ErrorKind {
         ErrorKind::FieldType { field, expected }
+    }
+
+    proptest! {
+        /// On valid JSON objects, the early exit finds what the whole scan finds.
+        #[test]
+        fn top_level_model_agrees_with_the_scan(
+            keys in proptest::collection::vec(
+                prop_oneof![Just("model"), Just("id"), Just("choices"), Just("x\\u006d")], 0..5),
+            values in proptest::collection::vec(
+                prop_oneof![
+                    Just(r#""gpt""#), Just(r#""a\"b""#), Just("null"), Just("3"),
+                    Just(r#"{"model":"in"}"#), Just(r#"[{"model":"in"},1]"#),
+                ], 5),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let members: Vec<String> = keys
+                .iter()
+                .zip(&values)
+                .filter(|(k, _)| seen.insert(**k))
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            let body = format!("{{{}}}", members.join(","));
+            if let Ok(fields) = scan(body.as_bytes()) {
+                prop_assert_eq!(top_level_model(body.as_bytes()), fields.model, "{}", body);
+            }
+        }
+    }
+
+    #[test]
+    fn top_level_model_stops_at_the_member() {
+        let answer = r#"{"id":"x","meta":{"model":"inner"},"list":[{"model":"no"}],"model":"m\u00e9",
+            "choices":[{"message":{"content":"broken after the model"#;
+        let m = top_level_model(answer.as_bytes()).unwrap();
+        assert_eq!(m.value, "mé");
+        assert_eq!(&answer[m.span], r#""m\u00e9""#);
+        assert_eq!(top_level_model(br#"{"id":1,"model":null}"#), None);
+        assert_eq!(top_level_model(br#"{"id":1}"#), None);
+        assert_eq!(top_level_model(br#"["model"]"#), None);
+        assert_eq!(top_level_model(br#"{"a":tru,"model":"x"}"#), None);
+        assert_eq!(top_level_model(b""), None);
     }
 
     // ----- fields -----

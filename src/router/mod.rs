@@ -81,7 +81,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -787,10 +787,14 @@ impl<S> Shared<S> {
             );
             Box::new(move |e: &Error| policy.penalize(&*store, &id, e, clock.now_ms())) as OnFailure
         });
+        // Names made once: a `&str` name is parsed on every insert.
+        static DEPLOYMENT: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
+        static MODEL_GROUP: HeaderName = HeaderName::from_static(MODEL_GROUP_HEADER);
+        static ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
         let h = &mut parts.headers;
-        h.insert(DEPLOYMENT_HEADER, slot.header.clone());
-        h.insert(MODEL_GROUP_HEADER, group.header.clone());
-        h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        h.insert(&DEPLOYMENT, slot.header.clone());
+        h.insert(&MODEL_GROUP, group.header.clone());
+        h.insert(&ATTEMPTS, HeaderValue::from(attempts));
         Response::from_parts(
             parts,
             Body::new(RouterBody::new(held, body, guard, on_failure)),
@@ -841,22 +845,22 @@ async fn commit(res: Response<Body>) -> Result<(Response<Body>, VecDeque<Frame<B
 
 /// Sets the top-level `model` of an in-memory JSON answer to the group's
 /// name: the upstream's bytes around a new literal, nothing re-serialized.
-/// Anything that does not scan as a JSON object with a `model` is left as is.
+/// An answer without a top-level string `model` ahead of any malformed
+/// part is left as is.
 async fn set_model(body: Body, literal: &Bytes, group: &str) -> Body {
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => return Body::new(Failed(Some(e))),
     };
-    match scan::scan(&bytes) {
-        Ok(f) => match f.model {
-            Some(m) if m.value != group => Body::new(Chunks::new(vec![
-                bytes.slice(..m.span.start),
-                literal.clone(),
-                bytes.slice(m.span.end..),
-            ])),
-            _ => Body::full(bytes),
-        },
-        Err(_) => Body::full(bytes),
+    // Read only up to the top-level `model` (the provider validated the
+    // answer; whatever follows is forwarded as it came).
+    match scan::top_level_model(&bytes) {
+        Some(m) if m.value != group => Body::new(Chunks::new(vec![
+            bytes.slice(..m.span.start),
+            literal.clone(),
+            bytes.slice(m.span.end..),
+        ])),
+        _ => Body::full(bytes),
     }
 }
 
