@@ -288,7 +288,7 @@ fn token_names() -> [HeaderName; 3] {
 
 /// Every key's limiters, shared by all clones of a layer and its services.
 struct Limiters<K, C: Clock> {
-    /// foldhash: the map is read on every request (SipHash cost more than the check).
+    /// Read on every request; foldhash, like the budget ledger's counters.
     map: DashMap<K, Entry<C>, foldhash::fast::RandomState>,
     clock: C,
     start: C::Instant,

@@ -788,13 +788,13 @@ impl<S> Shared<S> {
             Box::new(move |e: &Error| policy.penalize(&*store, &id, e, clock.now_ms())) as OnFailure
         });
         // Names made once: a `&str` name is parsed on every insert.
-        static DEPLOYMENT: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
-        static MODEL_GROUP: HeaderName = HeaderName::from_static(MODEL_GROUP_HEADER);
-        static ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+        static DEPLOYMENT_NAME: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
+        static MODEL_GROUP_NAME: HeaderName = HeaderName::from_static(MODEL_GROUP_HEADER);
+        static ATTEMPTS_NAME: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
         let h = &mut parts.headers;
-        h.insert(&DEPLOYMENT, slot.header.clone());
-        h.insert(&MODEL_GROUP, group.header.clone());
-        h.insert(&ATTEMPTS, HeaderValue::from(attempts));
+        h.insert(&DEPLOYMENT_NAME, slot.header.clone());
+        h.insert(&MODEL_GROUP_NAME, group.header.clone());
+        h.insert(&ATTEMPTS_NAME, HeaderValue::from(attempts));
         Response::from_parts(
             parts,
             Body::new(RouterBody::new(held, body, guard, on_failure)),
