@@ -174,24 +174,34 @@ pub fn token_cost(summary: &Summary, default_max_output: u64) -> u64 {
 /// A duration in OpenAI's `x-ratelimit-reset-*` format: `20ms`, `6s`,
 /// `1.5s`, `1m0s`, `1h2m3s`.
 pub fn openai_duration(d: Duration) -> String {
-    use std::fmt::Write;
+    let mut out = Vec::with_capacity(16);
+    write_openai_duration(&mut out, d);
+    // Only ASCII digits and unit letters were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`openai_duration`], appended to `out` (with `itoa`: this runs twice
+/// per request, and `fmt` would cost more than the rest of the headers).
+fn write_openai_duration(out: &mut Vec<u8>, d: Duration) {
+    let mut n = itoa::Buffer::new();
     let ms = d.as_nanos().div_ceil(1_000_000) as u64;
-    // One allocation, written in place: this runs twice per request.
-    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
-        return out;
+        out.extend_from_slice(n.format(ms).as_bytes());
+        out.extend_from_slice(b"ms");
+        return;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, frac) = (rest / 1000, rest % 1000);
     if h > 0 {
-        let _ = write!(out, "{h}h");
+        out.extend_from_slice(n.format(h).as_bytes());
+        out.push(b'h');
     }
     if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
+        out.extend_from_slice(n.format(m).as_bytes());
+        out.push(b'm');
     }
-    let _ = write!(out, "{s}");
+    out.extend_from_slice(n.format(s).as_bytes());
     if frac > 0 {
         // Milliseconds without trailing zeros: .5, .25, .125.
         let (mut digits, mut width) = (frac, 3);
@@ -199,10 +209,12 @@ pub fn openai_duration(d: Duration) -> String {
             digits /= 10;
             width -= 1;
         }
-        let _ = write!(out, ".{digits:0width$}");
+        let digits = n.format(digits);
+        out.push(b'.');
+        out.extend(std::iter::repeat_n(b'0', width - digits.len()));
+        out.extend_from_slice(digits.as_bytes());
     }
-    out.push('s');
-    out
+    out.push(b's');
 }
 
 type Limiter<C> = governor::RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
@@ -264,26 +276,61 @@ impl Window {
             reset,
         }
     }
+}
 
-    fn write(&self, headers: &mut HeaderMap, names: [HeaderName; 3]) {
-        let [limit, remaining, reset] = names;
-        headers.insert(limit, HeaderValue::from(self.limit));
-        headers.insert(remaining, HeaderValue::from(self.remaining));
-        // The string's buffer becomes the value's: no second copy.
-        if let Ok(v) =
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(openai_duration(self.reset)))
-        {
-            headers.insert(reset, v);
+/// The windows a request is told about in its `x-ratelimit-*` headers:
+/// kept as numbers until the response comes, then written into it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Granted {
+    requests: Option<Window>,
+    tokens: Option<Window>,
+}
+
+impl Granted {
+    /// Writes the headers. The (up to six) values are formatted into one
+    /// buffer and each header value is a slice of it: two allocations in
+    /// all, not one per value.
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        // Names made once: a `HeaderName` constant is rebuilt where used.
+        static REQUESTS: [HeaderName; 3] = [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS];
+        static TOKENS: [HeaderName; 3] = [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS];
+        let windows = [(&REQUESTS, self.requests), (&TOKENS, self.tokens)];
+        let mut buf = Vec::with_capacity(96);
+        let mut ends = [0usize; 6];
+        for (k, (_, w)) in windows.iter().enumerate() {
+            if let Some(w) = w {
+                let mut n = itoa::Buffer::new();
+                buf.extend_from_slice(n.format(w.limit).as_bytes());
+                ends[3 * k] = buf.len();
+                buf.extend_from_slice(n.format(w.remaining).as_bytes());
+                ends[3 * k + 1] = buf.len();
+                write_openai_duration(&mut buf, w.reset);
+                ends[3 * k + 2] = buf.len();
+            }
+        }
+        let mut all = bytes::Bytes::from(buf);
+        let mut at = 0;
+        for (k, (names, w)) in windows.iter().enumerate() {
+            if w.is_none() {
+                continue;
+            }
+            for (i, name) in names.iter().enumerate() {
+                let value = all.split_to(ends[3 * k + i] - at);
+                at = ends[3 * k + i];
+                // Digits, letters and a dot: always a valid value.
+                if let Ok(v) = HeaderValue::from_maybe_shared(value) {
+                    headers.insert(name, v);
+                }
+            }
         }
     }
-}
 
-fn request_names() -> [HeaderName; 3] {
-    [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]
-}
-
-fn token_names() -> [HeaderName; 3] {
-    [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]
+    /// The headers, in a map of their own.
+    pub(crate) fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        self.write(&mut headers);
+        headers
+    }
 }
 
 /// Every key's limiters, shared by all clones of a layer and its services.
@@ -302,8 +349,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
         u64::try_from(nanos.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Checks and charges `key`; the headers to send, or the refusal.
-    fn check(&self, key: K, limits: Limits, tokens: u64) -> Result<HeaderMap, Error> {
+    /// Checks and charges `key`; the windows to report, or the refusal.
+    fn check(&self, key: K, limits: Limits, tokens: u64) -> Result<Granted, Error> {
         let now = self.now();
         self.sweep(now);
         let entry = match self.map.get(&key) {
@@ -320,14 +367,12 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
             }
         };
         entry.last_seen.fetch_max(now, Ordering::Relaxed);
-        let mut headers = HeaderMap::with_capacity(6);
+        let mut granted = Granted::default();
         if let (Some(limiter), Some(limit)) = (&entry.requests, limits.requests_per_minute) {
             match limiter.check() {
-                Ok(snapshot) => {
-                    Window::allowed(&snapshot, limit).write(&mut headers, request_names())
-                }
+                Ok(snapshot) => granted.requests = Some(Window::allowed(&snapshot, limit)),
                 Err(not_until) => {
-                    return Err(requests_refused(limit, self.wait(&not_until), headers));
+                    return Err(requests_refused(limit, self.wait(&not_until), granted));
                 }
             }
         }
@@ -335,17 +380,15 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
             let n = u32::try_from(tokens).unwrap_or(u32::MAX).max(1);
             let n_nz = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             match limiter.check_n(n_nz) {
-                Ok(Ok(snapshot)) => {
-                    Window::allowed(&snapshot, limit).write(&mut headers, token_names())
-                }
+                Ok(Ok(snapshot)) => granted.tokens = Some(Window::allowed(&snapshot, limit)),
                 Ok(Err(not_until)) => {
                     let wait = self.wait(&not_until);
-                    return Err(tokens_refused(limit, tokens, wait, headers));
+                    return Err(tokens_refused(limit, tokens, wait, granted));
                 }
-                Err(_insufficient) => return Err(tokens_never(limit, tokens, headers)),
+                Err(_insufficient) => return Err(tokens_never(limit, tokens, granted)),
             }
         }
-        Ok(headers)
+        Ok(granted)
     }
 
     fn wait(&self, not_until: &NotUntil<C::Instant>) -> Duration {
@@ -370,8 +413,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiters<K, C> {
 }
 
 /// 429: the key's requests per minute are used up for `wait`.
-fn requests_refused(limit: NonZeroU32, wait: Duration, mut headers: HeaderMap) -> Error {
-    Window::refused(wait, limit, 1).write(&mut headers, request_names());
+fn requests_refused(limit: NonZeroU32, wait: Duration, mut granted: Granted) -> Error {
+    granted.requests = Some(Window::refused(wait, limit, 1));
     let err = Error::new(
         Reason::RateLimited,
         format!(
@@ -383,13 +426,13 @@ fn requests_refused(limit: NonZeroU32, wait: Duration, mut headers: HeaderMap) -
     .with_retry_after(wait)
     .with_meta("limit", "requests")
     .with_meta("limit_requests_per_minute", limit.get());
-    with_headers(err, headers)
+    with_headers(err, granted, None)
 }
 
 /// 429: the key's tokens per minute cannot cover `tokens` for `wait`.
-fn tokens_refused(limit: NonZeroU32, tokens: u64, wait: Duration, mut headers: HeaderMap) -> Error {
+fn tokens_refused(limit: NonZeroU32, tokens: u64, wait: Duration, mut granted: Granted) -> Error {
     let n = u32::try_from(tokens).unwrap_or(u32::MAX).max(1);
-    Window::refused(wait, limit, n).write(&mut headers, token_names());
+    granted.tokens = Some(Window::refused(wait, limit, n));
     let err = Error::new(
         Reason::RateLimited,
         format!(
@@ -401,19 +444,17 @@ fn tokens_refused(limit: NonZeroU32, tokens: u64, wait: Duration, mut headers: H
     .with_meta("limit", "tokens")
     .with_meta("limit_tokens_per_minute", limit.get())
     .with_meta("requested_tokens", tokens);
-    with_headers(err, headers)
+    with_headers(err, granted, None)
 }
 
 /// 429, permanent: `tokens` is more than the key's whole per-minute limit.
-fn tokens_never(limit: NonZeroU32, tokens: u64, mut headers: HeaderMap) -> Error {
-    // Larger than the whole bucket: waiting cannot help.
-    Window {
+fn tokens_never(limit: NonZeroU32, tokens: u64, mut granted: Granted) -> Error {
+    // Larger than the whole bucket: waiting cannot help (no reset header).
+    granted.tokens = Some(Window {
         limit: limit.get(),
         remaining: 0,
         reset: Duration::ZERO,
-    }
-    .write(&mut headers, token_names());
-    headers.remove(RESET_TOKENS);
+    });
     let err = Error::new(
         Reason::RateLimited,
         format!(
@@ -424,7 +465,7 @@ fn tokens_never(limit: NonZeroU32, tokens: u64, mut headers: HeaderMap) -> Error
     .with_meta("limit", "tokens")
     .with_meta("limit_tokens_per_minute", limit.get())
     .with_meta("requested_tokens", tokens);
-    with_headers(err, headers)
+    with_headers(err, granted, Some(RESET_TOKENS))
 }
 
 /// One limit's answer from a shared limiter (GCRA run elsewhere).
@@ -439,15 +480,15 @@ pub(crate) enum Verdict {
     Never,
 }
 
-/// The headers (or the refusal) for a shared limiter's verdicts, exactly as
-/// the in-process limiter writes them.
+/// The windows (or the refusal) for a shared limiter's verdicts, exactly as
+/// the in-process limiter reports them.
 #[cfg(feature = "redis")]
 pub(crate) fn shared_verdict(
     limits: Limits,
     tokens: u64,
     requests: Option<Verdict>,
     token_verdict: Option<Verdict>,
-) -> Result<HeaderMap, Error> {
+) -> Result<Granted, Error> {
     let allowed = |limit: NonZeroU32, reset: Duration| {
         let cell = MINUTE / limit.get();
         let used = reset.as_nanos().div_ceil(cell.as_nanos().max(1));
@@ -459,27 +500,30 @@ pub(crate) fn shared_verdict(
             reset,
         }
     };
-    let mut headers = HeaderMap::new();
+    let mut granted = Granted::default();
     if let (Some(limit), Some(v)) = (limits.requests_per_minute, requests) {
         match v {
-            Verdict::Allowed { reset } => {
-                allowed(limit, reset).write(&mut headers, request_names())
-            }
-            Verdict::Refused { wait } => return Err(requests_refused(limit, wait, headers)),
-            Verdict::Never => return Err(requests_refused(limit, MINUTE, headers)),
+            Verdict::Allowed { reset } => granted.requests = Some(allowed(limit, reset)),
+            Verdict::Refused { wait } => return Err(requests_refused(limit, wait, granted)),
+            Verdict::Never => return Err(requests_refused(limit, MINUTE, granted)),
         }
     }
     if let (Some(limit), Some(v)) = (limits.tokens_per_minute, token_verdict) {
         match v {
-            Verdict::Allowed { reset } => allowed(limit, reset).write(&mut headers, token_names()),
-            Verdict::Refused { wait } => return Err(tokens_refused(limit, tokens, wait, headers)),
-            Verdict::Never => return Err(tokens_never(limit, tokens, headers)),
+            Verdict::Allowed { reset } => granted.tokens = Some(allowed(limit, reset)),
+            Verdict::Refused { wait } => return Err(tokens_refused(limit, tokens, wait, granted)),
+            Verdict::Never => return Err(tokens_never(limit, tokens, granted)),
         }
     }
-    Ok(headers)
+    Ok(granted)
 }
 
-fn with_headers(mut err: Error, headers: HeaderMap) -> Error {
+/// A refusal with the windows' headers (less `without`).
+fn with_headers(mut err: Error, granted: Granted, without: Option<HeaderName>) -> Error {
+    let mut headers = granted.headers();
+    if let Some(name) = without {
+        headers.remove(name);
+    }
     for (name, value) in &headers {
         err = err.with_header(name.clone(), value.clone());
     }
@@ -663,7 +707,7 @@ where
             return ResponseFuture {
                 kind: Kind::Calling {
                     fut: self.inner.call(req),
-                    headers: HeaderMap::new(),
+                    granted: Granted::default(),
                 },
             };
         };
@@ -682,10 +726,10 @@ where
             };
         }
         match self.limiters.check(key, limits, tokens) {
-            Ok(headers) => ResponseFuture {
+            Ok(granted) => ResponseFuture {
                 kind: Kind::Calling {
                     fut: self.inner.call(req),
-                    headers,
+                    granted,
                 },
             },
             Err(error) => {
@@ -708,9 +752,9 @@ fn log_refusal(model: &str, error: &Error) {
     );
 }
 
-/// A shared limiter's answer: the headers to send, or the refusal.
+/// A shared limiter's answer: the windows to report, or the refusal.
 #[cfg(feature = "redis")]
-pub(crate) type Check = Pin<Box<dyn Future<Output = Result<HeaderMap, Error>> + Send>>;
+pub(crate) type Check = Pin<Box<dyn Future<Output = Result<Granted, Error>> + Send>>;
 
 /// The future of [`RateLimit`].
 #[pin_project]
@@ -732,7 +776,7 @@ enum Kind<S: Service<R>, R> {
     Calling {
         #[pin]
         fut: S::Future,
-        headers: HeaderMap,
+        granted: Granted,
     },
 }
 
@@ -748,8 +792,8 @@ where
         if let KindProj::Checking { check, call } = self.as_mut().project().kind.project() {
             let checked = ready!(check.as_mut().poll(cx));
             let (mut inner, req) = call.take().expect("polled after completion");
-            let headers = match checked {
-                Ok(headers) => headers,
+            let granted = match checked {
+                Ok(granted) => granted,
                 Err(error) => {
                     log_refusal(req.body().model(), &error);
                     return Poll::Ready(Err(error));
@@ -759,7 +803,7 @@ where
             self.as_mut()
                 .project()
                 .kind
-                .set(Kind::Calling { fut, headers });
+                .set(Kind::Calling { fut, granted });
         }
         match self.project().kind.project() {
             #[cfg(feature = "redis")]
@@ -767,11 +811,9 @@ where
             KindProj::Refused { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
-            KindProj::Calling { fut, headers } => {
+            KindProj::Calling { fut, granted } => {
                 let mut res = ready!(fut.poll(cx))?;
-                for (name, value) in headers.drain().filter_map(|(n, v)| Some((n?, v))) {
-                    res.headers_mut().insert(name, value);
-                }
+                granted.write(res.headers_mut());
                 Poll::Ready(Ok(res))
             }
         }
@@ -1094,5 +1136,40 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(61_250)), "1m1.25s");
         assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
         assert_eq!(openai_duration(Duration::from_secs(3600)), "1h0m0s");
+        // Leading zeros of the fraction are kept.
+        assert_eq!(openai_duration(Duration::from_millis(1050)), "1.05s");
+        assert_eq!(openai_duration(Duration::from_millis(2007)), "2.007s");
+    }
+
+    #[test]
+    fn granted_headers_are_slices_of_one_buffer_with_the_right_values() {
+        let granted = Granted {
+            requests: Some(Window {
+                limit: 600,
+                remaining: 599,
+                reset: Duration::from_millis(100),
+            }),
+            tokens: Some(Window {
+                limit: 90_000,
+                remaining: 88_976,
+                reset: Duration::from_millis(61_250),
+            }),
+        };
+        let h = granted.headers();
+        assert_eq!(h.len(), 6);
+        assert_eq!(h[LIMIT_REQUESTS], "600");
+        assert_eq!(h[REMAINING_REQUESTS], "599");
+        assert_eq!(h[RESET_REQUESTS], "100ms");
+        assert_eq!(h[LIMIT_TOKENS], "90000");
+        assert_eq!(h[REMAINING_TOKENS], "88976");
+        assert_eq!(h[RESET_TOKENS], "1m1.25s");
+        let only_tokens = Granted {
+            requests: None,
+            ..granted
+        };
+        let h = only_tokens.headers();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[REMAINING_TOKENS], "88976");
+        assert!(Granted::default().headers().is_empty());
     }
 }

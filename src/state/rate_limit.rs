@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::{OnUnavailable, RedisState};
-use crate::rate_limit::{Check, Limits, Verdict, shared_verdict};
+use crate::rate_limit::{Check, Granted, Limits, Verdict, shared_verdict};
 
 /// GCRA (as governor's `check` / `check_n`) for requests, then tokens, on
 /// Redis' clock. A key's state is its theoretical arrival time (µs).
@@ -125,7 +125,7 @@ impl RedisRateLimiter {
                 Err(e) if this.on_unavailable == OnUnavailable::Open => {
                     tracing::warn!("rate limit not checked: Redis did not answer (failing open)");
                     drop(e);
-                    Ok(http::HeaderMap::new())
+                    Ok(Granted::default())
                 }
                 Err(e) => Err(e),
             }
@@ -142,7 +142,11 @@ mod tests {
     async fn requests_then_tokens_with_openai_headers() {
         let limiter = RedisRateLimiter::new(test_redis::state("gcra").await);
         let limits = Limits::per_minute(2, 100);
-        let h = limiter.check("k".into(), limits, 30).await.unwrap();
+        let h = limiter
+            .check("k".into(), limits, 30)
+            .await
+            .unwrap()
+            .headers();
         assert_eq!(h["x-ratelimit-limit-requests"], "2");
         assert_eq!(h["x-ratelimit-remaining-requests"], "1");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "70");
@@ -178,7 +182,8 @@ mod tests {
         let h = open
             .check("k".into(), Limits::per_minute(1, 0), 1)
             .await
-            .unwrap();
+            .unwrap()
+            .headers();
         assert!(h.is_empty());
     }
 
