@@ -2,6 +2,7 @@
 //! streamed, in O(1) memory per response.
 
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -124,8 +125,8 @@ impl Meter {
         }
         let tail = &self.line;
         // Built once: building a searcher costs as much as this search.
-        static USAGE: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+        static USAGE: LazyLock<memchr::memmem::FinderRev<'static>> =
+            LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
         if let Some(at) = USAGE.rfind(tail) {
             let rest = &tail[at + 7..];
             let rest = rest.trim_ascii_start();
@@ -168,17 +169,31 @@ struct UsageFilter {
 impl UsageFilter {
     /// What of `chunk` goes on now. Without a line held from an earlier
     /// chunk, the chunk's complete lines go on as a slice of it (no copy)
-    /// unless one of them is the usage chunk; only an unfinished last line
-    /// is copied, to be held.
+    /// unless one of them is the usage chunk, and then as one copy without
+    /// it; only an unfinished last line is copied, to be held.
     fn pass(&mut self, chunk: &Bytes) -> Bytes {
         if self.pending.is_empty() && !self.passthrough {
             let complete = memchr::memrchr(b'\n', chunk).map_or(0, |i| i + 1);
-            let lines = &chunk[..complete];
-            let clean = !lines.split_inclusive(|&b| b == b'\n').any(is_usage_only);
-            let held = chunk.len() - complete;
-            if clean && held <= EVENT_CAP {
+            if chunk.len() - complete <= EVENT_CAP {
+                // Everything but the usage-only lines, copied only if there is one.
+                let mut out: Option<BytesMut> = None;
+                let (mut line_start, mut kept_from) = (0, 0);
+                for end in memchr::memchr_iter(b'\n', &chunk[..complete]) {
+                    if is_usage_only(&chunk[line_start..=end]) {
+                        out.get_or_insert_with(|| BytesMut::with_capacity(complete))
+                            .extend_from_slice(&chunk[kept_from..line_start]);
+                        kept_from = end + 1;
+                    }
+                    line_start = end + 1;
+                }
                 self.pending.extend_from_slice(&chunk[complete..]);
-                return chunk.slice(..complete);
+                return match out {
+                    None => chunk.slice(..complete),
+                    Some(mut out) => {
+                        out.extend_from_slice(&chunk[kept_from..complete]);
+                        out.freeze()
+                    }
+                };
             }
         }
         self.pass_copying(chunk)
@@ -228,9 +243,11 @@ impl UsageFilter {
 }
 
 fn is_usage_only(line: &[u8]) -> bool {
-    line.starts_with(b"data:")
-        && memchr::memmem::find(line, b"\"choices\":[]").is_some()
-        && memchr::memmem::find(line, b"\"usage\":{").is_some()
+    // Searchers built once: building one costs more than searching a line.
+    use memchr::memmem::Finder;
+    static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":{"));
+    line.starts_with(b"data:") && NO_CHOICES.find(line).is_some() && USAGE.find(line).is_some()
 }
 
 /// What settling needs: the reservation, the price, the prompt estimate,
@@ -573,6 +590,39 @@ mod tests {
         let all = body.collect().await.unwrap().to_bytes();
         assert!(all.ends_with(b"data: [DONE]\n\ndata: tail"));
         assert_eq!(ledger.usage(&limit.scope, limit.period).spent, 7 + 3 * 2);
+    }
+
+    /// The fast path (slices, or one copy without the usage line) forwards
+    /// exactly what the line-by-line copy does, however the stream is cut.
+    #[test]
+    fn the_filter_fast_path_agrees_with_the_line_by_line_copy() {
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        let stream = format!("{}{usage}{}{usage}data: [DONE]\n\n", chunk("a"), chunk("b"));
+        let b = stream.as_bytes();
+        let run = |cuts: &[usize], fast: bool| {
+            let mut f = UsageFilter::default();
+            let mut out = Vec::new();
+            let mut from = 0;
+            for &to in cuts.iter().chain([&b.len()]) {
+                let part = Bytes::copy_from_slice(&b[from..to]);
+                out.extend_from_slice(&if fast {
+                    f.pass(&part)
+                } else {
+                    f.pass_copying(&part)
+                });
+                from = to;
+            }
+            out.extend_from_slice(&f.rest());
+            out
+        };
+        let expected = format!("{}\n{}\ndata: [DONE]\n\n", chunk("a"), chunk("b"));
+        assert_eq!(run(&[], true), expected.as_bytes());
+        for i in (0..b.len()).step_by(3) {
+            for j in (i..b.len()).step_by(7) {
+                assert_eq!(run(&[i, j], true), run(&[i, j], false), "cut at {i}, {j}");
+                assert_eq!(run(&[i, j], true), expected.as_bytes(), "cut at {i}, {j}");
+            }
+        }
     }
 
     #[test]

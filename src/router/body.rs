@@ -5,8 +5,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -164,12 +164,18 @@ impl CommitWatch {
         let from = self.scanned.saturating_sub(24);
         self.scanned = self.seen.len();
         let hay = &self.seen[from..];
-        CONTENT_MARKERS.iter().any(|m| {
-            memmem::find_iter(hay, m).any(|at| {
-                let after = &hay[at + m.len()..];
-                carries_content(m, after)
+        // Searchers built once: building one costs more than searching a frame.
+        static FINDERS: LazyLock<[memmem::Finder<'static>; 5]> =
+            LazyLock::new(|| CONTENT_MARKERS.map(memmem::Finder::new));
+        CONTENT_MARKERS
+            .iter()
+            .zip(FINDERS.iter())
+            .any(|(m, finder)| {
+                finder.find_iter(hay).any(|at| {
+                    let after = &hay[at + m.len()..];
+                    carries_content(m, after)
+                })
             })
-        })
     }
 
     /// Bytes held so far.
