@@ -34,7 +34,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -135,10 +135,8 @@ where
             .unwrap_or_default();
         let own = total.saturating_sub(upstream);
         this.histogram.record(own.as_secs_f64());
-        let ms = format!("{:.3}", own.as_secs_f64() * 1000.0);
-        if let Ok(v) = HeaderValue::from_str(&ms) {
-            res.headers_mut().insert(OVERHEAD_HEADER, v);
-        }
+        static NAME: HeaderName = HeaderName::from_static(OVERHEAD_HEADER);
+        res.headers_mut().insert(&NAME, milliseconds(own));
         tracing::debug!(
             overhead_us = own.as_micros() as u64,
             upstream_us = upstream.as_micros() as u64,
@@ -146,6 +144,23 @@ where
         );
         Poll::Ready(Ok(res))
     }
+}
+
+/// `d` in milliseconds with three decimals (`1.234`), by integers: float
+/// formatting cost more than the rest of this layer.
+fn milliseconds(d: std::time::Duration) -> HeaderValue {
+    let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    let mut n = itoa::Buffer::new();
+    let whole = n.format(us / 1000).as_bytes();
+    let mut out = [0u8; 24];
+    out[..whole.len()].copy_from_slice(whole);
+    let dot = whole.len();
+    let frac = us % 1000;
+    out[dot] = b'.';
+    out[dot + 1] = b'0' + (frac / 100) as u8;
+    out[dot + 2] = b'0' + (frac / 10 % 10) as u8;
+    out[dot + 3] = b'0' + (frac % 10) as u8;
+    HeaderValue::from_bytes(&out[..dot + 4]).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
 #[cfg(test)]
@@ -186,6 +201,19 @@ mod tests {
         }));
         let res = svc.oneshot(Request::new(Body::empty())).await.unwrap();
         assert_eq!(header(&res), 7.0);
+    }
+
+    #[test]
+    fn milliseconds_with_three_decimals() {
+        let ms = |us| milliseconds(Duration::from_micros(us));
+        assert_eq!(ms(0), "0.000");
+        assert_eq!(ms(5), "0.005");
+        assert_eq!(ms(1_234), "1.234");
+        assert_eq!(ms(20_000), "20.000");
+        assert_eq!(ms(98_765_432), "98765.432");
+        assert_eq!(milliseconds(Duration::MAX), "18446744073709551.615");
+        // Nanoseconds are cut, not rounded.
+        assert_eq!(milliseconds(Duration::from_nanos(1_999)), "0.001");
     }
 
     #[tokio::test(start_paused = true)]

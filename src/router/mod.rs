@@ -70,7 +70,7 @@ pub mod body;
 pub mod cooldown;
 pub mod outcome;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -400,7 +400,7 @@ fn wheel(weights: &[u64]) -> Box<[u8]> {
 }
 
 struct Shared<S> {
-    groups: HashMap<String, Group<S>>,
+    groups: crate::Map<String, Group<S>>,
     policy: RetryPolicy,
     store: Arc<dyn CooldownStore>,
     clock: Arc<dyn Clock>,
@@ -571,7 +571,8 @@ impl<S> RouterBuilder<S> {
 
     /// The router.
     pub fn build(self) -> Router<S> {
-        let mut groups = HashMap::with_capacity(self.groups.len());
+        let mut groups =
+            crate::Map::with_capacity_and_hasher(self.groups.len(), Default::default());
         let mut index = 0u32;
         for (name, deployments) in self.groups {
             let weights: Vec<u64> = deployments.iter().map(|d| u64::from(d.weight)).collect();
@@ -794,11 +795,21 @@ impl<S> Shared<S> {
         let h = &mut parts.headers;
         h.insert(&DEPLOYMENT_NAME, slot.header.clone());
         h.insert(&MODEL_GROUP_NAME, group.header.clone());
-        h.insert(&ATTEMPTS_NAME, HeaderValue::from(attempts));
+        h.insert(&ATTEMPTS_NAME, count(attempts));
         Response::from_parts(
             parts,
             Body::new(RouterBody::new(held, body, guard, on_failure)),
         )
+    }
+}
+
+/// A small count as a header value, without an allocation for the usual ones.
+fn count(n: u32) -> HeaderValue {
+    match n {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
     }
 }
 
