@@ -43,10 +43,9 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,7 +100,7 @@ impl AccessGroups {
 #[derive(Clone, Default)]
 struct Rules {
     all: bool,
-    exact: HashSet<Box<str>>,
+    exact: crate::Set<Box<str>>,
     prefixes: Vec<Box<str>>,
     suffixes: Vec<Box<str>>,
     infixes: Vec<memchr::memmem::Finder<'static>>,
@@ -311,7 +310,7 @@ pub struct ModelAccess<S> {
 
 impl<S, I> Service<Request<Parsed<I>>> for ModelAccess<S>
 where
-    S: Service<Request<Parsed<I>>, Error = Error> + Clone,
+    S: Service<Request<Parsed<I>>, Error = Error>,
     I: HasGrants,
 {
     type Response = S::Response;
@@ -326,9 +325,8 @@ where
         let parsed = req.body();
         match check(parsed.identity().grants(), parsed.summary()) {
             Ok(()) => {
-                let clone = self.inner.clone();
-                let mut inner = mem::replace(&mut self.inner, clone);
-                ResponseFuture::calling(inner.call(req))
+                // Called at once: the readied service itself, no clone.
+                ResponseFuture::calling(self.inner.call(req))
             }
             Err(e) => ResponseFuture::refused(e),
         }

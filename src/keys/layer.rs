@@ -1,6 +1,5 @@
 //! The `VirtualKeys` layer.
 
-use std::mem;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -46,7 +45,7 @@ pub struct VirtualKeys<S> {
 
 impl<S, B> Service<Request<B>> for VirtualKeys<S>
 where
-    S: Service<Request<Identified<Key, B>>, Error = Error> + Clone,
+    S: Service<Request<Identified<Key, B>>, Error = Error>,
 {
     type Response = S::Response;
     type Error = Error;
@@ -60,9 +59,8 @@ where
         match self.keyring.authenticate(req.headers()) {
             Ok(key) => {
                 tracing::trace!(key_id = key.id(), "authenticated");
-                let clone = self.inner.clone();
-                let mut inner = mem::replace(&mut self.inner, clone);
-                ResponseFuture::calling(inner.call(req.map(|body| Identified {
+                // Called at once: the readied service itself, no clone.
+                ResponseFuture::calling(self.inner.call(req.map(|body| Identified {
                     identity: key,
                     body,
                 })))
