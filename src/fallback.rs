@@ -149,8 +149,8 @@ type Chain = Arc<[Arc<str>]>;
 /// Every group's chains, flattened and checked.
 #[derive(Clone, Debug, Default)]
 pub struct Chains {
-    fallbacks: HashMap<String, Chain>,
-    context: HashMap<String, Chain>,
+    fallbacks: crate::Map<String, Chain>,
+    context: crate::Map<String, Chain>,
     /// The groups, for the `from`/`to` labels of `tollgate_fallbacks_total`.
     known: KnownGroups,
 }
@@ -227,7 +227,7 @@ fn flatten(
     kind: &'static str,
     known: &HashSet<String>,
     lists: Vec<(String, Vec<String>)>,
-) -> Result<HashMap<String, Chain>, ChainError> {
+) -> Result<crate::Map<String, Chain>, ChainError> {
     let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
     for (group, to) in &lists {
         for name in std::iter::once(group).chain(to) {
@@ -269,7 +269,7 @@ fn flatten(
     }
     let mut groups: Vec<&str> = direct.keys().copied().collect();
     groups.sort_unstable();
-    let mut flat = HashMap::new();
+    let mut flat = crate::Map::default();
     for g in groups {
         let mut out = Vec::new();
         walk(kind, g, &direct, &mut vec![g], &mut out)?;

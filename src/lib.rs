@@ -82,6 +82,13 @@ pub mod state;
 use std::sync::Arc;
 
 pub use body::Body;
+
+/// The hash maps read on every request (model groups, chains, prices,
+/// tenants, grants, keys): foldhash, seeded per map, where SipHash cost
+/// ~150 instructions a look-up.
+pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set read on every request (see [`Map`]).
+pub(crate) type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 pub use error::{Error, Reason, TimeoutPhase};
 
 /// A request after [`ReadRequest`](read_request::ReadRequest): the parsed

@@ -2,7 +2,6 @@
 //! budgets, refuse with 402 when one cannot cover it, settle the real cost
 //! when the answer ends.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -67,8 +66,8 @@ pub struct ModelPrice {
 /// [`Served`] response extension), or else at the group's.
 #[derive(Clone, Debug, Default)]
 pub struct Prices {
-    groups: HashMap<String, ModelPrice>,
-    deployments: HashMap<String, (String, Price)>,
+    groups: crate::Map<String, ModelPrice>,
+    deployments: crate::Map<String, (String, Price)>,
 }
 
 impl Prices {

@@ -17,7 +17,7 @@
 //! scheduler is work-conserving) and is charged like any other, so a burst
 //! that was let through on free capacity counts against its tenant.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ pub(crate) struct Scheduler {
 
 #[derive(Default)]
 struct State {
-    groups: HashMap<Arc<str>, Group>,
+    groups: crate::Map<Arc<str>, Group>,
     next_seq: u64,
 }
 
@@ -52,7 +52,7 @@ struct Group {
     vtime: u64,
     /// The backlogged tenants' heads: (start tag, arrival, tenant).
     ready: BTreeSet<(u64, u64, Arc<str>)>,
-    tenants: HashMap<Arc<str>, TenantState>,
+    tenants: crate::Map<Arc<str>, TenantState>,
     /// Requests waiting, over all tenants.
     waiting: usize,
     /// Tenant count above which idle tenants are swept.
@@ -138,7 +138,7 @@ impl Scheduler {
                     in_flight: 0,
                     vtime: 0,
                     ready: BTreeSet::new(),
-                    tenants: HashMap::new(),
+                    tenants: crate::Map::default(),
                     waiting: 0,
                     sweep_at: 64,
                 });

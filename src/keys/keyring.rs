@@ -1,7 +1,6 @@
 //! [`Keyring`]: the keys in memory, served to the hot path, written through
 //! to a [`KeyStore`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -192,8 +191,8 @@ struct Entry {
 
 #[derive(Default)]
 struct Index {
-    keys: HashMap<Box<str>, Entry>,
-    teams: HashMap<String, TeamRecord>,
+    keys: crate::Map<Box<str>, Entry>,
+    teams: crate::Map<String, TeamRecord>,
 }
 
 struct Inner {
