@@ -5,18 +5,23 @@
 //! cargo bench --all-features --bench stack -- --warm-up-time 1 --measurement-time 3
 //! cargo bench --all-features --bench stack -- stack/layer     # criterion only, no percentile pass
 //! cargo bench --all-features --bench stack -- percentiles     # the percentile pass only
+//! cargo bench --all-features --bench stack -- stack/percentiles/small_sse   # one variant of it
 //! ```
 //!
 //! The provider is a `service_fn` that answers at once: a canned OpenAI chat
 //! completion with usage, or (when the parsed request asks for a stream) a
-//! canned SSE stream of 9 frames — the role chunk, 5 content chunks, the
-//! finish chunk, the usage chunk and `data: [DONE]`. Four request variants:
+//! canned SSE stream of 9 frames, one event each as an upstream's events
+//! arrive — the role chunk, 5 content chunks, the finish chunk, the usage
+//! chunk and `data: [DONE]`. Four request variants:
 //! a chat body of ~1 KiB (`small`) or ~256 KiB (`large`), non-streaming
 //! (`json`) or streaming (`sse`). Each iteration builds the request, calls
 //! the stack and reads the whole response body, frame by frame (so metering,
 //! settlement and the release of the fair queue's slot run). Every stack is
 //! built with a Prometheus recorder current (`metrics-exporter-prometheus`,
-//! not installed globally), so every metric is really recorded.
+//! not installed globally), so every metric is really recorded, and the
+//! gateway's tracing subscriber is installed (filter `info` unless
+//! `RUST_LOG` says otherwise, output discarded), so spans and events cost
+//! what they cost in the gateway.
 //!
 //! The configuration is the reference gateway's (`examples/gateway.rs`, whose
 //! hooks this bench reuses): a static virtual key allowed `g` and `h` with a
@@ -167,11 +172,8 @@ fn instant<I: Send + 'static>()
         let res = if req.body().summary().stream {
             Response::builder()
                 .header(CONTENT_TYPE, "text/event-stream")
-                .body(Body::new(tollgate::body::Chunks::new(
-                    EVENTS
-                        .iter()
-                        .map(|e| Bytes::from_static(e.as_bytes()))
-                        .collect(),
+                .body(Body::new(Frames(
+                    EVENTS.iter().map(|e| e.as_bytes()).collect(),
                 )))
         } else {
             Response::builder()
@@ -180,6 +182,26 @@ fn instant<I: Send + 'static>()
         };
         Ok::<_, Error>(res.unwrap())
     })
+}
+
+/// A body of one frame per part, as an upstream's stream arrives event by
+/// event (`Chunks` would send so small a body as one frame).
+struct Frames(std::collections::VecDeque<&'static [u8]>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|part| Ok(http_body::Frame::data(Bytes::from_static(part)))),
+        )
+    }
 }
 
 /// A chat request of about `size` bytes for model group `g`.
@@ -492,7 +514,7 @@ fn row(what: &str, h: &Histogram<u64>) {
     println!("{line}");
 }
 
-fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64) {
+fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64, only: Option<&str>) {
     println!(
         "\nstack/percentiles: time per request, {small} small / {} large requests each after a tenth as many unmeasured (load average {})",
         small / 5,
@@ -501,6 +523,9 @@ fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64) {
             .unwrap_or_else(|_| "unknown".into())
     );
     for v in variants() {
+        if only.is_some_and(|only| only != v.name) {
+            continue;
+        }
         let n = if v.large { small / 5 } else { small };
         let parsed = Parsed::parse("/v1/chat/completions", v.body.clone())
             .unwrap()
@@ -529,8 +554,9 @@ fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64) {
     }
 }
 
-/// Whether the percentile pass runs, and how many small requests it times.
-fn percentile_requests() -> Option<u64> {
+/// Whether the percentile pass runs, how many small requests it times, and
+/// the one variant it is limited to (`stack/percentiles/small_sse`).
+fn percentile_requests() -> Option<(u64, Option<String>)> {
     // Criterion's options that take a value (the filter is the first other
     // non-option argument).
     const VALUED: [&str; 16] = [
@@ -569,14 +595,18 @@ fn percentile_requests() -> Option<u64> {
         }
         i += 1;
     }
-    if filter.is_some_and(|f| !"stack/percentiles".contains(f.as_str())) {
+    let only = filter
+        .as_deref()
+        .and_then(|f| f.strip_prefix("stack/percentiles/"))
+        .map(str::to_owned);
+    if only.is_none() && filter.is_some_and(|f| !"stack/percentiles".contains(f.as_str())) {
         return None;
     }
     let n = std::env::var("TOLLGATE_BENCH_REQUESTS")
         .ok()
         .map(|v| v.parse::<u64>().expect("TOLLGATE_BENCH_REQUESTS: a number"))
         .unwrap_or(100_000);
-    (n > 0).then_some(n)
+    (n > 0).then_some((n, only))
 }
 
 fn main() {
@@ -587,6 +617,14 @@ fn main() {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    // The gateway's subscriber (`info` unless RUST_LOG says otherwise), its
+    // output discarded: disabled spans and events cost what they cost there.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::sink)
+        .init();
     let config = Config::from_toml("bench.toml", CONFIG).unwrap();
     let keyring = rt.block_on(config.keyring()).unwrap();
     let auth = HeaderValue::from_str(&format!("Bearer {BENCH_KEY}")).unwrap();
@@ -607,8 +645,8 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     criterion_benches(&mut c, &rt, &env);
     c.final_summary();
-    if let Some(n) = percentile_requests() {
-        percentiles(&rt, &env, n);
+    if let Some((n, only)) = percentile_requests() {
+        percentiles(&rt, &env, n, only.as_deref());
     }
 
     rt.block_on(env.writer.flush());

@@ -15,6 +15,12 @@ impl SpendStore for Discard {
         drop(black_box(batch));
         Box::pin(std::future::ready(Ok(())))
     }
+    /// Without the default's copy of the batch (a store's own cost: the
+    /// SQL stores copy or encode it on their way to the database).
+    fn write_once<'a>(&'a self, batch: &'a [SpendRecord], _token: u128) -> SpendFuture<'a, ()> {
+        black_box(batch);
+        Box::pin(std::future::ready(Ok(())))
+    }
     fn query(&self, _q: SpendQuery) -> SpendFuture<'_, SpendPage> {
         Box::pin(std::future::ready(Ok(SpendPage::default())))
     }
