@@ -96,6 +96,9 @@ impl Meter {
                 // Too long to read: count it as content (it is, in practice:
                 // a long tool-call argument or text delta).
                 self.content_bytes += self.line_len as u64;
+            } else if let Some(text) = Event::chat_text(payload) {
+                // A chat chunk without usage: its text counted, not parsed.
+                self.content_bytes += text;
             } else if payload != b"[DONE]" {
                 match Event::read(payload) {
                     Some(event) => {

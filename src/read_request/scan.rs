@@ -463,7 +463,7 @@ fn describe(c: u8) -> &'static str {
 
 /// Value of four hex digits.
 #[inline]
-fn hex4(digits: &[u8]) -> Option<u32> {
+pub(crate) fn hex4(digits: &[u8]) -> Option<u32> {
     let mut v = 0u32;
     for &c in digits.get(..4)? {
         let d = match c {
