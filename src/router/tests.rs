@@ -644,3 +644,28 @@ async fn metrics_count_errors_cooldowns_retries_and_in_flight() {
     seen.update(&snapshotter);
     assert_eq!(in_flight(&seen, "g/b"), Some(0.0), "released with the body");
 }
+
+#[tokio::test]
+async fn an_answers_model_is_renamed_in_one_buffer_or_in_slices() {
+    use http_body_util::BodyExt;
+    // Below and above `Chunks::COALESCE_BELOW`: one buffer, or three slices.
+    for filler in [10, 40_000] {
+        let body = format!(
+            r#"{{"id":"x","model":"up\u002dstream","choices":[{{"text":"{}"}}]}}"#,
+            "a".repeat(filler)
+        );
+        let out = set_model(Body::full(body.clone()), &json_string("g"), "g").await;
+        let got = out.collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["model"], "g");
+        assert_eq!(v["choices"][0]["text"].as_str().unwrap().len(), filler);
+        assert_eq!(
+            got.len(),
+            body.len() - r#""up\u002dstream""#.len() + r#""g""#.len()
+        );
+    }
+    // An answer already named after the group is forwarded as it came.
+    let same = r#"{"model":"g","choices":[]}"#;
+    let out = set_model(Body::full(same), &json_string("g"), "g").await;
+    assert_eq!(out.collect().await.unwrap().to_bytes(), same);
+}
