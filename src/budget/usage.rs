@@ -77,9 +77,9 @@ impl Event {
     /// `"reasoning_content"` and `"arguments"`, wherever they are in the
     /// chunk. `None` — read the event with [`Event::read`] — unless the
     /// event is one UTF-8 `{…}`, says `"object":"chat.completion.chunk"`,
-    /// has no `"usage"` key, and every escape in it lies inside one of the
-    /// strings counted (so no key hides behind an escape), and each of those
-    /// strings is well formed.
+    /// has no `"usage"` but `"usage":null`, every escape in it lies inside
+    /// one of the strings counted (so no key hides behind an escape), and
+    /// each of those strings is well formed.
     pub(crate) fn chat_text(json: &[u8]) -> Option<u64> {
         use memchr::memmem::Finder;
         const FIELDS: [&[u8]; 3] = [b"\"content\"", b"\"reasoning_content\"", b"\"arguments\""];
@@ -90,7 +90,15 @@ impl Event {
         if json.first() != Some(&b'{') || json.last() != Some(&b'}') {
             return None;
         }
-        if CHUNK.find(json).is_none() || USAGE.find(json).is_some() {
+        CHUNK.find(json)?;
+        // `"usage":null` is what OpenAI puts in every chunk but the last
+        // when asked for usage (as the gateway asks): no usage here.
+        let null_usage = |at: usize| {
+            json_ws(&json[at + 7..])
+                .strip_prefix(b":")
+                .is_some_and(|v| json_ws(v).starts_with(b"null"))
+        };
+        if !USAGE.find_iter(json).all(null_usage) {
             return None;
         }
         std::str::from_utf8(json).ok()?;
@@ -645,9 +653,17 @@ mod tests {
             Some(0)
         );
         assert_eq!(text(&chunk(r#"{"content":"é"}"#)), Some(2));
+        // `"usage":null`, as OpenAI sends it on every chunk but the last.
+        assert_eq!(
+            text(&format!(r#"{head}{{"content":"abc"}}}}],"usage" : null}}"#)),
+            Some(3)
+        );
         // Read by the parser instead: usage, an escaped key, another object,
         // an escape outside the counted strings, malformed strings, not UTF-8.
-        assert_eq!(text(&format!(r#"{head}{{}}}}],"usage":null}}"#)), None);
+        assert_eq!(
+            text(&format!(r#"{head}{{}}}}],"usage":{{"prompt_tokens":1}}}}"#)),
+            None
+        );
         assert_eq!(text(&chunk(r#"{"\u0063ontent":"x"}"#)), None);
         assert_eq!(
             text(r#"{"type":"response.output_text.delta","delta":"abc"}"#),
@@ -719,6 +735,7 @@ mod tests {
                 arguments in proptest::collection::vec((any::<String>(), any::<bool>()), 0..3),
                 spaced in any::<bool>(),
                 finish in any::<bool>(),
+                usage_null in any::<bool>(),
             ) {
                 let colon = if spaced { " : " } else { ":" };
                 let mut delta = vec![r#""role":"assistant""#.to_owned()];
@@ -741,8 +758,9 @@ mod tests {
                     delta.push(format!(r#""tool_calls":[{}]"#, calls.join(",")));
                 }
                 let finish = if finish { r#""stop""# } else { "null" };
+                let usage = if usage_null { r#","usage":null"# } else { "" };
                 let event = format!(
-                    r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{{}}},"logprobs":null,"finish_reason":{finish}}}]}}"#,
+                    r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{{}}},"logprobs":null,"finish_reason":{finish}}}]{usage}}}"#,
                     delta.join(",")
                 );
                 let fast = Event::chat_text(event.as_bytes());
