@@ -1010,14 +1010,26 @@ mod tests {
 
     #[tokio::test]
     async fn connect_timeout_over_h2c_names_the_connect_phase() {
-        // A non-routable address (TEST-NET-1): the SYN goes unanswered, or
-        // the network says unreachable at once; both must be a clean error.
+        // A loopback listener that never accepts, its accept queue filled:
+        // Linux then drops further SYNs, so the connect goes unanswered (were
+        // the kernel to refuse it instead, that must be a clean error too).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let _listener = socket.listen(0).unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                queued.push(s);
+            }
+        }
         let client = HttpClient::builder()
             .http2_prior_knowledge(true)
             .connect_timeout(Duration::from_millis(100))
             .build()
             .unwrap();
-        let p = Provider::builder("loop", "http://192.0.2.1:81/v1")
+        let p = Provider::builder("loop", &format!("http://{addr}/v1"))
             .unwrap()
             .client(client)
             .build();
