@@ -153,6 +153,7 @@ pub struct HttpClientBuilder {
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     http2_prior_knowledge: bool,
+    http2_keep_alive: (Duration, Duration),
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     error: Option<BuildError>,
 }
@@ -165,6 +166,7 @@ impl HttpClient {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
             http2_prior_knowledge: false,
+            http2_keep_alive: (HTTP2_KEEP_ALIVE_INTERVAL, HTTP2_KEEP_ALIVE_TIMEOUT),
             extra_roots: Vec::new(),
             error: None,
         }
@@ -207,6 +209,16 @@ impl HttpClientBuilder {
     /// timeout. Raise the upstream's limit to the concurrency you expect.
     pub fn http2_prior_knowledge(mut self, on: bool) -> Self {
         self.http2_prior_knowledge = on;
+        self
+    }
+
+    /// HTTP/2 keep-alive (by ALPN or prior knowledge): a connection silent
+    /// for `interval` is pinged, idle or not, and one whose ping goes
+    /// unanswered for `timeout` is closed, so the pool opens a new one
+    /// instead of sending requests into a dead connection (defaults
+    /// [`HTTP2_KEEP_ALIVE_INTERVAL`] and [`HTTP2_KEEP_ALIVE_TIMEOUT`]).
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.http2_keep_alive = (interval, timeout);
         self
     }
 
@@ -277,8 +289,8 @@ impl HttpClientBuilder {
             // for the kernel.
             .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
-            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_interval(self.http2_keep_alive.0)
+            .http2_keep_alive_timeout(self.http2_keep_alive.1)
             .http2_keep_alive_while_idle(true)
             // When many clients go away at once, the gateway cancels their
             // upstream streams, and the upstream's DATA already on the wire
@@ -1006,6 +1018,111 @@ mod tests {
         let res = loopback::call(&p, "/v1/drip", true).await.unwrap();
         let e = loopback::read(res).await.unwrap_err();
         assert_eq!(e.phase(), Some(TimeoutPhase::Total));
+    }
+
+    /// A loopback TCP relay that can go silent: the connections open when
+    /// `freeze` is called stop carrying bytes either way (they stay open, as
+    /// behind a dead NAT entry); later ones pass.
+    struct FreezingRelay {
+        addr: std::net::SocketAddr,
+        connections: Arc<std::sync::atomic::AtomicUsize>,
+        open: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    }
+
+    impl FreezingRelay {
+        async fn start(target: std::net::SocketAddr) -> FreezingRelay {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let open = Arc::new(std::sync::Mutex::new(Vec::<Arc<AtomicBool>>::new()));
+            let (n, o) = (connections.clone(), open.clone());
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    o.lock().unwrap().push(frozen.clone());
+                    let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let f = frozen.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 16 << 10];
+                        while let Ok(k @ 1..) = ri.read(&mut buf).await {
+                            if !f.load(Ordering::SeqCst) && wo.write_all(&buf[..k]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 16 << 10];
+                        while let Ok(k @ 1..) = ro.read(&mut buf).await {
+                            if !frozen.load(Ordering::SeqCst)
+                                && wi.write_all(&buf[..k]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            FreezingRelay {
+                addr,
+                connections,
+                open,
+            }
+        }
+
+        fn freeze(&self) {
+            for f in self.open.lock().unwrap().iter() {
+                f.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// HTTP/2 keep-alive: a pooled h2c connection that goes silent is pinged,
+    /// declared dead and replaced, so the next request is served on a new
+    /// connection; without it (an hour between pings) the next request is
+    /// sent into the silent connection and gets no answer.
+    #[tokio::test]
+    async fn a_silent_h2c_connection_is_pinged_dead_and_replaced() {
+        let (upstream, _) = loopback::upstream(true).await;
+        for (interval, replaced) in [
+            (Duration::from_millis(100), true),
+            (Duration::from_secs(3600), false),
+        ] {
+            let relay = FreezingRelay::start(upstream).await;
+            let client = HttpClient::builder()
+                .http2_prior_knowledge(true)
+                .http2_keep_alive(interval, Duration::from_millis(200))
+                .build()
+                .unwrap();
+            let p = loopback::provider(relay.addr, client, Timeouts::default());
+            let res = loopback::call(&p, "/v1/json", false).await.unwrap();
+            loopback::read(res).await.unwrap();
+            assert_eq!(relay.connections(), 1);
+            relay.freeze();
+            // Two pings' worth of silence and then some.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let wait = Duration::from_secs(if replaced { 5 } else { 1 });
+            let next = tokio::time::timeout(wait, loopback::call(&p, "/v1/json", false)).await;
+            if replaced {
+                let res = next.expect("served on a new connection").unwrap();
+                assert_eq!(
+                    &loopback::read(res).await.unwrap()[..],
+                    br#"{"id":"x","ok":true}"#
+                );
+                assert_eq!(relay.connections(), 2, "the dead connection was replaced");
+            } else {
+                assert!(next.is_err(), "sent into the silent connection: no answer");
+                assert_eq!(relay.connections(), 1);
+            }
+        }
     }
 
     #[tokio::test]
