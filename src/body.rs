@@ -90,11 +90,14 @@ impl Chunks {
     /// connection (`GOAWAY ENHANCE_YOUR_CALM`, `too_many_data_frames`) when a
     /// burst of requests, each split in three small frames around the `model`
     /// value, exhausts it. Larger bodies keep their shared slices.
-    pub fn new(parts: Vec<Bytes>) -> Self {
-        let mut parts: Vec<Bytes> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+    pub fn new(mut parts: Vec<Bytes>) -> Self {
+        parts.retain(|p| !p.is_empty());
         let remaining: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if parts.len() > 1 && remaining < Self::COALESCE_BELOW as u64 {
-            parts = vec![Bytes::from(parts.concat())];
+            // One copy into one buffer; the parts' vector is reused.
+            let one = Bytes::from(parts.concat());
+            parts.clear();
+            parts.push(one);
         }
         Chunks {
             parts,

@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Response};
 use http_body::{Body as HttpBody, Frame};
@@ -866,25 +866,11 @@ async fn set_model(body: Body, literal: &Bytes, group: &str) -> Body {
     // Read only up to the top-level `model` (the provider validated the
     // answer; whatever follows is forwarded as it came).
     match scan::top_level_model(&bytes) {
-        Some(m) if m.value != group => {
-            let (head, tail) = (&bytes[..m.span.start], &bytes[m.span.end..]);
-            let len = head.len() + literal.len() + tail.len();
-            if len < Chunks::COALESCE_BELOW {
-                // `Chunks` would copy so small an answer into one part: one
-                // buffer at once, without the parts' vectors.
-                let mut out = BytesMut::with_capacity(len);
-                out.extend_from_slice(head);
-                out.extend_from_slice(literal);
-                out.extend_from_slice(tail);
-                Body::full(out.freeze())
-            } else {
-                Body::new(Chunks::new(vec![
-                    bytes.slice(..m.span.start),
-                    literal.clone(),
-                    bytes.slice(m.span.end..),
-                ]))
-            }
-        }
+        Some(m) if m.value != group => Body::new(Chunks::new(vec![
+            bytes.slice(..m.span.start),
+            literal.clone(),
+            bytes.slice(m.span.end..),
+        ])),
         _ => Body::full(bytes),
     }
 }
