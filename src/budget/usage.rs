@@ -110,12 +110,13 @@ impl Event {
             let Some(rest) = json_ws(&json[end..]).strip_prefix(b":") else {
                 return Some(()); // a string value, not a key
             };
-            let Some(string) = json_ws(rest).strip_prefix(b"\"") else {
+            let value = json_ws(rest);
+            if !value.starts_with(b"\"") {
                 return Some(()); // `null`, an array, …: no text
-            };
-            let (len, backslashes) = decoded_len(string)?;
+            }
+            let (raw, len) = crate::read_request::scan::string_len(value)?;
             text += len;
-            escapes += backslashes;
+            escapes += memchr::memchr_iter(b'\\', &value[..raw]).count();
             Some(())
         };
         for at in CONTENT.find_iter(json) {
@@ -138,58 +139,6 @@ fn json_ws(b: &[u8]) -> &[u8] {
         .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
         .unwrap_or(b.len());
     &b[n..]
-}
-
-/// The decoded length in bytes of the JSON string whose contents start
-/// `s` (after its opening quote), and how many backslashes it holds; `None`
-/// if it is not a well-formed string (unterminated, a control byte, a bad
-/// escape, a lone surrogate), as `serde_json` would refuse it.
-fn decoded_len(s: &[u8]) -> Option<(u64, usize)> {
-    use crate::read_request::scan::hex4;
-    let (mut i, mut len, mut backslashes) = (0, 0u64, 0);
-    loop {
-        let k = memchr::memchr2(b'"', b'\\', &s[i..])?;
-        if s[i..i + k].iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        len += k as u64;
-        i += k;
-        if s[i] == b'"' {
-            return Some((len, backslashes));
-        }
-        backslashes += 1;
-        match *s.get(i + 1)? {
-            b'\\' => {
-                backslashes += 1;
-                (len, i) = (len + 1, i + 2);
-            }
-            b'"' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => (len, i) = (len + 1, i + 2),
-            b'u' => {
-                let unit = hex4(s.get(i + 2..)?)?;
-                i += 6;
-                len += match unit {
-                    0xD800..=0xDBFF => {
-                        // A high surrogate must be followed by a low one: 4 bytes together.
-                        let low = s
-                            .get(i..i + 2)
-                            .filter(|u| *u == b"\\u")
-                            .and_then(|_| hex4(s.get(i + 2..)?))?;
-                        if !(0xDC00..=0xDFFF).contains(&low) {
-                            return None;
-                        }
-                        backslashes += 1;
-                        i += 6;
-                        4
-                    }
-                    0xDC00..=0xDFFF => return None,
-                    0..=0x7F => 1,
-                    0x80..=0x7FF => 2,
-                    _ => 3,
-                };
-            }
-            _ => return None,
-        }
-    }
 }
 
 // Reading what providers send without failing on what they add or get

@@ -238,6 +238,31 @@ pub fn top_level_model(body: &[u8]) -> Option<StrField> {
     None
 }
 
+/// The JSON string that starts `b` (at its opening quote): how many bytes
+/// it spans, quotes included, and its decoded length in bytes. `None` when
+/// the scan would refuse it (unterminated, a control byte, a bad escape, a
+/// lone surrogate, invalid UTF-8). Decodes (into a scratch buffer) only a
+/// string that has escapes.
+pub(crate) fn string_len(b: &[u8]) -> Option<(usize, u64)> {
+    let mut s = Scanner {
+        b,
+        pos: 0,
+        key_buf: Vec::new(),
+        deferred: None,
+    };
+    if s.peek() != Some(b'"') {
+        return None;
+    }
+    let escaped = s.skip_string().ok()?;
+    let (from, to) = (1, s.pos - 1);
+    if !escaped {
+        return Some((s.pos, (to - from) as u64));
+    }
+    let mut out = Vec::with_capacity(to - from);
+    s.decode_into(from, to, true, &mut out).ok()?;
+    Some((s.pos, out.len() as u64))
+}
+
 /// Internal result: boxed so that `Ok` paths stay small and cheap.
 type Res<T> = Result<T, Box<ScanError>>;
 
@@ -463,7 +488,7 @@ fn describe(c: u8) -> &'static str {
 
 /// Value of four hex digits.
 #[inline]
-pub(crate) fn hex4(digits: &[u8]) -> Option<u32> {
+fn hex4(digits: &[u8]) -> Option<u32> {
     let mut v = 0u32;
     for &c in digits.get(..4)? {
         let d = match c {
@@ -1263,6 +1288,25 @@ mod tests {
 
     fn field_type(field: &'static str, expected: &'static str) -> ErrorKind {
         ErrorKind::FieldType { field, expected }
+    }
+
+    #[test]
+    fn string_len_spans_and_decodes() {
+        assert_eq!(string_len(br#""abc",1"#), Some((5, 3)));
+        // `a"bé😀`: 1 + 1 + 1 + 2 + 4 decoded bytes.
+        let s = br#""a\"b\u00e9\ud83d\ude00"}"#;
+        assert_eq!(string_len(s), Some((s.len() - 1, 9)));
+        assert_eq!(string_len("\"é\"".as_bytes()), Some((4, 2)));
+        for bad in [
+            &br#""\ud83d""#[..],
+            br#""\x""#,
+            b"\"a\x01\"",
+            br#""open"#,
+            b"\"\xff\"",
+            b"x",
+        ] {
+            assert_eq!(string_len(bad), None, "{bad:?}");
+        }
     }
 
     proptest! {
