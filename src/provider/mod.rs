@@ -1032,7 +1032,6 @@ mod tests {
     impl FreezingRelay {
         async fn start(target: std::net::SocketAddr) -> FreezingRelay {
             use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let connections = Arc::new(AtomicUsize::new(0));
@@ -1044,33 +1043,32 @@ mod tests {
                     let frozen = Arc::new(AtomicBool::new(false));
                     o.lock().unwrap().push(frozen.clone());
                     let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
-                    let f = frozen.clone();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0; 16 << 10];
-                        while let Ok(k @ 1..) = ri.read(&mut buf).await {
-                            if !f.load(Ordering::SeqCst) && wo.write_all(&buf[..k]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    tokio::spawn(async move {
-                        let mut buf = vec![0; 16 << 10];
-                        while let Ok(k @ 1..) = ro.read(&mut buf).await {
-                            if !frozen.load(Ordering::SeqCst)
-                                && wi.write_all(&buf[..k]).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    });
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::spawn(Self::carry(ri, wo, frozen.clone()));
+                    tokio::spawn(Self::carry(ro, wi, frozen));
                 }
             });
             FreezingRelay {
                 addr,
                 connections,
                 open,
+            }
+        }
+
+        /// Copies `from` to `to` until either ends, dropping the bytes once frozen.
+        async fn carry(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            frozen: Arc<std::sync::atomic::AtomicBool>,
+        ) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0; 16 << 10];
+            while let Ok(k @ 1..) = from.read(&mut buf).await {
+                let silent = frozen.load(std::sync::atomic::Ordering::SeqCst);
+                if !silent && to.write_all(&buf[..k]).await.is_err() {
+                    return;
+                }
             }
         }
 
