@@ -619,12 +619,7 @@ fn main() {
     let _guard = rt.enter();
     // The gateway's subscriber (`info` unless RUST_LOG says otherwise), its
     // output discarded: disabled spans and events cost what they cost there.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::sink)
-        .init();
+    gateway::log_subscriber().with_writer(std::io::sink).init();
     let config = Config::from_toml("bench.toml", CONFIG).unwrap();
     let keyring = rt.block_on(config.keyring()).unwrap();
     let auth = HeaderValue::from_str(&format!("Bearer {BENCH_KEY}")).unwrap();

@@ -568,10 +568,19 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-pub fn init_tracing() {
+/// The gateway's log subscriber: `info` unless `RUST_LOG` says otherwise.
+pub fn log_subscriber() -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    tracing_subscriber::EnvFilter,
+> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    tracing_subscriber::fmt().with_env_filter(filter)
+}
+
+pub fn init_tracing() {
+    let _ = log_subscriber().try_init();
 }
 
 /// mimalloc rather than the system allocator: at saturation the gateway
