@@ -743,3 +743,70 @@ async fn h2c_to_a_plain_http_upstream_keeps_answers_and_stream_cuts_intact() {
     assert_eq!(ans.status, 200, "{}", ans.body);
     assert_eq!(mock.log.last().unwrap().version, http::Version::HTTP_11);
 }
+
+/// Issue 13 item 3: a stack mounted under a prefix forwards to the
+/// endpoint's upstream path (`{base}/chat/completions`), never to the mount
+/// path — with the endpoint read from the path's last segments, or named on
+/// `ReadRequestLayer` for a mount path that names none.
+#[tokio::test]
+async fn a_stack_mounted_under_a_prefix_forwards_the_endpoints_path() {
+    use tollgate::normalize::NormalizeErrorsLayer;
+    use tollgate::provider::{HttpClient, Provider};
+    use tollgate::read_request::{Endpoint, ReadRequestLayer};
+    use tower::ServiceBuilder;
+
+    let mock = mock().await;
+    let provider = Provider::builder("mock", &mock.base_url())
+        .unwrap()
+        .client(HttpClient::builder().build().unwrap())
+        .build();
+    let stack = |endpoint: Option<Endpoint>| {
+        let read = ReadRequestLayer::new(1 << 20);
+        ServiceBuilder::new()
+            .layer(NormalizeErrorsLayer::new())
+            .layer(match endpoint {
+                Some(e) => read.endpoint(e),
+                None => read,
+            })
+            .service(provider.clone())
+    };
+    let app = axum::Router::new()
+        .route_service("/ai/v1/chat/completions", stack(None))
+        .route_service("/ai/v1/embeddings", stack(None))
+        .route_service("/team-a/ask", stack(Some(Endpoint::ChatCompletions)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    spawn_server(listener, app).await;
+
+    // The official-style client, pointed at the prefixed base.
+    let client = client(format!("http://{addr}/ai/v1"));
+    let res = client
+        .chat()
+        .create(chat_request("mock-small"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.choices[0].message.content.as_deref(),
+        Some(expected_content(16).as_str())
+    );
+    assert_eq!(mock.log.last().unwrap().path, "/v1/chat/completions");
+    let emb = client
+        .embeddings()
+        .create(
+            CreateEmbeddingRequestArgs::default()
+                .model("mock-small")
+                .input("hello")
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(!emb.data.is_empty());
+    assert_eq!(mock.log.last().unwrap().path, "/v1/embeddings");
+
+    // A mount path that names no endpoint: the layer names it.
+    let ans = post(&format!("http://{addr}/team-a/ask"), chat("mock-small", "")).await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    assert_eq!(mock.log.last().unwrap().path, "/v1/chat/completions");
+    assert_eq!(mock.log.len(), 3, "one upstream request each, no retries");
+}

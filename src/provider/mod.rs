@@ -1,8 +1,10 @@
 //! The provider `Service`: an OpenAI-compatible upstream.
 //!
 //! [`Provider`] takes `Request<`[`Parsed`]`>` and forwards it to
-//! `base_url` + the request's path after `/v1` (so `/v1/chat/completions`,
-//! `/v1/completions`, `/v1/embeddings` and `/v1/responses` all work) over a
+//! `base_url` + the path of the request's endpoint
+//! ([`Endpoint::upstream_path`](crate::read_request::Endpoint::upstream_path):
+//! `/chat/completions`, `/completions`, `/embeddings`, `/responses`), wherever
+//! the stack is mounted (`/ai/v1/chat/completions` included), over a
 //! pooled [`HttpClient`] (hyper-util; HTTP/1.1, and HTTP/2 by ALPN over
 //! rustls TLS; optionally HTTP/2 with prior knowledge, h2c, to plain
 //! `http://` upstreams: see [`HttpClientBuilder::http2_prior_knowledge`]).
@@ -541,11 +543,20 @@ impl Inner {
         req: Request<Parsed<I>>,
     ) -> Result<(Request<Chunks>, Parsed<I>), Error> {
         let (parts, parsed) = req.into_parts();
+        // The route's endpoint decides the upstream path, not where the
+        // stack is mounted (`/ai/v1/chat/completions` is still
+        // `{base}/chat/completions`); other paths go under the base as
+        // they are after `/v1`.
         let path = parts.uri.path();
-        let rest = path
-            .strip_prefix("/v1")
-            .filter(|r| r.is_empty() || r.starts_with('/'))
-            .unwrap_or(path);
+        let rest = parsed
+            .summary()
+            .endpoint
+            .upstream_path()
+            .unwrap_or_else(|| {
+                path.strip_prefix("/v1")
+                    .filter(|r| r.is_empty() || r.starts_with('/'))
+                    .unwrap_or(path)
+            });
         let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
         pq.push_str(&self.base_path);
         pq.push_str(rest);
@@ -1201,6 +1212,19 @@ mod tests {
         let req = Request::post("/v1/embeddings?x=1").body(parsed).unwrap();
         let (out, _) = p.inner.upstream_request(req).unwrap();
         assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/embeddings?x=1");
+        // Mounted under a prefix: the endpoint decides the upstream path.
+        let body = || Bytes::from_static(br#"{"model":"m"}"#);
+        let mounted = Parsed::parse("/ai/v1/chat/completions", body()).unwrap();
+        let req = Request::post("/ai/v1/chat/completions")
+            .body(mounted)
+            .unwrap();
+        let (out, _) = p.inner.upstream_request(req).unwrap();
+        assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/chat/completions");
+        // A mount path that names no endpoint, with the endpoint given.
+        let chat = Parsed::parse_for(crate::read_request::Endpoint::Responses, body()).unwrap();
+        let req = Request::post("/team-a/ask").body(chat).unwrap();
+        let (out, _) = p.inner.upstream_request(req).unwrap();
+        assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/responses");
         assert!(out.headers().get(AUTHORIZATION).is_none());
     }
 }

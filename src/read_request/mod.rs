@@ -70,12 +70,28 @@ use crate::error::{Error, Reason};
 #[derive(Clone, Copy, Debug)]
 pub struct ReadRequestLayer {
     limit: usize,
+    endpoint: Option<Endpoint>,
 }
 
 impl ReadRequestLayer {
     /// Bodies larger than `limit` bytes are refused with 413.
     pub fn new(limit: usize) -> Self {
-        ReadRequestLayer { limit }
+        ReadRequestLayer {
+            limit,
+            endpoint: None,
+        }
+    }
+
+    /// Every request through this layer is for `endpoint`, whatever its
+    /// path. Without it, the endpoint is read from the path's last segments
+    /// ([`Endpoint::from_path`]), so a stack mounted at
+    /// `/ai/v1/chat/completions` is still Chat Completions; name it here when
+    /// the mount path does not end like the API's own (e.g. `/chat`). The
+    /// provider forwards to the endpoint's upstream path
+    /// ([`Endpoint::upstream_path`]), never to the mount path.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
     }
 }
 
@@ -86,6 +102,7 @@ impl<S> Layer<S> for ReadRequestLayer {
         ReadRequest {
             inner,
             limit: self.limit,
+            endpoint: self.endpoint,
         }
     }
 }
@@ -95,6 +112,7 @@ impl<S> Layer<S> for ReadRequestLayer {
 pub struct ReadRequest<S> {
     inner: S,
     limit: usize,
+    endpoint: Option<Endpoint>,
 }
 
 /// Which API a request is for, from its path.
@@ -127,6 +145,20 @@ impl Endpoint {
             Endpoint::Responses
         } else {
             Endpoint::Other
+        }
+    }
+
+    /// The path an upstream serves this endpoint at, relative to its base
+    /// URL (which ends with the API version, e.g. `https://api.openai.com/v1`):
+    /// `/chat/completions`, … `None` for [`Endpoint::Other`], which the
+    /// provider forwards under the request's own path after `/v1`.
+    pub fn upstream_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions => Some("/chat/completions"),
+            Endpoint::Completions => Some("/completions"),
+            Endpoint::Embeddings => Some("/embeddings"),
+            Endpoint::Responses => Some("/responses"),
+            Endpoint::Other => None,
         }
     }
 
@@ -229,6 +261,11 @@ impl Parsed<()> {
     /// Parses `bytes` for `path` (the same checks as the layer, less the
     /// transport ones). Useful to build requests in tests and benches.
     pub fn parse(path: &str, bytes: Bytes) -> Result<Self, Error> {
+        Self::parse_for(Endpoint::from_path(path), bytes)
+    }
+
+    /// Parses `bytes` as a request for `endpoint`.
+    pub fn parse_for(endpoint: Endpoint, bytes: Bytes) -> Result<Self, Error> {
         let fields = scan::scan(&bytes).map_err(scan_error)?;
         let model = match fields.model {
             Some(m) if !m.value.trim().is_empty() => m,
@@ -259,7 +296,7 @@ impl Parsed<()> {
                 .and_then(|o| o.include_usage.as_ref().map(|(b, _)| *b)),
             models: fields.models.unwrap_or_default(),
             prompt_bytes: fields.prompt_bytes,
-            endpoint: Endpoint::from_path(path),
+            endpoint,
             model_span: model.span,
             stream_options: fields.stream_options,
             stream_options_null: fields.stream_options_null,
@@ -459,6 +496,7 @@ where
         ResponseFuture {
             state,
             limit: self.limit,
+            endpoint: self.endpoint,
         }
     }
 }
@@ -511,6 +549,7 @@ where
     #[pin]
     state: State<S, B>,
     limit: usize,
+    endpoint: Option<Endpoint>,
 }
 
 // The states live inline in the one future of a request: boxing the large
@@ -600,7 +639,10 @@ where
                                 let parts = parts.take().expect("polled after completion");
                                 let mut inner = inner.take().expect("polled after completion");
                                 let identity = identity.take().expect("polled after completion");
-                                break Parsed::parse(parts.uri.path(), bytes).map(|parsed| {
+                                let endpoint = this
+                                    .endpoint
+                                    .unwrap_or_else(|| Endpoint::from_path(parts.uri.path()));
+                                break Parsed::parse_for(endpoint, bytes).map(|parsed| {
                                     // The request span (if the caller opened one
                                     // with a `model` field) names the model.
                                     tracing::Span::current()
@@ -775,6 +817,34 @@ mod tests {
         });
         let res = svc.oneshot(req).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "key-7");
+    }
+
+    #[tokio::test]
+    async fn endpoint_from_the_path_or_the_layer() {
+        let body = r#"{"model":"m"}"#;
+        let at = |path: &str| {
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::full(body))
+                .unwrap()
+        };
+        let endpoint = |p: Parsed| p.summary().endpoint;
+        // From the path's last segments, whatever the mount prefix.
+        assert_eq!(
+            endpoint(call(at("/ai/v1/chat/completions")).await.unwrap()),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(endpoint(call(at("/chat")).await.unwrap()), Endpoint::Other);
+        // Named on the layer: every path is that endpoint.
+        let svc = ReadRequestLayer::new(1024)
+            .endpoint(Endpoint::Embeddings)
+            .layer(service_fn(|req: Request<Parsed>| async move {
+                Ok::<_, Error>(req.into_body())
+            }));
+        let parsed = svc.oneshot(at("/chat")).await.unwrap();
+        assert_eq!(parsed.summary().endpoint, Endpoint::Embeddings);
+        assert_eq!(Endpoint::Embeddings.upstream_path(), Some("/embeddings"));
+        assert_eq!(Endpoint::Other.upstream_path(), None);
     }
 
     #[tokio::test]
