@@ -303,14 +303,12 @@ impl Env {
     fn budget(&self) -> tollgate::budget::BudgetLayer<gateway::KeyBudgets, gateway::Store> {
         gateway::budget(
             &self.config,
-            store(self.config.ledger().unwrap()),
+            store(self.config.ledger()),
             Some(self.writer.clone()),
         )
     }
 
-    fn rate_limit(
-        &self,
-    ) -> Option<tollgate::rate_limit::RateLimitLayer<gateway::KeyLimits, Arc<str>>> {
+    fn rate_limit(&self) -> tollgate::rate_limit::RateLimitLayer<gateway::KeyLimits, Arc<str>> {
         #[cfg(feature = "redis")]
         return gateway::rate_limit(&self.config, None);
         #[cfg(not(feature = "redis"))]
@@ -336,12 +334,12 @@ macro_rules! full_stack {
         env.with_recorder(|| {
             let fair_queue = gateway::fair_queue(&env.config);
             let rate_limit = env.rate_limit();
-            assert!(fair_queue.is_some() && rate_limit.is_some());
+            assert!(fair_queue.is_some());
             inference_stack!(
                 VirtualKeysLayer::new(env.keyring.clone()),
                 env.config.server.max_body_bytes,
                 rate_limit,
-                Some(env.budget()),
+                env.budget(),
                 fair_queue,
                 env.config.fallback_layer().unwrap(),
                 env.router::<Key>()
@@ -454,7 +452,7 @@ fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, env: &Env)
     layer!("model_access", identified, |v| read()
         .layer(ModelAccessLayer::new().layer(instant::<Key>())));
     layer!("rate_limit", identified, |v| read()
-        .layer(env.rate_limit().unwrap().layer(instant::<Key>())));
+        .layer(env.rate_limit().layer(instant::<Key>())));
     layer!("budget", identified, |v| read()
         .layer(env.budget().layer(instant::<Key>())));
     layer!("fair_queue", identified, |v| read().layer(

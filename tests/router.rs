@@ -412,7 +412,15 @@ async fn a_stream_cut_after_the_third_chunk_ends_with_an_error_event_and_no_fall
         messages.iter().all(|m| m["role"] != "assistant"),
         "no prefill: {sent}"
     );
-    assert_eq!(String::from_utf8_lossy(&seen[0].body), body);
+    // The client's bytes, with only what metering needs added (the
+    // gateway's `Budget` asks for the usage chunk, and hides it from a
+    // client that did not ask).
+    let metered = body.replacen(
+        r#""stream":true"#,
+        r#""stream":true,"stream_options":{"include_usage":true}"#,
+        1,
+    );
+    assert_eq!(String::from_utf8_lossy(&seen[0].body), metered);
 }
 
 /// Known failure #8: a fallback naming an unknown group is a start-up error.

@@ -49,6 +49,34 @@
 //! let admin: axum::Router = tollgate::admin::router(keyring, "master-key-from-the-environment");
 //! # let _ = admin; }
 //! ```
+//!
+//! ## A limit the API accepts is a limit the gateway enforces
+//!
+//! The admin API stores limits; the inference stack enforces them. When the
+//! stack it fronts lacks the layer a field needs (no `FairQueue` for
+//! `weight`, no `RateLimit` for `rpm_limit`, …), declare it with
+//! [`Unenforced`] and [`router_with_policy`]: setting such a field is then a
+//! 400 whose message says what would enable it, instead of a limit stored,
+//! shown by `/key/info`, and silently skipped.
+//!
+//! ```
+//! use tollgate::admin::{Holder, Unenforced};
+//! use tollgate::keys::{Keyring, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let keyring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
+//! // This app stacks no `FairQueue`: weights would be ignored.
+//! let unenforced = Unenforced::new()
+//!     .field(Holder::Key, "weight", "this gateway has no fair queue")
+//!     .field(Holder::Team, "weight", "this gateway has no fair queue");
+//! let admin = tollgate::admin::router_with_policy(
+//!     keyring,
+//!     "master-key-from-the-environment",
+//!     Default::default(),
+//!     unenforced,
+//! );
+//! # let _ = admin; }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +105,73 @@ struct Admin {
     master: Arc<[u8; 32]>,
     #[cfg(feature = "budget")]
     spend: SpendView,
+    unenforced: Arc<Unenforced>,
+}
+
+/// Who holds a limit field: a key, a key that belongs to a team, a team.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// Any key.
+    Key,
+    /// A key that belongs to a team (e.g. a fair queue whose tenants are
+    /// teams ignores such a key's own `weight`).
+    KeyInTeam,
+    /// A team.
+    Team,
+}
+
+/// The limit fields the stack behind this admin API does not enforce: the
+/// admin API refuses to set them (400 naming the field and what would
+/// enable it), so no limit is stored and then silently skipped. A field set
+/// to `null`, or to its neutral default (`weight` 1), is still accepted.
+#[derive(Clone, Debug, Default)]
+pub struct Unenforced {
+    rules: Vec<(Holder, &'static str, String)>,
+}
+
+impl Unenforced {
+    /// Every field is enforced.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `field` of `holder` is not enforced; `why` says what would enable it
+    /// (e.g. "configure `[fair_queue]`").
+    pub fn field(mut self, holder: Holder, field: &'static str, why: impl Into<String>) -> Self {
+        self.rules.push((holder, field, why.into()));
+        self
+    }
+
+    /// Whether nothing is declared unenforced.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Refuses the first field of `holder` that `value_of` gives a value
+    /// other than `null` or the field's neutral default.
+    fn check(&self, holder: Holder, value_of: impl Fn(&str) -> Option<Value>) -> Result<(), Error> {
+        for (h, field, why) in &self.rules {
+            if *h != holder {
+                continue;
+            }
+            match value_of(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if *field == "weight" && v.as_u64() == Some(1) => {}
+                Some(_) => {
+                    let whose = match holder {
+                        Holder::Key => "a key",
+                        Holder::KeyInTeam => "a key in a team",
+                        Holder::Team => "a team",
+                    };
+                    return Err(bad(
+                        field,
+                        format!("this gateway does not enforce it on {whose}: {why}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the admin API reads spend from (feature `budget`): the ledger for
@@ -107,6 +202,7 @@ pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
         master: Arc::new(digest(master_key)),
         #[cfg(feature = "budget")]
         spend: SpendView::default(),
+        unenforced: Arc::default(),
     })
 }
 
@@ -114,10 +210,23 @@ pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
 /// budgets' current spend in `GET /key/info` from `spend.ledger`.
 #[cfg(feature = "budget")]
 pub fn router_with_spend(keyring: Keyring, master_key: &str, spend: SpendView) -> axum::Router {
+    router_with_policy(keyring, master_key, spend, Unenforced::new())
+}
+
+/// [`router_with_spend`] that refuses to set the limit fields the stack
+/// does not enforce (see [`Unenforced`]).
+#[cfg(feature = "budget")]
+pub fn router_with_policy(
+    keyring: Keyring,
+    master_key: &str,
+    spend: SpendView,
+    unenforced: Unenforced,
+) -> axum::Router {
     routes(Admin {
         keyring,
         master: Arc::new(digest(master_key)),
         spend,
+        unenforced: Arc::new(unenforced),
     })
 }
 
@@ -161,6 +270,12 @@ fn ok(v: Value) -> Answer {
 }
 
 impl Admin {
+    /// Refuses the fields of `f` that the stack does not enforce on `holder`.
+    fn refuse_unenforced(&self, holder: Holder, f: &Fields) -> Result<(), Error> {
+        self.unenforced
+            .check(holder, |field| f.0.get(field).cloned())
+    }
+
     fn check(&self, headers: &HeaderMap) -> Result<(), Error> {
         let presented = presented_key(headers).map_err(|e| {
             Error::new(
@@ -449,6 +564,11 @@ async fn key_generate(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -
         &body,
         &fields(&["key_alias", "team_id", "user_id", "duration"]),
     )?;
+    let in_team = matches!(f.0.get("team_id"), Some(Value::String(_)));
+    a.refuse_unenforced(Holder::Key, &f)?;
+    if in_team {
+        a.refuse_unenforced(Holder::KeyInTeam, &f)?;
+    }
     let new = NewKey {
         alias: set(f.string("key_alias")?),
         team_id: set(f.string("team_id")?),
@@ -473,6 +593,19 @@ async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> 
     )?;
     let ident = f.required("key")?;
     let l = f.limits()?;
+    a.refuse_unenforced(Holder::Key, &f)?;
+    if !a.unenforced.is_empty() {
+        // A key in a team after this update: the fields it sets, or keeps.
+        let (record, _) = a.keyring.key_info(&ident)?;
+        let current = key_json(&record, Source::Store);
+        let after = |field: &str| match f.0.get(field) {
+            Some(v) => Some(v.clone()),
+            None => current.get(field).cloned(),
+        };
+        if !after("team_id").unwrap_or(Value::Null).is_null() {
+            a.unenforced.check(Holder::KeyInTeam, after)?;
+        }
+    }
     let update = KeyUpdate {
         alias: f.string("key_alias")?,
         team_id: f.string("team_id")?,
@@ -601,6 +734,7 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
 async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
     a.check(&headers)?;
     let f = Fields::parse(&body, &fields(&["team_id", "team_alias"]))?;
+    a.refuse_unenforced(Holder::Team, &f)?;
     let new = NewTeam {
         id: set(f.string("team_id")?),
         alias: set(f.string("team_alias")?),
@@ -618,6 +752,7 @@ async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) ->
     let f = Fields::parse(&body, &fields(&["team_id", "team_alias"]))?;
     let id = f.required("team_id")?;
     let l = f.limits()?;
+    a.refuse_unenforced(Holder::Team, &f)?;
     let update = TeamUpdate {
         alias: f.string("team_alias")?,
         grants: f.grants()?,

@@ -217,7 +217,7 @@ async fn start(
         ));
     }
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let ledger = ledger.or_else(|| config.ledger());
+    let ledger = ledger.unwrap_or_else(|| config.ledger());
     let built = gateway::build(&config, clock, ledger)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
