@@ -147,6 +147,7 @@ fn layer(c: &mut Criterion) {
                 input_per_mtok: 2_500_000,
                 output_per_mtok: 10_000_000,
                 cached_input_per_mtok: None,
+                cache_write_per_mtok: None,
             },
             max_output_tokens: 4096,
         },

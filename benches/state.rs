@@ -119,6 +119,7 @@ fn budget_layer<L: BudgetStore>(store: L) -> BudgetLayer<Budgets, L> {
                 input_per_mtok: 1_000_000,
                 output_per_mtok: 1_000_000,
                 cached_input_per_mtok: None,
+                cache_write_per_mtok: None,
             },
             max_output_tokens: 100,
         },

@@ -9,10 +9,13 @@
 //! and serves:
 //!
 //! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//!   `/v1/responses` through `Overhead` → `NormalizeErrors` → `VirtualKeys` →
-//!   `ReadRequest` → `RequestMetrics` → `ModelAccess` → `RateLimit` (with `[rate_limits]`) →
+//!   `/v1/responses` (OpenAI) and `/v1/messages` (Anthropic) through `Overhead` → `NormalizeErrors` → `VirtualKeys` →
+//!   `ReadRequest` → `RequestMetrics` → `ModelAccess` → `RateLimit` → `Budget` →
 //!   `FairQueue` (with `[fair_queue]`) → `Fallback` → `Router` (retries,
 //!   cooldowns) → provider;
+//! - `POST /v1/messages/count_tokens` through `NormalizeErrors` →
+//!   `VirtualKeys` → `ReadRequest` → `ModelAccess` → `Fallback` → `Router`:
+//!   free, as upstream, so neither rate-limited nor charged;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
 //! - the admin API (`/key/*`, `/team/*`, `/spend/logs`) when `keys.master_key_env` is set;
@@ -28,7 +31,14 @@
 //! Every response carries `x-request-id` (the client's, or a new UUID) and,
 //! on inference routes, `x-tollgate-overhead-ms` (the gateway's own time).
 //!
-//! With `[budgets]`, every request that reaches `Budget` leaves a spend
+//! `RateLimit` and `Budget` are always in the stack, so a key's or team's
+//! own `rpm_limit`, `tpm_limit` and `max_budget` are enforced whatever
+//! sections the config has (`[rate_limits]` and `[budgets]` only add
+//! defaults and a global budget). A limit this stack cannot enforce (a
+//! fair-queuing `weight` without `[fair_queue]`) is refused where it is set:
+//! by the admin API with a 400 naming the section, at start for a static key.
+//!
+//! Every request that reaches `Budget` leaves a spend
 //! record (`[spend]`), written in the background into the key store's
 //! database (the same SQLite file); at start, the budgets' spend in the
 //! current periods is rebuilt from those records, so a restart forgets no
@@ -82,8 +92,8 @@ macro_rules! inference_stack {
                 router.model_names(),
             ))
             .layer(tollgate::access::ModelAccessLayer::new())
-            .option_layer($rate_limit)
-            .option_layer($budget)
+            .layer($rate_limit)
+            .layer($budget)
             .option_layer($fair_queue)
             .layer($fallback)
             .service(router)
@@ -113,11 +123,11 @@ pub type Store = Ledger;
 
 /// The gateway's routes, with budgets kept in `ledger` (the caller may keep
 /// a clone to read spend; with `[state].url` they are kept in Redis, in
-/// `ledger`'s time zone); `None`: no `Budget` layer.
+/// `ledger`'s time zone).
 pub async fn app_with_ledger(
     config: &Config,
     clock: Arc<dyn Clock>,
-    ledger: Option<Ledger>,
+    ledger: Ledger,
 ) -> Result<axum::Router, ConfigError> {
     Ok(build(config, clock, ledger).await?.router)
 }
@@ -131,17 +141,14 @@ pub struct Built {
     pub spend: Option<SpendWriter>,
 }
 
-/// Builds the gateway with budgets kept in `ledger` (`None`: no `Budget`
-/// layer). With spend records on, `ledger`'s spend is first rebuilt from them.
+/// Builds the gateway with budgets kept in `ledger`. With spend records
+/// on, `ledger`'s spend is first rebuilt from them.
 pub async fn build(
     config: &Config,
     clock: Arc<dyn Clock>,
-    ledger: Option<Ledger>,
+    ledger: Ledger,
 ) -> Result<Built, ConfigError> {
-    let spend = match &ledger {
-        Some(l) => config.spend(l).await?,
-        None => None,
-    };
+    let spend = config.spend(&ledger).await?;
     // Before any layer is built: hot-path metric handles bind to the
     // recorder installed when they are registered.
     let metrics = if config.server.metrics {
@@ -163,13 +170,13 @@ pub async fn build(
         let store: Option<Arc<dyn tollgate::router::CooldownStore>> =
             cooldowns.map(|c| Arc::new(c) as _);
         let router = config.router_with_cooldowns(clock, store)?;
-        let store = ledger.clone().map(|l| match &state {
+        let store = match &state {
             Some(s) => tollgate::budget::EitherStore::Right(
-                tollgate::state::RedisLedger::new(s.clone(), l.time_zone().clone())
+                tollgate::state::RedisLedger::new(s.clone(), ledger.time_zone().clone())
                     .hold(Duration::from_millis(config.state.reservation_ttl_ms)),
             ),
-            None => tollgate::budget::EitherStore::Left(l),
-        });
+            None => tollgate::budget::EitherStore::Left(ledger),
+        };
         let limiter = state.map(|s| {
             tollgate::state::RedisRateLimiter::new(s)
                 .on_unavailable(config.state.on_unavailable_rate_limit)
@@ -177,16 +184,11 @@ pub async fn build(
         (router, store, rate_limit(config, limiter))
     };
     #[cfg(not(feature = "redis"))]
-    let (router, store, rate_limit) = (
-        config.router_with_clock(clock)?,
-        ledger.clone(),
-        rate_limit(config),
-    );
+    let (router, store, rate_limit) =
+        (config.router_with_clock(clock)?, ledger, rate_limit(config));
     let writer = spend.as_ref().map(|(_, w)| w.clone());
     // `GET /key/info` reads budgets' spend where they live (here or Redis).
-    let usage = store
-        .clone()
-        .map(|s| Arc::new(s) as Arc<dyn tollgate::budget::UsageSource>);
+    let usage = Some(Arc::new(store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
     let auth = VirtualKeysLayer::new(keyring.clone());
@@ -194,11 +196,22 @@ pub async fn build(
         .layer(NormalizeErrorsLayer::new())
         .layer(auth.clone())
         .service(ModelList::new(router.model_names()));
+    // Anthropic's token counting is free and has its own limits upstream:
+    // keys and grants hold, budgets and rate limits do not charge it.
+    let count_tokens = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(auth.clone())
+        .layer(tollgate::read_request::ReadRequestLayer::new(
+            config.server.max_body_bytes,
+        ))
+        .layer(tollgate::access::ModelAccessLayer::new())
+        .layer(fallback.clone())
+        .service(router.clone());
     let inference = inference_stack!(
         auth,
         config.server.max_body_bytes,
         rate_limit,
-        store.map(|l| budget(config, l, writer.clone())),
+        budget(config, store, writer.clone()),
         fair_queue(config),
         fallback,
         router
@@ -207,7 +220,9 @@ pub async fn build(
         .route_service("/v1/chat/completions", inference.clone())
         .route_service("/v1/completions", inference.clone())
         .route_service("/v1/embeddings", inference.clone())
-        .route_service("/v1/responses", inference)
+        .route_service("/v1/responses", inference.clone())
+        .route_service("/v1/messages", inference)
+        .route_service("/v1/messages/count_tokens", count_tokens)
         .route_service("/v1/models", models)
         .route("/health", get(|| async { "ok" }));
     if let Some(master) = config.master_key() {
@@ -216,7 +231,12 @@ pub async fn build(
             store: spend.map(|(store, _)| store),
             global: config.global_budget(),
         };
-        app = app.merge(tollgate::admin::router_with_spend(keyring, &master, view));
+        app = app.merge(tollgate::admin::router_with_policy(
+            keyring,
+            &master,
+            view,
+            config.unenforced(),
+        ));
     }
     if let Some(handle) = metrics {
         app = app.route(
@@ -372,28 +392,30 @@ impl TenantOf<Key> for TenantOfKey {
     }
 }
 
-/// `RateLimit`, when `[rate_limits]` is configured (in Redis when `shared`).
+/// `RateLimit` (in Redis when `shared`): always built, so keys' and teams'
+/// own limits hold without `[rate_limits]`, whose defaults (none: unlimited)
+/// apply to the others.
 #[cfg(feature = "redis")]
 pub fn rate_limit(
     config: &Config,
     shared: Option<tollgate::state::RedisRateLimiter>,
-) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
-    let defaults = config.rate_limits.clone()?;
+) -> RateLimitLayer<KeyLimits, Arc<str>> {
+    let defaults = config.rate_limits.clone().unwrap_or_default();
     let max_output = defaults.default_max_output_tokens;
     let keys = KeyLimits(Arc::new(defaults));
     let layer = match shared {
         Some(limiter) => RateLimitLayer::shared(keys, limiter),
         None => RateLimitLayer::new(keys),
     };
-    Some(layer.default_max_output_tokens(max_output))
+    layer.default_max_output_tokens(max_output)
 }
 
-/// `RateLimit`, when `[rate_limits]` is configured.
+/// `RateLimit`: always built (see the `redis` variant).
 #[cfg(not(feature = "redis"))]
-pub fn rate_limit(config: &Config) -> Option<RateLimitLayer<KeyLimits, Arc<str>>> {
-    let defaults = config.rate_limits.clone()?;
+pub fn rate_limit(config: &Config) -> RateLimitLayer<KeyLimits, Arc<str>> {
+    let defaults = config.rate_limits.clone().unwrap_or_default();
     let max_output = defaults.default_max_output_tokens;
-    Some(RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output))
+    RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output)
 }
 
 /// `Budget`'s hook over the authenticated key: the key's own budget, its
@@ -445,8 +467,8 @@ pub fn budget(
         },
         config.prices(),
     )
-    // The config's providers ask for usage on streams when budgets are on.
-    .upstream_includes_usage(config.budgets.is_some());
+    // The config's providers always ask for usage on streams (`Config::router`).
+    .upstream_includes_usage(true);
     match spend {
         Some(writer) => layer.spend(writer),
         None => layer,
@@ -586,8 +608,7 @@ pub fn init_tracing() {
 /// mimalloc rather than the system allocator: at saturation the gateway
 /// spent ~11 % of its CPU in glibc's malloc/free; with mimalloc, ~18 % less
 /// CPU per request. Built without transparent huge pages (`no_thp`): with
-/// them, 10,000 held streams took 31.5 KiB each instead of 19.6 (README,
-/// Performance).
+/// them, 10,000 held streams took 31.5 KiB each instead of 19.6 (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -45,6 +45,7 @@
 //! | `POST /v1/embeddings` | `list` of 8-float embeddings (`"encoding_format": "base64"` honoured) |
 //! | `POST /v1/responses` | `response`, or SSE `response.created` / `response.output_text.delta` / `response.completed` (no `[DONE]`) |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
+//! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -127,6 +128,9 @@ use futures_util::stream::{self, Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use tokio::sync::watch;
+
+#[path = "mock/anthropic.rs"]
+mod anthropic;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -380,6 +384,18 @@ fn build_router(
         .route(
             "/v1/models/{model}",
             any(|State(st): State<AppState>, req: Request| handle(st, req, Endpoint::Model)),
+        )
+        .route(
+            "/v1/messages",
+            any(|st: State<AppState>, req: Request| {
+                anthropic::handle(st, req, anthropic::Route::Messages)
+            }),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            any(|st: State<AppState>, req: Request| {
+                anthropic::handle(st, req, anthropic::Route::CountTokens)
+            }),
         )
         .route("/health", get(health))
         .fallback(not_found)

@@ -4,7 +4,7 @@
 //! file, the field and the problem: a TOML syntax error, an unknown field, a
 //! wrong type, a group with no deployments, a base URL that is not one, an
 //! API-key variable that is not set, a fallback chain naming an unknown group
-//! or forming a cycle. See the README's config reference.
+//! or forming a cycle. See docs/configuration.md.
 //!
 //! ```
 //! let config = tollgate::config::Config::from_toml("demo.toml", r#"
@@ -56,7 +56,7 @@ use crate::budget::{
 use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
 use crate::keys::{BudgetPeriod, KeyStore, Keyring, Limits, MemoryStore, StaticKey, token};
-use crate::provider::{HttpClient, Provider, Timeouts};
+use crate::provider::{Api, HttpClient, Provider, Timeouts};
 use crate::rate_limit::{Limits as RateQuota, OnUnavailable};
 use crate::router::cooldown::MAX_THRESHOLD;
 use crate::router::{
@@ -317,7 +317,7 @@ pub struct Server {
     pub metrics: bool,
     /// Threads of the reference gateway's async runtime (default: one per
     /// core). 1 serves more requests per CPU second where the gateway shares
-    /// its cores with other busy processes (see README, Performance).
+    /// its cores with other busy processes (see docs/performance.md).
     pub worker_threads: Option<usize>,
 }
 
@@ -533,6 +533,9 @@ pub struct Group {
     /// USD per million cached input tokens, where the provider reports them
     /// (none: the input price).
     pub price_cached_in_per_mtok: Option<f64>,
+    /// USD per million input tokens written to the prompt cache, where the
+    /// provider reports them (Anthropic's cache writes; none: the input price).
+    pub price_cache_write_per_mtok: Option<f64>,
     /// The output cap a budget reserves when a request gives no `max_tokens`
     /// (none: `[budgets].default_max_output_tokens`).
     pub max_output_tokens: Option<u64>,
@@ -546,7 +549,12 @@ pub struct DeploymentConfig {
     pub provider: String,
     /// A name for this deployment (default `provider/model`).
     pub name: Option<String>,
-    /// The OpenAI-compatible base URL, e.g. `https://api.openai.com/v1`.
+    /// The API the upstream speaks: `"openai"` (the default: OpenAI and
+    /// every compatible server) or `"anthropic"` (Anthropic's Messages API).
+    #[serde(default)]
+    pub api: Option<String>,
+    /// The base URL, with the API version: e.g. `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`.
     pub base_url: String,
     /// The environment variable holding the upstream API key (none: no key sent).
     pub api_key_env: Option<String>,
@@ -566,11 +574,16 @@ pub struct DeploymentConfig {
     pub price_out_per_mtok: Option<f64>,
     /// This deployment's price per million cached input tokens, in USD.
     pub price_cached_in_per_mtok: Option<f64>,
+    /// This deployment's price per million cache-write input tokens, in USD.
+    pub price_cache_write_per_mtok: Option<f64>,
 }
 
 fn one() -> u32 {
     1
 }
+
+/// Why a fair-queuing weight is refused without `[fair_queue]`.
+const NO_FAIR_QUEUE: &str = "a fair-queuing weight needs `[fair_queue]`: without it requests are not queued, so the weight would be ignored";
 
 /// A key's or team's budget period as the ledger's.
 pub fn period_of(p: BudgetPeriod) -> Period {
@@ -796,6 +809,10 @@ impl Config {
             usd(at("price_in_per_mtok"), g.price_in_per_mtok)?;
             usd(at("price_out_per_mtok"), g.price_out_per_mtok)?;
             usd(at("price_cached_in_per_mtok"), g.price_cached_in_per_mtok)?;
+            usd(
+                at("price_cache_write_per_mtok"),
+                g.price_cache_write_per_mtok,
+            )?;
             if g.max_output_tokens == Some(0) {
                 return Err(self.err(at("max_output_tokens"), "must be at least 1"));
             }
@@ -804,6 +821,18 @@ impl Config {
                 usd(at("price_in_per_mtok"), d.price_in_per_mtok)?;
                 usd(at("price_out_per_mtok"), d.price_out_per_mtok)?;
                 usd(at("price_cached_in_per_mtok"), d.price_cached_in_per_mtok)?;
+                usd(
+                    at("price_cache_write_per_mtok"),
+                    d.price_cache_write_per_mtok,
+                )?;
+                if let Some(api) = &d.api {
+                    if Api::from_name(api).is_none() {
+                        return Err(self.err(
+                            at("api"),
+                            format!("`{api}` is not an API tollgate speaks; use \"openai\" or \"anthropic\""),
+                        ));
+                    }
+                }
             }
         }
         let Some(b) = &self.budgets else {
@@ -919,12 +948,12 @@ impl Config {
         Ok(Some((store, writer)))
     }
 
-    /// The spend store, when spend records are on (`[budgets]` configured
-    /// and `[spend].enabled`): the key store's SQLite file, its PostgreSQL
+    /// The spend store, when spend records are on (`[spend].enabled`, the
+    /// default, with or without `[budgets]`): the key store's SQLite file, its PostgreSQL
     /// database (table `tollgate_spend`, a pool of its own of
     /// `keys.pool_size` connections to the same URL), or memory.
     pub async fn spend_store(&self) -> Result<Option<Arc<dyn SpendStore>>, ConfigError> {
-        if self.budgets.is_none() || !self.spend.enabled {
+        if !self.spend.enabled {
             return Ok(None);
         }
         match self.key_location()? {
@@ -968,12 +997,15 @@ impl Config {
         }
     }
 
-    /// The budget ledger (periods in `[budgets].time_zone`), when `[budgets]` is configured.
-    pub fn ledger(&self) -> Option<Ledger> {
-        let b = self.budgets.as_ref()?;
-        Some(Ledger::new(
-            TimeZone::get(&b.time_zone).unwrap_or(TimeZone::UTC),
-        ))
+    /// The budget ledger, periods in `[budgets].time_zone` (UTC without
+    /// `[budgets]`). There is always one: a key's or team's own budget is
+    /// enforced whether or not the config has a `[budgets]` section.
+    pub fn ledger(&self) -> Ledger {
+        let zone = self.budgets.as_ref().map(|b| b.time_zone.as_str());
+        Ledger::new(
+            zone.and_then(|z| TimeZone::get(z).ok())
+                .unwrap_or(TimeZone::UTC),
+        )
     }
 
     /// The global budget, when `[budgets].global_max_usd` is set.
@@ -1001,6 +1033,7 @@ impl Config {
                 input_per_mtok: m(g.price_in_per_mtok).unwrap_or(0),
                 output_per_mtok: m(g.price_out_per_mtok).unwrap_or(0),
                 cached_input_per_mtok: m(g.price_cached_in_per_mtok),
+                cache_write_per_mtok: m(g.price_cache_write_per_mtok),
             };
             prices = prices.group(
                 &g.name,
@@ -1013,12 +1046,15 @@ impl Config {
                 if d.price_in_per_mtok.is_some()
                     || d.price_out_per_mtok.is_some()
                     || d.price_cached_in_per_mtok.is_some()
+                    || d.price_cache_write_per_mtok.is_some()
                 {
                     let price = Price {
                         input_per_mtok: m(d.price_in_per_mtok).unwrap_or(base.input_per_mtok),
                         output_per_mtok: m(d.price_out_per_mtok).unwrap_or(base.output_per_mtok),
                         cached_input_per_mtok: m(d.price_cached_in_per_mtok)
                             .or(base.cached_input_per_mtok),
+                        cache_write_per_mtok: m(d.price_cache_write_per_mtok)
+                            .or(base.cache_write_per_mtok),
                     };
                     prices = prices.deployment(&g.name, deployment_name(&g.name, d), price);
                 }
@@ -1199,8 +1235,37 @@ impl Config {
             if s.weight == Some(0) {
                 return Err(self.err(at("weight"), "must be at least 1"));
             }
+            if s.weight.is_some_and(|w| w != 1) && self.fair_queue.is_none() {
+                return Err(self.err(at("weight"), NO_FAIR_QUEUE));
+            }
         }
         Ok(())
+    }
+
+    /// The limit fields this config's stack would not enforce, for the
+    /// admin API to refuse ([`crate::admin::Unenforced`]). The reference
+    /// stack always has `RateLimit` and `Budget`, so only fair-queuing
+    /// weights depend on the config: on `[fair_queue]`, and on whose weight
+    /// its `tenant` reads.
+    #[cfg(feature = "admin")]
+    pub fn unenforced(&self) -> crate::admin::Unenforced {
+        use crate::admin::{Holder, Unenforced};
+        let u = Unenforced::new();
+        match self.fair_queue.as_ref().map(|q| q.tenant) {
+            None => u
+                .field(Holder::Key, "weight", NO_FAIR_QUEUE)
+                .field(Holder::Team, "weight", NO_FAIR_QUEUE),
+            Some(TenantBy::Key) => u.field(
+                Holder::Team,
+                "weight",
+                "the fair queue's tenants are keys (`[fair_queue] tenant = \"key\"`), each queued with its own weight; set `tenant = \"team\"` to queue by team",
+            ),
+            Some(TenantBy::Team) => u.field(
+                Holder::KeyInTeam,
+                "weight",
+                "the fair queue's tenants are teams (`[fair_queue] tenant = \"team\"`): a key in a team is queued with its team's weight; set the team's",
+            ),
+        }
     }
 
     /// The configured access groups.
@@ -1500,7 +1565,15 @@ impl Config {
                     .client(client.clone())
                     .timeouts(timeouts)
                     .max_response_bytes(self.upstream.max_response_bytes)
-                    .include_usage(self.budgets.is_some());
+                    // `Budget` is always in the reference stack (a key's
+                    // own budget needs no `[budgets]`): it meters streams.
+                    .include_usage(true)
+                    .api(
+                        d.api
+                            .as_deref()
+                            .and_then(Api::from_name)
+                            .unwrap_or_default(),
+                    );
                 if d.model.is_some() {
                     b = b.model(model);
                 }
@@ -1881,7 +1954,10 @@ mod tests {
     #[test]
     fn budgets_and_prices() {
         let c = Config::from_toml("gw.toml", OK).unwrap();
-        assert!(c.ledger().is_none() && c.global_budget().is_none());
+        // Without `[budgets]`: a ledger in UTC (keys' own budgets are
+        // enforced), no global budget.
+        assert_eq!(c.ledger().time_zone().iana_name(), Some("UTC"));
+        assert!(c.global_budget().is_none());
         let priced = r#"
             [budgets]
             time_zone = "America/New_York"
@@ -1898,7 +1974,7 @@ mod tests {
             price_out_per_mtok = 8
         "#;
         let c = Config::from_toml("gw.toml", priced).unwrap();
-        let ledger = c.ledger().unwrap();
+        let ledger = c.ledger();
         assert_eq!(ledger.time_zone().iana_name(), Some("America/New_York"));
         let g = c.global_budget().unwrap();
         assert_eq!(

@@ -32,6 +32,7 @@ use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::body::Body;
+use crate::family::Family;
 use crate::sanitize::{self, Secrets};
 
 /// How much of an upstream's error body is kept (before sanitizing).
@@ -77,6 +78,9 @@ macro_rules! reasons {
         }
 
         impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
             /// The stable machine-readable word.
             pub fn as_str(self) -> &'static str {
                 match self { $(Reason::$variant => $word,)* }
@@ -167,6 +171,24 @@ reasons! {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Anthropic's error type (`error.type`) for a status: the types the
+/// Anthropic API documents, so its SDK's and its clients' handling applies.
+pub fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 | 504 => "timeout_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
     }
 }
 
@@ -443,6 +465,41 @@ impl Error {
     /// The contract's JSON body, with `secrets` (and anything that looks like
     /// a credential) redacted from every string in it.
     pub fn to_json(&self, secrets: &Secrets<'_>) -> Bytes {
+        let (message, meta) = self.message_and_metadata(secrets);
+        let body = serde_json::json!({
+            "error": {
+                "code": self.inner.status.as_u16(),
+                "message": message,
+                "type": error_type(self.inner.status),
+                "metadata": meta,
+            }
+        });
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// The error's JSON body in `family`'s shape (see [`crate::family`]):
+    /// OpenAI's contract, or Anthropic's `{"type": "error", "error": {"type",
+    /// "message", "metadata"}}`. The one place a family's error body is written.
+    pub fn to_json_in(&self, family: Family, secrets: &Secrets<'_>) -> Bytes {
+        match family {
+            Family::OpenAi | Family::OpenAiResponses => self.to_json(secrets),
+            Family::Anthropic => {
+                let (message, meta) = self.message_and_metadata(secrets);
+                let body = serde_json::json!({
+                    "type": "error",
+                    "error": {
+                        "type": anthropic_error_type(self.inner.status),
+                        "message": message,
+                        "metadata": meta,
+                    }
+                });
+                Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+            }
+        }
+    }
+
+    /// The redacted message and `metadata` object every family's body carries.
+    fn message_and_metadata(&self, secrets: &Secrets<'_>) -> (String, Value) {
         let i = &self.inner;
         let mut meta = Map::new();
         meta.insert("reason".into(), i.reason.as_str().into());
@@ -469,16 +526,8 @@ impl Error {
         }
         let mut meta = Value::Object(meta);
         sanitize::redact_json(&mut meta, secrets);
-        let message = sanitize::redact(&i.message, secrets);
-        let body = serde_json::json!({
-            "error": {
-                "code": i.status.as_u16(),
-                "message": message,
-                "type": error_type(i.status),
-                "metadata": meta,
-            }
-        });
-        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+        let message = sanitize::redact(&i.message, secrets).into_owned();
+        (message, meta)
     }
 
     /// The contract's response: status = `code`, JSON body, `Retry-After`
@@ -501,6 +550,55 @@ impl Error {
             h.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
         }
         res.extensions_mut().insert(Normalized);
+    }
+
+    /// The SSE events that end a stream of `family` that failed after it
+    /// started (see [`crate::family`]): OpenAI's [`to_sse_tail`](Self::to_sse_tail);
+    /// the Responses API's `error` event and `response.failed`; Anthropic's
+    /// `event: error`.
+    pub fn to_sse_tail_in(&self, family: Family, model: &str, secrets: &Secrets<'_>) -> Bytes {
+        match family {
+            Family::OpenAi => self.to_sse_tail(model, secrets),
+            Family::Anthropic => {
+                let mut out = Vec::with_capacity(512);
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(&self.to_json_in(family, secrets));
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+            Family::OpenAiResponses => {
+                let (message, meta) = self.message_and_metadata(secrets);
+                let code = match self.inner.status.as_u16() {
+                    429 => "rate_limit_exceeded",
+                    _ => "server_error",
+                };
+                let error = serde_json::json!({
+                    "type": "error",
+                    "code": code,
+                    "message": message,
+                    "param": null,
+                    "metadata": meta,
+                });
+                let failed = serde_json::json!({
+                    "type": "response.failed",
+                    "response": {
+                        "id": "resp_tollgate_error",
+                        "object": "response",
+                        "status": "failed",
+                        "model": model,
+                        "output": [],
+                        "error": {"code": code, "message": message},
+                    }
+                });
+                let mut out = Vec::with_capacity(768);
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(&serde_json::to_vec(&error).unwrap_or_default());
+                out.extend_from_slice(b"\n\nevent: response.failed\ndata: ");
+                out.extend_from_slice(&serde_json::to_vec(&failed).unwrap_or_default());
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+        }
     }
 
     /// The SSE events that end a stream that failed after it started: the
@@ -1066,6 +1164,87 @@ mod tests {
         assert_eq!(chunk["choices"][0]["finish_reason"], "error");
         assert_eq!(chunk["model"], "m");
         assert_eq!(events[2], "data: [DONE]");
+    }
+
+    #[test]
+    fn anthropic_shape_for_every_reason_keeps_status_reason_and_redaction() {
+        let secret = "sk-ant-secretsecretsecret";
+        for &reason in Reason::ALL {
+            let e = Error::new(reason, format!("failed with {secret}"))
+                .with_retry_after(Duration::from_secs(2));
+            let v: Value =
+                serde_json::from_slice(&e.to_json_in(Family::Anthropic, &Secrets::new(&[secret])))
+                    .unwrap();
+            assert_eq!(v["type"], "error", "{v}");
+            let t = v["error"]["type"].as_str().unwrap();
+            assert_eq!(t, anthropic_error_type(reason.status()), "{reason}");
+            assert_eq!(v["error"]["metadata"]["reason"], reason.as_str());
+            assert_eq!(v["error"]["metadata"]["retry_after_s"], 2);
+            assert!(!v.to_string().contains(secret), "{v}");
+            // The OpenAI families keep the contract as it was.
+            let o: Value =
+                serde_json::from_slice(&e.to_json_in(Family::OpenAiResponses, &Secrets::none()))
+                    .unwrap();
+            assert_eq!(o["error"]["code"], reason.status().as_u16());
+        }
+        let types = |s: u16| anthropic_error_type(StatusCode::from_u16(s).unwrap());
+        assert_eq!(
+            [400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 529].map(types),
+            [
+                "invalid_request_error",
+                "authentication_error",
+                "billing_error",
+                "permission_error",
+                "not_found_error",
+                "request_too_large",
+                "rate_limit_error",
+                "api_error",
+                "api_error",
+                "overloaded_error",
+                "overloaded_error",
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_tails_per_family() {
+        let e = Error::new(Reason::UpstreamStreamCut, "cut");
+        let events = |f: Family| -> Vec<(String, Value)> {
+            let tail = e.to_sse_tail_in(f, "m", &Secrets::none());
+            std::str::from_utf8(&tail)
+                .unwrap()
+                .split("\n\n")
+                .filter(|s| !s.is_empty())
+                .map(|ev| {
+                    let (name, data) = ev.split_once("\ndata: ").unwrap();
+                    (
+                        name.strip_prefix("event: ").unwrap().to_owned(),
+                        serde_json::from_str(data).unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let a = events(Family::Anthropic);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].0, "error");
+        assert_eq!(a[0].1["type"], "error");
+        assert_eq!(a[0].1["error"]["type"], "api_error");
+        assert_eq!(a[0].1["error"]["metadata"]["reason"], "upstream_stream_cut");
+        let r = events(Family::OpenAiResponses);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].0.as_str(), &r[0].1["type"]),
+            ("error", &serde_json::json!("error"))
+        );
+        assert_eq!(r[0].1["metadata"]["reason"], "upstream_stream_cut");
+        assert_eq!(r[1].0, "response.failed");
+        assert_eq!(r[1].1["response"]["status"], "failed");
+        assert_eq!(r[1].1["response"]["model"], "m");
+        // OpenAI chat: as `to_sse_tail`.
+        assert_eq!(
+            e.to_sse_tail_in(Family::OpenAi, "m", &Secrets::none())[..40],
+            e.to_sse_tail("m", &Secrets::none())[..40]
+        );
     }
 
     #[test]

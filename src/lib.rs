@@ -46,6 +46,7 @@
 pub mod body;
 pub mod error;
 pub mod fallback;
+pub mod family;
 pub mod metrics;
 pub mod normalize;
 pub mod overhead;
@@ -82,6 +83,7 @@ pub mod state;
 use std::sync::Arc;
 
 pub use body::Body;
+pub use family::Family;
 
 /// The hash maps read on every request (model groups, chains, prices,
 /// tenants, grants, keys): foldhash, seeded per map, where SipHash cost

@@ -9,10 +9,14 @@
 //!   shape (an inner service's own JSON, plain text, HTML, empty),
 //! - and every failure in the middle of a `text/event-stream` body
 //!
-//! into the contract of `DESIGN.md`: status = `code`, the OpenAI SDK `type`,
-//! `metadata.reason`, `Retry-After` where waiting helps. A stream that fails
-//! after it started stays 200 and ends with `data: {"error": …}`, a chunk with
-//! `finish_reason: "error"` and `data: [DONE]`: never a silent end.
+//! into the contract of `DESIGN.md`, in the shape of the route's API family
+//! ([`crate::family`]: OpenAI's by default, Anthropic's on `/v1/messages`):
+//! status = `code`, the SDK's error `type`, `metadata.reason`, `Retry-After`
+//! where waiting helps. A stream that fails after it started stays 200 and
+//! ends with the family's error events (OpenAI chat: `data: {"error": …}`, a
+//! chunk with `finish_reason: "error"` and `data: [DONE]`; Responses:
+//! `event: error` and `response.failed`; Anthropic: `event: error`): never
+//! a silent end.
 //!
 //! The client's own credential (`Authorization`, `x-api-key`, `api-key`) is
 //! remembered for the request and redacted from anything this layer writes,
@@ -52,18 +56,27 @@ use tower::{Layer, Service};
 
 use crate::Served;
 use crate::error::{self, Error, Normalized, RAW_LIMIT};
+use crate::family::Family;
 use crate::sanitize::Secrets;
 
 /// Applies [`NormalizeErrors`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NormalizeErrorsLayer {
-    _priv: (),
+    family: Option<Family>,
 }
 
 impl NormalizeErrorsLayer {
-    /// The layer.
+    /// The layer: errors in the family of each request's path
+    /// ([`Family::from_path`]).
     pub fn new() -> Self {
-        NormalizeErrorsLayer { _priv: () }
+        NormalizeErrorsLayer { family: None }
+    }
+
+    /// Every error in `family`'s shape, whatever the path (for a stack
+    /// mounted at a path that does not end like its API's own).
+    pub fn family(mut self, family: Family) -> Self {
+        self.family = Some(family);
+        self
     }
 }
 
@@ -71,7 +84,10 @@ impl<S> Layer<S> for NormalizeErrorsLayer {
     type Service = NormalizeErrors<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        NormalizeErrors { inner }
+        NormalizeErrors {
+            inner,
+            family: self.family,
+        }
     }
 }
 
@@ -79,6 +95,7 @@ impl<S> Layer<S> for NormalizeErrorsLayer {
 #[derive(Clone, Debug)]
 pub struct NormalizeErrors<S> {
     inner: S,
+    family: Option<Family>,
 }
 
 /// The client credentials seen on the request, kept to redact them.
@@ -138,11 +155,15 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let secrets = ClientSecrets::from_headers(req.headers());
+        let family = self
+            .family
+            .unwrap_or_else(|| Family::from_path(req.uri().path()));
         ResponseFuture {
             state: State::Calling {
                 fut: self.inner.call(req),
             },
             secrets: Some(secrets),
+            family,
         }
     }
 }
@@ -153,6 +174,7 @@ pub struct ResponseFuture<F, RB> {
     #[pin]
     state: State<F, RB>,
     secrets: Option<ClientSecrets>,
+    family: Family,
 }
 
 #[pin_project(project = StateProj)]
@@ -189,7 +211,7 @@ where
                         Err(e) => {
                             let e = error::from_boxed(e.into());
                             let secrets = this.secrets.take().unwrap_or_default();
-                            return Poll::Ready(Ok(error_response(&e, &secrets)));
+                            return Poll::Ready(Ok(error_response(&e, &secrets, *this.family)));
                         }
                     };
                     let status = res.status();
@@ -197,7 +219,7 @@ where
                         || res.extensions().get::<Normalized>().is_some()
                     {
                         let secrets = this.secrets.take().unwrap_or_default();
-                        return Poll::Ready(Ok(wrap_success(res, secrets)));
+                        return Poll::Ready(Ok(wrap_success(res, secrets, *this.family)));
                     }
                     let (parts, body) = res.into_parts();
                     this.state.set(State::Reading {
@@ -229,16 +251,20 @@ where
                     let secrets = this.secrets.take().unwrap_or_default();
                     let e = secrets
                         .with(|s| Error::from_response(parts.status, &parts.headers, buf, s));
-                    return Poll::Ready(Ok(error_response(&e, &secrets)));
+                    return Poll::Ready(Ok(error_response(&e, &secrets, *this.family)));
                 }
             }
         }
     }
 }
 
-fn error_response<RB>(e: &Error, secrets: &ClientSecrets) -> Response<NormalizedBody<RB>> {
+fn error_response<RB>(
+    e: &Error,
+    secrets: &ClientSecrets,
+    family: Family,
+) -> Response<NormalizedBody<RB>> {
     log_error(e);
-    let data = secrets.with(|s| e.to_json(s));
+    let data = secrets.with(|s| e.to_json_in(family, s));
     let mut res = Response::new(NormalizedBody {
         kind: Kind::Full { data: Some(data) },
     });
@@ -254,7 +280,11 @@ fn log_error(e: &Error) {
     }
 }
 
-fn wrap_success<RB>(res: Response<RB>, secrets: ClientSecrets) -> Response<NormalizedBody<RB>> {
+fn wrap_success<RB>(
+    res: Response<RB>,
+    secrets: ClientSecrets,
+    family: Family,
+) -> Response<NormalizedBody<RB>> {
     let sse = res
         .headers()
         .get(CONTENT_TYPE)
@@ -268,6 +298,7 @@ fn wrap_success<RB>(res: Response<RB>, secrets: ClientSecrets) -> Response<Norma
                 Box::new(SseState {
                     model,
                     secrets,
+                    family,
                     last: [0; 4],
                     seen_data: false,
                 })
@@ -281,6 +312,7 @@ fn wrap_success<RB>(res: Response<RB>, secrets: ClientSecrets) -> Response<Norma
 struct SseState {
     model: Option<Arc<str>>,
     secrets: ClientSecrets,
+    family: Family,
     /// The last four bytes sent, to know whether an event was left open.
     last: [u8; 4],
     seen_data: bool,
@@ -311,7 +343,7 @@ impl SseState {
     fn tail(&self, e: &Error) -> Bytes {
         let tail = self
             .secrets
-            .with(|s| e.to_sse_tail(self.model.as_deref().unwrap_or(""), s));
+            .with(|s| e.to_sse_tail_in(self.family, self.model.as_deref().unwrap_or(""), s));
         if self.at_event_boundary() {
             tail
         } else {

@@ -511,6 +511,7 @@ mod tests {
                     input_per_mtok: 1_000_000,
                     output_per_mtok: 2_000_000,
                     cached_input_per_mtok: None,
+                    cache_write_per_mtok: None,
                 },
                 max_output_tokens: 100,
             },

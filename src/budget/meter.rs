@@ -103,7 +103,11 @@ impl Meter {
                 match Event::read(payload) {
                     Some(event) => {
                         if let Some(u) = event.usage() {
-                            self.usage = Some(u);
+                            // Anthropic reports a stream's usage in parts.
+                            self.usage = Some(match self.usage {
+                                Some(seen) => seen.merge(u),
+                                None => u,
+                            });
                         }
                         self.content_bytes += event.content_bytes;
                     }
@@ -282,7 +286,7 @@ impl Settlement {
                 let usage = TokenUsage {
                     prompt_tokens: self.prompt_tokens,
                     completion_tokens: meter.output_tokens_estimate(),
-                    cached_tokens: 0,
+                    ..TokenUsage::default()
                 };
                 (usage, self.price.cost(&usage).max(1))
             }
@@ -504,6 +508,7 @@ mod tests {
             input_per_mtok: 1_000_000,
             output_per_mtok: 2_000_000,
             cached_input_per_mtok: None,
+            cache_write_per_mtok: None,
         };
         (
             ledger,

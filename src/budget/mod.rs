@@ -70,7 +70,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let prices = Prices::new().group("m", ModelPrice {
-//!     price: Price { input_per_mtok: 1_000_000, output_per_mtok: 4_000_000, cached_input_per_mtok: None },
+//!     price: Price { input_per_mtok: 1_000_000, output_per_mtok: 4_000_000, cached_input_per_mtok: None, cache_write_per_mtok: None },
 //!     max_output_tokens: 1_000,
 //! });
 //! // Each team may spend $0.01 a day.

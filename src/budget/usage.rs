@@ -19,21 +19,28 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
     /// Input tokens served from the provider's prompt cache (part of `prompt_tokens`).
     pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (part of
+    /// `prompt_tokens`; Anthropic's `cache_creation_input_tokens`).
+    pub cache_creation_tokens: u64,
 }
 
 impl TokenUsage {
     /// Reads a `usage` object in the Chat Completions shape (`prompt_tokens`,
-    /// `completion_tokens`, `prompt_tokens_details.cached_tokens`) or the
+    /// `completion_tokens`, `prompt_tokens_details.cached_tokens`), the
     /// Responses API shape (`input_tokens`, `output_tokens`,
-    /// `input_tokens_details.cached_tokens`). Floats are rounded and missing
-    /// fields count zero; `None` when neither input nor output is given.
+    /// `input_tokens_details.cached_tokens`) or Anthropic's (`input_tokens`
+    /// without the cache, `cache_read_input_tokens`,
+    /// `cache_creation_input_tokens`, `output_tokens`: the prompt is their
+    /// sum). Floats are rounded and missing fields count zero; `None` when
+    /// neither input nor output is given.
     pub fn from_json(usage: &Value) -> Option<TokenUsage> {
         Lenient::<UsageField>::deserialize(usage).ok()?.0.0
     }
 
     /// The usage in one response JSON object or SSE event: a top-level
-    /// non-null `usage` (Chat Completions, completions, embeddings) or
-    /// `response.usage` (Responses API `response.completed`).
+    /// non-null `usage` (Chat Completions, completions, embeddings,
+    /// Anthropic's answers and `message_delta`), `response.usage` (Responses
+    /// API `response.completed`) or `message.usage` (Anthropic's `message_start`).
     pub fn in_event(event: &Value) -> Option<TokenUsage> {
         Lenient::<Event>::deserialize(event).ok()?.0.usage()
     }
@@ -69,7 +76,25 @@ impl Event {
     pub(crate) fn usage(&self) -> Option<TokenUsage> {
         self.usage.or(self.response_usage)
     }
+}
 
+impl TokenUsage {
+    /// `self` updated by a later report of the same answer's usage: each
+    /// count is the larger of the two. Anthropic reports a stream's usage in
+    /// parts (the input in `message_start`, the final output count in
+    /// `message_delta`); every other API reports it once, so the later
+    /// report is taken whole in practice.
+    pub fn merge(self, later: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens.max(later.prompt_tokens),
+            completion_tokens: self.completion_tokens.max(later.completion_tokens),
+            cached_tokens: self.cached_tokens.max(later.cached_tokens),
+            cache_creation_tokens: self.cache_creation_tokens.max(later.cache_creation_tokens),
+        }
+    }
+}
+
+impl Event {
     /// The generated-text bytes of an OpenAI chat chunk without usage (the
     /// events of nearly every stream), by a byte search rather than
     /// [`Event::read`]'s parse (~2k instructions a 200-byte event instead
@@ -301,6 +326,8 @@ impl Shape for UsageField {
             output: Count,
             prompt_details: Option<Count>,
             input_details: Option<Count>,
+            cache_read: Count,
+            cache_creation: Count,
         }
         let raw = fields(map, |r: &mut Raw, key, map| {
             match key {
@@ -310,6 +337,8 @@ impl Shape for UsageField {
                 "output_tokens" => r.output = read(map)?,
                 "prompt_tokens_details" => r.prompt_details = read::<Details, _>(map)?.0,
                 "input_tokens_details" => r.input_details = read::<Details, _>(map)?.0,
+                "cache_read_input_tokens" => r.cache_read = read(map)?,
+                "cache_creation_input_tokens" => r.cache_creation = read(map)?,
                 _ => skip(map)?,
             }
             Ok(())
@@ -319,12 +348,22 @@ impl Shape for UsageField {
         if prompt.is_none() && completion.is_none() {
             return Ok(UsageField(None));
         }
-        let prompt_tokens = prompt.unwrap_or(0);
+        // Anthropic counts cache reads and writes beside `input_tokens`;
+        // the others count cached tokens inside the prompt.
+        let (read, written) = (
+            raw.cache_read.0.unwrap_or(0),
+            raw.cache_creation.0.unwrap_or(0),
+        );
+        let prompt_tokens = prompt
+            .unwrap_or(0)
+            .saturating_add(read)
+            .saturating_add(written);
         let cached = raw.prompt_details.or(raw.input_details).and_then(|c| c.0);
         Ok(UsageField(Some(TokenUsage {
             prompt_tokens,
             completion_tokens: completion.unwrap_or(0),
-            cached_tokens: cached.unwrap_or(0).min(prompt_tokens),
+            cached_tokens: cached.unwrap_or(0).saturating_add(read).min(prompt_tokens),
+            cache_creation_tokens: written,
         })))
     }
 }
@@ -351,10 +390,12 @@ impl Shape for Event {
         fields(map, |e: &mut Event, key, map| {
             match key {
                 "usage" => e.usage = read::<UsageField, _>(map)?.0,
-                "response" => {
+                // Responses API `response.completed`, Anthropic `message_start`.
+                "response" | "message" => {
                     e.response_usage = read::<Response, _>(map)?.0;
                 }
-                "delta" => e.content_bytes += read::<TextLen, _>(map)?.0,
+                // A Responses API delta (a string) or an Anthropic block delta.
+                "delta" => e.content_bytes += read::<AnyDelta, _>(map)?.0,
                 "choices" => e.content_bytes += read::<Each<Choice>, _>(map)?.0,
                 _ => skip(map)?,
             }
@@ -363,7 +404,27 @@ impl Shape for Event {
     }
 }
 
-/// The Responses API's `response` object: its `usage`.
+/// A delta's generated text in bytes: a string (Responses API), or an
+/// Anthropic `content_block_delta`'s `text`, `thinking` or `partial_json`.
+#[derive(Default)]
+struct AnyDelta(u64);
+
+impl Shape for AnyDelta {
+    fn string(s: &str) -> Self {
+        AnyDelta(s.len() as u64)
+    }
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        fields(map, |n: &mut AnyDelta, key, map| {
+            match key {
+                "text" | "thinking" | "partial_json" => n.0 += read::<TextLen, _>(map)?.0,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The Responses API's `response` object, or Anthropic's `message`: its `usage`.
 #[derive(Default)]
 struct Response(Option<TokenUsage>);
 
@@ -470,6 +531,9 @@ pub struct Price {
     /// Per million cached input tokens, where the provider reports them
     /// (`None`: charged as ordinary input).
     pub cached_input_per_mtok: Option<Micros>,
+    /// Per million input tokens written to the prompt cache, where the
+    /// provider reports them (Anthropic; `None`: charged as ordinary input).
+    pub cache_write_per_mtok: Option<Micros>,
 }
 
 /// `tokens × per_mtok / 1e6`, rounded up: a call is never charged less than it cost.
@@ -494,9 +558,17 @@ impl Price {
             Some(p) => cost_of(usage.cached_tokens, p),
             None => cost_of(usage.cached_tokens, self.input_per_mtok),
         };
-        let uncached = usage.prompt_tokens.saturating_sub(usage.cached_tokens);
+        let written = cost_of(
+            usage.cache_creation_tokens,
+            self.cache_write_per_mtok.unwrap_or(self.input_per_mtok),
+        );
+        let uncached = usage
+            .prompt_tokens
+            .saturating_sub(usage.cached_tokens)
+            .saturating_sub(usage.cache_creation_tokens);
         cost_of(uncached, self.input_per_mtok)
             .saturating_add(cached)
+            .saturating_add(written)
             .saturating_add(cost_of(usage.completion_tokens, self.output_per_mtok))
     }
 
@@ -506,7 +578,7 @@ impl Price {
         self.cost(&TokenUsage {
             prompt_tokens,
             completion_tokens: max_output_tokens,
-            cached_tokens: 0,
+            ..TokenUsage::default()
         })
     }
 }
@@ -542,6 +614,53 @@ mod tests {
         );
         let done = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 2, "output_tokens": 1}}});
         assert_eq!(TokenUsage::in_event(&done).unwrap().completion_tokens, 1);
+    }
+
+    #[test]
+    fn anthropic_usage_in_answers_and_stream_events() {
+        // A Messages answer: the prompt is input + cache reads + cache writes.
+        let answer = json!({"usage": {"input_tokens": 10, "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 30, "output_tokens": 7}});
+        let u = TokenUsage::in_event(&answer).unwrap();
+        assert_eq!(
+            u,
+            TokenUsage {
+                prompt_tokens: 140,
+                completion_tokens: 7,
+                cached_tokens: 100,
+                cache_creation_tokens: 30,
+            }
+        );
+        // A stream: the input in `message_start`, the output in `message_delta`.
+        let read = |j: &str| Event::read(j.as_bytes()).unwrap();
+        let start = read(
+            r#"{"type":"message_start","message":{"id":"msg_1","content":[],"usage":{"input_tokens":12,"cache_read_input_tokens":4,"output_tokens":1}}}"#,
+        );
+        let delta = read(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":42}}"#,
+        );
+        let total = start.usage().unwrap().merge(delta.usage().unwrap());
+        assert_eq!(
+            (
+                total.prompt_tokens,
+                total.completion_tokens,
+                total.cached_tokens
+            ),
+            (16, 42, 4)
+        );
+        // Block deltas count as generated text (for an estimate on a cut).
+        let text = read(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"héllo"}}"#,
+        );
+        assert_eq!(text.content_bytes, 6);
+        let args = read(
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+        );
+        assert_eq!(args.content_bytes, 5);
+        let thinking = read(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+        );
+        assert_eq!(thinking.content_bytes, 3);
     }
 
     #[test]
@@ -587,7 +706,8 @@ mod tests {
             Some(TokenUsage {
                 prompt_tokens: 5,
                 completion_tokens: 2,
-                cached_tokens: 5
+                cached_tokens: 5,
+                cache_creation_tokens: 0,
             })
         );
         assert_eq!(TokenUsage::read_at(b"null}"), None);
@@ -774,6 +894,7 @@ mod tests {
                     .and_then(|d| count(d.get("cached_tokens")))
                     .unwrap_or(0)
                     .min(prompt_tokens),
+                cache_creation_tokens: 0,
             })
         }
 
@@ -869,6 +990,7 @@ mod tests {
             input_per_mtok: Price::micros_from_usd(2.5).unwrap(),
             output_per_mtok: Price::micros_from_usd(10.0).unwrap(),
             cached_input_per_mtok: Some(Price::micros_from_usd(1.25).unwrap()),
+            cache_write_per_mtok: Some(Price::micros_from_usd(3.125).unwrap()),
         };
         // 1M prompt tokens, 400k of them cached, 100k output:
         // 0.6 × 2.5 + 0.4 × 1.25 + 0.1 × 10 = 3.0 dollars.
@@ -876,8 +998,22 @@ mod tests {
             prompt_tokens: 1_000_000,
             completion_tokens: 100_000,
             cached_tokens: 400_000,
+            cache_creation_tokens: 0,
         };
         assert_eq!(p.cost(&u), 3_000_000);
+        // 200k of the uncached ones written to the cache, at 3.125:
+        // 0.4 × 2.5 + 0.4 × 1.25 + 0.2 × 3.125 + 0.1 × 10 = 3.125 dollars.
+        let written = TokenUsage {
+            cache_creation_tokens: 200_000,
+            ..u
+        };
+        assert_eq!(p.cost(&written), 3_125_000);
+        // Without a cache-write price, written tokens cost the input price.
+        let plain = Price {
+            cache_write_per_mtok: None,
+            ..p
+        };
+        assert_eq!(plain.cost(&written), 3_000_000);
         // One token of input costs 2.5 micro-dollars: charged 3.
         assert_eq!(p.worst_case(1, 0), 3);
         assert_eq!(p.worst_case(0, 0), 0);

@@ -12,10 +12,21 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, Reason, TimeoutPhase};
 
+/// How a complete stream ends, so an early end is told from a finished one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// Any end is an end (non-streaming answers, the Responses API).
+    Any,
+    /// OpenAI's chat and completions streams: `data: [DONE]`.
+    Done,
+    /// Anthropic's Messages streams: the `message_stop` event.
+    MessageStop,
+}
+
 /// The upstream's body, frame by frame, unchanged: it adds the idle and total
-/// timeouts, and turns a broken connection (or, for chat and completion
-/// streams, an end without `data: [DONE]`) into 502 `upstream_stream_cut`.
-/// State is O(1): the last few bytes seen, two timers.
+/// timeouts, and turns a broken connection (or a stream that ends without
+/// its API's last event: `data: [DONE]`, Anthropic's `message_stop`) into
+/// 502 `upstream_stream_cut`. State is O(1): the last few bytes seen, two timers.
 #[pin_project]
 pub struct UpstreamBody {
     #[pin]
@@ -26,21 +37,16 @@ pub struct UpstreamBody {
     total: Sleep,
     idle_after: Duration,
     total_after: Duration,
-    expect_done: bool,
-    /// The last bytes of data seen (right-aligned), to find `[DONE]` at the end.
+    end: StreamEnd,
+    /// The last bytes of data seen (right-aligned), to find the last event.
     tail: [u8; TAIL],
     finished: bool,
 }
 
-const TAIL: usize = 16;
+const TAIL: usize = 32;
 
 impl UpstreamBody {
-    pub(crate) fn new(
-        inner: Incoming,
-        idle: Duration,
-        deadline: Instant,
-        expect_done: bool,
-    ) -> Self {
+    pub(crate) fn new(inner: Incoming, idle: Duration, deadline: Instant, end: StreamEnd) -> Self {
         let now = Instant::now();
         UpstreamBody {
             inner,
@@ -48,23 +54,33 @@ impl UpstreamBody {
             total: tokio::time::sleep_until(deadline),
             idle_after: idle,
             total_after: deadline.saturating_duration_since(now),
-            expect_done,
+            end,
             tail: [0; TAIL],
             finished: false,
         }
     }
 
-    pub(crate) fn expect_done(&mut self, on: bool) {
-        self.expect_done = on;
+    pub(crate) fn expect_end(&mut self, end: StreamEnd) {
+        self.end = end;
+    }
+
+    fn expects_an_end(&self) -> bool {
+        self.end != StreamEnd::Any
     }
 }
 
-fn ends_with_done(tail: &[u8; TAIL]) -> bool {
-    let end = tail
+/// Whether the stream's last bytes are its API's last event.
+fn ended(end: StreamEnd, tail: &[u8; TAIL]) -> bool {
+    let last = tail
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |p| p + 1);
-    tail[..end].ends_with(b"data: [DONE]") || tail[..end].ends_with(b"data:[DONE]")
+    let tail = &tail[..last];
+    match end {
+        StreamEnd::Any => true,
+        StreamEnd::Done => tail.ends_with(b"data: [DONE]") || tail.ends_with(b"data:[DONE]"),
+        StreamEnd::MessageStop => tail.ends_with(b"\"message_stop\"}"),
+    }
 }
 
 fn push_tail(tail: &mut [u8; TAIL], data: &[u8]) {
@@ -107,10 +123,14 @@ impl HttpBody for UpstreamBody {
             }
             Poll::Ready(None) => {
                 *this.finished = true;
-                if *this.expect_done && !ends_with_done(this.tail) {
+                if !ended(*this.end, this.tail) {
+                    let last = match this.end {
+                        StreamEnd::MessageStop => "`message_stop`",
+                        _ => "`data: [DONE]`",
+                    };
                     return Poll::Ready(Some(Err(Error::new(
                         Reason::UpstreamStreamCut,
-                        "The upstream ended the stream without `data: [DONE]`.",
+                        format!("The upstream ended the stream without {last}."),
                     ))));
                 }
                 return Poll::Ready(None);
@@ -135,11 +155,11 @@ impl HttpBody for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || (!self.expect_done && self.inner.is_end_stream())
+        self.finished || (!self.expects_an_end() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.expect_done {
+        if self.expects_an_end() {
             // Might end in an error instead: no exact length.
             let mut h = SizeHint::new();
             h.set_lower(self.inner.size_hint().lower());
@@ -156,15 +176,35 @@ mod tests {
 
     #[test]
     fn done_detection_across_chunks() {
+        let done = |t: &[u8; TAIL]| ended(StreamEnd::Done, t);
         let mut t = [0u8; TAIL];
         push_tail(&mut t, b"data: {\"x\":1}\n\ndata: [DO");
-        assert!(!ends_with_done(&t));
+        assert!(!done(&t));
         push_tail(&mut t, b"NE]\n\n");
-        assert!(ends_with_done(&t));
+        assert!(done(&t));
         push_tail(&mut t, b"data: more\n\n");
-        assert!(!ends_with_done(&t));
+        assert!(!done(&t));
         let mut t = [0u8; TAIL];
         push_tail(&mut t, b"data:[DONE]\r\n\r\n");
-        assert!(ends_with_done(&t));
+        assert!(done(&t));
+    }
+
+    #[test]
+    fn message_stop_detection_across_chunks() {
+        let stop = |t: &[u8; TAIL]| ended(StreamEnd::MessageStop, t);
+        let mut t = [0u8; TAIL];
+        push_tail(
+            &mut t,
+            b"event: message_delta\ndata: {\"type\":\"message_delta\"}\n\n",
+        );
+        assert!(!stop(&t));
+        push_tail(&mut t, b"event: message_stop\ndata: {\"type\":\"mess");
+        assert!(!stop(&t));
+        push_tail(&mut t, b"age_stop\"}\n\n");
+        assert!(stop(&t));
+        let mut t = [0u8; TAIL];
+        push_tail(&mut t, b"data: {\"type\": \"message_stop\"}\r\n\r\n");
+        assert!(stop(&t));
+        assert!(ended(StreamEnd::Any, &[0; TAIL]));
     }
 }

@@ -74,6 +74,7 @@ use crate::read_request::{Parsed, json_string};
 use crate::sanitize::Secrets;
 use crate::{Served, UpstreamTime};
 
+use body::StreamEnd;
 pub use body::UpstreamBody;
 
 /// A provider could not be built: the message names what is wrong.
@@ -333,7 +334,44 @@ impl HttpClient {
     }
 }
 
-/// An OpenAI-compatible upstream as a `Service<Request<Parsed>>`. Cheap to clone.
+/// The API an upstream speaks (a deployment's `api`): how the provider
+/// authenticates, which client headers it forwards, and how a stream ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// OpenAI's API and every compatible one (vLLM, DeepSeek, Ollama, …):
+    /// `Authorization: Bearer <key>`; no client header forwarded.
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API: `x-api-key: <key>`, the client's
+    /// `anthropic-*` headers (`anthropic-version`, `anthropic-beta`, …)
+    /// forwarded, `anthropic-version: 2023-06-01` when the client sent none.
+    Anthropic,
+}
+
+impl Api {
+    /// The API named in a config (`"openai"`, `"anthropic"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "openai" => Some(Api::OpenAi),
+            "anthropic" => Some(Api::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// Its name in a config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The `anthropic-version` sent when the client sent none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An upstream as a `Service<Request<Parsed>>`. Cheap to clone.
 #[derive(Clone)]
 pub struct Provider {
     inner: Arc<Inner>,
@@ -346,6 +384,7 @@ struct Inner {
     /// The base URL's path without a trailing slash, e.g. `/v1`.
     base_path: String,
     api_key: Option<String>,
+    api: Api,
     headers: HeaderMap,
     /// The upstream model name and its JSON literal, when it is rewritten.
     model: Option<(Arc<str>, Bytes)>,
@@ -412,6 +451,7 @@ impl Provider {
                 authority,
                 base_path: uri.path().trim_end_matches('/').to_owned(),
                 api_key: None,
+                api: Api::OpenAi,
                 headers: HeaderMap::new(),
                 model: None,
                 include_usage: false,
@@ -434,7 +474,14 @@ impl Provider {
 }
 
 impl ProviderBuilder {
-    /// The upstream's API key, sent as `Authorization: Bearer`.
+    /// The API the upstream speaks (default [`Api::OpenAi`]).
+    pub fn api(mut self, api: Api) -> Self {
+        self.inner.api = api;
+        self
+    }
+
+    /// The upstream's API key, sent as `Authorization: Bearer` (or, to an
+    /// [`Api::Anthropic`] upstream, as `x-api-key`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.inner.api_key = Some(key.into()).filter(|k| !k.is_empty());
         self
@@ -576,7 +623,9 @@ impl Inner {
                 )
             })?;
         let summary = parsed.summary();
-        let include_usage = self.include_usage && summary.endpoint.stream_ends_with_done();
+        let include_usage = self.include_usage
+            && self.api == Api::OpenAi
+            && summary.endpoint.stream_ends_with_done();
         let body = parsed.rewrite(self.model.as_ref().map(|m| &m.1), include_usage);
         let mut out = Request::builder()
             .method(http::Method::POST)
@@ -596,14 +645,33 @@ impl Inner {
             }),
         );
         if let Some(key) = &self.api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            let (name, value) = match self.api {
+                Api::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
+                Api::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+            };
+            let mut v = HeaderValue::from_str(&value).map_err(|_| {
                 Error::new(
                     Reason::Internal,
                     "The upstream API key is not a valid header value.",
                 )
             })?;
             v.set_sensitive(true);
-            h.insert(AUTHORIZATION, v);
+            h.insert(name, v);
+        }
+        if self.api == Api::Anthropic {
+            // The client's `anthropic-*` headers say which API version and
+            // betas it speaks: they go along (never its credentials).
+            for (k, v) in &parts.headers {
+                if k.as_str().starts_with("anthropic-") {
+                    h.append(k, v.clone());
+                }
+            }
+            if !h.contains_key("anthropic-version") {
+                h.insert(
+                    "anthropic-version",
+                    HeaderValue::from_static(ANTHROPIC_VERSION),
+                );
+            }
         }
         for (k, v) in &self.headers {
             h.append(k, v.clone());
@@ -635,7 +703,7 @@ impl Inner {
             Ok(Ok(res)) => res,
         };
         let (parts, incoming) = res.into_parts();
-        let mut body = UpstreamBody::new(incoming, self.timeouts.idle, deadline, false);
+        let mut body = UpstreamBody::new(incoming, self.timeouts.idle, deadline, StreamEnd::Any);
         if !parts.status.is_success() {
             let raw = read_bounded(body, RAW_LIMIT).await.unwrap_or_default();
             let e = self.secrets(|s| {
@@ -649,7 +717,11 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         let out_body = if is_sse {
-            body.expect_done(parsed.summary().endpoint.stream_ends_with_done());
+            body.expect_end(match self.api {
+                Api::Anthropic => StreamEnd::MessageStop,
+                Api::OpenAi if parsed.summary().endpoint.stream_ends_with_done() => StreamEnd::Done,
+                Api::OpenAi => StreamEnd::Any,
+            });
             Body::new(body)
         } else {
             let bytes = match read_bounded(body, self.max_response_bytes).await {

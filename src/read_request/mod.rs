@@ -127,6 +127,10 @@ pub enum Endpoint {
     Embeddings,
     /// `/v1/responses`
     Responses,
+    /// `/v1/messages` (Anthropic)
+    Messages,
+    /// `/v1/messages/count_tokens` (Anthropic)
+    CountTokens,
     /// Any other path.
     Other,
 }
@@ -135,7 +139,11 @@ impl Endpoint {
     /// The endpoint a path names.
     pub fn from_path(path: &str) -> Self {
         let path = path.trim_end_matches('/');
-        if path.ends_with("/chat/completions") {
+        if path.ends_with("/messages/count_tokens") {
+            Endpoint::CountTokens
+        } else if path.ends_with("/messages") {
+            Endpoint::Messages
+        } else if path.ends_with("/chat/completions") {
             Endpoint::ChatCompletions
         } else if path.ends_with("/completions") {
             Endpoint::Completions
@@ -158,7 +166,23 @@ impl Endpoint {
             Endpoint::Completions => Some("/completions"),
             Endpoint::Embeddings => Some("/embeddings"),
             Endpoint::Responses => Some("/responses"),
+            Endpoint::Messages => Some("/messages"),
+            Endpoint::CountTokens => Some("/messages/count_tokens"),
             Endpoint::Other => None,
+        }
+    }
+
+    /// The API family the endpoint belongs to: the shape of its answers
+    /// and errors.
+    pub fn family(self) -> crate::family::Family {
+        use crate::family::Family;
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Family::Anthropic,
+            Endpoint::Responses => Family::OpenAiResponses,
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Other => Family::OpenAi,
         }
     }
 

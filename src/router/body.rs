@@ -137,8 +137,10 @@ impl HttpBody for Failed {
 /// The commit point is the first event that carries content for the
 /// client: a chat delta with non-empty `content` or any `tool_calls`, a
 /// completions chunk with non-empty `text`, a Responses-API `*.delta` event,
-/// or a `refusal`. Events before it (the role-only first chunk OpenAI sends,
-/// `response.created`, keep-alive comments) carry nothing a retry would
+/// a `refusal`, or an Anthropic `content_block_delta` (text, thinking or
+/// tool input). Events before it (the role-only first chunk OpenAI sends,
+/// `response.created`, Anthropic's `message_start` and `content_block_start`,
+/// `ping`, keep-alive comments) carry nothing a retry would
 /// contradict, so an error among them is still retried invisibly. The search
 /// is a byte search over what was seen, which stays below [`PEEK_LIMIT`];
 /// a false positive only commits earlier, which is always safe.
@@ -148,12 +150,13 @@ pub(crate) struct CommitWatch {
     scanned: usize,
 }
 
-const CONTENT_MARKERS: [&[u8]; 5] = [
+const CONTENT_MARKERS: [&[u8]; 6] = [
     b"\"content\":",
     b"\"text\":",
     b"\"refusal\":",
     b"\"tool_calls\":",
     b".delta\"",
+    b"content_block_delta\"",
 ];
 
 impl CommitWatch {
@@ -165,7 +168,7 @@ impl CommitWatch {
         self.scanned = self.seen.len();
         let hay = &self.seen[from..];
         // Searchers built once: building one costs more than searching a frame.
-        static FINDERS: LazyLock<[memmem::Finder<'static>; 5]> =
+        static FINDERS: LazyLock<[memmem::Finder<'static>; 6]> =
             LazyLock::new(|| CONTENT_MARKERS.map(memmem::Finder::new));
         CONTENT_MARKERS
             .iter()
@@ -187,7 +190,7 @@ impl CommitWatch {
 /// Whether the value after a marker is content: a non-empty string (or,
 /// for `tool_calls`, an array; for a `.delta"` event type, anything).
 fn carries_content(marker: &[u8], after: &[u8]) -> bool {
-    if marker == b".delta\"" {
+    if marker == b".delta\"" || marker == b"content_block_delta\"" {
         return true;
     }
     let v = after.trim_ascii_start();
@@ -201,6 +204,16 @@ fn carries_content(marker: &[u8], after: &[u8]) -> bool {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn anthropic_commit_point_is_the_first_block_delta() {
+        let mut w = CommitWatch::default();
+        // `message_start` has `"content":[]` and a text block starts with
+        // `"text":""`: neither is content yet.
+        assert!(!w.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"role\":\"assistant\",\"content\":[],\"usage\":{\"input_tokens\":3}}}\n\n"));
+        assert!(!w.feed(b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n"));
+        assert!(w.feed(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let\"}}\n\n"));
+    }
 
     #[test]
     fn commit_point_is_the_first_content() {

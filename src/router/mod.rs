@@ -647,7 +647,7 @@ where
 }
 
 /// The future of [`Router`] (and of [`Fallback`](crate::fallback::Fallback)):
-/// the retry loop, boxed once per request (see the README's performance notes).
+/// the retry loop, boxed once per request (see docs/performance.md).
 pub struct ResponseFuture {
     inner: Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>,
 }

@@ -1,0 +1,475 @@
+//! Anthropic's Messages API through the reference gateway, passed through to
+//! an Anthropic-API deployment (the bundled mock's `/v1/messages`), all on
+//! 127.0.0.1: the body forwarded with only `model` rewritten, Anthropic's
+//! headers, its stream events untouched (thinking blocks and their
+//! signatures, `tool_use` input), usage charged from `message_start` and
+//! `message_delta`, and every error — the gateway's own and the upstream's
+//! — in Anthropic's shape.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A priced Anthropic-API group on the mock, and an OpenAI one.
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[[groups]]
+name = "claude-sonnet"
+price_in_per_mtok = 3.0
+price_out_per_mtok = 15.0
+price_cached_in_per_mtok = 0.3
+price_cache_write_per_mtok = 3.75
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{{mock}}"
+api_key_env = "{{key_env}}"
+model = "mock-claude"
+
+[[groups]]
+name = "gpt-4o-mini"
+[[groups.deployments]]
+provider = "mock"
+base_url = "{{mock}}"
+model = "mock-small"
+{extra}
+"#
+    )
+}
+
+/// A Messages request body.
+fn messages(model: &str, extra: &str) -> String {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
+    format!(
+        r#"{{"model":"{model}","max_tokens":64,"messages":[{{"role":"user","content":"Say hello."}}]{extra}}}"#
+    )
+}
+
+/// POSTs to `/v1/messages` as the Anthropic SDK does: `x-api-key`, `anthropic-version`.
+async fn send(gw: &Gateway, path: &str, key: Option<&str>, body: String) -> Answer {
+    let mut req = anonymous()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .body(body);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.text().await.unwrap();
+    assert_no_secrets("an answer", &format!("{headers:?}\n{body}"));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn post_messages(gw: &Gateway, body: String) -> Answer {
+    send(gw, "/v1/messages", Some(CLIENT_KEY), body).await
+}
+
+/// Anthropic's error shape: `{"type":"error","error":{"type","message"}}`,
+/// with tollgate's reason in `error.metadata`.
+fn assert_anthropic_error(a: &Answer, status: u16, kind: &str, reason: &str) -> Value {
+    assert_eq!(a.status, status, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["type"], "error", "{}", a.body);
+    assert_eq!(v["error"]["type"], kind, "{}", a.body);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(v["error"]["metadata"]["reason"], reason, "{}", a.body);
+    assert!(v.get("code").is_none() && v["error"].get("code").is_none());
+    v
+}
+
+/// The SSE events of a body: `(event name, data)`.
+fn sse(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = Value::Null;
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(d.trim())
+                        .unwrap_or_else(|err| panic!("not JSON ({err}): {d}"));
+                }
+            }
+            (name, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_passes_through_with_only_the_model_rewritten() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    // Fields tollgate does not know, thinking with its signature and cache
+    // control: all must reach the upstream byte for byte.
+    let body = r#"{"model":"claude-sonnet","max_tokens":64,"system":[{"type":"text","text":"Be brief.","cache_control":{"type":"ephemeral"}}],
+        "messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":[{"type":"thinking","thinking":"ok","signature":"c2ln"},{"type":"text","text":"Hello"}]},{"role":"user","content":"Again"}],
+        "thinking":{"type":"enabled","budget_tokens":1024},"future_field":{"x":[1,2]}}"#;
+    let a = post_messages(&gw, body.to_owned()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"][0]["text"],
+        "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15"
+    );
+    assert_eq!(v["model"], "claude-sonnet", "the answer names the group");
+    assert_eq!(v["usage"]["output_tokens"], 16);
+
+    let seen = mock.log.last().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    let expected = body.replacen(r#""model":"claude-sonnet""#, r#""model":"mock-claude""#, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        expected,
+        "only `model` rewritten"
+    );
+    assert_eq!(seen.headers["x-api-key"], UPSTREAM_KEY);
+    assert!(seen.headers.get("authorization").is_none());
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(seen.headers["anthropic-beta"], "prompt-caching-2024-07-31");
+    let forwarded = format!("{:?}", seen.headers);
+    assert!(
+        !forwarded.contains(CLIENT_KEY),
+        "the client's key reached the upstream"
+    );
+
+    // Without the client's `anthropic-version`, the gateway sends its own.
+    let res = anonymous()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(messages("claude-sonnet", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        mock.log.last().unwrap().headers["anthropic-version"],
+        "2023-06-01"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_keeps_thinking_its_signature_and_the_first_text_delta() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    let a = post_messages(
+        &gw,
+        messages("claude-sonnet", r#""stream":true,"mock_fault":"thinking""#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse(&a.body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    // Known failure #17: the first text delta after a thinking block arrives.
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| &d["delta"])
+        .collect();
+    let thinking: String = deltas
+        .iter()
+        .filter_map(|d| d["thinking"].as_str())
+        .collect();
+    assert_eq!(thinking, "Let me think.");
+    assert!(deltas.iter().any(|d| d["signature"] == "sig-mock-0001"));
+    let text: String = deltas.iter().filter_map(|d| d["text"].as_str()).collect();
+    assert!(text.starts_with("tok0 tok1"), "{text}");
+    assert!(text.ends_with("tok15"), "{text}");
+    // Nothing added to the upstream request for metering.
+    let seen = String::from_utf8_lossy(&mock.log.last().unwrap().body).into_owned();
+    assert!(!seen.contains("stream_options"), "{seen}");
+}
+
+/// Known failure #17 and #10: `tool_use` input survives streaming, 1 MiB of it.
+#[tokio::test]
+async fn tool_use_input_survives_streaming() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    let a = post_messages(
+        &gw,
+        messages(
+            "claude-sonnet",
+            r#""stream":true,"mock_fault":"tool_use:1MiB""#,
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let events = sse(&a.body);
+    let start = events
+        .iter()
+        .find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block");
+    assert_eq!(start.1["content_block"]["name"], "mock_tool");
+    let input: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(input.len(), 1 << 20);
+    let parsed: Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(parsed["data"].as_str().unwrap().len(), (1 << 20) - 11);
+    let stop = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(stop.1["delta"]["stop_reason"], "tool_use");
+}
+
+#[tokio::test]
+async fn the_gateways_own_refusals_are_in_anthropics_shape() {
+    let mock = mock().await;
+    let gw = gateway(
+        &config(
+            r#"
+[keys]
+store = "memory"
+master_key_env = "{master_env}"
+[[keys.static]]
+key_env = "TOLLGATE_TEST_CLIENT_KEY"
+models = ["claude-sonnet"]
+"#,
+        ),
+        &mock,
+    )
+    .await;
+    let body = || messages("claude-sonnet", "");
+    let a = send(&gw, "/v1/messages", None, body()).await;
+    assert_anthropic_error(&a, 401, "authentication_error", "missing_key");
+    let a = send(
+        &gw,
+        "/v1/messages",
+        Some("tg-nobody-n0b0dyS3cr3tV4lu3Th4tMust"),
+        body(),
+    )
+    .await;
+    assert_anthropic_error(&a, 401, "authentication_error", "unknown_key");
+    let a = post_messages(&gw, messages("gpt-4o-mini", "")).await;
+    assert_anthropic_error(&a, 403, "permission_error", "model_not_allowed");
+    let a = post_messages(&gw, "{not json".into()).await;
+    assert_anthropic_error(&a, 400, "invalid_request_error", "invalid_json");
+    let a = post_messages(&gw, r#"{"max_tokens":5,"messages":[]}"#.into()).await;
+    assert_anthropic_error(&a, 400, "invalid_request_error", "missing_model");
+    let a = post_messages(&gw, "x".repeat(5 << 20)).await;
+    assert_anthropic_error(&a, 413, "request_too_large", "body_too_large");
+
+    // A key with a rate limit and a budget, made through the admin API.
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "rpm_limit": 1, "max_budget": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    let key = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = send(&gw, "/v1/messages", Some(&key), body()).await;
+    assert_anthropic_error(&a, 402, "billing_error", "budget_exceeded");
+    let a = send(&gw, "/v1/messages", Some(&key), body()).await;
+    let v = assert_anthropic_error(&a, 429, "rate_limit_error", "rate_limited");
+    assert!(a.headers.contains_key("retry-after"), "{v}");
+    let a = send(
+        &gw,
+        "/v1/messages",
+        Some(CLIENT_KEY),
+        messages("claude-nope", ""),
+    )
+    .await;
+    assert_anthropic_error(&a, 403, "permission_error", "model_not_allowed");
+}
+
+#[tokio::test]
+async fn upstream_faults_reach_the_client_in_anthropics_shape() {
+    let mock = mock().await;
+    // One group per fault: a fault cools its deployment down.
+    let mut toml = String::from("[router]\nnum_retries = 0\n");
+    for g in ["429", "401", "500", "400"] {
+        toml.push_str(&format!(
+            "[[groups]]\nname = \"claude-{g}\"\n[[groups.deployments]]\nprovider = \"anthropic\"\napi = \"anthropic\"\nbase_url = \"{{mock}}\"\napi_key_env = \"{{key_env}}\"\nheaders = {{ \"x-mock-fault\" = \"{g}\" }}\n"
+        ));
+    }
+    let gw = gateway(&toml, &mock).await;
+    let fault = |f: &str| messages(&format!("claude-{f}"), "");
+    let a = post_messages(&gw, fault("429")).await;
+    let v = assert_anthropic_error(&a, 429, "rate_limit_error", "upstream_rate_limited");
+    assert_eq!(a.headers["retry-after"], "6");
+    assert_eq!(
+        v["error"]["metadata"]["raw"]["error"]["type"],
+        "rate_limit_error"
+    );
+    // Our upstream credential is the gateway's problem: never a 401.
+    let a = post_messages(&gw, fault("401")).await;
+    assert_anthropic_error(&a, 502, "api_error", "upstream_auth_failed");
+    let a = post_messages(&gw, fault("500")).await;
+    assert_anthropic_error(&a, 502, "api_error", "upstream_error");
+    let a = post_messages(&gw, fault("400")).await;
+    assert_anthropic_error(
+        &a,
+        400,
+        "invalid_request_error",
+        "upstream_rejected_request",
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_ends_with_an_anthropic_error_event() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    for (fault, reason) in [
+        ("cut:3", "upstream_stream_cut"),
+        ("no_stop", "upstream_stream_cut"),
+    ] {
+        let a = post_messages(
+            &gw,
+            messages(
+                "claude-sonnet",
+                &format!(r#""stream":true,"mock_fault":"{fault}""#),
+            ),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{fault}: {}", a.body);
+        let events = sse(&a.body);
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name, "error", "{fault}: {}", a.body);
+        assert_eq!(data["type"], "error");
+        assert_eq!(data["error"]["metadata"]["reason"], reason, "{fault}");
+        assert!(!a.body.contains("[DONE]"), "no OpenAI framing: {}", a.body);
+        assert!(
+            events.iter().any(|(n, _)| n == "content_block_delta"),
+            "{fault}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn count_tokens_is_forwarded_and_free() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    let a = send(
+        &gw,
+        "/v1/messages/count_tokens",
+        Some(CLIENT_KEY),
+        r#"{"model":"claude-sonnet","messages":[{"role":"user","content":"Hi"}]}"#.into(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.json()["input_tokens"].as_u64().unwrap() > 0);
+    let seen = mock.log.last().unwrap();
+    assert_eq!(seen.path, "/v1/messages/count_tokens");
+    assert!(String::from_utf8_lossy(&seen.body).contains(r#""model":"mock-claude""#));
+}
+
+/// 200 concurrent streams against one key's budget: no overspend, and each
+/// admitted stream charged exactly its usage from `message_start` (input,
+/// cache reads and writes) and `message_delta` (output).
+#[tokio::test]
+async fn concurrent_streams_cannot_overspend_and_are_charged_their_usage() {
+    let mock = mock().await;
+    let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
+    let gw = gateway_with_ledger(
+        &config(
+            r#"
+[keys]
+store = "memory"
+master_key_env = "{master_env}"
+"#,
+        ),
+        &mock,
+        ledger.clone(),
+    )
+    .await;
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "max_budget": 0.05}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let key = v["key"].as_str().unwrap().to_owned();
+    let id = v["key_id"].as_str().unwrap().to_owned();
+    let body = messages("claude-sonnet", r#""stream":true,"mock_fault":"cache""#);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (url, key, body) = (gw.url("/v1/messages"), key.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let res = anonymous()
+                .post(url)
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            (status, text)
+        }));
+    }
+    let mut served = 0u64;
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        match status {
+            200 => {
+                assert!(text.contains("message_stop"), "{text}");
+                served += 1;
+            }
+            402 => assert!(text.contains("billing_error"), "{text}"),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!(served > 0 && served < 200, "served {served}");
+    // What one stream costs: the upstream body's length / 4 input tokens
+    // (the mock's count) + 100 cache reads + 50 cache writes, 16 output.
+    let upstream_len = mock.log.last().unwrap().body.len() as u64;
+    let input = (upstream_len / 4).max(1);
+    let usage = tollgate::budget::TokenUsage {
+        prompt_tokens: input + 150,
+        completion_tokens: 16,
+        cached_tokens: 100,
+        cache_creation_tokens: 50,
+    };
+    let price = tollgate::budget::Price {
+        input_per_mtok: 3_000_000,
+        output_per_mtok: 15_000_000,
+        cached_input_per_mtok: Some(300_000),
+        cache_write_per_mtok: Some(3_750_000),
+    };
+    let each = price.cost(&usage);
+    let scope = tollgate::budget::Scope::Key(id.as_str().into());
+    let spent = ledger.usage(&scope, tollgate::budget::Period::Total);
+    assert_eq!(spent.reserved, 0, "every reservation settled");
+    assert!(spent.spent <= 50_000, "overspent: {}", spent.spent);
+    assert_eq!(
+        spent.spent,
+        served * each,
+        "each stream charged its usage ({each})"
+    );
+}

@@ -1,0 +1,144 @@
+//! The official SDKs as clients, through real sockets: the Python
+//! `anthropic` (and `openai`) packages, pinned in `tests/sdk/requirements.txt`,
+//! drive the reference gateway in front of the bundled mock. An SDK that
+//! cannot parse one of the gateway's answers or errors fails the test.
+//!
+//! The SDKs live in a virtual environment made on first use under Cargo's
+//! test temporary directory (`python3 -m venv`, then `pip install -r
+//! tests/sdk/requirements.txt` from PyPI), or in the one
+//! `TOLLGATE_SDK_PYTHON` names (its `python`). No Python, no venv module or
+//! no PyPI is a failure, never a skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// `claude-sonnet` answers; each fault the SDK meets has a group of its own
+/// (a fault cools its deployment down).
+const CONFIG: &str = r#"
+[router]
+num_retries = 0
+
+[[groups]]
+name = "claude-sonnet"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+model = "mock-claude"
+
+[[groups]]
+name = "claude-limited"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+
+[[groups]]
+name = "claude-broken"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+
+[[groups]]
+name = "claude-cut"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+"#;
+
+/// The venv's Python with the pinned SDKs, made once per test binary.
+fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("TOLLGATE_SDK_PYTHON") {
+                return PathBuf::from(p);
+            }
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-venv");
+            let python = dir.join("bin/python");
+            let requirements =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/requirements.txt");
+            let stamp = dir.join("requirements.txt");
+            let wanted = std::fs::read_to_string(&requirements).unwrap();
+            if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+                return python;
+            }
+            let run = |cmd: &mut Command, what: &str| {
+                let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{what} failed:\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(
+                Command::new("python3")
+                    .args(["-m", "venv", "--clear"])
+                    .arg(&dir),
+                "python3 -m venv (the SDK tests need Python 3 with venv)",
+            );
+            run(
+                Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "-r",
+                    ])
+                    .arg(&requirements),
+                "pip install -r tests/sdk/requirements.txt",
+            );
+            std::fs::write(&stamp, wanted).unwrap();
+            python
+        })
+        .clone()
+}
+
+/// Runs `script` with the gateway's base URL and the client key; its output
+/// must end with `N passed, 0 failed`.
+async fn run(script: &str, base: &str) {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = tokio::process::Command::new(python)
+        .arg(&script)
+        .arg(base)
+        .arg(CLIENT_KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with("passed, 0 failed") && !last.starts_with("0 passed"),
+        "{stdout}"
+    );
+    assert_no_secrets("the SDK's output", &format!("{stdout}{stderr}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_drives_messages_streams_tools_and_errors() {
+    let mock = mock().await;
+    let gw = gateway(CONFIG, &mock).await;
+    run("anthropic_client.py", &format!("http://{}", gw.addr)).await;
+}
