@@ -1453,8 +1453,10 @@ async fn soak(args: Args) -> Vec<String> {
     );
 
     println!(
-        "\n5. memory (process RSS: 3 gateways, 2 mocks, {} clients):",
-        args.clients
+        "\n5. memory (process RSS: 3 gateways, 2 mocks, {} clients; of it, the soak's own \
+         log of {n} answers: {:.1} MiB, growing by design):",
+        args.clients,
+        (n * std::mem::size_of::<Outcome>()) as f64 / (1024.0 * 1024.0)
     );
     let rss = std::mem::take(&mut *rss.lock().unwrap());
     let third = load_end / 3.0;
