@@ -663,10 +663,10 @@ fn check_error(v: &Value, status: u16) -> Result<String, String> {
     if e["code"] != status {
         return Err(format!("error.code {} is not {status}", e["code"]));
     }
-    if !e["type"].as_str().is_some_and(|t| !t.is_empty()) {
+    if e["type"].as_str().is_none_or(str::is_empty) {
         return Err("error.type missing".into());
     }
-    if !e["message"].as_str().is_some_and(|m| !m.is_empty()) {
+    if e["message"].as_str().is_none_or(str::is_empty) {
         return Err("error.message missing".into());
     }
     e["metadata"]["reason"]
@@ -1568,9 +1568,9 @@ fn check(f: &Findings) -> Vec<String> {
     let third = load_end / 3.0;
     let first_end = rss
         .iter()
-        .filter(|(t, _)| *t <= third)
+        .rev()
+        .find(|(t, _)| *t <= third)
         .map(|(_, k)| *k)
-        .last()
         .unwrap_or(0);
     let last_peak = rss
         .iter()
