@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tollgate::budget::{Period, Scope, TimeZone};
+use tollgate::budget::{BudgetStore, Period, Scope, TimeZone};
 use tollgate::router::{Clock, CooldownStore, DeploymentId, SystemClock};
 use tollgate::state::{RedisCooldowns, RedisLedger, RedisState};
 
@@ -352,4 +352,57 @@ async fn redis_stopped_mid_load_refuses_with_503_and_recovers_when_it_is_back() 
     let ledger = RedisLedger::new(state_at(&url, &prefix).await, TimeZone::UTC);
     let spent = settled(&ledger, &Scope::Key("client01".into())).await;
     assert!(spent > 0, "the requests after the restart were charged");
+}
+
+/// Found by the chaos soak (`examples/soak.rs`): a request admitted just
+/// before Redis went away settled after it, and the settlement gave up after
+/// five quick tries, so Redis never charged what the spend record says was
+/// spent, and the budget let later requests spend it again. A settlement
+/// now waits out the outage (up to the reservation's hold) and is charged
+/// once when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_waits_out_a_redis_outage_and_is_charged_once() {
+    let port = closed_port().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut server = Killed(redis_server(port));
+    until_up(&url).await;
+    let state = RedisState::open(&url, &prefix("late-settle"), Duration::from_millis(200)).unwrap();
+    let ledger = RedisLedger::new(state, TimeZone::UTC).hold(Duration::from_secs(120));
+    let limit = tollgate::budget::Limit {
+        scope: Scope::Key("k".into()),
+        max: 1_000,
+        period: Period::Monthly,
+    };
+    let held = ledger
+        .reserve(std::slice::from_ref(&limit), 100)
+        .await
+        .unwrap();
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    // Settled while Redis is away: every try fails until it is back.
+    held.settle(40);
+    // Longer than the five tries (200 ms each at most, 750 ms of backoff)
+    // the ledger used to make before giving the charge up; not a timing
+    // assertion: the settlement must land however long the outage lasts
+    // within the hold.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Back empty (no persistence): the charge still lands, on a new counter.
+    let _server = Killed(redis_server(port));
+    until_up(&url).await;
+    tokio::time::timeout(Duration::from_secs(60), ledger.settled())
+        .await
+        .expect("the settlement lands once Redis is back");
+    // The ledger's own connection may still be coming back.
+    let mut tries = 0;
+    let u = loop {
+        match ledger.usage(&limit.scope, limit.period).await {
+            Ok(u) => break u,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 200, "Redis never answered the ledger again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!((u.spent, u.reserved), (40, 0), "charged once, nothing held");
 }

@@ -23,8 +23,8 @@ use crate::error::Error;
 const AFTER_PERIOD: i64 = 86_400;
 /// How long a settlement is remembered, so a retried one is not charged twice.
 const SETTLED_TTL_S: u64 = 86_400;
-/// Attempts to settle before giving up (the hold then expires by itself).
-const SETTLE_ATTEMPTS: u32 = 5;
+/// The longest wait between two tries of a settlement while Redis is away.
+const SETTLE_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Checks every scope, then reserves on all or none. Reclaims first the
 /// holds whose expiry passed (a replica that died holding them). A new
@@ -118,9 +118,10 @@ return 1
 /// Periods are computed by the gateway in its time zone (the clock of the
 /// replica that reserves); the period's start is part of each counter's
 /// key, so a new period starts at zero. A reservation settles in the
-/// background (settling never blocks a response body), retried a few times
-/// on errors; if Redis stays away, the hold expires after
-/// [`hold`](RedisLedger::hold) and the charge is logged as lost.
+/// background (settling never blocks a response body), tried again while
+/// Redis is away for as long as the [`hold`](RedisLedger::hold) lasts (the
+/// hold keeps the money reserved meanwhile); only if Redis stays away
+/// longer is the charge logged as lost.
 #[derive(Clone)]
 pub struct RedisLedger {
     inner: Arc<Inner>,
@@ -179,7 +180,8 @@ impl RedisLedger {
 
     /// How long a reservation holds its money at most: longer than any
     /// request runs (default 15 minutes). A replica that dies holding
-    /// reservations has them reclaimed after this.
+    /// reservations has them reclaimed after this; a settlement that cannot
+    /// reach Redis is tried again for this long.
     pub fn hold(mut self, hold: Duration) -> Self {
         self.hold = hold;
         self
@@ -337,7 +339,12 @@ impl RedisLedger {
         })
     }
 
-    /// Settles, retrying a few times with backoff; the script is idempotent.
+    /// Settles, trying again (backoff from 50 ms doubling to 2 s) for as
+    /// long as the reservation's hold lasts: a request admitted before Redis
+    /// went away and finished while it was away is charged when it is back,
+    /// not forgotten (its spend record says it was spent; a charge given up
+    /// on lets the budget be spent twice). The script is idempotent, so a
+    /// try whose answer was lost is never charged twice.
     async fn settle(&self, rid: &str, counters: &[CounterKeys], charged: Micros) {
         let inner = &self.inner;
         let mut call = inner.settle.prepare_invoke();
@@ -349,25 +356,37 @@ impl RedisLedger {
         for keys in counters {
             call.arg(keys.expire_at);
         }
+        let give_up = tokio::time::Instant::now() + self.hold;
         let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=SETTLE_ATTEMPTS {
+        let mut tries = 0u32;
+        loop {
             let mut conn = inner.state.conn();
             let call = &call;
             let done: Result<i64, Error> = inner
                 .state
                 .run("budget", async move { call.invoke_async(&mut conn).await })
                 .await;
+            tries += 1;
             if done.is_ok() {
+                if tries > 1 {
+                    tracing::info!(
+                        charged_micros = charged,
+                        tries,
+                        "budget reservation settled in Redis after it came back"
+                    );
+                }
                 return;
             }
-            if attempt < SETTLE_ATTEMPTS {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            if tokio::time::Instant::now() + backoff >= give_up {
+                break;
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(SETTLE_MAX_BACKOFF);
         }
         tracing::error!(
             charged_micros = charged,
-            "could not settle a budget reservation in Redis: its hold will expire and this charge is lost"
+            tries,
+            "could not settle a budget reservation in Redis for as long as its hold lasts: this charge is lost"
         );
     }
 }
