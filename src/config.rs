@@ -1129,8 +1129,13 @@ impl Config {
                 "this build has no `postgres` feature; rebuild with it (or `full`)",
             ));
             #[cfg(feature = "postgres")]
-            if let Err(e) = _url.parse::<tokio_postgres::Config>() {
-                return Err(self.err("keys.url", format!("not a PostgreSQL connection URL ({e})")));
+            if let Err(e) = crate::keys::postgres::check_url(_url) {
+                let field = if k.url_env.is_some() {
+                    "keys.url_env"
+                } else {
+                    "keys.url"
+                };
+                return Err(self.err(field, e));
             }
         }
         if k.change_poll_ms < 10 {
