@@ -449,8 +449,13 @@ impl Default for Budgets {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct State {
-    /// `redis://host:port/db` (absent: state in this process).
+    /// `redis://host:port/db`, or `rediss://host:port/db` for TLS
+    /// (absent: state in this process). See `docs/tls-state.md`.
     pub url: Option<String>,
+    /// With a `rediss://` url: a PEM file of the CA certificates that sign
+    /// the server's certificate (a private CA, a self-signed server),
+    /// trusted instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
     /// The prefix of every key (default `tollgate:`): replicas sharing a
     /// prefix share state; tests and tenants isolate by it.
     pub prefix: String,
@@ -475,6 +480,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             url: None,
+            ca_file: None,
             prefix: "tollgate:".into(),
             on_unavailable_budget: OnUnavailable::Closed,
             on_unavailable_rate_limit: OnUnavailable::Closed,
@@ -842,13 +848,34 @@ impl Config {
                 "this build has no Redis support (build with the `redis` feature)",
             ));
         }
-        if !url.starts_with("redis://") {
-            // Never echo the URL: it may hold a password.
-            return Err(self.err("state.url", "must be a `redis://host:port/db` URL"));
+        // Never echo the URL: it may hold a password.
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
+            return Err(self.err(
+                "state.url",
+                "must be a `redis://host:port/db` or `rediss://host:port/db` (TLS) URL",
+            ));
+        }
+        if url.contains('#') {
+            return Err(self.err(
+                "state.url",
+                "takes no `#` fragment (`#insecure`, no certificate check, is not supported: \
+                 give the server's CA as `state.ca_file` instead)",
+            ));
         }
         #[cfg(feature = "redis")]
         if redis::Client::open(url.as_str()).is_err() {
             return Err(self.err("state.url", "is not a valid `redis://` URL"));
+        }
+        if let Some(ca) = &st.ca_file {
+            if !tls {
+                return Err(self.err(
+                    "state.ca_file",
+                    "is only for a `rediss://` (TLS) url; `state.url` is `redis://`",
+                ));
+            }
+            #[cfg(feature = "redis")]
+            crate::tls::read_pem_file(ca).map_err(|e| self.err("state.ca_file", e))?;
         }
         if st.on_unavailable_budget == OnUnavailable::Open {
             return Err(self.err(
@@ -883,13 +910,23 @@ impl Config {
         let Some(url) = &self.state.url else {
             return Ok(None);
         };
-        crate::state::RedisState::open(
-            url,
-            &self.state.prefix,
-            Duration::from_millis(self.state.timeout_ms),
-        )
-        .map(Some)
-        .map_err(|_| self.err("state.url", "is not a valid `redis://` URL"))
+        let timeout = Duration::from_millis(self.state.timeout_ms);
+        let state = match &self.state.ca_file {
+            None => crate::state::RedisState::open(url, &self.state.prefix, timeout),
+            Some(ca) => {
+                let pem =
+                    crate::tls::read_pem_file(ca).map_err(|e| self.err("state.ca_file", e))?;
+                crate::state::RedisState::open_with_root_certificates(
+                    url,
+                    &pem,
+                    &self.state.prefix,
+                    timeout,
+                )
+            }
+        };
+        state
+            .map(Some)
+            .map_err(|_| self.err("state.url", "is not a valid `redis://` URL"))
     }
 
     /// How many deployments all groups have together.
@@ -1796,6 +1833,22 @@ mod tests {
             assert!(!format!("{:?}", c.key_location().unwrap()).contains("pw"));
             let e = at("url = \"postgres://h:notaport/db\"").unwrap_err();
             assert_eq!(e.field(), "keys.url");
+            // libpq's TLS parameters are read (tokio-postgres alone refuses them).
+            at("url = \"postgres://tg:pw@db.internal/tg?sslmode=verify-full\"").unwrap();
+            let e = at(
+                "url = \"postgres://tg:pw@h/tg?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"",
+            )
+            .unwrap_err();
+            assert_eq!(e.field(), "keys.url");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("sslrootcert")
+                    && msg.contains("/nonexistent/ca.pem")
+                    && !msg.contains("pw@"),
+                "{msg}"
+            );
+            let e = at("url = \"postgres://tg:pw@h/tg?sslmode=verify\"").unwrap_err();
+            assert!(e.to_string().contains("sslmode `verify`"), "{e}");
         }
     }
 
@@ -1825,6 +1878,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.state.on_unavailable_rate_limit, OnUnavailable::Open);
         assert_eq!(c.state.timeout_ms, 500);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn state_tls_is_checked() {
+        let state = |body: &str| format!("[state]\n{body}\n{OK}");
+        Config::from_toml(
+            "gw.toml",
+            &state("url = \"rediss://:pw@cache.internal:6380/0\""),
+        )
+        .unwrap();
+        let e = err(&state("url = \"rediss://:hunter2@h:6380/#insecure\""));
+        assert_eq!(e.field(), "state.url");
+        assert!(
+            e.to_string().contains("state.ca_file") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
+        let e = err(&state(
+            "url = \"redis://h:6379\"\nca_file = \"/etc/ssl/ca.pem\"",
+        ));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = err(&state(
+            "url = \"rediss://h:6380\"\nca_file = \"/nonexistent/ca.pem\"",
+        ));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("tollgate-state-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        let e = err(&state(&format!(
+            "url = \"rediss://h:6380\"\nca_file = \"{}\"",
+            not_pem.display()
+        )));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("no certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

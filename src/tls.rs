@@ -66,8 +66,15 @@ mod tests {
 
     #[test]
     fn a_pem_without_certificates_is_refused() {
-        assert!(pem_certificates(b"nope").unwrap_err().contains("no certificate"));
+        assert!(
+            pem_certificates(b"nope")
+                .unwrap_err()
+                .contains("no certificate")
+        );
         let e = read_pem_file(Path::new("/nonexistent/ca.pem")).unwrap_err();
-        assert!(e.contains("/nonexistent/ca.pem") && e.contains("cannot be read"), "{e}");
+        assert!(
+            e.contains("/nonexistent/ca.pem") && e.contains("cannot be read"),
+            "{e}"
+        );
     }
 }

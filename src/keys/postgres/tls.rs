@@ -378,7 +378,9 @@ mod tests {
     #[test]
     fn url_query_loses_only_the_tls_params() {
         assert_eq!(
-            split("postgres://u:p@h:5/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca%20b.pem"),
+            split(
+                "postgres://u:p@h:5/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca%20b.pem"
+            ),
             (
                 "postgres://u:p@h:5/db?application_name=x".into(),
                 Some("verify-full".into()),
@@ -389,7 +391,10 @@ mod tests {
             split("postgresql://h/db?sslmode=require"),
             ("postgresql://h/db".into(), Some("require".into()), None)
         );
-        assert_eq!(split("postgres://h/db"), ("postgres://h/db".into(), None, None));
+        assert_eq!(
+            split("postgres://h/db"),
+            ("postgres://h/db".into(), None, None)
+        );
     }
 
     #[test]
