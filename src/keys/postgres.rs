@@ -200,6 +200,28 @@ pub(crate) struct Connection {
     pub name: Arc<str>,
 }
 
+/// An error and its causes, `: `-joined. tokio-postgres and deadpool keep
+/// the reason a connection failed (rustls' `invalid peer certificate:
+/// UnknownIssuer`, a refused connection) in `source()` only.
+pub(crate) struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                write!(f, ": {text}")?;
+                said.push_str(&text);
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Checks a connection string as [`PostgresStore::connect`] would read it
 /// (`sslmode`, `sslrootcert` and its file included), without connecting.
 /// The error names no password.
@@ -360,7 +382,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| self.err(e))
+        self.pool.get().await.map_err(|e| self.err(Causes(&e)))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -371,7 +393,7 @@ impl PostgresStore {
                 MigrateError::Newer { current, latest } => self.err(format!(
                     "the database has schema version {current}, newer than this build knows ({latest}); use a newer tollgate"
                 )),
-                MigrateError::Pg(e) => self.err(e),
+                MigrateError::Pg(e) => self.err(Causes(&e)),
                 MigrateError::Step(v, e) => self.err(format!("migration {v}: {e}")),
             })
     }
@@ -715,7 +737,7 @@ async fn listen_loop(
         let was = state.listening.swap(false, Ordering::SeqCst);
         match result {
             Err(e) => {
-                tracing::warn!(database = %name, error = %e, "key change listener lost; the poll carries on while it reconnects")
+                tracing::warn!(database = %name, error = %Causes(&e), "key change listener lost; the poll carries on while it reconnects")
             }
             Ok(()) => {
                 tracing::warn!(database = %name, "key change listener closed; the poll carries on while it reconnects")

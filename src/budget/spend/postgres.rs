@@ -177,7 +177,10 @@ impl PostgresSpendStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SpendError> {
-        self.pool.get().await.map_err(|e| self.err(e))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.err(crate::keys::postgres::Causes(&e)))
     }
 
     /// Runs `f` bounded by the store's timeout (a timeout may be tried again).
