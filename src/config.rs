@@ -205,9 +205,10 @@ pub struct Keys {
     /// Where keys and teams are kept, as a URL: `sqlite://PATH` (the
     /// default, `sqlite://tollgate.db`: an embedded file, nothing lost on
     /// restart), `postgres://USER@HOST:PORT/DB` (shared by several
-    /// replicas, with the `postgres` feature) or `memory` (keys made
-    /// through the admin API are lost on restart). Exclusive with `url_env`
-    /// and with the older `store`/`sqlite_path`.
+    /// replicas, with the `postgres` feature; TLS by libpq's `sslmode` and
+    /// `sslrootcert` in its query, see `docs/tls-state.md`) or `memory`
+    /// (keys made through the admin API are lost on restart). Exclusive
+    /// with `url_env` and with the older `store`/`sqlite_path`.
     pub url: Option<String>,
     /// The environment variable holding the URL (for a URL with a password).
     pub url_env: Option<String>,
@@ -1831,8 +1832,12 @@ mod tests {
                 KeyLocation::Postgres(_)
             ));
             assert!(!format!("{:?}", c.key_location().unwrap()).contains("pw"));
-            let e = at("url = \"postgres://h:notaport/db\"").unwrap_err();
+            let e = at("url = \"postgres://u:pw0rdpw0rd@h:notaport/db\"").unwrap_err();
             assert_eq!(e.field(), "keys.url");
+            assert!(
+                e.to_string().contains("`port`") && !e.to_string().contains("pw0rd"),
+                "{e}"
+            );
             // libpq's TLS parameters are read (tokio-postgres alone refuses them).
             at("url = \"postgres://tg:pw@db.internal/tg?sslmode=verify-full\"").unwrap();
             let e = at(

@@ -89,7 +89,7 @@ pub(crate) fn target(url: &str) -> Result<Target, String> {
     let (rest, params) = take_tls_params(url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
-        .map_err(|e| format!("not a PostgreSQL connection URL ({e})"))?;
+        .map_err(|e| format!("not a PostgreSQL connection URL ({})", super::Causes(&e)))?;
     let system = params.sslrootcert.as_deref() == Some("system");
     let mode = match params.sslmode.as_deref() {
         Some(m) => SslMode::parse(m)?,
@@ -438,6 +438,17 @@ mod tests {
         );
         let e = t("postgres://h/db?sslrootcert=system&sslmode=require").unwrap_err();
         assert!(e.contains("verify-full"), "{e}");
+        // What is not supported is refused, never ignored.
+        for unsupported in [
+            "sslmode=allow",
+            "sslcert=/c.pem",
+            "sslkey=/k.pem",
+            "sslcrl=/r.pem",
+        ] {
+            let e = t(&format!("postgres://u:secret@h/db?{unsupported}")).unwrap_err();
+            let name = unsupported.split('=').next().unwrap();
+            assert!(e.contains(name) && !e.contains("secret"), "{e}");
+        }
         let e = t("postgres://u:secret@h/db?sslmode=sure").unwrap_err();
         assert!(e.contains("`sure`") && !e.contains("secret"), "{e}");
         let e = t("postgres://u:secret@h/db?sslmode=verify-ca&sslrootcert=/nonexistent.pem")
