@@ -868,6 +868,7 @@ impl Config {
         if redis::Client::open(url.as_str()).is_err() {
             return Err(self.err("state.url", "is not a valid `redis://` URL"));
         }
+        #[cfg(feature = "redis")]
         if let Some(ca) = &st.ca_file {
             if !tls {
                 return Err(self.err(
@@ -875,7 +876,6 @@ impl Config {
                     "is only for a `rediss://` (TLS) url; `state.url` is `redis://`",
                 ));
             }
-            #[cfg(feature = "redis")]
             crate::tls::read_pem_file(ca).map_err(|e| self.err("state.ca_file", e))?;
         }
         if st.on_unavailable_budget == OnUnavailable::Open {

@@ -23,6 +23,10 @@ pub(crate) fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>
 
 /// The PEM file at `path`, read and checked as [`pem_certificates`] and
 /// [`root_store`] would take it; errors name the file.
+#[cfg_attr(
+    not(any(feature = "postgres", all(feature = "config", feature = "redis"))),
+    allow(dead_code)
+)]
 pub(crate) fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
     let pem = std::fs::read(path)
         .map_err(|e| format!("CA file `{}` cannot be read: {e}", path.display()))?;
@@ -33,6 +37,7 @@ pub(crate) fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// A root store of `certs` alone.
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
 pub(crate) fn root_store(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     add_roots(&mut roots, certs)?;
