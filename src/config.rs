@@ -205,9 +205,10 @@ pub struct Keys {
     /// Where keys and teams are kept, as a URL: `sqlite://PATH` (the
     /// default, `sqlite://tollgate.db`: an embedded file, nothing lost on
     /// restart), `postgres://USER@HOST:PORT/DB` (shared by several
-    /// replicas, with the `postgres` feature) or `memory` (keys made
-    /// through the admin API are lost on restart). Exclusive with `url_env`
-    /// and with the older `store`/`sqlite_path`.
+    /// replicas, with the `postgres` feature; TLS by libpq's `sslmode` and
+    /// `sslrootcert` in its query, see `docs/tls-state.md`) or `memory`
+    /// (keys made through the admin API are lost on restart). Exclusive
+    /// with `url_env` and with the older `store`/`sqlite_path`.
     pub url: Option<String>,
     /// The environment variable holding the URL (for a URL with a password).
     pub url_env: Option<String>,
@@ -449,8 +450,13 @@ impl Default for Budgets {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct State {
-    /// `redis://host:port/db` (absent: state in this process).
+    /// `redis://host:port/db`, or `rediss://host:port/db` for TLS
+    /// (absent: state in this process). See `docs/tls-state.md`.
     pub url: Option<String>,
+    /// With a `rediss://` url: a PEM file of the CA certificates that sign
+    /// the server's certificate (a private CA, a self-signed server),
+    /// trusted instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
     /// The prefix of every key (default `tollgate:`): replicas sharing a
     /// prefix share state; tests and tenants isolate by it.
     pub prefix: String,
@@ -475,6 +481,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             url: None,
+            ca_file: None,
             prefix: "tollgate:".into(),
             on_unavailable_budget: OnUnavailable::Closed,
             on_unavailable_rate_limit: OnUnavailable::Closed,
@@ -871,13 +878,34 @@ impl Config {
                 "this build has no Redis support (build with the `redis` feature)",
             ));
         }
-        if !url.starts_with("redis://") {
-            // Never echo the URL: it may hold a password.
-            return Err(self.err("state.url", "must be a `redis://host:port/db` URL"));
+        // Never echo the URL: it may hold a password.
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
+            return Err(self.err(
+                "state.url",
+                "must be a `redis://host:port/db` or `rediss://host:port/db` (TLS) URL",
+            ));
+        }
+        if url.contains('#') {
+            return Err(self.err(
+                "state.url",
+                "takes no `#` fragment (`#insecure`, no certificate check, is not supported: \
+                 give the server's CA as `state.ca_file` instead)",
+            ));
         }
         #[cfg(feature = "redis")]
         if redis::Client::open(url.as_str()).is_err() {
             return Err(self.err("state.url", "is not a valid `redis://` URL"));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(ca) = &st.ca_file {
+            if !tls {
+                return Err(self.err(
+                    "state.ca_file",
+                    "is only for a `rediss://` (TLS) url; `state.url` is `redis://`",
+                ));
+            }
+            crate::tls::read_pem_file(ca).map_err(|e| self.err("state.ca_file", e))?;
         }
         if st.on_unavailable_budget == OnUnavailable::Open {
             return Err(self.err(
@@ -912,13 +940,23 @@ impl Config {
         let Some(url) = &self.state.url else {
             return Ok(None);
         };
-        crate::state::RedisState::open(
-            url,
-            &self.state.prefix,
-            Duration::from_millis(self.state.timeout_ms),
-        )
-        .map(Some)
-        .map_err(|_| self.err("state.url", "is not a valid `redis://` URL"))
+        let timeout = Duration::from_millis(self.state.timeout_ms);
+        let state = match &self.state.ca_file {
+            None => crate::state::RedisState::open(url, &self.state.prefix, timeout),
+            Some(ca) => {
+                let pem =
+                    crate::tls::read_pem_file(ca).map_err(|e| self.err("state.ca_file", e))?;
+                crate::state::RedisState::open_with_root_certificates(
+                    url,
+                    &pem,
+                    &self.state.prefix,
+                    timeout,
+                )
+            }
+        };
+        state
+            .map(Some)
+            .map_err(|_| self.err("state.url", "is not a valid `redis://` URL"))
     }
 
     /// How many deployments all groups have together.
@@ -1165,8 +1203,13 @@ impl Config {
                 "this build has no `postgres` feature; rebuild with it (or `full`)",
             ));
             #[cfg(feature = "postgres")]
-            if let Err(e) = _url.parse::<tokio_postgres::Config>() {
-                return Err(self.err("keys.url", format!("not a PostgreSQL connection URL ({e})")));
+            if let Err(e) = crate::keys::postgres::check_url(_url) {
+                let field = if k.url_env.is_some() {
+                    "keys.url_env"
+                } else {
+                    "keys.url"
+                };
+                return Err(self.err(field, e));
             }
         }
         if k.change_poll_ms < 10 {
@@ -1862,8 +1905,28 @@ mod tests {
                 KeyLocation::Postgres(_)
             ));
             assert!(!format!("{:?}", c.key_location().unwrap()).contains("pw"));
-            let e = at("url = \"postgres://h:notaport/db\"").unwrap_err();
+            let e = at("url = \"postgres://u:pw0rdpw0rd@h:notaport/db\"").unwrap_err();
             assert_eq!(e.field(), "keys.url");
+            assert!(
+                e.to_string().contains("`port`") && !e.to_string().contains("pw0rd"),
+                "{e}"
+            );
+            // libpq's TLS parameters are read (tokio-postgres alone refuses them).
+            at("url = \"postgres://tg:pw@db.internal/tg?sslmode=verify-full\"").unwrap();
+            let e = at(
+                "url = \"postgres://tg:pw@h/tg?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"",
+            )
+            .unwrap_err();
+            assert_eq!(e.field(), "keys.url");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("sslrootcert")
+                    && msg.contains("/nonexistent/ca.pem")
+                    && !msg.contains("pw@"),
+                "{msg}"
+            );
+            let e = at("url = \"postgres://tg:pw@h/tg?sslmode=verify\"").unwrap_err();
+            assert!(e.to_string().contains("sslmode `verify`"), "{e}");
         }
     }
 
@@ -1893,6 +1956,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.state.on_unavailable_rate_limit, OnUnavailable::Open);
         assert_eq!(c.state.timeout_ms, 500);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn state_tls_is_checked() {
+        let state = |body: &str| format!("[state]\n{body}\n{OK}");
+        Config::from_toml(
+            "gw.toml",
+            &state("url = \"rediss://:pw@cache.internal:6380/0\""),
+        )
+        .unwrap();
+        let e = err(&state("url = \"rediss://:hunter2@h:6380/#insecure\""));
+        assert_eq!(e.field(), "state.url");
+        assert!(
+            e.to_string().contains("state.ca_file") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
+        let e = err(&state(
+            "url = \"redis://h:6379\"\nca_file = \"/etc/ssl/ca.pem\"",
+        ));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = err(&state(
+            "url = \"rediss://h:6380\"\nca_file = \"/nonexistent/ca.pem\"",
+        ));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("tollgate-state-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        let e = err(&state(&format!(
+            "url = \"rediss://h:6380\"\nca_file = \"{}\"",
+            not_pem.display()
+        )));
+        assert_eq!(e.field(), "state.ca_file");
+        assert!(e.to_string().contains("no certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

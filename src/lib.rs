@@ -57,6 +57,9 @@ pub mod sanitize;
 #[cfg(feature = "provider")]
 pub mod provider;
 
+#[cfg(any(feature = "provider", feature = "postgres", feature = "redis"))]
+mod tls;
+
 #[cfg(feature = "config")]
 pub mod config;
 

@@ -11,6 +11,9 @@
 //!   before reuse and replaced when the server restarted; connect, wait and
 //!   recycle are bounded by `timeout`, so the admin API answers 503
 //!   `state_unavailable` instead of hanging while the database is away).
+//!   TLS as libpq's `sslmode` and `sslrootcert` in the URL say (`prefer`
+//!   by default: encrypted when the server offers it), over rustls; see
+//!   `docs/tls-state.md` for what each mode checks.
 //! - **Schema**: numbered [`MIGRATIONS`], each in its own transaction under
 //!   an advisory lock (replicas starting together migrate once), recorded in
 //!   `tollgate_schema` (`component = 'keys'`). A database written by a newer
@@ -41,7 +44,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -50,12 +52,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::keyring::{Change, Keyring, WeakKeyring};
 use super::record::{KeyRecord, Limits, TeamRecord};
 use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
 use super::token::KeyHash;
+
+mod tls;
 
 /// The channel the change trigger notifies and followers listen on.
 pub const CHANNEL: &str = "tollgate_keys";
@@ -145,14 +150,16 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
 
 /// A pool of connections to `url` as the stores use it (keepalive,
 /// `application_name=tollgate`, connections checked before reuse, every
-/// wait bounded by `options.timeout`), its configuration, and the
-/// database's name without credentials. Errors name no password.
-pub(crate) fn pool(
-    url: &str,
-    options: &PostgresOptions,
-) -> Result<(Pool, Arc<tokio_postgres::Config>, Arc<str>), String> {
-    let mut config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| format!("not a PostgreSQL connection URL ({e})"))?;
+/// wait bounded by `options.timeout`, TLS as the URL's `sslmode` and
+/// `sslrootcert` say: see [`tls`]), its configuration and TLS connector
+/// (for the change listener's own connection), and the database's name
+/// without credentials. Errors name no password.
+pub(crate) fn pool(url: &str, options: &PostgresOptions) -> Result<Connection, String> {
+    let tls::Target {
+        mut config,
+        tls,
+        mode,
+    } = tls::target(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(options.timeout);
     }
@@ -163,9 +170,10 @@ pub(crate) fn pool(
         config.application_name("tollgate");
     }
     let name: Arc<str> = describe(&config).into();
+    tracing::debug!(database = %name, sslmode = ?mode, "PostgreSQL pool");
     let manager = Manager::from_config(
         config.clone(),
-        NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },
@@ -178,7 +186,50 @@ pub(crate) fn pool(
         .recycle_timeout(Some(options.timeout))
         .build()
         .map_err(|e| format!("PostgreSQL `{name}`: {e}"))?;
-    Ok((pool, Arc::new(config), name))
+    Ok(Connection {
+        pool,
+        config: Arc::new(config),
+        tls,
+        name,
+    })
+}
+
+/// What [`pool`] opens.
+pub(crate) struct Connection {
+    pub pool: Pool,
+    pub config: Arc<tokio_postgres::Config>,
+    pub tls: MakeRustlsConnect,
+    /// `host:port/db`, for messages: never the password.
+    pub name: Arc<str>,
+}
+
+/// An error and its causes, `: `-joined. tokio-postgres and deadpool keep
+/// the reason a connection failed (rustls' `invalid peer certificate:
+/// UnknownIssuer`, a refused connection) in `source()` only.
+pub(crate) struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                write!(f, ": {text}")?;
+                said.push_str(&text);
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Checks a connection string as [`PostgresStore::connect`] would read it
+/// (`sslmode`, `sslrootcert` and its file included), without connecting.
+/// The error names no password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    tls::target(url).map(drop)
 }
 
 /// An arbitrary constant: the advisory lock replicas take to migrate one at
@@ -269,6 +320,7 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
     /// `host:port/db`, for messages: never the password.
     name: Arc<str>,
     /// The change version the last `load` saw (-1: none yet).
@@ -311,10 +363,16 @@ impl PostgresStore {
 
     /// Connects with `options` and migrates the schema.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let (pool, config, name) = pool(url, &options).map_err(StoreError::new)?;
+        let Connection {
+            pool,
+            config,
+            tls,
+            name,
+        } = pool(url, &options).map_err(StoreError::new)?;
         let store = PostgresStore {
             pool,
             config,
+            tls,
             name,
             loaded: Arc::new(AtomicI64::new(-1)),
         };
@@ -327,7 +385,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| self.err(e))
+        self.pool.get().await.map_err(|e| self.err(Causes(&e)))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -338,7 +396,7 @@ impl PostgresStore {
                 MigrateError::Newer { current, latest } => self.err(format!(
                     "the database has schema version {current}, newer than this build knows ({latest}); use a newer tollgate"
                 )),
-                MigrateError::Pg(e) => self.err(e),
+                MigrateError::Pg(e) => self.err(Causes(&e)),
                 MigrateError::Step(v, e) => self.err(format!("migration {v}: {e}")),
             })
     }
@@ -426,6 +484,7 @@ impl PostgresStore {
         let listener = listen.then(|| {
             tokio::spawn(listen_loop(
                 self.config.clone(),
+                self.tls.clone(),
                 self.name.clone(),
                 state.clone(),
                 alive_rx,
@@ -630,6 +689,7 @@ async fn follow_loop(
 
 async fn listen_loop(
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
     name: Arc<str>,
     state: Arc<FeedState>,
     mut alive: tokio::sync::watch::Receiver<()>,
@@ -639,7 +699,7 @@ async fn listen_loop(
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
-            let (client, mut connection) = config.connect(NoTls).await?;
+            let (client, mut connection) = config.connect(tls.clone()).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let driver = tokio::spawn(async move {
                 loop {
@@ -680,7 +740,7 @@ async fn listen_loop(
         let was = state.listening.swap(false, Ordering::SeqCst);
         match result {
             Err(e) => {
-                tracing::warn!(database = %name, error = %e, "key change listener lost; the poll carries on while it reconnects")
+                tracing::warn!(database = %name, error = %Causes(&e), "key change listener lost; the poll carries on while it reconnects")
             }
             Ok(()) => {
                 tracing::warn!(database = %name, "key change listener closed; the poll carries on while it reconnects")
@@ -946,7 +1006,7 @@ pub(crate) mod tests {
 
     async fn admin() -> tokio_postgres::Client {
         let base = base_url();
-        let (client, conn) = tokio_postgres::connect(&base, NoTls)
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| {
                 panic!(

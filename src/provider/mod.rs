@@ -228,26 +228,9 @@ impl HttpClientBuilder {
     /// Also trusts the certificates in this PEM (for a private CA or a
     /// self-signed upstream).
     pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let mut found = 0;
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-            match cert {
-                Ok(c) => {
-                    self.extra_roots.push(c);
-                    found += 1;
-                }
-                Err(e) => {
-                    self.error = Some(BuildError(format!(
-                        "a root certificate PEM is invalid: {e}"
-                    )));
-                    return self;
-                }
-            }
-        }
-        if found == 0 {
-            self.error = Some(BuildError(
-                "the root certificate PEM holds no certificate".into(),
-            ));
+        match crate::tls::pem_certificates(pem) {
+            Ok(certs) => self.extra_roots.extend(certs),
+            Err(e) => self.error = Some(BuildError(e)),
         }
         self
     }
@@ -257,13 +240,8 @@ impl HttpClientBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in self.extra_roots {
-            roots
-                .add(cert)
-                .map_err(|e| BuildError(format!("a root certificate is not usable: {e}")))?;
-        }
+        let mut roots = crate::tls::webpki_root_store();
+        crate::tls::add_roots(&mut roots, self.extra_roots).map_err(BuildError)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

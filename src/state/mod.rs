@@ -79,12 +79,52 @@ impl fmt::Debug for RedisState {
 }
 
 impl RedisState {
-    /// A state at `url` (`redis://host:port/db`), with every key under
-    /// `prefix`, each call bounded by `timeout`. Connects lazily (a gateway
-    /// starts while Redis is down, and answers 503 until it is up); must be
-    /// called within a tokio runtime.
+    /// A state at `url` (`redis://host:port/db`, or `rediss://` for TLS,
+    /// trusting the webpki roots), with every key under `prefix`, each call
+    /// bounded by `timeout`. Connects lazily (a gateway starts while Redis
+    /// is down, and answers 503 until it is up); must be called within a
+    /// tokio runtime.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        tls_provider(url);
+        Self::with_client(redis::Client::open(url)?, prefix, timeout)
+    }
+
+    /// As [`open`](Self::open), for a `rediss://` URL whose server's
+    /// certificate is checked against the CA certificates in `ca_pem` (a
+    /// PEM, e.g. a private CA's or a self-signed server's) instead of the
+    /// webpki roots. A PEM without a usable certificate, or a `redis://`
+    /// URL, is refused here.
+    pub fn open_with_root_certificates(
+        url: &str,
+        ca_pem: &[u8],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        crate::tls::pem_certificates(ca_pem)
+            .and_then(crate::tls::root_store)
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "bad CA certificates",
+                    e,
+                ))
+            })?;
+        tls_provider(url);
+        let client = redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca_pem.to_vec()),
+            },
+        )?;
+        Self::with_client(client, prefix, timeout)
+    }
+
+    fn with_client(
+        client: redis::Client,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -150,6 +190,16 @@ impl RedisState {
                 Err(unavailable(what))
             }
         }
+    }
+}
+
+/// The redis crate builds its rustls configuration on the process's
+/// default crypto provider; for a TLS URL, make it ring (what the rest of
+/// the crate uses) unless the application installed one.
+fn tls_provider(url: &str) {
+    if url.starts_with("rediss://") && rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Lost a race with another installer: theirs is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

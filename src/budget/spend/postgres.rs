@@ -148,7 +148,7 @@ impl PostgresSpendStore {
     /// Connects with `options` (its own pool of `pool_size` connections) and
     /// migrates the spend schema.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, SpendError> {
-        let (pool, _config, name) =
+        let crate::keys::postgres::Connection { pool, name, .. } =
             crate::keys::postgres::pool(url, &options).map_err(SpendError::new)?;
         let store = PostgresSpendStore {
             pool,
@@ -177,7 +177,10 @@ impl PostgresSpendStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SpendError> {
-        self.pool.get().await.map_err(|e| self.err(e))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.err(crate::keys::postgres::Causes(&e)))
     }
 
     /// Runs `f` bounded by the store's timeout (a timeout may be tried again).
