@@ -43,7 +43,7 @@
 //! | `POST /v1/chat/completions` | `chat.completion`, or SSE `chat.completion.chunk`s + `data: [DONE]` with `"stream": true` |
 //! | `POST /v1/completions` | `text_completion`, streaming too |
 //! | `POST /v1/embeddings` | `list` of 8-float embeddings (`"encoding_format": "base64"` honoured) |
-//! | `POST /v1/responses` | `response`, or SSE `response.created` / `response.output_text.delta` / `response.completed` (no `[DONE]`) |
+//! | `POST /v1/responses` | `response`, or SSE `response.created`, `response.output_item.added` and `response.content_part.added`, `response.output_text.delta`s, the `.done` events, `response.completed` (no `[DONE]`): the sequence the SDKs' stream helpers need |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
@@ -1482,7 +1482,7 @@ impl Sse {
         let responses = self.flavor == Flavor::Responses;
         match p {
             Phase::Created => responses,
-            Phase::ItemAdded => responses && matches!(self.payload, Payload::Args(_)),
+            Phase::ItemAdded => responses,
             Phase::Content(i) => i < self.count,
             Phase::Finish => !responses,
             Phase::UsageChunk => !responses && self.include_usage,
@@ -1552,6 +1552,21 @@ impl Sse {
                 write_response_object(&mut self.buf, &self.ids, "in_progress", None, None);
                 self.buf.put_slice(b"}\n\n");
             }
+            (Flavor::Responses, Phase::ItemAdded) if !args => {
+                // The message item and its text part, before any delta: the
+                // SDKs' stream helpers index into them.
+                let _ = write!(
+                    self.buf,
+                    "event: response.output_item.added\ndata: {{\"type\":\"response.output_item.added\",\"sequence_number\":{},\"output_index\":0,\"item\":{{\"type\":\"message\",\"id\":\"msg_mock_{n}\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}}}\n\n",
+                    self.seq
+                );
+                self.seq += 1;
+                let _ = write!(
+                    self.buf,
+                    "event: response.content_part.added\ndata: {{\"type\":\"response.content_part.added\",\"sequence_number\":{},\"item_id\":\"msg_mock_{n}\",\"output_index\":0,\"content_index\":0,\"part\":{{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}}}\n\n",
+                    self.seq
+                );
+            }
             (Flavor::Responses, Phase::ItemAdded) => {
                 let _ = write!(
                     self.buf,
@@ -1577,12 +1592,23 @@ impl Sse {
                 self.buf.put_slice(b"\"}\n\n");
             }
             (Flavor::Responses, Phase::Done) => {
+                let text = (!args).then_some(self.state.content.as_str());
+                if let Some(text) = text {
+                    // The text's `.done` events close what `ItemAdded` opened.
+                    let _ = write!(
+                        self.buf,
+                        "event: response.output_text.done\ndata: {{\"type\":\"response.output_text.done\",\"sequence_number\":{},\"item_id\":\"msg_mock_{n}\",\"output_index\":0,\"content_index\":0,\"text\":\"{text}\"}}\n\nevent: response.content_part.done\ndata: {{\"type\":\"response.content_part.done\",\"sequence_number\":{},\"item_id\":\"msg_mock_{n}\",\"output_index\":0,\"content_index\":0,\"part\":{{\"type\":\"output_text\",\"text\":\"{text}\",\"annotations\":[]}}}}\n\nevent: response.output_item.done\ndata: {{\"type\":\"response.output_item.done\",\"sequence_number\":{},\"output_index\":0,\"item\":{{\"type\":\"message\",\"id\":\"msg_mock_{n}\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"text\":\"{text}\",\"annotations\":[]}}]}}}}\n\n",
+                        self.seq,
+                        self.seq + 1,
+                        self.seq + 2
+                    );
+                    self.seq += 3;
+                }
                 let _ = write!(
                     self.buf,
                     "event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":{},\"response\":",
                     self.seq
                 );
-                let text = (!args).then_some(self.state.content.as_str());
                 write_response_object(
                     &mut self.buf,
                     &self.ids,

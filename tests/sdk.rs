@@ -48,6 +48,26 @@ base_url = "{mock}"
 api_key_env = "{key_env}"
 
 [[groups]]
+name = "gpt-4o-mini"
+[[groups.deployments]]
+provider = "mock"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+model = "mock-small"
+
+[[groups]]
+name = "gpt-limited"
+[[groups.deployments]]
+provider = "mock"
+base_url = "{mock}"
+
+[[groups]]
+name = "gpt-broken"
+[[groups.deployments]]
+provider = "mock"
+base_url = "{mock}"
+
+[[groups]]
 name = "claude-cut"
 [[groups.deployments]]
 provider = "anthropic"
@@ -141,4 +161,11 @@ async fn the_anthropic_sdk_drives_messages_streams_tools_and_errors() {
     let mock = mock().await;
     let gw = gateway(CONFIG, &mock).await;
     run("anthropic_client.py", &format!("http://{}", gw.addr)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_drives_chat_responses_embeddings_and_errors() {
+    let mock = mock().await;
+    let gw = gateway(CONFIG, &mock).await;
+    run("openai_client.py", &format!("http://{}", gw.addr)).await;
 }
