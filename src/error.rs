@@ -441,7 +441,11 @@ impl Error {
         if reason == Reason::UpstreamTimeout {
             e.inner.phase = Some(TimeoutPhase::Upstream);
         }
-        let asked = retry_after(headers);
+        let asked = retry_after(headers).or_else(|| {
+            (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                .then(|| e.inner.raw.as_ref().and_then(classify::retry_delay))
+                .flatten()
+        });
         e.inner.upstream_retry_after = asked.is_some();
         e.inner.retry_after = asked.or(match reason {
             Reason::UpstreamRateLimited | Reason::UpstreamUnavailable => {
@@ -1127,6 +1131,22 @@ mod tests {
         let e = upstream(503, &[], "");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "the default");
         assert!(!e.upstream_asked_to_wait());
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_counts_when_no_header_says_one() {
+        let gemini = r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"12s"}]}}"#;
+        let e = upstream(503, &[], gemini);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(12)));
+        assert!(e.upstream_asked_to_wait());
+        let e = upstream(503, &[("retry-after", "3")], gemini);
+        assert_eq!(
+            e.retry_after(),
+            Some(Duration::from_secs(3)),
+            "the header wins"
+        );
+        let e = upstream(400, &[], gemini);
+        assert_eq!(e.retry_after(), None, "only on 429 and 5xx");
     }
 
     #[test]

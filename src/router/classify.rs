@@ -12,12 +12,17 @@
 //! is parsed JSON: rows match fields of that JSON, never substrings of
 //! arbitrary text or HTML.
 //!
+//! It also reads a retry delay that a body carries instead of a
+//! `Retry-After` header ([`retry_delay`]: Google's `RetryInfo`).
+//!
 //! [`MODEL_GONE`] is consulted for upstream statuses 400, 404 and 410;
 //! [`CONTENT_FILTERED`] for 400, 403 and 422. Each row carries an example
 //! body, which a unit test checks the row matches (and every other row of
 //! the other table does not).
 //!
 //! [`Error::from_upstream`]: crate::error::Error::from_upstream
+
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::Value;
@@ -182,6 +187,21 @@ pub fn content_filtered(status: StatusCode, raw: Option<&Value>) -> bool {
         && raw.is_some_and(|v| CONTENT_FILTERED.iter().any(|s| s.matches(status, v)))
 }
 
+/// A retry delay carried in the body rather than in a `Retry-After` header:
+/// Google's `RetryInfo` (Gemini, Vertex AI) in `error.details`, as
+/// `{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12s"}`.
+/// [`Error::from_upstream`](crate::error::Error::from_upstream) uses it for a
+/// 429 or a 5xx without the header.
+pub fn retry_delay(raw: &Value) -> Option<Duration> {
+    raw["error"]["details"].as_array()?.iter().find_map(|d| {
+        if !d["@type"].as_str()?.ends_with("google.rpc.RetryInfo") {
+            return None;
+        }
+        let secs: f64 = d["retryDelay"].as_str()?.strip_suffix('s')?.parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    })
+}
+
 /// `error.code`, or a top-level `code`, when it is a string.
 fn code(v: &Value) -> Option<&str> {
     v["error"]["code"].as_str().or_else(|| v["code"].as_str())
@@ -250,6 +270,22 @@ mod tests {
         assert!(!model_gone(not_found, Some(&page)));
         assert!(!model_gone(not_found, None));
         assert!(!model_gone(StatusCode::GONE, Some(&page)), "410 needs JSON");
+    }
+
+    #[test]
+    fn retry_delays_in_google_bodies() {
+        let v = parse(
+            r#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.5s"}]}}"#,
+        );
+        assert_eq!(retry_delay(&v), Some(Duration::from_millis(1500)));
+        for body in [
+            r#"{"error":{"details":[{"@type":"x.RetryInfo","retryDelay":"5s"}]}}"#,
+            r#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"-5s"}]}}"#,
+            r#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"soon"}]}}"#,
+            r#"{"error":{"message":"no details"}}"#,
+        ] {
+            assert_eq!(retry_delay(&parse(body)), None, "{body}");
+        }
     }
 
     #[test]
