@@ -87,6 +87,16 @@
 //! | `no_done` | stream: normal events, then a clean end without `data: [DONE]` (Responses API: without `response.completed`). Non-streaming: ignored |
 //! | `garbage` | 200 `application/json` `{"id": "chatcmpl-broken", "choices": [`; stream: 200 SSE `data: {not json\n\n` then `data: [DONE]\n\n` |
 //! | `fractional` | usage counts are floats: `prompt_tokens` P+0.5, `completion_tokens` C.0, `total_tokens` P+C+0.5 (stream: in the usage chunk / `response.completed`) |
+//! | `unserved`, `unserved:ROUTE` | on ROUTE (`chat`, `completions`, `embeddings`, `responses`; every route when absent): 404 `text/html`, nginx's page, as a server that does not serve the path answers; other routes answer normally |
+//! | `unserved-text:ROUTE`, `unserved-json:ROUTE` | the same with Go's `text/plain` `404 page not found`, or OpenAI's JSON ``Invalid URL (POST <path>)`` (`code: null`) |
+//! | `405`, `405:ROUTE` | 405 `{"detail":"Method Not Allowed"}` on ROUTE (every route when absent) |
+//! | `501` | 501 `text/plain` `Not Implemented` |
+//! | `gone:SHAPE` | the model is unknown or retired, as SHAPE says it: `openai` (404 `model_not_found`), `groq` (400 `model_decommissioned`), `anthropic` (404 `not_found_error`, `model: <model>`), `vllm` (404, top-level `"object":"error"`, `NotFoundError`), `vllm-nested` (404, under `error`, `param: "model"`), `azure` (404 `DeploymentNotFound`), `gemini` (404 `NOT_FOUND`, `models/<model> is not found…`), `ollama` (404 `{"error":"model '<model>' not found…"}`), `mistral` (400 `invalid_model`), `410` (410 with a JSON error body) |
+//! | `content_filter:SHAPE` | a content filter refused the request: `openai` (400 `content_policy_violation`), `azure` (400 `content_filter` with `innererror`), `openrouter` (403, `metadata.reasons` and `flagged_input`) |
+//! | `413-html` | 413 `text/html`, nginx's `413 Request Entity Too Large` page |
+//! | `422` | 422, FastAPI's `{"detail":[{"loc":["body","messages"],"msg":"field required","type":"value_error.missing"}]}` |
+//! | `408-html` | 408 `text/html`, a proxy's `408 Request Time-out` page |
+//! | `500:S`, `503:S` | 500 (OpenAI-style `server_error`) or 503 (empty), with `Retry-After: S` |
 //! | `tool_args:BYTES` | chat stream whose deltas are `tool_calls[0].function.arguments` fragments of 4 KiB (the first also carries `id`, `"type":"function"`, `function.name` = `mock_tool`), BYTES in all (suffix `KiB`, `MiB`, `GiB` accepted), then `finish_reason: "tool_calls"`, usage if asked, `[DONE]`. Generated lazily, memory stays flat. The arguments are the JSON text `{"data":"lorem ipsum..."}` (plain filler if BYTES < 11); `completion_tokens` = ceil(BYTES/4) |
 //!
 //! Per-endpoint fallbacks:
@@ -463,7 +473,9 @@ async fn not_found(State(st): State<AppState>, req: Request) -> Response {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
-    RateLimit { retry_after: u64 },
+    RateLimit {
+        retry_after: u64,
+    },
     RateLimitOdd,
     Server500,
     Html500,
@@ -481,6 +493,8 @@ enum Fault {
     Garbage,
     Fractional,
     ToolArgs(u64),
+    /// The upstream outcome faults (see the "Upstream outcome faults" block).
+    Outcome(OutcomeFault),
 }
 
 impl Fault {
@@ -516,11 +530,15 @@ impl Fault {
             ("garbage", None) => Fault::Garbage,
             ("fractional", None) => Fault::Fractional,
             ("tool_args", Some(size)) => Fault::ToolArgs(parse_size(size).ok_or_else(bad)?),
+            (name, arg) if OutcomeFault::names(name) => {
+                Fault::Outcome(OutcomeFault::parse(name, arg).ok_or_else(bad)?)
+            }
             _ => {
                 return Err(format!(
                     "Unknown mock fault `{raw}`. Known: 429, 429:S, 429-odd, 500, 500-html, \
                      502-text, 503, 404, 401, 403, 400, context_length, delay:MS, cut:N, \
-                     stall:N, no_done, garbage, fractional, tool_args:BYTES."
+                     stall:N, no_done, garbage, fractional, tool_args:BYTES, {}.",
+                    OutcomeFault::KNOWN
                 ));
             }
         };
@@ -780,6 +798,11 @@ async fn handle(st: AppState, req: Request, endpoint: Endpoint) -> Response {
             _ => "mock-small",
         },
     };
+    if let Some(Fault::Outcome(f)) = fault {
+        if let Some(resp) = f.answer(endpoint, &parts.uri, model) {
+            return resp;
+        }
+    }
     if let Some(f) = fault.filter(|f| f.is_status()) {
         return status_fault(f, auth, model, body.len());
     }
@@ -883,6 +906,259 @@ async fn sleep_or_shutdown(d: Duration, shutdown: Option<watch::Receiver<bool>>)
                 _ = rx.wait_for(|stopped| *stopped) => false,
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream outcome faults: routes not served, models gone in each provider's shape,
+// content filters, proxies' 413/408 pages, 5xx with Retry-After.
+// ---------------------------------------------------------------------------------------
+
+/// An upstream outcome fault, optionally on one route only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OutcomeFault {
+    kind: OutcomeKind,
+    /// The route it applies to; every route when `None`.
+    only: Option<Endpoint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutcomeKind {
+    UnservedHtml,
+    UnservedText,
+    UnservedJson,
+    MethodNotAllowed,
+    NotImplemented,
+    Gone(&'static str),
+    ContentFilter(&'static str),
+    TooLargeHtml,
+    Unprocessable,
+    TimeoutHtml,
+    ServerRetryAfter(u16, u64),
+}
+
+const GONE_SHAPES: [&str; 10] = [
+    "openai",
+    "groq",
+    "anthropic",
+    "vllm",
+    "vllm-nested",
+    "azure",
+    "gemini",
+    "ollama",
+    "mistral",
+    "410",
+];
+const FILTER_SHAPES: [&str; 3] = ["openai", "azure", "openrouter"];
+
+impl OutcomeFault {
+    const KNOWN: &'static str = "unserved[:ROUTE], unserved-text:ROUTE, unserved-json:ROUTE, \
+         405[:ROUTE], 501, gone:SHAPE, content_filter:SHAPE, 413-html, 422, 408-html, 500:S, 503:S";
+
+    fn names(name: &str) -> bool {
+        matches!(
+            name,
+            "unserved"
+                | "unserved-text"
+                | "unserved-json"
+                | "405"
+                | "501"
+                | "gone"
+                | "content_filter"
+                | "413-html"
+                | "422"
+                | "408-html"
+                | "500"
+                | "503"
+        )
+    }
+
+    fn parse(name: &str, arg: Option<&str>) -> Option<OutcomeFault> {
+        let route = |arg: Option<&str>| -> Option<Option<Endpoint>> {
+            Some(match arg {
+                None => None,
+                Some("chat") => Some(Endpoint::Chat),
+                Some("completions") => Some(Endpoint::Completions),
+                Some("embeddings") => Some(Endpoint::Embeddings),
+                Some("responses") => Some(Endpoint::Responses),
+                Some(_) => return None,
+            })
+        };
+        let shape = |list: &[&'static str]| list.iter().copied().find(|s| Some(*s) == arg);
+        let every = |kind| Some(OutcomeFault { kind, only: None });
+        match (name, arg) {
+            ("unserved", _) => Some(OutcomeFault {
+                kind: OutcomeKind::UnservedHtml,
+                only: route(arg)?,
+            }),
+            ("unserved-text", _) => Some(OutcomeFault {
+                kind: OutcomeKind::UnservedText,
+                only: route(arg)?,
+            }),
+            ("unserved-json", _) => Some(OutcomeFault {
+                kind: OutcomeKind::UnservedJson,
+                only: route(arg)?,
+            }),
+            ("405", _) => Some(OutcomeFault {
+                kind: OutcomeKind::MethodNotAllowed,
+                only: route(arg)?,
+            }),
+            ("501", None) => every(OutcomeKind::NotImplemented),
+            ("gone", Some(_)) => every(OutcomeKind::Gone(shape(&GONE_SHAPES)?)),
+            ("content_filter", Some(_)) => {
+                every(OutcomeKind::ContentFilter(shape(&FILTER_SHAPES)?))
+            }
+            ("413-html", None) => every(OutcomeKind::TooLargeHtml),
+            ("422", None) => every(OutcomeKind::Unprocessable),
+            ("408-html", None) => every(OutcomeKind::TimeoutHtml),
+            ("500", Some(s)) => every(OutcomeKind::ServerRetryAfter(500, s.parse().ok()?)),
+            ("503", Some(s)) => every(OutcomeKind::ServerRetryAfter(503, s.parse().ok()?)),
+            _ => None,
+        }
+    }
+
+    /// The fault's answer, or `None` on a route it does not apply to.
+    fn answer(self, endpoint: Endpoint, uri: &http::Uri, model: &str) -> Option<Response> {
+        if self.only.is_some_and(|only| only != endpoint) {
+            return None;
+        }
+        let json = |status: u16, body: String| {
+            with_content_type(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+                "application/json",
+            )
+        };
+        let m = json_str(model);
+        let bare = model.replace(['"', '\\', '\''], "");
+        Some(match self.kind {
+            OutcomeKind::UnservedHtml => with_content_type(
+                StatusCode::NOT_FOUND,
+                "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n",
+                "text/html",
+            ),
+            OutcomeKind::UnservedText => {
+                with_content_type(StatusCode::NOT_FOUND, "404 page not found\n", "text/plain; charset=utf-8")
+            }
+            OutcomeKind::UnservedJson => json(
+                404,
+                format!(
+                    r#"{{"error":{{"message":{},"type":"invalid_request_error","param":null,"code":null}}}}"#,
+                    json_str(&format!("Invalid URL (POST {})", uri.path()))
+                ),
+            ),
+            OutcomeKind::MethodNotAllowed => json(405, r#"{"detail":"Method Not Allowed"}"#.into()),
+            OutcomeKind::NotImplemented => {
+                with_content_type(StatusCode::NOT_IMPLEMENTED, "Not Implemented", "text/plain")
+            }
+            OutcomeKind::Gone(shape) => match shape {
+                "openai" => json(
+                    404,
+                    format!(
+                        r#"{{"error":{{"message":"The model `{bare}` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}}}"#
+                    ),
+                ),
+                "groq" => json(
+                    400,
+                    format!(
+                        r#"{{"error":{{"message":"The model `{bare}` has been decommissioned and is no longer supported.","type":"invalid_request_error","code":"model_decommissioned"}}}}"#
+                    ),
+                ),
+                "anthropic" => json(
+                    404,
+                    format!(
+                        r#"{{"type":"error","error":{{"type":"not_found_error","message":"model: {bare}"}}}}"#
+                    ),
+                ),
+                "vllm" => json(
+                    404,
+                    format!(
+                        r#"{{"object":"error","message":"The model `{bare}` does not exist.","type":"NotFoundError","param":null,"code":404}}"#
+                    ),
+                ),
+                "vllm-nested" => json(
+                    404,
+                    format!(
+                        r#"{{"error":{{"message":"The model `{bare}` does not exist.","type":"NotFoundError","param":"model","code":404}}}}"#
+                    ),
+                ),
+                "azure" => json(
+                    404,
+                    r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."}}"#.into(),
+                ),
+                "gemini" => json(
+                    404,
+                    format!(
+                        r#"{{"error":{{"code":404,"message":"models/{bare} is not found for API version v1beta, or is not supported for generateContent.","status":"NOT_FOUND"}}}}"#
+                    ),
+                ),
+                "ollama" => json(
+                    404,
+                    format!(r#"{{"error":"model '{bare}' not found, try pulling it first"}}"#),
+                ),
+                "mistral" => json(
+                    400,
+                    format!(
+                        r#"{{"object":"error","message":{},"type":"invalid_model","param":null,"code":"1500"}}"#,
+                        json_str(&format!("Invalid model: {model}"))
+                    ),
+                ),
+                _ => json(
+                    410,
+                    format!(
+                        r#"{{"error":{{"message":"The model `{bare}` was retired.","type":"invalid_request_error"}}}}"#
+                    ),
+                ),
+            },
+            OutcomeKind::ContentFilter(shape) => match shape {
+                "openai" => json(
+                    400,
+                    r#"{"error":{"message":"Your request was rejected as a result of our safety system.","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}"#.into(),
+                ),
+                "azure" => json(
+                    400,
+                    r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":true,"severity":"high"},"violence":{"filtered":false,"severity":"safe"}}}}}"#.into(),
+                ),
+                _ => json(
+                    403,
+                    format!(
+                        r#"{{"error":{{"code":403,"message":"Input was flagged by moderation.","metadata":{{"reasons":["violence"],"flagged_input":"...","provider_name":"mock","model_slug":{m}}}}}}}"#
+                    ),
+                ),
+            },
+            OutcomeKind::TooLargeHtml => with_content_type(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+                "text/html",
+            ),
+            OutcomeKind::Unprocessable => json(
+                422,
+                r#"{"detail":[{"loc":["body","messages"],"msg":"field required","type":"value_error.missing"}]}"#.into(),
+            ),
+            OutcomeKind::TimeoutHtml => with_content_type(
+                StatusCode::REQUEST_TIMEOUT,
+                "<html><body><h1>408 Request Time-out</h1>\nYour browser didn't send a complete request in time.\n</body></html>\n",
+                "text/html",
+            ),
+            OutcomeKind::ServerRetryAfter(status, after) => {
+                let mut resp = if status == 503 {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r
+                } else {
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "The server had an error while processing your request. Sorry about that!",
+                        "server_error",
+                        None,
+                        None,
+                    )
+                };
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(after));
+                resp
+            }
+        })
     }
 }
 

@@ -387,8 +387,11 @@ pub struct RouterSettings {
     pub max_rate_limit_cooldown_ms: u64,
     /// Cooldown after an upstream 401/403 (default 300 000 ms).
     pub credential_cooldown_ms: u64,
-    /// Cooldown after an upstream 404/410 (default 3 600 000 ms).
+    /// Cooldown after an upstream says the model is unknown or retired (default 3 600 000 ms).
     pub model_gone_cooldown_ms: u64,
+    /// Cooldown of one route on one deployment after the upstream answered
+    /// that it does not serve it (a 404 not naming a model, 405, 501; default 300 000 ms).
+    pub route_not_served_cooldown_ms: u64,
     /// Timeouts / 5xx / connection failures that cool a deployment down (default 3).
     pub failure_threshold: u32,
     /// … within this window (default 60 000 ms).
@@ -409,6 +412,7 @@ impl Default for RouterSettings {
             max_rate_limit_cooldown_ms: ms(p.max_rate_limit_cooldown),
             credential_cooldown_ms: ms(p.credential_cooldown),
             model_gone_cooldown_ms: ms(p.model_gone_cooldown),
+            route_not_served_cooldown_ms: ms(p.route_cooldown),
             failure_threshold: p.failures.threshold,
             failure_window_ms: ms(p.failures.window),
             failure_cooldown_ms: ms(p.failure_cooldown),
@@ -1535,6 +1539,7 @@ impl Config {
             max_rate_limit_cooldown: ms(r.max_rate_limit_cooldown_ms),
             credential_cooldown: ms(r.credential_cooldown_ms),
             model_gone_cooldown: ms(r.model_gone_cooldown_ms),
+            route_cooldown: ms(r.route_not_served_cooldown_ms),
             failures: FailureWindow {
                 threshold: r.failure_threshold,
                 window: ms(r.failure_window_ms),

@@ -19,7 +19,11 @@
 //! waiting helps. [`Error::from_upstream`] is the one place an upstream's
 //! non-2xx answer is classified (a 429 stays a 429 with its `Retry-After`; an
 //! upstream 401/403 is *our* credential's problem and becomes 502
-//! `upstream_auth_failed`; a 404 is a permanent `upstream_model_not_found`).
+//! `upstream_auth_failed`; only a body that says the model is unknown or
+//! retired is a permanent 404 `upstream_model_not_found`, any other 404, 405
+//! or 501 is 502 `upstream_route_not_served`; the body shapes are one table,
+//! [`crate::router::classify`]). The whole outcome table, with what the
+//! router does for each row, is in `docs/routing-outcomes.md`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -33,6 +37,7 @@ use serde_json::{Map, Value};
 
 use crate::body::Body;
 use crate::family::Family;
+use crate::router::classify;
 use crate::sanitize::{self, Secrets};
 
 /// How much of an upstream's error body is kept (before sanitizing).
@@ -118,6 +123,9 @@ reasons! {
     UpstreamRejected = ("upstream_rejected_request", 400),
     /// The prompt does not fit the model's context window.
     ContextLengthExceeded = ("context_length_exceeded", 400),
+    /// The upstream's content filter refused the request (the upstream's
+    /// 400, 403 or 422 is kept; see [`crate::router::classify::CONTENT_FILTERED`]).
+    UpstreamContentFiltered = ("upstream_content_filtered", 400),
     /// No API key was presented.
     MissingKey = ("missing_key", 401),
     /// The presented key is not in the `tg-<id>-<secret>` form.
@@ -152,6 +160,10 @@ reasons! {
     UpstreamError = ("upstream_error", 502),
     /// The upstream refused the gateway's own credential (401/403 upstream).
     UpstreamAuthFailed = ("upstream_auth_failed", 502),
+    /// The upstream does not serve the path the gateway called (a 404 that
+    /// does not name a model, a 405, a 501): a configuration problem of that
+    /// deployment for that route (`metadata.upstream_path`, `metadata.deployment`).
+    UpstreamRouteNotServed = ("upstream_route_not_served", 502),
     /// The upstream could not be reached (connection refused, DNS, TLS).
     UpstreamUnreachable = ("upstream_unreachable", 502),
     /// The upstream sent something that is not a valid answer.
@@ -223,6 +235,8 @@ struct Inner {
     upstream_status: Option<StatusCode>,
     phase: Option<TimeoutPhase>,
     permanent: bool,
+    /// `retry_after` is the upstream's own `Retry-After`, not a default.
+    upstream_retry_after: bool,
     raw: Option<Value>,
     metadata: Map<String, Value>,
     headers: HeaderMap,
@@ -241,6 +255,7 @@ impl Error {
                 upstream_status: None,
                 phase: None,
                 permanent: false,
+                upstream_retry_after: false,
                 raw: None,
                 metadata: Map::new(),
                 headers: HeaderMap::new(),
@@ -289,6 +304,13 @@ impl Error {
         self
     }
 
+    /// Replaces the message (a layer that knows more than where the error
+    /// was made: the router names the deployment).
+    pub(crate) fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.message = message.into();
+        self
+    }
+
     /// Adds a metadata field (`metadata.<key>`). Never put secrets here.
     pub fn with_meta(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.inner.metadata.insert(key.to_owned(), value.into());
@@ -326,6 +348,25 @@ impl Error {
     /// How long to wait before trying again, if waiting helps.
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// Whether [`retry_after`](Self::retry_after) is the upstream's own
+    /// `Retry-After` (or `retry-after-ms`), rather than a default.
+    pub fn upstream_asked_to_wait(&self) -> bool {
+        self.inner.upstream_retry_after
+    }
+
+    /// Names the upstream path that is not served (for
+    /// [`Reason::UpstreamRouteNotServed`]): `metadata.upstream_path`, and the
+    /// message says it. Only the path: never a query string (some providers
+    /// take their key there).
+    pub fn not_served_at(mut self, method: &str, path: &str) -> Self {
+        let provider = self.inner.provider.as_deref().unwrap_or("upstream");
+        let status = self.inner.upstream_status.map_or(0, |s| s.as_u16());
+        self.inner.message = Cow::Owned(format!(
+            "Upstream '{provider}' does not serve {method} {path} (HTTP {status}); this is a gateway configuration problem for this deployment, and other deployments are tried."
+        ));
+        self.with_meta("upstream_path", path)
     }
 
     /// The provider this failure came from.
@@ -369,11 +410,15 @@ impl Error {
     ) -> Self {
         let parsed = ParsedBody::new(headers, body, secrets);
         let upstream_code = parsed.code();
+        let raw = parsed.raw.as_ref();
         let (reason, permanent) = match status.as_u16() {
+            _ if classify::model_gone(status, raw) => (Reason::UpstreamModelNotFound, true),
+            _ if classify::content_filtered(status, raw) => {
+                (Reason::UpstreamContentFiltered, false)
+            }
             401 | 403 => (Reason::UpstreamAuthFailed, false),
-            404 => (Reason::UpstreamModelNotFound, true),
+            404 | 405 | 410 | 501 => (Reason::UpstreamRouteNotServed, false),
             408 => (Reason::UpstreamTimeout, false),
-            410 => (Reason::UpstreamModelNotFound, true),
             413 => (Reason::BodyTooLarge, false),
             429 => (Reason::UpstreamRateLimited, false),
             503 => (Reason::UpstreamUnavailable, false),
@@ -388,6 +433,10 @@ impl Error {
                 "rejected the gateway's credential for it; this is a gateway configuration problem, not your key"
             }
             Reason::UpstreamModelNotFound => "says this model does not exist or was retired",
+            Reason::UpstreamRouteNotServed => {
+                "does not serve this route; this is a gateway configuration problem for this deployment"
+            }
+            Reason::UpstreamContentFiltered => "refused the request by its content filter",
             Reason::UpstreamTimeout => "timed out",
             Reason::BodyTooLarge => "says the request is too large",
             Reason::UpstreamRateLimited => "rate-limited the request",
@@ -402,7 +451,7 @@ impl Error {
             message.push_str(&detail);
         }
         let client_status = match reason {
-            Reason::UpstreamRejected => status,
+            Reason::UpstreamRejected | Reason::UpstreamContentFiltered => status,
             _ => reason.status(),
         };
         let mut e = Error::new(reason, message)
@@ -414,7 +463,13 @@ impl Error {
         if reason == Reason::UpstreamTimeout {
             e.inner.phase = Some(TimeoutPhase::Upstream);
         }
-        e.inner.retry_after = retry_after(headers).or(match reason {
+        let asked = retry_after(headers).or_else(|| {
+            (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                .then(|| e.inner.raw.as_ref().and_then(classify::retry_delay))
+                .flatten()
+        });
+        e.inner.upstream_retry_after = asked.is_some();
+        e.inner.retry_after = asked.or(match reason {
             Reason::UpstreamRateLimited | Reason::UpstreamUnavailable => {
                 Some(Duration::from_secs(1))
             }
@@ -907,6 +962,7 @@ mod tests {
             Reason::NotFound,
             Reason::UpstreamRejected,
             Reason::ContextLengthExceeded,
+            Reason::UpstreamContentFiltered,
             Reason::MissingKey,
             Reason::MalformedKey,
             Reason::UnknownKey,
@@ -924,6 +980,7 @@ mod tests {
             Reason::Internal,
             Reason::UpstreamError,
             Reason::UpstreamAuthFailed,
+            Reason::UpstreamRouteNotServed,
             Reason::UpstreamUnreachable,
             Reason::UpstreamBadResponse,
             Reason::UpstreamStreamCut,
@@ -933,8 +990,9 @@ mod tests {
             Reason::StateUnavailable,
         ];
         let expected_status = [
-            400, 400, 400, 413, 415, 405, 404, 400, 400, 401, 401, 401, 401, 401, 402, 403, 404,
-            404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 503, 503, 503, 503,
+            400, 400, 400, 413, 415, 405, 404, 400, 400, 400, 401, 401, 401, 401, 401, 402, 403,
+            404, 404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 502, 503, 503, 503,
+            503,
         ];
         for (reason, status) in all.iter().zip(expected_status) {
             let e = Error::new(*reason, "m");
@@ -1062,6 +1120,131 @@ mod tests {
         assert!(e.is_permanent());
         assert_eq!(json(&e)["error"]["metadata"]["permanent"], true);
         assert_eq!(json(&e)["error"]["type"], "not_found_error");
+    }
+
+    #[test]
+    fn every_model_gone_shape_is_a_permanent_404() {
+        for row in crate::router::classify::MODEL_GONE {
+            let e = upstream(
+                row.status,
+                &[("content-type", "application/json")],
+                row.example,
+            );
+            assert_eq!(
+                e.reason(),
+                Reason::UpstreamModelNotFound,
+                "{}",
+                row.provider
+            );
+            assert_eq!(e.status(), StatusCode::NOT_FOUND, "{}", row.provider);
+            assert!(e.is_permanent(), "{}", row.provider);
+            assert_eq!(json(&e)["error"]["metadata"]["upstream_status"], row.status);
+        }
+    }
+
+    #[test]
+    fn a_route_the_upstream_does_not_serve_is_a_502_that_is_not_permanent() {
+        for (status, ct, body) in [
+            (
+                404,
+                "text/html",
+                "<html><head><title>404 Not Found</title></head><body><center><h1>404 Not Found</h1></center><hr><center>nginx</center></body></html>",
+            ),
+            (404, "text/plain", "404 page not found"),
+            (404, "application/json", r#"{"detail":"Not Found"}"#),
+            (
+                404,
+                "application/json",
+                r#"{"error":{"message":"Invalid URL (POST /v1/responses)","type":"invalid_request_error","param":null,"code":null}}"#,
+            ),
+            (
+                405,
+                "application/json",
+                r#"{"detail":"Method Not Allowed"}"#,
+            ),
+            (410, "text/html", "<h1>Gone</h1>"),
+            (501, "text/plain", "Not Implemented"),
+            (404, "", ""),
+        ] {
+            let e = upstream(status, &[("content-type", ct)], body);
+            assert_eq!(
+                e.reason(),
+                Reason::UpstreamRouteNotServed,
+                "{status} {body}"
+            );
+            assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+            assert!(!e.is_permanent());
+            assert!(e.retry_after().is_none());
+            let v = json(&e);
+            assert!(v["error"]["metadata"].get("permanent").is_none());
+            assert_eq!(v["error"]["type"], "api_error");
+            let e = e.not_served_at("POST", "/v1/responses");
+            assert!(
+                e.message().contains("POST /v1/responses"),
+                "{}",
+                e.message()
+            );
+            assert_eq!(
+                json(&e)["error"]["metadata"]["upstream_path"],
+                "/v1/responses"
+            );
+        }
+    }
+
+    #[test]
+    fn content_filters_keep_the_upstreams_status_under_their_own_reason() {
+        for row in crate::router::classify::CONTENT_FILTERED {
+            let e = upstream(row.status, &[], row.example);
+            assert_eq!(
+                e.reason(),
+                Reason::UpstreamContentFiltered,
+                "{}",
+                row.provider
+            );
+            assert_eq!(e.status().as_u16(), row.status, "{}", row.provider);
+            assert!(!e.is_permanent());
+        }
+    }
+
+    #[test]
+    fn proxy_answers_413_and_408_and_5xx_with_retry_after() {
+        let e = upstream(
+            413,
+            &[("content-type", "text/html")],
+            "<html><body><h1>413 Request Entity Too Large</h1></body></html>",
+        );
+        assert_eq!(e.reason(), Reason::BodyTooLarge);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.upstream_status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        let e = upstream(
+            408,
+            &[("content-type", "text/html")],
+            "<h1>408 Request Time-out</h1>",
+        );
+        assert_eq!(e.reason(), Reason::UpstreamTimeout);
+        assert_eq!(e.phase(), Some(TimeoutPhase::Upstream));
+        let e = upstream(500, &[("retry-after", "20")], "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(20)));
+        assert!(e.upstream_asked_to_wait());
+        let e = upstream(503, &[], "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "the default");
+        assert!(!e.upstream_asked_to_wait());
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_counts_when_no_header_says_one() {
+        let gemini = r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"12s"}]}}"#;
+        let e = upstream(503, &[], gemini);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(12)));
+        assert!(e.upstream_asked_to_wait());
+        let e = upstream(503, &[("retry-after", "3")], gemini);
+        assert_eq!(
+            e.retry_after(),
+            Some(Duration::from_secs(3)),
+            "the header wins"
+        );
+        let e = upstream(400, &[], gemini);
+        assert_eq!(e.retry_after(), None, "only on 429 and 5xx");
     }
 
     #[test]

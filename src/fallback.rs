@@ -14,7 +14,8 @@
 //! | the group's answer | next |
 //! |---|---|
 //! | 503 `no_available_deployment`, 404 `model_not_found` / `upstream_model_not_found` | next group in the chain |
-//! | rate-limited, 5xx, timeouts, unreachable, cut before content, our credential refused | next group in the chain |
+//! | rate-limited, 5xx, timeouts, unreachable, cut before content, our credential refused, the route not served (502 `upstream_route_not_served`) | next group in the chain |
+//! | an upstream 413 on every deployment tried | returned at once |
 //! | `context_length_exceeded` | the group's `context_window_fallbacks`, when configured; else returned |
 //! | any other 4xx, and the gateway's own failures | returned at once |
 //!
@@ -75,11 +76,12 @@ fn next_for(e: &Error) -> Next {
         Reason::NoAvailableDeployment | Reason::ModelNotFound => Next::Chain,
         _ => match Outcome::of(e) {
             Outcome::ModelGone
+            | Outcome::RouteNotServed
             | Outcome::RateLimited
             | Outcome::Transient
             | Outcome::Credential => Next::Chain,
             Outcome::ContextLength => Next::ContextWindow,
-            Outcome::ClientFault | Outcome::Gateway => Next::Stop,
+            Outcome::ClientFault | Outcome::TooLargeHere | Outcome::Gateway => Next::Stop,
         },
     }
 }

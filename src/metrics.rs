@@ -14,7 +14,7 @@
 //! | `tollgate_request_duration_seconds` | histogram | `model_group` | [`RequestMetrics`]: until the response headers (a stream's first byte) |
 //! | `tollgate_overhead_seconds` | histogram | — | [`Overhead`](crate::overhead::Overhead): the gateway's own time, as in `x-tollgate-overhead-ms` |
 //! | `tollgate_upstream_errors_total` | counter | `deployment`, `reason` | [`Router`](crate::router::Router): each failed upstream attempt, and each stream that fails after its commit point |
-//! | `tollgate_cooldowns_total` | counter | `deployment`, `reason` | [`Router`](crate::router::Router): each cooldown started (`rate_limited`, `credential`, `model_gone`, `failures`) |
+//! | `tollgate_cooldowns_total` | counter | `deployment`, `reason` | [`Router`](crate::router::Router): each cooldown started (`rate_limited`, `credential`, `model_gone`, `failures`, and `route_not_served` for one route on one deployment) |
 //! | `tollgate_retries_total` | counter | `model_group` | [`Router`](crate::router::Router): each attempt after a request's first |
 //! | `tollgate_fallbacks_total` | counter | `from`, `to` | [`Fallback`](crate::fallback::Fallback): each move to the next model group |
 //! | `tollgate_deployment_in_flight` | gauge | `deployment` | [`Router`](crate::router::Router): requests in flight (until their bodies end) |

@@ -507,3 +507,295 @@ async fn two_thousand_requests_split_by_weight_within_5_percent() {
         assert!((got - want).abs() <= want * 0.05, "{counts:?}");
     }
 }
+
+/// How many requests `mock` received on `path`.
+fn hits(mock: &MockServer, path: &str) -> usize {
+    mock.log.all().iter().filter(|r| r.path == path).count()
+}
+
+fn responses(model: &str) -> String {
+    format!(r#"{{"model":"{model}","input":"Say hello."}}"#)
+}
+
+/// Known failure #16: an upstream that serves chat but not `/v1/responses`
+/// (an nginx 404 page, Go's plain-text 404, OpenAI's "Invalid URL" JSON, a
+/// 405) loses only that route: its responses requests go to the twin, it
+/// keeps serving chat, and nobody is told the model is gone.
+#[tokio::test]
+async fn an_upstream_without_responses_keeps_serving_chat_and_its_twin_takes_responses() {
+    for fault in [
+        "unserved:responses",
+        "unserved-text:responses",
+        "unserved-json:responses",
+        "405:responses",
+    ] {
+        let a = mock().await;
+        let b = mock().await;
+        let config = format!(
+            "{UPSTREAM}{}",
+            group(
+                "g",
+                "",
+                &[
+                    deployment("a", &a, Some(fault), ""),
+                    deployment("b", &b, None, "")
+                ]
+            )
+        );
+        let clock = ManualClock::default();
+        let gw = gateway_with_clock(&config, &a, Arc::new(clock.clone())).await;
+        let mut retried = 0;
+        for _ in 0..6 {
+            let ans = post(&gw.url("/v1/responses"), responses("g")).await;
+            assert_eq!(ans.status, 200, "{fault}: {}", ans.body);
+            assert_eq!(served_by(&ans), "b", "{fault}");
+            retried += usize::from(attempts(&ans) == 2);
+        }
+        assert_eq!(
+            hits(&a, "/v1/responses"),
+            1,
+            "{fault}: then the route cooled"
+        );
+        assert_eq!(retried, 1, "{fault}");
+        let mut on_a = 0;
+        for _ in 0..6 {
+            let ans = post(&gw.url("/v1/chat/completions"), chat("g", "")).await;
+            assert_eq!(ans.status, 200, "{fault}: {}", ans.body);
+            on_a += usize::from(served_by(&ans) == "a");
+        }
+        assert!(on_a >= 2, "{fault}: a keeps serving chat ({on_a} of 6)");
+        // Past the route's cooldown (300 s by default), a is asked again.
+        clock.advance(Duration::from_secs(301));
+        for _ in 0..4 {
+            assert_eq!(
+                post(&gw.url("/v1/responses"), responses("g")).await.status,
+                200
+            );
+        }
+        assert_eq!(hits(&a, "/v1/responses"), 2, "{fault}");
+    }
+}
+
+#[tokio::test]
+async fn a_route_no_deployment_serves_is_a_502_naming_deployment_and_path() {
+    let a = mock().await;
+    let b = mock().await;
+    let config = format!(
+        "{UPSTREAM}{}",
+        group(
+            "g",
+            "",
+            &[
+                deployment("a", &a, Some("unserved:responses"), ""),
+                deployment("b", &b, Some("501"), "")
+            ]
+        )
+    );
+    let gw = gateway_with_clock(&config, &a, Arc::new(ManualClock::default())).await;
+    let ans = post(&gw.url("/v1/responses"), responses("g")).await;
+    let v = ans.error(502, "upstream_route_not_served");
+    let meta = &v["error"]["metadata"];
+    assert!(meta.get("permanent").is_none());
+    assert!(ans.headers.get("retry-after").is_none());
+    let d = meta["deployment"].as_str().unwrap();
+    assert!(d == "a" || d == "b");
+    assert_eq!(meta["upstream_path"], "/v1/responses");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("Deployment `{d}`")), "{message}");
+    assert!(message.contains("POST /v1/responses"), "{message}");
+    assert_eq!(meta["attempts"].as_array().unwrap().len(), 2);
+    // Both routes cool now: answered without an upstream call.
+    let ans = post(&gw.url("/v1/responses"), responses("g")).await;
+    let v = ans.error(502, "upstream_route_not_served");
+    assert_eq!(
+        v["error"]["metadata"]["cooling"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(a.log.len() + b.log.len(), 2);
+    // a still serves chat (b's 501 is on every route).
+    let ans = post(&gw.url("/v1/chat/completions"), chat("g", "")).await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    assert_eq!(served_by(&ans), "a");
+}
+
+/// Only an answer that says the model is unknown or retired, in any of the
+/// providers' shapes, is a permanent 404.
+#[tokio::test]
+async fn a_model_gone_in_each_providers_shape_is_404_permanent() {
+    let shapes = [
+        "openai",
+        "groq",
+        "anthropic",
+        "vllm",
+        "vllm-nested",
+        "azure",
+        "gemini",
+        "ollama",
+        "mistral",
+        "410",
+    ];
+    let a = mock().await;
+    let b = mock().await;
+    let groups: Vec<String> = shapes
+        .iter()
+        .map(|s| {
+            let fault = format!("gone:{s}");
+            group(
+                s,
+                "",
+                &[
+                    deployment("a", &a, Some(&fault), ""),
+                    deployment("b", &b, Some(&fault), ""),
+                ],
+            )
+        })
+        .collect();
+    let config = format!("{UPSTREAM}{}", groups.concat());
+    let gw = gateway_with_clock(&config, &a, Arc::new(ManualClock::default())).await;
+    for s in shapes {
+        for _ in 0..2 {
+            let ans = post(&gw.url("/v1/chat/completions"), chat(s, "")).await;
+            let v = ans.error(404, "upstream_model_not_found");
+            assert_eq!(v["error"]["metadata"]["permanent"], true, "{s}");
+            assert!(ans.headers.get("retry-after").is_none(), "{s}");
+        }
+    }
+    assert_eq!(
+        a.log.len() + b.log.len(),
+        2 * shapes.len(),
+        "each deployment asked once, then cooling"
+    );
+}
+
+/// The rest of the outcome table through sockets: content filters are the
+/// client's answer (not retried); a proxy's 413 page and 408 page try the
+/// twin; a 422 is the client's.
+#[tokio::test]
+async fn content_filters_413_422_and_408_from_an_upstream() {
+    let a = mock().await;
+    let b = mock().await;
+    let mut groups = String::new();
+    for (name, fault, twin) in [
+        (
+            "cf-openai",
+            "content_filter:openai",
+            Some("content_filter:openai"),
+        ),
+        (
+            "cf-azure",
+            "content_filter:azure",
+            Some("content_filter:azure"),
+        ),
+        (
+            "cf-openrouter",
+            "content_filter:openrouter",
+            Some("content_filter:openrouter"),
+        ),
+        ("unprocessable", "422", Some("422")),
+        ("too-large", "413-html", None),
+        ("proxy-timeout", "408-html", None),
+    ] {
+        groups.push_str(&group(
+            name,
+            "",
+            &[
+                deployment("a", &a, Some(fault), ""),
+                deployment("b", &b, twin, ""),
+            ],
+        ));
+    }
+    let gw = gateway_with_clock(
+        &format!("{UPSTREAM}{groups}"),
+        &a,
+        Arc::new(ManualClock::default()),
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    for (name, status) in [
+        ("cf-openai", 400),
+        ("cf-azure", 400),
+        ("cf-openrouter", 403),
+    ] {
+        let before = a.log.len() + b.log.len();
+        let ans = post(&url, chat(name, "")).await;
+        let v = ans.error(status, "upstream_content_filtered");
+        assert_eq!(
+            v["error"]["metadata"]["attempts"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(a.log.len() + b.log.len(), before + 1, "{name}: not retried");
+    }
+    let before = a.log.len() + b.log.len();
+    let ans = post(&url, chat("unprocessable", "")).await;
+    ans.error(422, "upstream_rejected_request");
+    assert_eq!(a.log.len() + b.log.len(), before + 1, "422: not retried");
+    for name in ["too-large", "proxy-timeout"] {
+        for _ in 0..4 {
+            let ans = post(&url, chat(name, "")).await;
+            assert_eq!(ans.status, 200, "{name}: {}", ans.body);
+            assert_eq!(served_by(&ans), "b", "{name}");
+        }
+    }
+}
+
+/// The issue's scenario: a 429 with `Retry-After: 1` on one deployment
+/// while the other was just put in a 30 s failure cooldown. A client is
+/// never told to come back before a deployment will take it.
+#[tokio::test]
+async fn the_clients_retry_after_is_never_sooner_than_the_cooldowns_just_set() {
+    let a = mock().await;
+    let b = mock().await;
+    let router = "[router]\nfailure_threshold = 1\n\n";
+    let config = format!(
+        "{UPSTREAM}{router}{}{}",
+        group(
+            "limited",
+            "",
+            &[
+                deployment("a", &a, Some("429:1"), ""),
+                deployment("b", &b, Some("500"), "")
+            ]
+        ),
+        group(
+            "unavailable",
+            "",
+            &[
+                deployment("a", &a, Some("503:1"), ""),
+                deployment("b", &b, Some("500"), "")
+            ]
+        ),
+    );
+    let clock = ManualClock::default();
+    let gw = gateway_with_clock(&config, &a, Arc::new(clock.clone())).await;
+    let url = gw.url("/v1/chat/completions");
+
+    // "limited": told 1 s, and after 1 s a is asked again (no 503).
+    let ans = post(&url, chat("limited", "")).await;
+    let v = ans.error(429, "upstream_rate_limited");
+    assert_eq!(ans.headers["retry-after"], "1");
+    assert_eq!(v["error"]["metadata"]["retry_after_s"], 1);
+    // "unavailable": the upstream says 1 s, but both deployments now cool
+    // for 30 s (failure_cooldown_ms): the client is told 30.
+    let ans = post(&url, chat("unavailable", "")).await;
+    let v = ans.error(503, "upstream_unavailable");
+    assert_eq!(ans.headers["retry-after"], "30", "{}", ans.body);
+    assert_eq!(v["error"]["metadata"]["retry_after_s"], 30);
+
+    clock.advance(Duration::from_secs(1));
+    let sent = a.log.len();
+    let ans = post(&url, chat("limited", "")).await;
+    ans.error(429, "upstream_rate_limited");
+    assert_eq!(a.log.len(), sent + 1, "told 1 s: served again after 1 s");
+
+    clock.advance(Duration::from_secs(28));
+    let ans = post(&url, chat("unavailable", "")).await;
+    ans.error(503, "no_available_deployment");
+    let sent = a.log.len() + b.log.len();
+    clock.advance(Duration::from_secs(1));
+    let ans = post(&url, chat("unavailable", "")).await;
+    ans.error(503, "upstream_unavailable");
+    assert!(
+        a.log.len() + b.log.len() > sent,
+        "told 30 s: tried after 30 s"
+    );
+}

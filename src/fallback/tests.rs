@@ -60,6 +60,8 @@ impl Service<LlmRequest> for Fake {
             }
             let body: &[u8] = if status == 400 {
                 br#"{"error":{"message":"too long","code":"context_length_exceeded"}}"#
+            } else if status == 404 {
+                br#"{"error":{"message":"The model `m` does not exist.","code":"model_not_found"}}"#
             } else {
                 br#"{"error":{"message":"no"}}"#
             };

@@ -27,7 +27,9 @@
 //!   be JSON before the headers go out, so a cut or garbage answer is a clean
 //!   502 the router can still retry, not a 200 with a broken body.
 //! - Non-2xx answers become a typed [`Error`] by [`Error::from_upstream`]: a
-//!   429 stays 429 with its `Retry-After`, a 401 is 502 `upstream_auth_failed`.
+//!   429 stays 429 with its `Retry-After`, a 401 is 502 `upstream_auth_failed`,
+//!   a 404 that does not name a model is 502 `upstream_route_not_served`
+//!   naming the upstream path (`metadata.upstream_path`).
 //!
 //! ```
 //! use http::Request;
@@ -671,6 +673,8 @@ impl Inner {
         } else {
             TimeoutPhase::Total
         };
+        // Kept (a reference count) to name the path when the upstream does not serve it.
+        let sent_path = out.uri().path_and_query().cloned();
         let request = client.pick(&self.scheme).request(out);
         let res = match tokio::time::timeout(first_byte, request).await {
             Err(_) => return Err(self.tag(Error::timeout(phase, first_byte))),
@@ -687,7 +691,10 @@ impl Inner {
             let e = self.secrets(|s| {
                 Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
             });
-            return Err(e);
+            return Err(match (e.reason(), &sent_path) {
+                (Reason::UpstreamRouteNotServed, Some(pq)) => e.not_served_at("POST", pq.path()),
+                _ => e,
+            });
         }
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let is_sse = content_type

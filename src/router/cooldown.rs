@@ -9,11 +9,20 @@
 //!
 //! [`InMemoryCooldowns`] is the in-process store: one slot per deployment,
 //! all atomics, no lock. Reading a deployment's state is one atomic load.
+//!
+//! [`RouteCooldowns`] holds the narrower cooldowns of one route family on
+//! one deployment (an upstream that does not serve `/v1/responses` keeps
+//! serving chat). They are local to each replica: a route an upstream does
+//! not serve is a configuration problem that each replica learns with one
+//! retried request, not worth a round trip to shared state.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crate::read_request::Endpoint;
 
 /// Milliseconds on a [`Clock`].
 pub type Millis = u64;
@@ -290,6 +299,57 @@ impl CooldownStore for InMemoryCooldowns {
     }
 }
 
+/// Cooldowns of one route family ([`Endpoint`]) on one deployment, local to
+/// this process. Reading is one atomic load while none is running (the
+/// usual case); a lock is taken only while some route is cooling.
+#[derive(Default)]
+pub struct RouteCooldowns {
+    /// The latest expiry of any entry: once it has passed, nothing is cooling.
+    latest: AtomicU64,
+    entries: Mutex<HashMap<(usize, Endpoint), Millis>>,
+}
+
+impl RouteCooldowns {
+    /// No route cooling.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<(usize, Endpoint), Millis>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Until when `endpoint` on the deployment is cooling, if it is at `now`.
+    pub fn get(&self, id: &DeploymentId, endpoint: Endpoint, now: Millis) -> Option<Millis> {
+        if self.latest.load(Ordering::Acquire) <= now {
+            return None;
+        }
+        self.entries()
+            .get(&(id.index(), endpoint))
+            .copied()
+            .filter(|&until| until > now)
+    }
+
+    /// Cools `endpoint` on the deployment down until `until`; a later
+    /// expiry already set is kept. Expired entries are dropped.
+    pub fn cool_down(&self, id: &DeploymentId, endpoint: Endpoint, until: Millis, now: Millis) {
+        let mut entries = self.entries();
+        entries.retain(|_, t| *t > now);
+        let t = entries.entry((id.index(), endpoint)).or_insert(until);
+        *t = (*t).max(until);
+        self.latest.fetch_max(until, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for RouteCooldowns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteCooldowns")
+            .field("entries", &self.entries().len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +434,25 @@ mod tests {
         let t0 = c.now_ms();
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(c.now_ms() - t0, 6_000);
+    }
+
+    #[test]
+    fn a_route_cools_down_alone() {
+        let r = RouteCooldowns::new();
+        assert_eq!(r.get(&id(0), Endpoint::Responses, 0), None);
+        r.cool_down(&id(0), Endpoint::Responses, 5_000, 1_000);
+        assert_eq!(r.get(&id(0), Endpoint::Responses, 1_000), Some(5_000));
+        assert_eq!(r.get(&id(0), Endpoint::ChatCompletions, 1_000), None);
+        assert_eq!(r.get(&id(1), Endpoint::Responses, 1_000), None);
+        r.cool_down(&id(0), Endpoint::Responses, 3_000, 1_000);
+        assert_eq!(
+            r.get(&id(0), Endpoint::Responses, 1_000),
+            Some(5_000),
+            "an earlier expiry does not shorten it"
+        );
+        assert_eq!(r.get(&id(0), Endpoint::Responses, 5_000), None, "expired");
+        // An expired entry is dropped when another is set.
+        r.cool_down(&id(1), Endpoint::Embeddings, 9_000, 6_000);
+        assert_eq!(r.entries().len(), 1);
     }
 }

@@ -18,11 +18,16 @@
 //!
 //! **Outcomes.** Every failure is classified by [`Outcome::of`] on the typed
 //! [`Error`] (reason and upstream status, never text) and handled by the
-//! table in [`outcome`]: a client fault (400, 413, 422, context length) is
-//! returned at once; a 429 cools the deployment down until its `Retry-After`;
-//! an upstream 401/403 or 404 cools it down for long; timeouts, connection
-//! failures and 5xx cool it down after [`FailureWindow::threshold`] of them
-//! within the window. Retryable failures try another deployment, up to
+//! table in [`outcome`]: a client fault (400, 422, a content filter, context
+//! length) is returned at once; an upstream 413 tries another deployment
+//! without cooling any down; a 429 cools the deployment down until its
+//! `Retry-After`; an upstream 401/403, or an answer that says the model is
+//! unknown or retired ([`classify::MODEL_GONE`]), cools it down for long; a
+//! route the upstream does not serve (any other 404, 405, 501) cools down
+//! only that route family ([`Endpoint`]) on that deployment, in this replica
+//! ([`RouteCooldowns`]); timeouts, connection failures and 5xx cool it down
+//! after [`FailureWindow::threshold`] of them within the window, or at once
+//! until the 5xx's own `Retry-After`. Retryable failures try another deployment, up to
 //! [`RetryPolicy::num_retries`] retries per request; the *same* deployment is
 //! tried again (after a backoff with jitter) only when no other is left and
 //! the failure was a passing one (never a timeout). Cooldowns live in a
@@ -46,10 +51,17 @@
 //! failed attempt (group, deployment, provider, reason, statuses, sanitized
 //! message). A request for a group whose every deployment is cooling down
 //! gets 503 `no_available_deployment` with `Retry-After` set to the soonest
-//! expiry — unless they all cool down for a permanent reason: every upstream
-//! said the model is gone (404 `upstream_model_not_found`, `permanent`) or
-//! refused the gateway's key (502 `upstream_auth_failed`). An unknown group
-//! is 404 `model_not_found`.
+//! expiry — unless they all cool down for a reason waiting does not fix:
+//! every upstream said the model is gone (404 `upstream_model_not_found`,
+//! `permanent`), some do not serve the route (502
+//! `upstream_route_not_served`), or they refused the gateway's key (502
+//! `upstream_auth_failed`). An unknown group is 404 `model_not_found`.
+//!
+//! **Retry-After.** A client is never told to come back sooner than the
+//! gateway will take its request: when every deployment of the group is
+//! cooling once the attempts are over (cooldowns set by this very request
+//! included), the final error's `Retry-After` is at least the soonest expiry
+//! among them, whatever the upstream's own `Retry-After` said.
 //!
 //! ```
 //! use tollgate::provider::Provider;
@@ -67,6 +79,7 @@
 //! ```
 
 pub mod body;
+pub mod classify;
 pub mod cooldown;
 pub mod outcome;
 
@@ -91,13 +104,13 @@ use tracing::Instrument;
 use crate::body::{Body, Chunks};
 use crate::error::{Error, Reason};
 use crate::metrics;
-use crate::read_request::{json_string, scan};
+use crate::read_request::{Endpoint, json_string, scan};
 use crate::{LlmRequest, Served};
 
 use self::body::{CommitWatch, Failed, InFlight, OnFailure, PEEK_LIMIT, RouterBody};
 pub use self::cooldown::{
     Clock, Cooldown, CooldownReason, CooldownStore, DeploymentId, FailureWindow, InMemoryCooldowns,
-    ManualClock, Millis, SystemClock, TokioClock,
+    ManualClock, Millis, RouteCooldowns, SystemClock, TokioClock,
 };
 pub use self::outcome::Outcome;
 use self::outcome::{ATTEMPTS, attempt_record, most_useful};
@@ -131,6 +144,9 @@ pub struct RetryPolicy {
     pub credential_cooldown: Duration,
     /// Cooldown after the upstream said the model is gone (default 3 600 s).
     pub model_gone_cooldown: Duration,
+    /// Cooldown of one route family on one deployment after the upstream
+    /// answered that it does not serve it (default 300 s; local to the replica).
+    pub route_cooldown: Duration,
     /// Failures (timeouts, 5xx, connection) that cool a deployment down
     /// (default 3 within 60 s).
     pub failures: FailureWindow,
@@ -148,6 +164,7 @@ impl Default for RetryPolicy {
             max_rate_limit_cooldown: Duration::from_secs(300),
             credential_cooldown: Duration::from_secs(300),
             model_gone_cooldown: Duration::from_secs(3600),
+            route_cooldown: Duration::from_secs(300),
             failures: FailureWindow {
                 threshold: 3,
                 window: Duration::from_secs(60),
@@ -169,24 +186,49 @@ impl RetryPolicy {
         half + full.mul_f64(fastrand::f64()) / 2
     }
 
-    /// What an outcome does to the deployment, if anything, at `now`.
-    fn penalize(&self, store: &dyn CooldownStore, id: &DeploymentId, e: &Error, now: Millis) {
+    /// What an outcome does to the deployment (or to one of its routes), if
+    /// anything, at `now`.
+    fn penalize(&self, at: &Penalty<'_>, e: &Error, now: Millis) {
         let ms = |d: Duration| d.as_millis() as u64;
+        let id = at.id;
         metrics::record::upstream_error(id.key(), e.reason().as_str());
+        let asked = || {
+            e.retry_after()
+                .unwrap_or(self.min_rate_limit_cooldown)
+                .clamp(self.min_rate_limit_cooldown, self.max_rate_limit_cooldown)
+        };
         let cooldown = match Outcome::of(e) {
-            Outcome::RateLimited => {
-                let after = e
-                    .retry_after()
-                    .unwrap_or(self.min_rate_limit_cooldown)
-                    .clamp(self.min_rate_limit_cooldown, self.max_rate_limit_cooldown);
-                Some((after, CooldownReason::RateLimited))
-            }
+            Outcome::RateLimited => Some((asked(), CooldownReason::RateLimited)),
             Outcome::Credential => Some((self.credential_cooldown, CooldownReason::Credential)),
             Outcome::ModelGone => Some((self.model_gone_cooldown, CooldownReason::ModelGone)),
-            Outcome::Transient => store
-                .record_failure(id, now, self.failures)
-                .then_some((self.failure_cooldown, CooldownReason::Failures)),
-            Outcome::ClientFault | Outcome::ContextLength | Outcome::Gateway => None,
+            Outcome::RouteNotServed => {
+                tracing::info!(
+                    deployment = id.key(),
+                    route = ?at.endpoint,
+                    reason = "route_not_served",
+                    cooldown_ms = ms(self.route_cooldown),
+                    "deployment route cooling down"
+                );
+                metrics::record::cooldown(id.key(), "route_not_served");
+                at.routes
+                    .cool_down(id, at.endpoint, now + ms(self.route_cooldown), now);
+                None
+            }
+            Outcome::Transient => {
+                let tripped = at
+                    .store
+                    .record_failure(id, now, self.failures)
+                    .then_some(self.failure_cooldown);
+                // A 5xx that says when to come back is believed at once.
+                let told = (e.upstream_asked_to_wait()
+                    && e.upstream_status().is_some_and(|s| s.is_server_error()))
+                .then(asked);
+                tripped.max(told).map(|d| (d, CooldownReason::Failures))
+            }
+            Outcome::ClientFault
+            | Outcome::ContextLength
+            | Outcome::TooLargeHere
+            | Outcome::Gateway => None,
         };
         if let Some((after, reason)) = cooldown {
             tracing::info!(
@@ -196,7 +238,7 @@ impl RetryPolicy {
                 "deployment cooling down"
             );
             metrics::record::cooldown(id.key(), reason.as_str());
-            store.cool_down(
+            at.store.cool_down(
                 id,
                 Cooldown {
                     until: now + ms(after),
@@ -205,6 +247,15 @@ impl RetryPolicy {
             );
         }
     }
+}
+
+/// Where a failed attempt's cooldown goes: the deployment, in `store`, or
+/// only the request's route family on it, in `routes`.
+struct Penalty<'a> {
+    store: &'a dyn CooldownStore,
+    routes: &'a RouteCooldowns,
+    id: &'a DeploymentId,
+    endpoint: Endpoint,
 }
 
 /// One deployment of a model group.
@@ -285,25 +336,35 @@ enum Pick {
 
 /// Why no deployment can take a request.
 struct Unavailable {
+    /// The soonest expiry among the deployments' own cooldowns.
     soonest: Option<Millis>,
     any_temporary: bool,
+    /// Every deployment is cooling because its model is gone.
     all_gone: bool,
+    /// Some deployment does not serve the request's route.
+    any_route: bool,
+    /// Some deployment is at capacity (it may take a request any moment).
+    any_busy: bool,
     cooling: Vec<Value>,
 }
 
 type Mask = u128;
 
 impl<S> Group<S> {
-    fn pick(&self, now: Millis, tried: Mask, store: &dyn CooldownStore) -> Pick {
+    /// Which deployments can take a request for `endpoint` at `now`, and
+    /// why the others cannot.
+    fn scan(&self, now: Millis, at: &Shared<S>, endpoint: Endpoint) -> (Mask, Unavailable) {
         let mut live: Mask = 0;
         let mut why = Unavailable {
             soonest: None,
             any_temporary: false,
             all_gone: true,
+            any_route: false,
+            any_busy: false,
             cooling: Vec::new(),
         };
         for (i, s) in self.slots.iter().enumerate() {
-            match store.get(&s.id) {
+            match at.store.get(&s.id) {
                 Some(c) if c.until > now => {
                     why.soonest = Some(why.soonest.map_or(c.until, |t| t.min(c.until)));
                     why.any_temporary |= c.reason.is_temporary();
@@ -313,14 +374,32 @@ impl<S> Group<S> {
                         "reason": c.reason.as_str(),
                         "retry_after_ms": c.until - now,
                     }));
+                    continue;
                 }
-                _ if s.load.load(Ordering::Relaxed) >= s.capacity => {
-                    why.any_temporary = true;
-                    why.all_gone = false;
-                }
-                _ => live |= 1 << i,
+                _ => {}
+            }
+            if let Some(until) = at.routes.get(&s.id, endpoint, now) {
+                why.all_gone = false;
+                why.any_route = true;
+                why.cooling.push(serde_json::json!({
+                    "deployment": &*s.name,
+                    "reason": "route_not_served",
+                    "route": format!("{endpoint:?}"),
+                    "retry_after_ms": until - now,
+                }));
+            } else if s.load.load(Ordering::Relaxed) >= s.capacity {
+                why.any_temporary = true;
+                why.any_busy = true;
+                why.all_gone = false;
+            } else {
+                live |= 1 << i;
             }
         }
+        (live, why)
+    }
+
+    fn pick(&self, now: Millis, tried: Mask, at: &Shared<S>, endpoint: Endpoint) -> Pick {
+        let (live, why) = self.scan(now, at, endpoint);
         if live & !tried != 0 {
             Pick::Fresh(self.choose(live & !tried))
         } else if live != 0 {
@@ -403,6 +482,7 @@ struct Shared<S> {
     groups: crate::Map<String, Group<S>>,
     policy: RetryPolicy,
     store: Arc<dyn CooldownStore>,
+    routes: Arc<RouteCooldowns>,
     clock: Arc<dyn Clock>,
 }
 
@@ -505,6 +585,19 @@ impl<S> Router<S> {
         let s = self.slot(group, deployment)?;
         let now = self.shared.clock.now_ms();
         self.shared.store.get(&s.id).filter(|c| c.until > now)
+    }
+
+    /// Until when `endpoint` is cooling on the deployment (on the router's
+    /// clock) because the upstream does not serve it, if it is now.
+    pub fn route_cooldown(
+        &self,
+        group: &str,
+        deployment: &str,
+        endpoint: Endpoint,
+    ) -> Option<Millis> {
+        let s = self.slot(group, deployment)?;
+        let now = self.shared.clock.now_ms();
+        self.shared.routes.get(&s.id, endpoint, now)
     }
 
     /// Requests in flight at the deployment (until their bodies end).
@@ -613,6 +706,7 @@ impl<S> RouterBuilder<S> {
                 groups,
                 policy: self.policy,
                 store,
+                routes: Arc::new(RouteCooldowns::new()),
                 clock: self.clock,
             }),
         }
@@ -691,6 +785,7 @@ impl<S> Shared<S> {
             .permanent());
         };
         let stream = req.body().summary().stream;
+        let endpoint = req.body().summary().endpoint;
         let max_attempts = 1 + self.policy.num_retries;
         let mut tried: Mask = 0;
         let mut errors: Vec<Error> = Vec::new();
@@ -698,23 +793,23 @@ impl<S> Shared<S> {
         let mut again = 0u32;
         loop {
             let now = self.clock.now_ms();
-            let i = match group.pick(now, tried, &*self.store) {
+            let i = match group.pick(now, tried, &self, endpoint) {
                 Pick::Fresh(i) => i,
                 Pick::Again(i) => {
                     let passing = errors
                         .last()
                         .is_some_and(|e| Outcome::of(e).retries_same(e));
                     if !passing {
-                        return Err(give_up(errors, records));
+                        return Err(self.give_up(group, endpoint, errors, records));
                     }
                     tokio::time::sleep(self.policy.backoff_for(again)).await;
                     again += 1;
                     i
                 }
                 Pick::None(why) if errors.is_empty() => {
-                    return Err(unavailable(group, why, now));
+                    return Err(unavailable(group, why, now, endpoint));
                 }
-                Pick::None(_) => return Err(give_up(errors, records)),
+                Pick::None(_) => return Err(self.give_up(group, endpoint, errors, records)),
             };
             tried |= 1 << i;
             let slot = &group.slots[i];
@@ -741,32 +836,82 @@ impl<S> Shared<S> {
             .await;
             let e = match result {
                 Ok((res, held)) => {
-                    return Ok(self.finish(group, slot, res, held, guard, attempts).await);
+                    return Ok(self
+                        .finish(group, slot, endpoint, res, held, guard, attempts)
+                        .await);
                 }
                 Err(e) => e,
             };
             drop(guard);
+            let penalty = Penalty {
+                store: &*self.store,
+                routes: &self.routes,
+                id: &slot.id,
+                endpoint,
+            };
             span.in_scope(|| {
-                self.policy
-                    .penalize(&*self.store, &slot.id, &e, self.clock.now_ms());
+                self.policy.penalize(&penalty, &e, self.clock.now_ms());
                 tracing::debug!(group = %group.name, deployment = %slot.name, reason = %e.reason(), attempt = attempts, "upstream attempt failed");
             });
             records.push(attempt_record(&group.name, &slot.name, &e));
             let outcome = Outcome::of(&e);
+            let e = if outcome == Outcome::RouteNotServed {
+                let message = format!(
+                    "Deployment `{}` of model group `{}`: {}",
+                    slot.name,
+                    group.name,
+                    e.message()
+                );
+                e.with_message(message)
+                    .with_meta("deployment", &*slot.name)
+                    .with_meta("model_group", &*group.name)
+            } else {
+                e
+            };
             if !outcome.retries() {
                 return Err(e.with_meta(ATTEMPTS, records));
             }
             errors.push(e);
             if attempts >= max_attempts {
-                return Err(give_up(errors, records));
+                return Err(self.give_up(group, endpoint, errors, records));
             }
         }
     }
 
+    /// Every attempt failed: the most useful error, listing them all, told
+    /// to come back no sooner than a deployment will take the request.
+    fn give_up(
+        &self,
+        group: &Group<S>,
+        endpoint: Endpoint,
+        errors: Vec<Error>,
+        records: Vec<Value>,
+    ) -> Error {
+        let e = give_up(errors, records);
+        let now = self.clock.now_ms();
+        let (live, why) = group.scan(now, self, endpoint);
+        let floor = match why.soonest {
+            Some(t) if live == 0 && why.any_temporary && !why.any_busy => {
+                Duration::from_millis(t - now)
+            }
+            _ => return e,
+        };
+        match e.retry_after() {
+            Some(after) if after >= floor => e,
+            Some(_) => e.with_retry_after(floor),
+            None if matches!(Outcome::of(&e), Outcome::Transient | Outcome::RateLimited) => {
+                e.with_retry_after(floor)
+            }
+            None => e,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         group: &Group<S>,
         slot: &Slot<S>,
+        endpoint: Endpoint,
         res: Response<Body>,
         held: VecDeque<Frame<Bytes>>,
         guard: InFlight,
@@ -780,13 +925,22 @@ impl<S> Shared<S> {
             body
         };
         let on_failure: Option<OnFailure> = streaming.then(|| {
-            let (store, clock, policy, id) = (
+            let (store, routes, clock, policy, id) = (
                 self.store.clone(),
+                self.routes.clone(),
                 self.clock.clone(),
                 self.policy,
                 slot.id.clone(),
             );
-            Box::new(move |e: &Error| policy.penalize(&*store, &id, e, clock.now_ms())) as OnFailure
+            Box::new(move |e: &Error| {
+                let at = Penalty {
+                    store: &*store,
+                    routes: &routes,
+                    id: &id,
+                    endpoint,
+                };
+                policy.penalize(&at, e, clock.now_ms())
+            }) as OnFailure
         });
         // Names made once: a `&str` name is parsed on every insert.
         static DEPLOYMENT_NAME: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
@@ -884,24 +1038,9 @@ fn give_up(errors: Vec<Error>, records: Vec<Value>) -> Error {
 }
 
 /// No deployment could take the request, before any attempt.
-fn unavailable<S>(group: &Group<S>, why: Unavailable, now: Millis) -> Error {
+fn unavailable<S>(group: &Group<S>, why: Unavailable, now: Millis, endpoint: Endpoint) -> Error {
     let g = &group.name;
-    let e = if why.soonest.is_some() && !why.any_temporary && why.all_gone {
-        Error::new(
-            Reason::UpstreamModelNotFound,
-            format!(
-                "Every deployment of model group `{g}` says the model does not exist or was retired."
-            ),
-        )
-        .permanent()
-    } else if why.soonest.is_some() && !why.any_temporary {
-        Error::new(
-            Reason::UpstreamAuthFailed,
-            format!(
-                "Every deployment of model group `{g}` refused the gateway's credential; this is a gateway configuration problem, not your key."
-            ),
-        )
-    } else {
+    let e = if why.any_temporary {
         let after = why
             .soonest
             .map_or(Duration::from_secs(1), |t| Duration::from_millis(t - now));
@@ -913,6 +1052,28 @@ fn unavailable<S>(group: &Group<S>, why: Unavailable, now: Millis) -> Error {
             ),
         )
         .with_retry_after(after)
+    } else if why.all_gone {
+        Error::new(
+            Reason::UpstreamModelNotFound,
+            format!(
+                "Every deployment of model group `{g}` says the model does not exist or was retired."
+            ),
+        )
+        .permanent()
+    } else if why.any_route {
+        Error::new(
+            Reason::UpstreamRouteNotServed,
+            format!(
+                "No deployment of model group `{g}` serves this route ({endpoint:?}) now; this is a gateway configuration problem (metadata.cooling names each deployment and why)."
+            ),
+        )
+    } else {
+        Error::new(
+            Reason::UpstreamAuthFailed,
+            format!(
+                "Every deployment of model group `{g}` refused the gateway's credential; this is a gateway configuration problem, not your key."
+            ),
+        )
     };
     e.with_meta("model_group", &**g)
         .with_meta("cooling", why.cooling)

@@ -1,14 +1,19 @@
 //! What an upstream failure means for routing, decided on the typed
 //! [`Error`] (its [`Reason`] and the upstream's status), never on text.
+//! Which body shapes turn a status into which reason is one table,
+//! [`classify`](super::classify); the full table with what the client sees
+//! is in `docs/routing-outcomes.md`.
 //!
-//! | upstream outcome | [`Outcome`] | retry elsewhere | cool down deployment |
+//! | upstream outcome | [`Outcome`] | retry elsewhere | cool down |
 //! |---|---|---|---|
-//! | 400, 413, 422, … (client's fault) | `ClientFault` | no | no |
+//! | 400, 422, … (client's fault), a content filter (400/403/422 of a known shape) | `ClientFault` | no | no |
 //! | context length exceeded | `ContextLength` | no (the fallback may use `context_window_fallbacks`) | no |
-//! | 401, 403 (our upstream credential) | `Credential` | yes | yes, long |
-//! | 404, 410 model not found / retired | `ModelGone` | yes | yes, long |
-//! | 408, timeout, connect error, 5xx, bad or cut answer | `Transient` | yes | after N failures in a window |
-//! | 429 | `RateLimited` | yes | until `Retry-After` (or a default) |
+//! | 413 (this upstream's or its proxy's size limit) | `TooLargeHere` | yes | no |
+//! | 401, 403 (our upstream credential) | `Credential` | yes | the deployment, long |
+//! | 400/404/410 whose body says the model is unknown or retired | `ModelGone` | yes | the deployment, long |
+//! | any other 404, 405, 410, 501 (this route is not served there) | `RouteNotServed` | yes | that route on that deployment only, local to the replica |
+//! | 408, timeout, connect error, 5xx, bad or cut answer | `Transient` | yes | the deployment, after N failures in a window, or at once until a 5xx's own `Retry-After` |
+//! | 429 | `RateLimited` | yes | the deployment, until `Retry-After` (or a default) |
 //! | anything else (the gateway's own failures) | `Gateway` | no | no |
 
 use serde_json::{Map, Value};
@@ -26,6 +31,11 @@ pub enum Outcome {
     Credential,
     /// The upstream says the model does not exist or was retired.
     ModelGone,
+    /// The upstream does not serve this route (its other routes may work).
+    RouteNotServed,
+    /// The upstream refused the request's size; another deployment (behind
+    /// another proxy) may take it.
+    TooLargeHere,
     /// The upstream rate-limited the request.
     RateLimited,
     /// A timeout, a connection failure, a 5xx, a bad or cut answer.
@@ -38,7 +48,11 @@ impl Outcome {
     /// Classifies a failure by its reason, then by the upstream's status.
     pub fn of(e: &Error) -> Outcome {
         match e.reason() {
-            Reason::UpstreamRejected | Reason::BodyTooLarge => Outcome::ClientFault,
+            Reason::BodyTooLarge if e.upstream_status().is_some() => Outcome::TooLargeHere,
+            Reason::UpstreamRejected | Reason::UpstreamContentFiltered | Reason::BodyTooLarge => {
+                Outcome::ClientFault
+            }
+            Reason::UpstreamRouteNotServed => Outcome::RouteNotServed,
             Reason::ContextLengthExceeded => Outcome::ContextLength,
             Reason::UpstreamAuthFailed => Outcome::Credential,
             Reason::UpstreamModelNotFound => Outcome::ModelGone,
@@ -52,7 +66,7 @@ impl Outcome {
             _ => match e.upstream_status().map(|s| s.as_u16()) {
                 Some(429) => Outcome::RateLimited,
                 Some(401 | 403) => Outcome::Credential,
-                Some(404 | 410) => Outcome::ModelGone,
+                Some(404 | 405 | 410 | 501) => Outcome::RouteNotServed,
                 Some(408 | 500..=599) => Outcome::Transient,
                 Some(400..=499) => Outcome::ClientFault,
                 _ => Outcome::Gateway,
@@ -64,7 +78,12 @@ impl Outcome {
     pub fn retries(self) -> bool {
         matches!(
             self,
-            Outcome::Credential | Outcome::ModelGone | Outcome::RateLimited | Outcome::Transient
+            Outcome::Credential
+                | Outcome::ModelGone
+                | Outcome::RouteNotServed
+                | Outcome::TooLargeHere
+                | Outcome::RateLimited
+                | Outcome::Transient
         )
     }
 
@@ -90,7 +109,7 @@ fn usefulness(e: &Error) -> u8 {
         | Reason::UpstreamError
         | Reason::UpstreamBadResponse
         | Reason::UpstreamStreamCut => 3,
-        Reason::UpstreamAuthFailed => 2,
+        Reason::UpstreamAuthFailed | Reason::UpstreamRouteNotServed | Reason::BodyTooLarge => 2,
         _ => 1,
     }
 }
@@ -166,14 +185,39 @@ mod tests {
 
     #[test]
     fn the_design_table() {
-        for s in [400, 409, 413, 422] {
+        for s in [400, 409, 422] {
             assert_eq!(Outcome::of(&upstream(s)), Outcome::ClientFault, "{s}");
         }
+        assert_eq!(Outcome::of(&upstream(413)), Outcome::TooLargeHere);
+        assert!(Outcome::TooLargeHere.retries());
+        let own = Error::new(Reason::BodyTooLarge, "the gateway's own limit");
+        assert_eq!(Outcome::of(&own), Outcome::ClientFault);
         for s in [401, 403] {
             assert_eq!(Outcome::of(&upstream(s)), Outcome::Credential, "{s}");
         }
-        for s in [404, 410] {
-            assert_eq!(Outcome::of(&upstream(s)), Outcome::ModelGone, "{s}");
+        for s in [404, 405, 410, 501] {
+            assert_eq!(Outcome::of(&upstream(s)), Outcome::RouteNotServed, "{s}");
+        }
+        assert!(Outcome::RouteNotServed.retries());
+        for row in crate::router::classify::MODEL_GONE {
+            let e = Error::from_upstream(
+                StatusCode::from_u16(row.status).unwrap(),
+                &HeaderMap::new(),
+                row.example.as_bytes(),
+                "p".into(),
+                &Secrets::none(),
+            );
+            assert_eq!(Outcome::of(&e), Outcome::ModelGone, "{}", row.provider);
+        }
+        for row in crate::router::classify::CONTENT_FILTERED {
+            let e = Error::from_upstream(
+                StatusCode::from_u16(row.status).unwrap(),
+                &HeaderMap::new(),
+                row.example.as_bytes(),
+                "p".into(),
+                &Secrets::none(),
+            );
+            assert_eq!(Outcome::of(&e), Outcome::ClientFault, "{}", row.provider);
         }
         for s in [408, 500, 502, 503, 504] {
             assert_eq!(Outcome::of(&upstream(s)), Outcome::Transient, "{s}");
@@ -209,7 +253,7 @@ mod tests {
 
     #[test]
     fn most_useful_prefers_a_retry_after() {
-        let gone = upstream(404);
+        let gone = upstream(410);
         let rl = upstream(429);
         let boom = upstream(500);
         let pick = most_useful(vec![rl.clone(), boom.clone(), gone.clone()]).unwrap();

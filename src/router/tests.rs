@@ -15,6 +15,8 @@ type BoxFut = Pin<Box<dyn Future<Output = Answer> + Send>>;
 struct Fake {
     calls: Arc<AtomicUsize>,
     behave: Arc<dyn Fn(usize) -> BoxFut + Send + Sync>,
+    /// A path this upstream does not serve: answered with an HTML 404 page.
+    unserved: Option<&'static str>,
 }
 
 impl Fake {
@@ -22,7 +24,24 @@ impl Fake {
         Fake {
             calls: Arc::new(AtomicUsize::new(0)),
             behave: Arc::new(behave),
+            unserved: None,
         }
+    }
+
+    /// Answers `path` with a web server's HTML 404 page, and the rest by `self`.
+    fn not_serving(mut self, path: &'static str) -> Self {
+        self.unserved = Some(path);
+        self
+    }
+
+    /// Fails with `status` and this exact body.
+    fn failing_body(status: u16, body: &'static str) -> Self {
+        Fake::new(move |_| Box::pin(async move { Err(upstream_body(status, &[], body)) }))
+    }
+
+    /// Says the model does not exist (OpenAI's `model_not_found`).
+    fn gone() -> Self {
+        Fake::failing_body(404, classify::MODEL_GONE[0].example)
     }
 
     fn ok() -> Self {
@@ -47,8 +66,14 @@ impl Service<LlmRequest> for Fake {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: LlmRequest) -> BoxFut {
+    fn call(&mut self, req: LlmRequest) -> BoxFut {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.unserved == Some(req.uri().path()) {
+            let page = "<html><head><title>404 Not Found</title></head><body><h1>404 Not Found</h1><hr>nginx</body></html>";
+            let e = upstream_body(404, &[("content-type", "text/html")], page)
+                .not_served_at("POST", req.uri().path());
+            return Box::pin(async move { Err(e) });
+        }
         (self.behave)(n)
     }
 }
@@ -63,6 +88,14 @@ fn json_answer(model: &str) -> Response<Body> {
 }
 
 fn upstream(status: u16, headers: &[(&str, &str)]) -> Error {
+    upstream_body(
+        status,
+        headers,
+        r#"{"error":{"message":"upstream says no"}}"#,
+    )
+}
+
+fn upstream_body(status: u16, headers: &[(&str, &str)], body: &str) -> Error {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.insert(
@@ -73,7 +106,7 @@ fn upstream(status: u16, headers: &[(&str, &str)]) -> Error {
     Error::from_upstream(
         StatusCode::from_u16(status).unwrap(),
         &h,
-        br#"{"error":{"message":"upstream says no"}}"#,
+        body.as_bytes(),
         "fake".into(),
         &Secrets::none(),
     )
@@ -84,8 +117,12 @@ fn req(model: &str) -> LlmRequest {
 }
 
 fn req_body(body: &str) -> LlmRequest {
-    Request::post("/v1/chat/completions")
-        .body(Parsed::parse("/v1/chat/completions", Bytes::from(body.to_owned())).unwrap())
+    req_at("/v1/chat/completions", body)
+}
+
+fn req_at(path: &str, body: &str) -> LlmRequest {
+    Request::post(path)
+        .body(Parsed::parse(path, Bytes::from(body.to_owned())).unwrap())
         .unwrap()
 }
 
@@ -263,7 +300,7 @@ async fn retried_answer_says_where_and_after_how_many_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn client_faults_are_returned_at_once() {
-    for status in [400, 413, 422] {
+    for status in [400, 422] {
         let a = Fake::failing(status, &[]);
         let b = Fake::failing(status, &[]);
         let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
@@ -282,7 +319,10 @@ async fn credential_and_model_gone_cool_down_long() {
         (403, CooldownReason::Credential, 300),
         (404, CooldownReason::ModelGone, 3600),
     ] {
-        let a = Fake::failing(status, &[]);
+        let a = match status {
+            404 => Fake::gone(),
+            _ => Fake::failing(status, &[]),
+        };
         let b = Fake::ok();
         let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
         for _ in 0..5 {
@@ -421,8 +461,8 @@ async fn every_deployment_cooling_is_503_with_the_soonest_expiry() {
 
 #[tokio::test(start_paused = true)]
 async fn a_group_whose_model_is_gone_stays_404_permanent() {
-    let a = Fake::failing(404, &[]);
-    let b = Fake::failing(404, &[]);
+    let a = Fake::gone();
+    let b = Fake::gone();
     let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
     for _ in 0..3 {
         let e = r.clone().oneshot(req("g")).await.unwrap_err();
@@ -668,4 +708,245 @@ async fn an_answers_model_is_renamed_in_one_buffer_or_in_slices() {
     let same = r#"{"model":"g","choices":[]}"#;
     let out = set_model(Body::full(same), &json_string("g"), "g").await;
     assert_eq!(out.collect().await.unwrap().to_bytes(), same);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_413_is_tried_elsewhere_and_cools_nothing() {
+    let a = Fake::failing_body(
+        413,
+        "<html><body><h1>413 Request Entity Too Large</h1></body></html>",
+    );
+    let b = Fake::ok();
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    for _ in 0..4 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        assert_eq!(served_by(&res), "b");
+    }
+    assert!(a.calls() >= 1, "a was tried");
+    assert!(r.cooldown("g", "a").is_none(), "a 413 cools nothing");
+    // Refused everywhere: the client's 413.
+    let c = Fake::failing(413, &[]);
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("c", c.clone(), 1)])]);
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.status(), 413);
+    assert_eq!(e.reason(), Reason::BodyTooLarge);
+    assert_eq!(e.metadata()[ATTEMPTS].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_filter_is_the_clients_answer_and_cools_nothing() {
+    for row in classify::CONTENT_FILTERED {
+        let a = Fake::failing_body(row.status, row.example);
+        let b = Fake::failing_body(row.status, row.example);
+        let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+        let e = r.clone().oneshot(req("g")).await.unwrap_err();
+        assert_eq!(
+            e.reason(),
+            Reason::UpstreamContentFiltered,
+            "{}",
+            row.provider
+        );
+        assert_eq!(e.status().as_u16(), row.status);
+        assert_eq!(a.calls() + b.calls(), 1, "{}: not retried", row.provider);
+        assert!(r.cooldown("g", "a").is_none() && r.cooldown("g", "b").is_none());
+    }
+}
+
+/// Known failure #16: a route the upstream does not serve takes only that
+/// route on that deployment away, and says which.
+#[tokio::test(start_paused = true)]
+async fn a_route_not_served_cools_only_that_route_on_that_deployment() {
+    let a = Fake::ok().not_serving("/v1/responses");
+    let b = Fake::ok();
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    let responses = || req_at("/v1/responses", r#"{"model":"g","input":"hi"}"#);
+    for _ in 0..4 {
+        let res = r.clone().oneshot(responses()).await.unwrap();
+        assert_eq!(served_by(&res), "b");
+    }
+    assert_eq!(
+        a.calls(),
+        1,
+        "a got one responses request, then that route cooled"
+    );
+    assert!(
+        r.cooldown("g", "a").is_none(),
+        "the deployment itself is not cooling"
+    );
+    let until = r.route_cooldown("g", "a", Endpoint::Responses).unwrap();
+    assert!(
+        r.route_cooldown("g", "a", Endpoint::ChatCompletions)
+            .is_none()
+    );
+    assert!(r.route_cooldown("g", "b", Endpoint::Responses).is_none());
+    // Chat still goes to a.
+    let mut on_a = 0;
+    for _ in 0..6 {
+        let res = r.clone().oneshot(req("g")).await.unwrap();
+        on_a += usize::from(served_by(&res) == "a");
+    }
+    assert!(on_a >= 2, "a keeps serving chat ({on_a} of 6)");
+    // The route comes back after `route_cooldown` (300 s by default).
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(r.route_cooldown("g", "a", Endpoint::Responses), Some(until));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(r.route_cooldown("g", "a", Endpoint::Responses).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_no_deployment_serves_is_a_502_naming_deployment_and_path() {
+    let a = Fake::ok().not_serving("/v1/responses");
+    let b = Fake::ok().not_serving("/v1/responses");
+    let r = router(vec![("g", vec![("a", a.clone(), 1), ("b", b.clone(), 1)])]);
+    let responses = || req_at("/v1/responses", r#"{"model":"g","input":"hi"}"#);
+    let e = r.clone().oneshot(responses()).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::UpstreamRouteNotServed);
+    assert_eq!(e.status(), 502);
+    assert!(!e.is_permanent());
+    assert!(e.retry_after().is_none());
+    let d = e.metadata()["deployment"].as_str().unwrap();
+    assert!(
+        e.message().contains(&format!("Deployment `{d}`")),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.message().contains("POST /v1/responses"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(e.metadata()["upstream_path"], "/v1/responses");
+    assert_eq!(e.metadata()[ATTEMPTS].as_array().unwrap().len(), 2);
+    // Now both routes cool: no upstream call, still a 502 that lists them.
+    let e = r.clone().oneshot(responses()).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::UpstreamRouteNotServed);
+    let cooling = e.metadata()["cooling"].as_array().unwrap();
+    assert_eq!(cooling.len(), 2);
+    assert!(cooling.iter().all(|c| c["reason"] == "route_not_served"));
+    assert_eq!(a.calls() + b.calls(), 2);
+    // Chat is untouched.
+    r.clone().oneshot(req("g")).await.unwrap();
+    assert_eq!(a.calls() + b.calls(), 3);
+}
+
+fn one_failure_cools(threshold_one: bool) -> RetryPolicy {
+    RetryPolicy {
+        failures: FailureWindow {
+            threshold: if threshold_one { 1 } else { 3 },
+            window: Duration::from_secs(60),
+        },
+        ..RetryPolicy::default()
+    }
+}
+
+fn router_with(policy: RetryPolicy, ds: Vec<(&str, Fake)>) -> Router<Fake> {
+    Router::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .policy(policy)
+        .group(
+            "g",
+            ds.into_iter()
+                .map(|(n, f)| Deployment::new(n, f, 1))
+                .collect(),
+        )
+        .unwrap()
+        .build()
+}
+
+/// Sends requests until one reaches an upstream or is refused without an
+/// attempt; returns whether it was refused with 503 `no_available_deployment`.
+async fn refused_without_attempt(r: &Router<Fake>) -> bool {
+    match r.clone().oneshot(req("g")).await {
+        Err(e) => e.reason() == Reason::NoAvailableDeployment,
+        Ok(_) => false,
+    }
+}
+
+/// The issue's scenario: a 429 with `Retry-After: 1` on one deployment
+/// while the other was just put in a 30 s failure cooldown. The client is
+/// told 1 s, and after 1 s its request reaches an upstream again.
+#[tokio::test(start_paused = true)]
+async fn a_429_retry_after_is_kept_when_it_is_true() {
+    let a = Fake::failing(429, &[("retry-after", "1")]);
+    let b = Fake::failing(500, &[]);
+    let r = router_with(
+        one_failure_cools(true),
+        vec![("a", a.clone()), ("b", b.clone())],
+    );
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::UpstreamRateLimited);
+    assert_eq!(
+        r.cooldown("g", "b").unwrap().reason,
+        CooldownReason::Failures
+    );
+    let told = e.retry_after().unwrap();
+    assert_eq!(told, Duration::from_secs(1));
+    tokio::time::advance(told).await;
+    assert!(
+        !refused_without_attempt(&r).await,
+        "told 1 s, served (by a) after 1 s"
+    );
+    assert_eq!(a.calls(), 2);
+}
+
+/// The issue's scenario where it bites: the upstream says "retry in 1 s"
+/// but the gateway has just cooled every deployment for 30 s (a 503 with
+/// `Retry-After: 1` that completes the failure window, and a 500). The
+/// client is told 30 s, and is not refused after that.
+#[tokio::test(start_paused = true)]
+async fn the_clients_retry_after_is_never_sooner_than_every_cooldown() {
+    let a = Fake::failing(503, &[("retry-after", "1")]);
+    let b = Fake::failing(500, &[]);
+    let r = router_with(
+        one_failure_cools(true),
+        vec![("a", a.clone()), ("b", b.clone())],
+    );
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.reason(), Reason::UpstreamUnavailable);
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(refused_without_attempt(&r).await, "still cooling at 29 s");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(
+        !refused_without_attempt(&r).await,
+        "an upstream is tried at 30 s"
+    );
+
+    // A 429 shorter than the gateway's own shortest rate-limit cooldown.
+    let a = Fake::failing(429, &[("retry-after", "1")]);
+    let policy = RetryPolicy {
+        min_rate_limit_cooldown: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    };
+    let r = router_with(policy, vec![("a", a.clone())]);
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+
+    // When the upstream's value is the gateway's own cooldown, it stands.
+    let a = Fake::failing(503, &[("retry-after", "1")]);
+    let r = router_with(one_failure_cools(false), vec![("a", a.clone())]);
+    let e = r.clone().oneshot(req("g")).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_5xx_that_says_when_to_come_back_cools_its_deployment_until_then() {
+    let a = Fake::failing(500, &[("retry-after", "20")]);
+    let b = Fake::ok();
+    let r = router_with(
+        one_failure_cools(false),
+        vec![("a", a.clone()), ("b", b.clone())],
+    );
+    for _ in 0..4 {
+        assert_eq!(served_by(&r.clone().oneshot(req("g")).await.unwrap()), "b");
+    }
+    assert_eq!(a.calls(), 1, "one 500 with Retry-After: 20 is enough");
+    assert_eq!(
+        r.cooldown("g", "a").unwrap().reason,
+        CooldownReason::Failures
+    );
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert!(r.cooldown("g", "a").is_some());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(r.cooldown("g", "a").is_none());
 }
