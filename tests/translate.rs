@@ -132,9 +132,11 @@ fn run(f: &Fixture, pieces: &[&[u8]]) -> (Vec<u8>, StreamTranslator) {
     let mut t = f.pair.stream(ctx(f), &f.options);
     let mut out = BytesMut::new();
     for p in pieces {
-        t.feed(p, &mut out).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+        t.feed(p, &mut out)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.name));
     }
-    t.finish(&mut out).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+    t.finish(&mut out)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.name));
     (out.to_vec(), t)
 }
 
@@ -217,7 +219,9 @@ fn fold_anthropic(events: &[Value]) -> Value {
                         .into()
                     }
                     "signature_delta" => b["signature"] = delta["signature"].clone(),
-                    "input_json_delta" => json_parts[i].push_str(delta["partial_json"].as_str().unwrap()),
+                    "input_json_delta" => {
+                        json_parts[i].push_str(delta["partial_json"].as_str().unwrap())
+                    }
                     other => panic!("delta {other}"),
                 }
             }
@@ -243,8 +247,11 @@ fn fold_anthropic(events: &[Value]) -> Value {
 /// Folds OpenAI chunks into the whole completion they describe.
 fn fold_openai(events: &[Value]) -> Value {
     let mut id = Value::Null;
-    let (mut content, mut reasoning, mut refusal): (Option<String>, Option<String>, Option<String>) =
-        (None, None, None);
+    let (mut content, mut reasoning, mut refusal): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = (None, None, None);
     let mut calls: Vec<Value> = Vec::new();
     let mut finish = Value::Null;
     let mut usage = Value::Null;
@@ -264,18 +271,31 @@ fn fold_openai(events: &[Value]) -> Value {
                 ("reasoning_content", &mut reasoning),
                 ("refusal", &mut refusal),
             ] {
-                if let Some(s) = delta.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                if let Some(s) = delta
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                {
                     acc.get_or_insert_with(String::new).push_str(s);
                 }
             }
-            for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for tc in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let i = tc["index"].as_u64().unwrap() as usize;
                 if i == calls.len() {
                     calls.push(json!({"id": tc["id"], "type": "function",
                         "function": {"name": tc["function"]["name"], "arguments": ""}}));
                 }
                 if let Some(a) = tc["function"].get("arguments").and_then(Value::as_str) {
-                    let args = calls[i]["function"]["arguments"].as_str().unwrap().to_owned() + a;
+                    let args = calls[i]["function"]["arguments"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                        + a;
                     calls[i]["function"]["arguments"] = args.into();
                 }
             }
@@ -301,7 +321,10 @@ fn fold_openai(events: &[Value]) -> Value {
 
 /// Tool arguments compared as JSON, not as text (spacing may differ).
 fn normalize(mut v: Value) -> Value {
-    if let Some(calls) = v.pointer_mut("/choices/0/message/tool_calls").and_then(Value::as_array_mut) {
+    if let Some(calls) = v
+        .pointer_mut("/choices/0/message/tool_calls")
+        .and_then(Value::as_array_mut)
+    {
         for c in calls {
             let args = c["function"]["arguments"].as_str().unwrap();
             c["function"]["arguments"] = serde_json::from_str::<Value>(args).unwrap_or(json!({}));
@@ -333,11 +356,16 @@ fn a_translated_stream_says_what_the_translated_whole_answer_says() {
                 if !f.include_usage {
                     expected.as_object_mut().unwrap().remove("usage");
                 }
-                assert_eq!(normalize(fold_openai(&out_events)), normalize(expected), "{}", f.name);
+                assert_eq!(
+                    normalize(fold_openai(&out_events)),
+                    normalize(expected),
+                    "{}",
+                    f.name
+                );
             }
             Pair::MessagesToChat => {
                 let whole = fold_openai(input_events);
-                let mut expected: Value = serde_json::from_slice(
+                let expected: Value = serde_json::from_slice(
                     &f.pair
                         .response(whole.to_string().as_bytes(), &ctx(f))
                         .unwrap()
@@ -346,7 +374,11 @@ fn a_translated_stream_says_what_the_translated_whole_answer_says() {
                 .unwrap();
                 let mut got = fold_anthropic(&out_events);
                 // The stream's usage names only what it knows; the whole answer all four fields.
-                for k in ["input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"] {
+                for k in [
+                    "input_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                ] {
                     if got["usage"].get(k).is_none() {
                         got["usage"][k] = 0.into();
                     }

@@ -7,8 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::sse::{SseEvent, write_data, write_json};
 use super::{
-    Options, Progress, ResponseContext, Translated, TranslateError, TranslatedRequest, Usage,
-    bad, parse_event, str_field, tokens,
+    Options, Progress, ResponseContext, TranslateError, Translated, TranslatedRequest, Usage, bad,
+    parse_event, str_field, tokens,
 };
 use crate::error::Error;
 
@@ -58,14 +58,17 @@ pub(super) fn request(
                 for (k, v) in o {
                     match k.as_str() {
                         "include_usage" => {
-                            include_usage = !v.is_null() && as_bool(&v, "stream_options.include_usage")?
+                            include_usage =
+                                !v.is_null() && as_bool(&v, "stream_options.include_usage")?
                         }
                         _ => return Err(untranslatable(&format!("stream_options.{k}"))),
                     }
                 }
             }
             "max_tokens" => max_tokens = Some(count(&value, "max_tokens")?),
-            "max_completion_tokens" => max_completion = Some(count(&value, "max_completion_tokens")?),
+            "max_completion_tokens" => {
+                max_completion = Some(count(&value, "max_completion_tokens")?)
+            }
             "temperature" => {
                 let t = value
                     .as_f64()
@@ -147,7 +150,10 @@ pub(super) fn request(
                 .find(|(name, _)| *name == effort)
                 .map(|(_, b)| *b)
                 .ok_or_else(|| {
-                    bad("reasoning_effort", format!("`{effort}` has no Anthropic thinking budget"))
+                    bad(
+                        "reasoning_effort",
+                        format!("`{effort}` has no Anthropic thinking budget"),
+                    )
                 })?;
             // Anthropic's budget is part of `max_tokens` and must stay below it.
             let budget = budget.min(max.saturating_sub(1));
@@ -174,7 +180,11 @@ pub(super) fn request(
         }),
         Some(Value::Object(o)) => {
             let name = (o.get("type") == Some(&json!("function")))
-                .then(|| o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str))
+                .then(|| {
+                    o.get("function")
+                        .and_then(|f| f.get("name"))
+                        .and_then(Value::as_str)
+                })
                 .flatten()
                 .ok_or_else(|| untranslatable("tool_choice"))?;
             Some(json!({"type": "tool", "name": name}))
@@ -270,7 +280,12 @@ fn messages(messages: Value) -> Result<(Option<Value>, Vec<Value>), Error> {
                 let content = match m.remove("content") {
                     Some(Value::String(s)) => Value::String(s),
                     Some(Value::Array(parts)) => Value::Array(user_parts(parts, &at)?),
-                    _ => return Err(bad(&format!("{at}.content"), "must be a string or an array")),
+                    _ => {
+                        return Err(bad(
+                            &format!("{at}.content"),
+                            "must be a string or an array",
+                        ));
+                    }
                 };
                 out.push(json!({"role": "user", "content": content}));
             }
@@ -317,7 +332,8 @@ fn messages(messages: Value) -> Result<(Option<Value>, Vec<Value>), Error> {
                     Some(c) => Value::Array(text_parts(c, &format!("{at}.content"))?),
                     None => Value::String(String::new()),
                 };
-                tool_turn.push(json!({"type": "tool_result", "tool_use_id": id, "content": content}));
+                tool_turn
+                    .push(json!({"type": "tool_result", "tool_use_id": id, "content": content}));
             }
             other => {
                 return Err(bad(
@@ -426,7 +442,9 @@ fn image(part: Value, at: &str) -> Result<Value, Error> {
         let (media, data) = rest
             .split_once(";base64,")
             .ok_or_else(|| bad(&format!("{at}.image_url.url"), "a data: URL must be base64"))?;
-        return Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}));
+        return Ok(
+            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
+        );
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
@@ -595,7 +613,9 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
             // Encrypted reasoning has no readable text for an OpenAI client.
             "redacted_thinking" => {}
             "tool_use" => {
-                let b = block.as_object().ok_or_else(|| TranslateError::bad("a block is not an object"))?;
+                let b = block
+                    .as_object()
+                    .ok_or_else(|| TranslateError::bad("a block is not an object"))?;
                 calls.push(json!({
                     "id": str_field(b, "id")?,
                     "type": "function",
@@ -934,7 +954,13 @@ impl Stream {
     }
 
     /// Writes a non-empty text as `delta.<field>`; the first is the commit point.
-    fn content(&self, out: &mut BytesMut, progress: &mut Progress, field: &str, text: Option<&Value>) {
+    fn content(
+        &self,
+        out: &mut BytesMut,
+        progress: &mut Progress,
+        field: &str,
+        text: Option<&Value>,
+    ) {
         if let Some(Value::String(s)) = text
             && !s.is_empty()
         {

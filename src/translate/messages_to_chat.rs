@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::sse::{SseEvent, write_event, write_json};
 use super::{
-    OpenAiMaxTokens, Options, Progress, ResponseContext, Translated, TranslateError,
+    OpenAiMaxTokens, Options, Progress, ResponseContext, TranslateError, Translated,
     TranslatedRequest, Usage, bad, parse_event, tokens,
 };
 use crate::error::Error;
@@ -59,7 +59,10 @@ pub(super) fn request(
                 out.insert(key, value);
             }
             "stop_sequences" => {
-                if !value.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+                if !value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(Value::is_string))
+                {
                     return Err(bad("stop_sequences", "must be an array of strings"));
                 }
                 out.insert("stop".into(), value);
@@ -293,7 +296,10 @@ fn turn(message: Value, at: &str, options: &Options, chat: &mut Vec<Value>) -> R
             chat.push(message);
         }
         ("user" | "assistant", _) => {
-            return Err(bad(&format!("{at}.content"), "must be a string or an array"));
+            return Err(bad(
+                &format!("{at}.content"),
+                "must be a string or an array",
+            ));
         }
         _ => return Err(bad(&format!("{at}.role"), "must be `user` or `assistant`")),
     }
@@ -306,7 +312,12 @@ fn tool_result(block: Value, at: &str, options: &Options) -> Result<Value, Error
     let Value::Object(mut b) = block else {
         return Err(bad(at, "must be an object"));
     };
-    only_keys(&mut b, at, &["type", "tool_use_id", "content", "is_error"], options)?;
+    only_keys(
+        &mut b,
+        at,
+        &["type", "tool_use_id", "content", "is_error"],
+        options,
+    )?;
     let id = b
         .get("tool_use_id")
         .filter(|v| v.is_string())
@@ -327,7 +338,12 @@ fn tool_result(block: Value, at: &str, options: &Options) -> Result<Value, Error
                 one_or_parts(parts)
             }
         }
-        Some(_) => return Err(bad(&format!("{at}.content"), "must be a string or an array")),
+        Some(_) => {
+            return Err(bad(
+                &format!("{at}.content"),
+                "must be a string or an array",
+            ));
+        }
     };
     Ok(json!({"role": "tool", "tool_call_id": id, "content": content}))
 }
@@ -407,10 +423,9 @@ fn tool_choice(value: Value) -> Result<(Value, Option<bool>), Error> {
     let Value::Object(c) = value else {
         return Err(bad("tool_choice", "must be an object"));
     };
-    if let Some((k, _)) = c
-        .iter()
-        .find(|(k, v)| !v.is_null() && !["type", "name", "disable_parallel_tool_use"].contains(&k.as_str()))
-    {
+    if let Some((k, _)) = c.iter().find(|(k, v)| {
+        !v.is_null() && !["type", "name", "disable_parallel_tool_use"].contains(&k.as_str())
+    }) {
         return Err(untranslatable(&format!("tool_choice.{k}")));
     }
     let choice = match c.get("type").and_then(Value::as_str) {
@@ -479,8 +494,11 @@ fn stop_reason(finish: &str) -> Result<&'static str, TranslateError> {
 /// Reads an OpenAI `usage` object into Anthropic's partition.
 fn read_usage(u: &Value) -> Usage {
     let prompt = tokens(u.get("prompt_tokens"));
-    let cached = tokens(u.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")))
-        .min(prompt);
+    let cached = tokens(
+        u.get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens")),
+    )
+    .min(prompt);
     Usage {
         input_tokens: prompt - cached,
         output_tokens: tokens(u.get("completion_tokens")),
@@ -528,9 +546,17 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         return Err(upstream_error(e));
     }
     let id = v.get("id").and_then(Value::as_str).unwrap_or("");
-    let choice = match v.get("choices").and_then(Value::as_array).map(Vec::as_slice) {
+    let choice = match v
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
         Some([one]) => one,
-        _ => return Err(TranslateError::bad("the answer must have exactly one choice")),
+        _ => {
+            return Err(TranslateError::bad(
+                "the answer must have exactly one choice",
+            ));
+        }
     };
     let message = choice
         .get("message")
@@ -545,7 +571,11 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
             Some(Value::String(s)) => content.push(json!({"type": "text", "text": s})),
-            Some(_) => return Err(TranslateError::bad(format!("`message.{key}` is not a string"))),
+            Some(_) => {
+                return Err(TranslateError::bad(format!(
+                    "`message.{key}` is not a string"
+                )));
+            }
         }
     }
     if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
@@ -720,7 +750,11 @@ impl Stream {
             self.block_delta(out, json!({"type": "thinking_delta", "thinking": r}));
         }
         for key in ["content", "refusal"] {
-            if let Some(t) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if let Some(t) = delta
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
                 self.ensure(Open::Text, out, progress);
                 self.block_delta(out, json!({"type": "text_delta", "text": t}));
             }
@@ -765,7 +799,10 @@ impl Stream {
                 .and_then(Value::as_str)
                 .filter(|a| !a.is_empty())
             {
-                self.block_delta(out, json!({"type": "input_json_delta", "partial_json": args}));
+                self.block_delta(
+                    out,
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                );
             }
         }
         Ok(())
@@ -844,7 +881,12 @@ impl Stream {
 fn has_content(delta: &Value) -> bool {
     ["content", "refusal", "reasoning_content", "reasoning"]
         .iter()
-        .any(|k| delta.get(*k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+        .any(|k| {
+            delta
+                .get(*k)
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        })
         || delta
             .get("tool_calls")
             .and_then(Value::as_array)

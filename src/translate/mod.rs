@@ -332,7 +332,10 @@ impl Pair {
         options: &Options,
     ) -> Result<TranslatedRequest, Error> {
         let Value::Object(map) = serde_json::from_slice::<Value>(body).map_err(|e| {
-            Error::new(Reason::InvalidJson, format!("the body is not valid JSON: {e}"))
+            Error::new(
+                Reason::InvalidJson,
+                format!("the body is not valid JSON: {e}"),
+            )
         })?
         else {
             return Err(bad("", "the body must be a JSON object"));
@@ -344,7 +347,11 @@ impl Pair {
     }
 
     /// Translates a whole (non-stream) upstream answer into the client's family.
-    pub fn response(self, body: &[u8], ctx: &ResponseContext) -> Result<Translated, TranslateError> {
+    pub fn response(
+        self,
+        body: &[u8],
+        ctx: &ResponseContext,
+    ) -> Result<Translated, TranslateError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| TranslateError::bad(format!("the answer is not JSON: {e}")))?;
         match self {

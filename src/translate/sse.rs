@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn events_names_comments_crlf_and_multiline_data() {
         let got = decode(
-            &[b"event: a\r\ndata: {\"x\"", b":1}\r\n\r\n: ping\n\ndata: one\ndata:two\n\nid: 3\n\ndata: [DONE]"],
+            &[
+                b"event: a\r\ndata: {\"x\"",
+                b":1}\r\n\r\n: ping\n\ndata: one\ndata:two\n\nid: 3\n\ndata: [DONE]",
+            ],
             1024,
         )
         .unwrap();
@@ -235,7 +238,12 @@ mod tests {
         }
         assert!(d.buffered() <= 2 * 64);
         let long = [b'x'; 65];
-        let err = d.feed(b"data: ", &mut none).and_then(|()| d.feed(&long, &mut none));
-        assert!(matches!(err, Err(TranslateError::EventTooLarge { cap: 64 })));
+        let err = d
+            .feed(b"data: ", &mut none)
+            .and_then(|()| d.feed(&long, &mut none));
+        assert!(matches!(
+            err,
+            Err(TranslateError::EventTooLarge { cap: 64 })
+        ));
     }
 }
