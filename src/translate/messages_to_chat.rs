@@ -652,6 +652,8 @@ pub(super) struct Stream {
     next_block: u64,
     /// The highest OpenAI tool-call index started so far.
     last_tool: Option<u64>,
+    /// The id of the last tool call started (bounded by the event cap).
+    tool_id: String,
     stop: Option<&'static str>,
     usage: Option<Usage>,
     done: bool,
@@ -665,6 +667,7 @@ impl Stream {
             open: Open::None,
             next_block: 0,
             last_tool: None,
+            tool_id: String::new(),
             stop: None,
             usage: None,
             done: false,
@@ -672,7 +675,7 @@ impl Stream {
     }
 
     pub(super) fn buffered(&self) -> usize {
-        0
+        self.tool_id.capacity()
     }
 
     pub(super) fn event(
@@ -768,17 +771,27 @@ impl Stream {
         for call in calls {
             let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
             let f = call.get("function");
-            if self.open != Open::Tool(index) {
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty());
+            // Some servers repeat the id on every delta, some give parallel
+            // calls one index and new ids: the id, when present, decides.
+            let continues =
+                self.open == Open::Tool(index) && id.is_none_or(|id| id == self.tool_id);
+            if !continues {
                 // A new tool call: it must say who it is, and come after the last one.
-                let (Some(id), Some(name)) = (
-                    call.get("id").and_then(Value::as_str),
-                    f.and_then(|f| f.get("name")).and_then(Value::as_str),
-                ) else {
+                let (Some(id), Some(name)) =
+                    (id, f.and_then(|f| f.get("name")).and_then(Value::as_str))
+                else {
                     return Err(TranslateError::bad(format!(
                         "a tool call delta for call {index}, which was never started"
                     )));
                 };
-                if self.last_tool.is_some_and(|last| index <= last) {
+                if self
+                    .last_tool
+                    .is_some_and(|last| index < last || (index == last && id == self.tool_id))
+                {
                     return Err(TranslateError::bad(format!(
                         "tool call {index} resumed after a later one began"
                     )));
@@ -792,6 +805,8 @@ impl Stream {
                 );
                 self.open = Open::Tool(index);
                 self.last_tool = Some(index);
+                self.tool_id.clear();
+                self.tool_id.push_str(id);
                 progress.committed = true;
             }
             if let Some(args) = f

@@ -287,6 +287,49 @@ fn a_1_mib_tool_call_argument_streams_to_an_anthropic_client_in_bounded_memory()
 }
 
 #[test]
+fn parallel_tool_calls_sharing_one_index_are_told_apart_by_id() {
+    // Some OpenAI-compatible servers give every parallel call index 0, and
+    // some repeat the id on every delta: both must come out right.
+    let call = |id: Option<&str>, args: &str| {
+        let mut c = json!({"index": 0, "function": {"arguments": args}});
+        if let Some(id) = id {
+            c["id"] = id.into();
+            c["function"]["name"] = "f".into();
+        }
+        openai_chunk(json!({"tool_calls": [c]}), None)
+    };
+    let input = [
+        call(Some("a"), "{\"x\":"),
+        call(Some("a"), "1}"),
+        call(Some("b"), "{}"),
+        call(None, ""),
+        openai_chunk(json!({}), Some("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let (r, out, _) = feed_all(Pair::MessagesToChat, &input);
+    r.unwrap();
+    let events = datas(&out);
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .map(|e| &e["content_block"]["id"])
+        .collect();
+    assert_eq!(starts, [&json!("a"), &json!("b")]);
+    let args: Vec<(u64, &str)> = events
+        .iter()
+        .filter(|e| e["delta"]["type"] == "input_json_delta")
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["delta"]["partial_json"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(args, [(0, "{\"x\":"), (0, "1}"), (1, "{}")]);
+}
+
+#[test]
 fn an_event_over_the_cap_is_an_error_not_a_buffer() {
     let options = Options {
         event_cap: 16 * 1024,
