@@ -448,8 +448,9 @@ impl StreamTranslator {
         self.progress.usage
     }
 
-    /// Bytes the translator holds now (bounded by about twice the event cap,
-    /// whatever the stream's length).
+    /// Bytes the translator holds now: a small multiple of the event cap
+    /// while one event is read, a few KiB between events, whatever the
+    /// stream's length.
     pub fn buffered(&self) -> usize {
         self.decoder.buffered()
             + match &self.state {

@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use super::TranslateError;
 
+/// Buffer capacity kept between events; a larger buffer is released.
+const KEEP: usize = 16 * 1024;
+
 /// One decoded event: its `event:` name (empty when none was given) and its
 /// `data:` lines joined with `\n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +85,8 @@ impl SseDecoder {
         self.dispatch(on_event)
     }
 
-    /// Bytes held now (bounded by about twice the cap, whatever the stream's length).
+    /// Bytes held now: a small multiple of the cap at most while an event
+    /// is read, and at most a few KiB between events, whatever the stream's length.
     pub fn buffered(&self) -> usize {
         self.line.capacity() + self.data.capacity() + self.name.capacity()
     }
@@ -105,7 +109,9 @@ impl SseDecoder {
         }
         let result = self.read_line(&line, on_event);
         line.clear();
-        self.line = line;
+        if line.capacity() <= KEEP {
+            self.line = line;
+        }
         result
     }
 
@@ -162,6 +168,10 @@ impl SseDecoder {
         self.data.clear();
         self.name.clear();
         self.has_data = false;
+        // One large event must not pin its buffer for the rest of the stream.
+        if self.data.capacity() > KEEP {
+            self.data = Vec::new();
+        }
         result
     }
 }
@@ -236,7 +246,7 @@ mod tests {
         for _ in 0..100 {
             d.feed(b"data: short\n\n", &mut none).unwrap();
         }
-        assert!(d.buffered() <= 2 * 64);
+        assert!(d.buffered() <= 4 * 64);
         let long = [b'x'; 65];
         let err = d
             .feed(b"data: ", &mut none)

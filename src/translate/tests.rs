@@ -342,7 +342,27 @@ fn an_event_over_the_cap_is_an_error_not_a_buffer() {
     let err = t.feed(huge.as_bytes(), &mut out).unwrap_err();
     assert_eq!(err, TranslateError::EventTooLarge { cap: 16 * 1024 });
     assert_eq!(err.into_error().reason(), Reason::UpstreamBadResponse);
-    assert!(t.buffered() <= 2 * 16 * 1024 + 64);
+    assert!(t.buffered() <= 4 * 16 * 1024);
+}
+
+#[test]
+fn a_large_event_does_not_pin_its_buffer() {
+    let mut t = Pair::ChatToMessages.stream(ctx(), &Options::default());
+    let mut out = BytesMut::new();
+    t.feed(message_start().as_bytes(), &mut out).unwrap();
+    for e in [
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "z".repeat(512 * 1024)}}),
+    ] {
+        t.feed(anthropic_event(e).as_bytes(), &mut out).unwrap();
+    }
+    assert!(out.len() > 512 * 1024, "the large delta went out");
+    assert!(
+        t.buffered() < 64 * 1024,
+        "held {} after the event",
+        t.buffered()
+    );
 }
 
 // ------------------------------------------------------- known failure: nothing added
