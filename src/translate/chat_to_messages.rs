@@ -41,8 +41,8 @@ pub(super) fn request(
     let mut has_tools = false;
     let mut messages = None;
     for (key, value) in req {
-        if value.is_null() {
-            continue; // a null field is an absent one
+        if value.is_null() || super::GATEWAY_FIELDS.contains(&key.as_str()) {
+            continue; // a null field is an absent one; the gateway's own are not the upstream's
         }
         match key.as_str() {
             "model" => {}

@@ -474,6 +474,10 @@ impl State {
     }
 }
 
+/// Request fields the gateway itself acts on (the per-request fallback list,
+/// OpenRouter style): consumed by the stack, never sent to the upstream.
+pub const GATEWAY_FIELDS: [&str; 1] = ["models"];
+
 /// An `invalid_request` error naming `param` (as the admin API's `bad()` does).
 pub(crate) fn bad(param: &str, message: impl fmt::Display) -> Error {
     if param.is_empty() {

@@ -429,6 +429,24 @@ fn nothing_is_added_that_the_client_did_not_send() {
     );
 }
 
+#[test]
+fn the_gateway_fallback_list_is_not_sent_upstream() {
+    let o = Options::default();
+    for (pair, body) in [
+        (
+            Pair::ChatToMessages,
+            &br#"{"model":"a","models":["a","b"],"messages":[{"role":"user","content":"q"}]}"#[..],
+        ),
+        (
+            Pair::MessagesToChat,
+            br#"{"model":"a","models":["a","b"],"max_tokens":3,"messages":[{"role":"user","content":"q"}]}"#,
+        ),
+    ] {
+        let t = pair.request(body, "u", &o).unwrap();
+        assert!(!keys(&t.body).contains(&"models".to_owned()));
+    }
+}
+
 // ------------------------------------------------------- known failure: refusals name the field
 
 #[test]
