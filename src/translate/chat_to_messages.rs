@@ -971,7 +971,8 @@ impl Stream {
         }
     }
 
-    pub(super) fn finish(&mut self, _out: &mut BytesMut) -> Result<(), TranslateError> {
+    /// The upstream's stream ended: it must have ended with `message_stop`.
+    pub(super) fn finish(&self) -> Result<(), TranslateError> {
         match self.phase {
             Phase::Stopped => Ok(()),
             _ => Err(TranslateError::Truncated),

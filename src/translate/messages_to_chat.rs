@@ -879,11 +879,8 @@ impl Stream {
         Ok(())
     }
 
-    pub(super) fn finish(
-        &mut self,
-        _out: &mut BytesMut,
-        _progress: &mut Progress,
-    ) -> Result<(), TranslateError> {
+    /// The upstream's stream ended: it must have ended with `[DONE]`.
+    pub(super) fn finish(&self) -> Result<(), TranslateError> {
         if self.done {
             Ok(())
         } else {

@@ -419,11 +419,12 @@ impl StreamTranslator {
         decoder.feed(chunk, &mut |event| state.event(event, out, progress))
     }
 
-    /// The upstream stream ended: completes the client's stream (for an
-    /// OpenAI client, the usage chunk if asked and `data: [DONE]`; for an
-    /// Anthropic client, `message_delta` and `message_stop`), or fails with
-    /// [`TranslateError::Truncated`] if the upstream's stream did not end
-    /// as its family requires.
+    /// The upstream stream ended: reads what the decoder still holds and
+    /// checks that the stream ended as its family requires, or fails with
+    /// [`TranslateError::Truncated`]. The client's closing events (for an
+    /// OpenAI client the usage chunk if asked and `data: [DONE]`; for an
+    /// Anthropic client `message_delta` and `message_stop`) are written as
+    /// soon as the upstream's last event arrives.
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), TranslateError> {
         let StreamTranslator {
             decoder,
@@ -432,8 +433,8 @@ impl StreamTranslator {
         } = self;
         decoder.finish(&mut |event| state.event(event, out, progress))?;
         match state {
-            State::FromMessages(s) => s.finish(out),
-            State::FromChat(s) => s.finish(out, progress),
+            State::FromMessages(s) => s.finish(),
+            State::FromChat(s) => s.finish(),
         }
     }
 
