@@ -2,7 +2,10 @@
 //! upstream: the request goes OpenAI → Anthropic, the answer and the stream
 //! come back Anthropic → OpenAI.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sse::{SseEvent, write_data, write_json};
@@ -680,6 +683,29 @@ fn upstream_error(m: &Map<String, Value>) -> TranslateError {
 
 // ---------------------------------------------------------------- stream
 
+/// An event read without building a tree: enough for `content_block_delta`.
+#[derive(Deserialize)]
+struct DeltaEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Before `message_start`.
@@ -703,6 +729,9 @@ enum Block {
 #[derive(Debug)]
 pub(super) struct Stream {
     ctx: ResponseContext,
+    /// Every chunk's start, fixed at `message_start`: `{"id":…,"object":…,
+    /// "created":…,"model":…,"choices":[{"index":0,"delta":`.
+    prefix: String,
     id: String,
     phase: Phase,
     /// The open block: its index and kind.
@@ -719,6 +748,7 @@ impl Stream {
     pub(super) fn new(ctx: ResponseContext) -> Self {
         Stream {
             ctx,
+            prefix: String::new(),
             id: String::new(),
             phase: Phase::Start,
             open: None,
@@ -730,20 +760,117 @@ impl Stream {
     }
 
     pub(super) fn buffered(&self) -> usize {
-        self.id.capacity()
+        self.id.capacity() + self.prefix.capacity()
+    }
+
+    /// Writes one chunk: the prefix fixed at `message_start` (id, created,
+    /// model), the delta `write_delta` writes, and the finish reason.
+    fn chunk_with(
+        &self,
+        out: &mut BytesMut,
+        write_delta: impl FnOnce(&mut BytesMut),
+        finish: Option<&str>,
+    ) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(self.prefix.as_bytes());
+        write_delta(out);
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => write_json(out, f),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
     }
 
     fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
-        write_data(
+        self.chunk_with(out, |out| write_json(out, &delta), finish);
+    }
+
+    /// A chunk whose delta is `{"<field>": text}`; the first is the commit point.
+    fn text_chunk(&self, out: &mut BytesMut, progress: &mut Progress, field: &str, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        self.chunk_with(
             out,
-            &json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.ctx.created,
-                "model": &*self.ctx.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            }),
+            |out| {
+                out.extend_from_slice(b"{\"");
+                out.extend_from_slice(field.as_bytes());
+                out.extend_from_slice(b"\":");
+                write_json(out, text);
+                out.extend_from_slice(b"}");
+            },
+            None,
         );
+        progress.committed = true;
+    }
+
+    /// The hot path: a `content_block_delta`, read without building a tree.
+    fn delta(
+        &mut self,
+        ev: &DeltaEvent<'_>,
+        out: &mut BytesMut,
+        progress: &mut Progress,
+    ) -> Result<(), TranslateError> {
+        if self.phase != Phase::Body {
+            return Err(TranslateError::bad(
+                "a content_block_delta outside a message",
+            ));
+        }
+        let index = ev
+            .index
+            .ok_or_else(|| TranslateError::bad("an event without its block `index`"))?;
+        let Some((_, block)) = self.open.filter(|(i, _)| *i == index) else {
+            return Err(TranslateError::bad(format!(
+                "a delta for content block {index}, which is not open"
+            )));
+        };
+        let d = ev
+            .delta
+            .as_ref()
+            .ok_or_else(|| TranslateError::bad("content_block_delta without a delta"))?;
+        let missing = |field: &str| TranslateError::bad(format!("a delta without its `{field}`"));
+        match (block, d.kind.as_deref().unwrap_or("")) {
+            (Block::Text, "text_delta") => {
+                let text = d.text.as_deref().ok_or_else(|| missing("text"))?;
+                self.text_chunk(out, progress, "content", text);
+            }
+            // Citations have no Chat Completions counterpart; the cited text itself arrives as text.
+            (Block::Text, "citations_delta") => {}
+            (Block::Thinking, "thinking_delta") => {
+                let text = d.thinking.as_deref().ok_or_else(|| missing("thinking"))?;
+                self.text_chunk(out, progress, "reasoning_content", text);
+            }
+            // A signature only means something to Anthropic.
+            (Block::Thinking, "signature_delta") => {}
+            (Block::Tool, "input_json_delta") => {
+                let part = d
+                    .partial_json
+                    .as_deref()
+                    .ok_or_else(|| missing("partial_json"))?;
+                if !part.is_empty() {
+                    let mut n = itoa::Buffer::new();
+                    let n = n.format(self.tools);
+                    self.chunk_with(
+                        out,
+                        |out| {
+                            out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                            out.extend_from_slice(n.as_bytes());
+                            out.extend_from_slice(b",\"function\":{\"arguments\":");
+                            write_json(out, part);
+                            out.extend_from_slice(b"}}]}");
+                        },
+                        None,
+                    );
+                }
+            }
+            (_, other) => {
+                return Err(TranslateError::bad(format!(
+                    "a `{other}` delta in a {block:?} block"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn event(
@@ -752,6 +879,17 @@ impl Stream {
         out: &mut BytesMut,
         progress: &mut Progress,
     ) -> Result<(), TranslateError> {
+        if let Ok(fast) = serde_json::from_slice::<DeltaEvent<'_>>(event.data)
+            && fast.kind == "content_block_delta"
+        {
+            if !event.name.is_empty() && event.name != fast.kind {
+                return Err(TranslateError::bad(format!(
+                    "an `{}` event carries a `content_block_delta` payload",
+                    event.name
+                )));
+            }
+            return self.delta(&fast, out, progress);
+        }
         let m = parse_event(event.data)?;
         let kind = str_field(&m, "type")?;
         if !event.name.is_empty() && event.name != kind {
@@ -773,6 +911,18 @@ impl Stream {
                     .and_then(Value::as_object)
                     .ok_or_else(|| TranslateError::bad("message_start without a message"))?;
                 self.id = str_field(msg, "id")?.to_owned();
+                let head = json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.ctx.created,
+                    "model": &*self.ctx.model,
+                })
+                .to_string();
+                // `{…}` → `{…,"choices":[{"index":0,"delta":`
+                self.prefix = format!(
+                    "{},\"choices\":[{{\"index\":0,\"delta\":",
+                    &head[..head.len() - 1]
+                );
                 if let Some(u) = msg.get("usage") {
                     read_usage(u, &mut self.usage);
                 }
@@ -826,45 +976,9 @@ impl Stream {
                 };
                 self.open = Some((index, block));
             }
-            (Phase::Body, "content_block_delta") => {
-                let index = self.index(&m)?;
-                let Some((open, block)) = self.open.filter(|(i, _)| *i == index) else {
-                    return Err(TranslateError::bad(format!(
-                        "a delta for content block {index}, which is not open"
-                    )));
-                };
-                debug_assert_eq!(open, index);
-                let d = m
-                    .get("delta")
-                    .and_then(Value::as_object)
-                    .ok_or_else(|| TranslateError::bad("content_block_delta without a delta"))?;
-                match (block, str_field(d, "type")?) {
-                    (Block::Text, "text_delta") => {
-                        self.content(out, progress, "content", d.get("text"))
-                    }
-                    // Citations have no Chat Completions counterpart; the cited text itself arrives as text.
-                    (Block::Text, "citations_delta") => {}
-                    (Block::Thinking, "thinking_delta") => {
-                        self.content(out, progress, "reasoning_content", d.get("thinking"))
-                    }
-                    // A signature only means something to Anthropic.
-                    (Block::Thinking, "signature_delta") => {}
-                    (Block::Tool, "input_json_delta") => {
-                        let part = str_field(d, "partial_json")?;
-                        if !part.is_empty() {
-                            let delta = json!({"tool_calls": [{
-                                "index": self.tools,
-                                "function": {"arguments": part},
-                            }]});
-                            self.chunk(out, delta, None);
-                        }
-                    }
-                    (_, other) => {
-                        return Err(TranslateError::bad(format!(
-                            "a `{other}` delta in a {block:?} block"
-                        )));
-                    }
-                }
+            // A well-formed delta took the fast path above.
+            (_, "content_block_delta") => {
+                return Err(TranslateError::bad("a malformed content_block_delta"));
             }
             (Phase::Body, "content_block_stop") => {
                 let index = self.index(&m)?;
@@ -953,7 +1067,7 @@ impl Stream {
             .ok_or_else(|| TranslateError::bad("an event without its block `index`"))
     }
 
-    /// Writes a non-empty text as `delta.<field>`; the first is the commit point.
+    /// Writes a text from a block start, if it carries one.
     fn content(
         &self,
         out: &mut BytesMut,
@@ -961,13 +1075,8 @@ impl Stream {
         field: &str,
         text: Option<&Value>,
     ) {
-        if let Some(Value::String(s)) = text
-            && !s.is_empty()
-        {
-            let mut delta = Map::new();
-            delta.insert(field.to_owned(), Value::String(s.clone()));
-            self.chunk(out, Value::Object(delta), None);
-            progress.committed = true;
+        if let Some(Value::String(s)) = text {
+            self.text_chunk(out, progress, field, s);
         }
     }
 

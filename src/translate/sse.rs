@@ -177,7 +177,7 @@ impl SseDecoder {
 }
 
 /// Writes `value` as JSON into `out`.
-pub(crate) fn write_json(out: &mut BytesMut, value: &impl Serialize) {
+pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
     // Writing into a `BytesMut` cannot fail, and our values always serialize.
     let _ = serde_json::to_writer(out.writer(), value);
 }

@@ -640,6 +640,18 @@ fn garbage_or_forbidden_sequences_from_an_anthropic_upstream_are_errors() {
             anthropic_event(json!({"type": "content_block_delta", "index": 0,
                 "delta": {"type": "text_delta", "text": "x"}}))
         ),
+        // A delta whose text is not a string.
+        format!(
+            "{start}{text_start}{}",
+            anthropic_event(json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": 5}}))
+        ),
+        // A delta without its text.
+        format!(
+            "{start}{text_start}{}",
+            anthropic_event(json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta"}}))
+        ),
         // A block before message_start.
         text_start.clone(),
         // A second block while one is open.
