@@ -2,7 +2,10 @@
 //! Completions upstream: the request goes Anthropic → OpenAI, the answer
 //! and the stream come back OpenAI → Anthropic.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sse::{SseEvent, write_event, write_json};
@@ -694,47 +697,50 @@ impl Stream {
             self.done = true;
             return self.end(out);
         }
-        let chunk = parse_event(event.data)?;
-        if let Some(e) = chunk.get("error").filter(|e| !e.is_null()) {
+        let chunk: Chunk<'_> = match serde_json::from_slice(event.data) {
+            Ok(chunk) => chunk,
+            // Not JSON at all, or JSON of another shape: say which.
+            Err(_) => {
+                parse_event(event.data)?;
+                return Err(TranslateError::bad(
+                    "a chunk does not have the Chat Completions shape",
+                ));
+            }
+        };
+        if let Some(e) = chunk.error.as_ref().filter(|e| !e.is_null()) {
             return Err(upstream_error(e));
         }
         if !self.started {
             self.started = true;
-            let id = chunk.get("id").and_then(Value::as_str).unwrap_or("");
             write_event(
                 out,
                 "message_start",
                 &json!({"type": "message_start", "message": {
-                    "id": id, "type": "message", "role": "assistant", "model": &*self.ctx.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "id": chunk.id.as_deref().unwrap_or(""), "type": "message", "role": "assistant",
+                    "model": &*self.ctx.model, "content": [], "stop_reason": null, "stop_sequence": null,
                     "usage": {"input_tokens": 0, "output_tokens": 0},
                 }}),
             );
         }
-        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+        if let Some(u) = chunk.usage.as_ref().filter(|u| u.is_object()) {
             let usage = read_usage(u);
             self.usage = Some(usage);
             progress.usage = Some(usage);
         }
-        let choices = match chunk.get("choices") {
-            None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(c)) => c,
-            Some(_) => return Err(TranslateError::bad("`choices` is not an array")),
-        };
-        for choice in choices {
-            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+        for choice in chunk.choices.iter().flatten() {
+            if choice.index.unwrap_or(0) != 0 {
                 return Err(TranslateError::bad("a chunk for a second choice"));
             }
             if self.stop.is_some() {
-                if choice.get("delta").is_some_and(has_content) {
+                if choice.delta.as_ref().is_some_and(ChunkDelta::has_content) {
                     return Err(TranslateError::bad("content after the finish_reason"));
                 }
                 continue;
             }
-            if let Some(delta) = choice.get("delta").filter(|d| !d.is_null()) {
+            if let Some(delta) = &choice.delta {
                 self.delta(delta, out, progress)?;
             }
-            if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            if let Some(finish) = &choice.finish_reason {
                 self.close(out);
                 self.stop = Some(stop_reason(finish)?);
             }
@@ -744,46 +750,35 @@ impl Stream {
 
     fn delta(
         &mut self,
-        delta: &Value,
+        delta: &ChunkDelta<'_>,
         out: &mut BytesMut,
         progress: &mut Progress,
     ) -> Result<(), TranslateError> {
-        if let Some(r) = reasoning_of(delta).filter(|r| !r.is_empty()) {
+        let reasoning = delta
+            .reasoning_content
+            .as_deref()
+            .or(delta.reasoning.as_deref());
+        if let Some(r) = reasoning.filter(|r| !r.is_empty()) {
             self.ensure(Open::Thinking, out, progress);
-            self.block_delta(out, json!({"type": "thinking_delta", "thinking": r}));
+            self.block_delta(out, "thinking_delta", "thinking", r);
         }
-        for key in ["content", "refusal"] {
-            if let Some(t) = delta
-                .get(key)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
+        for text in [&delta.content, &delta.refusal] {
+            if let Some(t) = text.as_deref().filter(|t| !t.is_empty()) {
                 self.ensure(Open::Text, out, progress);
-                self.block_delta(out, json!({"type": "text_delta", "text": t}));
+                self.block_delta(out, "text_delta", "text", t);
             }
         }
-        let Some(calls) = delta.get("tool_calls").filter(|c| !c.is_null()) else {
-            return Ok(());
-        };
-        let calls = calls
-            .as_array()
-            .ok_or_else(|| TranslateError::bad("`tool_calls` is not an array"))?;
-        for call in calls {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let f = call.get("function");
-            let id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|id| !id.is_empty());
+        for call in delta.tool_calls.iter().flatten() {
+            let index = call.index.unwrap_or(0);
+            let f = call.function.as_ref();
+            let id = call.id.as_deref().filter(|id| !id.is_empty());
             // Some servers repeat the id on every delta, some give parallel
             // calls one index and new ids: the id, when present, decides.
             let continues =
                 self.open == Open::Tool(index) && id.is_none_or(|id| id == self.tool_id);
             if !continues {
                 // A new tool call: it must say who it is, and come after the last one.
-                let (Some(id), Some(name)) =
-                    (id, f.and_then(|f| f.get("name")).and_then(Value::as_str))
-                else {
+                let (Some(id), Some(name)) = (id, f.and_then(|f| f.name.as_deref())) else {
                     return Err(TranslateError::bad(format!(
                         "a tool call delta for call {index}, which was never started"
                     )));
@@ -810,14 +805,10 @@ impl Stream {
                 progress.committed = true;
             }
             if let Some(args) = f
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
+                .and_then(|f| f.arguments.as_deref())
                 .filter(|a| !a.is_empty())
             {
-                self.block_delta(
-                    out,
-                    json!({"type": "input_json_delta", "partial_json": args}),
-                );
+                self.block_delta(out, "input_json_delta", "partial_json", args);
             }
         }
         Ok(())
@@ -842,12 +833,20 @@ impl Stream {
         progress.committed = true;
     }
 
-    fn block_delta(&self, out: &mut BytesMut, delta: Value) {
-        write_event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": self.next_block, "delta": delta}),
+    /// Writes `content_block_delta` for the open block: `{"type": kind, field: text}`.
+    fn block_delta(&self, out: &mut BytesMut, kind: &str, field: &str, text: &str) {
+        let mut index = itoa::Buffer::new();
+        out.extend_from_slice(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
         );
+        out.extend_from_slice(index.format(self.next_block).as_bytes());
+        out.extend_from_slice(b",\"delta\":{\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"");
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_json(out, text);
+        out.extend_from_slice(b"}}\n\n");
     }
 
     fn close(&mut self, out: &mut BytesMut) {
@@ -889,18 +888,73 @@ impl Stream {
     }
 }
 
-/// Whether a chunk's delta carries text, reasoning or tool calls.
-fn has_content(delta: &Value) -> bool {
-    ["content", "refusal", "reasoning_content", "reasoning"]
+/// A Chat Completions chunk, read without building a tree (strings borrowed
+/// from the event unless escaped).
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl ChunkDelta<'_> {
+    /// Whether the delta carries text, reasoning or tool calls.
+    fn has_content(&self) -> bool {
+        [
+            &self.content,
+            &self.refusal,
+            &self.reasoning_content,
+            &self.reasoning,
+        ]
         .iter()
-        .any(|k| {
-            delta
-                .get(*k)
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-        })
-        || delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
+        .any(|t| t.as_deref().is_some_and(|s| !s.is_empty()))
+            || self.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+    }
 }
