@@ -53,6 +53,7 @@ pub mod overhead;
 pub mod read_request;
 pub mod router;
 pub mod sanitize;
+pub mod translate;
 
 #[cfg(feature = "provider")]
 pub mod provider;

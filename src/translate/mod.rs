@@ -1,0 +1,518 @@
+//! Translation between API families: OpenAI Chat Completions ↔ Anthropic
+//! Messages, requests, answers and streams.
+//!
+//! One place decides how a (client family, upstream API) pair is served:
+//! [`plan`]. A matching pair is [`Plan::PassThrough`] (the bytes go on with
+//! only `model` rewritten, by the caller); a differing pair is
+//! [`Plan::Translate`] with the [`Pair`] that knows how to convert the
+//! request ([`Pair::request`]), a whole answer ([`Pair::response`]) and a
+//! stream, event by event ([`Pair::stream`] → [`StreamTranslator`]). Later
+//! upstream APIs (Azure OpenAI, Bedrock, Gemini) add variants to
+//! [`UpstreamApi`] and [`Pair`], and arms to [`plan`]; nothing else changes
+//! shape.
+//!
+//! What cannot be carried faithfully is refused, never dropped: a request
+//! field with no counterpart is an [`Error`] with [`Reason::InvalidRequest`]
+//! and `metadata.param` naming the field; an upstream answer that breaks its
+//! family's rules is a [`TranslateError`], which the caller turns into
+//! `upstream_bad_response` (or, for an upstream `error` event, the matching
+//! upstream reason) with [`TranslateError::into_error`].
+//!
+//! Streams are translated with O(1) state per stream: each input event
+//! becomes at most a few output events as it arrives; no text or tool-call
+//! argument is ever accumulated, and one event's buffered size is capped
+//! ([`Options::event_cap`]).
+//!
+//! ```
+//! use tollgate::translate::{plan, Family, Options, Plan, ResponseContext, UpstreamApi};
+//!
+//! let Plan::Translate(pair) = plan(Family::OpenAiChat, UpstreamApi::Anthropic) else {
+//!     unreachable!()
+//! };
+//! let client = br#"{"model": "fast", "messages": [{"role": "user", "content": "Hi"}], "stream": true}"#;
+//! let request = pair.request(client, "claude-sonnet-4-5", &Options::default()).unwrap();
+//! assert!(request.stream);
+//!
+//! let mut stream = pair.stream(ResponseContext::new("fast", 1_700_000_000), &Options::default());
+//! let mut out = bytes::BytesMut::new();
+//! stream.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n", &mut out).unwrap();
+//! assert!(!stream.committed());
+//! ```
+//!
+//! The mapping tables, the `max_tokens` rule and the list of refusals are in
+//! `docs/translation.md`.
+
+mod chat_to_messages;
+mod messages_to_chat;
+pub mod sse;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+use crate::error::{Error, Reason};
+
+pub use sse::{SseDecoder, SseEvent};
+
+/// The API family an inbound route speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Family {
+    /// OpenAI Chat Completions (`POST /v1/chat/completions`).
+    OpenAiChat,
+    /// Anthropic Messages (`POST /v1/messages`).
+    AnthropicMessages,
+}
+
+/// The API an upstream deployment speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum UpstreamApi {
+    /// OpenAI-compatible (`/chat/completions`, …).
+    #[default]
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`, `x-api-key`, `anthropic-version`).
+    Anthropic,
+}
+
+/// How a (client family, upstream API) pair is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The families match: the body is forwarded as bytes, only `model` rewritten.
+    PassThrough,
+    /// The families differ: the pair's translator converts request and answer.
+    Translate(Pair),
+}
+
+/// A translator between two different families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Pair {
+    /// An OpenAI Chat Completions client served by an Anthropic Messages upstream.
+    ChatToMessages,
+    /// An Anthropic Messages client served by an OpenAI-compatible Chat Completions upstream.
+    MessagesToChat,
+}
+
+/// The one place that decides how a client family is served by an upstream API.
+pub fn plan(family: Family, api: UpstreamApi) -> Plan {
+    match (family, api) {
+        (Family::OpenAiChat, UpstreamApi::OpenAi)
+        | (Family::AnthropicMessages, UpstreamApi::Anthropic) => Plan::PassThrough,
+        (Family::OpenAiChat, UpstreamApi::Anthropic) => Plan::Translate(Pair::ChatToMessages),
+        (Family::AnthropicMessages, UpstreamApi::OpenAi) => Plan::Translate(Pair::MessagesToChat),
+    }
+}
+
+/// Which field carries Anthropic's `max_tokens` to an OpenAI-compatible upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OpenAiMaxTokens {
+    /// `max_tokens`: understood by vLLM, DeepSeek, Ollama, llama.cpp and
+    /// OpenAI's non-reasoning models.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: required by OpenAI's reasoning models.
+    MaxCompletionTokens,
+}
+
+/// What the caller decides for a deployment's translations.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `max_tokens` sent to an Anthropic upstream when an OpenAI client
+    /// gave neither `max_completion_tokens` nor `max_tokens` (Anthropic
+    /// requires one). Default 4096.
+    pub default_max_tokens: u64,
+    /// The field that carries `max_tokens` to an OpenAI-compatible upstream.
+    pub openai_max_tokens: OpenAiMaxTokens,
+    /// Anthropic `cache_control` markers have no OpenAI counterpart: by
+    /// default a request carrying one is refused; with `true` they are
+    /// removed (they only steer the upstream's prompt cache, never the
+    /// answer). Default `false`.
+    pub drop_cache_control: bool,
+    /// The largest single upstream SSE event a stream translator buffers;
+    /// a larger one is an error. Default 1 MiB.
+    pub event_cap: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            default_max_tokens: 4096,
+            openai_max_tokens: OpenAiMaxTokens::default(),
+            drop_cache_control: false,
+            event_cap: 1 << 20,
+        }
+    }
+}
+
+/// A translated request.
+#[derive(Clone, Debug)]
+pub struct TranslatedRequest {
+    /// The upstream's JSON body.
+    pub body: Bytes,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Whether a streaming client asked for a final usage chunk (OpenAI
+    /// `stream_options.include_usage`); pass it on in [`ResponseContext`].
+    pub include_usage: bool,
+}
+
+/// What a translated answer says about the request it answers.
+#[derive(Clone, Debug)]
+pub struct ResponseContext {
+    /// The model name the client asked for (answers name it, not the upstream's).
+    pub model: Arc<str>,
+    /// The `created` timestamp (Unix seconds) of OpenAI-shaped answers.
+    pub created: u64,
+    /// Whether an OpenAI streaming client asked for the final usage chunk.
+    pub include_usage: bool,
+}
+
+impl ResponseContext {
+    /// A context for the client's `model`, created at `created` (Unix seconds), without a usage chunk.
+    pub fn new(model: &str, created: u64) -> Self {
+        ResponseContext {
+            model: model.into(),
+            created,
+            include_usage: false,
+        }
+    }
+
+    /// Sets whether the final usage chunk is sent (OpenAI clients).
+    pub fn include_usage(mut self, yes: bool) -> Self {
+        self.include_usage = yes;
+        self
+    }
+}
+
+/// Tokens an answer used, in Anthropic's partition: `input_tokens` excludes
+/// the cache reads and writes, which are counted apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens neither read from nor written to the prompt cache.
+    pub input_tokens: u64,
+    /// Output tokens (reasoning included).
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_tokens: u64,
+}
+
+impl Usage {
+    /// All input tokens: OpenAI's `prompt_tokens`.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens + self.cache_read_tokens + self.cache_creation_tokens
+    }
+}
+
+/// An upstream answer or stream that cannot be translated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TranslateError {
+    /// The upstream broke its family's rules (not JSON, a forbidden event
+    /// sequence, a missing field): `upstream_bad_response`.
+    BadResponse(Cow<'static, str>),
+    /// One SSE event exceeded the cap: `upstream_bad_response`.
+    EventTooLarge {
+        /// The cap, in bytes.
+        cap: usize,
+    },
+    /// The stream ended before its family's last event: `upstream_stream_cut`.
+    Truncated,
+    /// The upstream sent an error (an Anthropic `error` event, an OpenAI
+    /// `{"error": …}` chunk), with its type and message.
+    Upstream {
+        /// The upstream's error type (`overloaded_error`, `rate_limit_error`, …).
+        kind: String,
+        /// The upstream's message.
+        message: String,
+    },
+}
+
+impl TranslateError {
+    pub(crate) fn bad(message: impl Into<Cow<'static, str>>) -> Self {
+        TranslateError::BadResponse(message.into())
+    }
+
+    /// The error in the stack's contract: `upstream_bad_response`,
+    /// `upstream_stream_cut`, or for an upstream error its matching reason
+    /// (`rate_limit_error` → `upstream_rate_limited`, `overloaded_error` →
+    /// `upstream_unavailable`, …) with `metadata.upstream_type`.
+    pub fn into_error(self) -> Error {
+        match self {
+            TranslateError::BadResponse(m) => Error::new(
+                Reason::UpstreamBadResponse,
+                format!("the upstream sent an invalid answer: {m}"),
+            ),
+            TranslateError::EventTooLarge { cap } => Error::new(
+                Reason::UpstreamBadResponse,
+                format!("the upstream sent a stream event larger than {cap} bytes"),
+            ),
+            TranslateError::Truncated => Error::new(
+                Reason::UpstreamStreamCut,
+                "the upstream's stream ended before its last event",
+            ),
+            TranslateError::Upstream { kind, message } => {
+                let reason = match kind.as_str() {
+                    "rate_limit_error" | "rate_limit_exceeded" => Reason::UpstreamRateLimited,
+                    "overloaded_error" | "service_unavailable" => Reason::UpstreamUnavailable,
+                    "authentication_error" | "permission_error" => Reason::UpstreamAuthFailed,
+                    "invalid_request_error" => Reason::UpstreamRejected,
+                    "request_too_large" => Reason::BodyTooLarge,
+                    "not_found_error" => Reason::UpstreamModelNotFound,
+                    _ => Reason::UpstreamError,
+                };
+                let mut message = message;
+                if message.len() > 400 {
+                    let mut end = 400;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                Error::new(reason, format!("the upstream failed: {message}"))
+                    .with_meta("upstream_type", kind)
+            }
+        }
+    }
+}
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TranslateError::BadResponse(m) => write!(f, "invalid upstream answer: {m}"),
+            TranslateError::EventTooLarge { cap } => {
+                write!(f, "an upstream stream event exceeded {cap} bytes")
+            }
+            TranslateError::Truncated => f.write_str("the upstream stream ended early"),
+            TranslateError::Upstream { kind, message } => write!(f, "upstream {kind}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+impl From<TranslateError> for Error {
+    fn from(e: TranslateError) -> Self {
+        e.into_error()
+    }
+}
+
+impl Pair {
+    /// The family of the client this pair serves.
+    pub fn client(self) -> Family {
+        match self {
+            Pair::ChatToMessages => Family::OpenAiChat,
+            Pair::MessagesToChat => Family::AnthropicMessages,
+        }
+    }
+
+    /// The upstream API this pair sends to.
+    pub fn upstream(self) -> UpstreamApi {
+        match self {
+            Pair::ChatToMessages => UpstreamApi::Anthropic,
+            Pair::MessagesToChat => UpstreamApi::OpenAi,
+        }
+    }
+
+    /// Translates the client's JSON body into the upstream's, naming
+    /// `upstream_model`. A field that cannot be carried faithfully is an
+    /// `invalid_request` error whose `metadata.param` names it.
+    pub fn request(
+        self,
+        body: &[u8],
+        upstream_model: &str,
+        options: &Options,
+    ) -> Result<TranslatedRequest, Error> {
+        let Value::Object(map) = serde_json::from_slice::<Value>(body).map_err(|e| {
+            Error::new(
+                Reason::InvalidJson,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?
+        else {
+            return Err(bad("", "the body must be a JSON object"));
+        };
+        match self {
+            Pair::ChatToMessages => chat_to_messages::request(map, upstream_model, options),
+            Pair::MessagesToChat => messages_to_chat::request(map, upstream_model, options),
+        }
+    }
+
+    /// Translates a whole (non-stream) upstream answer into the client's family.
+    pub fn response(
+        self,
+        body: &[u8],
+        ctx: &ResponseContext,
+    ) -> Result<Translated, TranslateError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| TranslateError::bad(format!("the answer is not JSON: {e}")))?;
+        match self {
+            Pair::ChatToMessages => chat_to_messages::response(&value, ctx),
+            Pair::MessagesToChat => messages_to_chat::response(&value, ctx),
+        }
+    }
+
+    /// A translator of the upstream's stream into the client's framing.
+    pub fn stream(self, ctx: ResponseContext, options: &Options) -> StreamTranslator {
+        let state = match self {
+            Pair::ChatToMessages => State::FromMessages(chat_to_messages::Stream::new(ctx)),
+            Pair::MessagesToChat => State::FromChat(messages_to_chat::Stream::new(ctx)),
+        };
+        StreamTranslator {
+            decoder: SseDecoder::new(options.event_cap),
+            state,
+            progress: Progress::default(),
+        }
+    }
+}
+
+/// A translated whole answer and the usage it reported.
+#[derive(Clone, Debug)]
+pub struct Translated {
+    /// The client's JSON body.
+    pub body: Bytes,
+    /// The usage the upstream reported, if it did.
+    pub usage: Option<Usage>,
+}
+
+/// What a stream translator has seen: the commit point and the usage.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) committed: bool,
+    pub(crate) usage: Option<Usage>,
+}
+
+#[derive(Debug)]
+enum State {
+    FromMessages(chat_to_messages::Stream),
+    FromChat(messages_to_chat::Stream),
+}
+
+/// Translates one upstream SSE stream into the client's framing, event by
+/// event, in O(1) memory: [`feed`](Self::feed) each chunk as it arrives,
+/// [`finish`](Self::finish) at the end.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    decoder: SseDecoder,
+    state: State,
+    progress: Progress,
+}
+
+impl StreamTranslator {
+    /// Reads the next bytes of the upstream stream, writing whatever client
+    /// events they complete into `out`. After an error the stream is broken:
+    /// the caller ends it (before the commit point it can retry instead).
+    pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), TranslateError> {
+        let StreamTranslator {
+            decoder,
+            state,
+            progress,
+        } = self;
+        decoder.feed(chunk, &mut |event| state.event(event, out, progress))
+    }
+
+    /// The upstream stream ended: reads what the decoder still holds and
+    /// checks that the stream ended as its family requires, or fails with
+    /// [`TranslateError::Truncated`]. The client's closing events (for an
+    /// OpenAI client the usage chunk if asked and `data: [DONE]`; for an
+    /// Anthropic client `message_delta` and `message_stop`) are written as
+    /// soon as the upstream's last event arrives.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), TranslateError> {
+        let StreamTranslator {
+            decoder,
+            state,
+            progress,
+        } = self;
+        decoder.finish(&mut |event| state.event(event, out, progress))?;
+        match state {
+            State::FromMessages(s) => s.finish(),
+            State::FromChat(s) => s.finish(),
+        }
+    }
+
+    /// Whether content (text, reasoning or a tool call) has been written:
+    /// the stream's commit point, after which no retry or fallback may happen.
+    pub fn committed(&self) -> bool {
+        self.progress.committed
+    }
+
+    /// The usage the upstream reported so far (complete once the stream ended).
+    pub fn usage(&self) -> Option<Usage> {
+        self.progress.usage
+    }
+
+    /// Bytes the translator holds now: a small multiple of the event cap
+    /// while one event is read, a few KiB between events, whatever the
+    /// stream's length.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+            + match &self.state {
+                State::FromMessages(s) => s.buffered(),
+                State::FromChat(s) => s.buffered(),
+            }
+    }
+}
+
+impl State {
+    fn event(
+        &mut self,
+        event: SseEvent<'_>,
+        out: &mut BytesMut,
+        progress: &mut Progress,
+    ) -> Result<(), TranslateError> {
+        match self {
+            State::FromMessages(s) => s.event(event, out, progress),
+            State::FromChat(s) => s.event(event, out, progress),
+        }
+    }
+}
+
+/// Request fields the gateway itself acts on (the per-request fallback list,
+/// OpenRouter style): consumed by the stack, never sent to the upstream.
+pub const GATEWAY_FIELDS: [&str; 1] = ["models"];
+
+/// An `invalid_request` error naming `param` (as the admin API's `bad()` does).
+pub(crate) fn bad(param: &str, message: impl fmt::Display) -> Error {
+    if param.is_empty() {
+        return Error::new(Reason::InvalidRequest, message.to_string());
+    }
+    Error::new(Reason::InvalidRequest, format!("`{param}`: {message}")).with_meta("param", param)
+}
+
+/// A token count, tolerating floats (rounded) and missing or null fields (0).
+pub(crate) fn tokens(value: Option<&Value>) -> u64 {
+    match value {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f > 0.0).map(|f| f.round() as u64))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Parses one SSE data payload as a JSON object.
+pub(crate) fn parse_event(data: &[u8]) -> Result<serde_json::Map<String, Value>, TranslateError> {
+    match serde_json::from_slice::<Value>(data) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(TranslateError::bad("a stream event is not a JSON object")),
+        Err(_) => Err(TranslateError::bad("a stream event's data is not JSON")),
+    }
+}
+
+/// The string at `map[key]`, or a bad-response error naming it.
+pub(crate) fn str_field<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, TranslateError> {
+    map.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| TranslateError::bad(format!("`{key}` is missing or not a string")))
+}

@@ -1,0 +1,259 @@
+//! An incremental Server-Sent Events decoder over arbitrary byte chunks, and
+//! the writers of the two families' frames.
+//!
+//! The decoder holds at most one event (its `event:` name, its `data:` lines
+//! and the unfinished line) and refuses an event larger than its cap, so a
+//! stream of any length is read in bounded memory. (`budget::meter` has its
+//! own line splitter, specialised to counting usage without an error path;
+//! this one is the general form.)
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+
+use super::TranslateError;
+
+/// Buffer capacity kept between events; a larger buffer is released.
+const KEEP: usize = 16 * 1024;
+
+/// One decoded event: its `event:` name (empty when none was given) and its
+/// `data:` lines joined with `\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseEvent<'a> {
+    /// The `event:` field, or `""`.
+    pub name: &'a str,
+    /// The `data:` payload.
+    pub data: &'a [u8],
+}
+
+/// Splits a byte stream into SSE events, one event buffered at a time.
+#[derive(Debug)]
+pub struct SseDecoder {
+    cap: usize,
+    /// The current, unfinished line.
+    line: Vec<u8>,
+    /// The current event's data lines, joined with `\n`.
+    data: Vec<u8>,
+    /// Whether the current event has a data line (an empty one counts).
+    has_data: bool,
+    /// The current event's name.
+    name: String,
+}
+
+impl SseDecoder {
+    /// A decoder that refuses an event (name, data and one line) larger than `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        SseDecoder {
+            cap,
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            name: String::new(),
+        }
+    }
+
+    /// Reads `chunk`, calling `on_event` for every event it completes.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        while !chunk.is_empty() {
+            match memchr::memchr(b'\n', chunk) {
+                Some(i) => {
+                    self.take(&chunk[..i])?;
+                    self.end_line(on_event)?;
+                    chunk = &chunk[i + 1..];
+                }
+                None => {
+                    self.take(chunk)?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The input ended: an unfinished line and event are completed (a server
+    /// that omits the last blank line is read leniently).
+    pub fn finish(
+        &mut self,
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        if !self.line.is_empty() {
+            self.end_line(on_event)?;
+        }
+        self.dispatch(on_event)
+    }
+
+    /// Bytes held now: a small multiple of the cap at most while an event
+    /// is read, and at most a few KiB between events, whatever the stream's length.
+    pub fn buffered(&self) -> usize {
+        self.line.capacity() + self.data.capacity() + self.name.capacity()
+    }
+
+    fn take(&mut self, bytes: &[u8]) -> Result<(), TranslateError> {
+        if self.line.len() + self.data.len() + self.name.len() + bytes.len() > self.cap {
+            return Err(TranslateError::EventTooLarge { cap: self.cap });
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn end_line(
+        &mut self,
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let result = self.read_line(&line, on_event);
+        line.clear();
+        if line.capacity() <= KEEP {
+            self.line = line;
+        }
+        result
+    }
+
+    fn read_line(
+        &mut self,
+        line: &[u8],
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        if line.is_empty() {
+            return self.dispatch(on_event);
+        }
+        if line[0] == b':' {
+            return Ok(()); // a comment (keep-alive)
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => {
+                let name = std::str::from_utf8(value)
+                    .map_err(|_| TranslateError::bad("an SSE event name is not UTF-8"))?;
+                self.name.clear();
+                self.name.push_str(name);
+            }
+            // `id:`, `retry:` and unknown fields are ignored, as the SSE spec says.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn dispatch(
+        &mut self,
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        let result = if self.has_data {
+            on_event(SseEvent {
+                name: &self.name,
+                data: &self.data,
+            })
+        } else {
+            Ok(())
+        };
+        self.data.clear();
+        self.name.clear();
+        self.has_data = false;
+        // One large event must not pin its buffer for the rest of the stream.
+        if self.data.capacity() > KEEP {
+            self.data = Vec::new();
+        }
+        result
+    }
+}
+
+/// Writes `value` as JSON into `out`.
+pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
+    // Writing into a `BytesMut` cannot fail, and our values always serialize.
+    let _ = serde_json::to_writer(out.writer(), value);
+}
+
+/// Writes one OpenAI frame: `data: <json>\n\n`.
+pub(crate) fn write_data(out: &mut BytesMut, value: &impl Serialize) {
+    out.extend_from_slice(b"data: ");
+    write_json(out, value);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Writes one Anthropic frame: `event: <name>\ndata: <json>\n\n`.
+pub(crate) fn write_event(out: &mut BytesMut, name: &str, value: &impl Serialize) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    write_json(out, value);
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(chunks: &[&[u8]], cap: usize) -> Result<Vec<(String, String)>, TranslateError> {
+        let mut d = SseDecoder::new(cap);
+        let mut got = Vec::new();
+        let mut push = |e: SseEvent<'_>| {
+            got.push((
+                e.name.to_owned(),
+                String::from_utf8(e.data.to_vec()).unwrap(),
+            ));
+            Ok(())
+        };
+        for c in chunks {
+            d.feed(c, &mut push)?;
+        }
+        d.finish(&mut push)?;
+        Ok(got)
+    }
+
+    #[test]
+    fn events_names_comments_crlf_and_multiline_data() {
+        let got = decode(
+            &[
+                b"event: a\r\ndata: {\"x\"",
+                b":1}\r\n\r\n: ping\n\ndata: one\ndata:two\n\nid: 3\n\ndata: [DONE]",
+            ],
+            1024,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "{\"x\":1}".into()),
+                ("".into(), "one\ntwo".into()),
+                ("".into(), "[DONE]".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_cap_is_an_error_and_the_buffer_stays_bounded() {
+        let mut d = SseDecoder::new(64);
+        let mut none = |_: SseEvent<'_>| Ok(());
+        for _ in 0..100 {
+            d.feed(b"data: short\n\n", &mut none).unwrap();
+        }
+        assert!(d.buffered() <= 4 * 64);
+        let long = [b'x'; 65];
+        let err = d
+            .feed(b"data: ", &mut none)
+            .and_then(|()| d.feed(&long, &mut none));
+        assert!(matches!(
+            err,
+            Err(TranslateError::EventTooLarge { cap: 64 })
+        ));
+    }
+}
