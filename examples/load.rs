@@ -21,10 +21,11 @@
 //! and one through the gateway (the two take turns going first). It prints
 //! per phase the throughput, latency percentiles (p50/p90/p99/max), errors,
 //! and the CPU time the load generator, the mock, the bare proxy and the
-//! gateway each spent per request (from `/proc/<pid>/stat`); then the gateway's added latency at each
-//! percentile (gateway minus direct, medians over rounds), throughput through
-//! the gateway as a share of direct, the ceiling the CPU puts on that share
-//! when all three processes share the machine's cores ((client + mock) /
+//! gateway each spent per request (from `/proc/<pid>/stat`); then the
+//! gateway's added latency at each percentile (gateway minus direct,
+//! medians over rounds), throughput through the gateway as a share of
+//! direct, the ceiling the CPU puts on that share when the client, mock and
+//! gateway share the machine's cores ((client + mock) /
 //! (client + mock + gateway) CPU per request), and the gateway's peak RSS
 //! (`VmHWM`). Last, the floor: the gateway against the bare proxy
 //! (`examples/bare_proxy.rs`: hyper-util's auto server and legacy pooled
@@ -725,10 +726,10 @@ impl Floor {
             let b: Vec<f64> = self.added[i].iter().map(|a| a.1).collect();
             let diff: Vec<f64> = self.added[i].iter().map(|a| a.0 - a.1).collect();
             let (g, b) = (med(&g), med(&b));
-            let ratio = if b > 0.0 {
+            let ratio = if b > 0.0 && g > 0.0 {
                 format!("{:.2}×", g / b)
             } else {
-                "n/a (the bare proxy added nothing)".to_owned()
+                "n/a (one of them added nothing)".to_owned()
             };
             println!(
                 "  added latency {name}: gateway {g:+.0} µs, bare proxy {b:+.0} µs: ratio {ratio}, gateway − bare proxy {:+.0} µs",
