@@ -58,6 +58,16 @@
 //! skipped when a criterion filter is given that `percentiles` does not
 //! contain, and under `cargo test --benches`.
 //!
+//! The instruction-count guard (`.ci/perf-guard`, docs/performance-guard.md)
+//! runs this bench under callgrind in its own mode:
+//! `TOLLGATE_BENCH_GUARD=<variant> TOLLGATE_BENCH_REQUESTS=N` drives N
+//! requests of that variant through the full stack, one after another, and
+//! nothing else (no criterion, no provider-alone pass, no clock reads but
+//! the loop's two), so the count over 2N requests minus the count over N
+//! is exactly N full-stack requests. A new path the guard should watch (a
+//! translated family, say) is a new variant here and a line in
+//! `benches/instructions.baseline`.
+//!
 //! Rate limits: the large body is charged ~66,000 tokens a request, so a
 //! single stack would exhaust `u32::MAX` tokens a minute after ~7 s of
 //! back-to-back large requests; each benchmark and each percentile run
@@ -552,6 +562,36 @@ fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64, only: Option
     }
 }
 
+/// The guard's mode: `n` requests of the variant `name` through a fresh
+/// full stack, back to back (yielding every [`YIELD_EVERY`], as everywhere
+/// here, so the spend writer keeps up), after one uncounted request.
+fn guard(rt: &tokio::runtime::Runtime, env: &Env, name: &str, n: u64) {
+    let Some(v) = variants().into_iter().find(|v| v.name == name) else {
+        let names: Vec<_> = variants().iter().map(|v| v.name).collect();
+        panic!("TOLLGATE_BENCH_GUARD={name}: not a variant (one of {names:?})");
+    };
+    let full = full_stack!(env);
+    let make = || env.http(&v.body);
+    // One-time costs (the first request's lazy set-ups) before the count.
+    rt.block_on(drive(&full, &make, 1));
+    guard_requests(rt, &full, &make, n);
+}
+
+/// The requests the guard counts: `.ci/perf-guard` has callgrind collect
+/// only inside this function (`--toggle-collect`), so what the process does
+/// before and after (among it quanta's clock calibration, whose instruction
+/// count depends on how long it takes) stays out of the count.
+#[inline(never)]
+fn guard_requests<S, R, B>(rt: &tokio::runtime::Runtime, svc: &S, make: &impl Fn() -> R, n: u64)
+where
+    S: Service<R, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: http_body::Body,
+    B::Error: Debug,
+{
+    rt.block_on(drive(svc, make, n));
+}
+
 /// Whether the percentile pass runs, how many small requests it times, and
 /// the one variant it is limited to (`stack/percentiles/small_sse`).
 fn percentile_requests() -> Option<(u64, Option<String>)> {
@@ -635,11 +675,19 @@ fn main() {
         recorder,
     };
 
-    let mut c = Criterion::default().configure_from_args();
-    criterion_benches(&mut c, &rt, &env);
-    c.final_summary();
-    if let Some((n, only)) = percentile_requests() {
-        percentiles(&rt, &env, n, only.as_deref());
+    if let Ok(name) = std::env::var("TOLLGATE_BENCH_GUARD") {
+        let n = std::env::var("TOLLGATE_BENCH_REQUESTS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("TOLLGATE_BENCH_GUARD needs TOLLGATE_BENCH_REQUESTS=N");
+        guard(&rt, &env, &name, n);
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        criterion_benches(&mut c, &rt, &env);
+        c.final_summary();
+        if let Some((n, only)) = percentile_requests() {
+            percentiles(&rt, &env, n, only.as_deref());
+        }
     }
 
     rt.block_on(env.writer.flush());

@@ -1,5 +1,6 @@
-//! End-to-end load harness: the same load straight at the mock upstream and
-//! through the reference gateway, alternating, in one run.
+//! End-to-end load harness: the same load straight at the mock upstream,
+//! through a bare forwarding proxy and through the reference gateway,
+//! alternating, in one run.
 //!
 //! ```text
 //! cargo build --release --examples
@@ -13,18 +14,29 @@
 //! target/release/examples/load --budget --big-stream 200   # the same through Budget + spend records
 //! ```
 //!
-//! It starts `mock_upstream` and `gateway` (the release binaries beside this
-//! one) as child processes on 127.0.0.1, writes the gateway a config with
-//! the full stack as it exists, then runs `rounds` times: a phase straight at
-//! the mock, a phase through the gateway. It prints per phase the
-//! throughput, latency percentiles (p50/p90/p99/max), errors, and the CPU
-//! time the load generator, the mock and the gateway each spent per request
-//! (from `/proc/<pid>/stat`); then the gateway's added latency at each
-//! percentile (gateway minus direct, medians over rounds), throughput through
-//! the gateway as a share of direct, the ceiling the CPU puts on that share
-//! when all three processes share the machine's cores ((client + mock) /
+//! It starts `mock_upstream`, `gateway` and `bare_proxy` (the release
+//! binaries beside this one) as child processes on 127.0.0.1, writes the
+//! gateway a config with the full stack as it exists, then runs `rounds`
+//! times: a phase straight at the mock, then a phase through the bare proxy
+//! and one through the gateway (the two take turns going first). It prints
+//! per phase the throughput, latency percentiles (p50/p90/p99/max), errors,
+//! and the CPU time the load generator, the mock, the bare proxy and the
+//! gateway each spent per request (from `/proc/<pid>/stat`); then the
+//! gateway's added latency at each percentile (gateway minus direct,
+//! medians over rounds), throughput through the gateway as a share of
+//! direct, the ceiling the CPU puts on that share when the client, mock and
+//! gateway share the machine's cores ((client + mock) /
 //! (client + mock + gateway) CPU per request), and the gateway's peak RSS
-//! (`VmHWM`). Open-loop latency is measured from each
+//! (`VmHWM`). Last, the floor: the gateway against the bare proxy
+//! (`examples/bare_proxy.rs`: hyper-util's auto server and legacy pooled
+//! client, no layers, no parsing), medians over rounds of each round's
+//! throughput ratio, added latency at p50 and p99 (each minus direct) with
+//! their ratio and difference, and CPU per request — issue 19's goal is
+//! throughput ≥ 85 % of the bare proxy's at 64 in flight and an added p50
+//! within +15 µs of its own at one in flight (`--concurrency 1`). With
+//! `--stream`, every request asks for `stream_options.include_usage` itself
+//! (as the gateway asks the upstream for it), so the mock's answer is the
+//! same in all three phases. Open-loop latency is measured from each
 //! request's scheduled start, so a stall is not hidden (no coordinated
 //! omission); it is also reported from when each request was really sent,
 //! without the up to one millisecond by which tokio's timer lets a send lag
@@ -237,20 +249,31 @@ fn cpu_us(pid: Option<u32>) -> u64 {
     ticks * 10_000
 }
 
-/// CPU used by the load generator, the mock and the gateway during a phase.
+/// The child processes whose CPU a phase measures.
+#[derive(Clone, Copy)]
+struct Pids {
+    mock: u32,
+    gateway: u32,
+    bare: u32,
+}
+
+/// CPU used by the load generator, the mock, the gateway and the bare proxy
+/// during a phase.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     client: u64,
     mock: u64,
     gateway: u64,
+    bare: u64,
 }
 
 impl Cpu {
-    fn now(mock: u32, gateway: u32) -> Cpu {
+    fn now(pids: Pids) -> Cpu {
         Cpu {
             client: cpu_us(None),
-            mock: cpu_us(Some(mock)),
-            gateway: cpu_us(Some(gateway)),
+            mock: cpu_us(Some(pids.mock)),
+            gateway: cpu_us(Some(pids.gateway)),
+            bare: cpu_us(Some(pids.bare)),
         }
     }
 
@@ -259,18 +282,28 @@ impl Cpu {
             client: self.client - before.client,
             mock: self.mock - before.mock,
             gateway: self.gateway - before.gateway,
+            bare: self.bare - before.bare,
         }
     }
 
-    /// Microseconds of CPU per answered request: (client, mock, gateway).
-    fn per_request(self, ok: u64) -> (f64, f64, f64) {
+    /// Microseconds of CPU per answered request, per process.
+    fn per_request(self, ok: u64) -> CpuPer {
         let n = ok.max(1) as f64;
-        (
-            self.client as f64 / n,
-            self.mock as f64 / n,
-            self.gateway as f64 / n,
-        )
+        CpuPer {
+            client: self.client as f64 / n,
+            mock: self.mock as f64 / n,
+            gateway: self.gateway as f64 / n,
+            bare: self.bare as f64 / n,
+        }
     }
+}
+
+/// [`Cpu`] per answered request, in microseconds.
+struct CpuPer {
+    client: f64,
+    mock: f64,
+    gateway: f64,
+    bare: f64,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -334,9 +367,9 @@ async fn phase(
     url: &str,
     body: Bytes,
     args: &Args,
-    pids: (u32, u32),
+    pids: Pids,
 ) -> PhaseResult {
-    let cpu_before = Cpu::now(pids.0, pids.1);
+    let cpu_before = Cpu::now(pids);
     let total = Arc::new(std::sync::Mutex::new(histogram()));
     let first = Arc::new(std::sync::Mutex::new(histogram()));
     let sent = Arc::new(std::sync::Mutex::new([histogram(), histogram()]));
@@ -411,7 +444,7 @@ async fn phase(
         }
     }
     let elapsed = began.elapsed();
-    let cpu = Cpu::now(pids.0, pids.1).since(cpu_before);
+    let cpu = Cpu::now(pids).since(cpu_before);
     let total = total.lock().unwrap().clone();
     let first = first.lock().unwrap().clone();
     let [sent_first, sent_total] = sent.lock().unwrap().clone();
@@ -469,9 +502,12 @@ fn report(name: &str, r: &PhaseResult) {
             );
         }
     }
-    let (c, m, g) = r.cpu.per_request(r.ok);
+    let cpu = r.cpu.per_request(r.ok);
     println!();
-    println!("         CPU per request: client {c:.1} µs, mock {m:.1} µs, gateway {g:.1} µs");
+    println!(
+        "         CPU per request: client {:.1} µs, mock {:.1} µs, bare proxy {:.1} µs, gateway {:.1} µs",
+        cpu.client, cpu.mock, cpu.bare, cpu.gateway
+    );
 }
 
 /// Open file descriptors of a process (`self` for this one).
@@ -646,6 +682,70 @@ async fn big_stream(client: &HttpClient, url: &str, mib: u64, gw_pid: u32) {
     );
 }
 
+/// The gateway against the bare proxy, round by round (issue 19's goal:
+/// throughput at least 85 % of the bare proxy's, added p50 within +15 µs).
+#[derive(Default)]
+struct Floor {
+    /// Throughput through the gateway / through the bare proxy.
+    throughput: Vec<f64>,
+    /// Throughput through the bare proxy / direct.
+    bare_share: Vec<f64>,
+    /// Added latency (minus direct) at p50 and p99: (gateway, bare proxy).
+    added: [Vec<(f64, f64)>; 2],
+    /// CPU per request: (gateway, bare proxy).
+    cpu: Vec<(f64, f64)>,
+}
+
+impl Floor {
+    fn add(&mut self, d: &PhaseResult, b: &PhaseResult, g: &PhaseResult) {
+        let rps = |r: &PhaseResult| r.ok as f64 / r.elapsed.as_secs_f64();
+        self.throughput.push(rps(g) / rps(b).max(1e-9));
+        self.bare_share.push(rps(b) / rps(d).max(1e-9));
+        for (i, q) in [0.5, 0.99].into_iter().enumerate() {
+            let at = |r: &PhaseResult| r.total.value_at_quantile(q) as f64;
+            self.added[i].push((at(g) - at(d), at(b) - at(d)));
+        }
+        self.cpu.push((
+            g.cpu.per_request(g.ok).gateway,
+            b.cpu.per_request(b.ok).bare,
+        ));
+    }
+
+    fn print(&self) {
+        let med = |v: &[f64]| median(v.to_vec());
+        println!(
+            "-- gateway / bare proxy (medians over rounds; goal: throughput ≥ 85 %, added p50 within +15 µs)"
+        );
+        println!(
+            "  throughput: gateway / bare proxy {:.0} % (bare proxy / direct {:.0} %)",
+            med(&self.throughput) * 100.0,
+            med(&self.bare_share) * 100.0
+        );
+        for (i, name) in ["p50", "p99"].into_iter().enumerate() {
+            let g: Vec<f64> = self.added[i].iter().map(|a| a.0).collect();
+            let b: Vec<f64> = self.added[i].iter().map(|a| a.1).collect();
+            let diff: Vec<f64> = self.added[i].iter().map(|a| a.0 - a.1).collect();
+            let (g, b) = (med(&g), med(&b));
+            let ratio = if b > 0.0 && g > 0.0 {
+                format!("{:.2}×", g / b)
+            } else {
+                "n/a (one of them added nothing)".to_owned()
+            };
+            println!(
+                "  added latency {name}: gateway {g:+.0} µs, bare proxy {b:+.0} µs: ratio {ratio}, gateway − bare proxy {:+.0} µs",
+                med(&diff)
+            );
+        }
+        let g: Vec<f64> = self.cpu.iter().map(|c| c.0).collect();
+        let b: Vec<f64> = self.cpu.iter().map(|c| c.1).collect();
+        let (g, b) = (med(&g), med(&b));
+        println!(
+            "  CPU per request: gateway {g:.1} µs, bare proxy {b:.1} µs: ratio {:.2}×",
+            g / b.max(1e-9)
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -656,6 +756,7 @@ async fn main() {
     let args = parse_args();
     let mock_port = free_port();
     let gw_port = free_port();
+    let bare_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mock_addr: SocketAddr = ([127, 0, 0, 1], mock_port).into();
     let gw_addr: SocketAddr = ([127, 0, 0, 1], gw_port).into();
     let dir = std::env::temp_dir().join(format!("tollgate-load-{}", std::process::id()));
@@ -717,8 +818,21 @@ async fn main() {
             .spawn()
             .expect("gateway starts"),
     );
+    children.0.push(
+        Command::new(sibling("bare_proxy"))
+            .args(["--listen", &bare_addr.to_string()])
+            .args(["--upstream", &mock_addr.to_string()])
+            .stdout(quiet())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bare proxy starts"),
+    );
     let gw_pid = children.0[1].id();
-    let pids = (children.0[0].id(), gw_pid);
+    let pids = Pids {
+        mock: children.0[0].id(),
+        gateway: gw_pid,
+        bare: children.0[2].id(),
+    };
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -727,16 +841,25 @@ async fn main() {
         .build(connector);
     wait_healthy(&client, mock_addr).await;
     wait_healthy(&client, gw_addr).await;
+    wait_healthy(&client, bare_addr).await;
 
     let pad = "x".repeat(args.body_bytes.saturating_sub(120));
+    // A stream asks for the usage chunk itself, as the gateway would ask
+    // for it: the mock sends the same answer in every phase.
+    let usage = if args.stream {
+        r#","stream_options":{"include_usage":true}"#
+    } else {
+        ""
+    };
     let body = Bytes::from(format!(
-        r#"{{"model":"{{M}}","stream":{},"messages":[{{"role":"user","content":"{pad}"}}]}}"#,
+        r#"{{"model":"{{M}}","stream":{}{usage},"messages":[{{"role":"user","content":"{pad}"}}]}}"#,
         args.stream
     ));
     let direct_body = Bytes::from(String::from_utf8_lossy(&body).replace("{M}", "mock-small"));
     let gateway_body = Bytes::from(String::from_utf8_lossy(&body).replace("{M}", "gpt-4o-mini"));
     let direct_url = format!("http://{mock_addr}/v1/chat/completions");
     let gateway_url = format!("http://{gw_addr}/v1/chat/completions");
+    let bare_url = format!("http://{bare_addr}/v1/chat/completions");
     if let Some(n) = args.hold {
         let upstream = if args.upstream_h2 {
             "HTTP/2 (h2c)"
@@ -769,7 +892,7 @@ async fn main() {
     }
 
     println!(
-        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock and gateway as separate processes on 127.0.0.1, {} cores",
+        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock, bare proxy and gateway as separate processes on 127.0.0.1, {} cores",
         match args.rate {
             Some(r) => format!("open loop at {r} req/s"),
             None => format!("closed loop, {} in flight", args.concurrency),
@@ -788,6 +911,7 @@ async fn main() {
         ..args.clone()
     };
     phase(&client, &direct_url, direct_body.clone(), &warm, pids).await;
+    phase(&client, &bare_url, direct_body.clone(), &warm, pids).await;
     phase(&client, &gateway_url, gateway_body.clone(), &warm, pids).await;
 
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); QUANTILES.len()];
@@ -797,19 +921,36 @@ async fn main() {
     let mut added_sent_fb: [Vec<f64>; 2] = Default::default();
     let mut ceiling = Vec::new();
     let mut gateway_cpu = Vec::new();
+    let mut floor = Floor::default();
     for round in 1..=args.rounds {
         println!("-- round {round}");
         let d = phase(&client, &direct_url, direct_body.clone(), &args, pids).await;
         report("direct", &d);
-        let g = phase(&client, &gateway_url, gateway_body.clone(), &args, pids).await;
-        report("gateway", &g);
+        // The bare proxy and the gateway take turns going first, so a drift
+        // in the machine's speed within a round favours neither.
+        let run_bare = || phase(&client, &bare_url, direct_body.clone(), &args, pids);
+        let run_gateway = || phase(&client, &gateway_url, gateway_body.clone(), &args, pids);
+        let (b, g) = if round % 2 == 1 {
+            let b = run_bare().await;
+            report("bare", &b);
+            let g = run_gateway().await;
+            report("gateway", &g);
+            (b, g)
+        } else {
+            let g = run_gateway().await;
+            report("gateway", &g);
+            let b = run_bare().await;
+            report("bare", &b);
+            (b, g)
+        };
+        floor.add(&d, &b, &g);
         // With every process on the same cores, throughput is bounded by
         // the CPU all of them spend per request: direct costs client +
         // mock, through the gateway client + mock + gateway.
-        let (dc, dm, _) = d.cpu.per_request(d.ok);
-        let (gc, gm, gg) = g.cpu.per_request(g.ok);
-        ceiling.push((dc + dm) / (gc + gm + gg).max(1e-9));
-        gateway_cpu.push(gg);
+        let dc = d.cpu.per_request(d.ok);
+        let gc = g.cpu.per_request(g.ok);
+        ceiling.push((dc.client + dc.mock) / (gc.client + gc.mock + gc.gateway).max(1e-9));
+        gateway_cpu.push(gc.gateway);
         for (i, (_, q)) in QUANTILES.iter().enumerate() {
             added[i]
                 .push(g.total.value_at_quantile(*q) as f64 - d.total.value_at_quantile(*q) as f64);
@@ -866,6 +1007,7 @@ async fn main() {
             median(gateway_cpu)
         );
     }
+    floor.print();
     let (peak, now) = rss_kib(gw_pid);
     println!(
         "-- gateway RSS: peak {:.1} MiB, now {:.1} MiB",
