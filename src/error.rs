@@ -190,7 +190,6 @@ impl fmt::Display for Reason {
 /// Anthropic API documents, so its SDK's and its clients' handling applies.
 pub fn anthropic_error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 => "invalid_request_error",
         401 => "authentication_error",
         402 => "billing_error",
         403 => "permission_error",
@@ -421,7 +420,8 @@ impl Error {
             408 => (Reason::UpstreamTimeout, false),
             413 => (Reason::BodyTooLarge, false),
             429 => (Reason::UpstreamRateLimited, false),
-            503 => (Reason::UpstreamUnavailable, false),
+            // 529: Anthropic's `overloaded_error`, as temporary as a 503.
+            503 | 529 => (Reason::UpstreamUnavailable, false),
             400 if upstream_code.as_deref() == Some("context_length_exceeded") => {
                 (Reason::ContextLengthExceeded, false)
             }

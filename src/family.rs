@@ -14,6 +14,10 @@
 //! | [`Family::OpenAiResponses`] | `/v1/responses` | as OpenAI's | `event: error` (`{"type": "error", "code", "message"}`), then `event: response.failed`; no `[DONE]` |
 //! | [`Family::Anthropic`] | `/v1/messages`, `/v1/messages/count_tokens` | `{"type": "error", "error": {"type", "message", "metadata"}}` | `event: error` with the same body |
 //!
+//! An upstream speaks one [`Api`]; how a route's endpoint meets it — passed
+//! through, translated, or not served — is decided in one place,
+//! [`translate::plan`](crate::translate::plan).
+//!
 //! The HTTP status and `Retry-After` are the same in every family;
 //! tollgate's machine-readable `reason` (and the rest of its metadata) is in
 //! `metadata`, which the official SDKs keep on the exception's body.
@@ -36,5 +40,39 @@ impl Family {
     /// mount such as `/ai/v1/messages` is still Anthropic's).
     pub fn from_path(path: &str) -> Self {
         crate::read_request::Endpoint::from_path(path).family()
+    }
+}
+
+/// The API an upstream speaks (a deployment's `api`): how the provider
+/// authenticates, which client headers it forwards, and how a stream ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// OpenAI's API and every compatible one (vLLM, DeepSeek, Ollama, …):
+    /// `Authorization: Bearer <key>`; no client header forwarded.
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API: `x-api-key: <key>`, the client's
+    /// `anthropic-*` headers (`anthropic-version`, `anthropic-beta`, …)
+    /// forwarded, `anthropic-version: 2023-06-01` when the client sent none.
+    Anthropic,
+}
+
+impl Api {
+    /// The API named in a config (`"openai"`, `"anthropic"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "openai" => Some(Api::OpenAi),
+            "anthropic" => Some(Api::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// Its name in a config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+        }
     }
 }

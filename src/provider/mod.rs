@@ -51,6 +51,7 @@
 //! ```
 
 mod body;
+mod translated;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -78,6 +79,9 @@ use crate::{Served, UpstreamTime};
 
 use body::StreamEnd;
 pub use body::UpstreamBody;
+use translated::TranslatedBody;
+
+use crate::translate::Plan;
 
 /// A provider could not be built: the message names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,39 +318,7 @@ impl HttpClient {
     }
 }
 
-/// The API an upstream speaks (a deployment's `api`): how the provider
-/// authenticates, which client headers it forwards, and how a stream ends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Api {
-    /// OpenAI's API and every compatible one (vLLM, DeepSeek, Ollama, …):
-    /// `Authorization: Bearer <key>`; no client header forwarded.
-    #[default]
-    OpenAi,
-    /// Anthropic's Messages API: `x-api-key: <key>`, the client's
-    /// `anthropic-*` headers (`anthropic-version`, `anthropic-beta`, …)
-    /// forwarded, `anthropic-version: 2023-06-01` when the client sent none.
-    Anthropic,
-}
-
-impl Api {
-    /// The API named in a config (`"openai"`, `"anthropic"`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "openai" => Some(Api::OpenAi),
-            "anthropic" => Some(Api::Anthropic),
-            _ => None,
-        }
-    }
-
-    /// Its name in a config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::OpenAi => "openai",
-            Api::Anthropic => "anthropic",
-        }
-    }
-}
+pub use crate::family::Api;
 
 /// The `anthropic-version` sent when the client sent none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -369,6 +341,8 @@ struct Inner {
     /// The upstream model name and its JSON literal, when it is rewritten.
     model: Option<(Arc<str>, Bytes)>,
     include_usage: bool,
+    /// How requests of another family are translated for this upstream.
+    translate: crate::translate::Options,
     timeouts: Timeouts,
     max_response_bytes: usize,
     client: Option<HttpClient>,
@@ -435,6 +409,7 @@ impl Provider {
                 headers: HeaderMap::new(),
                 model: None,
                 include_usage: false,
+                translate: crate::translate::Options::default(),
                 timeouts: Timeouts::default(),
                 max_response_bytes: 64 << 20,
                 client: None,
@@ -498,6 +473,14 @@ impl ProviderBuilder {
     /// metering). Off by default: nothing is added that the client did not send.
     pub fn include_usage(mut self, on: bool) -> Self {
         self.inner.include_usage = on;
+        self
+    }
+
+    /// How requests of another family are translated for this upstream
+    /// (e.g. the `max_tokens` an Anthropic upstream gets when an OpenAI
+    /// client sent none; see [`crate::translate`]).
+    pub fn translate_options(mut self, options: crate::translate::Options) -> Self {
+        self.inner.translate = options;
         self
     }
 
@@ -568,22 +551,40 @@ impl Inner {
     fn upstream_request<I>(
         &self,
         req: Request<Parsed<I>>,
-    ) -> Result<(Request<Chunks>, Parsed<I>), Error> {
+    ) -> Result<(Request<Chunks>, Parsed<I>, Plan), Error> {
         let (parts, parsed) = req.into_parts();
-        // The route's endpoint decides the upstream path, not where the
-        // stack is mounted (`/ai/v1/chat/completions` is still
+        // How this route meets this upstream's API: passed through,
+        // translated, or not served at all (decided in one place).
+        let endpoint = parsed.summary().endpoint;
+        let plan = crate::translate::plan(endpoint, self.api);
+        let upstream_endpoint = match plan {
+            Plan::PassThrough => endpoint,
+            Plan::Translate(pair) => pair.upstream_endpoint(),
+            Plan::NotServed => {
+                let path = parts.uri.path();
+                return Err(self.tag(
+                    Error::new(
+                        Reason::UpstreamRouteNotServed,
+                        format!(
+                            "Upstream '{}' speaks the {} API, which has no counterpart of POST {path}; this is a gateway configuration problem for this deployment, and other deployments are tried.",
+                            self.name,
+                            self.api.as_str()
+                        ),
+                    )
+                    .with_meta("upstream_api", self.api.as_str()),
+                ));
+            }
+        };
+        // The endpoint decides the upstream path, not where the stack is
+        // mounted (`/ai/v1/chat/completions` is still
         // `{base}/chat/completions`); other paths go under the base as
         // they are after `/v1`.
         let path = parts.uri.path();
-        let rest = parsed
-            .summary()
-            .endpoint
-            .upstream_path()
-            .unwrap_or_else(|| {
-                path.strip_prefix("/v1")
-                    .filter(|r| r.is_empty() || r.starts_with('/'))
-                    .unwrap_or(path)
-            });
+        let rest = upstream_endpoint.upstream_path().unwrap_or_else(|| {
+            path.strip_prefix("/v1")
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+                .unwrap_or(path)
+        });
         let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
         pq.push_str(&self.base_path);
         pq.push_str(rest);
@@ -603,10 +604,19 @@ impl Inner {
                 )
             })?;
         let summary = parsed.summary();
-        let include_usage = self.include_usage
-            && self.api == Api::OpenAi
-            && summary.endpoint.stream_ends_with_done();
-        let body = parsed.rewrite(self.model.as_ref().map(|m| &m.1), include_usage);
+        let body = match plan {
+            Plan::Translate(pair) => {
+                let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
+                let t = pair.request(parsed.bytes(), model, &self.translate)?;
+                Chunks::new(vec![t.body])
+            }
+            _ => {
+                let include_usage = self.include_usage
+                    && self.api == Api::OpenAi
+                    && summary.endpoint.stream_ends_with_done();
+                parsed.rewrite(self.model.as_ref().map(|m| &m.1), include_usage)
+            }
+        };
         let mut out = Request::builder()
             .method(http::Method::POST)
             .uri(uri)
@@ -656,13 +666,13 @@ impl Inner {
         for (k, v) in &self.headers {
             h.append(k, v.clone());
         }
-        Ok((out, parsed))
+        Ok((out, parsed, plan))
     }
 
     async fn send<I>(self: Arc<Self>, req: Request<Parsed<I>>) -> Result<Response<Body>, Error> {
         let start = Instant::now();
         let deadline = start + self.timeouts.total;
-        let (out, parsed) = self.upstream_request(req)?;
+        let (out, parsed, plan) = self.upstream_request(req)?;
         let client = self
             .client
             .as_ref()
@@ -701,13 +711,40 @@ impl Inner {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let upstream_endpoint = match plan {
+            Plan::Translate(pair) => pair.upstream_endpoint(),
+            _ => parsed.summary().endpoint,
+        };
+        // A translated answer names the model the client asked for; an
+        // OpenAI client gets the usage chunk it asked for, or that metering
+        // asked for on its behalf (the `Budget` layer hides it then).
+        let translation = match plan {
+            Plan::Translate(pair) => {
+                let created = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let context = crate::translate::ResponseContext::new(parsed.model(), created)
+                    .include_usage(
+                        self.include_usage || parsed.summary().include_usage == Some(true),
+                    );
+                Some((pair, context))
+            }
+            _ => None,
+        };
         let out_body = if is_sse {
             body.expect_end(match self.api {
                 Api::Anthropic => StreamEnd::MessageStop,
-                Api::OpenAi if parsed.summary().endpoint.stream_ends_with_done() => StreamEnd::Done,
+                Api::OpenAi if upstream_endpoint.stream_ends_with_done() => StreamEnd::Done,
                 Api::OpenAi => StreamEnd::Any,
             });
-            Body::new(body)
+            match translation {
+                Some((pair, context)) => Body::new(TranslatedBody::new(
+                    body,
+                    pair.stream(context, &self.translate),
+                    self.name.clone(),
+                )),
+                None => Body::new(body),
+            }
         } else {
             let bytes = match read_bounded(body, self.max_response_bytes).await {
                 Ok(b) if b.len() >= self.max_response_bytes => {
@@ -728,7 +765,13 @@ impl Inner {
                     "The upstream answered with something that is not valid JSON.",
                 )));
             }
-            Body::full(bytes)
+            match translation {
+                Some((pair, context)) => match pair.response(&bytes, &context) {
+                    Ok(t) => Body::full(t.body),
+                    Err(e) => return Err(self.tag(e.into_error())),
+                },
+                None => Body::full(bytes),
+            }
         };
         let mut res = Response::new(out_body);
         *res.status_mut() = parts.status;

@@ -1,14 +1,14 @@
 //! Translation between API families: OpenAI Chat Completions ↔ Anthropic
 //! Messages, requests, answers and streams.
 //!
-//! One place decides how a (client family, upstream API) pair is served:
-//! [`plan`]. A matching pair is [`Plan::PassThrough`] (the bytes go on with
+//! One place decides how a (route endpoint, upstream [`Api`]) pair is
+//! served: [`plan`]. A matching pair is [`Plan::PassThrough`] (the bytes go on with
 //! only `model` rewritten, by the caller); a differing pair is
 //! [`Plan::Translate`] with the [`Pair`] that knows how to convert the
 //! request ([`Pair::request`]), a whole answer ([`Pair::response`]) and a
 //! stream, event by event ([`Pair::stream`] → [`StreamTranslator`]). Later
 //! upstream APIs (Azure OpenAI, Bedrock, Gemini) add variants to
-//! [`UpstreamApi`] and [`Pair`], and arms to [`plan`]; nothing else changes
+//! [`Api`] and [`Pair`], and arms to [`plan`]; nothing else changes
 //! shape.
 //!
 //! What cannot be carried faithfully is refused, never dropped: a request
@@ -24,9 +24,10 @@
 //! ([`Options::event_cap`]).
 //!
 //! ```
-//! use tollgate::translate::{plan, Family, Options, Plan, ResponseContext, UpstreamApi};
+//! use tollgate::read_request::Endpoint;
+//! use tollgate::translate::{plan, Api, Options, Plan, ResponseContext};
 //!
-//! let Plan::Translate(pair) = plan(Family::OpenAiChat, UpstreamApi::Anthropic) else {
+//! let Plan::Translate(pair) = plan(Endpoint::ChatCompletions, Api::Anthropic) else {
 //!     unreachable!()
 //! };
 //! let client = br#"{"model": "fast", "messages": [{"role": "user", "content": "Hi"}], "stream": true}"#;
@@ -57,37 +58,22 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use crate::error::{Error, Reason};
+pub use crate::family::Api;
+use crate::read_request::Endpoint;
 
 pub use sse::{SseDecoder, SseEvent};
 
-/// The API family an inbound route speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Family {
-    /// OpenAI Chat Completions (`POST /v1/chat/completions`).
-    OpenAiChat,
-    /// Anthropic Messages (`POST /v1/messages`).
-    AnthropicMessages,
-}
-
-/// The API an upstream deployment speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum UpstreamApi {
-    /// OpenAI-compatible (`/chat/completions`, …).
-    #[default]
-    OpenAi,
-    /// Anthropic Messages (`/v1/messages`, `x-api-key`, `anthropic-version`).
-    Anthropic,
-}
-
-/// How a (client family, upstream API) pair is served.
+/// How a (route endpoint, upstream API) pair is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// The families match: the body is forwarded as bytes, only `model` rewritten.
     PassThrough,
     /// The families differ: the pair's translator converts request and answer.
     Translate(Pair),
+    /// The upstream API has no counterpart of this endpoint (embeddings
+    /// from an Anthropic upstream, Anthropic's token counting from an
+    /// OpenAI one, …): the deployment does not serve the route.
+    NotServed,
 }
 
 /// A translator between two different families.
@@ -100,13 +86,26 @@ pub enum Pair {
     MessagesToChat,
 }
 
-/// The one place that decides how a client family is served by an upstream API.
-pub fn plan(family: Family, api: UpstreamApi) -> Plan {
-    match (family, api) {
-        (Family::OpenAiChat, UpstreamApi::OpenAi)
-        | (Family::AnthropicMessages, UpstreamApi::Anthropic) => Plan::PassThrough,
-        (Family::OpenAiChat, UpstreamApi::Anthropic) => Plan::Translate(Pair::ChatToMessages),
-        (Family::AnthropicMessages, UpstreamApi::OpenAi) => Plan::Translate(Pair::MessagesToChat),
+/// The one place that decides how a route's endpoint is served by an
+/// upstream API.
+pub fn plan(endpoint: Endpoint, api: Api) -> Plan {
+    match (endpoint, api) {
+        (
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::Other,
+            Api::OpenAi,
+        )
+        | (Endpoint::Messages | Endpoint::CountTokens, Api::Anthropic) => Plan::PassThrough,
+        (Endpoint::ChatCompletions, Api::Anthropic) => Plan::Translate(Pair::ChatToMessages),
+        (Endpoint::Messages, Api::OpenAi) => Plan::Translate(Pair::MessagesToChat),
+        (
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses | Endpoint::Other,
+            Api::Anthropic,
+        )
+        | (Endpoint::CountTokens, Api::OpenAi) => Plan::NotServed,
     }
 }
 
@@ -306,19 +305,27 @@ impl From<TranslateError> for Error {
 }
 
 impl Pair {
-    /// The family of the client this pair serves.
-    pub fn client(self) -> Family {
+    /// The endpoint of the client this pair serves.
+    pub fn client(self) -> Endpoint {
         match self {
-            Pair::ChatToMessages => Family::OpenAiChat,
-            Pair::MessagesToChat => Family::AnthropicMessages,
+            Pair::ChatToMessages => Endpoint::ChatCompletions,
+            Pair::MessagesToChat => Endpoint::Messages,
         }
     }
 
     /// The upstream API this pair sends to.
-    pub fn upstream(self) -> UpstreamApi {
+    pub fn upstream(self) -> Api {
         match self {
-            Pair::ChatToMessages => UpstreamApi::Anthropic,
-            Pair::MessagesToChat => UpstreamApi::OpenAi,
+            Pair::ChatToMessages => Api::Anthropic,
+            Pair::MessagesToChat => Api::OpenAi,
+        }
+    }
+
+    /// The upstream endpoint this pair sends to.
+    pub fn upstream_endpoint(self) -> Endpoint {
+        match self {
+            Pair::ChatToMessages => Endpoint::Messages,
+            Pair::MessagesToChat => Endpoint::ChatCompletions,
         }
     }
 

@@ -57,29 +57,31 @@ fn feed_all(pair: Pair, input: &str) -> (Result<(), TranslateError>, BytesMut, S
 
 #[test]
 fn plan_passes_matching_families_through_and_translates_the_others() {
-    assert_eq!(
-        plan(Family::OpenAiChat, UpstreamApi::OpenAi),
-        Plan::PassThrough
-    );
-    assert_eq!(
-        plan(Family::AnthropicMessages, UpstreamApi::Anthropic),
-        Plan::PassThrough
-    );
-    for (family, api, pair) in [
-        (
-            Family::OpenAiChat,
-            UpstreamApi::Anthropic,
-            Pair::ChatToMessages,
-        ),
-        (
-            Family::AnthropicMessages,
-            UpstreamApi::OpenAi,
-            Pair::MessagesToChat,
-        ),
+    use crate::read_request::Endpoint as E;
+    for e in [
+        E::ChatCompletions,
+        E::Completions,
+        E::Embeddings,
+        E::Responses,
+        E::Other,
     ] {
-        assert_eq!(plan(family, api), Plan::Translate(pair));
-        assert_eq!((pair.client(), pair.upstream()), (family, api));
+        assert_eq!(plan(e, Api::OpenAi), Plan::PassThrough, "{e:?}");
     }
+    for e in [E::Messages, E::CountTokens] {
+        assert_eq!(plan(e, Api::Anthropic), Plan::PassThrough, "{e:?}");
+    }
+    for (endpoint, api, pair) in [
+        (E::ChatCompletions, Api::Anthropic, Pair::ChatToMessages),
+        (E::Messages, Api::OpenAi, Pair::MessagesToChat),
+    ] {
+        assert_eq!(plan(endpoint, api), Plan::Translate(pair));
+        assert_eq!((pair.client(), pair.upstream()), (endpoint, api));
+        assert_eq!(plan(pair.upstream_endpoint(), api), Plan::PassThrough);
+    }
+    for e in [E::Completions, E::Embeddings, E::Responses, E::Other] {
+        assert_eq!(plan(e, Api::Anthropic), Plan::NotServed, "{e:?}");
+    }
+    assert_eq!(plan(E::CountTokens, Api::OpenAi), Plan::NotServed);
 }
 
 // ------------------------------------------------------- known failure: thinking then text
