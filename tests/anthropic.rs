@@ -309,7 +309,7 @@ async fn upstream_faults_reach_the_client_in_anthropics_shape() {
     let mock = mock().await;
     // One group per fault: a fault cools its deployment down.
     let mut toml = String::from("[router]\nnum_retries = 0\n");
-    for g in ["429", "401", "500", "400"] {
+    for g in ["429", "401", "500", "400", "529", "404"] {
         toml.push_str(&format!(
             "[[groups]]\nname = \"claude-{g}\"\n[[groups.deployments]]\nprovider = \"anthropic\"\napi = \"anthropic\"\nbase_url = \"{{mock}}\"\napi_key_env = \"{{key_env}}\"\nheaders = {{ \"x-mock-fault\" = \"{g}\" }}\n"
         ));
@@ -335,6 +335,14 @@ async fn upstream_faults_reach_the_client_in_anthropics_shape() {
         "invalid_request_error",
         "upstream_rejected_request",
     );
+    // Overloaded is temporary: a 503 the client may retry, with Retry-After.
+    let a = post_messages(&gw, fault("529")).await;
+    assert_anthropic_error(&a, 503, "overloaded_error", "upstream_unavailable");
+    assert!(a.headers.contains_key("retry-after"));
+    // `not_found_error` naming a model: gone, permanently.
+    let a = post_messages(&gw, fault("404")).await;
+    let v = assert_anthropic_error(&a, 404, "not_found_error", "upstream_model_not_found");
+    assert_eq!(v["error"]["metadata"]["permanent"], true);
 }
 
 #[tokio::test]
@@ -471,5 +479,201 @@ master_key_env = "{master_env}"
         spent.spent,
         served * each,
         "each stream charged its usage ({each})"
+    );
+}
+
+/// Groups whose deployment asks the mock for a fault by header (a body
+/// field the client sends would be refused by the translator, as any field
+/// without a counterpart is): `anthropic-<fault>` on the Anthropic API,
+/// `openai-<fault>` on the OpenAI one.
+fn faulty_groups() -> String {
+    let mut out = String::new();
+    for (api, fault) in [
+        ("anthropic", "tool_use:20KiB"),
+        ("anthropic", "cut:3"),
+        ("anthropic", "garbage"),
+        ("openai", "tool_args:20KiB"),
+        ("openai", "cut:3"),
+    ] {
+        out.push_str(&format!(
+            "[[groups]]\nname = \"{api}-{fault}\"\n[[groups.deployments]]\nprovider = \"{api}\"\napi = \"{api}\"\nbase_url = \"{{mock}}\"\napi_key_env = \"{{key_env}}\"\nheaders = {{ \"x-mock-fault\" = \"{fault}\" }}\n"
+        ));
+    }
+    out
+}
+
+/// An OpenAI Chat client served by the Anthropic-API deployment: the
+/// request translated to Messages (Anthropic's required `max_tokens` set),
+/// the answer and the stream translated back, usage charged.
+#[tokio::test]
+async fn an_openai_chat_client_is_served_by_an_anthropic_deployment() {
+    let mock = mock().await;
+    let gw = gateway(&config(&faulty_groups()), &mock).await;
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        chat("claude-sonnet", r#""temperature":0.5"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    assert_eq!(v["model"], "claude-sonnet");
+    let seen = mock.log.last().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["model"], "mock-claude");
+    assert_eq!(
+        sent["max_tokens"], 4096,
+        "Anthropic's required max_tokens: {sent}"
+    );
+    assert_eq!(sent["temperature"], 0.5);
+    assert!(
+        sent.get("tool_choice").is_none(),
+        "nothing the client did not send: {sent}"
+    );
+    assert_eq!(seen.headers["x-api-key"], UPSTREAM_KEY);
+
+    // Streamed, with tool use: OpenAI tool_calls deltas, then [DONE].
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        chat("anthropic-tool_use:20KiB", r#""stream":true"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ev = events(&a.body);
+    assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{}", a.body);
+    let chunks: Vec<Value> = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args.len(), 20 * 1024);
+    let name = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["name"].as_str());
+    assert_eq!(name, Some("mock_tool"));
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("tool_calls"));
+    // The usage chunk metering asked for is not shown to a client that did not ask.
+    assert!(chunks.iter().all(|c| c["usage"].is_null()), "{}", a.body);
+
+    // A stream cut mid-way ends in the client's family: OpenAI's error framing.
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        chat("anthropic-cut:3", r#""stream":true"#),
+    )
+    .await;
+    assert_ended_by_error(&a.body, "upstream_stream_cut");
+    // Garbage from the upstream is an error, never forwarded.
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        chat("anthropic-garbage", r#""stream":true"#),
+    )
+    .await;
+    assert!(!a.body.contains("not json"), "{}", a.body);
+    assert!(
+        a.status == 502 || a.body.contains("upstream_bad_response"),
+        "{}",
+        a.body
+    );
+    // An endpoint Anthropic has no counterpart of: not served, 502 naming it.
+    let a = post(
+        &gw.url("/v1/embeddings"),
+        r#"{"model":"claude-sonnet","input":"hi"}"#,
+    )
+    .await;
+    let v = a.error(502, "upstream_route_not_served");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("anthropic"),
+        "{v}"
+    );
+}
+
+/// An Anthropic client (a coding agent) served by an OpenAI-compatible
+/// deployment: Messages translated to Chat, the chat stream back to
+/// Anthropic's events, tool-call arguments as `input_json_delta`s.
+#[tokio::test]
+async fn an_anthropic_client_is_served_by_an_openai_deployment() {
+    let mock = mock().await;
+    let gw = gateway(&config(&faulty_groups()), &mock).await;
+    let a = post_messages(&gw, messages("gpt-4o-mini", r#""system":"Be brief.""#)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert!(
+        v["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("tok0 tok1")
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 16);
+    let seen = mock.log.last().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert_eq!(sent["model"], "mock-small");
+    assert!(seen.headers.get("x-api-key").is_none());
+
+    let a = post_messages(&gw, messages("openai-tool_args:20KiB", r#""stream":true"#)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let events = sse(&a.body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{}", a.body);
+    assert_eq!(names.last(), Some(&"message_stop"), "{}", a.body);
+    let input: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(input.len(), 20 * 1024);
+    let stop = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(stop.1["delta"]["stop_reason"], "tool_use");
+    assert!(
+        stop.1["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{:?}",
+        stop.1
+    );
+
+    // A cut upstream stream: Anthropic's error event.
+    let a = post_messages(&gw, messages("openai-cut:3", r#""stream":true"#)).await;
+    let (name, data) = sse(&a.body).pop().unwrap();
+    assert_eq!(name, "error", "{}", a.body);
+    assert_eq!(data["error"]["metadata"]["reason"], "upstream_stream_cut");
+    // A field the translator does not know is refused by name, never dropped.
+    let a = post_messages(&gw, messages("gpt-4o-mini", r#""mock_fault":"500""#)).await;
+    let v = assert_anthropic_error(&a, 400, "invalid_request_error", "invalid_request");
+    assert_eq!(v["error"]["metadata"]["param"], "mock_fault", "{v}");
+    // A field OpenAI has no counterpart of is refused by name, in Anthropic's shape.
+    let a = post_messages(
+        &gw,
+        messages(
+            "gpt-4o-mini",
+            r#""system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]"#,
+        ),
+    )
+    .await;
+    let v = assert_anthropic_error(&a, 400, "invalid_request_error", "invalid_request");
+    assert!(
+        v["error"]["metadata"]["param"]
+            .as_str()
+            .unwrap()
+            .contains("cache_control"),
+        "{v}"
     );
 }

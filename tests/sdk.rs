@@ -68,6 +68,23 @@ provider = "mock"
 base_url = "{mock}"
 
 [[groups]]
+name = "claude-overloaded"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+
+[[groups]]
+name = "claude-tools"
+[[groups.deployments]]
+provider = "anthropic"
+api = "anthropic"
+base_url = "{mock}"
+api_key_env = "{key_env}"
+headers = { "x-mock-fault" = "tool_use:4KiB" }
+
+[[groups]]
 name = "claude-cut"
 [[groups.deployments]]
 provider = "anthropic"

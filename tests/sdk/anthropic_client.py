@@ -104,6 +104,17 @@ e = raises(
 check("500: api_error", e.body["error"]["type"] == "api_error", e.body)
 
 
+e = raises(
+    "529 overloaded -> InternalServerError (503)",
+    anthropic.InternalServerError,
+    lambda: client.messages.create(
+        model="claude-overloaded", max_tokens=8, messages=MSG, extra_body={"mock_fault": "529"}
+    ),
+)
+check("529: overloaded_error", e.body["error"]["type"] == "overloaded_error", e.body)
+check("529: 503", e.status_code == 503, e.status_code)
+
+
 def cut():
     with client.messages.stream(
         model="claude-cut", max_tokens=8, messages=MSG, extra_body={"mock_fault": "cut:3"}

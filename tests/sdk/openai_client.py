@@ -6,6 +6,7 @@ mock. Every check raises on failure; the last line is the plain
 `N passed, 0 failed` summary.
 """
 
+import json
 import sys
 
 import openai
@@ -56,6 +57,28 @@ check("responses stream: final", final.output_text == TEXT and final.status == "
 
 e = client.embeddings.create(model="gpt-4o-mini", input="hello")
 check("embeddings", len(e.data[0].embedding) == 8, e)
+
+# An Anthropic-API deployment behind the OpenAI SDK: translated both ways.
+c = client.chat.completions.create(model="claude-sonnet", messages=MSG)
+check("translated chat: text", c.choices[0].message.content == TEXT, c)
+check("translated chat: finish", c.choices[0].finish_reason == "stop", c)
+stream = client.chat.completions.create(
+    model="claude-tools",
+    messages=MSG,
+    stream=True,
+    tools=[{"type": "function", "function": {"name": "mock_tool", "parameters": {"type": "object"}}}],
+)
+name, args, finish = None, "", None
+for ch in stream:
+    if not ch.choices:
+        continue
+    for call in ch.choices[0].delta.tool_calls or []:
+        name = call.function.name or name
+        args += call.function.arguments or ""
+    finish = ch.choices[0].finish_reason or finish
+check("translated stream: tool name", name == "mock_tool", name)
+check("translated stream: arguments whole", len(json.loads(args)["data"]) == 4 * 1024 - 11, len(args))
+check("translated stream: finish", finish == "tool_calls", finish)
 
 # Errors, each as the SDK's own exception type with the contract's body.
 e = raises(
