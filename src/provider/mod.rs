@@ -1310,7 +1310,7 @@ mod tests {
         let parsed =
             Parsed::parse("/v1/embeddings", Bytes::from_static(br#"{"model":"m"}"#)).unwrap();
         let req = Request::post("/v1/embeddings?x=1").body(parsed).unwrap();
-        let (out, _) = p.inner.upstream_request(req).unwrap();
+        let (out, _, _) = p.inner.upstream_request(req).unwrap();
         assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/embeddings?x=1");
         // Mounted under a prefix: the endpoint decides the upstream path.
         let body = || Bytes::from_static(br#"{"model":"m"}"#);
@@ -1318,13 +1318,48 @@ mod tests {
         let req = Request::post("/ai/v1/chat/completions")
             .body(mounted)
             .unwrap();
-        let (out, _) = p.inner.upstream_request(req).unwrap();
+        let (out, _, _) = p.inner.upstream_request(req).unwrap();
         assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/chat/completions");
         // A mount path that names no endpoint, with the endpoint given.
         let chat = Parsed::parse_for(crate::read_request::Endpoint::Responses, body()).unwrap();
         let req = Request::post("/team-a/ask").body(chat).unwrap();
-        let (out, _) = p.inner.upstream_request(req).unwrap();
+        let (out, _, _) = p.inner.upstream_request(req).unwrap();
         assert_eq!(out.uri(), "http://127.0.0.1:1/openai/v1/responses");
+    }
+
+    #[test]
+    fn the_plan_decides_path_body_and_headers() {
+        use crate::read_request::Endpoint;
+        let p = Provider::builder("claude", "http://127.0.0.1:1/v1")
+            .unwrap()
+            .api(Api::Anthropic)
+            .api_key("sk-ant-key")
+            .model("claude-x")
+            .build();
+        let chat =
+            Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#);
+        // An OpenAI chat client: translated to Messages, with its required max_tokens.
+        let parsed = Parsed::parse_for(Endpoint::ChatCompletions, chat.clone()).unwrap();
+        let req = Request::post("/v1/chat/completions").body(parsed).unwrap();
+        let (out, _, plan) = p.inner.upstream_request(req).unwrap();
+        assert_eq!(
+            plan,
+            Plan::Translate(crate::translate::Pair::ChatToMessages)
+        );
+        assert_eq!(out.uri(), "http://127.0.0.1:1/v1/messages");
+        assert_eq!(out.headers()["x-api-key"], "sk-ant-key");
+        assert_eq!(out.headers()["anthropic-version"], ANTHROPIC_VERSION);
+        assert!(out.headers().get(AUTHORIZATION).is_none());
+        let sent: serde_json::Value = serde_json::from_slice(&out.body().to_bytes()).unwrap();
+        assert_eq!(sent["model"], "claude-x");
+        assert_eq!(sent["max_tokens"], 4096);
+        // Embeddings have no Anthropic counterpart: not served, nothing sent.
+        let parsed = Parsed::parse_for(Endpoint::Embeddings, chat).unwrap();
+        let req = Request::post("/v1/embeddings").body(parsed).unwrap();
+        let e = p.inner.upstream_request(req).unwrap_err();
+        assert_eq!(e.reason(), Reason::UpstreamRouteNotServed);
+        assert_eq!(e.provider(), Some("claude"));
+        assert!(e.message().contains("anthropic"), "{}", e.message());
         assert!(out.headers().get(AUTHORIZATION).is_none());
     }
 }
