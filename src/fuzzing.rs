@@ -305,8 +305,7 @@ pub fn json_answer(data: &[u8]) {
 /// at least 8 of them (shorter ones are not redacted by design).
 fn secret(b: &[u8]) -> Option<&str> {
     let ok = b.len() >= 8
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-_.+/=".contains(c));
     ok.then(|| std::str::from_utf8(b).ok()).flatten()
 }
@@ -335,7 +334,10 @@ pub fn error_body(data: &[u8]) {
     let body = rest;
     let mut headers = HeaderMap::new();
     if html % 2 == 1 {
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html"),
+        );
     }
     if let Ok(v) = HeaderValue::from_bytes(retry) {
         let name = if html & 2 == 2 {
@@ -395,4 +397,3 @@ pub fn config(data: &[u8]) {
     let _ = c.key_location();
     let _ = c.fallback_layer();
 }
-
