@@ -301,13 +301,33 @@ pub fn json_answer(data: &[u8]) {
     chat_text_hides_no_usage(body);
 }
 
-/// A secret for [`error_body`]: key-like bytes (letters, digits, `-_.+/=`),
-/// at least 8 of them (shorter ones are not redacted by design).
+/// A secret for [`error_body`]: key-like bytes (letters, digits, `-_.+/=`,
+/// a letter among them: a JSON number is not text to redact), at least 8
+/// of them (shorter ones are not redacted by design).
 fn secret(b: &[u8]) -> Option<&str> {
     let ok = b.len() >= 8
+        && b.iter().any(u8::is_ascii_alphabetic)
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-_.+/=".contains(c));
     ok.then(|| std::str::from_utf8(b).ok()).flatten()
+}
+
+/// Every string of a JSON value, object keys included, as a client's
+/// parser decodes them (so the escapes of the serialized text cannot fake
+/// a secret), each with `[redacted]` replaced by a byte no secret holds.
+fn texts(v: &Value, out: &mut Vec<String>) {
+    let clean = |s: &str| s.replace(REDACTED, "\u{1}");
+    match v {
+        Value::String(s) => out.push(clean(s)),
+        Value::Array(items) => items.iter().for_each(|v| texts(v, out)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                out.push(clean(k));
+                texts(v, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// An upstream's error answer: status (400 to 599 from the first byte),
@@ -356,21 +376,26 @@ pub fn error_body(data: &[u8]) {
             crate::Error::from_response(status, &headers, body, &secrets),
         ]
     };
-    // The gateway's own words (a secret may happen to be one of them).
-    let own: Vec<String> = errors(b"")
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.to_sse_tail("m", &secrets)).into_owned())
-        .collect();
-    for (e, own) in errors(body).iter().zip(&own) {
+    let rendered = |e: &crate::Error| {
         let json = e.to_json(&secrets);
         let v: Value = serde_json::from_slice(&json).expect("to_json is JSON");
+        let mut out = Vec::new();
+        texts(&v, &mut out);
+        (json, v, out)
+    };
+    // The gateway's own words (a secret may happen to be one of them).
+    let own: Vec<String> = errors(b"").iter().map(|e| rendered(e).2.concat()).collect();
+    for (e, own) in errors(body).iter().zip(&own) {
+        let (json, v, out) = rendered(e);
         assert_eq!(v["error"]["code"], u16::from(e.status()), "code");
         let tail = e.to_sse_tail("m", &secrets);
         assert!(tail.starts_with(b"data: ") && tail[6..].starts_with(&json));
-        // `[redacted]` itself is not a leak, even if a secret is a part of it.
-        let out = String::from_utf8_lossy(&json).replace(REDACTED, "\u{1}");
         for k in keys.iter().filter(|k| !own.contains(*k)) {
-            assert!(!out.contains(k), "secret {k:?} left in {out}");
+            assert!(
+                out.iter().all(|s| !s.contains(k)),
+                "secret {k:?} left in {}",
+                String::from_utf8_lossy(&json)
+            );
         }
     }
 }
