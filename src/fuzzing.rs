@@ -59,8 +59,8 @@ fn cuts(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     (pieces, payload)
 }
 
-/// Whether serde_json refused `data` only for its nesting limit (127
-/// levels, one less than the scanner's [`scan::MAX_DEPTH`]).
+/// Whether serde_json refused `data` only for its recursion limit, which
+/// is not the scanner's [`scan::MAX_DEPTH`].
 fn too_deep_for_serde(e: &serde_json::Error) -> bool {
     e.to_string().contains("recursion limit")
 }
