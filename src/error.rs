@@ -687,7 +687,11 @@ pub struct Normalized;
 
 fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
-    if d.subsec_nanos() > 0 { s + 1 } else { s }
+    if d.subsec_nanos() > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
 }
 
 /// `Retry-After` (seconds or an HTTP date), or the `retry-after-ms` some
@@ -707,7 +711,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     }
     if let Ok(secs) = v.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
+            // Beyond what a `Duration` holds (1e20): the longest wait, as
+            // an integer that large would be, not a panic.
+            return Some(
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::MAX)),
+            );
         }
     }
     let when = httpdate_to_unix(v)?;
@@ -746,6 +754,11 @@ fn httpdate_to_unix(s: &str) -> Option<u64> {
         hms.next()?.parse().ok()?,
     );
     if it.next()? != "GMT" {
+        return None;
+    }
+    // The fields' own ranges (a four-digit year), so the arithmetic below
+    // cannot overflow whatever numbers the header holds.
+    if !(1..=31).contains(&day) || !(0..=9999).contains(&year) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
@@ -1088,6 +1101,44 @@ mod tests {
         );
         assert_eq!(httpdate_to_unix("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(httpdate_to_unix("garbage"), None);
+    }
+
+    /// Found by fuzzing (fuzz target `error_body`): a `Retry-After` in
+    /// seconds too large for a `Duration` (`1e20`) panicked in
+    /// `Duration::from_secs_f64` while classifying the upstream's answer.
+    #[test]
+    fn a_retry_after_beyond_a_duration_is_the_longest_wait_not_a_panic() {
+        let e = upstream(429, &[("retry-after", "1e20")], "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(json(&e)["error"]["metadata"]["retry_after_s"], u64::MAX);
+        let e = upstream(503, &[("retry-after", "18446744073709551615.5")], "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
+    }
+
+    /// Out-of-range date fields overflowed the date arithmetic (a panic
+    /// where overflow is checked, a wrong wait where it is not): they are
+    /// not a date.
+    #[test]
+    fn retry_after_dates_out_of_range_are_not_dates() {
+        for bad in [
+            "Sun, 06 Nov 1994 99999999999999999:00:00 GMT",
+            "Sun, 06 Nov 1994 08:99999999999999999:00 GMT",
+            "Sun, 06 Nov 1994 08:49:99999999999999999 GMT",
+            "Sun, 9223372036854775807 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 06 Nov -9223372036854775808 08:49:37 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+        ] {
+            assert_eq!(httpdate_to_unix(bad), None, "{bad}");
+            let e = upstream(429, &[("retry-after", bad)], "");
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{bad}");
+        }
+        assert_eq!(
+            httpdate_to_unix("Fri, 31 Dec 9999 23:59:60 GMT"),
+            Some(253_402_300_800)
+        );
     }
 
     #[test]

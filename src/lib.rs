@@ -84,6 +84,11 @@ pub mod budget;
 #[cfg(feature = "redis")]
 pub mod state;
 
+// Property checks for the fuzz targets and their corpus replay (docs/fuzzing.md).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::sync::Arc;
 
 pub use body::Body;

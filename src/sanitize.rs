@@ -137,7 +137,8 @@ fn is_secret_field(name: &str) -> bool {
     )
 }
 
-/// Redacts every string in a JSON value in place; blanks credential-named fields.
+/// Redacts every string in a JSON value in place, object keys included;
+/// blanks credential-named fields.
 pub fn redact_json(value: &mut Value, secrets: &Secrets<'_>) {
     match value {
         Value::String(s) => {
@@ -147,6 +148,17 @@ pub fn redact_json(value: &mut Value, secrets: &Secrets<'_>) {
         }
         Value::Array(items) => items.iter_mut().for_each(|v| redact_json(v, secrets)),
         Value::Object(map) => {
+            // A key is text the upstream chose too (`{"<the key>": …}`).
+            let dirty: Vec<String> = map
+                .keys()
+                .filter(|k| matches!(redact(k, secrets), Cow::Owned(_)))
+                .cloned()
+                .collect();
+            for k in dirty {
+                if let Some(v) = map.remove(&k) {
+                    map.insert(redact(&k, secrets).into_owned(), v);
+                }
+            }
             for (k, v) in map.iter_mut() {
                 if is_secret_field(k) && !v.is_null() {
                     *v = Value::String(REDACTED.into());
@@ -223,5 +235,25 @@ mod tests {
         assert!(!text.contains("anything"));
         assert!(!text.contains("Zm9vOmJhcg"));
         assert_eq!(v["n"], 3);
+    }
+
+    /// Found writing the `error_body` fuzz target (its check fails on
+    /// such a body): keys were not redacted, so an upstream body
+    /// `{"<client key>": …}` carried the key to the client.
+    #[test]
+    fn object_keys_are_redacted_too() {
+        let key = "abcdefgh-ijklmnop-qr";
+        let mut v = serde_json::json!({
+            key: 1,
+            "nested": [{"invalid key sk-proj-0123456789abcdefXYZ": {"a": key}}],
+            "fine": "x",
+        });
+        redact_json(&mut v, &Secrets::new(&[key]));
+        let text = v.to_string();
+        assert!(!text.contains(key), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert_eq!(v[REDACTED], 1);
+        assert_eq!(v["fine"], "x");
+        assert_eq!(v["nested"][0]["invalid key [redacted]"]["a"], REDACTED);
     }
 }

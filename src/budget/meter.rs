@@ -168,7 +168,7 @@ impl Meter {
 /// as its newline arrives (at most [`EVENT_CAP`] of one line is held back;
 /// a longer line is passed through as it comes).
 #[derive(Debug, Default)]
-struct UsageFilter {
+pub(crate) struct UsageFilter {
     pending: BytesMut,
     passthrough: bool,
 }
@@ -178,7 +178,7 @@ impl UsageFilter {
     /// chunk, the chunk's complete lines go on as a slice of it (no copy)
     /// unless one of them is the usage chunk, and then as one copy without
     /// it; only an unfinished last line is copied, to be held.
-    fn pass(&mut self, chunk: &Bytes) -> Bytes {
+    pub(crate) fn pass(&mut self, chunk: &Bytes) -> Bytes {
         if self.pending.is_empty() && !self.passthrough {
             let complete = memchr::memrchr(b'\n', chunk).map_or(0, |i| i + 1);
             if chunk.len() - complete <= EVENT_CAP {
@@ -244,12 +244,12 @@ impl UsageFilter {
     }
 
     /// What is held back when the stream ends (an unfinished last line).
-    fn rest(&mut self) -> Bytes {
+    pub(crate) fn rest(&mut self) -> Bytes {
         self.pending.split().freeze()
     }
 }
 
-fn is_usage_only(line: &[u8]) -> bool {
+pub(crate) fn is_usage_only(line: &[u8]) -> bool {
     // Searchers built once: building one costs more than searching a line.
     use memchr::memmem::Finder;
     static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));

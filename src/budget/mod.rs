@@ -103,11 +103,11 @@
 
 mod layer;
 mod ledger;
-mod meter;
+pub(crate) mod meter;
 mod period;
 pub mod spend;
 mod store;
-mod usage;
+pub(crate) mod usage;
 
 pub use jiff::{Timestamp, tz::TimeZone};
 pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFuture};

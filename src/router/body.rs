@@ -148,6 +148,9 @@ impl HttpBody for Failed {
 pub(crate) struct CommitWatch {
     seen: BytesMut,
     scanned: usize,
+    /// Where a marker was seen whose value had not arrived yet (only
+    /// whitespace after it): the next frame is searched from there.
+    undecided: Option<usize>,
 }
 
 const CONTENT_MARKERS: [&[u8]; 6] = [
@@ -163,22 +166,30 @@ impl CommitWatch {
     /// Feeds one data frame; returns whether content has been seen.
     pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
         self.seen.extend_from_slice(data);
-        // Re-scan a little of the previous frames: a marker may straddle.
-        let from = self.scanned.saturating_sub(24);
+        // Re-scan a little of the previous frames (a marker may straddle),
+        // and from a marker whose value had not arrived.
+        let from = self
+            .scanned
+            .saturating_sub(24)
+            .min(self.undecided.take().unwrap_or(usize::MAX));
         self.scanned = self.seen.len();
         let hay = &self.seen[from..];
         // Searchers built once: building one costs more than searching a frame.
         static FINDERS: LazyLock<[memmem::Finder<'static>; 6]> =
             LazyLock::new(|| CONTENT_MARKERS.map(memmem::Finder::new));
-        CONTENT_MARKERS
-            .iter()
-            .zip(FINDERS.iter())
-            .any(|(m, finder)| {
-                finder.find_iter(hay).any(|at| {
-                    let after = &hay[at + m.len()..];
-                    carries_content(m, after)
-                })
-            })
+        for (m, finder) in CONTENT_MARKERS.iter().zip(FINDERS.iter()) {
+            for at in finder.find_iter(hay) {
+                match carries_content(m, &hay[at + m.len()..]) {
+                    Some(true) => return true,
+                    Some(false) => {}
+                    None => {
+                        let at = from + at;
+                        self.undecided = Some(self.undecided.map_or(at, |u| u.min(at)));
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// Bytes held so far.
@@ -189,15 +200,20 @@ impl CommitWatch {
 
 /// Whether the value after a marker is content: a non-empty string (or,
 /// for `tool_calls`, an array; for a `.delta"` event type, anything).
-fn carries_content(marker: &[u8], after: &[u8]) -> bool {
+/// `None` while only whitespace (or a lone opening quote) has arrived.
+fn carries_content(marker: &[u8], after: &[u8]) -> Option<bool> {
     if marker == b".delta\"" || marker == b"content_block_delta\"" {
-        return true;
+        return Some(true);
     }
     let v = after.trim_ascii_start();
     if marker == b"\"tool_calls\":" {
-        return v.first() == Some(&b'[');
+        return v.first().map(|&b| b == b'[');
     }
-    v.len() >= 2 && v[0] == b'"' && v[1] != b'"'
+    match v {
+        [] | [b'"'] => None,
+        [first, second, ..] => Some(*first == b'"' && *second != b'"'),
+        [_] => Some(false),
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +257,28 @@ mod tests {
         assert!(!w.feed(b"data: {\"choices\":[{\"text\":\"\"}]}\n\ndata: {\"choices\":[{\"te"));
         assert!(w.feed(b"xt\":\"tok\"}]}\n\n"));
         assert!(w.held() > 0);
+    }
+
+    /// Found by fuzzing (fuzz target `sse`): a marker at the end of one
+    /// frame whose value comes after more whitespace than the re-scanned
+    /// margin was missed, so content could go out uncommitted.
+    #[test]
+    fn a_value_after_long_whitespace_in_a_later_frame_is_content() {
+        let mut w = CommitWatch::default();
+        assert!(!w.feed(b"data: {\"choices\":[{\"delta\":{\"content\":"));
+        assert!(!w.feed(&[b' '; 40]));
+        assert!(w.feed(b"\"Hi\"}}]}\n\n"));
+
+        let mut w = CommitWatch::default();
+        assert!(!w.feed(b"data: {\"choices\":[{\"delta\":{\"tool_calls\":   "));
+        assert!(!w.feed(&[b'\n'; 30]));
+        assert!(w.feed(b"[{\"index\":0}]}}]}\n\n"));
+
+        // An empty string cut after its opening quote is still no content.
+        let mut w = CommitWatch::default();
+        assert!(!w.feed(b"data: {\"choices\":[{\"delta\":{\"content\": \""));
+        assert!(!w.feed(b"\"}}]}\n\n"));
+        assert!(!w.feed(&[b' '; 30]));
     }
 
     #[tokio::test]
