@@ -375,6 +375,21 @@ async fn a_cut_stream_ends_with_an_anthropic_error_event() {
     }
 }
 
+/// Known failure #18: an Anthropic stream whose event is not JSON is never
+/// passed on as it is; the client gets Anthropic's error instead.
+#[tokio::test]
+async fn a_passed_through_stream_with_garbage_is_an_error_never_forwarded() {
+    let mock = mock().await;
+    let gw = gateway(&config(""), &mock).await;
+    let a = post_messages(
+        &gw,
+        messages("claude-sonnet", r#""stream":true,"mock_fault":"garbage""#),
+    )
+    .await;
+    assert!(!a.body.contains("not json"), "{}", a.body);
+    assert_anthropic_error(&a, 502, "api_error", "upstream_bad_response");
+}
+
 #[tokio::test]
 async fn count_tokens_is_forwarded_and_free() {
     let mock = mock().await;

@@ -352,6 +352,15 @@ async fn odd_upstream_answers_become_the_contract() {
     )
     .await;
     ans.error(502, "upstream_bad_response");
+    // Known failure #18: a stream whose event is not JSON is never passed
+    // on as it is: before the first content it is a 502 (and retried).
+    let ans = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gpt-4o-mini", r#""stream":true,"mock_fault":"garbage""#),
+    )
+    .await;
+    assert!(!ans.body.contains("not json"), "{}", ans.body);
+    ans.error(502, "upstream_bad_response");
 
     // A non-streaming answer cut in the middle: a 502 too, not a broken 200.
     let ans = post(

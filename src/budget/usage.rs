@@ -886,26 +886,38 @@ mod tests {
             .into_iter()
             .flatten()
             .find(|d| d.is_object());
-            let prompt_tokens = prompt.unwrap_or(0);
+            // Anthropic's cache reads and writes are beside its input tokens.
+            let read = count(u.get("cache_read_input_tokens")).unwrap_or(0);
+            let written = count(u.get("cache_creation_input_tokens")).unwrap_or(0);
+            let prompt_tokens = prompt.unwrap_or(0) + read + written;
             Some(TokenUsage {
                 prompt_tokens,
                 completion_tokens: completion.unwrap_or(0),
-                cached_tokens: details
+                cached_tokens: (details
                     .and_then(|d| count(d.get("cached_tokens")))
                     .unwrap_or(0)
+                    + read)
                     .min(prompt_tokens),
-                cache_creation_tokens: 0,
+                cache_creation_tokens: written,
             })
         }
 
         fn oracle(e: &Value) -> (Option<TokenUsage>, u64) {
-            let usage = e.get("usage").and_then(usage_of).or_else(|| {
-                e.get("response")
-                    .and_then(|r| r.get("usage"))
-                    .and_then(usage_of)
-            });
+            // `message` (Anthropic) and `response` (Responses API): the
+            // later key in the object wins, and `response` sorts after.
+            let nested = e.get("response").or_else(|| e.get("message"));
+            let usage = e
+                .get("usage")
+                .and_then(usage_of)
+                .or_else(|| nested.and_then(|r| r.get("usage")).and_then(usage_of));
             let len = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
-            let mut n = len(e.get("delta"));
+            // A delta: a string (Responses API) or an Anthropic block delta.
+            let mut n = match e.get("delta") {
+                Some(d @ Value::Object(_)) => {
+                    len(d.get("text")) + len(d.get("thinking")) + len(d.get("partial_json"))
+                }
+                d => len(d),
+            };
             for c in e
                 .get("choices")
                 .and_then(Value::as_array)
@@ -958,6 +970,11 @@ mod tests {
                 Just("prompt_tokens_details"),
                 Just("input_tokens_details"),
                 Just("cached_tokens"),
+                Just("message"),
+                Just("thinking"),
+                Just("partial_json"),
+                Just("cache_read_input_tokens"),
+                Just("cache_creation_input_tokens"),
                 Just("other"),
             ];
             leaf().prop_recursive(5, 64, 6, move |inner| {

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project::pin_project;
@@ -40,6 +40,9 @@ pub struct UpstreamBody {
     end: StreamEnd,
     /// The last bytes of data seen (right-aligned), to find the last event.
     tail: [u8; TAIL],
+    /// For an SSE stream passed through: each event is checked to be JSON
+    /// before it goes on ([`SseCheck`]).
+    check: Option<SseCheck>,
     finished: bool,
 }
 
@@ -56,6 +59,7 @@ impl UpstreamBody {
             total_after: deadline.saturating_duration_since(now),
             end,
             tail: [0; TAIL],
+            check: None,
             finished: false,
         }
     }
@@ -64,9 +68,174 @@ impl UpstreamBody {
         self.end = end;
     }
 
+    /// Checks every event of this SSE stream before passing it on: one
+    /// whose data is not JSON (`[DONE]` excepted) ends the stream with 502
+    /// `upstream_bad_response` instead of reaching the client.
+    pub(crate) fn check_events(&mut self) {
+        self.check = Some(SseCheck::default());
+    }
+
     fn expects_an_end(&self) -> bool {
         self.end != StreamEnd::Any
     }
+}
+
+/// Checks the events of an SSE stream as they pass: each event's data (its
+/// `data:` lines, joined) must be JSON or `[DONE]`. Complete events go on as
+/// slices of the upstream's chunk (no copy); an event split across chunks is
+/// held (one copy) until it is complete and checked, so a malformed one
+/// never reaches the client, even in part. O(1): at most one event is held,
+/// up to [`EVENT_CAP`](crate::budget::EVENT_CAP)-sized; a larger event is
+/// passed on unchecked as it comes (it is, in practice, a long tool-call
+/// argument or text delta, which the meter counts the same way).
+#[derive(Debug, Default)]
+pub(crate) struct SseCheck {
+    /// The unfinished event held back.
+    held: BytesMut,
+    /// Passing an oversized event through unchecked, until it ends.
+    unchecked: bool,
+}
+
+/// The most of one event held back to be checked.
+const HOLD_CAP: usize = 64 * 1024;
+
+impl SseCheck {
+    /// What of `chunk` goes on now (`None`: nothing yet), or the error of a
+    /// malformed event.
+    pub(crate) fn pass(&mut self, chunk: Bytes) -> Result<Option<Bytes>, Error> {
+        if self.unchecked {
+            let first_end = event_ends(&[], &chunk).next();
+            match first_end {
+                None => return Ok(Some(chunk)),
+                Some(end) => {
+                    self.unchecked = false;
+                    let (head, rest) = (chunk.slice(..end), chunk.slice(end..));
+                    let more = self.pass(rest)?;
+                    return Ok(Some(match more {
+                        None => head,
+                        Some(more) => {
+                            let mut out = BytesMut::with_capacity(head.len() + more.len());
+                            out.extend_from_slice(&head);
+                            out.extend_from_slice(&more);
+                            out.freeze()
+                        }
+                    }));
+                }
+            }
+        }
+        // The end of the last complete event in what is held and the chunk.
+        let complete = event_ends(&self.held, &chunk).last();
+        let out = if self.held.is_empty() {
+            let end = complete.unwrap_or(0);
+            check_events(&chunk[..end])?;
+            let out = chunk.slice(..end);
+            self.hold(&chunk[end..]);
+            out
+        } else {
+            match complete {
+                None => {
+                    self.hold(&chunk);
+                    return Ok(self.release_if_unchecked());
+                }
+                Some(end) => {
+                    self.held.extend_from_slice(&chunk[..end]);
+                    let out = self.held.split().freeze();
+                    check_events(&out)?;
+                    self.hold(&chunk[end..]);
+                    out
+                }
+            }
+        };
+        if let Some(big) = self.release_if_unchecked() {
+            let mut both = BytesMut::with_capacity(out.len() + big.len());
+            both.extend_from_slice(&out);
+            both.extend_from_slice(&big);
+            return Ok(Some(both.freeze()));
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The stream ended: what is held (an event without its blank line),
+    /// checked.
+    pub(crate) fn rest(&mut self) -> Result<Option<Bytes>, Error> {
+        if self.held.is_empty() {
+            return Ok(None);
+        }
+        let out = self.held.split().freeze();
+        if !self.unchecked {
+            check_events(&out)?;
+        }
+        Ok(Some(out))
+    }
+
+    fn hold(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// An event held past the cap goes on unchecked, with the rest of it.
+    fn release_if_unchecked(&mut self) -> Option<Bytes> {
+        (self.held.len() > HOLD_CAP).then(|| {
+            self.unchecked = true;
+            let out = self.held.split().freeze();
+            self.held = BytesMut::new();
+            out
+        })
+    }
+}
+
+/// The ends (just past the blank line) of the events that complete in
+/// `chunk`, when `held` came before it: a blank line is a newline right
+/// after a newline, with an optional `\r` between.
+fn event_ends<'a>(held: &'a [u8], chunk: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    let mut prev: Option<usize> = None;
+    memchr::memchr_iter(b'\n', chunk).filter_map(move |nl| {
+        let blank = match prev {
+            Some(p) => nl == p + 1 || (nl == p + 2 && chunk[p + 1] == b'\r'),
+            None => {
+                (nl == 0 && (held.ends_with(b"\n") || held.ends_with(b"\n\r")))
+                    || (nl == 1 && chunk[0] == b'\r' && held.ends_with(b"\n"))
+            }
+        };
+        prev = Some(nl);
+        blank.then_some(nl + 1)
+    })
+}
+
+/// Checks complete events: each one's data lines, joined, are JSON or `[DONE]`.
+fn check_events(events: &[u8]) -> Result<(), Error> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut has_data = false;
+    for line in events.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if has_data {
+                check_data(&data)?;
+            }
+            data.clear();
+            has_data = false;
+        } else if let Some(d) = line.strip_prefix(b"data:") {
+            if has_data {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            has_data = true;
+        }
+    }
+    if has_data {
+        check_data(&data)?;
+    }
+    Ok(())
+}
+
+fn check_data(data: &[u8]) -> Result<(), Error> {
+    let data = data.trim_ascii();
+    if data == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        return Ok(());
+    }
+    Err(Error::new(
+        Reason::UpstreamBadResponse,
+        "The upstream sent a stream event whose data is not JSON; it was not passed on.",
+    ))
 }
 
 /// Whether the stream's last bytes are its API's last event.
@@ -104,16 +273,36 @@ impl HttpBody for UpstreamBody {
         if *this.finished {
             return Poll::Ready(None);
         }
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if !data.is_empty() {
-                        push_tail(this.tail, data);
-                        this.idle.as_mut().reset(Instant::now() + *this.idle_after);
+        // A checked frame that completes no event yields nothing: read on.
+        let polled = loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if !data.is_empty() {
+                            push_tail(this.tail, data);
+                            this.idle.as_mut().reset(Instant::now() + *this.idle_after);
+                        }
+                    }
+                    let Some(check) = this.check.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    match check.pass(data) {
+                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            *this.finished = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
                 }
-                return Poll::Ready(Some(Ok(frame)));
+                other => break other,
             }
+        };
+        match polled {
+            Poll::Ready(Some(Ok(_))) => unreachable!("data frames are handled above"),
             Poll::Ready(Some(Err(_))) => {
                 *this.finished = true;
                 return Poll::Ready(Some(Err(Error::new(
@@ -123,6 +312,19 @@ impl HttpBody for UpstreamBody {
             }
             Poll::Ready(None) => {
                 *this.finished = true;
+                // What is held of an unfinished last event: checked, then sent.
+                if let Some(rest) = this.check.as_mut().map(SseCheck::rest) {
+                    match rest {
+                        Ok(Some(out)) => {
+                            // The end is checked when the caller polls again.
+                            *this.finished = false;
+                            this.check.take();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
                 if !ended(*this.end, this.tail) {
                     let last = match this.end {
                         StreamEnd::MessageStop => "`message_stop`",
@@ -187,6 +389,79 @@ mod tests {
         let mut t = [0u8; TAIL];
         push_tail(&mut t, b"data:[DONE]\r\n\r\n");
         assert!(done(&t));
+    }
+
+    /// What an `SseCheck` passes on for `chunks`, or the first error.
+    fn checked(chunks: &[&[u8]]) -> Result<Vec<u8>, Error> {
+        let mut c = SseCheck::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            if let Some(b) = c.pass(Bytes::copy_from_slice(chunk))? {
+                out.extend_from_slice(&b);
+            }
+        }
+        if let Some(b) = c.rest()? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn events_are_checked_whole_however_the_stream_is_cut() {
+        let good: &[u8] = b"event: a\ndata: {\"x\":1}\n\n: keep-alive\n\ndata: {\"y\":\r\ndata: 2}\r\n\r\ndata: [DONE]\n\n";
+        let bad: &[u8] = b"data: {\"x\":1}\n\ndata: {not json\n\ndata: [DONE]\n\n";
+        for cut in 0..=good.len() {
+            let (a, b) = good.split_at(cut);
+            assert_eq!(checked(&[a, b]).unwrap(), good, "cut at {cut}");
+        }
+        for cut in 0..=bad.len() {
+            let (a, b) = bad.split_at(cut);
+            let e = checked(&[a, b]).unwrap_err();
+            assert_eq!(e.reason(), Reason::UpstreamBadResponse, "cut at {cut}");
+        }
+        // Nothing of the malformed event goes on, even split in three.
+        let mut c = SseCheck::default();
+        let first = c
+            .pass(Bytes::from_static(b"data: {\"x\":1}\n\ndata: {no"))
+            .unwrap();
+        assert_eq!(first.as_deref(), Some(&b"data: {\"x\":1}\n\n"[..]));
+        assert_eq!(c.pass(Bytes::from_static(b"t json")).unwrap(), None);
+        assert!(c.pass(Bytes::from_static(b"\n\n")).is_err());
+        // A complete chunk goes on as the upstream's own bytes: no copy.
+        let mut c = SseCheck::default();
+        let chunk = Bytes::from_static(b"data: {}\n\n");
+        let out = c.pass(chunk.clone()).unwrap().unwrap();
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        // A last event without its blank line is checked at the end.
+        assert!(checked(&[b"data: {}\n\ndata: {"]).is_err());
+        assert_eq!(
+            checked(&[b"data: {}\n\ndata: [DONE]"]).unwrap(),
+            b"data: {}\n\ndata: [DONE]"
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_cap_passes_unchecked_in_bounded_memory() {
+        let mut c = SseCheck::default();
+        let mut out = Vec::new();
+        let piece = vec![b'x'; 16 * 1024];
+        out.extend_from_slice(
+            &c.pass(Bytes::from_static(b"data: {\"a\":\""))
+                .unwrap()
+                .unwrap_or_default(),
+        );
+        for _ in 0..64 {
+            if let Some(b) = c.pass(Bytes::copy_from_slice(&piece)).unwrap() {
+                out.extend_from_slice(&b);
+            }
+            assert!(c.held.len() <= HOLD_CAP + piece.len(), "{}", c.held.len());
+        }
+        let end = c.pass(Bytes::from_static(b"\"}\n\ndata: {oops\n\n"));
+        assert!(end.is_err(), "checking resumes after the long event");
+        assert!(
+            out.len() >= 60 * 16 * 1024,
+            "the long event went on as it came"
+        );
     }
 
     #[test]

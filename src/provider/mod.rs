@@ -737,6 +737,11 @@ impl Inner {
                 Api::OpenAi if upstream_endpoint.stream_ends_with_done() => StreamEnd::Done,
                 Api::OpenAi => StreamEnd::Any,
             });
+            // Passed through, each event is checked to be JSON on its way
+            // (translated, the translator reads every event anyway).
+            if translation.is_none() {
+                body.check_events();
+            }
             match translation {
                 Some((pair, context)) => Body::new(TranslatedBody::new(
                     body,
