@@ -62,16 +62,7 @@ async fn send(gw: &Gateway, path: &str, key: Option<&str>, body: String) -> Answ
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap();
-    assert_no_secrets("an answer", &format!("{headers:?}\n{body}"));
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    read_answer(req.send().await.unwrap()).await
 }
 
 async fn post_messages(gw: &Gateway, body: String) -> Answer {

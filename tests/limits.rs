@@ -113,15 +113,7 @@ async fn admin(gw: &Gateway, path: &str, body: Value) -> Answer {
         .send()
         .await
         .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap();
-    assert_no_secrets("an admin answer", &body);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    read_answer(res).await
 }
 
 async fn ok(gw: &Gateway, path: &str, body: Value) -> Value {
@@ -157,15 +149,7 @@ async fn chat(gw: &Gateway, key: &str, model: &str, extra: &str) -> Answer {
         .send()
         .await
         .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap();
-    assert_no_secrets("an answer", &body);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    read_answer(res).await
 }
 
 /// The first request passes, the second is refused with `status`/`reason`.

@@ -299,6 +299,19 @@ impl Answer {
     }
 }
 
+/// Reads a whole answer, checking it for every secret the tests know.
+pub async fn read_answer(res: reqwest::Response) -> Answer {
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.text().await.unwrap_or_default();
+    assert_no_secrets("an answer", &format!("{headers:?}\n{body}"));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// POSTs raw bytes with the client key, reading the whole answer.
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> Answer {
     post_as(url, CLIENT_KEY, body).await
@@ -314,14 +327,7 @@ pub async fn post_as(url: &str, key: &str, body: impl Into<reqwest::Body>) -> An
         .send()
         .await
         .expect("request sent");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    read_answer(res).await
 }
 
 /// A chat body for `model`, with optional extra top-level JSON members.

@@ -8,32 +8,14 @@ bundled mock. Every check raises on failure; the last line is the plain
 
 import sys
 
+from checks import check, raises, summary
+
 import anthropic
 
 BASE, KEY = sys.argv[1], sys.argv[2]
 client = anthropic.Anthropic(base_url=BASE, api_key=KEY, max_retries=0)
 TEXT = " ".join(f"tok{i}" for i in range(16))
 MSG = [{"role": "user", "content": "Say hello."}]
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        raise AssertionError(f"{name}: {detail}")
-    passed += 1
-    print(f"ok: {name}")
-
-
-def raises(name, exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        check(name, True)
-        return e
-    except Exception as e:  # noqa: BLE001 - the wrong type is the failure
-        raise AssertionError(f"{name}: raised {type(e).__name__}: {e}") from e
-    raise AssertionError(f"{name}: no exception")
 
 
 # A message, whole.
@@ -126,4 +108,4 @@ def cut():
 e = raises("a cut stream -> APIStatusError", anthropic.APIStatusError, cut)
 check("cut: reason", e.body["error"]["metadata"]["reason"] == "upstream_stream_cut", e.body)
 
-print(f"{passed} passed, 0 failed")
+summary()

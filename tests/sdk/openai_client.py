@@ -9,32 +9,14 @@ mock. Every check raises on failure; the last line is the plain
 import json
 import sys
 
+from checks import check, raises, summary
+
 import openai
 
 BASE, KEY = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0)
 TEXT = " ".join(f"tok{i}" for i in range(16))
 MSG = [{"role": "user", "content": "Say hello."}]
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        raise AssertionError(f"{name}: {detail}")
-    passed += 1
-    print(f"ok: {name}")
-
-
-def raises(name, exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        check(name, True)
-        return e
-    except Exception as e:  # noqa: BLE001 - the wrong type is the failure
-        raise AssertionError(f"{name}: raised {type(e).__name__}: {e}") from e
-    raise AssertionError(f"{name}: no exception")
 
 
 c = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -112,4 +94,4 @@ e = raises(
 )
 check("500: reason", e.body["metadata"]["reason"] == "upstream_error", e.body)
 
-print(f"{passed} passed, 0 failed")
+summary()
