@@ -25,7 +25,14 @@ use crate::sanitize::{REDACTED, Secrets};
 
 /// The fuzz targets, by name: each target's corpus lives in
 /// `fuzz/corpus/<name>/` and is replayed by [`check`].
-pub const TARGETS: [&str; 5] = ["request", "sse", "json_answer", "error_body", "config"];
+pub const TARGETS: [&str; 6] = [
+    "request",
+    "sse",
+    "json_answer",
+    "error_body",
+    "config",
+    "translate",
+];
 
 /// Runs the check of the target `name` (one of [`TARGETS`]) over `data`.
 pub fn check(name: &str, data: &[u8]) {
@@ -35,6 +42,7 @@ pub fn check(name: &str, data: &[u8]) {
         "json_answer" => json_answer(data),
         "error_body" => error_body(data),
         "config" => config(data),
+        "translate" => translate(data),
         _ => panic!("no fuzz target named {name}"),
     }
 }
@@ -421,4 +429,77 @@ pub fn config(data: &[u8]) {
     let _ = c.static_keys();
     let _ = c.key_location();
     let _ = c.fallback_layer();
+}
+
+/// The family translators (`crate::translate`), both directions. The first
+/// byte picks the pair (bit 0) and what the rest is (bits 1–2): a client's
+/// request body, an upstream's whole answer, or an upstream stream cut as
+/// in [`sse`]. Over any bytes:
+///
+/// - a request is translated into a JSON object or refused as
+///   `invalid_request` / `invalid_json`, never a panic;
+/// - a whole answer is translated into a JSON object or refused as a
+///   [`TranslateError`](crate::translate::TranslateError);
+/// - a stream gives the same output, commit point, usage and outcome
+///   whatever the cuts, and the translator's buffers stay bounded by the
+///   event cap.
+pub fn translate(data: &[u8]) {
+    use crate::translate::{Options, Pair, ResponseContext};
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    let pair = if head & 1 == 0 {
+        Pair::ChatToMessages
+    } else {
+        Pair::MessagesToChat
+    };
+    let options = Options {
+        event_cap: 4096,
+        ..Options::default()
+    };
+    let ctx = || ResponseContext::new("client-model", 1_700_000_000).include_usage(head & 8 != 0);
+    let object = |b: &[u8]| {
+        matches!(serde_json::from_slice::<Value>(b), Ok(Value::Object(_)))
+    };
+    match (head >> 1) & 3 {
+        0 => match pair.request(rest, "upstream-model", &options) {
+            Ok(t) => assert!(object(&t.body), "a translated request is a JSON object"),
+            Err(e) => assert!(
+                matches!(e.reason(), crate::Reason::InvalidRequest | crate::Reason::InvalidJson),
+                "a refused request is the client's fault: {:?}",
+                e.reason()
+            ),
+        },
+        1 => {
+            if let Ok(t) = pair.response(rest, &ctx()) {
+                assert!(object(&t.body), "a translated answer is a JSON object");
+            }
+        }
+        _ => {
+            let (pieces, body) = cuts(rest);
+            let run = |pieces: &[&[u8]]| {
+                let mut t = pair.stream(ctx(), &options);
+                let mut out = bytes::BytesMut::new();
+                let mut outcome = Ok(());
+                for p in pieces {
+                    outcome = t.feed(p, &mut out);
+                    assert!(t.buffered() <= 4 * 4096 + 64 * 1024, "bounded: {}", t.buffered());
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+                if outcome.is_ok() {
+                    outcome = t.finish(&mut out);
+                }
+                (out, outcome.map_err(|e| e.to_string()), t.committed(), t.usage())
+            };
+            let whole = run(&[body]);
+            let split = run(&pieces);
+            assert_eq!(split.1, whole.1, "the same outcome whatever the cuts");
+            if whole.1.is_ok() {
+                assert_eq!(split.0, whole.0, "the same output whatever the cuts");
+                assert_eq!((split.2, split.3), (whole.2, whole.3), "commit point and usage");
+            }
+        }
+    }
 }

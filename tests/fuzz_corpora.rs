@@ -74,3 +74,8 @@ fn error_body_corpus() {
 fn config_corpus() {
     replay("config");
 }
+
+#[test]
+fn translate_corpus() {
+    replay("translate");
+}
