@@ -14,7 +14,7 @@
 //! | `fair_queue::FairQueue` | weighted fair queuing across tenants in front of bounded capacity per model group (feature `fair-queue`) | 429 queue full, 503 queue timeout |
 //! | [`fallback::Fallback`] | try the next model group when one is exhausted or gone (checked chains, per-request `models`) | — |
 //! | [`router::Router`] | pick a healthy deployment by load, retry elsewhere, cool failing ones down | 404 unknown model, 503 no deployment |
-//! | [`provider::Provider`] | send to an OpenAI-compatible upstream over pooled hyper connections, stream back | 408, 429, 502, 503 |
+//! | [`provider::Provider`] | send to an upstream ([`family::Api`]: OpenAI-compatible or Anthropic) over pooled hyper connections, stream back; translate when the route's family differs ([`translate`]) | 408, 429, 502, 503 |
 //!
 //! ```
 //! use tollgate::normalize::NormalizeErrorsLayer;
@@ -36,7 +36,8 @@
 //! ```
 //!
 //! Errors: every layer fails with [`Error`], rendered by `NormalizeErrors`
-//! into the contract described in [`error`].
+//! into the contract described in [`error`], in the shape of the route's API
+//! family ([`family`]: OpenAI's, or Anthropic's on `/v1/messages`).
 //!
 //! State for several replicas (budgets, rate limits, router cooldowns) can
 //! live in Redis: `state` (feature `redis`).
