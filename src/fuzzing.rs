@@ -458,14 +458,15 @@ pub fn translate(data: &[u8]) {
         ..Options::default()
     };
     let ctx = || ResponseContext::new("client-model", 1_700_000_000).include_usage(head & 8 != 0);
-    let object = |b: &[u8]| {
-        matches!(serde_json::from_slice::<Value>(b), Ok(Value::Object(_)))
-    };
+    let object = |b: &[u8]| matches!(serde_json::from_slice::<Value>(b), Ok(Value::Object(_)));
     match (head >> 1) & 3 {
         0 => match pair.request(rest, "upstream-model", &options) {
             Ok(t) => assert!(object(&t.body), "a translated request is a JSON object"),
             Err(e) => assert!(
-                matches!(e.reason(), crate::Reason::InvalidRequest | crate::Reason::InvalidJson),
+                matches!(
+                    e.reason(),
+                    crate::Reason::InvalidRequest | crate::Reason::InvalidJson
+                ),
                 "a refused request is the client's fault: {:?}",
                 e.reason()
             ),
@@ -483,7 +484,11 @@ pub fn translate(data: &[u8]) {
                 let mut outcome = Ok(());
                 for p in pieces {
                     outcome = t.feed(p, &mut out);
-                    assert!(t.buffered() <= 4 * 4096 + 64 * 1024, "bounded: {}", t.buffered());
+                    assert!(
+                        t.buffered() <= 4 * 4096 + 64 * 1024,
+                        "bounded: {}",
+                        t.buffered()
+                    );
                     if outcome.is_err() {
                         break;
                     }
@@ -491,14 +496,23 @@ pub fn translate(data: &[u8]) {
                 if outcome.is_ok() {
                     outcome = t.finish(&mut out);
                 }
-                (out, outcome.map_err(|e| e.to_string()), t.committed(), t.usage())
+                (
+                    out,
+                    outcome.map_err(|e| e.to_string()),
+                    t.committed(),
+                    t.usage(),
+                )
             };
             let whole = run(&[body]);
             let split = run(&pieces);
             assert_eq!(split.1, whole.1, "the same outcome whatever the cuts");
             if whole.1.is_ok() {
                 assert_eq!(split.0, whole.0, "the same output whatever the cuts");
-                assert_eq!((split.2, split.3), (whole.2, whole.3), "commit point and usage");
+                assert_eq!(
+                    (split.2, split.3),
+                    (whole.2, whole.3),
+                    "commit point and usage"
+                );
             }
         }
     }
