@@ -201,30 +201,43 @@ fn event_ends<'a>(held: &'a [u8], chunk: &'a [u8]) -> impl Iterator<Item = usize
     })
 }
 
-/// Checks complete events: each one's data lines, joined, are JSON or `[DONE]`.
+/// Checks complete events: each one's data lines, joined, are JSON or
+/// `[DONE]`. An event of one data line (every API's) is checked in place;
+/// only an event of several is joined into a buffer.
 fn check_events(events: &[u8]) -> Result<(), Error> {
-    let mut data: Vec<u8> = Vec::new();
-    let mut has_data = false;
+    let mut single: Option<&[u8]> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    let mut flush = |single: &mut Option<&[u8]>, joined: &mut Option<Vec<u8>>| match (
+        joined.take(),
+        single.take(),
+    ) {
+        (Some(j), _) => check_data(&j),
+        (None, Some(d)) => check_data(d),
+        (None, None) => Ok(()),
+    };
     for line in events.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if has_data {
-                check_data(&data)?;
-            }
-            data.clear();
-            has_data = false;
+            flush(&mut single, &mut joined)?;
         } else if let Some(d) = line.strip_prefix(b"data:") {
-            if has_data {
-                data.push(b'\n');
+            let d = d.strip_prefix(b" ").unwrap_or(d);
+            match (joined.as_mut(), single.take()) {
+                (Some(j), _) => {
+                    j.push(b'\n');
+                    j.extend_from_slice(d);
+                }
+                (None, Some(first)) => {
+                    let mut j = Vec::with_capacity(first.len() + 1 + d.len());
+                    j.extend_from_slice(first);
+                    j.push(b'\n');
+                    j.extend_from_slice(d);
+                    joined = Some(j);
+                }
+                (None, None) => single = Some(d),
             }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-            has_data = true;
         }
     }
-    if has_data {
-        check_data(&data)?;
-    }
-    Ok(())
+    flush(&mut single, &mut joined)
 }
 
 fn check_data(data: &[u8]) -> Result<(), Error> {
