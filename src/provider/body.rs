@@ -207,7 +207,7 @@ fn event_ends<'a>(held: &'a [u8], chunk: &'a [u8]) -> impl Iterator<Item = usize
 fn check_events(events: &[u8]) -> Result<(), Error> {
     let mut single: Option<&[u8]> = None;
     let mut joined: Option<Vec<u8>> = None;
-    let mut flush = |single: &mut Option<&[u8]>, joined: &mut Option<Vec<u8>>| match (
+    let flush = |single: &mut Option<&[u8]>, joined: &mut Option<Vec<u8>>| match (
         joined.take(),
         single.take(),
     ) {
