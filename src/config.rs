@@ -86,13 +86,16 @@ pub struct Config {
     /// usable as one grant (`fast = ["gpt-4o-mini", "mistral/*"]`).
     #[serde(default)]
     pub access_groups: BTreeMap<String, Vec<String>>,
-    /// `[rate_limits]`: absent, nothing is rate-limited.
+    /// `[rate_limits]`: defaults for keys without their own limits (absent:
+    /// none; keys' and teams' own rpm/tpm limits hold either way).
     #[serde(default)]
     pub rate_limits: Option<RateLimits>,
-    /// `[fair_queue]`: absent, requests are not queued (no capacity bound).
+    /// `[fair_queue]`: absent, requests are not queued (no capacity bound),
+    /// and a fair-queuing `weight` is refused where it is set.
     #[serde(default)]
     pub fair_queue: Option<FairQueueConfig>,
-    /// `[budgets]`: absent, nothing is metered or refused for money.
+    /// `[budgets]`: the global budget and the periods' time zone (absent:
+    /// none, UTC; keys' and teams' own budgets hold either way).
     #[serde(default)]
     pub budgets: Option<Budgets>,
     /// `[state]`: where budgets, rate limits and cooldowns live (absent or
@@ -496,7 +499,7 @@ impl Default for State {
 }
 
 /// `[spend]`: one spend record per request that reaches the `Budget` layer
-/// (so only with `[budgets]`), written by a bounded background writer into
+/// (always in the reference stack), written by a bounded background writer into
 /// the key store's database (`keys.store = "sqlite"`: the same file, table
 /// `spend`; `"memory"`: in memory, lost on restart).
 #[derive(Clone, Debug, Deserialize)]
