@@ -208,7 +208,8 @@ pub struct Summary {
     pub include_usage: Option<bool>,
     /// The per-request fallback list (`"models": [...]`), empty when absent.
     pub models: Vec<String>,
-    /// Bytes of `messages`, `prompt` and `input`.
+    /// Bytes of the prompt's parts: `messages`, `prompt`, `input`, `system`,
+    /// `instructions` and `tools`.
     pub prompt_bytes: usize,
     /// The API the request is for.
     pub endpoint: Endpoint,

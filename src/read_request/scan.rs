@@ -118,9 +118,11 @@ pub struct Fields {
     pub stream_options_null: Option<Range<usize>>,
     /// OpenRouter-style per-request fallback list `"models": ["a","b"]`.
     pub models: Option<Vec<String>>,
-    /// Total byte length of the values of `messages`, `prompt` and `input`
-    /// (the prompt-size estimate's input). Each value counts as the length
-    /// of its JSON text, so `null` counts 4.
+    /// Total byte length of the values of `messages`, `prompt`, `input`,
+    /// `system` (Anthropic's system prompt), `instructions` (the Responses
+    /// API's) and `tools` (whose definitions are prompt tokens too): the
+    /// prompt-size estimate's input. Each value counts as the length of its
+    /// JSON text, so `null` counts 4.
     pub prompt_bytes: usize,
     /// Byte index of the top-level object's closing `}`.
     pub object_end: usize,
@@ -422,6 +424,9 @@ enum Key {
     Messages,
     Prompt,
     Input,
+    System,
+    Instructions,
+    Tools,
 }
 
 impl Key {
@@ -439,6 +444,9 @@ impl Key {
             b"messages" => Key::Messages,
             b"prompt" => Key::Prompt,
             b"input" => Key::Input,
+            b"system" => Key::System,
+            b"instructions" => Key::Instructions,
+            b"tools" => Key::Tools,
             _ => return None,
         })
     }
@@ -456,6 +464,9 @@ impl Key {
             Key::Messages => "messages",
             Key::Prompt => "prompt",
             Key::Input => "input",
+            Key::System => "system",
+            Key::Instructions => "instructions",
+            Key::Tools => "tools",
         }
     }
 
@@ -1061,7 +1072,12 @@ impl Scanner<'_> {
                 Some(b'n') => self.literal(b"null")?,
                 _ => self.wrong_type(name, EXPECT_STRINGS, 1, false)?,
             },
-            Key::Messages | Key::Prompt | Key::Input => {
+            Key::Messages
+            | Key::Prompt
+            | Key::Input
+            | Key::System
+            | Key::Instructions
+            | Key::Tools => {
                 self.skip_value(1)?;
                 f.prompt_bytes += self.pos - start;
             }
@@ -1724,6 +1740,17 @@ mod tests {
         assert_eq!(f.prompt_bytes, messages.len() + prompt.len() + input.len());
         assert_eq!(f.object_end, body.len() - 1);
         assert_eq!(ok(r#"{"input":12.5e3}"#).prompt_bytes, 6);
+        // Anthropic's system prompt, the Responses API's instructions and
+        // tool definitions are prompt too.
+        let system = r#"[{"type":"text","text":"Be brief."}]"#;
+        let tools = r#"[{"name":"f","input_schema":{"type":"object"}}]"#;
+        let body = format!(
+            r#"{{"system":{system},"model":"m","tools":{tools},"instructions":"x","messages":[]}}"#
+        );
+        assert_eq!(
+            ok(&body).prompt_bytes,
+            system.len() + tools.len() + r#""x""#.len() + 2
+        );
         // Nested ones don't count.
         assert_eq!(ok(r#"{"x":{"messages":"abc"}}"#).prompt_bytes, 0);
     }
@@ -2106,7 +2133,7 @@ mod tests {
 
     // ----- differential tests against serde_json -----
 
-    const RECOGNISED: [&str; 11] = [
+    const RECOGNISED: [&str; 14] = [
         "model",
         "stream",
         "max_tokens",
@@ -2118,8 +2145,18 @@ mod tests {
         "messages",
         "prompt",
         "input",
+        "system",
+        "instructions",
+        "tools",
     ];
-    const COUNTED: [&str; 3] = ["messages", "prompt", "input"];
+    const COUNTED: [&str; 6] = [
+        "messages",
+        "prompt",
+        "input",
+        "system",
+        "instructions",
+        "tools",
+    ];
 
     /// xorshift64*: drives the renderer's whitespace and escaping choices.
     struct Rng(u64);
