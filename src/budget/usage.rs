@@ -343,27 +343,43 @@ impl Shape for UsageField {
             }
             Ok(())
         })?;
-        let prompt = raw.prompt.0.or(raw.input.0);
         let completion = raw.completion.0.or(raw.output.0);
-        if prompt.is_none() && completion.is_none() {
-            return Ok(UsageField(None));
-        }
-        // Anthropic counts cache reads and writes beside `input_tokens`;
-        // the others count cached tokens inside the prompt.
         let (read, written) = (
             raw.cache_read.0.unwrap_or(0),
             raw.cache_creation.0.unwrap_or(0),
         );
-        let prompt_tokens = prompt
-            .unwrap_or(0)
-            .saturating_add(read)
-            .saturating_add(written);
-        let cached = raw.prompt_details.or(raw.input_details).and_then(|c| c.0);
+        let details = raw
+            .prompt_details
+            .or(raw.input_details)
+            .and_then(|c| c.0)
+            .unwrap_or(0);
+        let (prompt_tokens, cached) = match raw.prompt.0 {
+            // The Chat Completions shape counts every input token in
+            // `prompt_tokens`; cache fields beside it (LiteLLM's, and
+            // tollgate's own translation of an Anthropic answer) are
+            // parts of it, not additions.
+            Some(prompt) => (prompt.max(read.saturating_add(written)), details.max(read)),
+            // Anthropic counts cache reads and writes beside `input_tokens`
+            // (the Responses API has neither field: nothing is added).
+            None => {
+                if raw.input.0.is_none() && completion.is_none() {
+                    return Ok(UsageField(None));
+                }
+                let prompt = raw
+                    .input
+                    .0
+                    .unwrap_or(0)
+                    .saturating_add(read)
+                    .saturating_add(written);
+                (prompt, details.saturating_add(read))
+            }
+        };
         Ok(UsageField(Some(TokenUsage {
             prompt_tokens,
             completion_tokens: completion.unwrap_or(0),
-            cached_tokens: cached.unwrap_or(0).saturating_add(read).min(prompt_tokens),
-            cache_creation_tokens: written,
+            cached_tokens: cached.min(prompt_tokens),
+            cache_creation_tokens: written
+                .min(prompt_tokens.saturating_sub(cached.min(prompt_tokens))),
         })))
     }
 }
@@ -614,6 +630,34 @@ mod tests {
         );
         let done = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 2, "output_tokens": 1}}});
         assert_eq!(TokenUsage::in_event(&done).unwrap().completion_tokens, 1);
+    }
+
+    #[test]
+    fn cache_fields_are_inside_prompt_tokens_and_beside_input_tokens() {
+        // The Chat shape with cache fields (LiteLLM's, and a translated
+        // Anthropic answer): parts of `prompt_tokens`.
+        let chat = json!({"usage": {"prompt_tokens": 174, "completion_tokens": 16,
+            "prompt_tokens_details": {"cached_tokens": 100}, "cache_creation_input_tokens": 50}});
+        let expected = TokenUsage {
+            prompt_tokens: 174,
+            completion_tokens: 16,
+            cached_tokens: 100,
+            cache_creation_tokens: 50,
+        };
+        assert_eq!(TokenUsage::in_event(&chat), Some(expected));
+        assert_eq!(
+            Event::read(chat.to_string().as_bytes()).unwrap().usage(),
+            Some(expected)
+        );
+        // LiteLLM also repeats the reads as `cache_read_input_tokens`.
+        let litellm = json!({"prompt_tokens": 174, "completion_tokens": 16,
+            "prompt_tokens_details": {"cached_tokens": 100},
+            "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50});
+        assert_eq!(TokenUsage::from_json(&litellm), Some(expected));
+        // Anthropic's shape: beside `input_tokens`.
+        let anthropic = json!({"input_tokens": 24, "output_tokens": 16,
+            "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50});
+        assert_eq!(TokenUsage::from_json(&anthropic), Some(expected));
     }
 
     #[test]
@@ -886,19 +930,22 @@ mod tests {
             .into_iter()
             .flatten()
             .find(|d| d.is_object());
-            // Anthropic's cache reads and writes are beside its input tokens.
             let read = count(u.get("cache_read_input_tokens")).unwrap_or(0);
             let written = count(u.get("cache_creation_input_tokens")).unwrap_or(0);
-            let prompt_tokens = prompt.unwrap_or(0) + read + written;
+            let details = details
+                .and_then(|d| count(d.get("cached_tokens")))
+                .unwrap_or(0);
+            // Inside `prompt_tokens` (Chat shape), beside `input_tokens` (Anthropic's).
+            let (prompt_tokens, cached) = match count(u.get("prompt_tokens")) {
+                Some(p) => (p.max(read + written), details.max(read)),
+                None => (prompt.unwrap_or(0) + read + written, details + read),
+            };
+            let cached = cached.min(prompt_tokens);
             Some(TokenUsage {
                 prompt_tokens,
                 completion_tokens: completion.unwrap_or(0),
-                cached_tokens: (details
-                    .and_then(|d| count(d.get("cached_tokens")))
-                    .unwrap_or(0)
-                    + read)
-                    .min(prompt_tokens),
-                cache_creation_tokens: written,
+                cached_tokens: cached,
+                cache_creation_tokens: written.min(prompt_tokens - cached),
             })
         }
 

@@ -576,14 +576,22 @@ pub(super) fn read_usage(u: &Value, into: &mut Usage) {
 }
 
 /// A usage in OpenAI's shape: all input in `prompt_tokens`, cache reads in
-/// `prompt_tokens_details.cached_tokens`.
+/// `prompt_tokens_details.cached_tokens`, and cache writes (which OpenAI's
+/// shape has no field for, and which cost more than input) in
+/// `cache_creation_input_tokens` beside them when there were any, as
+/// LiteLLM writes it: a part of `prompt_tokens`, so that a meter reading
+/// the translated answer prices them as writes.
 pub(super) fn openai_usage(u: &Usage) -> Value {
-    json!({
+    let mut usage = json!({
         "prompt_tokens": u.prompt_tokens(),
         "completion_tokens": u.output_tokens,
         "total_tokens": u.prompt_tokens() + u.output_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
-    })
+    });
+    if u.cache_creation_tokens > 0 {
+        usage["cache_creation_input_tokens"] = u.cache_creation_tokens.into();
+    }
+    usage
 }
 
 /// Translates a whole Anthropic answer into a Chat Completions answer.
