@@ -683,3 +683,274 @@ async fn an_anthropic_client_is_served_by_an_openai_deployment() {
         "{v}"
     );
 }
+
+/// Priced groups for the metering and fallback tests: the mock's faults
+/// chosen by a deployment header, so the client's body stays its own.
+fn priced_groups() -> String {
+    let mut out = String::new();
+    for (name, api, fault, fallbacks) in [
+        ("claude-cache", "anthropic", "cache", ""),
+        (
+            "claude-cut",
+            "anthropic",
+            "cut:3",
+            r#"fallbacks = ["claude-sonnet"]"#,
+        ),
+        ("gpt-cut", "openai", "cut:3", ""),
+        (
+            "claude-overloaded",
+            "anthropic",
+            "529",
+            r#"fallbacks = ["claude-sonnet"]"#,
+        ),
+        (
+            "claude-down",
+            "anthropic",
+            "500",
+            r#"fallbacks = ["gpt-4o-mini"]"#,
+        ),
+    ] {
+        out.push_str(&format!(
+            r#"
+[[groups]]
+name = "{name}"
+{fallbacks}
+price_in_per_mtok = 3.0
+price_out_per_mtok = 15.0
+price_cached_in_per_mtok = 0.3
+price_cache_write_per_mtok = 3.75
+[[groups.deployments]]
+provider = "{api}-{fault}"
+api = "{api}"
+base_url = "{{mock}}"
+api_key_env = "{{key_env}}"
+model = "mock-{name}"
+headers = {{ "x-mock-fault" = "{fault}" }}
+"#
+        ));
+    }
+    out
+}
+
+const PRICE: tollgate::budget::Price = tollgate::budget::Price {
+    input_per_mtok: 3_000_000,
+    output_per_mtok: 15_000_000,
+    cached_input_per_mtok: Some(300_000),
+    cache_write_per_mtok: Some(3_750_000),
+};
+
+/// A gateway with an admin API and a key of its own budget, and the ledger
+/// that keeps that key's spend.
+async fn metered(
+    mock: &MockServer,
+    groups: &str,
+) -> (Gateway, tollgate::budget::Ledger, String, String) {
+    let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
+    let gw = gateway_with_ledger(
+        &config(&format!(
+            "{groups}\n[keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n"
+        )),
+        mock,
+        ledger.clone(),
+    )
+    .await;
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "max_budget": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let key = v["key"].as_str().unwrap().to_owned();
+    let id = v["key_id"].as_str().unwrap().to_owned();
+    (gw, ledger, key, id)
+}
+
+/// The key's spend once every reservation is settled (a stream settles as
+/// its body ends, which may be just after the client read the last byte).
+async fn settled(ledger: &tollgate::budget::Ledger, id: &str) -> u64 {
+    let scope = tollgate::budget::Scope::Key(id.into());
+    for _ in 0..200 {
+        let u = ledger.usage(&scope, tollgate::budget::Period::Total);
+        if u.reserved == 0 {
+            return u.spent;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("a reservation was never settled");
+}
+
+/// What the mock's `cache` answer costs: input = the upstream body's length
+/// / 4, 100 cache reads, 50 cache writes, 16 output tokens.
+fn cache_answer_cost(upstream_body: &[u8]) -> u64 {
+    let input = (upstream_body.len() as u64 / 4).max(1);
+    PRICE.cost(&tollgate::budget::TokenUsage {
+        prompt_tokens: input + 150,
+        completion_tokens: 16,
+        cached_tokens: 100,
+        cache_creation_tokens: 50,
+    })
+}
+
+/// An OpenAI Chat client served by an Anthropic deployment whose answer
+/// wrote to the prompt cache: the translated usage names the writes
+/// (`cache_creation_input_tokens`, a part of `prompt_tokens`), and the
+/// budget charges them at the cache-write price, answer and stream alike.
+#[tokio::test]
+async fn translated_cache_writes_are_charged_at_the_cache_write_price() {
+    let mock = mock().await;
+    let (gw, ledger, key, id) = metered(&mock, &priced_groups()).await;
+    let a = post_as(
+        &gw.url("/v1/chat/completions"),
+        &key,
+        chat("claude-cache", ""),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let usage = &a.json()["usage"];
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 100,
+        "{usage}"
+    );
+    assert_eq!(usage["cache_creation_input_tokens"], 50, "{usage}");
+    let first = cache_answer_cost(&mock.log.last().unwrap().body);
+    assert_eq!(settled(&ledger, &id).await, first);
+    // With writes priced as input, the charge would be lower.
+    let input = (mock.log.last().unwrap().body.len() as u64 / 4).max(1);
+    let as_input = PRICE.cost(&tollgate::budget::TokenUsage {
+        prompt_tokens: input + 150,
+        completion_tokens: 16,
+        cached_tokens: 100,
+        cache_creation_tokens: 0,
+    });
+    assert!(first > as_input);
+
+    let a = post_as(
+        &gw.url("/v1/chat/completions"),
+        &key,
+        chat(
+            "claude-cache",
+            r#""stream":true,"stream_options":{"include_usage":true}"#,
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ev = events(&a.body);
+    let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(
+        last["usage"]["cache_creation_input_tokens"], 50,
+        "{}",
+        a.body
+    );
+    let second = cache_answer_cost(&mock.log.last().unwrap().body);
+    assert_eq!(settled(&ledger, &id).await, first + second);
+}
+
+/// A stream cut after it started is charged what it reported (the input
+/// from `message_start`) plus an estimate of what was generated: never
+/// zero, in every direction: passed through, Chat → Anthropic, Anthropic →
+/// Chat.
+#[tokio::test]
+async fn a_cut_stream_is_charged_an_estimate_never_zero() {
+    let mock = mock().await;
+    let (gw, ledger, key, id) = metered(&mock, &priced_groups()).await;
+    let mut before = 0;
+    // Anthropic client, Anthropic deployment (passed through).
+    let a = send(
+        &gw,
+        "/v1/messages",
+        Some(&key),
+        messages("claude-cut", r#""stream":true"#),
+    )
+    .await;
+    let (name, data) = sse(&a.body).pop().unwrap();
+    assert_eq!(name, "error", "{}", a.body);
+    assert_eq!(data["error"]["metadata"]["reason"], "upstream_stream_cut");
+    let input = (mock.log.last().unwrap().body.len() as u64 / 4).max(1);
+    let spent = settled(&ledger, &id).await;
+    let reported = PRICE.cost(&tollgate::budget::TokenUsage {
+        prompt_tokens: input,
+        completion_tokens: 1,
+        ..Default::default()
+    });
+    assert!(
+        spent >= reported,
+        "charged {spent}, less than reported {reported}"
+    );
+    before += spent;
+    // OpenAI client, Anthropic deployment (translated).
+    let a = post_as(
+        &gw.url("/v1/chat/completions"),
+        &key,
+        chat("claude-cut", r#""stream":true"#),
+    )
+    .await;
+    assert_ended_by_error(&a.body, "upstream_stream_cut");
+    let spent = settled(&ledger, &id).await;
+    assert!(spent > before, "a translated cut stream charged nothing");
+    before = spent;
+    // Anthropic client, OpenAI deployment (translated; the chat stream
+    // reports no usage before its end: the whole charge is the estimate).
+    let a = send(
+        &gw,
+        "/v1/messages",
+        Some(&key),
+        messages("gpt-cut", r#""stream":true"#),
+    )
+    .await;
+    let (name, _) = sse(&a.body).pop().unwrap();
+    assert_eq!(name, "error", "{}", a.body);
+    let spent = settled(&ledger, &id).await;
+    assert!(spent > before, "a cut stream without usage charged nothing");
+}
+
+/// Known failure: a fallback must never append an assistant prefill (which
+/// Claude rejects) or change the conversation. Before the commit point the
+/// next group gets the client's body with only `model` rewritten — the same
+/// bytes passed through, the same messages translated — and after it there
+/// is no fallback at all.
+#[tokio::test]
+async fn no_prefill_on_any_fallback() {
+    let mock = mock().await;
+    let gw = gateway(&config(&priced_groups()), &mock).await;
+    let body = messages("claude-overloaded", r#""stream":true"#);
+    let a = post_messages(&gw, body.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(sse(&a.body).pop().unwrap().0, "message_stop", "{}", a.body);
+    let log = mock.log.all();
+    let [.., failed, served] = &log[..] else {
+        panic!("two upstream requests expected")
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&failed.body),
+        body.replace("claude-overloaded", "mock-claude-overloaded")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&served.body),
+        body.replace("claude-overloaded", "mock-claude"),
+        "the fallback got the client's bytes, only the model rewritten"
+    );
+
+    // Across families: the OpenAI group gets the same one user turn.
+    let a = post_messages(&gw, messages("claude-down", r#""stream":true"#)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let served = mock.log.last().unwrap();
+    assert_eq!(served.path, "/v1/chat/completions");
+    let sent: Value = serde_json::from_slice(&served.body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "Say hello."}]),
+        "no prefill, nothing added: {sent}"
+    );
+
+    // After the commit point: the cut stream ends in an error, no fallback.
+    let n = mock.log.all().len();
+    let a = post_messages(&gw, messages("claude-cut", r#""stream":true"#)).await;
+    assert_eq!(sse(&a.body).pop().unwrap().0, "error", "{}", a.body);
+    assert_eq!(
+        mock.log.all().len(),
+        n + 1,
+        "no request after the commit point"
+    );
+}

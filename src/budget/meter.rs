@@ -279,16 +279,38 @@ impl Settlement {
     /// what was used (never zero). Returns the charge: the cost, or the
     /// reservation when the cost is larger (it never is with an honest
     /// upstream). The one place a request's cost is computed.
-    pub fn settle(self, meter: &Meter) -> Micros {
-        let (usage, cost) = match meter.usage() {
-            Some(usage) => (usage, self.price.cost(&usage)),
-            None => {
+    ///
+    /// `complete` says whether the answer reached its end. An answer that
+    /// did not (a cut stream, a client that went away) may carry only a part
+    /// of its usage — Anthropic's `message_start` reports the input and one
+    /// output token, the final `message_delta` never came; a translated
+    /// stream's opening event reports zeros — so each side is charged at
+    /// least its estimate: the prompt estimate when no input was reported,
+    /// and the output seen so far.
+    pub fn settle(self, meter: &Meter, complete: bool) -> Micros {
+        let estimated = |prompt_tokens: u64, completion_tokens: u64| TokenUsage {
+            prompt_tokens,
+            completion_tokens,
+            ..TokenUsage::default()
+        };
+        let (usage, cost, estimate) = match meter.usage() {
+            Some(usage) if complete => (usage, self.price.cost(&usage), false),
+            Some(reported) => {
+                let seen = meter.output_tokens_estimate();
                 let usage = TokenUsage {
-                    prompt_tokens: self.prompt_tokens,
-                    completion_tokens: meter.output_tokens_estimate(),
-                    ..TokenUsage::default()
+                    prompt_tokens: match reported.prompt_tokens {
+                        0 => self.prompt_tokens,
+                        n => n,
+                    },
+                    completion_tokens: reported.completion_tokens.max(seen),
+                    ..reported
                 };
-                (usage, self.price.cost(&usage).max(1))
+                let adjusted = usage != reported;
+                (usage, self.price.cost(&usage).max(1), adjusted)
+            }
+            None => {
+                let usage = estimated(self.prompt_tokens, meter.output_tokens_estimate());
+                (usage, self.price.cost(&usage).max(1), true)
             }
         };
         let charged = match self.reservation {
@@ -297,7 +319,7 @@ impl Settlement {
         };
         self.spent.increment(charged);
         if let Some(record) = self.record {
-            record.settled(usage, meter.usage().is_none(), charged);
+            record.settled(usage, estimate, charged);
         }
         charged
     }
@@ -314,6 +336,8 @@ pub struct Metered<B> {
     settlement: Option<Settlement>,
     hide: Option<UsageFilter>,
     ended: bool,
+    /// The inner body said, after its last frame, that it had ended.
+    at_end: bool,
 }
 
 impl<B> Metered<B> {
@@ -325,6 +349,7 @@ impl<B> Metered<B> {
             settlement: Some(settlement),
             hide: None,
             ended: false,
+            at_end: false,
         }
     }
 
@@ -360,6 +385,7 @@ where
                         return Poll::Ready(Some(Ok(frame)));
                     };
                     this.meter.feed(data);
+                    *this.at_end = this.inner.is_end_stream();
                     match this.hide {
                         None => return Poll::Ready(Some(Ok(frame))),
                         Some(filter) => {
@@ -374,7 +400,7 @@ where
                     *this.ended = true;
                     this.meter.finish();
                     if let Some(s) = this.settlement.take() {
-                        s.settle(this.meter);
+                        s.settle(this.meter, true);
                     }
                     let rest = this.hide.as_mut().map(UsageFilter::rest);
                     return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
@@ -382,7 +408,7 @@ where
                 Poll::Ready(Some(Err(e))) => {
                     this.meter.finish();
                     if let Some(s) = this.settlement.take() {
-                        s.settle(this.meter);
+                        s.settle(this.meter, false);
                     }
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -409,7 +435,10 @@ impl<B> PinnedDrop for Metered<B> {
         let this = self.project();
         if let Some(s) = this.settlement.take() {
             this.meter.finish();
-            s.settle(this.meter);
+            // A body that knows it has ended (a whole answer: hyper stops
+            // polling after its one frame) was complete; any other was
+            // dropped on the way (a client that went away).
+            s.settle(this.meter, *this.at_end);
         }
     }
 }
@@ -556,6 +585,47 @@ mod tests {
         let u = ledger.usage(&limit.scope, limit.period);
         // 10 prompt tokens + 8 output tokens (32 bytes) at 1 and 2 micros.
         assert_eq!((u.spent, u.reserved), (26, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_with_partial_usage_is_charged_at_least_what_was_seen() {
+        // Price: 1 micro per input token, 2 per output token; the prompt
+        // estimate is 10 tokens.
+        let start = |input: u64| {
+            format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{input},\"output_tokens\":1}}}}}}\n\n"
+            )
+        };
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"0123456789abcdef0123456789abcdef\"}}\n\n";
+        for (input, charged) in [
+            // Anthropic's own `message_start`: its 50 input tokens, and 8
+            // output tokens seen (32 bytes) rather than the 1 it reported.
+            (50, 50 + 8 * 2),
+            // A translated stream's opening event reports zeros: the
+            // prompt estimate instead.
+            (0, 10 + 8 * 2),
+        ] {
+            let (ledger, limit, s) = ledger_and_settlement(2010);
+            let parts = vec![
+                Ok(Bytes::from(start(input))),
+                Ok(Bytes::from(delta)),
+                Err(crate::Error::new(crate::Reason::UpstreamStreamCut, "cut")),
+            ];
+            let body = Metered::new(stream_of(parts), Meter::sse(), s);
+            let mut body = std::pin::pin!(body);
+            while let Some(Ok(_)) = body.frame().await {}
+            let u = ledger.usage(&limit.scope, limit.period);
+            assert_eq!((u.spent, u.reserved), (charged, 0), "input {input}");
+        }
+        // The same events completed: the reported usage, exactly.
+        let (ledger, limit, s) = ledger_and_settlement(2010);
+        let parts: Vec<Result<Bytes, crate::Error>> =
+            vec![Ok(Bytes::from(start(50))), Ok(Bytes::from(delta))];
+        Metered::new(stream_of(parts), Meter::sse(), s)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(ledger.usage(&limit.scope, limit.period).spent, 50 + 2);
     }
 
     #[tokio::test]
