@@ -580,6 +580,13 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The key store's kind and place; a PostgreSQL URL is never shown (it may hold a password).
     let keys = config.key_location().map(|l| format!("{l:?}"))?;
     tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), keys = %keys, "tollgate gateway listening");
+    // A group no price covers is free to budgets: said at start, never silent.
+    for group in config.unpriced() {
+        tracing::warn!(
+            group,
+            "model group has no price (neither in the config nor in the price table): its calls are charged nothing; set price_in_per_mtok/price_out_per_mtok, add its upstream model to `[pricing] table`, or refuse such groups with `[pricing] require = true`"
+        );
+    }
     serve_and_flush(
         listener,
         built,

@@ -39,6 +39,10 @@
 //! assert!(e.to_string().contains("`gpt-5-typo`"));
 //! ```
 
+mod price_table;
+
+pub use price_table::PriceTable;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -105,8 +109,39 @@ pub struct Config {
     /// `[spend]`: the spend records the `Budget` layer writes (with `[budgets]`).
     #[serde(default)]
     pub spend: SpendConfig,
+    /// `[pricing]`: the price table for deployments without a configured
+    /// price, and whether an unpriced group is refused.
+    #[serde(default)]
+    pub pricing: Pricing,
     #[serde(skip)]
     path: PathBuf,
+    #[serde(skip)]
+    price_table: PriceTable,
+}
+
+/// `[pricing]`: where prices come from when a group does not set them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pricing {
+    /// A price-table file (relative to the config file's folder) whose
+    /// entries add to, or replace, the built-in table's: see [`PriceTable`].
+    pub table: Option<PathBuf>,
+    /// Whether the built-in table is used (default `true`).
+    pub builtin: bool,
+    /// Refuse to start when a group has no price, in the config or the
+    /// table (default `false`: such groups are reported at start, by
+    /// [`Config::unpriced`], and free).
+    pub require: bool,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Pricing {
+            table: None,
+            builtin: true,
+            require: false,
+        }
+    }
 }
 
 /// `[rate_limits]`: requests and tokens per minute, per key. A key's own
@@ -540,9 +575,11 @@ pub struct Group {
     /// `[[groups.deployments]]`
     #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
-    /// USD per million input tokens (none: free).
+    /// USD per million input tokens (no price of the group's own: each
+    /// deployment's, or the price table's for its upstream model; see
+    /// [`Pricing`]).
     pub price_in_per_mtok: Option<f64>,
-    /// USD per million output tokens (none: free).
+    /// USD per million output tokens (likewise).
     pub price_out_per_mtok: Option<f64>,
     /// USD per million cached input tokens, where the provider reports them
     /// (none: the input price).
@@ -602,6 +639,22 @@ const NO_FAIR_QUEUE: &str = "a fair-queuing weight needs `[fair_queue]`: without
 /// A key's or team's budget period as the ledger's.
 pub fn period_of(p: BudgetPeriod) -> Period {
     p.into()
+}
+
+/// Whether a group sets any price of its own.
+fn group_priced(g: &Group) -> bool {
+    g.price_in_per_mtok.is_some()
+        || g.price_out_per_mtok.is_some()
+        || g.price_cached_in_per_mtok.is_some()
+        || g.price_cache_write_per_mtok.is_some()
+}
+
+/// Whether a deployment sets any price of its own.
+fn deployment_priced(d: &DeploymentConfig) -> bool {
+    d.price_in_per_mtok.is_some()
+        || d.price_out_per_mtok.is_some()
+        || d.price_cached_in_per_mtok.is_some()
+        || d.price_cache_write_per_mtok.is_some()
 }
 
 /// A deployment's name: its `name`, or `provider/model`.
@@ -676,8 +729,59 @@ impl Config {
             ConfigError::new(path, "", format!("{msg}{at}"))
         })?;
         config.path = path.to_owned();
+        config.price_table = config.load_price_table()?;
         config.check()?;
         Ok(config)
+    }
+
+    /// The built-in table (unless `[pricing] builtin = false`) with the
+    /// `[pricing] table` file's entries over it.
+    fn load_price_table(&self) -> Result<PriceTable, ConfigError> {
+        let mut table = if self.pricing.builtin {
+            PriceTable::builtin().clone()
+        } else {
+            PriceTable::new()
+        };
+        if let Some(file) = &self.pricing.table {
+            let file = match self.path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file.clone(),
+            };
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                self.err(
+                    "pricing.table",
+                    format!("`{}` cannot be read: {e}", file.display()),
+                )
+            })?;
+            table = table.with(PriceTable::from_toml(&file, &text)?);
+        }
+        Ok(table)
+    }
+
+    /// The price table in use (the built-in one and `[pricing] table`).
+    pub fn price_table(&self) -> &PriceTable {
+        &self.price_table
+    }
+
+    /// The groups no price covers: neither the group, nor one of its
+    /// deployments, nor the price table for that deployment's upstream
+    /// model. Their calls are free to budgets; the reference gateway
+    /// reports them at start, and `[pricing] require = true` refuses them.
+    pub fn unpriced(&self) -> Vec<&str> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                !group_priced(g)
+                    && g.deployments.iter().any(|d| {
+                        !deployment_priced(d)
+                            && self
+                                .price_table
+                                .get(d.model.as_deref().unwrap_or(&g.name))
+                                .is_none()
+                    })
+            })
+            .map(|g| g.name.as_str())
+            .collect()
     }
 
     /// The file this configuration came from.
@@ -808,7 +912,32 @@ impl Config {
         self.check_budgets()?;
         self.check_state()?;
         self.check_spend()?;
+        self.check_pricing()?;
         self.check_keys()
+    }
+
+    fn check_pricing(&self) -> Result<(), ConfigError> {
+        if !self.pricing.require {
+            return Ok(());
+        }
+        match self.unpriced().first() {
+            None => Ok(()),
+            Some(name) => {
+                let i = self
+                    .groups
+                    .iter()
+                    .position(|g| g.name == *name)
+                    .unwrap_or(0);
+                Err(self.err(
+                    format!("groups[{i}]"),
+                    format!(
+                        "model group `{name}` has no price (`[pricing] require = true`): set its \
+                         price_in_per_mtok and price_out_per_mtok, or add its deployments' upstream \
+                         models to the price table (`[pricing] table`)"
+                    ),
+                ))
+            }
+        }
     }
 
     fn check_budgets(&self) -> Result<(), ConfigError> {
@@ -1087,12 +1216,21 @@ impl Config {
                     max_output_tokens: g.max_output_tokens.unwrap_or(default_max),
                 },
             );
+            let from_table = !group_priced(g);
             for d in &g.deployments {
-                if d.price_in_per_mtok.is_some()
-                    || d.price_out_per_mtok.is_some()
-                    || d.price_cached_in_per_mtok.is_some()
-                    || d.price_cache_write_per_mtok.is_some()
-                {
+                if from_table && !deployment_priced(d) {
+                    // Neither the group nor the deployment says: the
+                    // table's price of the upstream model, if it has one.
+                    if let Some(price) = self.price_table.get(d.model.as_deref().unwrap_or(&g.name))
+                    {
+                        prices = prices.deployment(
+                            &g.name,
+                            &d.provider,
+                            d.model.as_deref().unwrap_or(&g.name),
+                            price,
+                        );
+                    }
+                } else if deployment_priced(d) {
                     let price = Price {
                         input_per_mtok: m(d.price_in_per_mtok).unwrap_or(base.input_per_mtok),
                         output_per_mtok: m(d.price_out_per_mtok).unwrap_or(base.output_per_mtok),
@@ -1101,7 +1239,12 @@ impl Config {
                         cache_write_per_mtok: m(d.price_cache_write_per_mtok)
                             .or(base.cache_write_per_mtok),
                     };
-                    prices = prices.deployment(&g.name, deployment_name(&g.name, d), price);
+                    prices = prices.deployment(
+                        &g.name,
+                        &d.provider,
+                        d.model.as_deref().unwrap_or(&g.name),
+                        price,
+                    );
                 }
             }
         }
@@ -2104,6 +2247,80 @@ mod tests {
         assert_eq!(e.field(), "groups[0].price_in_per_mtok");
         let e = err(&priced.replace("price_out_per_mtok = 8", "price_out_per_mtok = nan"));
         assert_eq!(e.field(), "groups[0].deployments[0].price_out_per_mtok");
+    }
+
+    #[test]
+    fn prices_come_from_the_table_when_the_config_sets_none() {
+        let groups = r#"
+            [[groups]]
+            name = "gpt-4o-mini"
+            [[groups.deployments]]
+            provider = "openai"
+            base_url = "http://127.0.0.1:9000/v1"
+            [[groups]]
+            name = "claude"
+            [[groups.deployments]]
+            provider = "anthropic"
+            api = "anthropic"
+            base_url = "http://127.0.0.1:9000/v1"
+            model = "claude-sonnet-4-5"
+            [[groups]]
+            name = "local"
+            [[groups.deployments]]
+            provider = "vllm"
+            base_url = "http://127.0.0.1:9000/v1"
+            model = "llama-local"
+            [[groups]]
+            name = "set"
+            price_in_per_mtok = 1
+            price_out_per_mtok = 2
+            [[groups.deployments]]
+            provider = "vllm"
+            base_url = "http://127.0.0.1:9000/v1"
+            model = "gpt-4o"
+        "#;
+        let c = Config::from_toml("gw.toml", groups).unwrap();
+        assert_eq!(c.unpriced(), ["local"]);
+        let prices = format!("{:?}", c.prices());
+        // gpt-4o-mini by the group's name, claude by its upstream model.
+        assert!(prices.contains("input_per_mtok: 150000"), "{prices}");
+        assert!(
+            prices.contains("cache_write_per_mtok: Some(3750000)"),
+            "{prices}"
+        );
+        // A group's own price wins over the table's (gpt-4o's is 2.5).
+        assert!(!prices.contains("input_per_mtok: 2500000"), "{prices}");
+
+        let c =
+            Config::from_toml("gw.toml", &format!("[pricing]\nbuiltin = false\n{groups}")).unwrap();
+        assert_eq!(c.unpriced(), ["gpt-4o-mini", "claude", "local"]);
+        let e = err(&format!("[pricing]\nrequire = true\n{groups}"));
+        assert_eq!(e.field(), "groups[2]");
+        assert!(e.to_string().contains("`local` has no price"), "{e}");
+
+        // A table file beside the config adds the missing model.
+        let dir = std::env::temp_dir().join(format!("tollgate-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("prices.toml"),
+            "source = \"ours\"\nas_of = \"2026-12-01\"\n[models]\n\"llama-local\" = { input = 0.2, output = 0.4 }\n",
+        )
+        .unwrap();
+        let c = Config::from_toml(
+            dir.join("gw.toml"),
+            &format!("[pricing]\ntable = \"prices.toml\"\nrequire = true\n{groups}"),
+        )
+        .unwrap();
+        assert!(c.unpriced().is_empty());
+        assert_eq!(c.price_table().sources().len(), 2);
+        assert!(format!("{:?}", c.prices()).contains("input_per_mtok: 200000"));
+        let e = Config::from_toml(
+            dir.join("gw.toml"),
+            &format!("[pricing]\ntable = \"missing.toml\"\n{groups}"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), "pricing.table");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

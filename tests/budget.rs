@@ -369,3 +369,76 @@ async fn key_team_and_global_budgets_hold_together_under_concurrency() {
     );
     assert_eq!(global, team);
 }
+
+/// A group with no price in the config is charged at the built-in price
+/// table's entry for its upstream model (here gpt-4o-mini: $0.15 in, $0.60
+/// out per million tokens).
+#[tokio::test]
+async fn a_group_without_a_configured_price_is_charged_at_the_tables() {
+    let mock = mock().await;
+    let ledger = Ledger::default();
+    let config = format!(
+        "[[groups]]\nname = \"mini\"\n[[groups.deployments]]\nprovider = \"mock\"\n\
+         base_url = \"{{mock}}\"\nmodel = \"gpt-4o-mini\"\n\
+         [keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n\
+         [[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n\
+         max_budget = 1.0\nbudget_duration = \"monthly\"\n"
+    );
+    let gw = gateway_with_ledger(&config, &mock, ledger.clone()).await;
+    let a = post(&gw.url("/v1/chat/completions"), chat("mini", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let usage = &a.json()["usage"];
+    let price = tollgate::config::PriceTable::builtin()
+        .get("gpt-4o-mini")
+        .unwrap();
+    let expected = price.cost(&tollgate::budget::TokenUsage {
+        prompt_tokens: usage["prompt_tokens"].as_u64().unwrap(),
+        completion_tokens: usage["completion_tokens"].as_u64().unwrap(),
+        ..Default::default()
+    });
+    assert!(expected > 0);
+    assert_eq!(settled(&ledger, &client(), Period::Monthly).await, expected);
+}
+
+/// Two deployments of one group from the same provider at different prices:
+/// each call is charged at the price of the deployment that served it
+/// (told apart by provider and upstream model), and reserved at the dearer.
+#[tokio::test]
+async fn each_call_is_charged_at_the_price_of_the_deployment_that_served_it() {
+    let mock = mock().await;
+    let ledger = Ledger::default();
+    let config = format!(
+        "[[groups]]\nname = \"m\"\nprice_in_per_mtok = 1.0\nprice_out_per_mtok = 1.0\n\
+         [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"{{mock}}\"\nmodel = \"cheap\"\n\
+         [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"{{mock}}\"\nmodel = \"dear\"\n\
+         price_in_per_mtok = 10.0\nprice_out_per_mtok = 10.0\n\
+         [keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n\
+         [[keys.static]]\nkey_env = \"{CLIENT_KEY_ENV}\"\nmodels = [\"*\"]\n\
+         max_budget = 1.0\nbudget_duration = \"monthly\"\n"
+    );
+    let gw = gateway_with_ledger(&config, &mock, ledger.clone()).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut expected = 0;
+    for _ in 0..40 {
+        let a = post(&gw.url("/v1/chat/completions"), chat("m", "")).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.json();
+        let served = mock.log.last().unwrap();
+        let sent: Value = serde_json::from_slice(&served.body).unwrap();
+        let model = sent["model"].as_str().unwrap().to_owned();
+        let per_token = if model == "dear" { 10 } else { 1 };
+        expected += per_token
+            * (v["usage"]["prompt_tokens"].as_u64().unwrap()
+                + v["usage"]["completion_tokens"].as_u64().unwrap());
+        assert_eq!(
+            settled(&ledger, &client(), Period::Monthly).await,
+            expected,
+            "{model}"
+        );
+        seen.insert(model);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both deployments served: {seen:?}");
+}

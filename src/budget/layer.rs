@@ -63,11 +63,13 @@ pub struct ModelPrice {
 /// A request reserves at the dearest of its group's price and its
 /// deployments' overrides (whichever serves it, the reservation covers it),
 /// and settles at the price of the deployment that served (the
-/// [`Served`] response extension), or else at the group's.
+/// [`Served`] response extension: its provider name and upstream model), or
+/// else at the group's.
 #[derive(Clone, Debug, Default)]
 pub struct Prices {
     groups: crate::Map<String, ModelPrice>,
-    deployments: crate::Map<String, (String, Price)>,
+    /// Per group: `(provider, upstream model, price)`.
+    deployments: crate::Map<String, Vec<(String, String, Price)>>,
 }
 
 impl Prices {
@@ -82,15 +84,20 @@ impl Prices {
         self
     }
 
-    /// Overrides the price of one deployment (by its name) of `group`.
+    /// Overrides the price of the deployment of `group` that `provider`
+    /// serves with the upstream model `model` (the names a [`Served`]
+    /// extension carries: the provider's name and the model sent upstream).
     pub fn deployment(
         mut self,
         group: impl Into<String>,
-        deployment: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
         price: Price,
     ) -> Self {
-        self.deployments
-            .insert(deployment.into(), (group.into(), price));
+        let (provider, model) = (provider.into(), model.into());
+        let list = self.deployments.entry(group.into()).or_default();
+        list.retain(|(p, m, _)| *p != provider || *m != model);
+        list.push((provider, model, price));
         self
     }
 
@@ -98,16 +105,19 @@ impl Prices {
     fn reserve_price(&self, group: &str) -> (Price, u64) {
         let base = self.groups.get(group).copied().unwrap_or_default();
         let mut price = base.price;
-        for (g, p) in self.deployments.values() {
-            if g == group {
-                price.input_per_mtok = price.input_per_mtok.max(p.input_per_mtok);
-                price.output_per_mtok = price.output_per_mtok.max(p.output_per_mtok);
-                price.cached_input_per_mtok =
-                    match (price.cached_input_per_mtok, p.cached_input_per_mtok) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        (a, b) => a.or(b),
-                    };
-            }
+        for (_, _, p) in self.deployments.get(group).into_iter().flatten() {
+            price.input_per_mtok = price.input_per_mtok.max(p.input_per_mtok);
+            price.output_per_mtok = price.output_per_mtok.max(p.output_per_mtok);
+            price.cached_input_per_mtok =
+                match (price.cached_input_per_mtok, p.cached_input_per_mtok) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            price.cache_write_per_mtok = match (price.cache_write_per_mtok, p.cache_write_per_mtok)
+            {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
         (price, base.max_output_tokens)
     }
@@ -115,8 +125,13 @@ impl Prices {
     /// The price a call to `group` served by `served` is settled at.
     fn settle_price(&self, group: &str, served: Option<&Served>) -> Price {
         served
-            .and_then(|s| self.deployments.get(&*s.provider))
-            .map(|(_, p)| *p)
+            .and_then(|s| {
+                self.deployments
+                    .get(group)?
+                    .iter()
+                    .find(|(p, m, _)| **p == *s.provider && **m == *s.model)
+            })
+            .map(|(_, _, p)| *p)
             .or_else(|| self.groups.get(group).map(|g| g.price))
             .unwrap_or_default()
     }
