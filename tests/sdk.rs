@@ -1,7 +1,8 @@
 //! The official SDKs as clients, through real sockets: the Python
-//! `anthropic` (and `openai`) packages, pinned in `tests/sdk/requirements.txt`,
-//! drive the reference gateway in front of the bundled mock. An SDK that
-//! cannot parse one of the gateway's answers or errors fails the test.
+//! `anthropic` and `openai` packages, and LiteLLM's admin CLI, pinned in
+//! `tests/sdk/requirements.txt`, drive the reference gateway in front of the
+//! bundled mock. A client that cannot parse one of the gateway's answers or
+//! errors fails the test.
 //!
 //! The SDKs live in a virtual environment made on first use under Cargo's
 //! test temporary directory (`python3 -m venv`, then `pip install -r
@@ -147,6 +148,11 @@ fn python() -> PathBuf {
 /// Runs `script` with the gateway's base URL and the client key; its output
 /// must end with `N passed, 0 failed`.
 async fn run(script: &str, base: &str) {
+    run_as(script, base, CLIENT_KEY).await
+}
+
+/// Runs `script` with the gateway's base URL and `key`.
+async fn run_as(script: &str, base: &str, key: &str) {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
@@ -154,7 +160,7 @@ async fn run(script: &str, base: &str) {
     let out = tokio::process::Command::new(python)
         .arg(&script)
         .arg(base)
-        .arg(CLIENT_KEY)
+        .arg(key)
         .output()
         .await
         .unwrap();
@@ -185,4 +191,18 @@ async fn the_openai_sdk_drives_chat_responses_embeddings_and_errors() {
     let mock = mock().await;
     let gw = gateway(CONFIG, &mock).await;
     run("openai_client.py", &format!("http://{}", gw.addr)).await;
+}
+
+/// LiteLLM's own admin CLI drives the admin API: keys generate, list and
+/// delete (by key and by alias), teams list, version, and raw requests as
+/// LiteLLM's docs show them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn litellms_admin_cli_manages_keys_and_teams() {
+    let mock = mock().await;
+    let gw = gateway(
+        &format!("{CONFIG}\n[keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n"),
+        &mock,
+    )
+    .await;
+    run_as("litellm_cli.py", &format!("http://{}", gw.addr), MASTER_KEY).await;
 }

@@ -8,10 +8,12 @@
 //! | `POST /key/generate` | creates a key; the answer's `key` is the only time the whole key is shown |
 //! | `POST /key/update` | changes a key: a field set to `null` removes it (a limit, the budget, the expiry), a field left out is kept |
 //! | `GET /key/info?key=` | one key (by public id or whole key) |
-//! | `POST /key/delete` | `{"keys": [...]}`: deletes all of them or none |
-//! | `GET /key/list?page=&size=&team_id=&return_full_object=` | keys, paginated (`size` at most 100) |
+//! | `POST /key/delete` | `{"keys": [...], "key_aliases": [...]}` (either may be `null`): deletes all of them or none |
+//! | `GET /key/list?page=&size=&team_id=&user_id=&key_alias=&return_full_object=&include_team_keys=` | keys, paginated (`size` at most 100); LiteLLM's other parameters (`organization_id`, `key_hash`, `sort_by`, `sort_order`, `expand`) only empty |
 //! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
+//! | `GET /team/list` | every team, each with its keys' ids (LiteLLM's list of team objects) |
+//! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
 //! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]) |
 //!
 //! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
@@ -25,8 +27,8 @@
 //! Pages are read by keyset from the store's indexes: memory stays bounded
 //! by `limit`, whatever the history's size. A bad parameter is a 400 naming it.
 //!
-//! Every route needs the master key (`Authorization: Bearer <master key>` or
-//! `x-api-key`): 401 without it. Bad input — an unknown field, a wrong type,
+//! Every route but the probes needs the master key (`Authorization: Bearer
+//! <master key>`, `x-api-key` or LiteLLM's `x-litellm-api-key`): 401 without it. Bad input — an unknown field, a wrong type,
 //! a negative budget, an unknown team, a malformed duration — is a 400
 //! `invalid_request` whose `metadata.param` names the field, and nothing is
 //! written. Errors have the contract's shape (`NormalizeErrors` wraps the
@@ -241,7 +243,10 @@ fn routes(state: Admin) -> axum::Router {
         .route("/key/unblock", post(key_unblock))
         .route("/team/new", post(team_new))
         .route("/team/update", post(team_update))
-        .route("/team/info", get(team_info));
+        .route("/team/info", get(team_info))
+        .route("/team/list", get(team_list))
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/readiness", get(readiness));
     #[cfg(feature = "budget")]
     let router = router.route("/spend/logs", get(spend::logs));
     router.with_state(state).layer(NormalizeErrorsLayer::new())
@@ -277,7 +282,14 @@ impl Admin {
     }
 
     fn check(&self, headers: &HeaderMap) -> Result<(), Error> {
-        let presented = presented_key(headers).map_err(|e| {
+        // LiteLLM's own header for the key, which its clients may send
+        // instead of `Authorization`.
+        let litellm = headers
+            .get("x-litellm-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        let presented = litellm.map_or_else(|| presented_key(headers), Ok).map_err(|e| {
             Error::new(
                 e.reason(),
                 "The admin API needs the master key: send it in `x-api-key`, or in `Authorization` with the scheme Bearer.",
@@ -514,6 +526,9 @@ fn limits_json(l: &Limits) -> Map<String, Value> {
 fn key_json(r: &KeyRecord, source: Source) -> Value {
     let mut m = Map::new();
     m.insert("key_id".into(), json!(r.id));
+    // LiteLLM's name for a key's identifier (there its hash): what its
+    // clients show and pass back to `/key/info`, `/key/delete`.
+    m.insert("token".into(), json!(r.id));
     m.insert("key_alias".into(), json!(r.alias));
     m.insert("team_id".into(), json!(r.team_id));
     m.insert("user_id".into(), json!(r.user_id));
@@ -663,19 +678,40 @@ async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
 
 async fn key_delete(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
     a.check(&headers)?;
-    let f = Fields::parse(&body, &["keys"])?;
-    let keys: Vec<String> = match f.0.get("keys") {
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad(&format!("keys[{i}]"), "must be a string"))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err(bad("keys", "is required: a non-empty list of keys or key ids").into()),
+    let f = Fields::parse(&body, &["keys", "key_aliases"])?;
+    let list = |name: &str| -> Result<Vec<String>, Error> {
+        match f.0.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad(&format!("{name}[{i}]"), "must be a string"))
+                })
+                .collect(),
+            Some(_) => Err(bad(name, "must be a list of strings")),
+        }
     };
+    let mut keys = list("keys")?;
+    // LiteLLM's clients name keys by alias too (`"key_aliases": null` when not).
+    for alias in list("key_aliases")? {
+        let found = a
+            .keyring
+            .find_keys(|r| r.alias.as_deref() == Some(alias.as_str()))?;
+        if found.is_empty() {
+            return Err(bad("key_aliases", format!("no key has the alias `{alias}`")).into());
+        }
+        keys.extend(found.into_iter().map(|(r, _)| r.id));
+    }
+    if keys.is_empty() {
+        return Err(bad(
+            "keys",
+            "is required: a non-empty list of keys or key ids (or `key_aliases`)",
+        )
+        .into());
+    }
     let deleted = a.keyring.delete_keys(&keys).await?;
     ok(json!({"deleted_keys": deleted}))
 }
@@ -696,29 +732,71 @@ fn number(
     }
 }
 
+/// LiteLLM's `/key/list` parameters that tollgate accepts only at their
+/// default (empty or as shown): anything else is refused by name.
+const KEY_LIST_DEFAULTS: [(&str, &str); 5] = [
+    ("organization_id", ""),
+    ("key_hash", ""),
+    ("sort_by", ""),
+    ("sort_order", ""),
+    ("expand", ""),
+];
+
 async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
     a.check(&headers)?;
     let q = query(q)?;
-    if let Some(k) = q
-        .keys()
-        .find(|k| !["page", "size", "team_id", "return_full_object"].contains(&k.as_str()))
-    {
-        return Err(bad(
-            k,
-            "unknown parameter; use page, size, team_id, return_full_object",
-        )
-        .into());
+    const KNOWN: [&str; 7] = [
+        "page",
+        "size",
+        "team_id",
+        "user_id",
+        "key_alias",
+        "return_full_object",
+        "include_team_keys",
+    ];
+    for (k, v) in &q {
+        if KNOWN.contains(&k.as_str()) {
+            continue;
+        }
+        match KEY_LIST_DEFAULTS.iter().find(|(name, _)| name == k) {
+            Some((_, default)) if v == default => {}
+            Some(_) => {
+                return Err(bad(
+                    k,
+                    "is not supported by this gateway's /key/list (only empty)",
+                )
+                .into());
+            }
+            None => {
+                return Err(bad(
+                    k,
+                    "unknown parameter; use page, size, team_id, user_id, key_alias, return_full_object, include_team_keys",
+                )
+                .into());
+            }
+        }
     }
     let page = number(&q, "page", 1, usize::MAX)?;
     let size = number(&q, "size", 10, 100)?;
-    let full = match q.get("return_full_object").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(bad("return_full_object", "must be true or false").into()),
+    let flag = |name: &str| match q.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(bad(name, "must be true or false")),
     };
-    let (keys, total) = a
-        .keyring
-        .list_keys(q.get("team_id").map(String::as_str), page, size)?;
+    let full = flag("return_full_object")?;
+    // The master key sees every key, team keys included, whatever this says.
+    flag("include_team_keys")?;
+    let wanted = |name: &str| q.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let (team, user, alias) = (wanted("team_id"), wanted("user_id"), wanted("key_alias"));
+    let (keys, total) = a.keyring.list_keys_where(
+        |r| {
+            team.is_none_or(|t| r.team_id.as_deref() == Some(t))
+                && user.is_none_or(|u| r.user_id.as_deref() == Some(u))
+                && alias.is_none_or(|al| r.alias.as_deref() == Some(al))
+        },
+        page,
+        size,
+    )?;
     let keys: Vec<Value> = keys
         .iter()
         .map(|(r, s)| if full { key_json(r, *s) } else { json!(r.id) })
@@ -779,6 +857,52 @@ async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
     ok(json!({"team_id": t.id, "team_info": team_json(&t), "keys": keys}))
 }
 
+/// `GET /team/list`: every team (LiteLLM's answer: a list of team objects,
+/// each with its keys' ids).
+async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    for (k, v) in &q {
+        if !["user_id", "organization_id"].contains(&k.as_str()) {
+            return Err(bad(k, "unknown parameter").into());
+        }
+        if !v.is_empty() {
+            return Err(bad(
+                k,
+                "is not supported by this gateway's /team/list (only empty)",
+            )
+            .into());
+        }
+    }
+    let teams: Vec<Value> = a
+        .keyring
+        .list_teams()?
+        .into_iter()
+        .map(|(t, keys)| {
+            let mut v = team_json(&t);
+            v["keys"] = json!(keys);
+            v
+        })
+        .collect();
+    ok(Value::Array(teams))
+}
+
+/// `GET /health/liveliness`: the process answers (no key needed).
+async fn liveliness() -> Answer {
+    ok(json!("I'm alive!"))
+}
+
+/// `GET /health/readiness`: the admin API is serving (no key needed);
+/// `litellm_version` says what answers, for LiteLLM's `version` command.
+async fn readiness() -> Answer {
+    let version = env!("CARGO_PKG_VERSION");
+    ok(json!({
+        "status": "healthy",
+        "litellm_version": format!("tollgate {version}"),
+        "tollgate_version": version,
+    }))
+}
+
 #[cfg(feature = "budget")]
 mod spend;
 
@@ -822,6 +946,170 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// What LiteLLM's own clients send (its `litellm-proxy` CLI, 1.110):
+    /// accepted, answered in LiteLLM's shapes.
+    #[tokio::test]
+    async fn litellms_clients_are_answered() {
+        let (app, _) = app().await;
+        let new_key = |alias: &str, team: Option<&str>| {
+            let team = team.map_or(String::new(), |t| format!(r#","team_id":"{t}""#));
+            format!(r#"{{"models":["a"],"key_alias":"{alias}","user_id":"u-{alias}"{team}}}"#)
+        };
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/team/new",
+            r#"{"team_id":"t1"}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200);
+        for (alias, team) in [("one", None), ("two", Some("t1")), ("three", None)] {
+            let (s, v) = call(
+                &app,
+                "POST",
+                "/key/generate",
+                &new_key(alias, team),
+                Some(MASTER),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        // The CLI's `keys list`.
+        let (s, v) = call(
+            &app,
+            "GET",
+            "/key/list?return_full_object=true&include_team_keys=false",
+            "",
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["total_count"], 3,
+            "team keys included for the master key: {v}"
+        );
+        let mut aliases: Vec<&str> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_alias"].as_str().unwrap())
+            .collect();
+        aliases.sort_unstable();
+        assert_eq!(aliases, ["one", "three", "two"]);
+        assert_eq!(
+            v["keys"][0]["token"], v["keys"][0]["key_id"],
+            "LiteLLM's name too"
+        );
+        // LiteLLM's filters.
+        let (_, v) = call(&app, "GET", "/key/list?key_alias=two", "", Some(MASTER)).await;
+        assert_eq!(v["total_count"], 1, "{v}");
+        let (_, v) = call(&app, "GET", "/key/list?user_id=u-three", "", Some(MASTER)).await;
+        assert_eq!(v["total_count"], 1, "{v}");
+        let (_, v) = call(&app, "GET", "/key/list?organization_id=", "", Some(MASTER)).await;
+        assert_eq!(v["total_count"], 3, "{v}");
+        // A filter tollgate does not implement is refused by name, not ignored.
+        let (s, v) = call(
+            &app,
+            "GET",
+            "/key/list?organization_id=org1",
+            "",
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["param"].as_str()),
+            (400, Some("organization_id"))
+        );
+        let (s, v) = call(
+            &app,
+            "GET",
+            "/key/list?include_team_keys=maybe",
+            "",
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["param"].as_str()),
+            (400, Some("include_team_keys"))
+        );
+        // The CLI's `keys delete`: `key_aliases` null, or aliases.
+        let (_, v) = call(&app, "GET", "/key/list?key_alias=one", "", Some(MASTER)).await;
+        let one = v["keys"][0].as_str().unwrap().to_owned();
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/delete",
+            &format!(r#"{{"keys":["{one}"],"key_aliases":null}}"#),
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!((s, v["deleted_keys"].clone()), (200, json!([one])), "{v}");
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/delete",
+            r#"{"keys":null,"key_aliases":["three"]}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["deleted_keys"].as_array().unwrap().len(), 1);
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/delete",
+            r#"{"key_aliases":["nobody"]}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["metadata"]["param"].as_str()),
+            (400, Some("key_aliases"))
+        );
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/key/delete",
+            r#"{"keys":null,"key_aliases":null}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 400);
+        // `teams list`.
+        let (s, v) = call(&app, "GET", "/team/list", "", Some(MASTER)).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v[0]["team_id"], "t1");
+        assert_eq!(v[0]["keys"].as_array().unwrap().len(), 1, "{v}");
+        let (s, _) = call(&app, "GET", "/team/list", "", None).await;
+        assert_eq!(s, 401);
+        // `version` reads the readiness probe; neither probe needs a key.
+        let (s, v) = call(&app, "GET", "/health/readiness", "", None).await;
+        assert_eq!(s, 200);
+        assert!(
+            v["litellm_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("tollgate "),
+            "{v}"
+        );
+        let (s, v) = call(&app, "GET", "/health/liveliness", "", None).await;
+        assert_eq!((s, v), (200, json!("I'm alive!")));
+        // LiteLLM's key header.
+        let req = axum::http::Request::builder()
+            .uri("/team/list")
+            .header("x-litellm-api-key", MASTER)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
+        let req = axum::http::Request::builder()
+            .uri("/team/list")
+            .header("x-litellm-api-key", "not-the-master-key-at-all")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 401);
     }
 
     #[tokio::test]

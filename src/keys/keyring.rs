@@ -618,12 +618,23 @@ impl Keyring {
         page: usize,
         size: usize,
     ) -> Result<(Vec<(KeyRecord, Source)>, usize), Error> {
+        self.list_keys_where(
+            |r| team.is_none_or(|t| r.team_id.as_deref() == Some(t)),
+            page,
+            size,
+        )
+    }
+
+    /// A page of the keys `keep` accepts (1-based `page`), ordered by
+    /// creation, and how many it accepts in all.
+    pub fn list_keys_where(
+        &self,
+        keep: impl Fn(&KeyRecord) -> bool,
+        page: usize,
+        size: usize,
+    ) -> Result<(Vec<(KeyRecord, Source)>, usize), Error> {
         let index = self.inner.index.read().map_err(|_| poisoned())?;
-        let mut all: Vec<&Entry> = index
-            .keys
-            .values()
-            .filter(|e| team.is_none_or(|t| e.record.team_id.as_deref() == Some(t)))
-            .collect();
+        let mut all: Vec<&Entry> = index.keys.values().filter(|e| keep(&e.record)).collect();
         all.sort_unstable_by(|a, b| {
             (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
         });
@@ -635,6 +646,36 @@ impl Keyring {
             .map(|e| (e.record.clone(), e.source))
             .collect();
         Ok((page, total))
+    }
+
+    /// Every key `keep` accepts, ordered by creation.
+    pub fn find_keys(
+        &self,
+        keep: impl Fn(&KeyRecord) -> bool,
+    ) -> Result<Vec<(KeyRecord, Source)>, Error> {
+        Ok(self.list_keys_where(keep, 1, usize::MAX)?.0)
+    }
+
+    /// Every team, ordered by id, with the ids of its keys.
+    pub fn list_teams(&self) -> Result<Vec<(TeamRecord, Vec<String>)>, Error> {
+        let index = self.inner.index.read().map_err(|_| poisoned())?;
+        let mut keys: crate::Map<&str, Vec<String>> = crate::Map::default();
+        for e in index.keys.values() {
+            if let Some(t) = e.record.team_id.as_deref() {
+                keys.entry(t).or_default().push(e.record.id.clone());
+            }
+        }
+        let mut teams: Vec<(TeamRecord, Vec<String>)> = index
+            .teams
+            .values()
+            .map(|t| {
+                let mut ids = keys.remove(t.id.as_str()).unwrap_or_default();
+                ids.sort_unstable();
+                (t.clone(), ids)
+            })
+            .collect();
+        teams.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(teams)
     }
 
     /// A team's record and the ids of its keys.
