@@ -11,6 +11,7 @@
 //! | `POST /key/delete` | `{"keys": [...], "key_aliases": [...]}` (either may be `null`): deletes all of them or none |
 //! | `GET /key/list?page=&size=&team_id=&user_id=&key_alias=&return_full_object=&include_team_keys=` | keys, paginated (`size` at most 100); LiteLLM's other parameters (`organization_id`, `key_hash`, `sort_by`, `sort_order`, `expand`) only empty |
 //! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
+//! | `POST /key/regenerate` | `{"key": ...}`: a new secret, the id, settings and spend kept; the old key is refused from the next request |
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
 //! | `GET /team/list` | every team, each with its keys' ids (LiteLLM's list of team objects) |
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
@@ -240,6 +241,7 @@ fn routes(state: Admin) -> axum::Router {
         .route("/key/delete", post(key_delete))
         .route("/key/list", get(key_list))
         .route("/key/block", post(key_block))
+        .route("/key/regenerate", post(key_regenerate))
         .route("/key/unblock", post(key_unblock))
         .route("/team/new", post(team_new))
         .route("/team/update", post(team_update))
@@ -649,6 +651,18 @@ async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -
     };
     let r = a.keyring.update_key(&ident, update).await?;
     ok(key_json(&r, Source::Store))
+}
+
+/// `POST /key/regenerate` `{"key": ...}`: a new secret for the key, its id,
+/// settings and spend kept; the answer's `key` is the only time it is shown.
+async fn key_regenerate(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
+    a.check(&headers)?;
+    let f = Fields::parse(&body, &["key"])?;
+    let ident = f.required("key")?;
+    let (whole, r) = a.keyring.regenerate(&ident).await?;
+    let mut v = key_json(&r, Source::Store);
+    v["key"] = json!(whole);
+    ok(v)
 }
 
 async fn key_block(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -1078,6 +1092,44 @@ mod tests {
         )
         .await;
         assert_eq!(s, 400);
+        // `/key/regenerate`: a new secret, the same id and settings.
+        let (_, v) = call(
+            &app,
+            "GET",
+            "/key/list?key_alias=two&return_full_object=true",
+            "",
+            Some(MASTER),
+        )
+        .await;
+        let two = v["keys"][0]["key_id"].as_str().unwrap().to_owned();
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/regenerate",
+            &format!(r#"{{"key":"{two}"}}"#),
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["key_id"].as_str(), v["key_alias"].as_str()),
+            (Some(two.as_str()), Some("two"))
+        );
+        assert!(
+            v["key"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("tg-{two}-"))
+        );
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/key/regenerate",
+            r#"{"key":"nope"}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 404, "{v}");
         // `teams list`.
         let (s, v) = call(&app, "GET", "/team/list", "", Some(MASTER)).await;
         assert_eq!(s, 200, "{v}");

@@ -865,6 +865,31 @@ impl Keyring {
         Ok(r)
     }
 
+    /// Gives a key a new secret, keeping its id, settings and spend: returns
+    /// the new whole key (the only time it is known) and the record. The old
+    /// key is refused (401) from the next request on.
+    pub async fn regenerate(&self, ident: &str) -> Result<(String, KeyRecord), Error> {
+        let _write = self.inner.write.lock().await;
+        self.refresh_key(ident).await?;
+        let mut r = self.stored_record(ident)?;
+        let secret = token::generate()
+            .map_err(|e| {
+                tracing::error!(error = %e, "no randomness for a new key");
+                Error::new(Reason::Internal, "Could not draw a random key.")
+            })?
+            .1;
+        r.hash = KeyHash::of(&r.id, &secret);
+        r.updated_at = unix_now();
+        self.inner
+            .store
+            .put_key(r.clone())
+            .await
+            .map_err(store_failed)?;
+        self.install(r.clone())?;
+        tracing::info!(key_id = %r.id, "key regenerated");
+        Ok((token::format_key(&r.id, &secret), r))
+    }
+
     /// Deletes keys, all or none; the next request with any of them is 401.
     pub async fn delete_keys(&self, idents: &[String]) -> Result<Vec<String>, Error> {
         let _write = self.inner.write.lock().await;
@@ -1091,6 +1116,34 @@ mod tests {
             reason(ring.authenticate(&headers(&key))),
             Reason::KeyRevoked
         );
+    }
+
+    #[tokio::test]
+    async fn a_regenerated_key_keeps_its_id_and_settings_and_the_old_one_stops() {
+        let ring = ring().await;
+        let (old, rec) = ring
+            .generate(NewKey {
+                alias: Some("ci".into()),
+                ..NewKey::default()
+            })
+            .await
+            .unwrap();
+        let (new, r) = ring.regenerate(&rec.id).await.unwrap();
+        assert_ne!(new, old);
+        assert_eq!(
+            (r.id.as_str(), r.alias.as_deref()),
+            (rec.id.as_str(), Some("ci"))
+        );
+        assert_eq!(ring.authenticate(&headers(&new)).unwrap().id(), rec.id);
+        assert_eq!(
+            reason(ring.authenticate(&headers(&old))),
+            Reason::UnknownKey
+        );
+        // The store holds the new hash: a keyring loaded from it agrees.
+        let stored = ring.inner.store.load().await.unwrap();
+        let hash = stored.keys.iter().find(|k| k.id == rec.id).unwrap().hash;
+        assert_eq!(hash, r.hash);
+        assert_ne!(hash, rec.hash);
     }
 
     #[tokio::test]
