@@ -405,29 +405,7 @@ async fn count_tokens_is_forwarded_and_free() {
 #[tokio::test]
 async fn concurrent_streams_cannot_overspend_and_are_charged_their_usage() {
     let mock = mock().await;
-    let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
-    let gw = gateway_with_ledger(
-        &config(
-            r#"
-[keys]
-store = "memory"
-master_key_env = "{master_env}"
-"#,
-        ),
-        &mock,
-        ledger.clone(),
-    )
-    .await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 0.05}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
-    let id = v["key_id"].as_str().unwrap().to_owned();
+    let (gw, ledger, key, id) = metered(&mock, "", 0.05).await;
     let body = messages("claude-sonnet", r#""stream":true,"mock_fault":"cache""#);
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -739,11 +717,12 @@ const PRICE: tollgate::budget::Price = tollgate::budget::Price {
     cache_write_per_mtok: Some(3_750_000),
 };
 
-/// A gateway with an admin API and a key of its own budget, and the ledger
-/// that keeps that key's spend.
+/// A gateway with an admin API and a key of its own budget (`max_budget`
+/// USD), the key's id, and the ledger that keeps its spend.
 async fn metered(
     mock: &MockServer,
     groups: &str,
+    max_budget: f64,
 ) -> (Gateway, tollgate::budget::Ledger, String, String) {
     let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
     let gw = gateway_with_ledger(
@@ -757,7 +736,7 @@ async fn metered(
     let res = anonymous()
         .post(gw.url("/key/generate"))
         .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 100.0}))
+        .json(&json!({"models": ["*"], "max_budget": max_budget}))
         .send()
         .await
         .unwrap();
@@ -800,7 +779,7 @@ fn cache_answer_cost(upstream_body: &[u8]) -> u64 {
 #[tokio::test]
 async fn translated_cache_writes_are_charged_at_the_cache_write_price() {
     let mock = mock().await;
-    let (gw, ledger, key, id) = metered(&mock, &priced_groups()).await;
+    let (gw, ledger, key, id) = metered(&mock, &priced_groups(), 100.0).await;
     let a = post_as(
         &gw.url("/v1/chat/completions"),
         &key,
@@ -854,7 +833,7 @@ async fn translated_cache_writes_are_charged_at_the_cache_write_price() {
 #[tokio::test]
 async fn a_cut_stream_is_charged_an_estimate_never_zero() {
     let mock = mock().await;
-    let (gw, ledger, key, id) = metered(&mock, &priced_groups()).await;
+    let (gw, ledger, key, id) = metered(&mock, &priced_groups(), 100.0).await;
     let mut before = 0;
     // Anthropic client, Anthropic deployment (passed through).
     let a = send(

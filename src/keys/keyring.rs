@@ -345,6 +345,14 @@ fn poisoned() -> Error {
     Error::new(Reason::Internal, "The key index is unavailable.")
 }
 
+/// A new key's id and secret, from the system's randomness.
+fn draw_key() -> Result<(String, String), Error> {
+    token::generate().map_err(|e| {
+        tracing::error!(error = %e, "no randomness for a new key");
+        Error::new(Reason::Internal, "Could not draw a random key.")
+    })
+}
+
 /// The credential a request presents: `Authorization: Bearer …`, else `x-api-key`.
 pub fn presented_key(headers: &HeaderMap) -> Result<&str, Error> {
     if let Some(v) = headers.get(AUTHORIZATION) {
@@ -738,6 +746,16 @@ impl Keyring {
     }
 
     /// Puts a key into memory (after the store took it).
+    /// Writes a key to the store, then to memory: it holds for the next request.
+    async fn save_key(&self, r: &KeyRecord) -> Result<(), Error> {
+        self.inner
+            .store
+            .put_key(r.clone())
+            .await
+            .map_err(store_failed)?;
+        self.install(r.clone())
+    }
+
     fn install(&self, record: KeyRecord) -> Result<(), Error> {
         let mut index = self.inner.index.write().map_err(|_| poisoned())?;
         let key = Key::from_record(
@@ -769,10 +787,7 @@ impl Keyring {
             self.check_grants(g, "models")?;
         }
         self.check_limits(&new.limits)?;
-        let (id, secret) = token::generate().map_err(|e| {
-            tracing::error!(error = %e, "no randomness for a new key");
-            Error::new(Reason::Internal, "Could not draw a random key.")
-        })?;
+        let (id, secret) = draw_key()?;
         let mut r = KeyRecord::new(id.clone(), KeyHash::of(&id, &secret));
         r.alias = new.alias;
         r.user_id = new.user_id;
@@ -786,12 +801,7 @@ impl Keyring {
         r.blocked = new.blocked;
         r.limits = new.limits;
         r.metadata = new.metadata;
-        self.inner
-            .store
-            .put_key(r.clone())
-            .await
-            .map_err(store_failed)?;
-        self.install(r.clone())?;
+        self.save_key(&r).await?;
         tracing::info!(key_id = %r.id, team = r.team_id.as_deref(), "key created");
         Ok((token::format_key(&id, &secret), r))
     }
@@ -855,12 +865,7 @@ impl Keyring {
         }
         self.check_limits(&r.limits)?;
         r.updated_at = now;
-        self.inner
-            .store
-            .put_key(r.clone())
-            .await
-            .map_err(store_failed)?;
-        self.install(r.clone())?;
+        self.save_key(&r).await?;
         tracing::info!(key_id = %r.id, blocked = r.blocked, "key updated");
         Ok(r)
     }
@@ -872,20 +877,10 @@ impl Keyring {
         let _write = self.inner.write.lock().await;
         self.refresh_key(ident).await?;
         let mut r = self.stored_record(ident)?;
-        let secret = token::generate()
-            .map_err(|e| {
-                tracing::error!(error = %e, "no randomness for a new key");
-                Error::new(Reason::Internal, "Could not draw a random key.")
-            })?
-            .1;
+        let (_, secret) = draw_key()?;
         r.hash = KeyHash::of(&r.id, &secret);
         r.updated_at = unix_now();
-        self.inner
-            .store
-            .put_key(r.clone())
-            .await
-            .map_err(store_failed)?;
-        self.install(r.clone())?;
+        self.save_key(&r).await?;
         tracing::info!(key_id = %r.id, "key regenerated");
         Ok((token::format_key(&r.id, &secret), r))
     }
