@@ -641,6 +641,18 @@ pub fn period_of(p: BudgetPeriod) -> Period {
     p.into()
 }
 
+/// A TOML syntax or shape error as a config error naming the file and line.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e
+        .span()
+        .map(|s| {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        })
+        .unwrap_or_default();
+    ConfigError::new(path, "", format!("{}{at}", e.message()))
+}
+
 /// Whether a group sets any price of its own.
 fn group_priced(g: &Group) -> bool {
     g.price_in_per_mtok.is_some()
@@ -717,17 +729,7 @@ impl Config {
     /// Parses and checks TOML text; `path` names it in errors.
     pub fn from_toml(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_owned();
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError::new(path, "", format!("{msg}{at}"))
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         config.path = path.to_owned();
         config.price_table = config.load_price_table()?;
         config.check()?;

@@ -102,16 +102,7 @@ impl PriceTable {
     /// file in errors.
     pub fn from_toml(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let file: File = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError::new(path, "", format!("{}{at}", e.message()))
-        })?;
+        let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
         let mut models = crate::Map::default();
         for (name, e) in file.models {
             let usd = |field: &str, v: f64| {
