@@ -97,7 +97,7 @@ pub struct Azure {
     /// The deployment name as a JSON string literal, for the body's `model`.
     deployment_json: Bytes,
     entra: Option<(Entra, RefreshPolicy)>,
-    pub(super) tokens: Option<CredentialCache<Secret>>,
+    pub(super) tokens: Option<CredentialCache<Bearer>>,
 }
 
 /// Azure's URL styles.
@@ -403,18 +403,25 @@ impl Entra {
         self
     }
 
-    /// A token cache named after `provider` over this source.
+    /// A token cache named after `provider` over this source, holding each
+    /// token as its ready `Authorization` header value.
     pub fn cache(
         self,
         provider: &str,
         client: HttpClient,
         policy: RefreshPolicy,
-    ) -> CredentialCache<Secret> {
+    ) -> CredentialCache<Bearer> {
         let source = Arc::new(self);
         CredentialCache::new(&format!("{provider}/entra"), policy, move || {
             let source = source.clone();
             let client = client.clone();
-            async move { source.fetch(&client).await }
+            async move {
+                let f = source.fetch(&client).await?;
+                Ok(Fetched {
+                    value: Bearer::new(&f.value)?,
+                    lifetime: f.lifetime,
+                })
+            }
         })
     }
 
@@ -588,14 +595,49 @@ impl Entra {
     }
 }
 
+/// A token as the `Authorization: Bearer <token>` header value, built once
+/// per fetch (a sensitive value): a request clones it, a reference count.
+#[derive(Clone)]
+pub struct Bearer {
+    header: HeaderValue,
+}
+
+impl Bearer {
+    /// The header value for `token` (refused if the token is not a valid
+    /// header value).
+    pub fn new(token: &Secret) -> Result<Self, CredentialError> {
+        let mut header = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| CredentialError::new("the token is not a valid header value"))?;
+        header.set_sensitive(true);
+        Ok(Bearer { header })
+    }
+
+    /// The `Authorization` header value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The token itself (to redact it from an error body).
+    pub(super) fn token(&self) -> &str {
+        let v = self.header.to_str().unwrap_or("");
+        v.strip_prefix("Bearer ").unwrap_or(v)
+    }
+}
+
+impl fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Bearer [redacted]")
+    }
+}
+
 /// Puts a cached token on `headers` as `Authorization: Bearer`, fetching one
 /// if none is valid. A failure is 502 `upstream_auth_failed` for this
 /// deployment (the router cools it down and tries another).
 pub(super) async fn authorize(
-    tokens: &CredentialCache<Secret>,
+    tokens: &CredentialCache<Bearer>,
     provider: &str,
     headers: &mut HeaderMap,
-) -> Result<Credential<Secret>, Error> {
+) -> Result<Credential<Bearer>, Error> {
     let token = tokens.get().await.map_err(|e| {
         Error::new(
             Reason::UpstreamAuthFailed,
@@ -604,15 +646,7 @@ pub(super) async fn authorize(
             ),
         )
     })?;
-    let mut v =
-        HeaderValue::try_from(format!("Bearer {}", token.value().expose())).map_err(|_| {
-            Error::new(
-                Reason::Internal,
-                "The Entra ID token is not a valid header value.",
-            )
-        })?;
-    v.set_sensitive(true);
-    headers.insert(AUTHORIZATION, v);
+    headers.insert(AUTHORIZATION, token.value().header().clone());
     Ok(token)
 }
 
@@ -664,6 +698,16 @@ mod tests {
             &az.body_model(Endpoint::ChatCompletions).unwrap()[..],
             br#""gpt-4o""#
         );
+    }
+
+    #[test]
+    fn a_bearer_is_a_sensitive_header_never_shown() {
+        let b = Bearer::new(&Secret::new("eyJ0.t0k3nV4lu3.sig")).unwrap();
+        assert_eq!(b.header(), "Bearer eyJ0.t0k3nV4lu3.sig");
+        assert!(b.header().is_sensitive());
+        assert_eq!(b.token(), "eyJ0.t0k3nV4lu3.sig");
+        assert!(!format!("{b:?}").contains("t0k3n"));
+        assert!(Bearer::new(&Secret::new("bad\ntoken")).is_err());
     }
 
     #[test]

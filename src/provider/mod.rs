@@ -746,7 +746,7 @@ impl Inner {
                         // Refused: the next request fetches a new token.
                         tokens.invalidate(t.generation());
                     }
-                    let list = [t.value().expose()];
+                    let list = [t.value().token()];
                     let s = Secrets::new(&list);
                     Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), &s)
                 }
