@@ -1,4 +1,5 @@
-//! The provider `Service`: an OpenAI-compatible upstream.
+//! The provider `Service`: an OpenAI-compatible upstream (or Anthropic's
+//! Messages API, or Azure OpenAI: see [`azure`]).
 //!
 //! [`Provider`] takes `Request<`[`Parsed`]`>` and forwards it to
 //! `base_url` + the path of the request's endpoint
