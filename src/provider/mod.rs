@@ -559,10 +559,9 @@ impl Inner {
     fn served<I>(&self, parsed: &Parsed<I>) -> Served {
         Served {
             provider: self.name.clone(),
-            model: match (&self.azure, &self.model) {
-                (Some(az), _) => az.deployment().into(),
-                (None, Some((m, _))) => m.clone(),
-                (None, None) => parsed.model().into(),
+            model: match &self.model {
+                Some((m, _)) => m.clone(),
+                None => parsed.model().into(),
             },
         }
     }
