@@ -769,3 +769,60 @@ async fn azure_settings_are_checked_at_start() {
     );
     assert!(e.contains("is for `api = \"azure\"`"), "{e}");
 }
+
+/// A deployment's own price is found by its `model` (the model Azure runs),
+/// not by Azure's deployment name.
+#[tokio::test]
+async fn a_deployment_price_is_found_by_its_model() {
+    let mock = azure_mock().await;
+    let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
+    let toml = format!(
+        r#"
+[[groups]]
+name = "gpt-4o"
+[[groups.deployments]]
+provider = "azure-east"
+api = "azure"
+base_url = "http://{}"
+api_key_env = "{KEY_ENV}"
+model = "gpt-4o-2024-11-20"
+price_in_per_mtok = 1000.0
+price_out_per_mtok = 2000.0
+[groups.deployments.azure]
+deployment = "gpt-4o-prod"
+api_version = "2024-10-21"
+
+[keys]
+store = "memory"
+master_key_env = "{{master_env}}"
+"#,
+        mock.addr
+    );
+    let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "max_budget": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let (key, id) = (v["key"].as_str().unwrap(), v["key_id"].as_str().unwrap());
+    let a = post_as(&gw.url("/v1/chat/completions"), key, chat("gpt-4o", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = mock.log.last().unwrap();
+    assert_eq!(
+        seen.path,
+        "/openai/deployments/gpt-4o-prod/chat/completions"
+    );
+    let usage = &a.json()["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    let spent = ledger.usage(
+        &tollgate::budget::Scope::Key(id.into()),
+        tollgate::budget::Period::Total,
+    );
+    assert_eq!(spent.spent, p * 1000 + c * 2000, "the deployment's price");
+}
