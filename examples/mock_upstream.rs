@@ -46,6 +46,7 @@
 //! | `POST /v1/responses` | `response`, or SSE `response.created`, `response.output_item.added` and `response.content_part.added`, `response.output_text.delta`s, the `.done` events, `response.completed` (no `[DONE]`): the sequence the SDKs' stream helpers need |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
+//! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -130,7 +131,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::{any, get};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -141,6 +142,8 @@ use tokio::sync::watch;
 
 #[path = "mock/anthropic.rs"]
 mod anthropic;
+#[path = "mock/azure.rs"]
+pub mod azure;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -229,6 +232,8 @@ impl RequestLog {
 pub struct MockServer {
     pub addr: SocketAddr,
     pub log: RequestLog,
+    /// The Azure routes' token endpoints and counters (see `mock/azure.rs`).
+    pub azure: azure::AzureMock,
     shutdown: watch::Sender<bool>,
 }
 
@@ -257,11 +262,13 @@ pub async fn spawn(cfg: MockConfig) -> std::io::Result<MockServer> {
     let addr = listener.local_addr()?;
     let log = RequestLog::default();
     let (tx, rx) = watch::channel(false);
-    let app = build_router(cfg, log.clone(), Some(rx.clone()));
+    let azure = azure::AzureMock::default();
+    let app = build_router_with(cfg, log.clone(), Some(rx.clone()), azure.clone());
     tokio::spawn(serve(listener, app, rx));
     Ok(MockServer {
         addr,
         log,
+        azure,
         shutdown: tx,
     })
 }
@@ -335,6 +342,7 @@ struct Inner {
     /// `Bearer KEY` when `--require-key` is set.
     expected_auth: Option<String>,
     shutdown: Option<watch::Receiver<bool>>,
+    azure: azure::AzureMock,
 }
 
 type AppState = Arc<Inner>;
@@ -354,6 +362,15 @@ fn build_router(
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
 ) -> Router {
+    build_router_with(cfg, log, shutdown, azure::AzureMock::default())
+}
+
+fn build_router_with(
+    cfg: MockConfig,
+    log: RequestLog,
+    shutdown: Option<watch::Receiver<bool>>,
+    azure: azure::AzureMock,
+) -> Router {
     let mut content = String::with_capacity(cfg.tokens * 6);
     for i in 0..cfg.tokens {
         if i > 0 {
@@ -369,6 +386,7 @@ fn build_router(
         content,
         expected_auth,
         shutdown,
+        azure,
     });
     Router::new()
         .route(
@@ -407,6 +425,31 @@ fn build_router(
                 anthropic::handle(st, req, anthropic::Route::CountTokens)
             }),
         )
+        // Azure OpenAI's URL styles and Entra ID's token endpoints (mock/azure.rs).
+        .route(
+            "/openai/deployments/{deployment}/{*rest}",
+            any(
+                |st: State<AppState>, Path((_, rest)): Path<(String, String)>, req: Request| {
+                    azure::api(st, req, azure::Style::Deployment, rest)
+                },
+            ),
+        )
+        .route(
+            "/openai/responses",
+            any(|st: State<AppState>, req: Request| {
+                azure::api(st, req, azure::Style::Deployment, "responses".into())
+            }),
+        )
+        .route(
+            "/openai/v1/{*rest}",
+            any(
+                |st: State<AppState>, Path(rest): Path<String>, req: Request| {
+                    azure::api(st, req, azure::Style::V1, rest)
+                },
+            ),
+        )
+        .route("/{tenant}/oauth2/v2.0/token", any(azure::token))
+        .route("/metadata/identity/oauth2/token", any(azure::imds))
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(state)

@@ -627,6 +627,10 @@ pub struct DeploymentConfig {
     pub price_cached_in_per_mtok: Option<f64>,
     /// This deployment's price per million cache-write input tokens, in USD.
     pub price_cache_write_per_mtok: Option<f64>,
+    /// `[groups.deployments.azure]`: the URL style and credentials of an
+    /// `api = "azure"` deployment (required there, refused elsewhere).
+    #[serde(default)]
+    pub azure: Option<crate::provider::azure::AzureConfig>,
 }
 
 fn one() -> u32 {
@@ -978,6 +982,8 @@ impl Config {
                         ));
                     }
                 }
+                self.azure_deployment(d, &g.name)
+                    .map_err(|(f, m)| self.err(at(&f), m))?;
             }
         }
         let Some(b) = &self.budgets else {
@@ -1737,6 +1743,30 @@ impl Config {
         self.router_with_cooldowns(clock, None)
     }
 
+    /// An `api = "azure"` deployment's [`Azure`](crate::provider::azure::Azure)
+    /// settings (checked, the environment read); `None` for other APIs. An
+    /// error names the field under the deployment.
+    fn azure_deployment(
+        &self,
+        d: &DeploymentConfig,
+        group: &str,
+    ) -> Result<Option<crate::provider::azure::Azure>, (String, String)> {
+        match (d.api.as_deref().and_then(Api::from_name), &d.azure) {
+            (Some(Api::Azure), Some(az)) => az
+                .build(d.model.as_deref().unwrap_or(group), d.api_key_env.is_some())
+                .map(Some),
+            (Some(Api::Azure), None) => Err((
+                "azure".into(),
+                "`api = \"azure\"` needs `[groups.deployments.azure]` (style, deployment, api_version, auth)".into(),
+            )),
+            (_, Some(_)) => Err((
+                "azure".into(),
+                "`[groups.deployments.azure]` is for `api = \"azure\"` deployments".into(),
+            )),
+            (_, None) => Ok(None),
+        }
+    }
+
     /// The router with cooldowns on `clock`, kept in `store` (`None`: in
     /// this process).
     pub fn router_with_cooldowns(
@@ -1772,6 +1802,12 @@ impl Config {
                     );
                 if d.model.is_some() {
                     b = b.model(model);
+                }
+                if let Some(azure) = self
+                    .azure_deployment(d, &g.name)
+                    .map_err(|(f, m)| self.err(at(&f), m))?
+                {
+                    b = b.azure(azure);
                 }
                 if let Some(var) = &d.api_key_env {
                     b = b

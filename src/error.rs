@@ -350,7 +350,8 @@ impl Error {
     }
 
     /// Whether [`retry_after`](Self::retry_after) is the upstream's own
-    /// `Retry-After` (or `retry-after-ms`), rather than a default.
+    /// `Retry-After` (or `retry-after-ms`, or for a 429 its
+    /// `x-ratelimit-reset-*`), rather than a default.
     pub fn upstream_asked_to_wait(&self) -> bool {
         self.inner.upstream_retry_after
     }
@@ -463,11 +464,17 @@ impl Error {
         if reason == Reason::UpstreamTimeout {
             e.inner.phase = Some(TimeoutPhase::Upstream);
         }
-        let asked = retry_after(headers).or_else(|| {
-            (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
-                .then(|| e.inner.raw.as_ref().and_then(classify::retry_delay))
-                .flatten()
-        });
+        let asked = retry_after(headers)
+            .or_else(|| {
+                (status == StatusCode::TOO_MANY_REQUESTS)
+                    .then(|| ratelimit_reset(headers))
+                    .flatten()
+            })
+            .or_else(|| {
+                (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                    .then(|| e.inner.raw.as_ref().and_then(classify::retry_delay))
+                    .flatten()
+            });
         e.inner.upstream_retry_after = asked.is_some();
         e.inner.retry_after = asked.or(match reason {
             Reason::UpstreamRateLimited | Reason::UpstreamUnavailable => {
@@ -724,6 +731,67 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .as_secs();
     Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+/// The wait a 429 without `Retry-After` implies by OpenAI's and Azure
+/// OpenAI's rate-limit headers: `x-ratelimit-reset-requests` and
+/// `x-ratelimit-reset-tokens` (a Go duration, `1s`, `6m0s`, `20ms`, or plain
+/// seconds). The reset of each limit that is used up
+/// (`x-ratelimit-remaining-*` is `0`), or of every limit when none says so;
+/// the longest of those.
+pub fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let read = |kind: &str| {
+        let reset = headers
+            .get(format!("x-ratelimit-reset-{kind}"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(go_duration)?;
+        let spent = headers
+            .get(format!("x-ratelimit-remaining-{kind}"))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim() == "0");
+        Some((reset, spent))
+    };
+    let both = [read("requests"), read("tokens")];
+    let any_spent = both.iter().flatten().any(|(_, s)| *s == Some(true));
+    both.into_iter()
+        .flatten()
+        .filter(|(_, spent)| !any_spent || *spent == Some(true))
+        .map(|(d, _)| d)
+        .max()
+}
+
+/// A Go duration (`1h2m3.5s`, `6m0s`, `20ms`, `1.5s`) or plain seconds, capped at a day.
+fn go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let (mut total, mut rest) = (0f64, s);
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += n * match &rest[..unit] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(86_400.0)))
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
@@ -1085,6 +1153,50 @@ mod tests {
         let e = upstream(429, &[], "");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
         assert!(e.raw().is_none());
+    }
+
+    #[test]
+    fn ratelimit_reset_headers_say_how_long_a_429_waits() {
+        let e = upstream(
+            429,
+            &[
+                ("x-ratelimit-reset-requests", "6m0s"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-tokens", "20ms"),
+                ("x-ratelimit-remaining-tokens", "5000"),
+            ],
+            "{}",
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(360)));
+        assert!(e.upstream_asked_to_wait());
+        // No remaining counts: the longer reset; plain seconds and fractions.
+        let e = upstream(
+            429,
+            &[
+                ("x-ratelimit-reset-requests", "1.5s"),
+                ("x-ratelimit-reset-tokens", "7"),
+            ],
+            "{}",
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        // `retry-after-ms` wins; garbage is ignored (the default applies).
+        let e = upstream(
+            429,
+            &[
+                ("retry-after-ms", "1500"),
+                ("x-ratelimit-reset-tokens", "9s"),
+            ],
+            "{}",
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+        let e = upstream(429, &[("x-ratelimit-reset-tokens", "soon")], "{}");
+        assert!(!e.upstream_asked_to_wait());
+        assert_eq!(
+            go_duration("1h2m3.5s"),
+            Some(Duration::from_secs_f64(3723.5))
+        );
+        assert_eq!(go_duration("5x"), None);
+        assert_eq!(go_duration("s"), None);
     }
 
     #[test]

@@ -56,14 +56,20 @@ pub enum Api {
     /// `anthropic-*` headers (`anthropic-version`, `anthropic-beta`, …)
     /// forwarded, `anthropic-version: 2023-06-01` when the client sent none.
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire format at Azure's URLs (deployment style
+    /// `{endpoint}/openai/deployments/{deployment}/…?api-version=…`, or v1
+    /// style `{endpoint}/openai/v1/…`), authenticated by `api-key: <key>` or
+    /// a Microsoft Entra ID bearer token (see [`crate::provider::azure`]).
+    Azure,
 }
 
 impl Api {
-    /// The API named in a config (`"openai"`, `"anthropic"`).
+    /// The API named in a config (`"openai"`, `"anthropic"`, `"azure"`).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "openai" => Some(Api::OpenAi),
             "anthropic" => Some(Api::Anthropic),
+            "azure" => Some(Api::Azure),
             _ => None,
         }
     }
@@ -73,6 +79,7 @@ impl Api {
         match self {
             Api::OpenAi => "openai",
             Api::Anthropic => "anthropic",
+            Api::Azure => "azure",
         }
     }
 }

@@ -57,6 +57,8 @@ pub mod sanitize;
 pub mod translate;
 
 #[cfg(feature = "provider")]
+pub mod credentials;
+#[cfg(feature = "provider")]
 pub mod provider;
 
 #[cfg(any(feature = "provider", feature = "postgres", feature = "redis"))]

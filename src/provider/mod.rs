@@ -1,4 +1,5 @@
-//! The provider `Service`: an OpenAI-compatible upstream.
+//! The provider `Service`: an OpenAI-compatible upstream (or Anthropic's
+//! Messages API, or Azure OpenAI: see [`azure`]).
 //!
 //! [`Provider`] takes `Request<`[`Parsed`]`>` and forwards it to
 //! `base_url` + the path of the request's endpoint
@@ -50,6 +51,7 @@
 //! # let _ = svc; Ok(()) }
 //! ```
 
+pub mod azure;
 mod body;
 mod translated;
 
@@ -346,6 +348,8 @@ struct Inner {
     timeouts: Timeouts,
     max_response_bytes: usize,
     client: Option<HttpClient>,
+    /// Azure OpenAI's URL style and credentials ([`Api::Azure`]).
+    azure: Option<azure::Azure>,
 }
 
 impl fmt::Debug for Provider {
@@ -364,6 +368,7 @@ impl fmt::Debug for Provider {
                 "api_key",
                 &self.inner.api_key.as_ref().map(|_| "[redacted]"),
             )
+            .field("azure", &self.inner.azure)
             .finish()
     }
 }
@@ -413,6 +418,7 @@ impl Provider {
                 timeouts: Timeouts::default(),
                 max_response_bytes: 64 << 20,
                 client: None,
+                azure: None,
             },
         })
     }
@@ -436,7 +442,7 @@ impl ProviderBuilder {
     }
 
     /// The upstream's API key, sent as `Authorization: Bearer` (or, to an
-    /// [`Api::Anthropic`] upstream, as `x-api-key`).
+    /// [`Api::Anthropic`] upstream, as `x-api-key`; to [`Api::Azure`], as `api-key`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.inner.api_key = Some(key.into()).filter(|k| !k.is_empty());
         self
@@ -496,6 +502,15 @@ impl ProviderBuilder {
         self
     }
 
+    /// An Azure OpenAI upstream ([`Api::Azure`]): `base_url` is the
+    /// resource's endpoint (`https://NAME.openai.azure.com`), `azure` says
+    /// the URL style and, for Entra ID, where tokens come from (see [`azure`]).
+    pub fn azure(mut self, azure: azure::Azure) -> Self {
+        self.inner.api = Api::Azure;
+        self.inner.azure = Some(azure);
+        self
+    }
+
     /// The pooled client to use (share one across providers).
     pub fn client(mut self, client: HttpClient) -> Self {
         self.inner.client = Some(client);
@@ -506,6 +521,9 @@ impl ProviderBuilder {
     pub fn build(mut self) -> Provider {
         if self.inner.client.is_none() {
             self.inner.client = HttpClient::builder().build().ok();
+        }
+        if let Some(az) = &mut self.inner.azure {
+            az.start(&self.inner.name, self.inner.client.as_ref());
         }
         Provider {
             inner: Arc::new(self.inner),
@@ -585,13 +603,21 @@ impl Inner {
                 .filter(|r| r.is_empty() || r.starts_with('/'))
                 .unwrap_or(path)
         });
-        let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
-        pq.push_str(&self.base_path);
-        pq.push_str(rest);
-        if let Some(q) = parts.uri.query() {
-            pq.push('?');
-            pq.push_str(q);
-        }
+        let pq = match &self.azure {
+            Some(az) => {
+                az.path_and_query(&self.base_path, upstream_endpoint, rest, parts.uri.query())
+            }
+            None => {
+                let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
+                pq.push_str(&self.base_path);
+                pq.push_str(rest);
+                if let Some(q) = parts.uri.query() {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                pq
+            }
+        };
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -606,15 +632,20 @@ impl Inner {
         let summary = parsed.summary();
         let body = match plan {
             Plan::Translate(pair) => {
-                let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
+                let model = match &self.azure {
+                    Some(az) => az.deployment(),
+                    None => self.model.as_ref().map_or(parsed.model(), |m| &*m.0),
+                };
                 let t = pair.request(parsed.bytes(), model, &self.translate)?;
                 Chunks::new(vec![t.body])
             }
             _ => {
                 let include_usage = self.include_usage
-                    && self.api == Api::OpenAi
+                    && matches!(self.api, Api::OpenAi | Api::Azure)
                     && summary.endpoint.stream_ends_with_done();
-                parsed.rewrite(self.model.as_ref().map(|m| &m.1), include_usage)
+                let azure_model = self.azure.as_ref().and_then(|az| az.body_model(endpoint));
+                let model = azure_model.or(self.model.as_ref().map(|m| &m.1));
+                parsed.rewrite(model, include_usage)
             }
         };
         let mut out = Request::builder()
@@ -638,6 +669,7 @@ impl Inner {
             let (name, value) = match self.api {
                 Api::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
                 Api::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                Api::Azure => (HeaderName::from_static("api-key"), key.clone()),
             };
             let mut v = HeaderValue::from_str(&value).map_err(|_| {
                 Error::new(
@@ -672,7 +704,17 @@ impl Inner {
     async fn send<I>(self: Arc<Self>, req: Request<Parsed<I>>) -> Result<Response<Body>, Error> {
         let start = Instant::now();
         let deadline = start + self.timeouts.total;
-        let (out, parsed, plan) = self.upstream_request(req)?;
+        let (mut out, parsed, plan) = self.upstream_request(req)?;
+        // An Entra ID token, from the shared cache (fetched only when none is valid).
+        let token = match self.azure.as_ref().and_then(|az| az.tokens.as_ref()) {
+            Some(tokens) => Some((
+                tokens,
+                azure::authorize(tokens, &self.name, out.headers_mut())
+                    .await
+                    .map_err(|e| self.tag(e))?,
+            )),
+            None => None,
+        };
         let client = self
             .client
             .as_ref()
@@ -698,9 +740,20 @@ impl Inner {
         let mut body = UpstreamBody::new(incoming, self.timeouts.idle, deadline, StreamEnd::Any);
         if !parts.status.is_success() {
             let raw = read_bounded(body, RAW_LIMIT).await.unwrap_or_default();
-            let e = self.secrets(|s| {
-                Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
-            });
+            let e = match &token {
+                Some((tokens, t)) => {
+                    if parts.status == http::StatusCode::UNAUTHORIZED {
+                        // Refused: the next request fetches a new token.
+                        tokens.invalidate(t.generation());
+                    }
+                    let list = [t.value().token()];
+                    let s = Secrets::new(&list);
+                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), &s)
+                }
+                None => self.secrets(|s| {
+                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
+                }),
+            };
             return Err(match (e.reason(), &sent_path) {
                 (Reason::UpstreamRouteNotServed, Some(pq)) => e.not_served_at("POST", pq.path()),
                 _ => e,
@@ -734,8 +787,10 @@ impl Inner {
         let out_body = if is_sse {
             body.expect_end(match self.api {
                 Api::Anthropic => StreamEnd::MessageStop,
-                Api::OpenAi if upstream_endpoint.stream_ends_with_done() => StreamEnd::Done,
-                Api::OpenAi => StreamEnd::Any,
+                Api::OpenAi | Api::Azure if upstream_endpoint.stream_ends_with_done() => {
+                    StreamEnd::Done
+                }
+                Api::OpenAi | Api::Azure => StreamEnd::Any,
             });
             // Passed through, each event is checked to be JSON on its way
             // (translated, the translator reads every event anyway).

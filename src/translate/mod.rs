@@ -101,6 +101,17 @@ pub fn plan(endpoint: Endpoint, api: Api) -> Plan {
         | (Endpoint::Messages | Endpoint::CountTokens, Api::Anthropic) => Plan::PassThrough,
         (Endpoint::ChatCompletions, Api::Anthropic) => Plan::Translate(Pair::ChatToMessages),
         (Endpoint::Messages, Api::OpenAi) => Plan::Translate(Pair::MessagesToChat),
+        // Azure OpenAI speaks OpenAI's wire format: the same arms as OpenAI's.
+        (
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::Other,
+            Api::Azure,
+        ) => Plan::PassThrough,
+        (Endpoint::Messages, Api::Azure) => Plan::Translate(Pair::MessagesToChat),
+        (Endpoint::CountTokens, Api::Azure) => Plan::NotServed,
         (
             Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses | Endpoint::Other,
             Api::Anthropic,

@@ -84,6 +84,22 @@ fn plan_passes_matching_families_through_and_translates_the_others() {
     assert_eq!(plan(E::CountTokens, Api::OpenAi), Plan::NotServed);
 }
 
+#[test]
+fn azure_is_planned_as_openai_is() {
+    use crate::read_request::Endpoint as E;
+    for e in [
+        E::ChatCompletions,
+        E::Completions,
+        E::Embeddings,
+        E::Responses,
+        E::Other,
+        E::Messages,
+        E::CountTokens,
+    ] {
+        assert_eq!(plan(e, Api::Azure), plan(e, Api::OpenAi), "{e:?}");
+    }
+}
+
 // ------------------------------------------------------- known failure: thinking then text
 
 #[test]
