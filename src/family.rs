@@ -56,14 +56,20 @@ pub enum Api {
     /// `anthropic-*` headers (`anthropic-version`, `anthropic-beta`, …)
     /// forwarded, `anthropic-version: 2023-06-01` when the client sent none.
     Anthropic,
+    /// AWS Bedrock's Converse API (`/model/{modelId}/converse`, and
+    /// `converse-stream` with binary event-stream framing): SigV4-signed
+    /// with AWS credentials, or a Bedrock API key as `Authorization: Bearer`;
+    /// no client header forwarded. Every route is translated.
+    Bedrock,
 }
 
 impl Api {
-    /// The API named in a config (`"openai"`, `"anthropic"`).
+    /// The API named in a config (`"openai"`, `"anthropic"`, `"bedrock"`).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "openai" => Some(Api::OpenAi),
             "anthropic" => Some(Api::Anthropic),
+            "bedrock" => Some(Api::Bedrock),
             _ => None,
         }
     }
@@ -73,6 +79,7 @@ impl Api {
         match self {
             Api::OpenAi => "openai",
             Api::Anthropic => "anthropic",
+            Api::Bedrock => "bedrock",
         }
     }
 }
