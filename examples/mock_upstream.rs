@@ -46,6 +46,7 @@
 //! | `POST /v1/responses` | `response`, or SSE `response.created`, `response.output_item.added` and `response.content_part.added`, `response.output_text.delta`s, the `.done` events, `response.completed` (no `[DONE]`): the sequence the SDKs' stream helpers need |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
+//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions: see `examples/mock/bedrock.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -141,6 +142,8 @@ use tokio::sync::watch;
 
 #[path = "mock/anthropic.rs"]
 mod anthropic;
+#[path = "mock/bedrock.rs"]
+pub mod bedrock;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -406,6 +409,14 @@ fn build_router(
             any(|st: State<AppState>, req: Request| {
                 anthropic::handle(st, req, anthropic::Route::CountTokens)
             }),
+        )
+        .route(
+            "/model/{model}/converse",
+            any(|st: State<AppState>, req: Request| bedrock::handle(st, req, false)),
+        )
+        .route(
+            "/model/{model}/converse-stream",
+            any(|st: State<AppState>, req: Request| bedrock::handle(st, req, true)),
         )
         .route("/health", get(health))
         .fallback(not_found)

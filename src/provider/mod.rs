@@ -828,6 +828,11 @@ impl Inner {
         };
         let mut res = Response::new(out_body);
         *res.status_mut() = parts.status;
+        // Bedrock's event stream reaches the client translated into SSE.
+        let content_type = match (self.api, is_sse) {
+            (Api::Bedrock, true) => Some(HeaderValue::from_static("text/event-stream")),
+            _ => content_type,
+        };
         if let Some(ct) = content_type {
             res.headers_mut().insert(CONTENT_TYPE, ct);
         }
