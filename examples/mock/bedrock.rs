@@ -729,6 +729,8 @@ pub mod sigv4 {
 
     #[cfg(test)]
     mod tests {
+        // Unused where this file is built without a test harness (benches).
+        #[allow(unused_imports)]
         use super::*;
 
         const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";

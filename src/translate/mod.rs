@@ -400,8 +400,8 @@ impl Pair {
         let state = match self {
             Pair::ChatToMessages => State::FromMessages(chat_to_messages::Stream::new(ctx)),
             Pair::MessagesToChat => State::FromChat(messages_to_chat::Stream::new(ctx)),
-            Pair::ChatToConverse => State::FromConverse(chat_to_converse::stream(ctx)),
-            Pair::MessagesToConverse => State::FromConverse(messages_to_converse::stream(ctx)),
+            Pair::ChatToConverse => State::Converse(chat_to_converse::stream(ctx)),
+            Pair::MessagesToConverse => State::Converse(messages_to_converse::stream(ctx)),
         };
         let decoder = match self.upstream() {
             Api::Bedrock => Decoder::EventStream(EventStreamDecoder::new(options.event_cap)),
@@ -435,7 +435,7 @@ pub(crate) struct Progress {
 enum State {
     FromMessages(chat_to_messages::Stream),
     FromChat(messages_to_chat::Stream),
-    FromConverse(converse::Stream),
+    Converse(converse::Stream),
 }
 
 /// How the upstream's stream is framed: SSE, or (Bedrock) binary event-stream messages.
@@ -514,7 +514,7 @@ impl StreamTranslator {
         match state {
             State::FromMessages(s) => s.finish(),
             State::FromChat(s) => s.finish(),
-            State::FromConverse(s) => s.finish(),
+            State::Converse(s) => s.finish(),
         }
     }
 
@@ -537,7 +537,7 @@ impl StreamTranslator {
             + match &self.state {
                 State::FromMessages(s) => s.buffered(),
                 State::FromChat(s) => s.buffered(),
-                State::FromConverse(s) => s.buffered(),
+                State::Converse(s) => s.buffered(),
             }
     }
 }
@@ -552,7 +552,7 @@ impl State {
         match self {
             State::FromMessages(s) => s.event(event, out, progress),
             State::FromChat(s) => s.event(event, out, progress),
-            State::FromConverse(s) => s.event(event, out, progress),
+            State::Converse(s) => s.event(event, out, progress),
         }
     }
 }
