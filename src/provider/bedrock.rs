@@ -219,7 +219,10 @@ impl Bedrock {
         for h in headers {
             let mut v =
                 HeaderValue::from_str(h.value()).map_err(|_| internal("a bad header value"))?;
-            v.set_sensitive(h.sensitive());
+            // The signature and the session token are kept out of any Debug output.
+            v.set_sensitive(
+                h.sensitive() || matches!(h.name(), "authorization" | "x-amz-security-token"),
+            );
             req.headers_mut()
                 .insert(HeaderName::from_static(h.name()), v);
         }

@@ -626,6 +626,9 @@ pub(crate) fn exception_reason(kind: &str) -> Option<Reason> {
 
 // ---------------------------------------------------------------- event stream
 
+/// The shortest frame: the prelude (total length, headers length, CRC) and the message CRC.
+const MIN_FRAME: usize = 16;
+
 /// Splits an `application/vnd.amazon.eventstream` byte stream into
 /// messages with `aws-smithy-eventstream` (which checks the prelude and
 /// message CRCs), holding at most one frame, capped: an `event` message is
@@ -655,17 +658,31 @@ impl EventStreamDecoder {
         on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
     ) -> Result<(), TranslateError> {
         self.buf.extend_from_slice(chunk);
-        loop {
+        // The prelude's first field is the frame's total length: a frame
+        // over the cap is refused before it is held, and the decoder is
+        // handed whole frames only (it checks the prelude and message CRCs).
+        while let Some(len) = self.buf.first_chunk::<4>() {
+            let total = u32::from_be_bytes(*len) as usize;
+            if total > self.cap {
+                return Err(TranslateError::EventTooLarge { cap: self.cap });
+            }
+            if total < MIN_FRAME {
+                return Err(TranslateError::bad(
+                    "a malformed event-stream frame (too short)",
+                ));
+            }
+            if self.buf.len() < total {
+                break;
+            }
             let frame = self.frames.decode_frame(&mut self.buf).map_err(|e| {
                 TranslateError::bad(format!("a malformed event-stream frame ({e})"))
             })?;
             match frame {
                 DecodedFrame::Complete(message) => dispatch(&message, on_event)?,
-                DecodedFrame::Incomplete => break,
+                DecodedFrame::Incomplete => {
+                    return Err(TranslateError::bad("a malformed event-stream frame"));
+                }
             }
-        }
-        if self.buf.len() > self.cap {
-            return Err(TranslateError::EventTooLarge { cap: self.cap });
         }
         if self.buf.is_empty() && self.buf.capacity() > 16 * 1024 {
             self.buf = BytesMut::new();
@@ -681,7 +698,7 @@ impl EventStreamDecoder {
         Ok(())
     }
 
-    /// Bytes held now: at most the cap plus one chunk.
+    /// Bytes held now: at most the cap (one unfinished frame) plus one chunk.
     pub fn buffered(&self) -> usize {
         self.buf.capacity()
     }
@@ -1115,4 +1132,560 @@ impl Stream {
 fn index(ev: &Event<'_>) -> Result<u64, TranslateError> {
     ev.index
         .ok_or_else(|| TranslateError::bad("an event without its `contentBlockIndex`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::Header;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::translate::{Pair, SseDecoder, TranslateError};
+
+    fn frame(kind: &str, name: &str, payload: Value) -> Vec<u8> {
+        let (type_header, name_header) = match kind {
+            "event" => (":event-type", name),
+            _ => (":exception-type", name),
+        };
+        let message = Message::new(Bytes::from(payload.to_string()))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                type_header,
+                HeaderValue::String(name_header.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ));
+        let mut out = Vec::new();
+        write_message_to(&message, &mut out).unwrap();
+        out
+    }
+
+    use bytes::Bytes;
+
+    fn ev(name: &str, payload: Value) -> Vec<u8> {
+        frame("event", name, payload)
+    }
+
+    /// A ConverseStream with reasoning, text and a tool call, and usage with cache tokens.
+    fn full_stream() -> Vec<u8> {
+        [
+            ev("messageStart", json!({"role": "assistant"})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Hmm"}}})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "c2ln"}}})),
+            ev("contentBlockStop", json!({"contentBlockIndex": 0})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"text": "Hel"}})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"text": "lo \"there\""}})),
+            ev("contentBlockStop", json!({"contentBlockIndex": 1})),
+            ev("contentBlockStart", json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "tu_1", "name": "get"}}})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":"}}})),
+            ev("contentBlockDelta", json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"Paris\"}"}}})),
+            ev("contentBlockStop", json!({"contentBlockIndex": 2})),
+            ev("messageStop", json!({"stopReason": "tool_use"})),
+            ev("metadata", json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 165,
+                "cacheReadInputTokens": 100, "cacheWriteInputTokens": 50}, "metrics": {"latencyMs": 3}, "p": "abcdef"})),
+        ]
+        .concat()
+    }
+
+    fn ctx() -> ResponseContext {
+        ResponseContext::new("client-model", 1_700_000_000)
+    }
+
+    fn run(
+        pair: Pair,
+        pieces: &[&[u8]],
+    ) -> (
+        Result<(), TranslateError>,
+        String,
+        crate::translate::StreamTranslator,
+    ) {
+        let mut t = pair.stream(ctx().include_usage(true), &Options::default());
+        let mut out = BytesMut::new();
+        let mut r = Ok(());
+        for p in pieces {
+            r = t.feed(p, &mut out);
+            if r.is_err() {
+                break;
+            }
+        }
+        if r.is_ok() {
+            r = t.finish(&mut out);
+        }
+        // Message ids are random: make them comparable.
+        let mut text = String::from_utf8(out.to_vec()).unwrap();
+        while let Some(i) = text.find("msg_bdrk_") {
+            text.replace_range(i..i + 9 + 24, "msg_ID");
+        }
+        (r, text, t)
+    }
+
+    /// `(event name, data)` of an SSE output.
+    fn events(out: &str) -> Vec<(String, Value)> {
+        let mut d = SseDecoder::new(usize::MAX);
+        let mut got = Vec::new();
+        let mut push = |e: SseEvent<'_>| {
+            let v = match e.data {
+                b"[DONE]" => json!("[DONE]"),
+                d => serde_json::from_slice(d).unwrap(),
+            };
+            got.push((e.name.to_owned(), v));
+            Ok(())
+        };
+        d.feed(out.as_bytes(), &mut push).unwrap();
+        d.finish(&mut push).unwrap();
+        got
+    }
+
+    #[test]
+    fn a_converse_stream_becomes_anthropic_events() {
+        let input = full_stream();
+        let (r, out, t) = run(Pair::MessagesToConverse, &[&input]);
+        r.unwrap();
+        let ev = events(&out);
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(ev[0].1["message"]["model"], "client-model");
+        assert_eq!(ev[1].1["content_block"]["type"], "thinking");
+        assert_eq!(
+            ev[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "c2ln"})
+        );
+        assert_eq!(
+            ev[6].1,
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Hel"}})
+        );
+        assert_eq!(
+            ev[9].1["content_block"],
+            json!({"type": "tool_use", "id": "tu_1", "name": "get", "input": {}})
+        );
+        assert_eq!(
+            ev[11].1["delta"],
+            json!({"type": "input_json_delta", "partial_json": "\"Paris\"}"})
+        );
+        assert_eq!(ev[13].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(
+            ev[13].1["usage"],
+            json!({"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50})
+        );
+        assert!(t.committed());
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cache_read_tokens: 100,
+                cache_creation_tokens: 50
+            })
+        );
+    }
+
+    #[test]
+    fn a_converse_stream_becomes_openai_chunks() {
+        let input = full_stream();
+        let (r, out, _) = run(Pair::ChatToConverse, &[&input]);
+        r.unwrap();
+        let ev: Vec<Value> = events(&out).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(ev.last().unwrap(), &json!("[DONE]"));
+        let delta = |k: &str| -> String {
+            ev.iter()
+                .filter_map(|c| c["choices"][0]["delta"][k].as_str())
+                .collect()
+        };
+        assert_eq!(delta("reasoning_content"), "Hmm");
+        assert_eq!(delta("content"), "Hello \"there\"");
+        let args: String = ev
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        assert_eq!(args, "{\"city\":\"Paris\"}");
+        assert_eq!(
+            ev.iter()
+                .find_map(|c| c["choices"][0]["finish_reason"].as_str()),
+            Some("tool_calls")
+        );
+        let usage = &ev[ev.len() - 2]["usage"];
+        assert_eq!(usage["prompt_tokens"], 160);
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 100);
+        assert_eq!(usage["completion_tokens"], 5);
+    }
+
+    #[test]
+    fn exceptions_cuts_and_bad_frames_are_errors() {
+        // A mid-stream exception: the upstream's reason, by its name.
+        let input = [
+            ev("messageStart", json!({"role": "assistant"})),
+            ev(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "a"}}),
+            ),
+            frame(
+                "exception",
+                "modelStreamErrorException",
+                json!({"message": "boom"}),
+            ),
+        ]
+        .concat();
+        let (r, out, t) = run(Pair::MessagesToConverse, &[&input]);
+        assert!(out.contains("text_delta") && t.committed());
+        let e = r.unwrap_err();
+        assert_eq!(
+            e,
+            TranslateError::Upstream {
+                kind: "modelStreamErrorException".into(),
+                message: "boom".into()
+            }
+        );
+        assert_eq!(e.into_error().reason(), Reason::UpstreamError);
+        for (kind, reason) in [
+            ("throttlingException", Reason::UpstreamRateLimited),
+            ("serviceUnavailableException", Reason::UpstreamUnavailable),
+            ("modelTimeoutException", Reason::UpstreamTimeout),
+            ("validationException", Reason::UpstreamRejected),
+            ("internalServerException", Reason::UpstreamError),
+        ] {
+            let (r, _, _) = run(
+                Pair::ChatToConverse,
+                &[&frame("exception", kind, json!({"message": "x"}))],
+            );
+            assert_eq!(r.unwrap_err().into_error().reason(), reason, "{kind}");
+        }
+        // Ended before `metadata`, or inside a frame: a cut.
+        let full = full_stream();
+        let stop = full.len() - ev("metadata", json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 165,
+            "cacheReadInputTokens": 100, "cacheWriteInputTokens": 50}, "metrics": {"latencyMs": 3}, "p": "abcdef"})).len();
+        assert_eq!(
+            run(Pair::MessagesToConverse, &[&full[..stop]]).0,
+            Err(TranslateError::Truncated)
+        );
+        assert_eq!(
+            run(Pair::MessagesToConverse, &[&full[..stop + 5]]).0,
+            Err(TranslateError::Truncated)
+        );
+        // A corrupted frame (its CRC no longer matches).
+        let mut bad = full.clone();
+        bad[20] ^= 0xff;
+        assert!(matches!(
+            run(Pair::MessagesToConverse, &[&bad]).0,
+            Err(TranslateError::BadResponse(_))
+        ));
+        // An event out of order.
+        let early = ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "a"}}),
+        );
+        assert!(matches!(
+            run(Pair::ChatToConverse, &[&early]).0,
+            Err(TranslateError::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn a_frame_over_the_cap_is_refused_and_memory_stays_bounded() {
+        let mut t = Pair::MessagesToConverse.stream(
+            ctx(),
+            &Options {
+                event_cap: 4096,
+                ..Options::default()
+            },
+        );
+        let mut out = BytesMut::new();
+        t.feed(&ev("messageStart", json!({"role": "assistant"})), &mut out)
+            .unwrap();
+        // A long text in many frames: the translator's memory does not grow.
+        for _ in 0..2000 {
+            let d = ev(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "x".repeat(1000)}}),
+            );
+            t.feed(&d, &mut out).unwrap();
+            out.clear();
+            assert!(t.buffered() <= 64 * 1024, "{}", t.buffered());
+        }
+        let big = ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "x".repeat(5000)}}),
+        );
+        assert_eq!(
+            t.feed(&big, &mut out),
+            Err(TranslateError::EventTooLarge { cap: 4096 })
+        );
+    }
+
+    #[test]
+    fn whole_answers_are_translated_for_both_families() {
+        let answer = json!({"output": {"message": {"role": "assistant", "content": [
+            {"reasoningContent": {"reasoningText": {"text": "Hmm", "signature": "c2ln"}}},
+            {"text": "Hi"},
+            {"toolUse": {"toolUseId": "tu_1", "name": "get", "input": {"city": "Paris"}}}]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 165, "cacheReadInputTokens": 100, "cacheWriteInputTokens": 50}});
+        let body = answer.to_string();
+        let t = Pair::MessagesToConverse
+            .response(body.as_bytes(), &ctx())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(
+            v["content"][0],
+            json!({"type": "thinking", "thinking": "Hmm", "signature": "c2ln"})
+        );
+        assert_eq!(v["content"][1], json!({"type": "text", "text": "Hi"}));
+        assert_eq!(
+            v["content"][2],
+            json!({"type": "tool_use", "id": "tu_1", "name": "get", "input": {"city": "Paris"}})
+        );
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["model"], "client-model");
+        assert_eq!(v["usage"]["cache_creation_input_tokens"], 50);
+        assert_eq!(t.usage.unwrap().cache_read_tokens, 100);
+        let t = Pair::ChatToConverse
+            .response(body.as_bytes(), &ctx())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "Hi");
+        assert_eq!(m["reasoning_content"], "Hmm");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["usage"]["prompt_tokens"], 160);
+        for (stop, finish) in [
+            ("guardrail_intervened", "content_filter"),
+            ("max_tokens", "length"),
+            ("stop_sequence", "stop"),
+        ] {
+            let mut a = answer.clone();
+            a["stopReason"] = stop.into();
+            let t = Pair::ChatToConverse
+                .response(a.to_string().as_bytes(), &ctx())
+                .unwrap();
+            let v: Value = serde_json::from_slice(&t.body).unwrap();
+            assert_eq!(v["choices"][0]["finish_reason"], finish, "{stop}");
+        }
+        let bad =
+            json!({"output": {"message": {"content": [{"video": {}}]}}, "stopReason": "end_turn"});
+        assert!(
+            Pair::MessagesToConverse
+                .response(bad.to_string().as_bytes(), &ctx())
+                .is_err()
+        );
+    }
+
+    fn converse_request(pair: Pair, body: Value) -> Result<Value, Error> {
+        let t = pair.request(body.to_string().as_bytes(), "ignored", &Options::default())?;
+        Ok(serde_json::from_slice(&t.body).unwrap())
+    }
+
+    #[test]
+    fn an_anthropic_request_becomes_a_converse_request() {
+        let got = converse_request(Pair::MessagesToConverse, json!({
+            "model": "m", "max_tokens": 100, "temperature": 0.2, "top_p": 0.9, "stop_sequences": ["END"],
+            "stream": true, "metadata": {"user_id": "u1"},
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "tools": [{"name": "get", "description": "Get", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any"},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAAA"}}]},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "Hmm", "signature": "c2ln"},
+                    {"type": "tool_use", "id": "tu_1", "name": "get", "input": {"q": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1", "content": "42", "is_error": true}]},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "system": [{"text": "Be brief."}, {"cachePoint": {"type": "default"}}],
+                "messages": [
+                    {"role": "user", "content": [{"text": "Hi"}, {"image": {"format": "jpeg", "source": {"bytes": "AAAA"}}}]},
+                    {"role": "assistant", "content": [{"reasoningContent": {"reasoningText": {"text": "Hmm", "signature": "c2ln"}}},
+                        {"toolUse": {"toolUseId": "tu_1", "name": "get", "input": {"q": 1}}}]},
+                    {"role": "user", "content": [{"toolResult": {"toolUseId": "tu_1", "content": [{"text": "42"}], "status": "error"}}]},
+                ],
+                "inferenceConfig": {"maxTokens": 100, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]},
+                "toolConfig": {"tools": [{"toolSpec": {"name": "get", "description": "Get", "inputSchema": {"json": {"type": "object"}}}}],
+                    "toolChoice": {"any": {}}},
+                "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+                "requestMetadata": {"user_id": "u1"},
+            })
+        );
+    }
+
+    #[test]
+    fn a_chat_request_becomes_a_converse_request_through_the_pivot() {
+        let got = converse_request(Pair::ChatToConverse, json!({
+            "model": "m", "max_tokens": 4000, "stop": "END", "user": "u1", "reasoning_effort": "low",
+            "tools": [{"type": "function", "function": {"name": "get", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/webp;base64,UklG"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{\"q\":1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(got["system"], json!([{"text": "Be brief."}]));
+        assert_eq!(
+            got["messages"][0]["content"][0],
+            json!({"image": {"format": "webp", "source": {"bytes": "UklG"}}})
+        );
+        assert_eq!(
+            got["messages"][1]["content"][0],
+            json!({"toolUse": {"toolUseId": "c1", "name": "get", "input": {"q": 1}}})
+        );
+        assert_eq!(
+            got["messages"][2]["content"][0],
+            json!({"toolResult": {"toolUseId": "c1", "content": [{"text": "42"}]}})
+        );
+        assert_eq!(
+            got["inferenceConfig"],
+            json!({"maxTokens": 4000, "stopSequences": ["END"]})
+        );
+        assert!(
+            got["toolConfig"].get("toolChoice").is_none(),
+            "none the client did not send: {got}"
+        );
+        assert_eq!(
+            got["additionalModelRequestFields"]["thinking"]["type"],
+            "enabled"
+        );
+        assert_eq!(got["requestMetadata"], json!({"user_id": "u1"}));
+    }
+
+    #[test]
+    fn what_converse_cannot_carry_is_refused_by_name() {
+        let param = |pair: Pair, body: Value| -> String {
+            let e = converse_request(pair, body).unwrap_err();
+            assert_eq!(e.reason(), Reason::InvalidRequest);
+            e.to_json(&crate::sanitize::Secrets::none()).pipe(|b| {
+                serde_json::from_slice::<Value>(&b).unwrap()["error"]["metadata"]["param"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        };
+        let msgs = json!([{"role": "user", "content": "Hi"}]);
+        assert_eq!(
+            param(
+                Pair::ChatToConverse,
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]})
+            ),
+            "messages[0].content[1].image_url.url"
+        );
+        assert_eq!(
+            param(
+                Pair::MessagesToConverse,
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "url", "url": "https://x/cat.png"}}]}]})
+            ),
+            "messages[0].content[0].source.url"
+        );
+        assert_eq!(
+            param(
+                Pair::MessagesToConverse,
+                json!({"model": "m", "max_tokens": 5, "messages": msgs, "top_k": 3})
+            ),
+            "top_k"
+        );
+        assert_eq!(
+            param(
+                Pair::MessagesToConverse,
+                json!({"model": "m", "max_tokens": 5, "messages": msgs,
+                "tools": [{"name": "t", "input_schema": {"type": "object"}}], "tool_choice": {"type": "none"}})
+            ),
+            "tool_choice.type"
+        );
+        assert_eq!(
+            param(
+                Pair::MessagesToConverse,
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {}}]}]})
+            ),
+            "messages[0].content[0].type"
+        );
+        assert_eq!(
+            param(
+                Pair::MessagesToConverse,
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": "AA"}}]}]})
+            ),
+            "messages[0].content[0].source.media_type"
+        );
+        assert_eq!(
+            param(
+                Pair::ChatToConverse,
+                json!({"model": "m", "messages": msgs, "logit_bias": {"1": 2}})
+            ),
+            "logit_bias"
+        );
+    }
+
+    trait Pipe: Sized {
+        fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
+            f(self)
+        }
+    }
+    impl<T> Pipe for T {}
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any split of the event stream's bytes gives the same output,
+        /// usage and commit point, for both client families.
+        #[test]
+        fn any_split_of_an_event_stream_gives_the_same_output(
+            chat in any::<bool>(),
+            cuts in prop::collection::vec(0..4096usize, 0..24),
+        ) {
+            let pair = if chat { Pair::ChatToConverse } else { Pair::MessagesToConverse };
+            let input = full_stream();
+            let (r, whole, t_whole) = run(pair, &[&input]);
+            prop_assert!(r.is_ok());
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for p in points {
+                pieces.push(&input[from..p]);
+                from = p;
+            }
+            pieces.push(&input[from..]);
+            let (r, split, t_split) = run(pair, &pieces);
+            prop_assert!(r.is_ok());
+            prop_assert_eq!(split, whole);
+            prop_assert_eq!(t_split.usage(), t_whole.usage());
+            prop_assert_eq!(t_split.committed(), t_whole.committed());
+        }
+    }
 }
