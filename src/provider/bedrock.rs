@@ -47,7 +47,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use serde_json::Value;
 
 use super::BuildError;
-use crate::body::Chunks;
 use crate::error::{Error, Reason};
 
 /// The signing name of Bedrock's runtime API.
@@ -135,30 +134,33 @@ fn env(var: &str, what: &str) -> Result<String, BuildError> {
     }
 }
 
-/// A provider's Bedrock settings: the region and how requests are authenticated.
-pub(crate) struct Bedrock {
+/// A Bedrock deployment's region and credentials: authenticates each
+/// request (the provider uses one; public for benchmarks and for callers
+/// that send their own requests to Bedrock).
+pub struct Signer {
     region: String,
     auth: BedrockAuth,
     /// The identity `aws-sigv4` signs with, made once.
     identity: Option<Identity>,
 }
 
-impl fmt::Debug for Bedrock {
+impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bedrock")
+        f.debug_struct("Signer")
             .field("region", &self.region)
             .field("auth", &self.auth)
             .finish()
     }
 }
 
-impl Bedrock {
-    pub(crate) fn new(region: &str, auth: BedrockAuth) -> Self {
+impl Signer {
+    /// Signs for `region` with `auth`.
+    pub fn new(region: &str, auth: BedrockAuth) -> Self {
         let identity = match &auth {
             BedrockAuth::Aws(c) => Some(Identity::from(c.clone())),
             BedrockAuth::ApiKey(_) => None,
         };
-        Bedrock {
+        Signer {
             region: region.to_owned(),
             auth,
             identity,
@@ -173,9 +175,9 @@ impl Bedrock {
     /// signature (`authorization`, `x-amz-date`, and `x-amz-security-token`
     /// for temporary credentials) over its method, URI, headers and the
     /// payload's hash, or the API key as a bearer token.
-    pub(crate) fn authenticate(
+    pub fn authenticate<B>(
         &self,
-        req: &mut Request<Chunks>,
+        req: &mut Request<B>,
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), Error> {
@@ -340,7 +342,7 @@ mod tests {
             "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
             Some("the-session-token-value"),
         );
-        let b = Bedrock::new("us-east-1", auth);
+        let b = Signer::new("us-east-1", auth);
         let dbg = format!("{b:?}");
         assert!(
             !dbg.contains("wJalr") && !dbg.contains("session-token-value"),
@@ -350,7 +352,7 @@ mod tests {
             .method("POST")
             .uri("https://bedrock-runtime.us-east-1.amazonaws.com/model/m%3A0/converse")
             .header("content-type", "application/json")
-            .body(Chunks::new(vec![]))
+            .body(())
             .unwrap();
         b.authenticate(
             &mut req,
@@ -369,7 +371,7 @@ mod tests {
         assert_eq!(h["x-amz-date"], "20150830T123600Z");
         assert_eq!(h["x-amz-security-token"], "the-session-token-value");
         assert!(h[AUTHORIZATION].is_sensitive());
-        let key = Bedrock::new(
+        let key = Signer::new(
             "us-east-1",
             BedrockAuth::ApiKey("bedrock-api-key-123".into()),
         );

@@ -349,7 +349,7 @@ struct Inner {
     max_response_bytes: usize,
     client: Option<HttpClient>,
     /// Bedrock's region and credentials ([`Api::Bedrock`]).
-    bedrock: Option<bedrock::Bedrock>,
+    bedrock: Option<bedrock::Signer>,
 }
 
 impl fmt::Debug for Provider {
@@ -444,7 +444,7 @@ impl ProviderBuilder {
     /// by `auth` (SigV4 or a Bedrock API key; see [`bedrock`]).
     pub fn bedrock(mut self, region: &str, auth: BedrockAuth) -> Self {
         self.inner.api = Api::Bedrock;
-        self.inner.bedrock = Some(bedrock::Bedrock::new(region, auth));
+        self.inner.bedrock = Some(bedrock::Signer::new(region, auth));
         self
     }
 
