@@ -214,9 +214,12 @@ impl Signer {
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
         let signable = SignableRequest::new("POST", uri, headers, SignableBody::Bytes(body))
             .map_err(|_| internal("the request is not signable"))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|_| internal("signing failed"))?
-            .into_parts();
+        // `aws-sigv4` traces its canonical request, which carries the session
+        // token: it signs with no subscriber, so no log can hold the token.
+        let signed = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+            sign(signable, &params)
+        });
+        let (instructions, _) = signed.map_err(|_| internal("signing failed"))?.into_parts();
         let (headers, _) = instructions.into_parts();
         for h in headers {
             let mut v =
@@ -292,6 +295,51 @@ pub(crate) fn error_body(headers: &HeaderMap, raw: Bytes) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Even at `trace`, signing logs nothing that holds a secret.
+    #[test]
+    fn signing_logs_no_secret_even_at_trace() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let signer = Signer::new(
+            "us-east-1",
+            BedrockAuth::aws(
+                "AKIDEXAMPLE",
+                "secretKeyNeverLogged0123456789",
+                Some("sessionTokenNeverLogged0123"),
+            ),
+        );
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse")
+            .body(())
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!("before");
+            signer
+                .authenticate(&mut req, b"{}", SystemTime::now())
+                .unwrap();
+        });
+        let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("before"), "the capture works: {logged}");
+        assert!(!logged.contains("NeverLogged"), "{logged}");
+    }
 
     #[test]
     fn the_model_id_is_one_encoded_segment() {
