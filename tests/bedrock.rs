@@ -893,3 +893,45 @@ async fn no_aws_secret_in_any_body_log_or_debug() {
     let key = tollgate::provider::BedrockAuth::ApiKey(mockbr::API_KEY.into());
     assert_no_aws_secrets("Debug", &format!("{key:?}"));
 }
+
+/// A Bedrock deployment is checked whole at start: its region, its
+/// credentials' variables, and `bedrock` only where `api = "bedrock"`.
+#[test]
+fn the_config_refuses_incomplete_bedrock_deployments() {
+    env();
+    let with = |deployment: &str| {
+        tollgate::config::Config::from_toml(
+            "b.toml",
+            &format!(
+                "[[groups]]\nname = \"g\"\n[[groups.deployments]]\nprovider = \"bedrock\"\n{deployment}\n"
+            ),
+        )
+    };
+    let e = with("api = \"bedrock\"").unwrap_err();
+    assert_eq!(e.field(), "groups[0].deployments[0].bedrock", "{e}");
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"\" }").unwrap_err();
+    assert_eq!(e.field(), "groups[0].deployments[0].bedrock.region", "{e}");
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", access_key_id_env = \"TOLLGATE_TEST_SURELY_UNSET\" }")
+        .unwrap_err();
+    assert!(e.to_string().contains("TOLLGATE_TEST_SURELY_UNSET"), "{e}");
+    let e = with("api = \"bedrock\"\napi_key_env = \"TOLLGATE_TEST_SURELY_UNSET\"\nbedrock = { region = \"us-east-1\" }")
+        .unwrap_err();
+    assert_eq!(e.field(), "groups[0].deployments[0].api_key_env", "{e}");
+    let e = with("base_url = \"http://127.0.0.1:1/v1\"\nbedrock = { region = \"us-east-1\" }")
+        .unwrap_err();
+    assert_eq!(e.field(), "groups[0].deployments[0].bedrock", "{e}");
+    let e = with("api = \"openai\"").unwrap_err();
+    assert_eq!(e.field(), "groups[0].deployments[0].base_url", "{e}");
+    // Without a base URL, the region's endpoint; the secret is nowhere in Debug.
+    let ok = with(&format!(
+        "api = \"bedrock\"\nmodel = \"{MODEL}\"\nbedrock = {{ region = \"eu-west-3\", access_key_id_env = \"{KEY_ID_ENV}\", secret_access_key_env = \"{SECRET_ENV}\" }}"
+    ))
+    .unwrap();
+    let router = ok.router().unwrap();
+    assert!(router.has_model("g"));
+    assert_no_aws_secrets("the router's Debug", &format!("{router:?}"));
+    assert_eq!(
+        tollgate::provider::bedrock_default_base_url("eu-west-3"),
+        "https://bedrock-runtime.eu-west-3.amazonaws.com"
+    );
+}
