@@ -47,6 +47,7 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
+//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions: see `examples/mock/bedrock.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -144,6 +145,8 @@ use tokio::sync::watch;
 mod anthropic;
 #[path = "mock/azure.rs"]
 pub mod azure;
+#[path = "mock/bedrock.rs"]
+pub mod bedrock;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -450,6 +453,14 @@ fn build_router_with(
         )
         .route("/{tenant}/oauth2/v2.0/token", any(azure::token))
         .route("/metadata/identity/oauth2/token", any(azure::imds))
+        .route(
+            "/model/{model}/converse",
+            any(|st: State<AppState>, req: Request| bedrock::handle(st, req, false)),
+        )
+        .route(
+            "/model/{model}/converse-stream",
+            any(|st: State<AppState>, req: Request| bedrock::handle(st, req, true)),
+        )
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(state)

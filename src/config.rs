@@ -605,7 +605,9 @@ pub struct DeploymentConfig {
     #[serde(default)]
     pub api: Option<String>,
     /// The base URL, with the API version: e.g. `https://api.openai.com/v1`,
-    /// `https://api.anthropic.com/v1`.
+    /// `https://api.anthropic.com/v1`. For `api = "bedrock"` it may be left
+    /// out: `https://bedrock-runtime.{region}.amazonaws.com`.
+    #[serde(default)]
     pub base_url: String,
     /// The environment variable holding the upstream API key (none: no key sent).
     pub api_key_env: Option<String>,
@@ -631,6 +633,74 @@ pub struct DeploymentConfig {
     /// `api = "azure"` deployment (required there, refused elsewhere).
     #[serde(default)]
     pub azure: Option<crate::provider::azure::AzureConfig>,
+    /// AWS Bedrock's settings (required with `api = "bedrock"`). With
+    /// `api_key_env`, that variable holds a Bedrock API key (sent as a
+    /// bearer token); without it, requests are SigV4-signed with the
+    /// credentials these settings name.
+    pub bedrock: Option<BedrockConfig>,
+}
+
+/// `bedrock = { region = "us-east-1" }`: a Bedrock deployment's region and
+/// the environment variables its AWS credentials are read from (once, at
+/// start).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// The AWS region (e.g. `us-east-1`): the signature's scope and the default endpoint's.
+    pub region: String,
+    /// The variable holding the access key id (default `AWS_ACCESS_KEY_ID`).
+    pub access_key_id_env: Option<String>,
+    /// The variable holding the secret access key (default `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key_env: Option<String>,
+    /// The variable holding a session token, read when set (default `AWS_SESSION_TOKEN`).
+    pub session_token_env: Option<String>,
+}
+
+impl DeploymentConfig {
+    fn is_bedrock(&self) -> bool {
+        self.api.as_deref() == Some("bedrock")
+    }
+
+    /// The base URL, or Bedrock's regional default.
+    fn upstream_base_url(&self) -> std::borrow::Cow<'_, str> {
+        match &self.bedrock {
+            Some(b) if self.base_url.is_empty() && self.is_bedrock() => {
+                crate::provider::bedrock_default_base_url(&b.region).into()
+            }
+            _ => self.base_url.as_str().into(),
+        }
+    }
+
+    /// Bedrock's credentials, read from the environment: (field, problem) on failure.
+    fn bedrock_auth(&self) -> Result<crate::provider::BedrockAuth, (&'static str, String)> {
+        use crate::provider::{BedrockAuth, bedrock};
+        let Some(b) = &self.bedrock else {
+            return Err((
+                "bedrock",
+                "is required with `api = \"bedrock\"` (at least `region`)".into(),
+            ));
+        };
+        if b.region.is_empty() {
+            return Err(("bedrock.region", "must name an AWS region".into()));
+        }
+        match &self.api_key_env {
+            Some(var) => {
+                BedrockAuth::api_key_from_env(var).map_err(|e| ("api_key_env", e.to_string()))
+            }
+            None => BedrockAuth::aws_from_env(
+                b.access_key_id_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_ACCESS_KEY_ID),
+                b.secret_access_key_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_SECRET_ACCESS_KEY),
+                b.session_token_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_SESSION_TOKEN),
+            )
+            .map_err(|e| ("bedrock", e.to_string())),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -885,7 +955,15 @@ impl Config {
                         ),
                     ));
                 }
-                Provider::builder(&d.provider, &d.base_url)
+                if d.is_bedrock() {
+                    d.bedrock_auth().map_err(|(f, e)| self.err(at(f), e))?;
+                } else if d.bedrock.is_some() {
+                    return Err(self.err(at("bedrock"), "is only for `api = \"bedrock\"`"));
+                }
+                if d.upstream_base_url().is_empty() {
+                    return Err(self.err(at("base_url"), "is required"));
+                }
+                Provider::builder(&d.provider, &d.upstream_base_url())
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?;
                 if let Some(var) = &d.api_key_env {
                     if std::env::var(var).map_or(true, |v| v.is_empty()) {
@@ -978,7 +1056,7 @@ impl Config {
                     if Api::from_name(api).is_none() {
                         return Err(self.err(
                             at("api"),
-                            format!("`{api}` is not an API tollgate speaks; use \"openai\" or \"anthropic\""),
+                            format!("`{api}` is not an API tollgate speaks; use \"openai\", \"anthropic\", \"azure\" or \"bedrock\""),
                         ));
                     }
                 }
@@ -1786,7 +1864,7 @@ impl Config {
                 let at = |f: &str| format!("groups[{gi}].deployments[{di}].{f}");
                 let model = d.model.as_deref().unwrap_or(&g.name);
                 let name = deployment_name(&g.name, d);
-                let mut b = Provider::builder(&d.provider, &d.base_url)
+                let mut b = Provider::builder(&d.provider, &d.upstream_base_url())
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?
                     .client(client.clone())
                     .timeouts(timeouts)
@@ -1809,7 +1887,11 @@ impl Config {
                 {
                     b = b.azure(azure);
                 }
-                if let Some(var) = &d.api_key_env {
+                if d.is_bedrock() {
+                    let auth = d.bedrock_auth().map_err(|(f, e)| self.err(at(f), e))?;
+                    let region = d.bedrock.as_ref().map_or("", |b| b.region.as_str());
+                    b = b.bedrock(region, auth);
+                } else if let Some(var) = &d.api_key_env {
                     b = b
                         .api_key_env(var)
                         .map_err(|e| self.err(at("api_key_env"), e.to_string()))?;

@@ -423,6 +423,8 @@ impl Error {
             429 => (Reason::UpstreamRateLimited, false),
             // 529: Anthropic's `overloaded_error`, as temporary as a 503.
             503 | 529 => (Reason::UpstreamUnavailable, false),
+            // Bedrock's ModelErrorException: the model failed, not the request.
+            424 => (Reason::UpstreamError, false),
             400 if upstream_code.as_deref() == Some("context_length_exceeded") => {
                 (Reason::ContextLengthExceeded, false)
             }

@@ -61,15 +61,21 @@ pub enum Api {
     /// style `{endpoint}/openai/v1/…`), authenticated by `api-key: <key>` or
     /// a Microsoft Entra ID bearer token (see [`crate::provider::azure`]).
     Azure,
+    /// AWS Bedrock's Converse API (`/model/{modelId}/converse`, and
+    /// `converse-stream` with binary event-stream framing): SigV4-signed
+    /// with AWS credentials, or a Bedrock API key as `Authorization: Bearer`;
+    /// no client header forwarded. Every route is translated.
+    Bedrock,
 }
 
 impl Api {
-    /// The API named in a config (`"openai"`, `"anthropic"`, `"azure"`).
+    /// The API named in a config (`"openai"`, `"anthropic"`, `"azure"`, `"bedrock"`).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "openai" => Some(Api::OpenAi),
             "anthropic" => Some(Api::Anthropic),
             "azure" => Some(Api::Azure),
+            "bedrock" => Some(Api::Bedrock),
             _ => None,
         }
     }
@@ -80,6 +86,7 @@ impl Api {
             Api::OpenAi => "openai",
             Api::Anthropic => "anthropic",
             Api::Azure => "azure",
+            Api::Bedrock => "bedrock",
         }
     }
 }

@@ -52,6 +52,7 @@
 //! ```
 
 pub mod azure;
+pub mod bedrock;
 mod body;
 mod translated;
 
@@ -79,6 +80,7 @@ use crate::read_request::{Parsed, json_string};
 use crate::sanitize::Secrets;
 use crate::{Served, UpstreamTime};
 
+pub use bedrock::{BedrockAuth, default_base_url as bedrock_default_base_url};
 use body::StreamEnd;
 pub use body::UpstreamBody;
 use translated::TranslatedBody;
@@ -350,6 +352,8 @@ struct Inner {
     client: Option<HttpClient>,
     /// Azure OpenAI's URL style and credentials ([`Api::Azure`]).
     azure: Option<azure::Azure>,
+    /// Bedrock's region and credentials ([`Api::Bedrock`]).
+    bedrock: Option<bedrock::Signer>,
 }
 
 impl fmt::Debug for Provider {
@@ -419,6 +423,7 @@ impl Provider {
                 max_response_bytes: 64 << 20,
                 client: None,
                 azure: None,
+                bedrock: None,
             },
         })
     }
@@ -438,6 +443,14 @@ impl ProviderBuilder {
     /// The API the upstream speaks (default [`Api::OpenAi`]).
     pub fn api(mut self, api: Api) -> Self {
         self.inner.api = api;
+        self
+    }
+
+    /// An AWS Bedrock upstream ([`Api::Bedrock`]) in `region`, authenticated
+    /// by `auth` (SigV4 or a Bedrock API key; see [`bedrock`]).
+    pub fn bedrock(mut self, region: &str, auth: BedrockAuth) -> Self {
+        self.inner.api = Api::Bedrock;
+        self.inner.bedrock = Some(bedrock::Signer::new(region, auth));
         self
     }
 
@@ -552,7 +565,8 @@ impl<I: Send + 'static> Service<Request<Parsed<I>>> for Provider {
 
 impl Inner {
     fn secrets<R>(&self, f: impl FnOnce(&Secrets<'_>) -> R) -> R {
-        let list = [self.api_key.as_deref().unwrap_or("")];
+        let [a, b] = self.bedrock.as_ref().map_or(["", ""], |b| b.secrets());
+        let list = [self.api_key.as_deref().unwrap_or(""), a, b];
         f(&Secrets::new(&list))
     }
 
@@ -603,15 +617,43 @@ impl Inner {
                 .filter(|r| r.is_empty() || r.starts_with('/'))
                 .unwrap_or(path)
         });
-        let pq = match &self.azure {
-            Some(az) => {
+        let summary = parsed.summary();
+        // The translated body, kept (a reference count) for Bedrock's
+        // signature, which covers the exact bytes sent.
+        let mut translated = None;
+        let body = match plan {
+            Plan::Translate(pair) => {
+                let model = match &self.azure {
+                    Some(az) => az.deployment(),
+                    None => self.model.as_ref().map_or(parsed.model(), |m| &*m.0),
+                };
+                let t = pair.request(parsed.bytes(), model, &self.translate)?;
+                translated = Some((t.body.clone(), t.stream));
+                Chunks::new(vec![t.body])
+            }
+            _ => {
+                let include_usage = self.include_usage
+                    && matches!(self.api, Api::OpenAi | Api::Azure)
+                    && summary.endpoint.stream_ends_with_done();
+                let azure_model = self.azure.as_ref().and_then(|az| az.body_model(endpoint));
+                let model = azure_model.or(self.model.as_ref().map(|m| &m.1));
+                parsed.rewrite(model, include_usage)
+            }
+        };
+        let pq = match (&self.azure, self.api, &translated) {
+            (Some(az), _, _) => {
                 az.path_and_query(&self.base_path, upstream_endpoint, rest, parts.uri.query())
             }
-            None => {
+            // Converse names the model in its path: `/model/{modelId}/converse[-stream]`.
+            (None, Api::Bedrock, Some((_, stream))) => {
+                let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
+                bedrock::path(&self.base_path, model, *stream)
+            }
+            _ => {
                 let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
                 pq.push_str(&self.base_path);
                 pq.push_str(rest);
-                if let Some(q) = parts.uri.query() {
+                if let Some(q) = parts.uri.query().filter(|_| self.api != Api::Bedrock) {
                     pq.push('?');
                     pq.push_str(q);
                 }
@@ -629,25 +671,6 @@ impl Inner {
                     "The request path cannot be forwarded.",
                 )
             })?;
-        let summary = parsed.summary();
-        let body = match plan {
-            Plan::Translate(pair) => {
-                let model = match &self.azure {
-                    Some(az) => az.deployment(),
-                    None => self.model.as_ref().map_or(parsed.model(), |m| &*m.0),
-                };
-                let t = pair.request(parsed.bytes(), model, &self.translate)?;
-                Chunks::new(vec![t.body])
-            }
-            _ => {
-                let include_usage = self.include_usage
-                    && matches!(self.api, Api::OpenAi | Api::Azure)
-                    && summary.endpoint.stream_ends_with_done();
-                let azure_model = self.azure.as_ref().and_then(|az| az.body_model(endpoint));
-                let model = azure_model.or(self.model.as_ref().map(|m| &m.1));
-                parsed.rewrite(model, include_usage)
-            }
-        };
         let mut out = Request::builder()
             .method(http::Method::POST)
             .uri(uri)
@@ -659,17 +682,17 @@ impl Inner {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(
             ACCEPT,
-            HeaderValue::from_static(if summary.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
+            HeaderValue::from_static(match (summary.stream, self.api) {
+                (true, Api::Bedrock) => "application/vnd.amazon.eventstream",
+                (true, _) => "text/event-stream",
+                (false, _) => "application/json",
             }),
         );
-        if let Some(key) = &self.api_key {
+        if let Some(key) = self.api_key.as_ref().filter(|_| self.api != Api::Bedrock) {
             let (name, value) = match self.api {
-                Api::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
                 Api::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
                 Api::Azure => (HeaderName::from_static("api-key"), key.clone()),
+                _ => (AUTHORIZATION, format!("Bearer {key}")),
             };
             let mut v = HeaderValue::from_str(&value).map_err(|_| {
                 Error::new(
@@ -697,6 +720,16 @@ impl Inner {
         }
         for (k, v) in &self.headers {
             h.append(k, v.clone());
+        }
+        if self.api == Api::Bedrock {
+            // Signed last, over every header set above and the exact body.
+            let (Some(b), Some((bytes, _))) = (&self.bedrock, &translated) else {
+                return Err(self.tag(Error::new(
+                    Reason::Internal,
+                    "The Bedrock deployment has no region and credentials.",
+                )));
+            };
+            b.authenticate(&mut out, bytes, std::time::SystemTime::now())?;
         }
         Ok((out, parsed, plan))
     }
@@ -739,7 +772,10 @@ impl Inner {
         let (parts, incoming) = res.into_parts();
         let mut body = UpstreamBody::new(incoming, self.timeouts.idle, deadline, StreamEnd::Any);
         if !parts.status.is_success() {
-            let raw = read_bounded(body, RAW_LIMIT).await.unwrap_or_default();
+            let mut raw = read_bounded(body, RAW_LIMIT).await.unwrap_or_default();
+            if self.api == Api::Bedrock {
+                raw = bedrock::error_body(&parts.headers, raw);
+            }
             let e = match &token {
                 Some((tokens, t)) => {
                     if parts.status == http::StatusCode::UNAUTHORIZED {
@@ -763,7 +799,12 @@ impl Inner {
         let is_sse = content_type
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+            .is_some_and(|ct| {
+                ct.starts_with("text/event-stream")
+                    // Bedrock's ConverseStream: binary frames, read by the translator.
+                    || (self.api == Api::Bedrock
+                        && ct.starts_with("application/vnd.amazon.eventstream"))
+            });
         let upstream_endpoint = match plan {
             Plan::Translate(pair) => pair.upstream_endpoint(),
             _ => parsed.summary().endpoint,
@@ -791,6 +832,8 @@ impl Inner {
                     StreamEnd::Done
                 }
                 Api::OpenAi | Api::Azure => StreamEnd::Any,
+                // The translator checks that the event stream ended with `metadata`.
+                Api::Bedrock => StreamEnd::Any,
             });
             // Passed through, each event is checked to be JSON on its way
             // (translated, the translator reads every event anyway).
@@ -835,6 +878,11 @@ impl Inner {
         };
         let mut res = Response::new(out_body);
         *res.status_mut() = parts.status;
+        // Bedrock's event stream reaches the client translated into SSE.
+        let content_type = match (self.api, is_sse) {
+            (Api::Bedrock, true) => Some(HeaderValue::from_static("text/event-stream")),
+            _ => content_type,
+        };
         if let Some(ct) = content_type {
             res.headers_mut().insert(CONTENT_TYPE, ct);
         }

@@ -124,6 +124,28 @@ pub const MODEL_GONE: &[Shape] = &[
         },
     },
     Shape {
+        provider: "AWS Bedrock (an unknown model id)",
+        status: 404,
+        example: r#"{"message":"Could not resolve the foundation model from the provided model identifier.","__type":"ResourceNotFoundException"}"#,
+        matches: |_, v| {
+            aws_type(v) == Some("ResourceNotFoundException") && names_a_model(v["message"].as_str())
+        },
+    },
+    Shape {
+        provider: "AWS Bedrock (an invalid or retired model id)",
+        status: 400,
+        example: r#"{"message":"The provided model identifier is invalid.","__type":"ValidationException"}"#,
+        matches: |_, v| {
+            aws_type(v) == Some("ValidationException")
+                && v["message"].as_str().is_some_and(|m| {
+                    let m = m.to_ascii_lowercase();
+                    m.contains("model identifier is invalid")
+                        || (m.contains("model")
+                            && (m.contains("end of its life") || m.contains("legacy")))
+                })
+        },
+    },
+    Shape {
         provider: "any: 410 Gone with a JSON error body",
         status: 410,
         example: r#"{"error":{"message":"This model was retired on 2025-01-01."}}"#,
@@ -200,6 +222,13 @@ pub fn retry_delay(raw: &Value) -> Option<Duration> {
         let secs: f64 = d["retryDelay"].as_str()?.strip_suffix('s')?.parse().ok()?;
         (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
     })
+}
+
+/// The AWS exception name a Bedrock body carries as `__type` (the provider
+/// folds in the `x-amzn-ErrorType` header's), without a namespace prefix.
+fn aws_type(v: &Value) -> Option<&str> {
+    let t = v["__type"].as_str()?;
+    Some(t.rsplit('#').next().unwrap_or(t))
 }
 
 /// `error.code`, or a top-level `code`, when it is a string.

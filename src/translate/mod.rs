@@ -43,8 +43,11 @@
 //! The mapping tables, the `max_tokens` rule and the list of refusals are in
 //! `docs/translation.md`.
 
+mod chat_to_converse;
 mod chat_to_messages;
+mod converse;
 mod messages_to_chat;
+mod messages_to_converse;
 pub mod sse;
 
 #[cfg(test)]
@@ -61,6 +64,8 @@ use crate::error::{Error, Reason};
 pub use crate::family::Api;
 use crate::read_request::Endpoint;
 
+pub use converse::EventStreamDecoder;
+pub(crate) use converse::exception_reason;
 pub use sse::{SseDecoder, SseEvent};
 
 /// How a (route endpoint, upstream API) pair is served.
@@ -84,6 +89,11 @@ pub enum Pair {
     ChatToMessages,
     /// An Anthropic Messages client served by an OpenAI-compatible Chat Completions upstream.
     MessagesToChat,
+    /// An OpenAI Chat Completions client served by a Bedrock Converse upstream
+    /// (through Anthropic Messages as the pivot).
+    ChatToConverse,
+    /// An Anthropic Messages client served by a Bedrock Converse upstream.
+    MessagesToConverse,
 }
 
 /// The one place that decides how a route's endpoint is served by an
@@ -117,6 +127,16 @@ pub fn plan(endpoint: Endpoint, api: Api) -> Plan {
             Api::Anthropic,
         )
         | (Endpoint::CountTokens, Api::OpenAi) => Plan::NotServed,
+        (Endpoint::ChatCompletions, Api::Bedrock) => Plan::Translate(Pair::ChatToConverse),
+        (Endpoint::Messages, Api::Bedrock) => Plan::Translate(Pair::MessagesToConverse),
+        (
+            Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::CountTokens
+            | Endpoint::Other,
+            Api::Bedrock,
+        ) => Plan::NotServed,
     }
 }
 
@@ -277,7 +297,7 @@ impl TranslateError {
                     "invalid_request_error" => Reason::UpstreamRejected,
                     "request_too_large" => Reason::BodyTooLarge,
                     "not_found_error" => Reason::UpstreamModelNotFound,
-                    _ => Reason::UpstreamError,
+                    other => exception_reason(other).unwrap_or(Reason::UpstreamError),
                 };
                 let mut message = message;
                 if message.len() > 400 {
@@ -319,8 +339,8 @@ impl Pair {
     /// The endpoint of the client this pair serves.
     pub fn client(self) -> Endpoint {
         match self {
-            Pair::ChatToMessages => Endpoint::ChatCompletions,
-            Pair::MessagesToChat => Endpoint::Messages,
+            Pair::ChatToMessages | Pair::ChatToConverse => Endpoint::ChatCompletions,
+            Pair::MessagesToChat | Pair::MessagesToConverse => Endpoint::Messages,
         }
     }
 
@@ -329,14 +349,18 @@ impl Pair {
         match self {
             Pair::ChatToMessages => Api::Anthropic,
             Pair::MessagesToChat => Api::OpenAi,
+            Pair::ChatToConverse | Pair::MessagesToConverse => Api::Bedrock,
         }
     }
 
-    /// The upstream endpoint this pair sends to.
+    /// The upstream endpoint this pair sends to: [`Endpoint::Other`] for
+    /// Converse, whose path (`/model/{modelId}/converse`) the Bedrock
+    /// provider builds itself.
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Pair::ChatToMessages => Endpoint::Messages,
             Pair::MessagesToChat => Endpoint::ChatCompletions,
+            Pair::ChatToConverse | Pair::MessagesToConverse => Endpoint::Other,
         }
     }
 
@@ -361,6 +385,8 @@ impl Pair {
         match self {
             Pair::ChatToMessages => chat_to_messages::request(map, upstream_model, options),
             Pair::MessagesToChat => messages_to_chat::request(map, upstream_model, options),
+            Pair::ChatToConverse => chat_to_converse::request(map, options),
+            Pair::MessagesToConverse => messages_to_converse::request(map, options),
         }
     }
 
@@ -375,6 +401,8 @@ impl Pair {
         match self {
             Pair::ChatToMessages => chat_to_messages::response(&value, ctx),
             Pair::MessagesToChat => messages_to_chat::response(&value, ctx),
+            Pair::ChatToConverse => chat_to_converse::response(&value, ctx),
+            Pair::MessagesToConverse => messages_to_converse::response(&value, ctx),
         }
     }
 
@@ -383,9 +411,15 @@ impl Pair {
         let state = match self {
             Pair::ChatToMessages => State::FromMessages(chat_to_messages::Stream::new(ctx)),
             Pair::MessagesToChat => State::FromChat(messages_to_chat::Stream::new(ctx)),
+            Pair::ChatToConverse => State::Converse(chat_to_converse::stream(ctx)),
+            Pair::MessagesToConverse => State::Converse(messages_to_converse::stream(ctx)),
+        };
+        let decoder = match self.upstream() {
+            Api::Bedrock => Decoder::EventStream(EventStreamDecoder::new(options.event_cap)),
+            _ => Decoder::Sse(SseDecoder::new(options.event_cap)),
         };
         StreamTranslator {
-            decoder: SseDecoder::new(options.event_cap),
+            decoder,
             state,
             progress: Progress::default(),
         }
@@ -412,14 +446,52 @@ pub(crate) struct Progress {
 enum State {
     FromMessages(chat_to_messages::Stream),
     FromChat(messages_to_chat::Stream),
+    Converse(converse::Stream),
 }
 
-/// Translates one upstream SSE stream into the client's framing, event by
-/// event, in O(1) memory: [`feed`](Self::feed) each chunk as it arrives,
+/// How the upstream's stream is framed: SSE, or (Bedrock) binary event-stream messages.
+#[derive(Debug)]
+enum Decoder {
+    Sse(SseDecoder),
+    EventStream(EventStreamDecoder),
+}
+
+impl Decoder {
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        match self {
+            Decoder::Sse(d) => d.feed(chunk, on_event),
+            Decoder::EventStream(d) => d.feed(chunk, on_event),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        on_event: &mut dyn FnMut(SseEvent<'_>) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
+        match self {
+            Decoder::Sse(d) => d.finish(on_event),
+            Decoder::EventStream(d) => d.finish(),
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        match self {
+            Decoder::Sse(d) => d.buffered(),
+            Decoder::EventStream(d) => d.buffered(),
+        }
+    }
+}
+
+/// Translates one upstream stream (SSE, or Bedrock's binary event stream)
+/// into the client's framing, event by event, in O(1) memory: [`feed`](Self::feed) each chunk as it arrives,
 /// [`finish`](Self::finish) at the end.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    decoder: SseDecoder,
+    decoder: Decoder,
     state: State,
     progress: Progress,
 }
@@ -453,6 +525,7 @@ impl StreamTranslator {
         match state {
             State::FromMessages(s) => s.finish(),
             State::FromChat(s) => s.finish(),
+            State::Converse(s) => s.finish(),
         }
     }
 
@@ -475,6 +548,7 @@ impl StreamTranslator {
             + match &self.state {
                 State::FromMessages(s) => s.buffered(),
                 State::FromChat(s) => s.buffered(),
+                State::Converse(s) => s.buffered(),
             }
     }
 }
@@ -489,6 +563,7 @@ impl State {
         match self {
             State::FromMessages(s) => s.event(event, out, progress),
             State::FromChat(s) => s.event(event, out, progress),
+            State::Converse(s) => s.event(event, out, progress),
         }
     }
 }
