@@ -6,6 +6,8 @@
 //! cargo bench --all-features --bench stack -- stack/layer     # criterion only, no percentile pass
 //! cargo bench --all-features --bench stack -- percentiles     # the percentile pass only
 //! cargo bench --all-features --bench stack -- stack/percentiles/small_sse   # one variant of it
+//! cargo bench --all-features --bench stack -- stack/upstream  # over the real provider, per family
+//! cargo bench --all-features --bench stack -- stack/ratio     # the alternating ratio pass only
 //! ```
 //!
 //! The provider is a `service_fn` that answers at once: a canned OpenAI chat
@@ -48,6 +50,12 @@
 //!   `Fallback` → `Router` → provider (axum's routing, the request-id and
 //!   trace layers are not included).
 //!
+//! - `stack/upstream/<variant>`: the same stack over `Config::router()`'s
+//!   real providers, forwarding over pooled loopback HTTP/1.1 to a canned
+//!   upstream in this process that answers both API families: OpenAI and
+//!   Anthropic clients passed through, and translated both ways
+//!   (benches/stack/upstream.rs says which variants and what they send).
+//!
 //! After criterion, the percentile pass times individual requests
 //! (`Instant::now()` around each, on a current-thread runtime) through the
 //! full stack and through the provider alone into HDR histograms, and prints
@@ -58,15 +66,23 @@
 //! skipped when a criterion filter is given that `percentiles` does not
 //! contain, and under `cargo test --benches`.
 //!
+//! Then the ratio pass (`stack/ratio`, benches/stack/upstream.rs) times
+//! pairs of those upstream paths in alternating rounds on this thread's CPU
+//! time and prints each pair's ratio: Anthropic pass-through against
+//! OpenAI pass-through, and each translated path against pass-through.
+//! `TOLLGATE_BENCH_RATIO_ROUNDS` and `TOLLGATE_BENCH_RATIO_REQUESTS` set its
+//! size (`0` skips it); `-- stack/ratio` runs it alone.
+//!
 //! The instruction-count guard (`.ci/perf-guard`, docs/performance-guard.md)
 //! runs this bench under callgrind in its own mode:
 //! `TOLLGATE_BENCH_GUARD=<variant> TOLLGATE_BENCH_REQUESTS=N` drives N
 //! requests of that variant through the full stack, one after another, and
 //! nothing else (no criterion, no provider-alone pass, no clock reads but
 //! the loop's two), so the count over 2N requests minus the count over N
-//! is exactly N full-stack requests. A new path the guard should watch (a
-//! translated family, say) is a new variant here and a line in
-//! `benches/instructions.baseline`.
+//! is exactly N full-stack requests. The upstream variants run in that
+//! mode too, over the real provider (`TOLLGATE_BENCH_GUARD=anthropic_sse`).
+//! A new path the guard should watch is a new variant here or in
+//! benches/stack/upstream.rs and a line in `benches/instructions.baseline`.
 //!
 //! Rate limits: the large body is charged ~66,000 tokens a request, so a
 //! single stack would exhaust `u32::MAX` tokens a minute after ~7 s of

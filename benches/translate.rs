@@ -27,6 +27,17 @@
 //!   is in upstream events, so criterion prints events per second; the time
 //!   per event is the iteration's time divided by the event count printed
 //!   beside each group.
+//!
+//! Instruction counts, steady on a busy machine where wall time is not
+//! (`TOLLGATE_BENCH_COUNT=<group>/<name> TOLLGATE_BENCH_ITERS=N` runs one
+//! case N times and nothing else):
+//!
+//! ```text
+//! cargo build --release --bench translate      # prints nothing; the binary is target/release/deps/translate-…
+//! TOLLGATE_BENCH_COUNT=translate/request/chat_to_messages/tools TOLLGATE_BENCH_ITERS=1000 \
+//!   valgrind --tool=callgrind --toggle-collect='*counted*' target/release/deps/translate-… --bench
+//! # the summary line's count / 1000 = instructions per translation
+//! ```
 
 use std::hint::black_box;
 
@@ -237,10 +248,20 @@ fn translate_stream(
     written + black_box(out.split().freeze()).len()
 }
 
-fn bench(c: &mut Criterion) {
+/// One measured case: its criterion group and name, its throughput unit,
+/// and one run of it.
+struct Case {
+    group: &'static str,
+    name: String,
+    throughput: Throughput,
+    run: Box<dyn Fn()>,
+}
+
+fn cases() -> Vec<Case> {
     let options = Options::default();
     let ctx = ResponseContext::new("fast", 1_700_000_000).include_usage(true);
-    let pairs = [
+    let mut out = Vec::new();
+    for (pair_name, pair, bodies) in [
         (
             "chat_to_messages",
             Pair::ChatToMessages,
@@ -251,25 +272,30 @@ fn bench(c: &mut Criterion) {
             Pair::MessagesToChat,
             [("text_1KiB", messages_text()), ("tools", messages_tools())],
         ),
-    ];
-
-    let mut g = c.benchmark_group("translate/request");
-    for (pair_name, pair, bodies) in &pairs {
+    ] {
         for (name, body) in bodies {
             // The translation must succeed, or the bench measures an error path.
-            pair.request(body, "upstream-model", &options).unwrap();
-            g.throughput(Throughput::Bytes(body.len() as u64));
-            g.bench_function(format!("{pair_name}/{name}"), |b| {
-                b.iter(|| pair.request(black_box(body), "upstream-model", &options))
+            pair.request(&body, "upstream-model", &options).unwrap();
+            let throughput = Throughput::Bytes(body.len() as u64);
+            let (b, o) = (body.clone(), options.clone());
+            out.push(Case {
+                group: "translate/request",
+                name: format!("{pair_name}/{name}"),
+                throughput: throughput.clone(),
+                run: Box::new(move || {
+                    black_box(pair.request(black_box(&b), "upstream-model", &o).unwrap());
+                }),
             });
-            g.bench_function(format!("json_value/{pair_name}/{name}"), |b| {
-                b.iter(|| serde_json::from_slice::<Value>(black_box(body)).unwrap())
+            out.push(Case {
+                group: "translate/request",
+                name: format!("json_value/{pair_name}/{name}"),
+                throughput,
+                run: Box::new(move || {
+                    black_box(serde_json::from_slice::<Value>(black_box(&body)).unwrap());
+                }),
             });
         }
     }
-    g.finish();
-
-    let mut g = c.benchmark_group("translate/response");
     for (pair_name, pair, answer) in [
         (
             "chat_to_messages",
@@ -281,15 +307,17 @@ fn bench(c: &mut Criterion) {
         for (name, tools) in [("text", false), ("tools", true)] {
             let body = answer(tools);
             pair.response(&body, &ctx).unwrap();
-            g.throughput(Throughput::Bytes(body.len() as u64));
-            g.bench_function(format!("{pair_name}/{name}"), |b| {
-                b.iter(|| pair.response(black_box(&body), &ctx).unwrap())
+            let c = ctx.clone();
+            out.push(Case {
+                group: "translate/response",
+                name: format!("{pair_name}/{name}"),
+                throughput: Throughput::Bytes(body.len() as u64),
+                run: Box::new(move || {
+                    black_box(pair.response(black_box(&body), &c).unwrap());
+                }),
             });
         }
     }
-    g.finish();
-
-    let mut g = c.benchmark_group("translate/stream");
     for (pair_name, pair, stream) in [
         (
             "chat_to_messages",
@@ -306,13 +334,62 @@ fn bench(c: &mut Criterion) {
                 "translate/stream/{pair_name}/{name}: {} upstream events ({bytes} bytes) -> {written} bytes",
                 events.len()
             );
-            g.throughput(Throughput::Elements(events.len() as u64));
-            g.bench_function(format!("{pair_name}/{name}"), |b| {
-                b.iter(|| translate_stream(pair, &ctx, &options, black_box(&events)))
+            let (c, o) = (ctx.clone(), options.clone());
+            out.push(Case {
+                group: "translate/stream",
+                name: format!("{pair_name}/{name}"),
+                throughput: Throughput::Elements(events.len() as u64),
+                run: Box::new(move || {
+                    black_box(translate_stream(pair, &c, &o, black_box(&events)));
+                }),
             });
         }
     }
-    g.finish();
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    if let Ok(name) = std::env::var("TOLLGATE_BENCH_COUNT") {
+        return count(&name);
+    }
+    for case in cases() {
+        let mut g = c.benchmark_group(case.group);
+        g.throughput(case.throughput);
+        g.bench_function(&case.name, |b| b.iter(&case.run));
+        g.finish();
+    }
+}
+
+/// The instruction-count mode: `TOLLGATE_BENCH_COUNT=<group>/<name>
+/// TOLLGATE_BENCH_ITERS=N` runs that case once, then N times inside
+/// [`counted`], and nothing else, so that
+/// `valgrind --tool=callgrind --toggle-collect='*counted*'` counts N runs
+/// exactly (divide by N).
+fn count(full: &str) {
+    let n: u64 = std::env::var("TOLLGATE_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("TOLLGATE_BENCH_COUNT needs TOLLGATE_BENCH_ITERS=N");
+    let cases = cases();
+    let Some(case) = cases
+        .iter()
+        .find(|c| format!("{}/{}", c.group, c.name) == full)
+    else {
+        let names: Vec<_> = cases
+            .iter()
+            .map(|c| format!("{}/{}", c.group, c.name))
+            .collect();
+        panic!("TOLLGATE_BENCH_COUNT={full}: not a case (one of {names:?})");
+    };
+    (case.run)();
+    counted(&case.run, n);
+}
+
+#[inline(never)]
+fn counted(run: &dyn Fn(), n: u64) {
+    for _ in 0..n {
+        run();
+    }
 }
 
 criterion_group!(benches, bench);

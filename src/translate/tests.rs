@@ -353,8 +353,8 @@ fn a_long_stream_of_many_blocks_and_tool_calls_holds_no_more_to_an_openai_client
     assert_eq!(calls, BLOCKS / 2, "every tool call went out");
     let last = chunks
         .iter()
-        .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/index"))
-        .last();
+        .rev()
+        .find_map(|c| c.pointer("/choices/0/delta/tool_calls/0/index"));
     assert_eq!(last, Some(&json!(BLOCKS / 2 - 1)));
 }
 
