@@ -6,6 +6,8 @@
 //! cargo bench --all-features --bench stack -- stack/layer     # criterion only, no percentile pass
 //! cargo bench --all-features --bench stack -- percentiles     # the percentile pass only
 //! cargo bench --all-features --bench stack -- stack/percentiles/small_sse   # one variant of it
+//! cargo bench --all-features --bench stack -- stack/upstream  # over the real provider, per family
+//! cargo bench --all-features --bench stack -- stack/ratio     # the alternating ratio pass only
 //! ```
 //!
 //! The provider is a `service_fn` that answers at once: a canned OpenAI chat
@@ -48,6 +50,12 @@
 //!   `Fallback` → `Router` → provider (axum's routing, the request-id and
 //!   trace layers are not included).
 //!
+//! - `stack/upstream/<variant>`: the same stack over `Config::router()`'s
+//!   real providers, forwarding over pooled loopback HTTP/1.1 to a canned
+//!   upstream in this process that answers both API families: OpenAI and
+//!   Anthropic clients passed through, and translated both ways
+//!   (benches/stack/upstream.rs says which variants and what they send).
+//!
 //! After criterion, the percentile pass times individual requests
 //! (`Instant::now()` around each, on a current-thread runtime) through the
 //! full stack and through the provider alone into HDR histograms, and prints
@@ -58,15 +66,23 @@
 //! skipped when a criterion filter is given that `percentiles` does not
 //! contain, and under `cargo test --benches`.
 //!
+//! Then the ratio pass (`stack/ratio`, benches/stack/upstream.rs) times
+//! pairs of those upstream paths in alternating rounds on this thread's CPU
+//! time and prints each pair's ratio: Anthropic pass-through against
+//! OpenAI pass-through, and each translated path against pass-through.
+//! `TOLLGATE_BENCH_RATIO_ROUNDS` and `TOLLGATE_BENCH_RATIO_REQUESTS` set its
+//! size (`0` skips it); `-- stack/ratio` runs it alone.
+//!
 //! The instruction-count guard (`.ci/perf-guard`, docs/performance-guard.md)
 //! runs this bench under callgrind in its own mode:
 //! `TOLLGATE_BENCH_GUARD=<variant> TOLLGATE_BENCH_REQUESTS=N` drives N
 //! requests of that variant through the full stack, one after another, and
 //! nothing else (no criterion, no provider-alone pass, no clock reads but
 //! the loop's two), so the count over 2N requests minus the count over N
-//! is exactly N full-stack requests. A new path the guard should watch (a
-//! translated family, say) is a new variant here and a line in
-//! `benches/instructions.baseline`.
+//! is exactly N full-stack requests. The upstream variants run in that
+//! mode too, over the real provider (`TOLLGATE_BENCH_GUARD=anthropic_sse`).
+//! A new path the guard should watch is a new variant here or in
+//! benches/stack/upstream.rs and a line in `benches/instructions.baseline`.
 //!
 //! Rate limits: the large body is charged ~66,000 tokens a request, so a
 //! single stack would exhaust `u32::MAX` tokens a minute after ~7 s of
@@ -78,6 +94,9 @@ mod common;
 #[macro_use]
 #[path = "../examples/gateway.rs"]
 mod gateway;
+#[macro_use]
+#[path = "stack/upstream.rs"]
+mod upstream;
 
 use std::fmt::Debug;
 use std::hint::black_box;
@@ -105,6 +124,7 @@ use tollgate::{Body, Error, LlmRequest};
 // Used by `inference_stack!`.
 use gateway::record_key;
 use tower::{Layer, Service, ServiceExt, service_fn};
+use upstream::UpEnv;
 
 /// The bench's static virtual key (an in-process bench key, not a secret).
 const BENCH_KEY: &str = "tg-bench-BenchKeyInProcessOnly0000000000";
@@ -414,7 +434,7 @@ fn bench_one<S, R, B>(
     });
 }
 
-fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, env: &Env) {
+fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, env: &Env, up: &UpEnv) {
     let variants = variants();
 
     let mut g = c.benchmark_group("stack/provider");
@@ -480,6 +500,103 @@ fn criterion_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, env: &Env)
         bench_one(&mut g, rt, v.name, full_stack!(env), || env.http(&v.body));
     }
     g.finish();
+
+    // The full stack over the real providers (benches/stack/upstream.rs).
+    let mut g = c.benchmark_group("stack/upstream");
+    for v in upstream::variants() {
+        let svc = upstream_stack!(env, up);
+        rt.block_on(upstream::check(&svc, up, &v));
+        bench_one(&mut g, rt, v.name, svc, || up.http(&v));
+    }
+    g.finish();
+}
+
+/// The ratio pass (benches/stack/upstream.rs): each pair's two paths timed
+/// in alternating rounds of `n` requests, over fresh stacks. Everything
+/// runs on this thread (current-thread runtime, the upstream included), so
+/// the thread's time on a CPU (`/proc/thread-self/schedstat`, in ns, kernel
+/// time included) is the requests' whole cost, whatever else the machine
+/// runs; wall time is printed beside it.
+fn ratios(rt: &tokio::runtime::Runtime, env: &Env, up: &UpEnv, rounds: usize, n: u64) {
+    println!(
+        "\nstack/ratio: full stack over the real provider, {rounds} alternating rounds of {n} requests per side (load average {})",
+        load_average()
+    );
+    println!(
+        "  {:<24} {:<16} {:>9} {:>9} {:>7} {:>13} {:>8}   {:>9} {:>9} {:>7}",
+        "path",
+        "against",
+        "CPU µs",
+        "against",
+        "ratio",
+        "min..max",
+        "added",
+        "wall µs",
+        "against",
+        "ratio"
+    );
+    for (a, b) in upstream::PAIRS {
+        let (va, vb) = (upstream::variant(a).unwrap(), upstream::variant(b).unwrap());
+        let sa = upstream_stack!(env, up);
+        let sb = upstream_stack!(env, up);
+        let (ma, mb) = (|| up.http(&va), || up.http(&vb));
+        rt.block_on(upstream::check(&sa, up, &va));
+        rt.block_on(upstream::check(&sb, up, &vb));
+        // Warm both (connections, lazy set-ups).
+        rt.block_on(drive(&sa, &ma, n / 10 + 1));
+        rt.block_on(drive(&sb, &mb, n / 10 + 1));
+        // Per round: (CPU a, CPU b, wall a, wall b), µs per request.
+        let mut r: Vec<[f64; 4]> = Vec::new();
+        let timed = |svc: &dyn Fn() -> Duration| {
+            let cpu = thread_cpu_ns();
+            let wall = svc();
+            let per = |ns: f64| ns / 1e3 / n as f64;
+            (
+                per((thread_cpu_ns() - cpu) as f64),
+                per(wall.as_nanos() as f64),
+            )
+        };
+        let run_a = || rt.block_on(drive(&sa, &ma, n));
+        let run_b = || rt.block_on(drive(&sb, &mb, n));
+        for round in 0..rounds {
+            let ((ca, wa), (cb, wb)) = if round % 2 == 0 {
+                let ta = timed(&run_a);
+                (ta, timed(&run_b))
+            } else {
+                let tb = timed(&run_b);
+                (timed(&run_a), tb)
+            };
+            r.push([ca, cb, wa, wb]);
+        }
+        let med = |f: &dyn Fn(&[f64; 4]) -> f64| {
+            let mut v: Vec<f64> = r.iter().map(f).collect();
+            v.sort_by(|x, y| x.total_cmp(y));
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let (ca, cb) = (med(&|x| x[0]).0, med(&|x| x[1]).0);
+        let (cr, cmin, cmax) = med(&|x| x[0] / x[1]);
+        let (wa, wb) = (med(&|x| x[2]).0, med(&|x| x[3]).0);
+        let wr = med(&|x| x[2] / x[3]).0;
+        println!(
+            "  {a:<24} {b:<16} {ca:>9.2} {cb:>9.2} {cr:>7.3} {:>13} {:>+8.2}   {wa:>9.2} {wb:>9.2} {wr:>7.3}",
+            format!("{cmin:.3}..{cmax:.3}"),
+            ca - cb
+        );
+    }
+}
+
+/// This thread's time on a CPU so far, in nanoseconds (Linux).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("/proc/thread-self/schedstat (Linux)")
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Times `n` requests one by one (after `n / 10` unmeasured) into a
@@ -526,9 +643,7 @@ fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64, only: Option
     println!(
         "\nstack/percentiles: time per request, {small} small / {} large requests each after a tenth as many unmeasured (load average {})",
         small / 5,
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_else(|_| "unknown".into())
+        load_average()
     );
     for v in variants() {
         if only.is_some_and(|only| only != v.name) {
@@ -566,8 +681,21 @@ fn percentiles(rt: &tokio::runtime::Runtime, env: &Env, small: u64, only: Option
 /// full stack, back to back (yielding every [`YIELD_EVERY`], as everywhere
 /// here, so the spend writer keeps up), after one uncounted request.
 fn guard(rt: &tokio::runtime::Runtime, env: &Env, name: &str, n: u64) {
+    if let Some(v) = upstream::variant(name) {
+        // A path over the real provider (benches/stack/upstream.rs).
+        let up = &rt.block_on(UpEnv::start());
+        let full = upstream_stack!(env, up);
+        let make = || up.http(&v);
+        rt.block_on(upstream::check(&full, up, &v));
+        guard_requests(rt, &full, &make, n);
+        return;
+    }
     let Some(v) = variants().into_iter().find(|v| v.name == name) else {
-        let names: Vec<_> = variants().iter().map(|v| v.name).collect();
+        let names: Vec<_> = variants()
+            .iter()
+            .map(|v| v.name)
+            .chain(upstream::variants().iter().map(|v| v.name))
+            .collect();
         panic!("TOLLGATE_BENCH_GUARD={name}: not a variant (one of {names:?})");
     };
     let full = full_stack!(env);
@@ -592,11 +720,11 @@ where
     rt.block_on(drive(svc, make, n));
 }
 
-/// Whether the percentile pass runs, how many small requests it times, and
-/// the one variant it is limited to (`stack/percentiles/small_sse`).
-fn percentile_requests() -> Option<(u64, Option<String>)> {
-    // Criterion's options that take a value (the filter is the first other
-    // non-option argument).
+/// The criterion filter given on the command line (the first argument that
+/// is neither an option nor an option's value); `Some("--test")` under
+/// `cargo test --benches` or `--list`, so no extra pass runs then.
+fn criterion_filter() -> Option<String> {
+    // Criterion's options that take a value.
     const VALUED: [&str; 16] = [
         "--warm-up-time",
         "--measurement-time",
@@ -617,9 +745,8 @@ fn percentile_requests() -> Option<(u64, Option<String>)> {
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--test" || a == "--list") {
-        return None;
+        return Some("--test".into());
     }
-    let mut filter = None;
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -628,16 +755,20 @@ fn percentile_requests() -> Option<(u64, Option<String>)> {
             continue;
         }
         if !a.starts_with('-') {
-            filter = Some(a.clone());
-            break;
+            return Some(a.clone());
         }
         i += 1;
     }
+    None
+}
+
+/// Whether the percentile pass runs, how many small requests it times, and
+/// the one variant it is limited to (`stack/percentiles/small_sse`).
+fn percentile_requests(filter: Option<&str>) -> Option<(u64, Option<String>)> {
     let only = filter
-        .as_deref()
         .and_then(|f| f.strip_prefix("stack/percentiles/"))
         .map(str::to_owned);
-    if only.is_none() && filter.is_some_and(|f| !"stack/percentiles".contains(f.as_str())) {
+    if only.is_none() && filter.is_some_and(|f| !"stack/percentiles".contains(f)) {
         return None;
     }
     let n = std::env::var("TOLLGATE_BENCH_REQUESTS")
@@ -645,6 +776,26 @@ fn percentile_requests() -> Option<(u64, Option<String>)> {
         .map(|v| v.parse::<u64>().expect("TOLLGATE_BENCH_REQUESTS: a number"))
         .unwrap_or(100_000);
     (n > 0).then_some((n, only))
+}
+
+/// Whether the ratio pass runs (no filter, or one that `stack/ratio`
+/// contains), with its rounds and requests per side and round.
+fn ratio_requests(filter: Option<&str>) -> Option<(usize, u64)> {
+    if filter.is_some_and(|f| !"stack/ratio".contains(f)) {
+        return None;
+    }
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| {
+                v.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{name}: a number"))
+            })
+            .unwrap_or(default)
+    };
+    let rounds = var("TOLLGATE_BENCH_RATIO_ROUNDS", 12) as usize;
+    let n = var("TOLLGATE_BENCH_RATIO_REQUESTS", 2000);
+    (rounds > 0 && n > 0).then_some((rounds, n))
 }
 
 fn main() {
@@ -682,11 +833,16 @@ fn main() {
             .expect("TOLLGATE_BENCH_GUARD needs TOLLGATE_BENCH_REQUESTS=N");
         guard(&rt, &env, &name, n);
     } else {
+        let up = rt.block_on(UpEnv::start());
         let mut c = Criterion::default().configure_from_args();
-        criterion_benches(&mut c, &rt, &env);
+        criterion_benches(&mut c, &rt, &env, &up);
         c.final_summary();
-        if let Some((n, only)) = percentile_requests() {
+        let filter = criterion_filter();
+        if let Some((n, only)) = percentile_requests(filter.as_deref()) {
             percentiles(&rt, &env, n, only.as_deref());
+        }
+        if let Some((rounds, n)) = ratio_requests(filter.as_deref()) {
+            ratios(&rt, &env, &up, rounds, n);
         }
     }
 
@@ -695,6 +851,10 @@ fn main() {
     if env.writer.written() > 0 {
         // The full stack really recorded its metrics and settled its spend.
         let scrape = handle.render();
-        assert!(scrape.contains("tollgate_requests_total{model_group=\"g\",status=\"2xx\"}"));
+        assert!(["g", "openai", "anthropic"].iter().any(|g| {
+            scrape.contains(&format!(
+                "tollgate_requests_total{{model_group=\"{g}\",status=\"2xx\"}}"
+            ))
+        }));
     }
 }

@@ -304,6 +304,118 @@ fn a_1_mib_tool_call_argument_streams_to_an_anthropic_client_in_bounded_memory()
     );
 }
 
+/// Content blocks in the long-stream tests: half text, half tool calls
+/// (their ids of one width, so a longer id is not mistaken for growth).
+const BLOCKS: usize = 4000;
+
+/// Feeds `events` one by one; the most `buffered()` was in the first
+/// quarter of them and after it, and everything written.
+fn buffered_over(pair: Pair, events: &[String]) -> (usize, usize, BytesMut) {
+    let mut t = pair.stream(ctx(), &Options::default());
+    let mut out = BytesMut::new();
+    let (mut early, mut late) = (0, 0);
+    for (i, e) in events.iter().enumerate() {
+        t.feed(e.as_bytes(), &mut out).unwrap();
+        let held = t.buffered();
+        if i < events.len() / 4 {
+            early = early.max(held);
+        } else {
+            late = late.max(held);
+        }
+    }
+    t.finish(&mut out).unwrap();
+    (early, late, out)
+}
+
+#[test]
+fn a_long_stream_of_many_blocks_and_tool_calls_holds_no_more_to_an_openai_client() {
+    let mut events = vec![message_start()];
+    for b in 0..BLOCKS {
+        let block = if b % 2 == 0 {
+            json!({"type": "text", "text": ""})
+        } else {
+            json!({"type": "tool_use", "id": format!("toolu_{b:05}"), "name": "f", "input": {}})
+        };
+        events.push(anthropic_event(
+            json!({"type": "content_block_start", "index": b, "content_block": block}),
+        ));
+        for k in 0..3 {
+            let delta = if b % 2 == 0 {
+                json!({"type": "text_delta", "text": format!(" t{b}.{k}")})
+            } else {
+                json!({"type": "input_json_delta", "partial_json": format!("{{\"k{k}\":{b}}}")})
+            };
+            events.push(anthropic_event(
+                json!({"type": "content_block_delta", "index": b, "delta": delta}),
+            ));
+        }
+        events.push(anthropic_event(
+            json!({"type": "content_block_stop", "index": b}),
+        ));
+    }
+    events.push(anthropic_event(json!({"type": "message_delta",
+        "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}})));
+    events.push(anthropic_event(json!({"type": "message_stop"})));
+    let (early, late, out) = buffered_over(Pair::ChatToMessages, &events);
+    assert!(
+        late <= early && late < BOUND,
+        "held {early} bytes early in the stream and {late} later"
+    );
+    let chunks = datas(&out);
+    let calls = chunks
+        .iter()
+        .filter(|c| c.pointer("/choices/0/delta/tool_calls/0/id").is_some())
+        .count();
+    assert_eq!(calls, BLOCKS / 2, "every tool call went out");
+    let last = chunks
+        .iter()
+        .rev()
+        .find_map(|c| c.pointer("/choices/0/delta/tool_calls/0/index"));
+    assert_eq!(last, Some(&json!(BLOCKS / 2 - 1)));
+}
+
+#[test]
+fn a_long_stream_of_many_blocks_and_tool_calls_holds_no_more_to_an_anthropic_client() {
+    let mut events = vec![openai_chunk(
+        json!({"role": "assistant", "content": ""}),
+        None,
+    )];
+    for b in 0..BLOCKS {
+        for k in 0..3 {
+            events.push(if b % 2 == 0 {
+                openai_chunk(json!({"content": format!(" t{b}.{k}")}), None)
+            } else if k == 0 {
+                openai_chunk(
+                    json!({"tool_calls": [{"index": b / 2, "id": format!("call_{b:05}"), "type": "function",
+                        "function": {"name": "f", "arguments": ""}}]}),
+                    None,
+                )
+            } else {
+                openai_chunk(
+                    json!({"tool_calls": [{"index": b / 2, "function": {"arguments": format!("{{\"k{k}\":{b}}}")}}]}),
+                    None,
+                )
+            });
+        }
+    }
+    events.push(openai_chunk(json!({}), Some("tool_calls")));
+    events.push("data: [DONE]\n\n".to_owned());
+    let (early, late, out) = buffered_over(Pair::MessagesToChat, &events);
+    assert!(
+        late <= early && late < BOUND,
+        "held {early} bytes early in the stream and {late} later"
+    );
+    let starts: Vec<Value> = datas(&out)
+        .into_iter()
+        .filter(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use")
+        .collect();
+    assert_eq!(starts.len(), BLOCKS / 2, "every tool call went out");
+    assert_eq!(
+        starts.last().unwrap()["content_block"]["id"],
+        format!("call_{:05}", BLOCKS - 1)
+    );
+}
+
 #[test]
 fn parallel_tool_calls_sharing_one_index_are_told_apart_by_id() {
     // Some OpenAI-compatible servers give every parallel call index 0, and
