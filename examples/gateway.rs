@@ -91,7 +91,9 @@ macro_rules! inference_stack {
             .layer(tollgate::metrics::RequestMetricsLayer::new(
                 router.model_names(),
             ))
-            .layer(tollgate::access::ModelAccessLayer::new())
+            .layer(tollgate::access::ModelAccessLayer::new().advice(
+                "GET /v1/models lists the models this key may use; ask your admin for access.",
+            ))
             .layer($rate_limit)
             .layer($budget)
             .option_layer($fair_queue)
@@ -198,15 +200,18 @@ pub async fn build(
         .service(ModelList::new(router.model_names()));
     // Anthropic's token counting is free and has its own limits upstream:
     // keys and grants hold, budgets and rate limits do not charge it.
-    let count_tokens = ServiceBuilder::new()
-        .layer(NormalizeErrorsLayer::new())
-        .layer(auth.clone())
-        .layer(tollgate::read_request::ReadRequestLayer::new(
-            config.server.max_body_bytes,
-        ))
-        .layer(tollgate::access::ModelAccessLayer::new())
-        .layer(fallback.clone())
-        .service(router.clone());
+    let count_tokens =
+        ServiceBuilder::new()
+            .layer(NormalizeErrorsLayer::new())
+            .layer(auth.clone())
+            .layer(tollgate::read_request::ReadRequestLayer::new(
+                config.server.max_body_bytes,
+            ))
+            .layer(tollgate::access::ModelAccessLayer::new().advice(
+                "GET /v1/models lists the models this key may use; ask your admin for access.",
+            ))
+            .layer(fallback.clone())
+            .service(router.clone());
     let inference = inference_stack!(
         auth,
         config.server.max_body_bytes,
