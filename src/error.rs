@@ -141,7 +141,7 @@ reasons! {
     Unauthenticated = ("unauthenticated", 401),
     /// A budget would be exceeded.
     BudgetExceeded = ("budget_exceeded", 402),
-    /// The key may not use this model.
+    /// The caller may not use this model.
     ModelNotAllowed = ("model_not_allowed", 403),
     /// The gateway knows no model (group) of this name.
     ModelNotFound = ("model_not_found", 404),
