@@ -102,6 +102,11 @@ macro_rules! inference_stack {
     }};
 }
 
+/// How `ModelAccess`'s refusals end here: this gateway serves `GET /v1/models`
+/// (the same words as in `inference_stack!`).
+const MODELS_ADVICE: &str =
+    "GET /v1/models lists the models this key may use; ask your admin for access.";
+
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
 pub async fn app(config: &Config) -> Result<axum::Router, ConfigError> {
@@ -200,18 +205,15 @@ pub async fn build(
         .service(ModelList::new(router.model_names()));
     // Anthropic's token counting is free and has its own limits upstream:
     // keys and grants hold, budgets and rate limits do not charge it.
-    let count_tokens =
-        ServiceBuilder::new()
-            .layer(NormalizeErrorsLayer::new())
-            .layer(auth.clone())
-            .layer(tollgate::read_request::ReadRequestLayer::new(
-                config.server.max_body_bytes,
-            ))
-            .layer(tollgate::access::ModelAccessLayer::new().advice(
-                "GET /v1/models lists the models this key may use; ask your admin for access.",
-            ))
-            .layer(fallback.clone())
-            .service(router.clone());
+    let count_tokens = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(auth.clone())
+        .layer(tollgate::read_request::ReadRequestLayer::new(
+            config.server.max_body_bytes,
+        ))
+        .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
+        .layer(fallback.clone())
+        .service(router.clone());
     let inference = inference_stack!(
         auth,
         config.server.max_body_bytes,
