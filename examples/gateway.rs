@@ -91,7 +91,9 @@ macro_rules! inference_stack {
             .layer(tollgate::metrics::RequestMetricsLayer::new(
                 router.model_names(),
             ))
-            .layer(tollgate::access::ModelAccessLayer::new())
+            .layer(tollgate::access::ModelAccessLayer::new().advice(
+                "GET /v1/models lists the models this key may use; ask your admin for access.",
+            ))
             .layer($rate_limit)
             .layer($budget)
             .option_layer($fair_queue)
@@ -99,6 +101,11 @@ macro_rules! inference_stack {
             .service(router)
     }};
 }
+
+/// How `ModelAccess`'s refusals end here: this gateway serves `GET /v1/models`
+/// (the same words as in `inference_stack!`).
+const MODELS_ADVICE: &str =
+    "GET /v1/models lists the models this key may use; ask your admin for access.";
 
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
@@ -204,7 +211,7 @@ pub async fn build(
         .layer(tollgate::read_request::ReadRequestLayer::new(
             config.server.max_body_bytes,
         ))
-        .layer(tollgate::access::ModelAccessLayer::new())
+        .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
         .layer(fallback.clone())
         .service(router.clone());
     let inference = inference_stack!(

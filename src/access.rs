@@ -1,21 +1,31 @@
-//! `ModelAccess`: the key may use this model; `GET /v1/models` lists exactly
-//! what the key may use.
+//! `ModelAccess`: the caller may use this model; `GET /v1/models` lists
+//! exactly what the caller may use.
 //!
-//! A key's grants are model names, access-group names (defined in the
-//! config, each a list of model names and patterns) and patterns (`*` matches
-//! any run of characters: `openai/*`, `*-mini`, `*` for everything). They are
-//! compiled once into [`Grants`] when a key is loaded or changed, and
-//! [`Grants::allows`] is the one function that decides: [`ModelAccess`] calls
-//! it for inference and [`ModelList`] for `GET /v1/models`, so the two cannot
-//! disagree. A key with no grants may use nothing.
+//! Grants are model names, access-group names (each a list of model names
+//! and patterns, [`AccessGroups`]) and patterns (`*` matches any run of
+//! characters: `openai/*`, `*-mini`, `*` for everything). They are compiled
+//! once into [`Grants`] (when a virtual key is loaded or changed, or when
+//! your application builds its own), and [`Grants::allows`] is the one
+//! function that decides: [`ModelAccess`] calls it for inference and
+//! [`ModelList`] for `GET /v1/models`, so the two cannot disagree. Grants
+//! that name nothing allow nothing.
+//!
+//! Where the grants come from is a [`GrantsOf`] source, the same for both:
+//! the identity's own ([`ModelAccessLayer::new`], for an identity that is
+//! [`HasGrants`], as the virtual key `keys::Key` is), or a
+//! closure `Fn(&I) -> Grants` over your own identity type
+//! ([`ModelAccessLayer::with_grants`], [`ModelList::grants`]; see
+//! [`identify`](crate::identify) for how an identity gets there). The layer
+//! needs no feature: it works without virtual keys.
 //!
 //! `ModelAccess` checks the request's `model` and every entry of its
 //! per-request fallback list (`"models": [...]`): a forbidden entry refuses
 //! the request with 403 `model_not_allowed`, naming only the model refused,
 //! rather than being skipped, so no inner layer (fallback, router) can reach
-//! a model the key may not use. It needs the parsed request and the caller's
-//! grants by type (`Request<Parsed<I>>` with `I:` [`HasGrants`]), so it cannot
-//! be stacked without `ReadRequest` and an authentication layer.
+//! a model the caller may not use. The message ends with advice in your
+//! words ([`ModelAccessLayer::advice`]). It needs the parsed request and the
+//! caller's identity by type (`Request<Parsed<I>>`), so it cannot be
+//! stacked without `ReadRequest` and an identifying layer.
 //!
 //! ```
 //! use http::{Request, Response, StatusCode};
@@ -42,17 +52,52 @@
 //! assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 //! # }
 //! ```
+//!
+//! With your own identity type (here a team name), the grants come from a
+//! closure, and the refusal advises in your words:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Arc;
+//! use http::{Request, Response, StatusCode};
+//! use tollgate::access::{AccessGroups, Grants, ModelAccessLayer};
+//! use tollgate::read_request::{Identified, Parsed, ReadRequestLayer};
+//! use tollgate::{Body, Error};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let groups = AccessGroups::default();
+//! let by_team = Arc::new(HashMap::from([("search", Grants::compile(&["gpt-4o-mini"], &groups))]));
+//! let svc = ServiceBuilder::new()
+//!     .layer(ReadRequestLayer::new(1 << 20))
+//!     .layer(
+//!         ModelAccessLayer::with_grants(move |team: &&'static str| {
+//!             by_team.get(team).cloned().unwrap_or_default()
+//!         })
+//!         .advice("Ask #ml-platform for access."),
+//!     )
+//!     .service(service_fn(|_req: Request<Parsed<&'static str>>| async {
+//!         Ok::<_, Error>(Response::new(Body::empty()))
+//!     }));
+//! let ask = |team: &'static str| {
+//!     Request::post("/v1/chat/completions")
+//!         .body(Identified { identity: team, body: Body::full(r#"{"model":"gpt-4o-mini"}"#) })
+//!         .unwrap()
+//! };
+//! assert_eq!(svc.clone().oneshot(ask("search")).await.unwrap().status(), StatusCode::OK);
+//! let refused = svc.oneshot(ask("ads")).await.unwrap_err();
+//! assert_eq!(refused.message(), "You may not use the model `gpt-4o-mini`. Ask #ml-platform for access.");
+//! # }
+//! ```
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response};
-use pin_project::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::Body;
@@ -241,7 +286,9 @@ impl fmt::Debug for Grants {
     }
 }
 
-/// An identity that carries grants (the authenticated key).
+/// An identity that carries grants (the authenticated virtual key, or your
+/// own identity type): [`ModelAccessLayer::new`] and [`ModelList::new`] read
+/// the grants from it.
 pub trait HasGrants {
     /// What the caller may use.
     fn grants(&self) -> &Grants;
@@ -253,8 +300,47 @@ impl HasGrants for Grants {
     }
 }
 
-/// The 403 for a model the caller may not use; names only that model.
+/// Where [`ModelAccess`] and [`ModelList`] find the caller's [`Grants`]:
+/// one source for both, so inference and the listing cannot disagree.
+///
+/// Implemented by [`FromIdentity`] (the identity's own grants, for an
+/// identity that is [`HasGrants`]) and by every closure `Fn(&I) -> Grants`
+/// (grants looked up for your own identity type `I`; keep them compiled,
+/// e.g. in a map of `Grants`, since cloning one is two reference counts).
+pub trait GrantsOf<I> {
+    /// The grants of `identity`.
+    fn grants_of<'a>(&'a self, identity: &'a I) -> Cow<'a, Grants>;
+}
+
+/// The caller's grants are its identity's own ([`HasGrants`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FromIdentity;
+
+impl<I: HasGrants> GrantsOf<I> for FromIdentity {
+    fn grants_of<'a>(&'a self, identity: &'a I) -> Cow<'a, Grants> {
+        Cow::Borrowed(identity.grants())
+    }
+}
+
+impl<F, I> GrantsOf<I> for F
+where
+    F: Fn(&I) -> Grants,
+{
+    fn grants_of<'a>(&'a self, identity: &'a I) -> Cow<'a, Grants> {
+        Cow::Owned(self(identity))
+    }
+}
+
+/// What a refusal advises when the layer is given no advice of its own.
+const DEFAULT_ADVICE: &str = "Ask your admin for access.";
+
+/// The 403 for a model the caller may not use; names only that model, and
+/// ends with the default advice (see [`ModelAccessLayer::advice`]).
 pub fn not_allowed(model: &str, param: &str) -> Error {
+    refusal(model, param, DEFAULT_ADVICE)
+}
+
+fn refusal(model: &str, param: &str, advice: &str) -> Error {
     let hint = if param == "models" {
         " (named in `models`)"
     } else {
@@ -262,56 +348,94 @@ pub fn not_allowed(model: &str, param: &str) -> Error {
     };
     Error::new(
         Reason::ModelNotAllowed,
-        format!(
-            "This key may not use the model `{model}`{hint}. GET /v1/models lists the models it may use; ask your admin for access."
-        ),
+        format!("You may not use the model `{model}`{hint}. {advice}"),
     )
     .with_meta("param", param)
 }
 
 /// Checks the request's `model` and its `models` list against the grants.
 pub fn check(grants: &Grants, parsed: &crate::read_request::Summary) -> Result<(), Error> {
+    check_with(grants, parsed, DEFAULT_ADVICE)
+}
+
+fn check_with(
+    grants: &Grants,
+    parsed: &crate::read_request::Summary,
+    advice: &str,
+) -> Result<(), Error> {
     if !grants.allows(&parsed.model) {
-        return Err(not_allowed(&parsed.model, "model"));
+        return Err(refusal(&parsed.model, "model", advice));
     }
     match parsed.models.iter().find(|m| !grants.allows(m)) {
-        Some(m) => Err(not_allowed(m, "models")),
+        Some(m) => Err(refusal(m, "models", advice)),
         None => Ok(()),
     }
 }
 
-/// Applies [`ModelAccess`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ModelAccessLayer {
-    _priv: (),
+/// Applies [`ModelAccess`], with the grants from `G` ([`GrantsOf`]).
+#[derive(Clone, Debug)]
+pub struct ModelAccessLayer<G = FromIdentity> {
+    grants: G,
+    advice: Arc<str>,
 }
 
-impl ModelAccessLayer {
-    /// The layer.
+impl ModelAccessLayer<FromIdentity> {
+    /// The layer, reading the grants from the identity (`I:` [`HasGrants`]).
     pub fn new() -> Self {
-        ModelAccessLayer { _priv: () }
+        ModelAccessLayer::with_grants(FromIdentity)
     }
 }
 
-impl<S> Layer<S> for ModelAccessLayer {
-    type Service = ModelAccess<S>;
+impl Default for ModelAccessLayer<FromIdentity> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
-    fn layer(&self, inner: S) -> ModelAccess<S> {
-        ModelAccess { inner }
+impl<G> ModelAccessLayer<G> {
+    /// The layer, with the grants from `grants`: a closure `Fn(&I) -> Grants`
+    /// over your identity type, or any [`GrantsOf`].
+    pub fn with_grants(grants: G) -> Self {
+        ModelAccessLayer {
+            grants,
+            advice: DEFAULT_ADVICE.into(),
+        }
+    }
+
+    /// The sentence that ends every refusal, in your application's words
+    /// (default: "Ask your admin for access."). The reference gateway, which
+    /// serves `GET /v1/models`, points there.
+    pub fn advice(mut self, advice: impl Into<Arc<str>>) -> Self {
+        self.advice = advice.into();
+        self
+    }
+}
+
+impl<S, G: Clone> Layer<S> for ModelAccessLayer<G> {
+    type Service = ModelAccess<S, G>;
+
+    fn layer(&self, inner: S) -> ModelAccess<S, G> {
+        ModelAccess {
+            inner,
+            grants: self.grants.clone(),
+            advice: self.advice.clone(),
+        }
     }
 }
 
 /// Refuses (403) a request for a model, or a `models` entry, that the
 /// caller's grants do not allow (see the module docs).
 #[derive(Clone, Debug)]
-pub struct ModelAccess<S> {
+pub struct ModelAccess<S, G = FromIdentity> {
     inner: S,
+    grants: G,
+    advice: Arc<str>,
 }
 
-impl<S, I> Service<Request<Parsed<I>>> for ModelAccess<S>
+impl<S, I, G> Service<Request<Parsed<I>>> for ModelAccess<S, G>
 where
     S: Service<Request<Parsed<I>>, Error = Error>,
-    I: HasGrants,
+    G: GrantsOf<I>,
 {
     type Response = S::Response;
     type Error = Error;
@@ -323,8 +447,10 @@ where
 
     fn call(&mut self, req: Request<Parsed<I>>) -> Self::Future {
         let parsed = req.body();
-        match check(parsed.identity().grants(), parsed.summary()) {
+        let grants = self.grants.grants_of(parsed.identity());
+        match check_with(&grants, parsed.summary(), &self.advice) {
             Ok(()) => {
+                drop(grants);
                 // Called at once: the readied service itself, no clone.
                 ResponseFuture::calling(self.inner.call(req))
             }
@@ -333,66 +459,41 @@ where
     }
 }
 
-/// The future of [`ModelAccess`] (and of [`VirtualKeys`](crate::keys::VirtualKeys)):
-/// the inner service's future, or an immediate refusal.
-#[pin_project]
-pub struct ResponseFuture<F> {
-    #[pin]
-    state: State<F>,
-}
-
-#[pin_project(project = StateProj)]
-enum State<F> {
-    Refused(Option<Error>),
-    Calling(#[pin] F),
-}
-
-impl<F> ResponseFuture<F> {
-    pub(crate) fn calling(fut: F) -> Self {
-        ResponseFuture {
-            state: State::Calling(fut),
-        }
-    }
-
-    pub(crate) fn refused(e: Error) -> Self {
-        ResponseFuture {
-            state: State::Refused(Some(e)),
-        }
-    }
-}
-
-impl<F, R> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<R, Error>>,
-{
-    type Output = Result<R, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Calling(fut) => fut.poll(cx),
-            StateProj::Refused(e) => Poll::Ready(Err(e
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
-    }
-}
+/// The future of [`ModelAccess`]: the inner service's, or an immediate
+/// 403 (the same type as [`Identify`](crate::identify::Identify)'s).
+pub use crate::identify::ResponseFuture;
 
 /// `GET /v1/models`: the models the caller may use, in OpenAI's list shape.
 ///
 /// Built from the full list of model names (the router's groups); the
 /// caller's grants filter it with [`Grants::allows`], the same function
-/// inference uses. Stack it under an authentication layer, which hands it
-/// `Request<Identified<I, B>>`.
+/// inference uses, from the same source ([`GrantsOf`]: the identity's own
+/// by default, or [`ModelList::grants`]). Stack it under an identifying
+/// layer, which hands it `Request<Identified<I, B>>`.
 #[derive(Clone, Debug)]
-pub struct ModelList {
+pub struct ModelList<G = FromIdentity> {
     models: Arc<[Box<str>]>,
+    grants: G,
 }
 
-impl ModelList {
-    /// A listing over these model names (listed in the order given).
+impl ModelList<FromIdentity> {
+    /// A listing over these model names (listed in the order given), for
+    /// identities that are [`HasGrants`].
     pub fn new<S: Into<Box<str>>>(models: impl IntoIterator<Item = S>) -> Self {
         ModelList {
             models: models.into_iter().map(Into::into).collect(),
+            grants: FromIdentity,
+        }
+    }
+}
+
+impl<G> ModelList<G> {
+    /// The same listing, with the grants from `grants` (give it the source
+    /// [`ModelAccessLayer::with_grants`] has).
+    pub fn grants<H>(self, grants: H) -> ModelList<H> {
+        ModelList {
+            models: self.models,
+            grants,
         }
     }
 
@@ -412,7 +513,7 @@ impl ModelList {
     }
 }
 
-impl<I: HasGrants, B> Service<Request<Identified<I, B>>> for ModelList {
+impl<I, B, G: GrantsOf<I>> Service<Request<Identified<I, B>>> for ModelList<G> {
     type Response = Response<Body>;
     type Error = Error;
     type Future = std::future::Ready<Result<Response<Body>, Error>>;
@@ -428,7 +529,8 @@ impl<I: HasGrants, B> Service<Request<Identified<I, B>>> for ModelList {
                 format!("{} is not allowed here; use GET.", req.method()),
             )));
         }
-        let mut res = Response::new(Body::full(self.render(req.body().identity.grants())));
+        let grants = self.grants.grants_of(&req.body().identity);
+        let mut res = Response::new(Body::full(self.render(&grants)));
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         std::future::ready(Ok(res))

@@ -22,8 +22,8 @@
 //! `upstream_auth_failed`; only a body that says the model is unknown or
 //! retired is a permanent 404 `upstream_model_not_found`, any other 404, 405
 //! or 501 is 502 `upstream_route_not_served`; the body shapes are one table,
-//! [`crate::router::classify`]). The whole outcome table, with what the
-//! router does for each row, is in `docs/routing-outcomes.md`.
+//! [`crate::router::classify`]). What the router does for each outcome
+//! (retry elsewhere, cool down) is the table in [`crate::router::outcome`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -136,9 +136,12 @@ reasons! {
     KeyExpired = ("key_expired", 401),
     /// The presented key was revoked or disabled.
     KeyRevoked = ("key_revoked", 401),
+    /// The application's own authentication refused the caller (a check
+    /// given to [`crate::identify::Identify`]); says nothing of keys.
+    Unauthenticated = ("unauthenticated", 401),
     /// A budget would be exceeded.
     BudgetExceeded = ("budget_exceeded", 402),
-    /// The key may not use this model.
+    /// The caller may not use this model.
     ModelNotAllowed = ("model_not_allowed", 403),
     /// The gateway knows no model (group) of this name.
     ModelNotFound = ("model_not_found", 404),
@@ -1051,6 +1054,7 @@ mod tests {
             Reason::UnknownKey,
             Reason::KeyExpired,
             Reason::KeyRevoked,
+            Reason::Unauthenticated,
             Reason::BudgetExceeded,
             Reason::ModelNotAllowed,
             Reason::ModelNotFound,
@@ -1073,9 +1077,9 @@ mod tests {
             Reason::StateUnavailable,
         ];
         let expected_status = [
-            400, 400, 400, 413, 415, 405, 404, 400, 400, 400, 401, 401, 401, 401, 401, 402, 403,
-            404, 404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 502, 503, 503, 503,
-            503,
+            400, 400, 400, 413, 415, 405, 404, 400, 400, 400, 401, 401, 401, 401, 401, 401, 402,
+            403, 404, 404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 502, 503, 503,
+            503, 503,
         ];
         for (reason, status) in all.iter().zip(expected_status) {
             let e = Error::new(*reason, "m");

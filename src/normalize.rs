@@ -9,7 +9,7 @@
 //!   shape (an inner service's own JSON, plain text, HTML, empty),
 //! - and every failure in the middle of a `text/event-stream` body
 //!
-//! into the contract of `DESIGN.md`, in the shape of the route's API family
+//! into the contract described in [`crate::error`], in the shape of the route's API family
 //! ([`crate::family`]: OpenAI's by default, Anthropic's on `/v1/messages`):
 //! status = `code`, the SDK's error `type`, `metadata.reason`, `Retry-After`
 //! where waiting helps. A stream that fails after it started stays 200 and

@@ -418,7 +418,7 @@ fn requests_refused(limit: NonZeroU32, wait: Duration, mut granted: Granted) -> 
     let err = Error::new(
         Reason::RateLimited,
         format!(
-            "Rate limit reached for requests: this key may send {} requests per minute. Try again in {}.",
+            "Rate limit reached for requests: the limit is {} requests per minute. Try again in {}.",
             limit,
             openai_duration(wait)
         ),
@@ -436,7 +436,7 @@ fn tokens_refused(limit: NonZeroU32, tokens: u64, wait: Duration, mut granted: G
     let err = Error::new(
         Reason::RateLimited,
         format!(
-            "Rate limit reached for tokens: this key may use {limit} tokens per minute and this request may use up to {tokens}. Try again in {}.",
+            "Rate limit reached for tokens: the limit is {limit} tokens per minute and this request may use up to {tokens}. Try again in {}.",
             openai_duration(wait)
         ),
     )
@@ -458,7 +458,7 @@ fn tokens_never(limit: NonZeroU32, tokens: u64, mut granted: Granted) -> Error {
     let err = Error::new(
         Reason::RateLimited,
         format!(
-            "This request may use up to {tokens} tokens (prompt estimate + max output tokens × n), more than this key's limit of {limit} tokens per minute, so it can never pass. Lower `max_tokens` (or `n`) or shorten the prompt."
+            "This request may use up to {tokens} tokens (prompt estimate + max output tokens × n), more than the whole limit of {limit} tokens per minute, so it can never pass. Lower `max_tokens` (or `n`) or shorten the prompt."
         ),
     )
     .permanent()

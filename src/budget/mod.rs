@@ -111,7 +111,7 @@ pub(crate) mod usage;
 
 pub use jiff::{Timestamp, tz::TimeZone};
 pub use layer::{Budget, BudgetLayer, BudgetsOf, ModelPrice, Prices, ResponseFuture};
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 pub(crate) use ledger::prop;
 pub use ledger::{Ledger, Limit, Micros, Refusal, Reservation, Scope, Usage, usd, usd_value};
 pub use meter::{EVENT_CAP, Meter, Metered, Settlement};

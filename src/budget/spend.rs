@@ -649,6 +649,7 @@ mod tests {
 
     /// One page query of each shape (every filter, the cursor, a time
     /// range): each SQL store must answer all of them from an index, unsorted.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn page_shapes() -> Vec<SpendQuery> {
         let at = Some(Cursor {
             start_us: 1,

@@ -10,8 +10,10 @@
 //! Guarantees:
 //!
 //! - **Fair.** A freed slot goes to the waiting tenant that is furthest
-//!   behind its weighted share (start-time fair queuing, explained in
-//!   `src/fair_queue/scheduler.rs`): while tenants are backlogged they
+//!   behind its weighted share (start-time fair queuing: each tenant's head
+//!   request carries a virtual start tag, a tenant of weight `w` advancing
+//!   by `1/w` per slot, and the smallest tag is served first): while
+//!   tenants are backlogged they
 //!   are served in proportion to their weights, and a tenant that arrives
 //!   behind another's burst of 1,000 waits for about one of that tenant's
 //!   requests per request of its own, not for the whole burst.

@@ -1,72 +1,31 @@
-//! The `VirtualKeys` layer.
+//! The `VirtualKeys` layer: [`Identify`] with the [`Keyring`] as the
+//! identifier.
 
-use std::task::{Context, Poll};
-
-use http::Request;
-use tower::{Layer, Service};
+use http::request::Parts;
 
 use super::key::Key;
 use super::keyring::Keyring;
-use crate::access::ResponseFuture;
 use crate::error::Error;
+use crate::identify::{Identifier, Identify, IdentifyLayer};
+#[cfg(test)]
 use crate::read_request::Identified;
 
-/// Applies [`VirtualKeys`] with a [`Keyring`].
-#[derive(Clone, Debug)]
-pub struct VirtualKeysLayer {
-    keyring: Keyring,
-}
-
-impl VirtualKeysLayer {
-    /// Authenticates against `keyring`.
-    pub fn new(keyring: Keyring) -> Self {
-        VirtualKeysLayer { keyring }
-    }
-}
-
-impl<S> Layer<S> for VirtualKeysLayer {
-    type Service = VirtualKeys<S>;
-
-    fn layer(&self, inner: S) -> VirtualKeys<S> {
-        VirtualKeys {
-            inner,
-            keyring: self.keyring.clone(),
-        }
-    }
-}
+/// Applies [`VirtualKeys`] with a [`Keyring`]: `VirtualKeysLayer::new(keyring)`.
+pub type VirtualKeysLayer = IdentifyLayer<Keyring>;
 
 /// Authenticates the request's key and hands the inner service
 /// `Request<Identified<Key, B>>` (see the module docs).
-#[derive(Clone, Debug)]
-pub struct VirtualKeys<S> {
-    inner: S,
-    keyring: Keyring,
-}
+pub type VirtualKeys<S> = Identify<S, Keyring>;
 
-impl<S, B> Service<Request<B>> for VirtualKeys<S>
-where
-    S: Service<Request<Identified<Key, B>>, Error = Error>,
-{
-    type Response = S::Response;
-    type Error = Error;
-    type Future = ResponseFuture<S::Future>;
+/// The keyring identifies a caller by the virtual key it presents
+/// (`Authorization: Bearer` or `x-api-key`): [`Keyring::authenticate`].
+impl Identifier for Keyring {
+    type Identity = Key;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.keyring.authenticate(req.headers()) {
-            Ok(key) => {
-                tracing::trace!(key_id = key.id(), "authenticated");
-                // Called at once: the readied service itself, no clone.
-                ResponseFuture::calling(self.inner.call(req.map(|body| Identified {
-                    identity: key,
-                    body,
-                })))
-            }
-            Err(e) => ResponseFuture::refused(e),
-        }
+    fn identify(&self, parts: &Parts) -> Result<Key, Error> {
+        let key = self.authenticate(&parts.headers)?;
+        tracing::trace!(key_id = key.id(), "authenticated");
+        Ok(key)
     }
 }
 
@@ -76,8 +35,10 @@ mod tests {
     use crate::body::Body;
     use crate::error::Reason;
     use crate::keys::{MemoryStore, NewKey};
+    use http::Request;
     use http::Response;
     use http_body_util::BodyExt;
+    use tower::Layer;
     use tower::{ServiceExt, service_fn};
 
     #[tokio::test]

@@ -12,8 +12,10 @@
 //!   recycle are bounded by `timeout`, so the admin API answers 503
 //!   `state_unavailable` instead of hanging while the database is away).
 //!   TLS as libpq's `sslmode` and `sslrootcert` in the URL say (`prefer`
-//!   by default: encrypted when the server offers it), over rustls; see
-//!   `docs/tls-state.md` for what each mode checks.
+//!   by default: encrypted when the server offers it), over rustls
+//!   (`prefer` and `require` check the certificate only with `sslrootcert`;
+//!   `verify-ca` checks that it chains to a trusted CA, `verify-full` also
+//!   that it names the host).
 //! - **Schema**: numbered [`MIGRATIONS`], each in its own transaction under
 //!   an advisory lock (replicas starting together migrate once), recorded in
 //!   `tollgate_schema` (`component = 'keys'`). A database written by a newer

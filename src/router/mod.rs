@@ -741,7 +741,7 @@ where
 }
 
 /// The future of [`Router`] (and of [`Fallback`](crate::fallback::Fallback)):
-/// the retry loop, boxed once per request (see docs/performance.md).
+/// the retry loop, boxed once per request.
 pub struct ResponseFuture {
     inner: Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>,
 }
@@ -778,7 +778,7 @@ impl<S> Shared<S> {
             return Err(Error::new(
                 Reason::ModelNotFound,
                 format!(
-                    "No model `{}` is served here; GET /v1/models lists the models you can use.",
+                    "No model `{}` is served here; check the model name.",
                     req.body().model()
                 ),
             )

@@ -1,8 +1,8 @@
 //! What an upstream failure means for routing, decided on the typed
 //! [`Error`] (its [`Reason`] and the upstream's status), never on text.
 //! Which body shapes turn a status into which reason is one table,
-//! [`classify`](super::classify); the full table with what the client sees
-//! is in `docs/routing-outcomes.md`.
+//! [`classify`](super::classify); what the client sees for each reason is
+//! in [`crate::error`].
 //!
 //! | upstream outcome | [`Outcome`] | retry elsewhere | cool down |
 //! |---|---|---|---|
