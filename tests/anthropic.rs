@@ -86,26 +86,6 @@ fn assert_anthropic_error(a: &Answer, status: u16, kind: &str, reason: &str) -> 
     v
 }
 
-/// The SSE events of a body: `(event name, data)`.
-fn sse(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let mut name = String::new();
-            let mut data = Value::Null;
-            for line in e.lines() {
-                if let Some(n) = line.strip_prefix("event:") {
-                    name = n.trim().to_owned();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data = serde_json::from_str(d.trim())
-                        .unwrap_or_else(|err| panic!("not JSON ({err}): {d}"));
-                }
-            }
-            (name, data)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_message_passes_through_with_only_the_model_rewritten() {
     let mock = mock().await;
@@ -176,7 +156,7 @@ async fn a_stream_keeps_thinking_its_signature_and_the_first_text_delta() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let events = sse(&a.body);
+    let events = named_events(&a.body);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
@@ -214,7 +194,7 @@ async fn tool_use_input_survives_streaming() {
     )
     .await;
     assert_eq!(a.status, 200);
-    let events = sse(&a.body);
+    let events = named_events(&a.body);
     let start = events
         .iter()
         .find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
@@ -353,7 +333,7 @@ async fn a_cut_stream_ends_with_an_anthropic_error_event() {
         )
         .await;
         assert_eq!(a.status, 200, "{fault}: {}", a.body);
-        let events = sse(&a.body);
+        let events = named_events(&a.body);
         let (name, data) = events.last().unwrap();
         assert_eq!(name, "error", "{fault}: {}", a.body);
         assert_eq!(data["type"], "error");
@@ -617,7 +597,7 @@ async fn an_anthropic_client_is_served_by_an_openai_deployment() {
 
     let a = post_messages(&gw, messages("openai-tool_args:20KiB", r#""stream":true"#)).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let events = sse(&a.body);
+    let events = named_events(&a.body);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"), "{}", a.body);
     assert_eq!(names.last(), Some(&"message_stop"), "{}", a.body);
@@ -636,7 +616,7 @@ async fn an_anthropic_client_is_served_by_an_openai_deployment() {
 
     // A cut upstream stream: Anthropic's error event.
     let a = post_messages(&gw, messages("openai-cut:3", r#""stream":true"#)).await;
-    let (name, data) = sse(&a.body).pop().unwrap();
+    let (name, data) = named_events(&a.body).pop().unwrap();
     assert_eq!(name, "error", "{}", a.body);
     assert_eq!(data["error"]["metadata"]["reason"], "upstream_stream_cut");
     // A field the translator does not know is refused by name, never dropped.
@@ -843,7 +823,7 @@ async fn a_cut_stream_is_charged_an_estimate_never_zero() {
         messages("claude-cut", r#""stream":true"#),
     )
     .await;
-    let (name, data) = sse(&a.body).pop().unwrap();
+    let (name, data) = named_events(&a.body).pop().unwrap();
     assert_eq!(name, "error", "{}", a.body);
     assert_eq!(data["error"]["metadata"]["reason"], "upstream_stream_cut");
     let input = (mock.log.last().unwrap().body.len() as u64 / 4).max(1);
@@ -878,7 +858,7 @@ async fn a_cut_stream_is_charged_an_estimate_never_zero() {
         messages("gpt-cut", r#""stream":true"#),
     )
     .await;
-    let (name, _) = sse(&a.body).pop().unwrap();
+    let (name, _) = named_events(&a.body).pop().unwrap();
     assert_eq!(name, "error", "{}", a.body);
     let spent = settled(&ledger, &id).await;
     assert!(spent > before, "a cut stream without usage charged nothing");
@@ -896,7 +876,12 @@ async fn no_prefill_on_any_fallback() {
     let body = messages("claude-overloaded", r#""stream":true"#);
     let a = post_messages(&gw, body.clone()).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(sse(&a.body).pop().unwrap().0, "message_stop", "{}", a.body);
+    assert_eq!(
+        named_events(&a.body).pop().unwrap().0,
+        "message_stop",
+        "{}",
+        a.body
+    );
     let log = mock.log.all();
     let [.., failed, served] = &log[..] else {
         panic!("two upstream requests expected")
@@ -926,7 +911,12 @@ async fn no_prefill_on_any_fallback() {
     // After the commit point: the cut stream ends in an error, no fallback.
     let n = mock.log.all().len();
     let a = post_messages(&gw, messages("claude-cut", r#""stream":true"#)).await;
-    assert_eq!(sse(&a.body).pop().unwrap().0, "error", "{}", a.body);
+    assert_eq!(
+        named_events(&a.body).pop().unwrap().0,
+        "error",
+        "{}",
+        a.body
+    );
     assert_eq!(
         mock.log.all().len(),
         n + 1,

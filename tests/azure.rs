@@ -341,25 +341,6 @@ async fn post_messages(gw: &Gateway, body: String) -> Answer {
     read_answer(res).await
 }
 
-/// `(event name, data)` of an Anthropic stream.
-fn named_events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let mut name = String::new();
-            let mut data = Value::Null;
-            for line in e.lines() {
-                if let Some(n) = line.strip_prefix("event:") {
-                    name = n.trim().to_owned();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data = serde_json::from_str(d.trim()).unwrap();
-                }
-            }
-            (name, data)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn an_anthropic_client_is_served_by_an_azure_deployment() {
     let mock = azure_mock().await;

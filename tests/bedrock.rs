@@ -105,26 +105,6 @@ async fn post_messages(gw: &Gateway, body: String) -> Answer {
     read_answer(res).await
 }
 
-/// The Anthropic SSE events of a body: `(event name, data)`.
-fn sse(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let mut name = String::new();
-            let mut data = Value::Null;
-            for line in e.lines() {
-                if let Some(n) = line.strip_prefix("event:") {
-                    name = n.trim().to_owned();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data = serde_json::from_str(d.trim())
-                        .unwrap_or_else(|err| panic!("not JSON ({err}): {d}"));
-                }
-            }
-            (name, data)
-        })
-        .collect()
-}
-
 /// Fails if a text holds an AWS secret the tests gave the gateway.
 fn assert_no_aws_secrets(what: &str, text: &str) {
     for needle in [
@@ -285,7 +265,7 @@ async fn streams_reach_both_families_to_the_end() {
     // Anthropic, with reasoning before the text.
     let a = post_messages(&gw, messages("bedrock-thinking", r#""stream":true"#)).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let ev = sse(&a.body);
+    let ev = named_events(&a.body);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
@@ -352,7 +332,7 @@ async fn tool_calls_stream_their_long_arguments_intact_to_both_families() {
 
     let a = post_messages(&gw, messages("bedrock-tool", r#""stream":true"#)).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let ev = sse(&a.body);
+    let ev = named_events(&a.body);
     let start = ev.iter().find(|(n, _)| n == "content_block_start").unwrap();
     assert_eq!(start.1["content_block"]["type"], "tool_use");
     assert_eq!(start.1["content_block"]["id"], "tooluse_mock_1");
@@ -543,7 +523,7 @@ async fn cuts_and_mid_stream_exceptions_end_in_the_client_familys_framing() {
     ] {
         let a = post_messages(&gw, messages(group, r#""stream":true"#)).await;
         assert_eq!(a.status, 200, "{}", a.body);
-        let ev = sse(&a.body);
+        let ev = named_events(&a.body);
         assert!(
             ev.iter().any(|(n, _)| n == "content_block_delta"),
             "{}",

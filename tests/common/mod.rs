@@ -366,3 +366,24 @@ pub fn assert_ended_by_error(body: &str, reason: &str) -> Vec<String> {
     assert_eq!(err["error"]["metadata"]["reason"], reason, "{body}");
     ev
 }
+
+/// The SSE events of a stream in Anthropic's framing (also any framing
+/// with `event:` lines): `(event name, data)`, every data JSON.
+pub fn named_events(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = serde_json::Value::Null;
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(d.trim())
+                        .unwrap_or_else(|err| panic!("not JSON ({err}): {d}"));
+                }
+            }
+            (name, data)
+        })
+        .collect()
+}
