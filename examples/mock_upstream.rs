@@ -2114,8 +2114,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Cli>, Str
     Ok(Some(Cli { listen, cfg }))
 }
 
+/// Runs the mock until Ctrl-C (the example's and `tollgate-mock`'s entry).
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let cli = match parse_args(std::env::args().skip(1)) {
         Ok(Some(cli)) => cli,
         Ok(None) => {
