@@ -265,6 +265,26 @@ pub(crate) fn string_len(b: &[u8]) -> Option<(usize, u64)> {
     Some((s.pos, out.len() as u64))
 }
 
+/// The index of the first byte of `b` that a JSON string must escape (`"`,
+/// `\\` or a control byte below 0x20), or `b.len()`: the scan that skips a
+/// string's plain bytes 32 at a time, used to write strings
+/// ([`translate`](crate::translate)'s JSON writer) as well as to read them.
+pub(crate) fn escape_stop(b: &[u8]) -> usize {
+    let mut high = 0;
+    let mut i = 0;
+    loop {
+        let Some(block) = b.get(i..).and_then(|r| r.first_chunk::<32>()) else {
+            return tail_stop(&b[i..], &mut high) + i;
+        };
+        let words = words(block);
+        let masks = words.map(string_stops);
+        if masks[0] | masks[1] | masks[2] | masks[3] != 0 {
+            return i + first_stop(words, masks, &mut high);
+        }
+        i += 32;
+    }
+}
+
 /// Internal result: boxed so that `Ok` paths stay small and cheap.
 type Res<T> = Result<T, Box<ScanError>>;
 

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -207,7 +207,7 @@ pub(super) fn request(
     }
 
     Ok(TranslatedRequest {
-        body: Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default()),
+        body: super::sse::to_bytes(&out),
         stream,
         include_usage: stream && include_usage,
     })
@@ -732,6 +732,26 @@ enum Block {
     Tool,
 }
 
+/// A `content_block_delta` of text exactly as Anthropic writes it,
+/// `{"type":"content_block_delta","index":N,"delta":{"type":"text_delta","text":"…"}}`:
+/// the block index and the text as its JSON string literal, quotes
+/// included, validated (escapes, control bytes, UTF-8) so that it can be
+/// copied into the client's JSON as it is. `None` for anything else (other
+/// spacing, field order or fields), which the general reader takes.
+pub(super) fn raw_text_delta(data: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = data.strip_prefix(br#"{"type":"content_block_delta","index":"#)?;
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let index = rest[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let rest = rest[digits..].strip_prefix(br#","delta":{"type":"text_delta","text":"#)?;
+    let (len, _) = crate::read_request::scan::string_len(rest)?;
+    (&rest[len..] == b"}}").then_some((index, &rest[..len]))
+}
+
 /// Anthropic events → OpenAI chunks. State: the message id, the open block,
 /// counters; never any content.
 #[derive(Debug)]
@@ -887,6 +907,27 @@ impl Stream {
         out: &mut BytesMut,
         progress: &mut Progress,
     ) -> Result<(), TranslateError> {
+        // The hottest event, as Anthropic writes it, into the open text
+        // block: its text goes on as the JSON literal it came in.
+        if let Some((index, text)) = raw_text_delta(event.data)
+            && matches!(event.name, "" | "content_block_delta")
+            && self.phase == Phase::Body
+            && self.open == Some((index, Block::Text))
+        {
+            if text != b"\"\"" {
+                self.chunk_with(
+                    out,
+                    |out| {
+                        out.extend_from_slice(b"{\"content\":");
+                        out.extend_from_slice(text);
+                        out.extend_from_slice(b"}");
+                    },
+                    None,
+                );
+                progress.committed = true;
+            }
+            return Ok(());
+        }
         if let Ok(fast) = serde_json::from_slice::<DeltaEvent<'_>>(event.data)
             && fast.kind == "content_block_delta"
         {

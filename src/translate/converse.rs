@@ -25,7 +25,7 @@ use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::sse::{SseEvent, write_event, write_json};
+use super::sse::{Serialized, SseEvent, write_event, write_json};
 use super::{
     Options, Progress, ResponseContext, TranslateError, TranslatedRequest, Usage, bad, tokens,
 };
@@ -188,9 +188,7 @@ pub(super) fn request(
         );
     }
     Ok(TranslatedRequest {
-        body: serde_json::to_vec(&Value::Object(out))
-            .unwrap_or_default()
-            .into(),
+        body: super::sse::to_bytes(&out),
         stream,
         include_usage: false,
     })
@@ -840,12 +838,12 @@ impl Sink {
     ) -> Result<(), TranslateError> {
         match self {
             Sink::Anthropic => {
-                write_event(out, name, value);
+                write_event(out, name, &Serialized(value));
                 Ok(())
             }
             Sink::Chat { inner, scratch } => {
                 scratch.clear();
-                write_json(scratch, value);
+                write_json(scratch, &Serialized(value));
                 let r = inner.event(
                     SseEvent {
                         name,

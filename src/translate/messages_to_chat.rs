@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -135,7 +135,7 @@ pub(super) fn request(
     out.insert("messages".into(), Value::Array(chat));
 
     Ok(TranslatedRequest {
-        body: Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default()),
+        body: super::sse::to_bytes(&out),
         stream,
         include_usage: false,
     })

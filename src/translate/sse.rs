@@ -7,10 +7,11 @@
 //! own line splitter, specialised to counting usage without an error path;
 //! this one is the general form.)
 
-use bytes::{BufMut, BytesMut};
-use serde::Serialize;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
 
 use super::TranslateError;
+use crate::read_request::scan::escape_stop;
 
 /// Buffer capacity kept between events; a larger buffer is released.
 const KEEP: usize = 16 * 1024;
@@ -176,21 +177,140 @@ impl SseDecoder {
     }
 }
 
+/// A value the translators write as JSON: the bytes `serde_json` writes for
+/// it, produced without its string escaper, which looks at one byte at a
+/// time (~10 instructions a byte, most of a request's translation): plain
+/// runs of a string are found 32 bytes at a time
+/// ([`escape_stop`](crate::read_request::scan::escape_stop)) and copied.
+pub(crate) trait Json {
+    /// Appends the JSON text of `self` to `out`.
+    fn write_to(&self, out: &mut BytesMut);
+}
+
+impl Json for str {
+    fn write_to(&self, out: &mut BytesMut) {
+        write_str(out, self)
+    }
+}
+
+impl Json for String {
+    fn write_to(&self, out: &mut BytesMut) {
+        write_str(out, self)
+    }
+}
+
+impl Json for Value {
+    fn write_to(&self, out: &mut BytesMut) {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            // Numbers have no strings to escape: serde_json's own writer.
+            Value::Number(n) => {
+                let _ = serde_json::to_writer(out.writer(), n);
+            }
+            Value::String(s) => write_str(out, s),
+            Value::Array(items) => {
+                out.put_u8(b'[');
+                for (k, item) in items.iter().enumerate() {
+                    if k > 0 {
+                        out.put_u8(b',');
+                    }
+                    item.write_to(out);
+                }
+                out.put_u8(b']');
+            }
+            Value::Object(map) => map.write_to(out),
+        }
+    }
+}
+
+impl Json for Map<String, Value> {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.put_u8(b'{');
+        for (k, (key, value)) in self.iter().enumerate() {
+            if k > 0 {
+                out.put_u8(b',');
+            }
+            write_str(out, key);
+            out.put_u8(b':');
+            value.write_to(out);
+        }
+        out.put_u8(b'}');
+    }
+}
+
+impl<T: Json + ?Sized> Json for &T {
+    fn write_to(&self, out: &mut BytesMut) {
+        (**self).write_to(out)
+    }
+}
+
+/// A typed value written by `serde_json` itself (the Converse stream's events).
+pub(crate) struct Serialized<'a, T: ?Sized>(pub(crate) &'a T);
+
+impl<T: serde::Serialize + ?Sized> Json for Serialized<'_, T> {
+    fn write_to(&self, out: &mut BytesMut) {
+        // Writing into a `BytesMut` cannot fail, and our values always serialize.
+        let _ = serde_json::to_writer(out.writer(), self.0);
+    }
+}
+
 /// Writes `value` as JSON into `out`.
-pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
-    // Writing into a `BytesMut` cannot fail, and our values always serialize.
-    let _ = serde_json::to_writer(out.writer(), value);
+pub(crate) fn write_json<T: Json + ?Sized>(out: &mut BytesMut, value: &T) {
+    value.write_to(out)
+}
+
+/// `value` as JSON bytes.
+pub(crate) fn to_bytes<T: Json + ?Sized>(value: &T) -> Bytes {
+    let mut out = BytesMut::new();
+    value.write_to(&mut out);
+    out.freeze()
+}
+
+/// Writes `s` as a JSON string, escaped exactly as `serde_json` escapes it
+/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other control bytes as
+/// `\u00xx`; nothing else).
+pub(crate) fn write_str(out: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.put_u8(b'"');
+    let mut rest = s.as_bytes();
+    loop {
+        let stop = escape_stop(rest);
+        out.extend_from_slice(&rest[..stop]);
+        let Some(&byte) = rest.get(stop) else { break };
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            c => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 0xf)],
+            ]),
+        }
+        rest = &rest[stop + 1..];
+    }
+    out.put_u8(b'"');
 }
 
 /// Writes one OpenAI frame: `data: <json>\n\n`.
-pub(crate) fn write_data(out: &mut BytesMut, value: &impl Serialize) {
+pub(crate) fn write_data(out: &mut BytesMut, value: &(impl Json + ?Sized)) {
     out.extend_from_slice(b"data: ");
     write_json(out, value);
     out.extend_from_slice(b"\n\n");
 }
 
 /// Writes one Anthropic frame: `event: <name>\ndata: <json>\n\n`.
-pub(crate) fn write_event(out: &mut BytesMut, name: &str, value: &impl Serialize) {
+pub(crate) fn write_event(out: &mut BytesMut, name: &str, value: &(impl Json + ?Sized)) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\ndata: ");
@@ -217,6 +337,44 @@ mod tests {
         }
         d.finish(&mut push)?;
         Ok(got)
+    }
+
+    /// The writer's bytes are serde_json's, for every byte that may need
+    /// escaping at every position around the 32-byte blocks of the scan.
+    #[test]
+    fn the_json_writer_writes_what_serde_json_writes() {
+        let mut strings: Vec<String> = vec![
+            String::new(),
+            "plain".into(),
+            "é😀 \u{7f}\u{80}\u{2028}".into(),
+        ];
+        for len in [0usize, 1, 7, 8, 31, 32, 33, 63, 64, 65, 100] {
+            for c in (0u8..0x80).chain([b'"', b'\\']) {
+                for at in [0, len / 2, len.saturating_sub(1)] {
+                    let mut b = vec![b'a'; len];
+                    if len > 0 {
+                        b[at] = c;
+                    } else {
+                        b.push(c);
+                    }
+                    strings.push(String::from_utf8(b).unwrap());
+                }
+            }
+        }
+        for s in &strings {
+            let v =
+                serde_json::json!({"k\"\n": [s, 1, -2, 2.5, null, true, false, {"s": s}], "é": s});
+            let mut out = BytesMut::new();
+            write_json(&mut out, &v);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                serde_json::to_string(&v).unwrap(),
+                "{s:?}"
+            );
+            let mut out = BytesMut::new();
+            write_json(&mut out, s.as_str());
+            assert_eq!(out, serde_json::to_string(s).unwrap().as_bytes());
+        }
     }
 
     #[test]

@@ -1078,3 +1078,96 @@ fn the_usage_chunk_is_sent_only_when_the_client_asked() {
         .unwrap();
     assert!(t.include_usage && t.stream);
 }
+
+/// A text delta exactly as Anthropic writes it takes the fast path, which
+/// copies the text's JSON literal; the output is byte for byte what the
+/// general reader writes for the same event spelled another way, and a
+/// delta the fast path cannot vouch for (a bad escape, a raw control byte,
+/// another block) gets the general reader's verdict.
+#[test]
+fn a_text_delta_as_anthropic_writes_it_is_copied_as_the_general_reader_writes_it() {
+    let texts = [
+        "",
+        "Hello",
+        "quote \" backslash \\ newline \n tab \t nul \u{0} unicode é😀 \u{2028}",
+        &"long text ".repeat(40),
+    ];
+    let stream = |delta: &dyn Fn(&str) -> String| {
+        let mut s = message_start();
+        s += &anthropic_event(json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}));
+        for t in texts {
+            s += &delta(t);
+        }
+        s += &anthropic_event(json!({"type": "content_block_stop", "index": 0}));
+        s += &anthropic_event(json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}));
+        s += &anthropic_event(json!({"type": "message_stop"}));
+        s
+    };
+    let canonical = |t: &str| {
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let spaced = |t: &str| {
+        format!(
+            "event: content_block_delta\ndata: {{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {{\"type\": \"text_delta\", \"text\": {}}}}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let data = |event: String| event.split_once("data: ").unwrap().1.trim_end().to_owned();
+    assert!(chat_to_messages::raw_text_delta(data(canonical("x")).as_bytes()).is_some());
+    assert!(chat_to_messages::raw_text_delta(data(spaced("x")).as_bytes()).is_none());
+    let (fast, fast_out, _) = feed_all(Pair::ChatToMessages, &stream(&canonical));
+    let (slow, slow_out, _) = feed_all(Pair::ChatToMessages, &stream(&spaced));
+    fast.unwrap();
+    slow.unwrap();
+    assert_eq!(
+        String::from_utf8(fast_out.to_vec()).unwrap(),
+        String::from_utf8(slow_out.to_vec()).unwrap()
+    );
+    let text: String = datas(&fast_out)
+        .iter()
+        .filter_map(|d| d["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, texts.concat());
+
+    // What the fast path refuses to vouch for is the general reader's to judge.
+    for (data, valid) in [
+        (
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\qb"}}"#,
+            false,
+        ),
+        (
+            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\u{1}b\"}}",
+            false,
+        ),
+        (
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\ud800"}}"#,
+            false,
+        ),
+        (
+            r#"{"type":"content_block_delta","index":00,"delta":{"type":"text_delta","text":"a"}}"#,
+            false,
+        ),
+        (
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"}}"#,
+            false,
+        ),
+    ] {
+        assert!(
+            chat_to_messages::raw_text_delta(data.as_bytes()).is_none()
+                || data.contains("\"index\":1"),
+            "{data}"
+        );
+        let mut s = message_start();
+        s += &anthropic_event(json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}));
+        s += &format!("event: content_block_delta\ndata: {data}\n\n");
+        let mut t = Pair::ChatToMessages.stream(ctx(), &Options::default());
+        let mut out = BytesMut::new();
+        assert_eq!(t.feed(s.as_bytes(), &mut out).is_ok(), valid, "{data}");
+    }
+}
