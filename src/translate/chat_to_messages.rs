@@ -4,11 +4,11 @@
 
 use std::borrow::Cow;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::sse::{SseEvent, write_data, write_json};
+use super::sse::{Obj, SseEvent, write_json, write_str};
 use super::{
     Options, Progress, ResponseContext, TranslateError, Translated, TranslatedRequest, Usage, bad,
     parse_event, str_field, tokens,
@@ -581,17 +581,16 @@ pub(super) fn read_usage(u: &Value, into: &mut Usage) {
 /// `cache_creation_input_tokens` beside them when there were any, as
 /// LiteLLM writes it: a part of `prompt_tokens`, so that a meter reading
 /// the translated answer prices them as writes.
-pub(super) fn openai_usage(u: &Usage) -> Value {
-    let mut usage = json!({
-        "prompt_tokens": u.prompt_tokens(),
-        "completion_tokens": u.output_tokens,
-        "total_tokens": u.prompt_tokens() + u.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
-    });
+pub(super) fn write_openai_usage(o: &mut Obj<'_>, u: &Usage) {
+    o.field("prompt_tokens", &u.prompt_tokens())
+        .field("completion_tokens", &u.output_tokens)
+        .field("total_tokens", &(u.prompt_tokens() + u.output_tokens))
+        .object("prompt_tokens_details", |d| {
+            d.field("cached_tokens", &u.cache_read_tokens);
+        });
     if u.cache_creation_tokens > 0 {
-        usage["cache_creation_input_tokens"] = u.cache_creation_tokens.into();
+        o.field("cache_creation_input_tokens", &u.cache_creation_tokens);
     }
-    usage
 }
 
 /// Translates a whole Anthropic answer into a Chat Completions answer.
@@ -627,14 +626,9 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
                 let b = block
                     .as_object()
                     .ok_or_else(|| TranslateError::bad("a block is not an object"))?;
-                calls.push(json!({
-                    "id": str_field(b, "id")?,
-                    "type": "function",
-                    "function": {
-                        "name": str_field(b, "name")?,
-                        "arguments": serde_json::to_string(b.get("input").unwrap_or(&json!({}))).unwrap_or_default(),
-                    },
-                }));
+                let mut arguments = BytesMut::new();
+                write_json(&mut arguments, b.get("input").unwrap_or(&json!({})));
+                calls.push((str_field(b, "id")?, str_field(b, "name")?, arguments));
             }
             other => {
                 return Err(TranslateError::bad(format!(
@@ -647,28 +641,63 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         .get("stop_reason")
         .and_then(Value::as_str)
         .ok_or_else(|| TranslateError::bad("`stop_reason` is missing"))?;
+    let finish = finish_reason(stop)?;
     let mut usage = Usage::default();
     let reported = m.get("usage").filter(|u| u.is_object());
     if let Some(u) = reported {
         read_usage(u, &mut usage);
     }
-    let mut message = json!({"role": "assistant", "content": text, "refusal": null});
-    if let Some(r) = reasoning {
-        message["reasoning_content"] = r.into();
-    }
-    if !calls.is_empty() {
-        message["tool_calls"] = calls.into();
-    }
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": ctx.created,
-        "model": &*ctx.model,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(stop)?}],
-        "usage": openai_usage(&usage),
+    // Written as it is read, without building the answer as a tree.
+    let mut out = BytesMut::with_capacity(
+        320 + text.as_ref().map_or(0, String::len)
+            + reasoning.as_ref().map_or(0, String::len)
+            + calls.iter().map(|c| c.2.len() + 64).sum::<usize>(),
+    );
+    let mut body = Obj::new(&mut out);
+    body.field("id", id)
+        .field("object", "chat.completion")
+        .field("created", &ctx.created)
+        .field("model", &*ctx.model);
+    let choices = body.key("choices");
+    choices.put_u8(b'[');
+    let mut choice = Obj::new(&mut *choices);
+    choice.field("index", &0).object("message", |msg| {
+        msg.field("role", "assistant")
+            .field("content", &text)
+            .field("refusal", &Value::Null);
+        if let Some(r) = &reasoning {
+            msg.field("reasoning_content", r);
+        }
+        if !calls.is_empty() {
+            let list = msg.key("tool_calls");
+            list.put_u8(b'[');
+            for (k, (id, name, arguments)) in calls.iter().enumerate() {
+                if k > 0 {
+                    list.put_u8(b',');
+                }
+                let mut call = Obj::new(&mut *list);
+                call.field("id", *id)
+                    .field("type", "function")
+                    .object("function", |f| {
+                        f.field("name", *name);
+                        // The input's JSON text, as an OpenAI `arguments` string.
+                        write_str(
+                            f.key("arguments"),
+                            std::str::from_utf8(arguments).unwrap_or("{}"),
+                        );
+                    });
+                call.end();
+            }
+            list.put_u8(b']');
+        }
     });
-    let mut out = BytesMut::new();
-    write_json(&mut out, &body);
+    choice
+        .field("logprobs", &Value::Null)
+        .field("finish_reason", finish);
+    choice.end();
+    choices.put_u8(b']');
+    body.object("usage", |u| write_openai_usage(u, &usage));
+    body.end();
     Ok(Translated {
         body: out.freeze(),
         usage: reported.map(|_| usage),
@@ -1071,17 +1100,17 @@ impl Stream {
                 }
                 self.phase = Phase::Stopped;
                 if self.ctx.include_usage {
-                    write_data(
-                        out,
-                        &json!({
-                            "id": self.id,
-                            "object": "chat.completion.chunk",
-                            "created": self.ctx.created,
-                            "model": &*self.ctx.model,
-                            "choices": [],
-                            "usage": openai_usage(&self.usage),
-                        }),
-                    );
+                    out.extend_from_slice(b"data: ");
+                    let mut chunk = Obj::new(out);
+                    chunk
+                        .field("id", &self.id)
+                        .field("object", "chat.completion.chunk")
+                        .field("created", &self.ctx.created)
+                        .field("model", &*self.ctx.model)
+                        .field("choices", &Value::Array(Vec::new()))
+                        .object("usage", |u| write_openai_usage(u, &self.usage));
+                    chunk.end();
+                    out.extend_from_slice(b"\n\n");
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }

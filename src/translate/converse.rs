@@ -508,16 +508,6 @@ pub(super) fn read_usage(u: &Value) -> Usage {
     }
 }
 
-/// A usage in Anthropic's shape.
-pub(super) fn anthropic_usage(u: &Usage) -> Value {
-    json!({
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_input_tokens": u.cache_read_tokens,
-        "cache_creation_input_tokens": u.cache_creation_tokens,
-    })
-}
-
 /// A message id: Converse answers carry none.
 fn message_id() -> String {
     format!(
@@ -590,7 +580,7 @@ pub(super) fn response(
         "content": blocks,
         "stop_reason": stop_reason(stop)?,
         "stop_sequence": null,
-        "usage": anthropic_usage(&usage.unwrap_or_default()),
+        "usage": usage.unwrap_or_default().anthropic(),
     });
     Ok((message, usage))
 }
@@ -1038,7 +1028,7 @@ impl Stream {
                 self.phase = Phase::Done;
                 let delta = json!({"type": "message_delta",
                     "delta": {"stop_reason": self.stop, "stop_sequence": null},
-                    "usage": anthropic_usage(&usage)});
+                    "usage": usage.anthropic()});
                 self.sink.emit("message_delta", &delta, out, progress)?;
                 self.sink.emit(
                     "message_stop",

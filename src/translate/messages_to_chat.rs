@@ -4,11 +4,11 @@
 
 use std::borrow::Cow;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::sse::{SseEvent, write_event, write_json};
+use super::sse::{Obj, SseEvent, write_event, write_json};
 use super::{
     OpenAiMaxTokens, Options, Progress, ResponseContext, TranslateError, Translated,
     TranslatedRequest, Usage, bad, parse_event, tokens,
@@ -510,15 +510,6 @@ fn read_usage(u: &Value) -> Usage {
     }
 }
 
-fn anthropic_usage(u: &Usage) -> Value {
-    json!({
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_input_tokens": u.cache_read_tokens,
-        "cache_creation_input_tokens": u.cache_creation_tokens,
-    })
-}
-
 fn upstream_error(e: &Value) -> TranslateError {
     let field = |k: &str| match e.get(k) {
         Some(Value::String(s)) => s.clone(),
@@ -565,15 +556,13 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         .get("message")
         .filter(|m| m.is_object())
         .ok_or_else(|| TranslateError::bad("the choice has no message"))?;
-    let mut content = Vec::new();
-    if let Some(r) = reasoning_of(message).filter(|r| !r.is_empty()) {
-        content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
-    }
+    let reasoning = reasoning_of(message).filter(|r| !r.is_empty());
+    let mut texts = Vec::with_capacity(2);
     for key in ["content", "refusal"] {
         match message.get(key) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => content.push(json!({"type": "text", "text": s})),
+            Some(Value::String(s)) => texts.push(s.as_str()),
             Some(_) => {
                 return Err(TranslateError::bad(format!(
                     "`message.{key}` is not a string"
@@ -581,11 +570,12 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
             }
         }
     }
-    if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
-        let calls = calls
+    let mut calls = Vec::new();
+    if let Some(list) = message.get("tool_calls").filter(|c| !c.is_null()) {
+        let list = list
             .as_array()
             .ok_or_else(|| TranslateError::bad("`tool_calls` is not an array"))?;
-        for call in calls {
+        for call in list {
             let f = call.get("function");
             let (Some(id), Some(name)) = (
                 call.get("id").and_then(Value::as_str),
@@ -607,26 +597,60 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
                         TranslateError::bad("a tool call's arguments are not a JSON object")
                     })?
             };
-            content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+            calls.push((id, name, input));
         }
     }
     let finish = choice
         .get("finish_reason")
         .and_then(Value::as_str)
         .ok_or_else(|| TranslateError::bad("`finish_reason` is missing"))?;
+    let stop = stop_reason(finish)?;
     let usage = v.get("usage").filter(|u| u.is_object()).map(read_usage);
-    let body = json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": &*ctx.model,
-        "content": content,
-        "stop_reason": stop_reason(finish)?,
-        "stop_sequence": null,
-        "usage": anthropic_usage(&usage.unwrap_or_default()),
-    });
-    let mut out = BytesMut::new();
-    write_json(&mut out, &body);
+    // Written as it is read, without building the answer as a tree.
+    let mut out = BytesMut::with_capacity(
+        320 + reasoning.map_or(0, str::len) + texts.iter().map(|t| t.len() + 32).sum::<usize>(),
+    );
+    let mut body = Obj::new(&mut out);
+    body.field("id", id)
+        .field("type", "message")
+        .field("role", "assistant")
+        .field("model", &*ctx.model);
+    let content = body.key("content");
+    content.put_u8(b'[');
+    let mut first = true;
+    let mut block = |content: &mut BytesMut, fill: &dyn Fn(&mut Obj<'_>)| {
+        if !std::mem::take(&mut first) {
+            content.put_u8(b',');
+        }
+        let mut o = Obj::new(content);
+        fill(&mut o);
+        o.end();
+    };
+    if let Some(r) = reasoning {
+        block(content, &|o| {
+            o.field("type", "thinking")
+                .field("thinking", r)
+                .field("signature", "");
+        });
+    }
+    for text in &texts {
+        block(content, &|o| {
+            o.field("type", "text").field("text", *text);
+        });
+    }
+    for (id, name, input) in &calls {
+        block(content, &|o| {
+            o.field("type", "tool_use")
+                .field("id", *id)
+                .field("name", *name)
+                .field("input", input);
+        });
+    }
+    content.put_u8(b']');
+    body.field("stop_reason", stop)
+        .field("stop_sequence", &Value::Null)
+        .object("usage", |u| usage.unwrap_or_default().write_anthropic(u));
+    body.end();
     Ok(Translated {
         body: out.freeze(),
         usage,
@@ -864,7 +888,7 @@ impl Stream {
 
     fn end(&mut self, out: &mut BytesMut) -> Result<(), TranslateError> {
         let usage = match &self.usage {
-            Some(u) => anthropic_usage(u),
+            Some(u) => u.anthropic(),
             None => json!({"output_tokens": 0}),
         };
         write_event(

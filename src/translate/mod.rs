@@ -240,6 +240,23 @@ impl Usage {
     pub fn prompt_tokens(&self) -> u64 {
         self.input_tokens + self.cache_read_tokens + self.cache_creation_tokens
     }
+
+    /// The fields of Anthropic's `usage`, written into an object.
+    pub(crate) fn write_anthropic(&self, o: &mut sse::Obj<'_>) {
+        o.field("input_tokens", &self.input_tokens)
+            .field("output_tokens", &self.output_tokens)
+            .field("cache_read_input_tokens", &self.cache_read_tokens)
+            .field("cache_creation_input_tokens", &self.cache_creation_tokens);
+    }
+
+    /// Anthropic's `usage` as a value, for the events built as trees.
+    pub(crate) fn anthropic(&self) -> Value {
+        let mut out = BytesMut::new();
+        let mut o = sse::Obj::new(&mut out);
+        self.write_anthropic(&mut o);
+        o.end();
+        serde_json::from_slice(&out).unwrap_or_default()
+    }
 }
 
 /// An upstream answer or stream that cannot be translated.

@@ -246,6 +246,63 @@ impl<T: Json + ?Sized> Json for &T {
     }
 }
 
+impl Json for u64 {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
+    }
+}
+
+impl<T: Json> Json for Option<T> {
+    fn write_to(&self, out: &mut BytesMut) {
+        match self {
+            Some(v) => v.write_to(out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+}
+
+/// A JSON object written field by field, in the order written, without a
+/// tree: `Obj::new(out).field("id", id).object("usage", |u| …).end()`.
+pub(crate) struct Obj<'a> {
+    out: &'a mut BytesMut,
+    empty: bool,
+}
+
+impl<'a> Obj<'a> {
+    pub(crate) fn new(out: &'a mut BytesMut) -> Self {
+        out.put_u8(b'{');
+        Obj { out, empty: true }
+    }
+
+    /// Writes `"key":` (after a comma unless first) and returns the buffer for its value.
+    pub(crate) fn key(&mut self, key: &str) -> &mut BytesMut {
+        if !self.empty {
+            self.out.put_u8(b',');
+        }
+        self.empty = false;
+        write_str(self.out, key);
+        self.out.put_u8(b':');
+        self.out
+    }
+
+    pub(crate) fn field(&mut self, key: &str, value: &(impl Json + ?Sized)) -> &mut Self {
+        value.write_to(self.key(key));
+        self
+    }
+
+    /// A field whose value is an object written by `fill`.
+    pub(crate) fn object(&mut self, key: &str, fill: impl FnOnce(&mut Obj<'_>)) -> &mut Self {
+        let mut inner = Obj::new(self.key(key));
+        fill(&mut inner);
+        inner.end();
+        self
+    }
+
+    pub(crate) fn end(self) {
+        self.out.put_u8(b'}');
+    }
+}
+
 /// A typed value written by `serde_json` itself (the Converse stream's events).
 pub(crate) struct Serialized<'a, T: ?Sized>(pub(crate) &'a T);
 
@@ -300,13 +357,6 @@ pub(crate) fn write_str(out: &mut BytesMut, s: &str) {
         rest = &rest[stop + 1..];
     }
     out.put_u8(b'"');
-}
-
-/// Writes one OpenAI frame: `data: <json>\n\n`.
-pub(crate) fn write_data(out: &mut BytesMut, value: &(impl Json + ?Sized)) {
-    out.extend_from_slice(b"data: ");
-    write_json(out, value);
-    out.extend_from_slice(b"\n\n");
 }
 
 /// Writes one Anthropic frame: `event: <name>\ndata: <json>\n\n`.
