@@ -171,15 +171,22 @@ fn anthropic_stream(tools: bool) -> Vec<Bytes> {
     events.push(anthropic_event(
         json!({"type": "content_block_start", "index": 0, "content_block": block}),
     ));
+    // Deltas spelled as Anthropic writes them (fields in its order, no
+    // spaces), as the translator's fast path expects them.
     for i in 0..DELTAS {
-        let delta = if tools {
-            json!({"type": "input_json_delta", "partial_json": format!("{{\"part_{i:03}\":\"lorem ipsum dolor sit\"}},")})
+        let (kind, field, text) = if tools {
+            (
+                "input_json_delta",
+                "partial_json",
+                format!("{{\"part_{i:03}\":\"lorem ipsum dolor sit\"}},"),
+            )
         } else {
-            json!({"type": "text_delta", "text": format!(" tok{i:03}")})
+            ("text_delta", "text", format!(" tok{i:03}"))
         };
-        events.push(anthropic_event(
-            json!({"type": "content_block_delta", "index": 0, "delta": delta}),
-        ));
+        let text = serde_json::to_string(&text).unwrap();
+        events.push(Bytes::from(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"{kind}\",\"{field}\":{text}}}}}\n\n"
+        )));
     }
     events.push(anthropic_event(
         json!({"type": "content_block_stop", "index": 0}),

@@ -754,20 +754,23 @@ enum Phase {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Block {
+pub(super) enum Block {
     Text,
     Thinking,
     Redacted,
     Tool,
 }
 
-/// A `content_block_delta` of text exactly as Anthropic writes it,
-/// `{"type":"content_block_delta","index":N,"delta":{"type":"text_delta","text":"…"}}`:
-/// the block index and the text as its JSON string literal, quotes
-/// included, validated (escapes, control bytes, UTF-8) so that it can be
-/// copied into the client's JSON as it is. `None` for anything else (other
-/// spacing, field order or fields), which the general reader takes.
-pub(super) fn raw_text_delta(data: &[u8]) -> Option<(u64, &[u8])> {
+/// A `content_block_delta` of text or of a tool's input exactly as
+/// Anthropic writes it,
+/// `{"type":"content_block_delta","index":N,"delta":{"type":"text_delta","text":"…"}}`
+/// (or `"input_json_delta","partial_json":"…"`): the block index, the
+/// block kind the delta belongs in, and the text as its JSON string
+/// literal, quotes included, validated (escapes, control bytes, UTF-8) so
+/// that it can be copied into the client's JSON as it is. `None` for
+/// anything else (other spacing, field order or fields), which the general
+/// reader takes.
+pub(super) fn raw_delta(data: &[u8]) -> Option<(u64, Block, &[u8])> {
     let rest = data.strip_prefix(br#"{"type":"content_block_delta","index":"#)?;
     let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
     if digits == 0 || digits > 9 || (digits > 1 && rest[0] == b'0') {
@@ -776,9 +779,15 @@ pub(super) fn raw_text_delta(data: &[u8]) -> Option<(u64, &[u8])> {
     let index = rest[..digits]
         .iter()
         .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    let rest = rest[digits..].strip_prefix(br#","delta":{"type":"text_delta","text":"#)?;
+    let rest = rest[digits..].strip_prefix(br#","delta":{"type":""#)?;
+    let (block, rest) = if let Some(r) = rest.strip_prefix(br#"text_delta","text":"#) {
+        (Block::Text, r)
+    } else {
+        let r = rest.strip_prefix(br#"input_json_delta","partial_json":"#)?;
+        (Block::Tool, r)
+    };
     let (len, _) = crate::read_request::scan::string_len(rest)?;
-    (&rest[len..] == b"}}").then_some((index, &rest[..len]))
+    (&rest[len..] == b"}}").then_some((index, block, &rest[..len]))
 }
 
 /// Anthropic events → OpenAI chunks. State: the message id, the open block,
@@ -844,22 +853,37 @@ impl Stream {
     }
 
     /// A chunk whose delta is `{"<field>": text}`; the first is the commit point.
-    fn text_chunk(&self, out: &mut BytesMut, progress: &mut Progress, field: &str, text: &str) {
+    fn text_chunk(&self, out: &mut BytesMut, progress: &mut Progress, block: Block, text: &str) {
         if text.is_empty() {
             return;
         }
+        self.delta_chunk(out, block, |out| write_json(out, text));
+        progress.committed = true;
+    }
+
+    /// The chunk of one delta of a `block`: `{"content": …}`,
+    /// `{"reasoning_content": …}` or the open tool call's `arguments`, the
+    /// JSON string written by `text`.
+    fn delta_chunk(&self, out: &mut BytesMut, block: Block, text: impl FnOnce(&mut BytesMut)) {
+        let mut n = itoa::Buffer::new();
+        let n = n.format(self.tools);
         self.chunk_with(
             out,
             |out| {
-                out.extend_from_slice(b"{\"");
-                out.extend_from_slice(field.as_bytes());
-                out.extend_from_slice(b"\":");
-                write_json(out, text);
-                out.extend_from_slice(b"}");
+                out.extend_from_slice(match block {
+                    Block::Tool => b"{\"tool_calls\":[{\"index\":",
+                    Block::Thinking => b"{\"reasoning_content\":".as_slice(),
+                    Block::Text | Block::Redacted => b"{\"content\":",
+                });
+                if block == Block::Tool {
+                    out.extend_from_slice(n.as_bytes());
+                    out.extend_from_slice(b",\"function\":{\"arguments\":");
+                }
+                text(out);
+                out.extend_from_slice(if block == Block::Tool { b"}}]}" } else { b"}" });
             },
             None,
         );
-        progress.committed = true;
     }
 
     /// The hot path: a `content_block_delta`, read without building a tree.
@@ -890,13 +914,13 @@ impl Stream {
         match (block, d.kind.as_deref().unwrap_or("")) {
             (Block::Text, "text_delta") => {
                 let text = d.text.as_deref().ok_or_else(|| missing("text"))?;
-                self.text_chunk(out, progress, "content", text);
+                self.text_chunk(out, progress, Block::Text, text);
             }
             // Citations have no Chat Completions counterpart; the cited text itself arrives as text.
             (Block::Text, "citations_delta") => {}
             (Block::Thinking, "thinking_delta") => {
                 let text = d.thinking.as_deref().ok_or_else(|| missing("thinking"))?;
-                self.text_chunk(out, progress, "reasoning_content", text);
+                self.text_chunk(out, progress, Block::Thinking, text);
             }
             // A signature only means something to Anthropic.
             (Block::Thinking, "signature_delta") => {}
@@ -906,19 +930,7 @@ impl Stream {
                     .as_deref()
                     .ok_or_else(|| missing("partial_json"))?;
                 if !part.is_empty() {
-                    let mut n = itoa::Buffer::new();
-                    let n = n.format(self.tools);
-                    self.chunk_with(
-                        out,
-                        |out| {
-                            out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-                            out.extend_from_slice(n.as_bytes());
-                            out.extend_from_slice(b",\"function\":{\"arguments\":");
-                            write_json(out, part);
-                            out.extend_from_slice(b"}}]}");
-                        },
-                        None,
-                    );
+                    self.delta_chunk(out, Block::Tool, |out| write_json(out, part));
                 }
             }
             (_, other) => {
@@ -936,24 +948,18 @@ impl Stream {
         out: &mut BytesMut,
         progress: &mut Progress,
     ) -> Result<(), TranslateError> {
-        // The hottest event, as Anthropic writes it, into the open text
-        // block: its text goes on as the JSON literal it came in.
-        if let Some((index, text)) = raw_text_delta(event.data)
+        // The hottest events, as Anthropic writes them, into the open
+        // block of their kind: the text goes on as the JSON literal it came in.
+        if let Some((index, block, text)) = raw_delta(event.data)
             && matches!(event.name, "" | "content_block_delta")
             && self.phase == Phase::Body
-            && self.open == Some((index, Block::Text))
+            && self.open == Some((index, block))
         {
             if text != b"\"\"" {
-                self.chunk_with(
-                    out,
-                    |out| {
-                        out.extend_from_slice(b"{\"content\":");
-                        out.extend_from_slice(text);
-                        out.extend_from_slice(b"}");
-                    },
-                    None,
-                );
-                progress.committed = true;
+                self.delta_chunk(out, block, |out| out.extend_from_slice(text));
+                if block == Block::Text {
+                    progress.committed = true;
+                }
             }
             return Ok(());
         }
@@ -1021,11 +1027,11 @@ impl Stream {
                     .ok_or_else(|| TranslateError::bad("content_block_start without a block"))?;
                 let block = match str_field(b, "type")? {
                     "text" => {
-                        self.content(out, progress, "content", b.get("text"));
+                        self.content(out, progress, Block::Text, b.get("text"));
                         Block::Text
                     }
                     "thinking" => {
-                        self.content(out, progress, "reasoning_content", b.get("thinking"));
+                        self.content(out, progress, Block::Thinking, b.get("thinking"));
                         Block::Thinking
                     }
                     "redacted_thinking" => Block::Redacted,
@@ -1150,11 +1156,11 @@ impl Stream {
         &self,
         out: &mut BytesMut,
         progress: &mut Progress,
-        field: &str,
+        block: Block,
         text: Option<&Value>,
     ) {
         if let Some(Value::String(s)) = text {
-            self.text_chunk(out, progress, field, s);
+            self.text_chunk(out, progress, block, s);
         }
     }
 

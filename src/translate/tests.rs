@@ -1118,8 +1118,8 @@ fn a_text_delta_as_anthropic_writes_it_is_copied_as_the_general_reader_writes_it
         )
     };
     let data = |event: String| event.split_once("data: ").unwrap().1.trim_end().to_owned();
-    assert!(chat_to_messages::raw_text_delta(data(canonical("x")).as_bytes()).is_some());
-    assert!(chat_to_messages::raw_text_delta(data(spaced("x")).as_bytes()).is_none());
+    assert!(chat_to_messages::raw_delta(data(canonical("x")).as_bytes()).is_some());
+    assert!(chat_to_messages::raw_delta(data(spaced("x")).as_bytes()).is_none());
     let (fast, fast_out, _) = feed_all(Pair::ChatToMessages, &stream(&canonical));
     let (slow, slow_out, _) = feed_all(Pair::ChatToMessages, &stream(&spaced));
     fast.unwrap();
@@ -1133,6 +1133,45 @@ fn a_text_delta_as_anthropic_writes_it_is_copied_as_the_general_reader_writes_it
         .filter_map(|d| d["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(text, texts.concat());
+
+    // The same for a tool's input.
+    let tool_stream = |spelled: &dyn Fn(&str) -> String| {
+        let mut s = message_start();
+        s += &anthropic_event(json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}));
+        for part in ["", "{\"city\": ", "\"Par\\\"is\"}"] {
+            s += &spelled(part);
+        }
+        s += &anthropic_event(json!({"type": "content_block_stop", "index": 0}));
+        s += &anthropic_event(json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}));
+        s += &anthropic_event(json!({"type": "message_stop"}));
+        s
+    };
+    let canonical = |t: &str| {
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let spaced = |t: &str| {
+        format!(
+            "event: content_block_delta\ndata: {{\"index\":0,\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    assert!(chat_to_messages::raw_delta(data(canonical("x")).as_bytes()).is_some());
+    assert!(chat_to_messages::raw_delta(data(spaced("x")).as_bytes()).is_none());
+    let (fast, fast_out, _) = feed_all(Pair::ChatToMessages, &tool_stream(&canonical));
+    let (slow, slow_out, _) = feed_all(Pair::ChatToMessages, &tool_stream(&spaced));
+    fast.unwrap();
+    slow.unwrap();
+    assert_eq!(fast_out, slow_out);
+    let arguments: String = datas(&fast_out)
+        .iter()
+        .filter_map(|d| d["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, "{\"city\": \"Par\\\"is\"}");
 
     // What the fast path refuses to vouch for is the general reader's to judge.
     for (data, valid) in [
@@ -1158,8 +1197,7 @@ fn a_text_delta_as_anthropic_writes_it_is_copied_as_the_general_reader_writes_it
         ),
     ] {
         assert!(
-            chat_to_messages::raw_text_delta(data.as_bytes()).is_none()
-                || data.contains("\"index\":1"),
+            chat_to_messages::raw_delta(data.as_bytes()).is_none() || data.contains("\"index\":1"),
             "{data}"
         );
         let mut s = message_start();
