@@ -222,7 +222,12 @@ fn openai_stream(tools: bool) -> Vec<Bytes> {
                 None,
             )
         } else {
-            openai_chunk(json!({"content": format!(" tok{i:03}")}), None)
+            // Spelled as OpenAI writes it (fields in its order), as the
+            // translator's fast path expects it.
+            let text = serde_json::to_string(&format!(" tok{i:03}")).unwrap();
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-x\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{text}}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            ))
         });
     }
     events.push(openai_chunk(

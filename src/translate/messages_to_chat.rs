@@ -3,6 +3,7 @@
 //! and the stream come back OpenAI → Anthropic.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
@@ -668,6 +669,44 @@ enum Open {
     Tool(u64),
 }
 
+/// The text of a chunk that carries nothing but one text delta, spelled as
+/// OpenAI and the servers that copy it write it:
+/// `…"choices":[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}]…`
+/// (`"logprobs":null` may be left out),
+/// as its JSON string literal, quotes included, validated (escapes, control
+/// bytes, UTF-8) so that it can be copied as it is. Around it, the chunk's
+/// other fields (`id`, `object`, `created`, `model`, `system_fingerprint`,
+/// `obfuscation`, …) are skipped, so they must hold no escape (no key can
+/// hide behind one), no `"choices"` or `"error"`, and no `"usage"` but
+/// `"usage":null`. `None` otherwise: the general reader decides.
+pub(super) fn raw_content_delta(data: &[u8]) -> Option<&[u8]> {
+    use memchr::memmem::Finder;
+    static AT: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(br#""choices":[{"index":0,"delta":{"content":"#));
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    const END: &[u8] = br#"},"logprobs":null,"finish_reason":null}]"#;
+    if data.first() != Some(&b'{') || data.last() != Some(&b'}') {
+        return None;
+    }
+    let at = AT.find(data)?;
+    let rest = &data[at + AT.needle().len()..];
+    let (len, _) = crate::read_request::scan::string_len(rest)?;
+    let (text, tail) = rest.split_at(len);
+    // `logprobs` is OpenAI's; some servers leave it out.
+    let tail = tail
+        .strip_prefix(END)
+        .or_else(|| tail.strip_prefix(br#"},"finish_reason":null}]"#))?;
+    let plain = |part: &[u8]| {
+        memchr::memchr(b'\\', part).is_none()
+            && memchr::memmem::find(part, b"\"choices\"").is_none()
+            && memchr::memmem::find(part, b"\"error\"").is_none()
+            && USAGE
+                .find_iter(part)
+                .all(|u| part[u + 7..].starts_with(b":null"))
+    };
+    (plain(&data[..at]) && plain(tail)).then_some(text)
+}
+
 /// OpenAI chunks → Anthropic events. State: the open block, counters, the
 /// finish reason and usage; never any content.
 #[derive(Debug)]
@@ -720,6 +759,18 @@ impl Stream {
             }
             self.done = true;
             return self.end(out);
+        }
+        // The hottest chunk, a plain text delta into the open text block:
+        // its text goes on as the JSON literal it came in.
+        if self.started
+            && self.stop.is_none()
+            && self.open == Open::Text
+            && let Some(text) = raw_content_delta(event.data)
+        {
+            if text != b"\"\"" {
+                self.block_delta_with(out, "text_delta", "text", |out| out.extend_from_slice(text));
+            }
+            return Ok(());
         }
         let chunk: Chunk<'_> = match serde_json::from_slice(event.data) {
             Ok(chunk) => chunk,
@@ -859,6 +910,17 @@ impl Stream {
 
     /// Writes `content_block_delta` for the open block: `{"type": kind, field: text}`.
     fn block_delta(&self, out: &mut BytesMut, kind: &str, field: &str, text: &str) {
+        self.block_delta_with(out, kind, field, |out| write_json(out, text));
+    }
+
+    /// [`block_delta`](Self::block_delta) with the text's JSON string written by `text`.
+    fn block_delta_with(
+        &self,
+        out: &mut BytesMut,
+        kind: &str,
+        field: &str,
+        text: impl FnOnce(&mut BytesMut),
+    ) {
         let mut index = itoa::Buffer::new();
         out.extend_from_slice(
             b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
@@ -869,7 +931,7 @@ impl Stream {
         out.extend_from_slice(b"\",\"");
         out.extend_from_slice(field.as_bytes());
         out.extend_from_slice(b"\":");
-        write_json(out, text);
+        text(out);
         out.extend_from_slice(b"}}\n\n");
     }
 

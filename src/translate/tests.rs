@@ -1209,3 +1209,74 @@ fn a_text_delta_as_anthropic_writes_it_is_copied_as_the_general_reader_writes_it
         assert_eq!(t.feed(s.as_bytes(), &mut out).is_ok(), valid, "{data}");
     }
 }
+
+/// A plain text chunk as OpenAI writes it takes the fast path to an
+/// Anthropic client; the events are byte for byte what the general reader
+/// writes for the same chunks spelled another way, and a chunk that carries
+/// anything more (usage, an error, an escape outside the text) is left to
+/// the general reader.
+#[test]
+fn a_text_chunk_as_openai_writes_it_is_copied_as_the_general_reader_writes_it() {
+    let texts = [
+        "Hello",
+        "",
+        "quote \" backslash \\ newline \n nul \u{0} unicode é😀",
+        &"long text ".repeat(40),
+    ];
+    let canonical = |t: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"system_fingerprint\":\"fp_1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null,\"obfuscation\":\"Kx3\"}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let stream = |spelled: &dyn Fn(&str) -> String| {
+        let mut s = openai_chunk(json!({"role": "assistant", "content": ""}), None);
+        for t in texts {
+            s += &spelled(t);
+        }
+        s += &openai_chunk(json!({}), Some("stop"));
+        s += "data: [DONE]\n\n";
+        s
+    };
+    let spaced = |t: &str| openai_chunk(json!({ "content": t }), None);
+    let data = |event: String| event.split_once("data: ").unwrap().1.trim_end().to_owned();
+    assert!(messages_to_chat::raw_content_delta(data(canonical("x")).as_bytes()).is_some());
+    assert!(messages_to_chat::raw_content_delta(data(spaced("x")).as_bytes()).is_none());
+    let (fast, fast_out, _) = feed_all(Pair::MessagesToChat, &stream(&canonical));
+    let (slow, slow_out, _) = feed_all(Pair::MessagesToChat, &stream(&spaced));
+    fast.unwrap();
+    slow.unwrap();
+    assert_eq!(
+        String::from_utf8(fast_out.to_vec()).unwrap(),
+        String::from_utf8(slow_out.to_vec()).unwrap()
+    );
+    let text: String = datas(&fast_out)
+        .iter()
+        .filter_map(|d| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, texts.concat());
+
+    let choices =
+        r#""choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null}]"#;
+    for refused in [
+        format!(r#"{{"id":"c","usage":{{"prompt_tokens":3}},{choices}}}"#),
+        format!(r#"{{"id":"c",{choices},"usage":{{"prompt_tokens":3}}}}"#),
+        format!(r#"{{"id":"c","error":{{"message":"x"}},{choices}}}"#),
+        format!(r#"{{"id":"c\u0022,{choices}}}"#),
+        format!(r#"{{"id":"c",{choices},"choices":[]}}"#),
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a\qb"},"logprobs":null,"finish_reason":null}]}"#.to_owned(),
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":"stop"}]}"#.to_owned(),
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi","role":"assistant"},"logprobs":null,"finish_reason":null}]}"#.to_owned(),
+    ] {
+        assert!(
+            messages_to_chat::raw_content_delta(refused.as_bytes()).is_none(),
+            "{refused}"
+        );
+    }
+    assert!(
+        messages_to_chat::raw_content_delta(
+            format!(r#"{{"id":"c",{choices},"usage":null}}"#).as_bytes()
+        )
+        .is_some()
+    );
+}
