@@ -94,7 +94,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Reason};
-use crate::keys::record::{parse_duration, rfc3339};
+use crate::keys::record::{parse_duration, rfc3339, unix_now};
 use crate::keys::{
     BudgetPeriod, KeyRecord, KeyUpdate, Keyring, Limits, NewKey, NewTeam, Patch, Source,
     TeamRecord, TeamUpdate, presented_key,
@@ -420,10 +420,14 @@ impl Fields {
         })
     }
 
+    /// A window (`2h`, `14d`, `3mo`) starts now; see [`BudgetPeriod::parse_at`].
     fn period(&self) -> Result<Patch<BudgetPeriod>, Error> {
-        self.patch("budget_duration", "a period such as `monthly`", |v| {
-            v.as_str().map(str::parse)
-        })
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        self.patch(
+            "budget_duration",
+            "a duration such as `30d`, `12h` or `monthly`",
+            |v| v.as_str().map(|s| BudgetPeriod::parse_at(s, now)),
+        )
     }
 
     fn metadata(&self) -> Result<Patch<Map<String, Value>>, Error> {
@@ -511,21 +515,38 @@ fn fields(extra: &[&'static str]) -> Vec<&'static str> {
     extra.iter().chain(LIMIT_FIELDS.iter()).copied().collect()
 }
 
-fn limits_json(l: &Limits) -> Map<String, Value> {
+fn limits_json(a: &Admin, l: &Limits) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("rpm_limit".into(), json!(l.rpm));
     m.insert("tpm_limit".into(), json!(l.tpm));
     m.insert("max_budget".into(), json!(l.max_budget));
     m.insert(
         "budget_duration".into(),
-        json!(l.budget_period.map(|p| p.as_str())),
+        json!(l.budget_period.map(|p| p.to_string())),
     );
+    m.insert("budget_reset_at".into(), budget_reset_at(a, l));
     m.insert("weight".into(), json!(l.weight));
     m
 }
 
+/// When a budget resets: the end of its current period or window, by the
+/// ledger's clock and time zone (`null`: no budget, or a total one).
+fn budget_reset_at(a: &Admin, l: &Limits) -> Value {
+    #[cfg(feature = "budget")]
+    if let Some(b) = l.budget() {
+        let period = crate::budget::Period::from(b.period);
+        let window = match &a.spend.ledger {
+            Some(ledger) => ledger.window(period),
+            None => period.window(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC),
+        };
+        return json!(window.end.map(|t| t.to_string()));
+    }
+    let _ = (a, l);
+    Value::Null
+}
+
 /// A key as the admin API shows it: never its secret or hash.
-fn key_json(r: &KeyRecord, source: Source) -> Value {
+fn key_json(a: &Admin, r: &KeyRecord, source: Source) -> Value {
     let mut m = Map::new();
     m.insert("key_id".into(), json!(r.id));
     // LiteLLM's name for a key's identifier (there its hash): what its
@@ -537,7 +558,7 @@ fn key_json(r: &KeyRecord, source: Source) -> Value {
     m.insert("models".into(), json!(r.grants));
     m.insert("expires".into(), json!(r.expires_at.map(rfc3339)));
     m.insert("blocked".into(), json!(r.blocked));
-    m.extend(limits_json(&r.limits));
+    m.extend(limits_json(a, &r.limits));
     m.insert("metadata".into(), Value::Object(r.metadata.clone()));
     m.insert("created_at".into(), json!(rfc3339(r.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(r.updated_at)));
@@ -551,13 +572,13 @@ fn key_json(r: &KeyRecord, source: Source) -> Value {
     Value::Object(m)
 }
 
-fn team_json(t: &TeamRecord) -> Value {
+fn team_json(a: &Admin, t: &TeamRecord) -> Value {
     let mut m = Map::new();
     m.insert("team_id".into(), json!(t.id));
     m.insert("team_alias".into(), json!(t.alias));
     m.insert("models".into(), json!(t.grants));
     m.insert("blocked".into(), json!(t.blocked));
-    m.extend(limits_json(&t.limits));
+    m.extend(limits_json(a, &t.limits));
     m.insert("metadata".into(), Value::Object(t.metadata.clone()));
     m.insert("created_at".into(), json!(rfc3339(t.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(t.updated_at)));
@@ -597,7 +618,7 @@ async fn key_generate(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -
         limits: f.limits()?.new_limits(),
     };
     let (key, record) = a.keyring.generate(new).await?;
-    let mut v = key_json(&record, Source::Store);
+    let mut v = key_json(&a, &record, Source::Store);
     v["key"] = json!(key);
     ok(v)
 }
@@ -614,7 +635,7 @@ async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> 
     if !a.unenforced.is_empty() {
         // A key in a team after this update: the fields it sets, or keeps.
         let (record, _) = a.keyring.key_info(&ident)?;
-        let current = key_json(&record, Source::Store);
+        let current = key_json(&a, &record, Source::Store);
         let after = |field: &str| match f.0.get(field) {
             Some(v) => Some(v.clone()),
             None => current.get(field).cloned(),
@@ -638,7 +659,7 @@ async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> 
         metadata: f.metadata()?,
     };
     let r = a.keyring.update_key(&ident, update).await?;
-    ok(key_json(&r, Source::Store))
+    ok(key_json(&a, &r, Source::Store))
 }
 
 async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -> Answer {
@@ -650,7 +671,7 @@ async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -
         ..KeyUpdate::default()
     };
     let r = a.keyring.update_key(&ident, update).await?;
-    ok(key_json(&r, Source::Store))
+    ok(key_json(&a, &r, Source::Store))
 }
 
 /// `POST /key/regenerate` `{"key": ...}`: a new secret for the key, its id,
@@ -660,7 +681,7 @@ async fn key_regenerate(State(a): State<Admin>, headers: HeaderMap, body: Bytes)
     let f = Fields::parse(&body, &["key"])?;
     let ident = f.required("key")?;
     let (whole, r) = a.keyring.regenerate(&ident).await?;
-    let mut v = key_json(&r, Source::Store);
+    let mut v = key_json(&a, &r, Source::Store);
     v["key"] = json!(whole);
     ok(v)
 }
@@ -682,7 +703,7 @@ async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
         .ok_or_else(|| bad("key", "is required: `GET /key/info?key=<key id>`"))?;
     let (r, source) = a.keyring.key_info(ident)?;
     #[allow(unused_mut)]
-    let mut info = key_json(&r, source);
+    let mut info = key_json(&a, &r, source);
     #[cfg(feature = "budget")]
     if let Some(budgets) = spend::budgets_of(&a, &r).await? {
         info["budgets"] = budgets;
@@ -813,7 +834,13 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
     )?;
     let keys: Vec<Value> = keys
         .iter()
-        .map(|(r, s)| if full { key_json(r, *s) } else { json!(r.id) })
+        .map(|(r, s)| {
+            if full {
+                key_json(&a, r, *s)
+            } else {
+                json!(r.id)
+            }
+        })
         .collect();
     ok(json!({
         "keys": keys,
@@ -836,7 +863,7 @@ async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> An
         limits: f.limits()?.new_limits(),
     };
     let t = a.keyring.create_team(new).await?;
-    ok(team_json(&t))
+    ok(team_json(&a, &t))
 }
 
 async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -857,7 +884,7 @@ async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) ->
         metadata: f.metadata()?,
     };
     let t = a.keyring.update_team(&id, update).await?;
-    ok(team_json(&t))
+    ok(team_json(&a, &t))
 }
 
 async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
@@ -868,7 +895,7 @@ async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad("team_id", "is required: `GET /team/info?team_id=<id>`"))?;
     let (t, keys) = a.keyring.team_info(id)?;
-    ok(json!({"team_id": t.id, "team_info": team_json(&t), "keys": keys}))
+    ok(json!({"team_id": t.id, "team_info": team_json(&a, &t), "keys": keys}))
 }
 
 /// `GET /team/list`: every team (LiteLLM's answer: a list of team objects,
@@ -893,7 +920,7 @@ async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
         .list_teams()?
         .into_iter()
         .map(|(t, keys)| {
-            let mut v = team_json(&t);
+            let mut v = team_json(&a, &t);
             v["keys"] = json!(keys);
             v
         })

@@ -166,7 +166,7 @@ pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Valu
                 Scope::Global => None,
             };
             m.insert("max_budget".into(), usd_value(l.max));
-            m.insert("budget_duration".into(), json!(l.period.as_str()));
+            m.insert("budget_duration".into(), json!(l.period.to_string()));
             m.insert("spend".into(), usd_value(u.spent));
             m.insert("reserved".into(), usd_value(u.reserved));
             m.insert("spend_micros".into(), json!(u.spent));

@@ -204,7 +204,7 @@ impl RedisLedger {
         let hash = format!(
             "{}budget:{}:{}:{kind}:{id}",
             self.inner.state.prefix(),
-            period.as_str(),
+            period,
             start.map_or_else(|| "-".to_owned(), |s| s.to_string()),
         );
         let end = window.end.map(Timestamp::as_second);
@@ -261,6 +261,10 @@ impl crate::budget::UsageSource for RedisLedger {
         period: Period,
     ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
         Box::pin(RedisLedger::usage(self, scope, period))
+    }
+
+    fn window(&self, period: Period) -> crate::budget::Window {
+        period.window(self.inner.clock.now(), &self.inner.tz)
     }
 }
 
