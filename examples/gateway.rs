@@ -156,6 +156,7 @@ pub async fn build(
     ledger: Ledger,
 ) -> Result<Built, ConfigError> {
     let spend = config.spend(&ledger).await?;
+    let restore_into = ledger.clone();
     // Before any layer is built: hot-path metric handles bind to the
     // recorder installed when they are registered.
     let metrics = if config.server.metrics {
@@ -198,6 +199,12 @@ pub async fn build(
     let usage = Some(Arc::new(store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
+    if let Some((store, _)) = &spend {
+        // Fixed-window budgets each start at their own instant.
+        config
+            .restore_windows(&restore_into, &**store, &keyring)
+            .await?;
+    }
     let auth = VirtualKeysLayer::new(keyring.clone());
     let models = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())

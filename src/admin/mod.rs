@@ -1227,7 +1227,7 @@ mod tests {
             (r#"{"max_budget": -1}"#, "max_budget"),
             (r#"{"team_id": "ghost"}"#, "team_id"),
             (r#"{"duration": "soon"}"#, "duration"),
-            (r#"{"budget_duration": "30d"}"#, "budget_duration"),
+            (r#"{"budget_duration": "30x"}"#, "budget_duration"),
             (r#"{"modles": ["a"]}"#, "modles"),
             (r#"{"models": ["a", 3]}"#, "models[1]"),
             (r#"{"models": ["zzz"]}"#, "models[0]"),

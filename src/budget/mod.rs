@@ -122,7 +122,7 @@ pub use spend::PostgresSpendStore;
 pub use spend::SqliteSpendStore;
 pub use spend::{
     Cursor, MemorySpendStore, PendingSpend, SpendError, SpendFuture, SpendPage, SpendQuery,
-    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger,
+    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger, restore_windows,
 };
 pub use store::{BudgetStore, EitherReserve, EitherStore, UsageSource};
 pub use usage::{Price, TokenUsage};

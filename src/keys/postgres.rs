@@ -1097,6 +1097,8 @@ pub(crate) mod tests {
         let mut t = TeamRecord::new("t1");
         t.grants = vec!["cheap".into()];
         t.limits.tpm = Some(1000);
+        // A fixed window keeps its anchor across a reconnect.
+        t.limits.budget_period = Some(BudgetPeriod::parse_at("3mo", 1_764_000_123).unwrap());
         store.put_team(t.clone()).await.unwrap();
         drop(store);
 
