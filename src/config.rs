@@ -1218,7 +1218,11 @@ impl Config {
         store: &dyn SpendStore,
         keyring: &Keyring,
     ) -> Result<(), ConfigError> {
-        let windowed = |l: &Limits| l.budget().map(|b| Period::from(b.period)).filter(|p| matches!(p, Period::Every(_)));
+        let windowed = |l: &Limits| {
+            l.budget()
+                .map(|b| Period::from(b.period))
+                .filter(|p| matches!(p, Period::Every(_)))
+        };
         let fail = |e: String| {
             self.err(
                 "keys.url",

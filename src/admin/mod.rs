@@ -109,6 +109,7 @@ struct Admin {
     #[cfg(feature = "budget")]
     spend: SpendView,
     unenforced: Arc<Unenforced>,
+    models: Arc<[ModelInfo]>,
 }
 
 /// Who holds a limit field: a key, a key that belongs to a team, a team.
@@ -206,6 +207,7 @@ pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
         #[cfg(feature = "budget")]
         spend: SpendView::default(),
         unenforced: Arc::default(),
+        models: Arc::new([]),
     })
 }
 
@@ -225,11 +227,26 @@ pub fn router_with_policy(
     spend: SpendView,
     unenforced: Unenforced,
 ) -> axum::Router {
+    router_with_models(keyring, master_key, spend, unenforced, Vec::new())
+}
+
+/// [`router_with_policy`] that also answers `GET /model/info` (and
+/// `/v1/model/info`) and `GET /models` with `models`: the deployments the
+/// gateway serves (names, API, prices; never a URL or credential).
+#[cfg(feature = "budget")]
+pub fn router_with_models(
+    keyring: Keyring,
+    master_key: &str,
+    spend: SpendView,
+    unenforced: Unenforced,
+    models: Vec<ModelInfo>,
+) -> axum::Router {
     routes(Admin {
         keyring,
         master: Arc::new(digest(master_key)),
         spend,
         unenforced: Arc::new(unenforced),
+        models: models.into(),
     })
 }
 
@@ -248,9 +265,14 @@ fn routes(state: Admin) -> axum::Router {
         .route("/team/info", get(team_info))
         .route("/team/list", get(team_list))
         .route("/health/liveliness", get(liveliness))
-        .route("/health/readiness", get(readiness));
+        .route("/health/readiness", get(readiness))
+        .route("/model/info", get(models::info))
+        .route("/v1/model/info", get(models::info))
+        .route("/models", get(models::list));
     #[cfg(feature = "budget")]
-    let router = router.route("/spend/logs", get(spend::logs));
+    let router = router
+        .route("/spend/logs", get(spend::logs))
+        .route("/global/spend", get(spend::global));
     router.with_state(state).layer(NormalizeErrorsLayer::new())
 }
 
@@ -944,8 +966,11 @@ async fn readiness() -> Answer {
     }))
 }
 
+mod models;
 #[cfg(feature = "budget")]
 mod spend;
+
+pub use models::ModelInfo;
 
 #[cfg(test)]
 mod tests {

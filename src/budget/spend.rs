@@ -528,7 +528,10 @@ pub async fn restore_windows(
 ) -> Result<(), SpendError> {
     let now = ledger.now();
     let mut by_start: Vec<(Timestamp, Vec<&(Scope, Period)>)> = Vec::new();
-    for b in budgets.iter().filter(|(_, p)| matches!(p, Period::Every(_))) {
+    for b in budgets
+        .iter()
+        .filter(|(_, p)| matches!(p, Period::Every(_)))
+    {
         let Some(start) = b.1.window(now, ledger.time_zone()).start else {
             continue;
         };

@@ -553,13 +553,19 @@ mod tests {
             ..key("w", 100)
         };
         let late = ledger.reserve(std::slice::from_ref(&k), 80).await.unwrap();
-        let refused = ledger.reserve(std::slice::from_ref(&k), 30).await.unwrap_err();
+        let refused = ledger
+            .reserve(std::slice::from_ref(&k), 30)
+            .await
+            .unwrap_err();
         assert_eq!(refused.status(), 402);
         // 12:17 is the window's end (anchor + 2 h), not 14:00 or midnight.
         clock.set("2030-04-30T12:17:00Z".parse().unwrap());
         let next = ledger.usage(&k.scope, k.period).await.unwrap();
         assert_eq!((next.spent, next.reserved), (0, 0));
-        assert_eq!(next.window.start, Some("2030-04-30T12:17:00Z".parse().unwrap()));
+        assert_eq!(
+            next.window.start,
+            Some("2030-04-30T12:17:00Z".parse().unwrap())
+        );
         let r = ledger.reserve(std::slice::from_ref(&k), 100).await.unwrap();
         // The late one lands in the window it started in.
         late.settle(70);
