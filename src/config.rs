@@ -1077,12 +1077,9 @@ impl Config {
             )
         })?;
         usd("budgets.global_max_usd".into(), b.global_max_usd)?;
-        b.global_period.parse::<BudgetPeriod>().map_err(|_| {
-            self.err(
-                "budgets.global_period",
-                "must be `total`, `daily`, `weekly` or `monthly`",
-            )
-        })?;
+        b.global_period
+            .parse::<BudgetPeriod>()
+            .map_err(|e| self.err("budgets.global_period", e))?;
         if b.default_max_output_tokens == 0 {
             return Err(self.err("budgets.default_max_output_tokens", "must be at least 1"));
         }

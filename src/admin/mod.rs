@@ -15,7 +15,9 @@
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
 //! | `GET /team/list` | every team, each with its keys' ids (LiteLLM's list of team objects) |
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
-//! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]) |
+//! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `start_date`, `end_date` too |
+//! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
+//! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
 //!
 //! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
 //! budget the key is charged on (its own, its team's, the global one): the
@@ -39,8 +41,10 @@
 //! Fields (LiteLLM's names): `key_alias`, `team_id`, `user_id`, `models`
 //! (model names, access groups, patterns), `duration` (`30s`, `12h`, `30d`,
 //! `2w`; the key expires that long after the call), `blocked`, `rpm_limit`,
-//! `tpm_limit`, `max_budget` (USD), `budget_duration` (`daily`/`1d`,
-//! `weekly`/`7d`, `monthly`/`1mo`), `metadata` (an object), and tollgate's
+//! `tpm_limit`, `max_budget` (USD), `budget_duration` (calendar periods
+//! `daily`/`1d`, `weekly`/`7d`, `monthly`/`30d`/`1mo`, `total`; any other
+//! duration, `30m`, `2h`, `14d`, `3mo`, is a fixed window starting now, and
+//! answers carry its `budget_reset_at`), `metadata` (an object), and tollgate's
 //! `weight` (fair queuing). Teams: `team_id`, `team_alias`, and the same
 //! limits, `models` and `metadata`.
 //!
