@@ -338,6 +338,27 @@ fn bad(param: &str, message: impl std::fmt::Display) -> Error {
     Error::new(Reason::InvalidRequest, format!("`{param}`: {message}")).with_meta("param", param)
 }
 
+/// LiteLLM's key and team fields that tollgate does not implement, with
+/// their LiteLLM defaults: accepted (and ignored) when `null` or the
+/// default, refused by name otherwise, so nothing is silently dropped.
+const LITELLM_DEFAULTS: &[(&str, fn() -> Value)] = &[
+    ("spend", || json!(0)),
+    ("aliases", || json!({})),
+    ("config", || json!({})),
+    ("permissions", || json!({})),
+    ("model_max_budget", || json!({})),
+    ("model_rpm_limit", || json!({})),
+    ("model_tpm_limit", || json!({})),
+    ("allowed_cache_controls", || json!([])),
+    ("tags", || json!([])),
+    ("guardrails", || json!([])),
+    ("soft_budget", || Value::Null),
+    ("max_parallel_requests", || Value::Null),
+    ("budget_id", || Value::Null),
+    ("organization_id", || Value::Null),
+    ("send_invite_email", || json!(false)),
+];
+
 /// A JSON object body whose fields are checked one by one, naming the field.
 struct Fields(Map<String, Value>);
 
@@ -361,6 +382,24 @@ impl Fields {
                 "The body must be a JSON object.",
             ));
         };
+        let mut map = map;
+        for (name, default) in LITELLM_DEFAULTS {
+            match map.get(*name) {
+                Some(v) if !allowed.contains(name) && (v.is_null() || *v == default()) => {
+                    map.remove(*name);
+                }
+                Some(_) if !allowed.contains(name) => {
+                    return Err(bad(
+                        name,
+                        format!(
+                            "LiteLLM's field is not supported by this gateway: only null or {} is accepted",
+                            default()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(
                 k,
@@ -1258,6 +1297,9 @@ mod tests {
             (r#"{"duration": "soon"}"#, "duration"),
             (r#"{"budget_duration": "30x"}"#, "budget_duration"),
             (r#"{"modles": ["a"]}"#, "modles"),
+            (r#"{"spend": 2.5}"#, "spend"),
+            (r#"{"aliases": {"a": "b"}}"#, "aliases"),
+            (r#"{"soft_budget": 1}"#, "soft_budget"),
             (r#"{"models": ["a", 3]}"#, "models[1]"),
             (r#"{"models": ["zzz"]}"#, "models[0]"),
             (r#"{"weight": 0}"#, "weight"),
@@ -1279,5 +1321,39 @@ mod tests {
         assert!(ring.is_empty(), "nothing was written");
         let (s, _) = call(&app, "GET", "/key/generate", "", m).await;
         assert_eq!(s, 405);
+    }
+
+    /// LiteLLM's fields tollgate does not implement pass at their defaults
+    /// (what LiteLLM's clients send when unset), and are not stored.
+    #[tokio::test]
+    async fn litellms_unimplemented_fields_pass_only_at_their_defaults() {
+        let (app, _) = app().await;
+        let body = r#"{"models": ["a"], "spend": 0, "aliases": {}, "config": {}, "tags": null,
+            "soft_budget": null, "max_parallel_requests": null, "send_invite_email": false}"#;
+        let (s, v) = call(&app, "POST", "/key/generate", body, Some(MASTER)).await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            v.get("aliases").is_none() && v.get("soft_budget").is_none(),
+            "{v}"
+        );
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/team/new",
+            r#"{"team_id": "t", "tags": []}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/team/new",
+            r#"{"team_id": "u", "tags": ["x"]}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["metadata"]["param"], "tags");
     }
 }
