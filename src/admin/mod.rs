@@ -341,23 +341,29 @@ fn bad(param: &str, message: impl std::fmt::Display) -> Error {
 /// LiteLLM's key and team fields that tollgate does not implement, with
 /// their LiteLLM defaults: accepted (and ignored) when `null` or the
 /// default, refused by name otherwise, so nothing is silently dropped.
-const LITELLM_DEFAULTS: &[(&str, fn() -> Value)] = &[
-    ("spend", || json!(0)),
-    ("aliases", || json!({})),
-    ("config", || json!({})),
-    ("permissions", || json!({})),
-    ("model_max_budget", || json!({})),
-    ("model_rpm_limit", || json!({})),
-    ("model_tpm_limit", || json!({})),
-    ("allowed_cache_controls", || json!([])),
-    ("tags", || json!([])),
-    ("guardrails", || json!([])),
-    ("soft_budget", || Value::Null),
-    ("max_parallel_requests", || Value::Null),
-    ("budget_id", || Value::Null),
-    ("organization_id", || Value::Null),
-    ("send_invite_email", || json!(false)),
+const LITELLM_DEFAULTS: &[(&str, &str)] = &[
+    ("spend", "0"),
+    ("aliases", "{}"),
+    ("config", "{}"),
+    ("permissions", "{}"),
+    ("model_max_budget", "{}"),
+    ("model_rpm_limit", "{}"),
+    ("model_tpm_limit", "{}"),
+    ("allowed_cache_controls", "[]"),
+    ("tags", "[]"),
+    ("guardrails", "[]"),
+    ("soft_budget", "null"),
+    ("max_parallel_requests", "null"),
+    ("budget_id", "null"),
+    ("organization_id", "null"),
+    ("send_invite_email", "false"),
 ];
+
+/// Whether `v` is `null` or LiteLLM's `default` (JSON text; `0` and `0.0` alike).
+fn is_default(v: &Value, default: &str) -> bool {
+    let d: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+    v.is_null() || *v == d || (v.as_f64().is_some() && v.as_f64() == d.as_f64())
+}
 
 /// A JSON object body whose fields are checked one by one, naming the field.
 struct Fields(Map<String, Value>);
@@ -385,15 +391,14 @@ impl Fields {
         let mut map = map;
         for (name, default) in LITELLM_DEFAULTS {
             match map.get(*name) {
-                Some(v) if !allowed.contains(name) && (v.is_null() || *v == default()) => {
+                Some(v) if !allowed.contains(name) && is_default(v, default) => {
                     map.remove(*name);
                 }
                 Some(_) if !allowed.contains(name) => {
                     return Err(bad(
                         name,
                         format!(
-                            "LiteLLM's field is not supported by this gateway: only null or {} is accepted",
-                            default()
+                            "LiteLLM's field is not supported by this gateway: only null or {default} is accepted"
                         ),
                     ));
                 }
@@ -1328,7 +1333,7 @@ mod tests {
     #[tokio::test]
     async fn litellms_unimplemented_fields_pass_only_at_their_defaults() {
         let (app, _) = app().await;
-        let body = r#"{"models": ["a"], "spend": 0, "aliases": {}, "config": {}, "tags": null,
+        let body = r#"{"models": ["a"], "spend": 0.0, "aliases": {}, "config": {}, "tags": null,
             "soft_budget": null, "max_parallel_requests": null, "send_invite_email": false}"#;
         let (s, v) = call(&app, "POST", "/key/generate", body, Some(MASTER)).await;
         assert_eq!(s, 200, "{v}");
