@@ -32,9 +32,9 @@ const MAX_SECONDS: u64 = 100 * 366 * 86_400;
 /// How long one window lasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Length {
-    /// A fixed number of seconds (`s`, `m`, `h`, `d`, `w` units), at least 1.
+    /// A fixed number of seconds (`s`, `m`, `h`, `d`, `w` units).
     Seconds(u64),
-    /// A number of calendar months (`mo`), at least 1: the same day of the
+    /// A number of calendar months (`mo`): the same day of the
     /// month (or the month's last day) at the same local time.
     Months(u32),
 }
@@ -68,17 +68,18 @@ impl fmt::Display for Length {
 impl FromStr for Length {
     type Err = String;
 
-    /// A whole number from 1 and a unit: `s`, `m`, `h`, `d`, `w` or `mo`.
+    /// A whole number and a unit: `s`, `m`, `h`, `d`, `w` or `mo` (`0s`
+    /// is a length, e.g. a key that expires at once; not a window).
     fn from_str(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (n, unit) = t.split_at(split);
         let bad = || {
             format!(
-                "`{text}` is not a duration; write a whole number from 1 and a unit s, m, h, d, w or mo, e.g. `30m`, `12h`, `3mo`"
+                "`{text}` is not a duration; write a whole number and a unit s, m, h, d, w or mo, e.g. `30m`, `12h`, `3mo`"
             )
         };
-        let n: u64 = n.parse().ok().filter(|n| *n >= 1).ok_or_else(bad)?;
+        let n: u64 = n.parse().map_err(|_| bad())?;
         let too_long = || format!("`{text}` is longer than a hundred years");
         let secs = match unit {
             "s" => 1,
@@ -132,10 +133,11 @@ impl FromStr for Every {
             ),
             None => (text, 0),
         };
-        Ok(Every {
-            length: length.parse()?,
-            anchor,
-        })
+        let length: Length = length.parse()?;
+        if matches!(length, Length::Seconds(0) | Length::Months(0)) {
+            return Err(format!("`{text}`: a budget window must last at least 1s"));
+        }
+        Ok(Every { length, anchor })
     }
 }
 
@@ -164,9 +166,8 @@ mod tests {
 
     #[test]
     fn bad_lengths_say_why() {
-        for bad in [
-            "", "d", "30", "30x", "-1d", "1.5h", "0s", "0mo", "1 mo", "h1",
-        ] {
+        assert_eq!("0s".parse::<Length>(), Ok(Length::Seconds(0)));
+        for bad in ["", "d", "30", "30x", "-1d", "1.5h", "1 mo", "h1"] {
             let e = bad.parse::<Length>().unwrap_err();
             assert!(e.contains("not a duration"), "{bad}: {e}");
         }
@@ -184,5 +185,9 @@ mod tests {
         assert_eq!(e.to_string().parse::<Every>(), Ok(e));
         assert_eq!("2h".parse::<Every>().unwrap().anchor, 0);
         assert!("2h@x".parse::<Every>().unwrap_err().contains("anchor"));
+        for empty in ["0s", "0mo", "0d@5"] {
+            let e = empty.parse::<Every>().unwrap_err();
+            assert!(e.contains("at least 1s"), "{empty}: {e}");
+        }
     }
 }
