@@ -69,7 +69,6 @@ use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::Identified;
 use tollgate::router::{Clock, SystemClock};
-use tollgate::sanitize::Secrets;
 use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -106,6 +105,36 @@ macro_rules! inference_stack {
 /// (the same words as in `inference_stack!`).
 const MODELS_ADVICE: &str =
     "GET /v1/models lists the models this key may use; ask your admin for access.";
+
+/// The 404 for a path the gateway does not serve: which surfaces exist.
+const NO_SUCH_ROUTE: &str = "No such route. This gateway serves inference under /v1/ \
+     (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, \
+     /v1/models), the admin API with the master key (/key/*, /team/*, /spend/logs, \
+     /global/spend, /model/info), health (/health, /health/liveliness, /health/readiness) \
+     and metrics (/metrics).";
+
+/// The 404 for an unknown route, in the caller's family's shape: an
+/// Anthropic client (an `anthropic-version` header, or a path under
+/// `/v1/messages`) gets Anthropic's error object, any other OpenAI's.
+async fn no_such_route(req: http::Request<axum::body::Body>) -> http::Response<tollgate::Body> {
+    use tollgate::family::Family;
+    let anthropic = req.headers().contains_key("anthropic-version")
+        || req.uri().path().contains("/v1/messages/");
+    let family = if anthropic {
+        Family::Anthropic
+    } else {
+        Family::from_path(req.uri().path())
+    };
+    let e = Error::new(Reason::NotFound, NO_SUCH_ROUTE);
+    let body = e.to_json_in(family, &tollgate::sanitize::Secrets::none());
+    let mut res = http::Response::new(tollgate::Body::full(body));
+    *res.status_mut() = e.status();
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
 
 /// The gateway's routes for a checked config. Opens the key store and loads
 /// every key into memory first.
@@ -156,6 +185,7 @@ pub async fn build(
     ledger: Ledger,
 ) -> Result<Built, ConfigError> {
     let spend = config.spend(&ledger).await?;
+    let restore_into = ledger.clone();
     // Before any layer is built: hot-path metric handles bind to the
     // recorder installed when they are registered.
     let metrics = if config.server.metrics {
@@ -198,6 +228,12 @@ pub async fn build(
     let usage = Some(Arc::new(store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
     let fallback = config.fallback_layer()?;
     let keyring = config.keyring().await?;
+    if let Some((store, _)) = &spend {
+        // Fixed-window budgets each start at their own instant.
+        config
+            .restore_windows(&restore_into, &**store, &keyring)
+            .await?;
+    }
     let auth = VirtualKeysLayer::new(keyring.clone());
     let models = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())
@@ -230,7 +266,8 @@ pub async fn build(
         .route_service("/v1/responses", inference.clone())
         .route_service("/v1/messages", inference)
         .route_service("/v1/messages/count_tokens", count_tokens)
-        .route_service("/v1/models", models)
+        .route_service("/v1/models", models.clone())
+        .route_service("/v1/models/{*id}", models)
         .route("/health", get(|| async { "ok" }));
     if let Some(master) = config.master_key() {
         let view = SpendView {
@@ -238,11 +275,12 @@ pub async fn build(
             store: spend.map(|(store, _)| store),
             global: config.global_budget(),
         };
-        app = app.merge(tollgate::admin::router_with_policy(
+        app = app.merge(tollgate::admin::router_with_models(
             keyring,
             &master,
             view,
             config.unenforced(),
+            model_info(config),
         ));
     }
     if let Some(handle) = metrics {
@@ -260,10 +298,7 @@ pub async fn build(
         );
     }
     let router = app
-        .fallback(|| async {
-            Error::new(Reason::NotFound, "No such route; the API lives under /v1/.")
-                .to_response(&Secrets::none())
-        })
+        .fallback(no_such_route)
         // Outermost: every request gets an `x-request-id` (the client's, or a
         // new UUID), echoed in the response and named in every log line of
         // its span (with the path; never a header, so never a key). The
@@ -294,6 +329,34 @@ pub async fn build(
         router,
         spend: writer,
     })
+}
+
+/// The deployments as the admin API's `/model/info` shows them: names,
+/// API and prices, never a URL, a header or a credential.
+pub fn model_info(config: &Config) -> Vec<tollgate::admin::ModelInfo> {
+    let per_token = |usd_per_mtok: Option<f64>| usd_per_mtok.map(|p| p / 1e6);
+    config
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.deployments.iter().map(move |d| {
+                let upstream = d.model.clone().unwrap_or_else(|| g.name.clone());
+                tollgate::admin::ModelInfo {
+                    model_name: g.name.clone(),
+                    deployment: d
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{}/{upstream}", d.provider)),
+                    provider: d.provider.clone(),
+                    api: d.api.clone().unwrap_or_else(|| "openai".into()),
+                    upstream_model: upstream,
+                    input_cost_per_token: per_token(d.price_in_per_mtok.or(g.price_in_per_mtok)),
+                    output_cost_per_token: per_token(d.price_out_per_mtok.or(g.price_out_per_mtok)),
+                    max_output_tokens: g.max_output_tokens,
+                }
+            })
+        })
+        .collect()
 }
 
 /// A Prometheus builder with `tollgate::metrics`' histogram buckets (the

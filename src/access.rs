@@ -463,7 +463,12 @@ where
 /// 403 (the same type as [`Identify`](crate::identify::Identify)'s).
 pub use crate::identify::ResponseFuture;
 
-/// `GET /v1/models`: the models the caller may use, in OpenAI's list shape.
+/// `GET /v1/models`: the models the caller may use, in OpenAI's list shape;
+/// `GET /v1/models/{id}` (OpenAI's `models.retrieve`): that model's object
+/// when the caller may use it and it is served, 403 `model_not_allowed`
+/// when not granted (served or not: the caller learns nothing beyond its
+/// grants, as with inference), 404 `model_not_found` when granted but not
+/// served.
 ///
 /// Built from the full list of model names (the router's groups); the
 /// caller's grants filter it with [`Grants::allows`], the same function
@@ -503,14 +508,60 @@ impl<G> ModelList<G> {
             .models
             .iter()
             .filter(|m| grants.allows(m))
-            .map(|id| {
-                serde_json::json!({"id": &**id, "object": "model", "created": 0, "owned_by": "tollgate"})
-            })
+            .map(|id| model_object(id))
             .collect();
         serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .unwrap_or_default()
             .into()
     }
+
+    /// One model's JSON for these grants (`GET /v1/models/{id}`): decided
+    /// by [`Grants::allows`], as the list and inference are.
+    pub fn render_one(&self, grants: &Grants, id: &str) -> Result<bytes::Bytes, Error> {
+        if !grants.allows(id) {
+            return Err(refusal(id, "model", DEFAULT_ADVICE));
+        }
+        if !self.models.iter().any(|m| **m == *id) {
+            return Err(Error::new(
+                Reason::ModelNotFound,
+                format!("This gateway serves no model `{id}`; `GET /v1/models` lists the ones you may use."),
+            )
+            .with_meta("param", "model"));
+        }
+        Ok(serde_json::to_vec(&model_object(id))
+            .unwrap_or_default()
+            .into())
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
+}
+
+/// The `{id}` of a `…/models/{id}` path, percent-decoded (`openai%2Fgpt-4o`
+/// and `openai/gpt-4o` both name `openai/gpt-4o`); `None` for the list.
+fn model_id(path: &str) -> Option<String> {
+    let (_, id) = path.split_once("/models/")?;
+    if id.is_empty() {
+        return None;
+    }
+    let bytes = id.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl<I, B, G: GrantsOf<I>> Service<Request<Identified<I, B>>> for ModelList<G> {
@@ -530,7 +581,14 @@ impl<I, B, G: GrantsOf<I>> Service<Request<Identified<I, B>>> for ModelList<G> {
             )));
         }
         let grants = self.grants.grants_of(&req.body().identity);
-        let mut res = Response::new(Body::full(self.render(&grants)));
+        let body = match model_id(req.uri().path()) {
+            None => self.render(&grants),
+            Some(id) => match self.render_one(&grants, &id) {
+                Ok(body) => body,
+                Err(e) => return std::future::ready(Err(e)),
+            },
+        };
+        let mut res = Response::new(Body::full(body));
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         std::future::ready(Ok(res))
@@ -680,5 +738,39 @@ mod tests {
             list.oneshot(post).await.unwrap_err().reason(),
             Reason::MethodNotAllowed
         );
+    }
+
+    #[tokio::test]
+    async fn retrieving_one_model_uses_the_same_function() {
+        let list = ModelList::new(["gpt-4o", "gpt-4o-mini", "mistral/small"]);
+        let grants = Grants::compile(&["cheap", "ghost-*"], &groups());
+        let get = |path: &str| {
+            let req = Request::get(path)
+                .body(Identified {
+                    identity: grants.clone(),
+                    body: Body::empty(),
+                })
+                .unwrap();
+            list.clone().oneshot(req)
+        };
+        for path in ["/v1/models/mistral/small", "/v1/models/mistral%2Fsmall"] {
+            let res = get(path).await.unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            assert_eq!(v["id"], "mistral/small", "{path}");
+            assert_eq!(v["object"], "model");
+        }
+        // Served but not granted, and neither: the same 403.
+        for id in ["gpt-4o", "claude"] {
+            let e = get(&format!("/v1/models/{id}")).await.unwrap_err();
+            assert_eq!(e.reason(), Reason::ModelNotAllowed, "{id}");
+            assert_eq!(e.status(), 403);
+        }
+        // Granted (a pattern) but not served.
+        let e = get("/v1/models/ghost-1").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::ModelNotFound);
+        assert_eq!(model_id("/v1/models/"), None);
+        assert_eq!(model_id("/v1/models/a%zz"), Some("a%zz".into()));
     }
 }

@@ -55,7 +55,7 @@ use serde::Deserialize;
 use crate::access::AccessGroups;
 use crate::budget::{
     Ledger, Limit, MemorySpendStore, ModelPrice, Period, Price, Prices, Scope, SpendStore,
-    SpendWriter, TimeZone, restore_ledger,
+    SpendWriter, TimeZone, restore_ledger, restore_windows,
 };
 use crate::fair_queue::QueueSettings;
 use crate::fallback::{Chains, FallbackLayer};
@@ -1077,12 +1077,9 @@ impl Config {
             )
         })?;
         usd("budgets.global_max_usd".into(), b.global_max_usd)?;
-        b.global_period.parse::<BudgetPeriod>().map_err(|_| {
-            self.err(
-                "budgets.global_period",
-                "must be `total`, `daily`, `weekly` or `monthly`",
-            )
-        })?;
+        b.global_period
+            .parse::<BudgetPeriod>()
+            .map_err(|e| self.err("budgets.global_period", e))?;
         if b.default_max_output_tokens == 0 {
             return Err(self.err("budgets.default_max_output_tokens", "must be at least 1"));
         }
@@ -1206,6 +1203,42 @@ impl Config {
         })?;
         let writer = SpendWriter::spawn(store.clone(), self.spend.queue, self.spend.batch);
         Ok(Some((store, writer)))
+    }
+
+    /// Rebuilds `ledger`'s spend in the current window of every key's and
+    /// team's fixed-window budget (`budget_duration = "2h"`, …) from
+    /// `store` ([`restore_windows`]): call after [`spend`](Self::spend),
+    /// once the keyring is loaded.
+    pub async fn restore_windows(
+        &self,
+        ledger: &Ledger,
+        store: &dyn SpendStore,
+        keyring: &Keyring,
+    ) -> Result<(), ConfigError> {
+        let windowed = |l: &Limits| {
+            l.budget()
+                .map(|b| Period::from(b.period))
+                .filter(|p| matches!(p, Period::Every(_)))
+        };
+        let fail = |e: String| {
+            self.err(
+                "keys.url",
+                format!("cannot rebuild the budgets' spend from the spend records: {e}"),
+            )
+        };
+        let mut budgets: Vec<(Scope, Period)> = Vec::new();
+        for (k, _) in keyring
+            .find_keys(|k| windowed(&k.limits).is_some())
+            .map_err(|e| fail(e.to_string()))?
+        {
+            budgets.extend(windowed(&k.limits).map(|p| (Scope::Key(k.id.into()), p)));
+        }
+        for (t, _) in keyring.list_teams().map_err(|e| fail(e.to_string()))? {
+            budgets.extend(windowed(&t.limits).map(|p| (Scope::Team(t.id.into()), p)));
+        }
+        restore_windows(ledger, store, &budgets)
+            .await
+            .map_err(|e| fail(e.to_string()))
     }
 
     /// The spend store, when spend records are on (`[spend].enabled`, the

@@ -155,6 +155,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod duration;
 pub mod error;
 pub mod fallback;
 pub mod family;

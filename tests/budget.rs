@@ -442,3 +442,154 @@ async fn each_call_is_charged_at_the_price_of_the_deployment_that_served_it() {
     }
     assert_eq!(seen.len(), 2, "both deployments served: {seen:?}");
 }
+
+/// A `budget_duration` in LiteLLM's syntax that is not a calendar period
+/// (`2h`) is a fixed window anchored when it was set: spent up, the key is
+/// refused until the window's end (its `budget_reset_at`), and starts again
+/// at zero then — time driven through the ledger's clock, no sleeping.
+#[tokio::test]
+async fn a_fixed_budget_window_rolls_over_at_its_reset_time() {
+    use tollgate::budget::{ManualClock, TimeZone, Timestamp};
+    let mock = mock().await;
+    // A minute ahead of the system clock, which anchors the window when the
+    // key is made just below: the ledger's now is inside the first window.
+    let clock =
+        ManualClock::new(Timestamp::from_second(Timestamp::now().as_second() + 60).unwrap());
+    let ledger = Ledger::with_clock(TimeZone::get("Europe/Paris").unwrap(), clock.clone());
+    let gw = gateway_with_ledger(&with_static_budget(1.0), &mock, ledger.clone()).await;
+    let made = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "max_budget": 0.000150, "budget_duration": "2h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 200);
+    let made: Value = made.json().await.unwrap();
+    assert_eq!(made["budget_duration"], "2h");
+    let reset: Timestamp = made["budget_reset_at"].as_str().unwrap().parse().unwrap();
+    let created: Timestamp = made["created_at"].as_str().unwrap().parse().unwrap();
+    let hours = (reset.as_second() - created.as_second()) as f64 / 3600.0;
+    assert!(
+        (1.99..=2.01).contains(&hours),
+        "resets {hours} h after creation"
+    );
+    let key = made["key"].as_str().unwrap().to_owned();
+    let url = gw.url("/v1/chat/completions");
+    // 1 prompt token + 100 output tokens reserved: 101 micros of 150.
+    let body = chat("m", r#""max_tokens":100"#);
+    let first = post_as(&url, &key, body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let id = made["key_id"].as_str().unwrap();
+    let period = tollgate::budget::Period::Every(tollgate::duration::Every {
+        length: tollgate::duration::Length::Seconds(7_200),
+        anchor: reset.as_second() - 7_200,
+    });
+    let spent = settled(&ledger, &Scope::Key(id.into()), period).await;
+    assert!(spent > 0);
+    // Until the window ends, what is left cannot cover another request.
+    loop {
+        let a = post_as(&url, &key, body.clone()).await;
+        if a.status == 402 {
+            let e = a.error(402, "budget_exceeded");
+            assert_eq!(e["error"]["metadata"]["period"], "2h");
+            let at: Timestamp = e["error"]["metadata"]["resets_at"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(at, reset, "the refusal names the same reset");
+            break;
+        }
+        assert_eq!(a.status, 200, "{}", a.body);
+        settled(&ledger, &Scope::Key(id.into()), period).await;
+    }
+    clock.set(Timestamp::from_second(reset.as_second() - 1).unwrap());
+    post_as(&url, &key, body.clone())
+        .await
+        .error(402, "budget_exceeded");
+    // At the reset instant a new window starts at zero.
+    clock.set(reset);
+    let again = post_as(&url, &key, body).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let info = anonymous()
+        .get(gw.url(&format!("/key/info?key={id}")))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let next: Timestamp = info["info"]["budget_reset_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(next.as_second() - reset.as_second(), 7_200);
+    assert_eq!(
+        info["info"]["budgets"][0]["period_start"],
+        reset.to_string()
+    );
+}
+
+/// LiteLLM's `budget_duration` spellings: its calendar ones stay calendar
+/// periods; a malformed one is a 400 naming the field, and nothing is made.
+#[tokio::test]
+async fn budget_durations_in_litellms_syntax() {
+    let mock = mock().await;
+    let gw = gateway(&with_static_budget(1.0), &mock).await;
+    let generate = |body: Value| {
+        let url = gw.url("/key/generate");
+        async move {
+            let res = anonymous()
+                .post(url)
+                .bearer_auth(MASTER_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            read_answer(res).await
+        }
+    };
+    for (given, shown) in [
+        ("30s", "30s"),
+        ("30m", "30m"),
+        ("1h", "1h"),
+        ("36h", "36h"),
+        ("1d", "daily"),
+        ("7d", "weekly"),
+        ("30d", "monthly"),
+        ("1mo", "monthly"),
+        ("3mo", "3mo"),
+        ("weekly", "weekly"),
+    ] {
+        let a = generate(json!({"max_budget": 1, "budget_duration": given})).await;
+        assert_eq!(a.status, 200, "{given}: {}", a.body);
+        let v = a.json();
+        assert_eq!(v["budget_duration"], shown, "{given}");
+        assert!(v["budget_reset_at"].is_string(), "{given}: {v}");
+    }
+    let total = generate(json!({"max_budget": 1})).await.json();
+    assert_eq!(total["budget_reset_at"], Value::Null);
+    for bad in ["30x", "0d", "1.5h", "-1d", "fortnightly", ""] {
+        let e = generate(json!({"key_alias": "bad", "max_budget": 1, "budget_duration": bad}))
+            .await
+            .error(400, "invalid_request");
+        assert_eq!(e["error"]["metadata"]["param"], "budget_duration", "{bad}");
+    }
+    let e = generate(json!({"budget_duration": 30}))
+        .await
+        .error(400, "invalid_request");
+    assert_eq!(e["error"]["metadata"]["param"], "budget_duration");
+    let list = anonymous()
+        .get(gw.url("/key/list?key_alias=bad"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(list["total_count"], 0, "nothing written: {list}");
+}

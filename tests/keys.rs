@@ -485,6 +485,9 @@ async fn a_restarted_gateway_still_knows_the_keys_and_null_removes_only_what_it_
     // `/key/info` shows the budgets' spend; `/key/update` answers the record.
     expected.as_object_mut().unwrap().remove("budgets");
     expected["max_budget"] = Value::Null;
+    // Without a budget, nothing resets.
+    assert!(expected["budget_reset_at"].is_string(), "{expected}");
+    expected["budget_reset_at"] = Value::Null;
     expected["rpm_limit"] = Value::Null;
     expected["updated_at"] = updated["updated_at"].clone();
     assert_eq!(updated, expected);
@@ -653,5 +656,177 @@ async fn key_list_is_paginated() {
     .await;
     assert!(v["keys"][0]["key_alias"].is_string(), "{v}");
     assert_eq!(v["keys"][0]["team_id"], "listed", "{v}");
+    logs_are_clean();
+}
+
+/// LiteLLM's read-only admin endpoints and the client's `models.retrieve`:
+/// `/model/info` (never an upstream URL or key), `/models`,
+/// `GET /v1/models/{id}` decided by the key's grants, `/global/spend`,
+/// `/spend/logs` with LiteLLM's parameters, and the 404 for an unknown
+/// route naming the surfaces, in the path's family's shape.
+#[tokio::test]
+async fn litellms_read_endpoints_and_model_retrieval() {
+    let mock = mock().await;
+    let path = db("litellm-read");
+    let gw = start(&path, &mock).await;
+
+    for route in ["/model/info", "/v1/model/info"] {
+        let a = admin_as(&gw, Some(MASTER_KEY), "GET", route, Value::Null).await;
+        assert_eq!(a.status, 200, "{route}: {}", a.body);
+        assert!(
+            !a.body.contains(&mock.base_url()),
+            "no upstream URL: {}",
+            a.body
+        );
+        let v = a.json();
+        let names: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["model_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["gpt-4o-mini", "gpt-4o", "openai/o3", "mistral-small"]
+        );
+        assert_eq!(v["data"][0]["model_info"]["upstream_model"], "mock-small");
+        assert_eq!(v["data"][0]["litellm_params"]["model"], "mock/mock-small");
+    }
+    let one = admin(
+        &gw,
+        "GET",
+        "/model/info?litellm_model_id=mock/mock-large",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(one["data"].as_array().unwrap().len(), 2, "{one}");
+    let e = admin_as(
+        &gw,
+        Some(MASTER_KEY),
+        "GET",
+        "/model/info?litellm_model_id=nope",
+        Value::Null,
+    )
+    .await
+    .error(400, "invalid_request");
+    assert_eq!(e["error"]["metadata"]["param"], "litellm_model_id");
+    admin_as(&gw, None, "GET", "/model/info", Value::Null)
+        .await
+        .error(401, "missing_key");
+    let all = admin(&gw, "GET", "/models", Value::Null).await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 4, "{all}");
+
+    // A client key retrieves only what its grants allow, by the list's rule.
+    let (key, id) = generate(&gw, json!({"models": ["cheap"], "user_id": "ada"})).await;
+    let retrieve = |model: &str| {
+        let url = gw.url(&format!("/v1/models/{model}"));
+        let key = key.clone();
+        async move { answer(anonymous().get(url).bearer_auth(key).send().await.unwrap()).await }
+    };
+    let m = retrieve("gpt-4o-mini").await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(m.json()["id"], "gpt-4o-mini");
+    let listed = models_as(&gw, &key).await;
+    for model in ALL {
+        let a = retrieve(model).await;
+        assert_eq!(
+            a.status == 200,
+            listed.contains(&model.to_owned()),
+            "{model}: {}",
+            a.body
+        );
+    }
+    retrieve("gpt-4o").await.error(403, "model_not_allowed");
+    retrieve("no-such-model")
+        .await
+        .error(403, "model_not_allowed");
+
+    // Spend: one request, then LiteLLM's filters find it.
+    assert_eq!(chat_as(&gw, &key, "gpt-4o-mini", "").await.status, 200);
+    let mut logs = Value::Null;
+    for _ in 0..200 {
+        logs = admin(
+            &gw,
+            "GET",
+            &format!("/spend/logs?api_key={key}"),
+            Value::Null,
+        )
+        .await;
+        if !logs["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(logs["data"][0]["key_id"], id.as_str(), "{logs}");
+    let by_id = admin(
+        &gw,
+        "GET",
+        &format!("/spend/logs?api_key={id}&start_date=2000-01-01"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(by_id["data"], logs["data"]);
+    let by_user = admin(&gw, "GET", "/spend/logs?user_id=ada", Value::Null).await;
+    assert_eq!(by_user["data"], logs["data"]);
+    let nobody = admin(&gw, "GET", "/spend/logs?user_id=nobody", Value::Null).await;
+    assert_eq!(nobody["data"], json!([]));
+    let before = admin(
+        &gw,
+        "GET",
+        &format!("/spend/logs?api_key={id}&end_date=2000-01-01"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(before["data"], json!([]));
+    for (query, param) in [
+        ("start_date=yesterday", "start_date"),
+        ("request_id=abc", "request_id"),
+        ("api_key=tg-nokey-nosecret", "api_key"),
+        ("key_id=x&api_key=", "api_key"),
+    ] {
+        let e = admin_as(
+            &gw,
+            Some(MASTER_KEY),
+            "GET",
+            &format!("/spend/logs?{query}"),
+            Value::Null,
+        )
+        .await
+        .error(400, "invalid_request");
+        assert_eq!(e["error"]["metadata"]["param"], param, "{query}");
+    }
+    let global = admin(&gw, "GET", "/global/spend", Value::Null).await;
+    assert!(global["spend"].as_f64().unwrap() >= 0.0, "{global}");
+    assert_eq!(
+        global["spend_micros"], logs["data"][0]["spend_micros"],
+        "{global}"
+    );
+
+    // Unknown routes: the surfaces named, in the family's shape.
+    let a = answer(anonymous().get(gw.url("/v2/chat")).send().await.unwrap()).await;
+    let e = a.error(404, "not_found");
+    let message = e["error"]["message"].as_str().unwrap();
+    for surface in ["/v1/", "/key/", "/health", "/metrics"] {
+        assert!(message.contains(surface), "{message}");
+    }
+    for (path, header) in [
+        ("/v1/messages/batches", None),
+        ("/v1/files", Some("2023-06-01")),
+    ] {
+        let mut req = anonymous().post(gw.url(path));
+        if let Some(v) = header {
+            req = req.header("anthropic-version", v);
+        }
+        let a = answer(req.send().await.unwrap()).await;
+        assert_eq!(a.status, 404);
+        assert_eq!(a.headers["content-type"], "application/json");
+        let v = a.json();
+        assert_eq!(v["type"], "error", "Anthropic's shape: {v}");
+        assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("/v1/"),
+            "{v}"
+        );
+    }
     logs_are_clean();
 }

@@ -15,7 +15,9 @@
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
 //! | `GET /team/list` | every team, each with its keys' ids (LiteLLM's list of team objects) |
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
-//! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]) |
+//! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `start_date`, `end_date` too |
+//! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
+//! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
 //!
 //! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
 //! budget the key is charged on (its own, its team's, the global one): the
@@ -39,8 +41,10 @@
 //! Fields (LiteLLM's names): `key_alias`, `team_id`, `user_id`, `models`
 //! (model names, access groups, patterns), `duration` (`30s`, `12h`, `30d`,
 //! `2w`; the key expires that long after the call), `blocked`, `rpm_limit`,
-//! `tpm_limit`, `max_budget` (USD), `budget_duration` (`daily`/`1d`,
-//! `weekly`/`7d`, `monthly`/`1mo`), `metadata` (an object), and tollgate's
+//! `tpm_limit`, `max_budget` (USD), `budget_duration` (calendar periods
+//! `daily`/`1d`, `weekly`/`7d`, `monthly`/`30d`/`1mo`, `total`; any other
+//! duration, `30m`, `2h`, `14d`, `3mo`, is a fixed window starting now, and
+//! answers carry its `budget_reset_at`), `metadata` (an object), and tollgate's
 //! `weight` (fair queuing). Teams: `team_id`, `team_alias`, and the same
 //! limits, `models` and `metadata`.
 //!
@@ -94,7 +98,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Reason};
-use crate::keys::record::{parse_duration, rfc3339};
+use crate::keys::record::{parse_duration, rfc3339, unix_now};
 use crate::keys::{
     BudgetPeriod, KeyRecord, KeyUpdate, Keyring, Limits, NewKey, NewTeam, Patch, Source,
     TeamRecord, TeamUpdate, presented_key,
@@ -109,6 +113,7 @@ struct Admin {
     #[cfg(feature = "budget")]
     spend: SpendView,
     unenforced: Arc<Unenforced>,
+    models: Arc<[ModelInfo]>,
 }
 
 /// Who holds a limit field: a key, a key that belongs to a team, a team.
@@ -206,6 +211,7 @@ pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
         #[cfg(feature = "budget")]
         spend: SpendView::default(),
         unenforced: Arc::default(),
+        models: Arc::new([]),
     })
 }
 
@@ -225,11 +231,26 @@ pub fn router_with_policy(
     spend: SpendView,
     unenforced: Unenforced,
 ) -> axum::Router {
+    router_with_models(keyring, master_key, spend, unenforced, Vec::new())
+}
+
+/// [`router_with_policy`] that also answers `GET /model/info` (and
+/// `/v1/model/info`) and `GET /models` with `models`: the deployments the
+/// gateway serves (names, API, prices; never a URL or credential).
+#[cfg(feature = "budget")]
+pub fn router_with_models(
+    keyring: Keyring,
+    master_key: &str,
+    spend: SpendView,
+    unenforced: Unenforced,
+    models: Vec<ModelInfo>,
+) -> axum::Router {
     routes(Admin {
         keyring,
         master: Arc::new(digest(master_key)),
         spend,
         unenforced: Arc::new(unenforced),
+        models: models.into(),
     })
 }
 
@@ -248,9 +269,14 @@ fn routes(state: Admin) -> axum::Router {
         .route("/team/info", get(team_info))
         .route("/team/list", get(team_list))
         .route("/health/liveliness", get(liveliness))
-        .route("/health/readiness", get(readiness));
+        .route("/health/readiness", get(readiness))
+        .route("/model/info", get(models::info))
+        .route("/v1/model/info", get(models::info))
+        .route("/models", get(models::list));
     #[cfg(feature = "budget")]
-    let router = router.route("/spend/logs", get(spend::logs));
+    let router = router
+        .route("/spend/logs", get(spend::logs))
+        .route("/global/spend", get(spend::global));
     router.with_state(state).layer(NormalizeErrorsLayer::new())
 }
 
@@ -312,6 +338,33 @@ fn bad(param: &str, message: impl std::fmt::Display) -> Error {
     Error::new(Reason::InvalidRequest, format!("`{param}`: {message}")).with_meta("param", param)
 }
 
+/// LiteLLM's key and team fields that tollgate does not implement, with
+/// their LiteLLM defaults: accepted (and ignored) when `null` or the
+/// default, refused by name otherwise, so nothing is silently dropped.
+const LITELLM_DEFAULTS: &[(&str, &str)] = &[
+    ("spend", "0"),
+    ("aliases", "{}"),
+    ("config", "{}"),
+    ("permissions", "{}"),
+    ("model_max_budget", "{}"),
+    ("model_rpm_limit", "{}"),
+    ("model_tpm_limit", "{}"),
+    ("allowed_cache_controls", "[]"),
+    ("tags", "[]"),
+    ("guardrails", "[]"),
+    ("soft_budget", "null"),
+    ("max_parallel_requests", "null"),
+    ("budget_id", "null"),
+    ("organization_id", "null"),
+    ("send_invite_email", "false"),
+];
+
+/// Whether `v` is `null` or LiteLLM's `default` (JSON text; `0` and `0.0` alike).
+fn is_default(v: &Value, default: &str) -> bool {
+    let d: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+    v.is_null() || *v == d || (v.as_f64().is_some() && v.as_f64() == d.as_f64())
+}
+
 /// A JSON object body whose fields are checked one by one, naming the field.
 struct Fields(Map<String, Value>);
 
@@ -335,6 +388,23 @@ impl Fields {
                 "The body must be a JSON object.",
             ));
         };
+        let mut map = map;
+        for (name, default) in LITELLM_DEFAULTS {
+            match map.get(*name) {
+                Some(v) if !allowed.contains(name) && is_default(v, default) => {
+                    map.remove(*name);
+                }
+                Some(_) if !allowed.contains(name) => {
+                    return Err(bad(
+                        name,
+                        format!(
+                            "LiteLLM's field is not supported by this gateway: only null or {default} is accepted"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(
                 k,
@@ -420,10 +490,14 @@ impl Fields {
         })
     }
 
+    /// A window (`2h`, `14d`, `3mo`) starts now; see [`BudgetPeriod::parse_at`].
     fn period(&self) -> Result<Patch<BudgetPeriod>, Error> {
-        self.patch("budget_duration", "a period such as `monthly`", |v| {
-            v.as_str().map(str::parse)
-        })
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        self.patch(
+            "budget_duration",
+            "a duration such as `30d`, `12h` or `monthly`",
+            |v| v.as_str().map(|s| BudgetPeriod::parse_at(s, now)),
+        )
     }
 
     fn metadata(&self) -> Result<Patch<Map<String, Value>>, Error> {
@@ -511,21 +585,38 @@ fn fields(extra: &[&'static str]) -> Vec<&'static str> {
     extra.iter().chain(LIMIT_FIELDS.iter()).copied().collect()
 }
 
-fn limits_json(l: &Limits) -> Map<String, Value> {
+fn limits_json(a: &Admin, l: &Limits) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("rpm_limit".into(), json!(l.rpm));
     m.insert("tpm_limit".into(), json!(l.tpm));
     m.insert("max_budget".into(), json!(l.max_budget));
     m.insert(
         "budget_duration".into(),
-        json!(l.budget_period.map(|p| p.as_str())),
+        json!(l.budget_period.map(|p| p.to_string())),
     );
+    m.insert("budget_reset_at".into(), budget_reset_at(a, l));
     m.insert("weight".into(), json!(l.weight));
     m
 }
 
+/// When a budget resets: the end of its current period or window, by the
+/// ledger's clock and time zone (`null`: no budget, or a total one).
+fn budget_reset_at(a: &Admin, l: &Limits) -> Value {
+    #[cfg(feature = "budget")]
+    if let Some(b) = l.budget() {
+        let period = crate::budget::Period::from(b.period);
+        let window = match &a.spend.ledger {
+            Some(ledger) => ledger.window(period),
+            None => period.window(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC),
+        };
+        return json!(window.end.map(|t| t.to_string()));
+    }
+    let _ = (a, l);
+    Value::Null
+}
+
 /// A key as the admin API shows it: never its secret or hash.
-fn key_json(r: &KeyRecord, source: Source) -> Value {
+fn key_json(a: &Admin, r: &KeyRecord, source: Source) -> Value {
     let mut m = Map::new();
     m.insert("key_id".into(), json!(r.id));
     // LiteLLM's name for a key's identifier (there its hash): what its
@@ -537,7 +628,7 @@ fn key_json(r: &KeyRecord, source: Source) -> Value {
     m.insert("models".into(), json!(r.grants));
     m.insert("expires".into(), json!(r.expires_at.map(rfc3339)));
     m.insert("blocked".into(), json!(r.blocked));
-    m.extend(limits_json(&r.limits));
+    m.extend(limits_json(a, &r.limits));
     m.insert("metadata".into(), Value::Object(r.metadata.clone()));
     m.insert("created_at".into(), json!(rfc3339(r.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(r.updated_at)));
@@ -551,13 +642,13 @@ fn key_json(r: &KeyRecord, source: Source) -> Value {
     Value::Object(m)
 }
 
-fn team_json(t: &TeamRecord) -> Value {
+fn team_json(a: &Admin, t: &TeamRecord) -> Value {
     let mut m = Map::new();
     m.insert("team_id".into(), json!(t.id));
     m.insert("team_alias".into(), json!(t.alias));
     m.insert("models".into(), json!(t.grants));
     m.insert("blocked".into(), json!(t.blocked));
-    m.extend(limits_json(&t.limits));
+    m.extend(limits_json(a, &t.limits));
     m.insert("metadata".into(), Value::Object(t.metadata.clone()));
     m.insert("created_at".into(), json!(rfc3339(t.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(t.updated_at)));
@@ -597,7 +688,7 @@ async fn key_generate(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -
         limits: f.limits()?.new_limits(),
     };
     let (key, record) = a.keyring.generate(new).await?;
-    let mut v = key_json(&record, Source::Store);
+    let mut v = key_json(&a, &record, Source::Store);
     v["key"] = json!(key);
     ok(v)
 }
@@ -614,7 +705,7 @@ async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> 
     if !a.unenforced.is_empty() {
         // A key in a team after this update: the fields it sets, or keeps.
         let (record, _) = a.keyring.key_info(&ident)?;
-        let current = key_json(&record, Source::Store);
+        let current = key_json(&a, &record, Source::Store);
         let after = |field: &str| match f.0.get(field) {
             Some(v) => Some(v.clone()),
             None => current.get(field).cloned(),
@@ -638,7 +729,7 @@ async fn key_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> 
         metadata: f.metadata()?,
     };
     let r = a.keyring.update_key(&ident, update).await?;
-    ok(key_json(&r, Source::Store))
+    ok(key_json(&a, &r, Source::Store))
 }
 
 async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -> Answer {
@@ -650,7 +741,7 @@ async fn set_blocked(a: Admin, headers: HeaderMap, body: Bytes, blocked: bool) -
         ..KeyUpdate::default()
     };
     let r = a.keyring.update_key(&ident, update).await?;
-    ok(key_json(&r, Source::Store))
+    ok(key_json(&a, &r, Source::Store))
 }
 
 /// `POST /key/regenerate` `{"key": ...}`: a new secret for the key, its id,
@@ -660,7 +751,7 @@ async fn key_regenerate(State(a): State<Admin>, headers: HeaderMap, body: Bytes)
     let f = Fields::parse(&body, &["key"])?;
     let ident = f.required("key")?;
     let (whole, r) = a.keyring.regenerate(&ident).await?;
-    let mut v = key_json(&r, Source::Store);
+    let mut v = key_json(&a, &r, Source::Store);
     v["key"] = json!(whole);
     ok(v)
 }
@@ -682,7 +773,7 @@ async fn key_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
         .ok_or_else(|| bad("key", "is required: `GET /key/info?key=<key id>`"))?;
     let (r, source) = a.keyring.key_info(ident)?;
     #[allow(unused_mut)]
-    let mut info = key_json(&r, source);
+    let mut info = key_json(&a, &r, source);
     #[cfg(feature = "budget")]
     if let Some(budgets) = spend::budgets_of(&a, &r).await? {
         info["budgets"] = budgets;
@@ -813,7 +904,13 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
     )?;
     let keys: Vec<Value> = keys
         .iter()
-        .map(|(r, s)| if full { key_json(r, *s) } else { json!(r.id) })
+        .map(|(r, s)| {
+            if full {
+                key_json(&a, r, *s)
+            } else {
+                json!(r.id)
+            }
+        })
         .collect();
     ok(json!({
         "keys": keys,
@@ -836,7 +933,7 @@ async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> An
         limits: f.limits()?.new_limits(),
     };
     let t = a.keyring.create_team(new).await?;
-    ok(team_json(&t))
+    ok(team_json(&a, &t))
 }
 
 async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -857,7 +954,7 @@ async fn team_update(State(a): State<Admin>, headers: HeaderMap, body: Bytes) ->
         metadata: f.metadata()?,
     };
     let t = a.keyring.update_team(&id, update).await?;
-    ok(team_json(&t))
+    ok(team_json(&a, &t))
 }
 
 async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
@@ -868,7 +965,7 @@ async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad("team_id", "is required: `GET /team/info?team_id=<id>`"))?;
     let (t, keys) = a.keyring.team_info(id)?;
-    ok(json!({"team_id": t.id, "team_info": team_json(&t), "keys": keys}))
+    ok(json!({"team_id": t.id, "team_info": team_json(&a, &t), "keys": keys}))
 }
 
 /// `GET /team/list`: every team (LiteLLM's answer: a list of team objects,
@@ -893,7 +990,7 @@ async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
         .list_teams()?
         .into_iter()
         .map(|(t, keys)| {
-            let mut v = team_json(&t);
+            let mut v = team_json(&a, &t);
             v["keys"] = json!(keys);
             v
         })
@@ -917,8 +1014,11 @@ async fn readiness() -> Answer {
     }))
 }
 
+mod models;
 #[cfg(feature = "budget")]
 mod spend;
+
+pub use models::ModelInfo;
 
 #[cfg(test)]
 mod tests {
@@ -1200,8 +1300,11 @@ mod tests {
             (r#"{"max_budget": -1}"#, "max_budget"),
             (r#"{"team_id": "ghost"}"#, "team_id"),
             (r#"{"duration": "soon"}"#, "duration"),
-            (r#"{"budget_duration": "30d"}"#, "budget_duration"),
+            (r#"{"budget_duration": "30x"}"#, "budget_duration"),
             (r#"{"modles": ["a"]}"#, "modles"),
+            (r#"{"spend": 2.5}"#, "spend"),
+            (r#"{"aliases": {"a": "b"}}"#, "aliases"),
+            (r#"{"soft_budget": 1}"#, "soft_budget"),
             (r#"{"models": ["a", 3]}"#, "models[1]"),
             (r#"{"models": ["zzz"]}"#, "models[0]"),
             (r#"{"weight": 0}"#, "weight"),
@@ -1223,5 +1326,39 @@ mod tests {
         assert!(ring.is_empty(), "nothing was written");
         let (s, _) = call(&app, "GET", "/key/generate", "", m).await;
         assert_eq!(s, 405);
+    }
+
+    /// LiteLLM's fields tollgate does not implement pass at their defaults
+    /// (what LiteLLM's clients send when unset), and are not stored.
+    #[tokio::test]
+    async fn litellms_unimplemented_fields_pass_only_at_their_defaults() {
+        let (app, _) = app().await;
+        let body = r#"{"models": ["a"], "spend": 0.0, "aliases": {}, "config": {}, "tags": null,
+            "soft_budget": null, "max_parallel_requests": null, "send_invite_email": false}"#;
+        let (s, v) = call(&app, "POST", "/key/generate", body, Some(MASTER)).await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            v.get("aliases").is_none() && v.get("soft_budget").is_none(),
+            "{v}"
+        );
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/team/new",
+            r#"{"team_id": "t", "tags": []}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/team/new",
+            r#"{"team_id": "u", "tags": ["x"]}"#,
+            Some(MASTER),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["metadata"]["param"], "tags");
     }
 }

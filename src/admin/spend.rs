@@ -10,7 +10,7 @@ use crate::budget::{Cursor, Limit, Scope, SpendQuery, SpendRecord, usd_value};
 use crate::error::{Error, Reason};
 use crate::keys::KeyRecord;
 
-const PARAMS: [&str; 7] = [
+const PARAMS: [&str; 12] = [
     "key_id",
     "team_id",
     "model",
@@ -18,7 +18,52 @@ const PARAMS: [&str; 7] = [
     "end_time",
     "limit",
     "cursor",
+    // LiteLLM's names.
+    "api_key",
+    "user_id",
+    "request_id",
+    "start_date",
+    "end_date",
 ];
+
+/// A LiteLLM `start_date` / `end_date`: `YYYY-MM-DD` (midnight UTC) or an
+/// RFC 3339 time.
+fn date(
+    q: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<Option<Timestamp>, Error> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<jiff::civil::Date>()
+                .ok()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                .map(|z| z.timestamp())
+                .or_else(|| v.parse::<Timestamp>().ok())
+                .ok_or_else(|| {
+                    bad(
+                        name,
+                        "must be a date `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// One of two spellings of the same filter (tollgate's, LiteLLM's): both
+/// given and different is a 400 naming the second.
+fn either<T: PartialEq>(
+    ours: Option<T>,
+    theirs: Option<T>,
+    theirs_name: &str,
+) -> Result<Option<T>, Error> {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if a != b => Err(bad(
+            theirs_name,
+            "contradicts the filter of the same meaning given beside it",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
 
 /// The most records in one page.
 pub const MAX_LIMIT: usize = 1000;
@@ -86,8 +131,53 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
     if let Some(k) = q.keys().find(|k| !PARAMS.contains(&k.as_str())) {
         return Err(bad(k, format!("unknown parameter; use {}", PARAMS.join(", "))).into());
     }
-    let start = time(&q, "start_time")?;
-    let end = time(&q, "end_time")?;
+    if q.contains_key("request_id") {
+        return Err(bad(
+            "request_id",
+            "is not supported by this gateway's /spend/logs; filter by key, team, model and time",
+        )
+        .into());
+    }
+    let start = either(
+        time(&q, "start_time")?,
+        date(&q, "start_date")?,
+        "start_date",
+    )?;
+    let end = either(time(&q, "end_time")?, date(&q, "end_date")?, "end_date")?;
+    // LiteLLM's `api_key`: a whole key or its public id.
+    let api_key = match filter(&q, "api_key")? {
+        None => None,
+        Some(k) => Some(
+            a.keyring
+                .key_info(&k)
+                .map_err(|_| bad("api_key", "no such key"))?
+                .0
+                .id,
+        ),
+    };
+    // LiteLLM's `user_id`: the records of the user's key (records name
+    // keys, not users; a user with several keys is filtered by `api_key`).
+    let user_key = match filter(&q, "user_id")? {
+        None => None,
+        Some(u) => {
+            let keys = a
+                .keyring
+                .find_keys(|r| r.user_id.as_deref() == Some(u.as_str()))?;
+            match keys.as_slice() {
+                [(k, _)] => Some(k.id.clone()),
+                [] => return ok(json!({"data": [], "next_cursor": null})),
+                _ => {
+                    return Err(bad(
+                        "user_id",
+                        format!("this user has {} keys; name one with `api_key`", keys.len()),
+                    )
+                    .into());
+                }
+            }
+        }
+    };
+    let key_id = either(filter(&q, "key_id")?, api_key, "api_key")?;
+    let key_id = either(key_id, user_key, "user_id")?;
     if let (Some(s), Some(e)) = (start, end) {
         if e <= s {
             return Err(bad("end_time", "must be later than `start_time`").into());
@@ -103,7 +193,7 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         })?),
     };
     let spend_query = SpendQuery {
-        key_id: filter(&q, "key_id")?,
+        key_id,
         team_id: filter(&q, "team_id")?,
         model: filter(&q, "model")?,
         start,
@@ -112,11 +202,7 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         limit: number(&q, "limit", 100, MAX_LIMIT)?,
     };
     let Some(store) = &a.spend.store else {
-        return Err(Error::new(
-            Reason::NotFound,
-            "This gateway keeps no spend records (they need `[budgets]`, and `[spend] enabled` not false).",
-        )
-        .into());
+        return Err(no_records().into());
     };
     let page = store.query(spend_query).await.map_err(|e| {
         tracing::error!(error = %e, "spend store query failed");
@@ -130,6 +216,48 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         "data": data,
         "next_cursor": page.next.map(Cursor::encode),
     }))
+}
+
+/// `GET /global/spend`: LiteLLM's `{"spend", "max_budget"}`, every
+/// record's cost summed by the spend store (an aggregate: memory bounded),
+/// and the global budget with its current period when there is one.
+pub(super) async fn global(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    if let Some(k) = query(q)?.keys().next() {
+        return Err(bad(k, "unknown parameter; /global/spend takes none").into());
+    }
+    let Some(store) = &a.spend.store else {
+        return Err(no_records().into());
+    };
+    let totals = store.totals(None).await.map_err(|e| {
+        tracing::error!(error = %e, "spend store query failed");
+        Error::new(
+            Reason::Internal,
+            "The spend records could not be read; see the gateway's log.",
+        )
+    })?;
+    let mut m = Map::new();
+    m.insert("spend".into(), usd_value(totals.global));
+    m.insert("spend_micros".into(), json!(totals.global));
+    m.insert("max_budget".into(), Value::Null);
+    if let (Some(l), Some(ledger)) = (&a.spend.global, &a.spend.ledger) {
+        let u = ledger.usage(&l.scope, l.period).await?;
+        m.insert("max_budget".into(), usd_value(l.max));
+        m.insert("budget_duration".into(), json!(l.period.to_string()));
+        m.insert("period_spend".into(), usd_value(u.spent));
+        m.insert(
+            "budget_reset_at".into(),
+            json!(u.window.end.map(|t| t.to_string())),
+        );
+    }
+    ok(Value::Object(m))
+}
+
+fn no_records() -> Error {
+    Error::new(
+        Reason::NotFound,
+        "This gateway keeps no spend records (they need `[budgets]`, and `[spend] enabled` not false).",
+    )
 }
 
 /// Each budget `key` is charged on, with the current period's spend, or
@@ -166,7 +294,7 @@ pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Valu
                 Scope::Global => None,
             };
             m.insert("max_budget".into(), usd_value(l.max));
-            m.insert("budget_duration".into(), json!(l.period.as_str()));
+            m.insert("budget_duration".into(), json!(l.period.to_string()));
             m.insert("spend".into(), usd_value(u.spent));
             m.insert("reserved".into(), usd_value(u.reserved));
             m.insert("spend_micros".into(), json!(u.spent));

@@ -94,7 +94,7 @@ impl From<Refusal> for Error {
     /// 402 `budget_exceeded`, naming the scope's kind (never its id) and the reset.
     fn from(r: Refusal) -> Error {
         let kind = r.limit.scope.kind();
-        let period = r.limit.period.as_str();
+        let period = r.limit.period.to_string();
         let mut message = format!(
             "the {kind}'s {period} budget of {} cannot cover this request \
              ({} spent, {} reserved by running requests, {} needed)",

@@ -4,7 +4,10 @@
 //! The [`Ledger`] holds, per scope ([`Scope::Key`], [`Scope::Team`],
 //! [`Scope::Global`]) and per period ([`Period`]: total, daily, weekly from
 //! Monday, monthly from the 1st, all aligned to midnight in the ledger's
-//! time zone), what was spent and what running requests hold reserved.
+//! time zone; or [`Period::Every`], fixed windows of a
+//! [`duration`](crate::duration) from an anchor, such as a `2h` budget
+//! set at 10:17 that resets at 12:17), what was spent and what running
+//! requests hold reserved.
 //! The period's start is part of a counter's identity, so a new period is
 //! a new counter that starts at zero, and a request's cost always lands in
 //! the period that contained its start, however late it settles.
@@ -122,7 +125,7 @@ pub use spend::PostgresSpendStore;
 pub use spend::SqliteSpendStore;
 pub use spend::{
     Cursor, MemorySpendStore, PendingSpend, SpendError, SpendFuture, SpendPage, SpendQuery,
-    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger,
+    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger, restore_windows,
 };
 pub use store::{BudgetStore, EitherReserve, EitherStore, UsageSource};
 pub use usage::{Price, TokenUsage};

@@ -1,11 +1,14 @@
-//! Budget periods, aligned to calendar boundaries in a time zone, and the
-//! clock they are read from.
+//! Budget periods — calendar periods aligned to midnight in a time zone,
+//! and fixed windows anchored at a budget's creation — and the clock they
+//! are read from.
 
 use std::sync::{Arc, Mutex};
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
+
+use crate::duration::{Every, Length};
 
 /// How long a budget lasts before spending starts again at zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -18,19 +21,26 @@ pub enum Period {
     Weekly,
     /// Resets on the 1st of the month at midnight.
     Monthly,
+    /// Fixed windows of one length from an anchor (`anchor + k × length`),
+    /// not aligned to the calendar: a `2h` budget made at 10:17 resets at
+    /// 12:17, 14:17, …; a `1mo` window on the anchor's day of the month.
+    Every(Every),
 }
 
-impl Period {
-    /// The stable word for this period (`total`, `daily`, `weekly`, `monthly`).
-    pub fn as_str(self) -> &'static str {
-        match self {
+impl std::fmt::Display for Period {
+    /// `total`, `daily`, `weekly`, `monthly`, or a window's length (`2h`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             Period::Total => "total",
             Period::Daily => "daily",
             Period::Weekly => "weekly",
             Period::Monthly => "monthly",
-        }
+            Period::Every(e) => return e.length.fmt(f),
+        })
     }
+}
 
+impl Period {
     /// The window of this period that contains `now`, in `tz`.
     pub fn window(self, now: Timestamp, tz: &TimeZone) -> Window {
         let today = now.to_zoned(tz.clone()).date();
@@ -51,6 +61,7 @@ impl Period {
                 let first = today.first_of_month();
                 (first, first.checked_add(1.month()))
             }
+            Period::Every(every) => return window_of(every, now, tz),
         };
         Window {
             start: Some(midnight(first, tz)),
@@ -68,6 +79,51 @@ impl From<crate::keys::BudgetPeriod> for Period {
             BudgetPeriod::Daily => Period::Daily,
             BudgetPeriod::Weekly => Period::Weekly,
             BudgetPeriod::Monthly => Period::Monthly,
+            BudgetPeriod::Every(e) => Period::Every(e),
+        }
+    }
+}
+
+/// The window of `every` that contains `now`: `anchor + k × length` for
+/// the `k` (negative before the anchor) that puts `now` inside. Months are
+/// added to the anchor in `tz` (the same local time, the day clamped to
+/// the month's last), always from the anchor, so windows do not drift.
+fn window_of(every: Every, now: Timestamp, tz: &TimeZone) -> Window {
+    let at = |secs: i64| Timestamp::from_second(secs).unwrap_or(Timestamp::MAX);
+    match every.length {
+        Length::Seconds(n) => {
+            let n = i64::try_from(n.max(1)).unwrap_or(i64::MAX);
+            let k = now.as_second().saturating_sub(every.anchor).div_euclid(n);
+            let start = every.anchor.saturating_add(k.saturating_mul(n));
+            Window {
+                start: Some(at(start)),
+                end: Some(at(start.saturating_add(n))),
+            }
+        }
+        Length::Months(m) => {
+            let anchor = at(every.anchor).to_zoned(tz.clone());
+            let m = i64::from(m.max(1));
+            let nth = |k: i64| {
+                anchor
+                    .checked_add(k.saturating_mul(m).months())
+                    .map_or(Timestamp::MAX, |z| z.timestamp())
+            };
+            let here = now.to_zoned(tz.clone());
+            let months = (i64::from(here.year()) - i64::from(anchor.year())) * 12
+                + i64::from(here.month())
+                - i64::from(anchor.month());
+            // The estimate is off by at most one window either way.
+            let mut k = months.div_euclid(m);
+            while k > i64::MIN / 2 && nth(k) > now {
+                k -= 1;
+            }
+            while nth(k + 1) <= now && nth(k + 1) != Timestamp::MAX {
+                k += 1;
+            }
+            Window {
+                start: Some(nth(k)),
+                end: Some(nth(k + 1)),
+            }
         }
     }
 }
@@ -169,6 +225,48 @@ mod tests {
         let sunday = Period::Weekly.window(at(&tz, "2026-11-22T23:59"), &tz);
         assert_eq!(sunday.start, Some(at(&tz, "2026-11-16T00:00")));
         assert_eq!(sunday.end, w.start);
+    }
+
+    #[test]
+    fn fixed_windows_start_at_the_anchor_not_at_midnight() {
+        let anchor: Timestamp = "2026-12-06T10:17:00Z".parse().unwrap();
+        let every = |length| {
+            Period::Every(Every {
+                length,
+                anchor: anchor.as_second(),
+            })
+        };
+        let two_hours = every(Length::Seconds(7_200));
+        let w = two_hours.window("2026-12-06T13:00:00Z".parse().unwrap(), &TimeZone::UTC);
+        assert_eq!(w.start, Some("2026-12-06T12:17:00Z".parse().unwrap()));
+        assert_eq!(w.end, Some("2026-12-06T14:17:00Z".parse().unwrap()));
+        // The anchor itself opens the first window; before it, earlier ones.
+        assert_eq!(two_hours.window(anchor, &TimeZone::UTC).start, Some(anchor));
+        let before = two_hours.window("2026-12-06T10:16:59Z".parse().unwrap(), &TimeZone::UTC);
+        assert_eq!(before.end, Some(anchor));
+        assert_eq!(two_hours.to_string(), "2h");
+
+        // Months from the 31st: clamped to the month's end, never drifting.
+        let tz = TimeZone::get("Europe/Paris").unwrap();
+        let jan31 = at(&tz, "2026-01-31T09:00");
+        let monthly = Period::Every(Every {
+            length: Length::Months(1),
+            anchor: jan31.as_second(),
+        });
+        let feb = monthly.window(at(&tz, "2026-03-01T00:00"), &tz);
+        assert_eq!(feb.start, Some(at(&tz, "2026-02-28T09:00")));
+        assert_eq!(feb.end, Some(at(&tz, "2026-03-31T09:00")));
+        let late = monthly.window(at(&tz, "2026-03-31T09:00"), &tz);
+        assert_eq!(late.start, Some(at(&tz, "2026-03-31T09:00")));
+        let quarter = Period::Every(Every {
+            length: Length::Months(3),
+            anchor: jan31.as_second(),
+        });
+        let q = quarter.window(at(&tz, "2026-12-06T00:00"), &tz);
+        assert_eq!(q.start, Some(at(&tz, "2026-10-31T09:00")));
+        assert_eq!(q.end, Some(at(&tz, "2027-01-31T09:00")));
+        let early = quarter.window(at(&tz, "2025-12-01T00:00"), &tz);
+        assert_eq!(early.end, Some(jan31));
     }
 
     #[test]

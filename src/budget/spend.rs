@@ -516,6 +516,44 @@ pub async fn restore_ledger(ledger: &Ledger, store: &dyn SpendStore) -> Result<(
     Ok(())
 }
 
+/// Rebuilds `ledger`'s spend in the current window of each fixed-window
+/// budget in `budgets` ([`Period::Every`]: each has its own start, so
+/// [`restore_ledger`] cannot know them): one aggregation per distinct
+/// window start, charged to the budgets whose window starts there. Other
+/// periods in `budgets` are skipped ([`restore_ledger`] rebuilt them).
+pub async fn restore_windows(
+    ledger: &Ledger,
+    store: &dyn SpendStore,
+    budgets: &[(Scope, Period)],
+) -> Result<(), SpendError> {
+    let now = ledger.now();
+    let mut by_start: Vec<(Timestamp, Vec<&(Scope, Period)>)> = Vec::new();
+    for b in budgets
+        .iter()
+        .filter(|(_, p)| matches!(p, Period::Every(_)))
+    {
+        let Some(start) = b.1.window(now, ledger.time_zone()).start else {
+            continue;
+        };
+        match by_start.iter_mut().find(|(s, _)| *s == start) {
+            Some((_, list)) => list.push(b),
+            None => by_start.push((start, vec![b])),
+        }
+    }
+    for (start, list) in by_start {
+        let totals = store.totals(Some(start)).await?;
+        for (scope, period) in list {
+            let spent = match scope {
+                Scope::Key(id) => totals.keys.iter().find(|(k, _)| **k == **id).map(|e| e.1),
+                Scope::Team(id) => totals.teams.iter().find(|(t, _)| **t == **id).map(|e| e.1),
+                Scope::Global => Some(totals.global),
+            };
+            ledger.restore_spent(scope, *period, spent.unwrap_or(0));
+        }
+    }
+    Ok(())
+}
+
 /// A record being made: it travels with the request, then inside the
 /// response body, and is handed to the writer when the request settles.
 #[derive(Debug)]
@@ -828,5 +866,51 @@ mod tests {
         };
         assert!(ledger.reserve(std::slice::from_ref(&limit), 100).is_err());
         assert!(ledger.reserve(&[limit], 50).is_ok());
+    }
+
+    #[tokio::test]
+    async fn fixed_windows_are_restored_from_their_own_start() {
+        use crate::budget::ManualClock;
+        use crate::duration::{Every, Length};
+        let now: Timestamp = "2026-12-06T12:00:00Z".parse().unwrap();
+        let ledger = Ledger::with_clock(jiff::tz::TimeZone::UTC, ManualClock::new(now));
+        let store = MemorySpendStore::new();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let mut records = Vec::new();
+        for (i, (key, start, cost)) in [
+            ("a", "2026-12-06T09:59:00Z", 1), // before a's window
+            ("a", "2026-12-06T10:30:00Z", 20),
+            ("b", "2026-12-06T11:45:00Z", 300),
+            ("b", "2026-12-06T11:00:00Z", 4_000), // before b's window
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = rec(i as i64, key, None, "m", cost);
+            r.start = at(start);
+            records.push(r);
+        }
+        store.write(records).await.unwrap();
+        let window = |anchor: &str, secs| {
+            Period::Every(Every {
+                length: Length::Seconds(secs),
+                anchor: at(anchor).as_second(),
+            })
+        };
+        // At 12:00, a's current window is 10:00-13:00, b's 11:15-12:15.
+        let a = window("2026-12-06T10:00:00Z", 3 * 3_600);
+        let b = window("2026-12-06T11:15:00Z", 3_600);
+        let budgets = [
+            (Scope::Key("a".into()), a),
+            (Scope::Key("b".into()), b),
+            (Scope::Key("none".into()), a),
+            (Scope::Global, Period::Monthly),
+        ];
+        restore_windows(&ledger, &store, &budgets).await.unwrap();
+        assert_eq!(ledger.usage(&Scope::Key("a".into()), a).spent, 20);
+        assert_eq!(ledger.usage(&Scope::Key("b".into()), b).spent, 300);
+        assert_eq!(ledger.usage(&Scope::Key("none".into()), a).spent, 0);
+        // Calendar periods are left to `restore_ledger`.
+        assert_eq!(ledger.usage(&Scope::Global, Period::Monthly).spent, 0);
     }
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use pin_project::pin_project;
 
 use super::ledger::{Ledger, Limit, Micros, Reservation, Scope, Usage};
-use super::period::Period;
+use super::period::{Period, Window};
 use crate::error::Error;
 
 /// Keeps budgets: reserves a request's worst case on all of its budgets or
@@ -85,6 +85,10 @@ pub trait UsageSource: Send + Sync + 'static {
         scope: &'a Scope,
         period: Period,
     ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>>;
+
+    /// The window of `period` that contains now, by this source's clock
+    /// and time zone (when a budget resets: `budget_reset_at`).
+    fn window(&self, period: Period) -> Window;
 }
 
 impl UsageSource for Ledger {
@@ -94,6 +98,10 @@ impl UsageSource for Ledger {
         period: Period,
     ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
         Box::pin(ready(Ok(Ledger::usage(self, scope, period))))
+    }
+
+    fn window(&self, period: Period) -> Window {
+        period.window(self.now(), self.time_zone())
     }
 }
 
@@ -106,6 +114,13 @@ impl<A: UsageSource, B: UsageSource> UsageSource for EitherStore<A, B> {
         match self {
             EitherStore::Left(a) => a.usage(scope, period),
             EitherStore::Right(b) => b.usage(scope, period),
+        }
+    }
+
+    fn window(&self, period: Period) -> Window {
+        match self {
+            EitherStore::Left(a) => a.window(period),
+            EitherStore::Right(b) => b.window(period),
         }
     }
 }

@@ -857,7 +857,7 @@ impl KeyStore for PostgresStore {
             let grants = serde_json::to_value(&k.grants).map_err(|e| self.err(e))?;
             let metadata = Value::Object(k.metadata.clone());
             let hash = k.hash.as_bytes().to_vec();
-            let period = k.limits.budget_period.map(|p| p.as_str());
+            let period = k.limits.budget_period.map(|p| p.stored());
             let weight = i64::from(k.limits.weight);
             let created = i64_of(Some(k.created_at));
             let updated = i64_of(Some(k.updated_at));
@@ -945,7 +945,7 @@ impl KeyStore for PostgresStore {
             let client = self.client().await?;
             let grants = serde_json::to_value(&t.grants).map_err(|e| self.err(e))?;
             let metadata = Value::Object(t.metadata.clone());
-            let period = t.limits.budget_period.map(|p| p.as_str());
+            let period = t.limits.budget_period.map(|p| p.stored());
             let weight = i64::from(t.limits.weight);
             let created = i64_of(Some(t.created_at));
             let updated = i64_of(Some(t.updated_at));
@@ -1097,6 +1097,8 @@ pub(crate) mod tests {
         let mut t = TeamRecord::new("t1");
         t.grants = vec!["cheap".into()];
         t.limits.tpm = Some(1000);
+        // A fixed window keeps its anchor across a reconnect.
+        t.limits.budget_period = Some(BudgetPeriod::parse_at("3mo", 1_764_000_123).unwrap());
         store.put_team(t.clone()).await.unwrap();
         drop(store);
 

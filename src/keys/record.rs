@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use super::token::KeyHash;
+pub use crate::duration::{Every, Length};
 
-/// How often a budget starts again at zero.
+/// How often a budget starts again at zero: a calendar period, or fixed
+/// windows anchored at the budget's creation ([`Every`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BudgetPeriod {
     /// Never: the budget is for the key's (or team's) whole life.
@@ -19,42 +21,63 @@ pub enum BudgetPeriod {
     Weekly,
     /// Every calendar month, from the 1st.
     Monthly,
+    /// Fixed windows (`30m`, `2h`, `14d`, `3mo`, …) from an anchor.
+    Every(Every),
 }
 
 impl BudgetPeriod {
-    /// The word stored and shown (`total`, `daily`, `weekly`, `monthly`).
-    pub fn as_str(self) -> &'static str {
+    /// Parses a `budget_duration` given now, through the admin API: a
+    /// window starts now. The calendar words and LiteLLM's spellings of
+    /// them (`1d`, `24h`, `7d`, `1w`, `30d`, `1mo`: LiteLLM resets those at
+    /// midnight, on Monday, on the 1st) are calendar periods; any other
+    /// duration is a window anchored at `now` (Unix seconds).
+    pub fn parse_at(text: &str, now: i64) -> Result<Self, String> {
+        Ok(match text.parse::<BudgetPeriod>()? {
+            BudgetPeriod::Every(e) => BudgetPeriod::Every(Every { anchor: now, ..e }),
+            calendar => calendar,
+        })
+    }
+
+    /// The form keys' stores keep (a window with its anchor: `2h@1764…`).
+    pub fn stored(&self) -> String {
         match self {
-            BudgetPeriod::Total => "total",
-            BudgetPeriod::Daily => "daily",
-            BudgetPeriod::Weekly => "weekly",
-            BudgetPeriod::Monthly => "monthly",
+            BudgetPeriod::Every(e) => e.to_string(),
+            calendar => calendar.to_string(),
         }
     }
 }
 
 impl fmt::Display for BudgetPeriod {
+    /// `total`, `daily`, `weekly`, `monthly`, or a window's length (`2h`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            BudgetPeriod::Total => "total",
+            BudgetPeriod::Daily => "daily",
+            BudgetPeriod::Weekly => "weekly",
+            BudgetPeriod::Monthly => "monthly",
+            BudgetPeriod::Every(e) => return e.length.fmt(f),
+        })
     }
 }
 
 impl FromStr for BudgetPeriod {
     type Err = String;
 
-    /// Accepts the words, and LiteLLM's `budget_duration` spellings of the same
-    /// calendar periods (`1d`, `24h`, `7d`, `1w`, `1mo`).
+    /// The words; LiteLLM's spellings of the calendar periods (`1d`, `24h`,
+    /// `7d`, `1w`, `30d`, `1mo`); any other duration as a window, with
+    /// its anchor when stored (`2h@1764…`), else aligned to the epoch (the
+    /// config file's budgets: the same windows on every start and replica).
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s.trim() {
             "total" | "none" => BudgetPeriod::Total,
             "daily" | "1d" | "24h" => BudgetPeriod::Daily,
             "weekly" | "7d" | "1w" => BudgetPeriod::Weekly,
-            "monthly" | "1mo" => BudgetPeriod::Monthly,
-            other => {
-                return Err(format!(
-                    "`{other}` is not a budget period; use `daily` (or `1d`), `weekly` (`7d`), `monthly` (`1mo`) or `total`"
-                ));
-            }
+            "monthly" | "1mo" | "30d" => BudgetPeriod::Monthly,
+            other => BudgetPeriod::Every(other.parse::<Every>().map_err(|e| {
+                format!(
+                    "{e}; or a calendar period: `daily` (`1d`), `weekly` (`7d`), `monthly` (`30d`, `1mo`), `total`"
+                )
+            })?),
         })
     }
 }
@@ -232,30 +255,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Parses a LiteLLM-style duration: a whole number and a unit `s`, `m`, `h`,
-/// `d` or `w` (`30d`, `12h`).
+/// Parses a LiteLLM-style duration of fixed length: a whole number and a
+/// unit `s`, `m`, `h`, `d` or `w` (`30d`, `12h`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "`{text}` is not a duration; write a whole number and a unit s, m, h, d or w, e.g. `30d`"
-        )
-    };
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs)
-        .filter(|s| *s <= 100 * 366 * 86_400)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is longer than a hundred years"))
+    match text.parse::<Length>()? {
+        Length::Seconds(s) => Ok(Duration::from_secs(s)),
+        Length::Months(_) => Err(format!(
+            "`{text}`: months have no fixed length here; write days, e.g. `30d`"
+        )),
+    }
 }
 
 /// Unix seconds as RFC 3339 UTC (`2025-01-31T12:00:00Z`).
@@ -295,7 +303,16 @@ mod tests {
             parse_duration("2w").unwrap(),
             Duration::from_secs(1_209_600)
         );
-        for bad in ["", "d", "30", "30x", "-1d", "1.5h", "99999999999999w"] {
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30x",
+            "-1d",
+            "1.5h",
+            "99999999999999w",
+            "1mo",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -304,7 +321,23 @@ mod tests {
     fn periods() {
         assert_eq!("1mo".parse::<BudgetPeriod>(), Ok(BudgetPeriod::Monthly));
         assert_eq!("weekly".parse::<BudgetPeriod>(), Ok(BudgetPeriod::Weekly));
-        assert!("30d".parse::<BudgetPeriod>().is_err());
+        assert_eq!("30d".parse::<BudgetPeriod>(), Ok(BudgetPeriod::Monthly));
+        let window = BudgetPeriod::parse_at("2h", 1_700_000_000).unwrap();
+        let every = Every {
+            length: Length::Seconds(7_200),
+            anchor: 1_700_000_000,
+        };
+        assert_eq!(window, BudgetPeriod::Every(every));
+        assert_eq!(window.to_string(), "2h");
+        assert_eq!(window.stored(), "2h@1700000000");
+        assert_eq!(window.stored().parse::<BudgetPeriod>(), Ok(window));
+        assert_eq!(BudgetPeriod::parse_at("1d", 5), Ok(BudgetPeriod::Daily));
+        assert_eq!(BudgetPeriod::Monthly.stored(), "monthly");
+        let e = "fortnightly".parse::<BudgetPeriod>().unwrap_err();
+        assert!(
+            e.contains("not a duration") && e.contains("calendar"),
+            "{e}"
+        );
     }
 
     #[test]

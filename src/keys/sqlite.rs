@@ -308,7 +308,7 @@ impl KeyStore for SqliteStore {
                     i(k.limits.rpm),
                     i(k.limits.tpm),
                     k.limits.max_budget,
-                    k.limits.budget_period.map(|p| p.as_str()),
+                    k.limits.budget_period.map(|p| p.stored()),
                     i64::from(k.limits.weight),
                     text(&k.metadata),
                     i(Some(k.created_at)),
@@ -347,7 +347,7 @@ impl KeyStore for SqliteStore {
                     i(t.limits.rpm),
                     i(t.limits.tpm),
                     t.limits.max_budget,
-                    t.limits.budget_period.map(|p| p.as_str()),
+                    t.limits.budget_period.map(|p| p.stored()),
                     i64::from(t.limits.weight),
                     text(&t.metadata),
                     i(Some(t.created_at)),
@@ -397,6 +397,8 @@ mod tests {
         let mut t = TeamRecord::new("t1");
         t.grants = vec!["cheap".into()];
         t.limits.tpm = Some(1000);
+        // A fixed window keeps its anchor across a restart.
+        t.limits.budget_period = Some(BudgetPeriod::parse_at("90m", 1_764_000_123).unwrap());
         store.put_team(t.clone()).await.unwrap();
         drop(store);
 

@@ -204,7 +204,7 @@ impl RedisLedger {
         let hash = format!(
             "{}budget:{}:{}:{kind}:{id}",
             self.inner.state.prefix(),
-            period.as_str(),
+            period,
             start.map_or_else(|| "-".to_owned(), |s| s.to_string()),
         );
         let end = window.end.map(Timestamp::as_second);
@@ -261,6 +261,10 @@ impl crate::budget::UsageSource for RedisLedger {
         period: Period,
     ) -> Pin<Box<dyn Future<Output = Result<Usage, Error>> + Send + 'a>> {
         Box::pin(RedisLedger::usage(self, scope, period))
+    }
+
+    fn window(&self, period: Period) -> crate::budget::Window {
+        period.window(self.inner.clock.now(), &self.inner.tz)
     }
 }
 
@@ -532,6 +536,43 @@ mod tests {
         r.settle(100);
         ledger.settled().await;
         clock.set("2030-04-30T23:59:30Z".parse().unwrap());
+        assert_eq!(ledger.usage(&k.scope, k.period).await.unwrap().spent, 70);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_window_starts_at_zero_when_it_rolls_over() {
+        let state = test_redis::state("fixed-window").await;
+        let anchor: Timestamp = "2030-04-30T10:17:00Z".parse().unwrap();
+        let clock = ManualClock::new("2030-04-30T12:16:00Z".parse().unwrap());
+        let ledger = RedisLedger::with_clock(state, TimeZone::UTC, clock.clone());
+        let k = Limit {
+            period: Period::Every(crate::duration::Every {
+                length: crate::duration::Length::Seconds(7_200),
+                anchor: anchor.as_second(),
+            }),
+            ..key("w", 100)
+        };
+        let late = ledger.reserve(std::slice::from_ref(&k), 80).await.unwrap();
+        let refused = ledger
+            .reserve(std::slice::from_ref(&k), 30)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status(), 402);
+        // 12:17 is the window's end (anchor + 2 h), not 14:00 or midnight.
+        clock.set("2030-04-30T12:17:00Z".parse().unwrap());
+        let next = ledger.usage(&k.scope, k.period).await.unwrap();
+        assert_eq!((next.spent, next.reserved), (0, 0));
+        assert_eq!(
+            next.window.start,
+            Some("2030-04-30T12:17:00Z".parse().unwrap())
+        );
+        let r = ledger.reserve(std::slice::from_ref(&k), 100).await.unwrap();
+        // The late one lands in the window it started in.
+        late.settle(70);
+        r.settle(100);
+        ledger.settled().await;
+        assert_eq!(ledger.usage(&k.scope, k.period).await.unwrap().spent, 100);
+        clock.set("2030-04-30T12:16:59Z".parse().unwrap());
         assert_eq!(ledger.usage(&k.scope, k.period).await.unwrap().spent, 70);
     }
 

@@ -70,6 +70,52 @@ check("key/update as documented", updated["max_budget"] == 5.5 and updated["rpm_
 teams = run("teams", "list")
 check("teams list: the team", "my-new-team" in teams, teams)
 
+# models list (GET /models with the master key) and models info
+# (GET /v1/model/info): the groups the gateway serves, by name.
+models = run("models", "list")
+check("models list: the group", "gpt-4o-mini" in models, models)
+info = json.loads(run("models", "info", "--format", "json"))
+check("models info: the group and its deployment", any(m["model_name"] == "gpt-4o-mini" for m in info), info)
+check("models info: no upstream URL", "http" not in json.dumps(info), info)
+
+
+def http(method, uri, body=None):
+    """LiteLLM's CLI's own `http request`, for the key routes its `keys` group lacks."""
+    args = ["http", "request", method, uri]
+    if body is not None:
+        args += ["--json", json.dumps(body)]
+    return json.loads(run(*args))
+
+
+# A key with a budget in LiteLLM's duration syntax, then info, update,
+# block, unblock, regenerate: each answer names what the gateway did.
+made = json.loads(run("keys", "generate", "--models", "gpt-4o-mini", "--key-alias", "budgeted", "--duration", "30d"))
+kid = made["token"]
+check("keys generate --duration: expires", made["expires"] is not None, made)
+shown = http("GET", f"/key/info?key={kid}")
+check("key/info: the key", shown["key"] == kid and shown["info"]["key_alias"] == "budgeted", shown)
+updated = http("POST", "/key/update", {"key": kid, "max_budget": 2.5, "budget_duration": "2h", "rpm_limit": 7})
+check("key/update: a 2h window", updated["budget_duration"] == "2h" and updated["budget_reset_at"], updated)
+check("key/update: the limits", updated["rpm_limit"] == 7 and updated["max_budget"] == 2.5, updated)
+blocked = http("POST", "/key/block", {"key": kid})
+check("key/block", blocked["blocked"] is True, blocked)
+unblocked = http("POST", "/key/unblock", {"key": kid})
+check("key/unblock", unblocked["blocked"] is False, unblocked)
+regenerated = http("POST", "/key/regenerate", {"key": kid})
+check("key/regenerate: a new key, the same id", regenerated["key"] != made["key"] and regenerated["token"] == kid, regenerated)
+check("key/regenerate: settings kept", regenerated["rpm_limit"] == 7, regenerated)
+listed = run("keys", "list")
+check("keys list: the budgeted key", "budgeted" in listed, listed)
+
+# LiteLLM's docs: a key with a 30-day budget (a calendar month, as LiteLLM
+# resets it on the 1st), and the spend endpoints.
+doc_key = post("/key/generate", {"models": ["gpt-4o-mini"], "max_budget": 10, "budget_duration": "30d"})
+check("key/generate budget_duration 30d", doc_key["budget_duration"] == "monthly" and doc_key["budget_reset_at"], doc_key)
+spend = http("GET", "/global/spend")
+check("global/spend", spend["spend"] == 0, spend)
+logs = http("GET", f"/spend/logs?api_key={doc_key['token']}&start_date=2024-01-01")
+check("spend/logs with LiteLLM's parameters", logs["data"] == [], logs)
+
 # version: the server names itself.
 version = run("version")
 check("version: the server's", "tollgate" in version, version)
