@@ -217,10 +217,10 @@ fn openai_stream(tools: bool) -> Vec<Bytes> {
     }];
     for i in 0..DELTAS {
         events.push(if tools {
-            openai_chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": format!("{{\"part_{i:03}\":\"lorem ipsum dolor sit\"}},")}}]}),
-                None,
-            )
+            let args = serde_json::to_string(&format!("{{\"part_{i:03}\":\"lorem ipsum dolor sit\"}},")).unwrap();
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-x\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":{args}}}}}]}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            ))
         } else {
             // Spelled as OpenAI writes it (fields in its order), as the
             // translator's fast path expects it.

@@ -669,33 +669,58 @@ enum Open {
     Tool(u64),
 }
 
-/// The text of a chunk that carries nothing but one text delta, spelled as
-/// OpenAI and the servers that copy it write it:
+/// What a chunk that carries nothing but one delta holds, its text as its
+/// JSON string literal, quotes included, validated (escapes, control
+/// bytes, UTF-8) so that it can be copied as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RawDelta<'a> {
+    /// `"delta":{"content":"…"}`.
+    Text(&'a [u8]),
+    /// `"delta":{"tool_calls":[{"index":N,"function":{"arguments":"…"}}]}`:
+    /// more arguments of the call at `N` (no id, no name: not a new call).
+    Arguments(u64, &'a [u8]),
+}
+
+/// A chunk that carries nothing but one text or tool-argument delta,
+/// spelled as OpenAI and the servers that copy it write it:
 /// `…"choices":[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}]…`
-/// (`"logprobs":null` may be left out),
-/// as its JSON string literal, quotes included, validated (escapes, control
-/// bytes, UTF-8) so that it can be copied as it is. Around it, the chunk's
-/// other fields (`id`, `object`, `created`, `model`, `system_fingerprint`,
-/// `obfuscation`, …) are skipped, so they must hold no escape (no key can
-/// hide behind one), no `"choices"` or `"error"`, and no `"usage"` but
-/// `"usage":null`. `None` otherwise: the general reader decides.
-pub(super) fn raw_content_delta(data: &[u8]) -> Option<&[u8]> {
+/// (`"logprobs":null` may be left out; or the `tool_calls` delta above).
+/// Around it, the chunk's other fields (`id`, `object`, `created`,
+/// `model`, `system_fingerprint`, `obfuscation`, …) are skipped, so they
+/// must hold no escape (no key can hide behind one), no `"choices"` or
+/// `"error"`, and no `"usage"` but `"usage":null`. `None` otherwise: the
+/// general reader decides.
+pub(super) fn raw_delta(data: &[u8]) -> Option<RawDelta<'_>> {
     use memchr::memmem::Finder;
     static AT: LazyLock<Finder<'static>> =
-        LazyLock::new(|| Finder::new(br#""choices":[{"index":0,"delta":{"content":"#));
+        LazyLock::new(|| Finder::new(br#""choices":[{"index":0,"delta":{""#));
     static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-    const END: &[u8] = br#"},"logprobs":null,"finish_reason":null}]"#;
     if data.first() != Some(&b'{') || data.last() != Some(&b'}') {
         return None;
     }
     let at = AT.find(data)?;
     let rest = &data[at + AT.needle().len()..];
+    let (delta, rest, close) = if let Some(r) = rest.strip_prefix(br#"content":"#) {
+        (None, r, b"}".as_slice())
+    } else {
+        let r = rest.strip_prefix(br#"tool_calls":[{"index":"#)?;
+        let digits = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 || (digits > 1 && r[0] == b'0') {
+            return None;
+        }
+        let index = r[..digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let r = r[digits..].strip_prefix(br#","function":{"arguments":"#)?;
+        (Some(index), r, b"}}]}".as_slice())
+    };
     let (len, _) = crate::read_request::scan::string_len(rest)?;
     let (text, tail) = rest.split_at(len);
+    let tail = tail.strip_prefix(close)?;
     // `logprobs` is OpenAI's; some servers leave it out.
     let tail = tail
-        .strip_prefix(END)
-        .or_else(|| tail.strip_prefix(br#"},"finish_reason":null}]"#))?;
+        .strip_prefix(br#","logprobs":null,"finish_reason":null}]"#)
+        .or_else(|| tail.strip_prefix(br#","finish_reason":null}]"#))?;
     let plain = |part: &[u8]| {
         memchr::memchr(b'\\', part).is_none()
             && memchr::memmem::find(part, b"\"choices\"").is_none()
@@ -704,7 +729,10 @@ pub(super) fn raw_content_delta(data: &[u8]) -> Option<&[u8]> {
                 .find_iter(part)
                 .all(|u| part[u + 7..].starts_with(b":null"))
     };
-    (plain(&data[..at]) && plain(tail)).then_some(text)
+    (plain(&data[..at]) && plain(tail)).then_some(match delta {
+        None => RawDelta::Text(text),
+        Some(index) => RawDelta::Arguments(index, text),
+    })
 }
 
 /// OpenAI chunks → Anthropic events. State: the open block, counters, the
@@ -760,17 +788,25 @@ impl Stream {
             self.done = true;
             return self.end(out);
         }
-        // The hottest chunk, a plain text delta into the open text block:
-        // its text goes on as the JSON literal it came in.
-        if self.started
-            && self.stop.is_none()
-            && self.open == Open::Text
-            && let Some(text) = raw_content_delta(event.data)
-        {
-            if text != b"\"\"" {
-                self.block_delta_with(out, "text_delta", "text", |out| out.extend_from_slice(text));
+        // The hottest chunks, a plain text delta into the open text block
+        // or more arguments of the open tool call: the text goes on as the
+        // JSON literal it came in.
+        if self.started && self.stop.is_none() {
+            let (kind, field, text) = match raw_delta(event.data) {
+                Some(RawDelta::Text(text)) if self.open == Open::Text => {
+                    ("text_delta", "text", text)
+                }
+                Some(RawDelta::Arguments(index, text)) if self.open == Open::Tool(index) => {
+                    ("input_json_delta", "partial_json", text)
+                }
+                _ => ("", "", b"".as_slice()),
+            };
+            if !kind.is_empty() {
+                if text != b"\"\"" {
+                    self.block_delta_with(out, kind, field, |out| out.extend_from_slice(text));
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         let chunk: Chunk<'_> = match serde_json::from_slice(event.data) {
             Ok(chunk) => chunk,

@@ -1240,8 +1240,8 @@ fn a_text_chunk_as_openai_writes_it_is_copied_as_the_general_reader_writes_it() 
     };
     let spaced = |t: &str| openai_chunk(json!({ "content": t }), None);
     let data = |event: String| event.split_once("data: ").unwrap().1.trim_end().to_owned();
-    assert!(messages_to_chat::raw_content_delta(data(canonical("x")).as_bytes()).is_some());
-    assert!(messages_to_chat::raw_content_delta(data(spaced("x")).as_bytes()).is_none());
+    assert!(messages_to_chat::raw_delta(data(canonical("x")).as_bytes()).is_some());
+    assert!(messages_to_chat::raw_delta(data(spaced("x")).as_bytes()).is_none());
     let (fast, fast_out, _) = feed_all(Pair::MessagesToChat, &stream(&canonical));
     let (slow, slow_out, _) = feed_all(Pair::MessagesToChat, &stream(&spaced));
     fast.unwrap();
@@ -1256,6 +1256,61 @@ fn a_text_chunk_as_openai_writes_it_is_copied_as_the_general_reader_writes_it() 
         .collect();
     assert_eq!(text, texts.concat());
 
+    // The same for a tool call's arguments.
+    let parts = ["", "{\"city\": ", "\"Par\\\"is\"}"];
+    let tool_stream = |spelled: &dyn Fn(&str) -> String| {
+        let mut s = openai_chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+                "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+            None,
+        );
+        for p in parts {
+            s += &spelled(p);
+        }
+        s += &openai_chunk(json!({}), Some("tool_calls"));
+        s += "data: [DONE]\n\n";
+        s
+    };
+    let canonical = |t: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":{}}}}}]}},\"finish_reason\":null}}]}}\n\n",
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let spaced = |t: &str| {
+        openai_chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": t}}]}),
+            None,
+        )
+    };
+    assert!(matches!(
+        messages_to_chat::raw_delta(data(canonical("x")).as_bytes()),
+        Some(messages_to_chat::RawDelta::Arguments(0, b"\"x\""))
+    ));
+    assert!(messages_to_chat::raw_delta(data(spaced("x")).as_bytes()).is_none());
+    let (fast, fast_out, _) = feed_all(Pair::MessagesToChat, &tool_stream(&canonical));
+    let (slow, slow_out, _) = feed_all(Pair::MessagesToChat, &tool_stream(&spaced));
+    fast.unwrap();
+    slow.unwrap();
+    assert_eq!(fast_out, slow_out);
+    let arguments: String = datas(&fast_out)
+        .iter()
+        .filter_map(|d| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(arguments, parts.concat());
+    // Arguments for a call that is not the open one go to the general reader, which refuses them.
+    let stray = canonical("x").replace("\"index\":0,\"function\"", "\"index\":3,\"function\"");
+    assert!(matches!(
+        messages_to_chat::raw_delta(data(stray.clone()).as_bytes()),
+        Some(messages_to_chat::RawDelta::Arguments(3, _))
+    ));
+    let mut s = tool_stream(&canonical);
+    let last = s
+        .rfind("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1")
+        .unwrap();
+    s.insert_str(last, &stray);
+    assert!(feed_all(Pair::MessagesToChat, &s).0.is_err());
+
     let choices =
         r#""choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null}]"#;
     for refused in [
@@ -1269,14 +1324,12 @@ fn a_text_chunk_as_openai_writes_it_is_copied_as_the_general_reader_writes_it() 
         r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi","role":"assistant"},"logprobs":null,"finish_reason":null}]}"#.to_owned(),
     ] {
         assert!(
-            messages_to_chat::raw_content_delta(refused.as_bytes()).is_none(),
+            messages_to_chat::raw_delta(refused.as_bytes()).is_none(),
             "{refused}"
         );
     }
     assert!(
-        messages_to_chat::raw_content_delta(
-            format!(r#"{{"id":"c",{choices},"usage":null}}"#).as_bytes()
-        )
-        .is_some()
+        messages_to_chat::raw_delta(format!(r#"{{"id":"c",{choices},"usage":null}}"#).as_bytes())
+            .is_some()
     );
 }
