@@ -641,19 +641,42 @@ pub struct DeploymentConfig {
 }
 
 /// `bedrock = { region = "us-east-1" }`: a Bedrock deployment's region and
-/// the environment variables its AWS credentials are read from (once, at
-/// start).
+/// where its AWS credentials come from: static ones read from environment
+/// variables (once, at start), or temporary ones from the container
+/// credentials endpoint (refreshed ahead of expiry). See `docs/providers.md`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BedrockConfig {
     /// The AWS region (e.g. `us-east-1`): the signature's scope and the default endpoint's.
     pub region: String,
+    /// `"environment"` (static credentials from the variables below) or
+    /// `"container"` (the ECS / EKS Pod Identity credentials endpoint).
+    /// Default: `"environment"` when the access key id's variable is set,
+    /// else `"container"` when `container_credentials_uri` or
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `…_RELATIVE_URI` is set.
+    pub credentials: Option<String>,
     /// The variable holding the access key id (default `AWS_ACCESS_KEY_ID`).
     pub access_key_id_env: Option<String>,
     /// The variable holding the secret access key (default `AWS_SECRET_ACCESS_KEY`).
     pub secret_access_key_env: Option<String>,
     /// The variable holding a session token, read when set (default `AWS_SESSION_TOKEN`).
     pub session_token_env: Option<String>,
+    /// The container credentials endpoint (default
+    /// `$AWS_CONTAINER_CREDENTIALS_FULL_URI`, else `http://169.254.170.2` and
+    /// `$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`).
+    pub container_credentials_uri: Option<String>,
+    /// The variable holding the endpoint's authorization token (default
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`), read when set.
+    pub container_authorization_token_env: Option<String>,
+    /// The variable holding the path of a file with that token, re-read at
+    /// every fetch and preferred to the token (default
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+    pub container_authorization_token_file_env: Option<String>,
+    /// Seconds before expiry temporary credentials are refreshed in the
+    /// background (default 300, at most half their lifetime).
+    pub refresh_ahead_s: Option<u64>,
+    /// After a failed credentials fetch, milliseconds until the next (default 2000).
+    pub retry_after_failure_ms: Option<u64>,
 }
 
 impl DeploymentConfig {
@@ -673,7 +696,6 @@ impl DeploymentConfig {
 
     /// Bedrock's credentials, read from the environment: (field, problem) on failure.
     fn bedrock_auth(&self) -> Result<crate::provider::BedrockAuth, (&'static str, String)> {
-        use crate::provider::{BedrockAuth, bedrock};
         let Some(b) = &self.bedrock else {
             return Err((
                 "bedrock",
@@ -683,23 +705,91 @@ impl DeploymentConfig {
         if b.region.is_empty() {
             return Err(("bedrock.region", "must name an AWS region".into()));
         }
-        match &self.api_key_env {
-            Some(var) => {
-                BedrockAuth::api_key_from_env(var).map_err(|e| ("api_key_env", e.to_string()))
+        b.auth(
+            self.api_key_env.as_deref(),
+            &crate::provider::bedrock::read_env,
+        )
+    }
+}
+
+impl BedrockConfig {
+    /// The credentials these settings name, the environment read through
+    /// `get`; `api_key_env` is the deployment's (a Bedrock API key).
+    fn auth(
+        &self,
+        api_key_env: Option<&str>,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::provider::BedrockAuth, (&'static str, String)> {
+        use crate::provider::{BedrockAuth, bedrock};
+        if let Some(var) = api_key_env {
+            if self.credentials.is_some() {
+                return Err((
+                    "bedrock.credentials",
+                    "a Bedrock API key (`api_key_env`) takes no AWS credentials".into(),
+                ));
             }
-            None => BedrockAuth::aws_from_env(
-                b.access_key_id_env
+            return BedrockAuth::api_key_from_env(var).map_err(|e| ("api_key_env", e.to_string()));
+        }
+        let key_id = self
+            .access_key_id_env
+            .as_deref()
+            .unwrap_or(bedrock::ENV_ACCESS_KEY_ID);
+        let container = || {
+            bedrock::AwsSource::container_from(
+                self.container_credentials_uri.as_deref(),
+                self.container_authorization_token_env
                     .as_deref()
-                    .unwrap_or(bedrock::ENV_ACCESS_KEY_ID),
-                b.secret_access_key_env
+                    .unwrap_or(bedrock::ENV_CONTAINER_TOKEN),
+                self.container_authorization_token_file_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_CONTAINER_TOKEN_FILE),
+                get,
+            )
+            .map_err(|e| ("bedrock.container_credentials_uri", e.to_string()))
+        };
+        let source = match self.credentials.as_deref() {
+            Some("environment") => None,
+            None if get(key_id).is_some() => None,
+            None => container()?,
+            Some("container") => Some(container()?.ok_or((
+                "bedrock.container_credentials_uri",
+                format!(
+                    "`credentials = \"container\"` needs the endpoint: set it here or in `{}`",
+                    bedrock::ENV_CONTAINER_FULL_URI
+                ),
+            ))?),
+            Some(other) => {
+                return Err((
+                    "bedrock.credentials",
+                    format!(
+                        "`{other}` is not a credentials source; use \"environment\" or \"container\""
+                    ),
+                ));
+            }
+        };
+        let Some(source) = source else {
+            return BedrockAuth::aws_from(
+                key_id,
+                self.secret_access_key_env
                     .as_deref()
                     .unwrap_or(bedrock::ENV_SECRET_ACCESS_KEY),
-                b.session_token_env
+                self.session_token_env
                     .as_deref()
                     .unwrap_or(bedrock::ENV_SESSION_TOKEN),
+                get,
             )
-            .map_err(|e| ("bedrock", e.to_string())),
-        }
+            .map_err(|e| ("bedrock", e.to_string()));
+        };
+        let defaults = crate::credentials::RefreshPolicy::default();
+        let policy = crate::credentials::RefreshPolicy {
+            refresh_ahead: self
+                .refresh_ahead_s
+                .map_or(defaults.refresh_ahead, Duration::from_secs),
+            retry_after_failure: self
+                .retry_after_failure_ms
+                .map_or(defaults.retry_after_failure, Duration::from_millis),
+        };
+        Ok(BedrockAuth::refreshing(source, policy))
     }
 }
 

@@ -11,10 +11,16 @@
 //!   `aws-sigv4` crate (service `bedrock`, the configured region; the
 //!   signed payload hash is of the exact bytes sent), with static credentials
 //!   read from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//!   and `AWS_SESSION_TOKEN` when set; the names are configurable), or a
-//!   Bedrock API key sent as `Authorization: Bearer`
-//!   (`AWS_BEARER_TOKEN_BEDROCK`). Temporary credentials are used as read;
-//!   they are not refreshed here.
+//!   and `AWS_SESSION_TOKEN` when set; the names are configurable), with
+//!   temporary credentials from a refreshing [`AwsSource`] (the ECS / EKS Pod
+//!   Identity container credentials endpoint), or a Bedrock API key sent as
+//!   `Authorization: Bearer` (`AWS_BEARER_TOKEN_BEDROCK`).
+//! - Refreshing credentials live in one [`CredentialCache`] per deployment:
+//!   fetched once, refreshed ahead of their `Expiration` by one task, each
+//!   request signed with the current ones. A fetch that fails is 502
+//!   `upstream_auth_failed` for the request (the router cools the deployment
+//!   down), never a 401; a 403 from Bedrock drops the credentials the refused
+//!   request was signed with, so the next request fetches new ones.
 //! - Errors: Bedrock names its exception in the `x-amzn-ErrorType` header
 //!   (`ThrottlingException:http://internal.amazon.com/…`) beside a body
 //!   `{"message": "…"}`; the name is folded into the body as `__type` (as
@@ -35,7 +41,8 @@
 //! ```
 
 use std::fmt;
-use std::time::SystemTime;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -43,10 +50,15 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use serde_json::Value;
 
-use super::BuildError;
+use super::{BuildError, HttpClient};
+use crate::body::Chunks;
+use crate::credentials::{
+    Credential, CredentialCache, CredentialError, Fetched, RefreshPolicy, Secret, exchange,
+    upstream_auth_failed,
+};
 use crate::error::{Error, Reason};
 
 /// The signing name of Bedrock's runtime API.
@@ -60,6 +72,19 @@ pub const ENV_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 pub const ENV_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 /// The default name of the environment variable holding a Bedrock API key.
 pub const ENV_BEARER_TOKEN: &str = "AWS_BEARER_TOKEN_BEDROCK";
+/// The container credentials endpoint's full URL (EKS Pod Identity, ECS).
+pub const ENV_CONTAINER_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+/// The container credentials endpoint's path on [`ECS_HOST`] (ECS tasks).
+pub const ENV_CONTAINER_RELATIVE_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+/// The default name of the variable holding the endpoint's authorization token.
+pub const ENV_CONTAINER_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+/// The default name of the variable holding the path of a file with that
+/// token (re-read at every fetch: EKS rotates it); it wins over the token.
+pub const ENV_CONTAINER_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+/// ECS's credentials endpoint, which a relative URI is a path on.
+pub const ECS_HOST: &str = "http://169.254.170.2";
+/// How long one credentials fetch may take, connection included.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bedrock's runtime endpoint in `region`: `https://bedrock-runtime.{region}.amazonaws.com`.
 pub fn default_base_url(region: &str) -> String {
@@ -71,6 +96,9 @@ pub fn default_base_url(region: &str) -> String {
 pub enum BedrockAuth {
     /// SigV4 with these AWS credentials.
     Aws(Credentials),
+    /// SigV4 with temporary credentials from `source`, cached and refreshed
+    /// ahead of their expiry by `policy` (see [`AwsSource`]).
+    Refreshing(AwsSource, RefreshPolicy),
     /// A Bedrock API key, sent as `Authorization: Bearer`.
     ApiKey(String),
 }
@@ -80,6 +108,11 @@ impl fmt::Debug for BedrockAuth {
         match self {
             // `Credentials`' own Debug shows the key id, never the secret or token.
             BedrockAuth::Aws(c) => f.debug_tuple("Aws").field(&c.access_key_id()).finish(),
+            BedrockAuth::Refreshing(source, policy) => f
+                .debug_tuple("Refreshing")
+                .field(source)
+                .field(policy)
+                .finish(),
             BedrockAuth::ApiKey(_) => f.write_str("ApiKey([redacted])"),
         }
     }
@@ -105,33 +138,342 @@ impl BedrockAuth {
         secret_access_key: &str,
         session_token: &str,
     ) -> Result<Self, BuildError> {
-        let id = env(access_key_id, "the AWS access key id")?;
-        let secret = env(secret_access_key, "the AWS secret access key")?;
-        let token = std::env::var(session_token).ok().filter(|t| !t.is_empty());
-        Ok(Self::aws(&id, &secret, token.as_deref()))
+        Self::aws_from(access_key_id, secret_access_key, session_token, &read_env)
+    }
+
+    /// [`aws_from_env`](Self::aws_from_env), the environment read through `get`.
+    pub(crate) fn aws_from(
+        access_key_id: &str,
+        secret_access_key: &str,
+        session_token: &str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, BuildError> {
+        let id = required(get, access_key_id, "the AWS access key id")?;
+        let secret = required(get, secret_access_key, "the AWS secret access key")?;
+        Ok(Self::aws(&id, &secret, get(session_token).as_deref()))
     }
 
     /// A Bedrock API key read from the environment variable named.
     pub fn api_key_from_env(var: &str) -> Result<Self, BuildError> {
-        Ok(BedrockAuth::ApiKey(env(var, "the Bedrock API key")?))
+        Ok(BedrockAuth::ApiKey(required(
+            &read_env,
+            var,
+            "the Bedrock API key",
+        )?))
     }
 
-    /// The secret strings, for redaction wherever text leaves.
+    /// SigV4 with temporary credentials from `source`, refreshed by `policy`.
+    pub fn refreshing(source: AwsSource, policy: RefreshPolicy) -> Self {
+        BedrockAuth::Refreshing(source, policy)
+    }
+
+    /// The secret strings, for redaction wherever text leaves (a refreshing
+    /// source's are those of the credential a request was signed with).
     pub(crate) fn secrets(&self) -> [&str; 2] {
         match self {
-            BedrockAuth::Aws(c) => [c.secret_access_key(), c.session_token().unwrap_or("")],
+            BedrockAuth::Aws(c) => secrets_of(c),
+            BedrockAuth::Refreshing(..) => ["", ""],
             BedrockAuth::ApiKey(k) => [k.as_str(), ""],
         }
     }
 }
 
-fn env(var: &str, what: &str) -> Result<String, BuildError> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(v),
-        _ => Err(BuildError(format!(
-            "environment variable `{var}` ({what}) is not set"
-        ))),
+fn secrets_of(c: &Credentials) -> [&str; 2] {
+    [c.secret_access_key(), c.session_token().unwrap_or("")]
+}
+
+/// Temporary AWS credentials from a refreshing source, with the identity
+/// `aws-sigv4` signs with (made once per fetch). `Debug` shows the key id
+/// only.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    credentials: Credentials,
+    identity: Identity,
+}
+
+impl AwsCredentials {
+    /// Wraps `credentials` for signing.
+    pub fn new(credentials: Credentials) -> Self {
+        AwsCredentials {
+            identity: Identity::from(credentials.clone()),
+            credentials,
+        }
     }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    pub(crate) fn secrets(&self) -> [&str; 2] {
+        secrets_of(&self.credentials)
+    }
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AwsCredentials")
+            .field(&self.credentials.access_key_id())
+            .finish()
+    }
+}
+
+/// Where temporary AWS credentials come from: the container credentials
+/// endpoint of ECS tasks and EKS Pod Identity (`GET` the URL, with the
+/// authorization token when one is given; the answer is
+/// `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`).
+///
+/// Over `http://` only a loopback address or the ECS / EKS link-local
+/// endpoints are accepted (as AWS's SDKs do): credentials never travel in
+/// clear text to anywhere else.
+///
+/// ```
+/// use tollgate::credentials::{RefreshPolicy, Secret};
+/// use tollgate::provider::bedrock::AwsSource;
+/// use tollgate::provider::BedrockAuth;
+///
+/// # fn main() -> Result<(), tollgate::provider::BuildError> {
+/// let source = AwsSource::container(
+///     "http://169.254.170.23/v1/credentials",
+///     Some(Secret::new("the-pod-identity-token")),
+///     None,
+/// )?;
+/// let auth = BedrockAuth::refreshing(source, RefreshPolicy::default());
+/// assert!(!format!("{auth:?}").contains("pod-identity-token"));
+/// assert!(AwsSource::container("http://example.com/creds", None, None).is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AwsSource {
+    uri: Uri,
+    token: Option<Secret>,
+    token_file: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for AwsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSource")
+            .field("kind", &"container")
+            .field("uri", &self.uri)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl AwsSource {
+    /// The container credentials endpoint at `uri`, sending `token` (or the
+    /// content of `token_file`, re-read at every fetch, which wins) as
+    /// `Authorization`.
+    pub fn container(
+        uri: &str,
+        token: Option<Secret>,
+        token_file: Option<PathBuf>,
+    ) -> Result<Self, BuildError> {
+        let parsed: Uri = uri
+            .parse()
+            .map_err(|e| BuildError(format!("`{uri}` is not a URL: {e}")))?;
+        let host = parsed.host().unwrap_or("");
+        let allowed = match parsed.scheme_str() {
+            Some("https") => !host.is_empty(),
+            Some("http") => {
+                let ip = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost"
+                    || matches!(ip, "169.254.170.2" | "169.254.170.23" | "fd00:ec2::23")
+                    || ip
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|a| a.is_loopback())
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Err(BuildError(format!(
+                "`{uri}` must be https://, or http:// on a loopback address or the ECS/EKS credentials endpoint"
+            )));
+        }
+        if let Some(t) = &token {
+            if HeaderValue::from_str(t.expose()).is_err() {
+                return Err(BuildError(
+                    "the container authorization token is not a valid header value".into(),
+                ));
+            }
+        }
+        Ok(AwsSource {
+            uri: parsed,
+            token,
+            token_file,
+            timeout: FETCH_TIMEOUT,
+        })
+    }
+
+    /// The container credentials endpoint named by the standard variables
+    /// ([`ENV_CONTAINER_FULL_URI`], else [`ECS_HOST`] with
+    /// [`ENV_CONTAINER_RELATIVE_URI`]; the token from
+    /// [`ENV_CONTAINER_TOKEN_FILE`] or [`ENV_CONTAINER_TOKEN`]), or `None`
+    /// when neither URI variable is set.
+    pub fn container_from_env() -> Result<Option<Self>, BuildError> {
+        Self::container_from(
+            None,
+            ENV_CONTAINER_TOKEN,
+            ENV_CONTAINER_TOKEN_FILE,
+            &read_env,
+        )
+    }
+
+    /// [`container_from_env`](Self::container_from_env) with the URL given
+    /// (`uri`, else the variables), the token's variables named, and the
+    /// environment read through `get`.
+    pub(crate) fn container_from(
+        uri: Option<&str>,
+        token_var: &str,
+        token_file_var: &str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, BuildError> {
+        let uri = match uri {
+            Some(u) => u.to_owned(),
+            None => match (get(ENV_CONTAINER_FULL_URI), get(ENV_CONTAINER_RELATIVE_URI)) {
+                (Some(full), _) => full,
+                (None, Some(rel)) => format!("{ECS_HOST}{rel}"),
+                (None, None) => return Ok(None),
+            },
+        };
+        let token = get(token_var).map(Secret::new);
+        let token_file = get(token_file_var).map(PathBuf::from);
+        Self::container(&uri, token, token_file).map(Some)
+    }
+
+    /// How long one fetch may take (default [`FETCH_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A credentials cache named after `provider` over this source.
+    pub fn cache(
+        self,
+        provider: &str,
+        client: HttpClient,
+        policy: RefreshPolicy,
+    ) -> CredentialCache<AwsCredentials> {
+        let source = std::sync::Arc::new(self);
+        CredentialCache::new(&format!("{provider}/aws"), policy, move || {
+            let source = source.clone();
+            let client = client.clone();
+            async move { source.fetch(&client).await }
+        })
+    }
+
+    /// One set of credentials from the endpoint.
+    pub async fn fetch(
+        &self,
+        client: &HttpClient,
+    ) -> Result<Fetched<AwsCredentials>, CredentialError> {
+        const WHAT: &str = "the container credentials endpoint";
+        let token = match (&self.token_file, &self.token) {
+            (Some(file), _) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        CredentialError::new(format!(
+                            "the container authorization token file `{}` could not be read: {e}",
+                            file.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, Some(t)) => Some(t.expose().to_owned()),
+            (None, None) => None,
+        };
+        let mut req =
+            Request::get(self.uri.clone()).header(http::header::ACCEPT, "application/json");
+        if let Some(t) = &token {
+            let mut v = HeaderValue::from_str(t).map_err(|_| {
+                CredentialError::new(
+                    "the container authorization token is not a valid header value",
+                )
+            })?;
+            v.set_sensitive(true);
+            req = req.header(AUTHORIZATION, v);
+        }
+        let req = req
+            .body(Chunks::default())
+            .map_err(|_| CredentialError::new("the credentials request could not be built"))?;
+        let list = [token.as_deref().unwrap_or("")];
+        let (status, body) = exchange(client, req, self.timeout, WHAT, &list).await?;
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let field = |k: &str| json[k].as_str().filter(|v| !v.is_empty());
+        if !status.is_success() {
+            // The endpoint's `code` and the first line of its `message`
+            // (ECS and EKS spell them either way); never the request.
+            let code = field("code").or(field("Code")).unwrap_or("no error code");
+            let message: String = field("message")
+                .or(field("Message"))
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            let text = format!(
+                "{WHAT} answered HTTP {}: {code}: {message}",
+                status.as_u16()
+            );
+            let secrets = crate::sanitize::Secrets::new(&list);
+            return Err(CredentialError::new(
+                crate::sanitize::redact(&text, &secrets).into_owned(),
+            ));
+        }
+        let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
+            return Err(CredentialError::new(format!(
+                "{WHAT} answered without AccessKeyId and SecretAccessKey"
+            )));
+        };
+        let expiration = field("Expiration")
+            .and_then(|e| {
+                aws_smithy_types::DateTime::from_str(
+                    e,
+                    aws_smithy_types::date_time::Format::DateTime,
+                )
+                .ok()
+            })
+            .and_then(|d| SystemTime::try_from(d).ok());
+        let Some(expiration) = expiration else {
+            return Err(CredentialError::new(format!(
+                "{WHAT} answered without an RFC 3339 Expiration"
+            )));
+        };
+        let Ok(lifetime) = expiration.duration_since(SystemTime::now()) else {
+            return Err(CredentialError::new(format!(
+                "{WHAT} answered credentials that have already expired"
+            )));
+        };
+        let credentials = Credentials::new(
+            id,
+            secret,
+            field("Token").map(str::to_owned),
+            Some(expiration),
+            "tollgate-container",
+        );
+        Ok(Fetched::expiring(
+            AwsCredentials::new(credentials),
+            lifetime,
+        ))
+    }
+}
+
+/// A variable of the process's environment, unless unset or empty.
+pub(crate) fn read_env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+fn required(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    what: &str,
+) -> Result<String, BuildError> {
+    get(var).ok_or_else(|| BuildError(format!("environment variable `{var}` ({what}) is not set")))
 }
 
 /// A Bedrock deployment's region and credentials: authenticates each
@@ -142,6 +484,8 @@ pub struct Signer {
     auth: BedrockAuth,
     /// The identity `aws-sigv4` signs with, made once.
     identity: Option<Identity>,
+    /// A refreshing source's credentials (made by [`Signer::start`]).
+    credentials: Option<CredentialCache<AwsCredentials>>,
 }
 
 impl fmt::Debug for Signer {
@@ -149,6 +493,7 @@ impl fmt::Debug for Signer {
         f.debug_struct("Signer")
             .field("region", &self.region)
             .field("auth", &self.auth)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -158,13 +503,28 @@ impl Signer {
     pub fn new(region: &str, auth: BedrockAuth) -> Self {
         let identity = match &auth {
             BedrockAuth::Aws(c) => Some(Identity::from(c.clone())),
-            BedrockAuth::ApiKey(_) => None,
+            BedrockAuth::Refreshing(..) | BedrockAuth::ApiKey(_) => None,
         };
         Signer {
             region: region.to_owned(),
             auth,
             identity,
+            credentials: None,
         }
+    }
+
+    /// Builds a refreshing source's credentials cache over `client`
+    /// (called once, by the provider's builder; `provider` names the cache).
+    pub fn start(&mut self, provider: &str, client: &HttpClient) {
+        if let BedrockAuth::Refreshing(source, policy) = &self.auth {
+            self.credentials = Some(source.clone().cache(provider, client.clone(), *policy));
+        }
+    }
+
+    /// A refreshing source's credentials cache, once [started](Self::start):
+    /// sign with [`sign`](Self::sign) and what it gives.
+    pub fn credentials(&self) -> Option<&CredentialCache<AwsCredentials>> {
+        self.credentials.as_ref()
     }
 
     pub(crate) fn secrets(&self) -> [&str; 2] {
@@ -196,7 +556,30 @@ impl Signer {
                 return Ok(());
             }
             (_, Some(identity)) => identity,
+            (BedrockAuth::Refreshing(..), None) => {
+                return Err(internal(
+                    "refreshing credentials are signed with `sign`, a credential from `credentials()`",
+                ));
+            }
             (_, None) => return Err(internal("no identity")),
+        };
+        self.sign(req, body, now, identity)
+    }
+
+    /// Signs `req`, whose body is exactly `body`, with SigV4 as `identity`
+    /// (see [`authenticate`](Self::authenticate)).
+    pub fn sign<B>(
+        &self,
+        req: &mut Request<B>,
+        body: &[u8],
+        now: SystemTime,
+        identity: &Identity,
+    ) -> Result<(), Error> {
+        let internal = |what: &str| {
+            Error::new(
+                Reason::Internal,
+                format!("The Bedrock request could not be signed: {what}."),
+            )
         };
         let params = v4::SigningParams::builder()
             .identity(identity)
@@ -233,6 +616,25 @@ impl Signer {
         }
         Ok(())
     }
+}
+
+/// Signs `req` with the current credentials of a refreshing source (fetched
+/// if none is valid). A fetch that fails is 502 `upstream_auth_failed` for
+/// this deployment. The credential is returned: a 403 from Bedrock drops it
+/// ([`CredentialCache::invalidate`]).
+pub(super) async fn sign_current<B>(
+    signer: &Signer,
+    cache: &CredentialCache<AwsCredentials>,
+    provider: &str,
+    req: &mut Request<B>,
+    body: &[u8],
+) -> Result<Credential<AwsCredentials>, Error> {
+    let current = cache
+        .get()
+        .await
+        .map_err(|e| upstream_auth_failed(provider, "its AWS credentials", &e))?;
+    signer.sign(req, body, SystemTime::now(), &current.value().identity)?;
+    Ok(current)
 }
 
 /// The Converse path under the base path: `/model/{modelId}/converse` or
