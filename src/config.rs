@@ -2554,4 +2554,98 @@ mod tests {
         let e = err(&format!("[spend]\nqeue = 5\n{OK}"));
         assert!(e.to_string().contains("unknown field `qeue`"), "{e}");
     }
+
+    /// Which AWS credentials a Bedrock deployment picks, the environment
+    /// given: static ones when the access key id is set, else the container
+    /// endpoint when its variables are set (the token file preferred), and
+    /// field-named errors.
+    #[test]
+    fn bedrock_credentials_are_picked_from_the_environment() {
+        use crate::provider::BedrockAuth;
+        let bedrock = |toml: &str| -> BedrockConfig {
+            toml::from_str(&format!("region = \"us-east-1\"\n{toml}")).unwrap()
+        };
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let kind = |r: Result<BedrockAuth, (&'static str, String)>| match r {
+            Ok(BedrockAuth::Aws(_)) => "static".to_owned(),
+            Ok(BedrockAuth::Refreshing(source, _)) => format!("{source:?}"),
+            Ok(BedrockAuth::ApiKey(_)) => "api_key".to_owned(),
+            Err((field, message)) => format!("error {field}: {message}"),
+        };
+        let both: &[(&str, &str)] = &[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok3n-value"),
+        ];
+        let plain = bedrock("");
+        assert_eq!(kind(plain.auth(None, &env(both))), "static");
+        // No static key: the container endpoint, with its token.
+        let container_only: &[(&str, &str)] = &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok3n-value"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
+        ];
+        let picked = kind(plain.auth(None, &env(container_only)));
+        assert!(picked.contains("http://127.0.0.1:9/creds"), "{picked}");
+        assert!(picked.contains("/var/run/token"), "{picked}");
+        assert!(!picked.contains("tok3n-value"), "{picked}");
+        // ECS's relative URI.
+        let ecs: &[(&str, &str)] = &[(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/abc",
+        )];
+        let picked = kind(plain.auth(None, &env(ecs)));
+        assert!(
+            picked.contains("169.254.170.2/v2/credentials/abc"),
+            "{picked}"
+        );
+        // Forced either way.
+        let forced = bedrock("credentials = \"container\"");
+        assert!(kind(forced.auth(None, &env(both))).contains("AwsSource"));
+        let forced = bedrock("credentials = \"environment\"");
+        assert!(kind(forced.auth(None, &env(container_only))).starts_with("error bedrock:"));
+        // Neither: the access key's variable is named.
+        let none = kind(plain.auth(None, &env(&[])));
+        assert!(none.contains("AWS_ACCESS_KEY_ID"), "{none}");
+        let none = kind(bedrock("credentials = \"container\"").auth(None, &env(&[])));
+        assert!(
+            none.starts_with("error bedrock.container_credentials_uri:"),
+            "{none}"
+        );
+        let plaintext = kind(
+            bedrock("container_credentials_uri = \"http://192.0.2.1/creds\"").auth(None, &env(&[])),
+        );
+        assert!(
+            plaintext.starts_with("error bedrock.container_credentials_uri:"),
+            "{plaintext}"
+        );
+        assert!(
+            kind(
+                bedrock("container_credentials_uri = \"https://creds.example/x\"")
+                    .auth(None, &env(&[]))
+            )
+            .contains("https://creds.example/x")
+        );
+        let policy =
+            bedrock("credentials = \"container\"\nrefresh_ahead_s = 7\nretry_after_failure_ms = 9")
+                .auth(None, &env(container_only));
+        let Ok(BedrockAuth::Refreshing(_, p)) = policy else {
+            panic!("{:?}", policy.err())
+        };
+        assert_eq!(p.refresh_ahead, Duration::from_secs(7));
+        assert_eq!(p.retry_after_failure, Duration::from_millis(9));
+    }
 }

@@ -792,6 +792,24 @@ mod tests {
                 "api-version=2018-02-01&resource=https%3A%2F%2Fcognitiveservices.azure.com&client_id=id-1"
             )
         );
+        let app = Entra::app_service(
+            "http://127.0.0.1:1/msi/token",
+            Secret::new("h34d3rS3cr3t"),
+            None,
+        )
+        .unwrap();
+        assert!(!format!("{app:?}").contains("h34d3r"));
+        let mut secrets = Vec::new();
+        let req = app.request(&mut secrets).unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.headers()["x-identity-header"], "h34d3rS3cr3t");
+        assert!(req.headers()["x-identity-header"].is_sensitive());
+        assert_eq!(secrets, ["h34d3rS3cr3t"]);
+        assert_eq!(
+            req.uri().query(),
+            Some("api-version=2019-08-01&resource=https%3A%2F%2Fcognitiveservices.azure.com")
+        );
+        assert!(Entra::app_service("http://h/x", Secret::new("a\nb"), None).is_err());
         let wi =
             Entra::workload_identity("http://127.0.0.1:1", "t", "c", "/surely/not/here").unwrap();
         let e = wi.request(&mut Vec::new()).unwrap_err();

@@ -744,6 +744,106 @@ mod tests {
     }
 
     #[test]
+    fn a_container_endpoint_never_carries_credentials_in_clear_text_elsewhere() {
+        for ok in [
+            "http://127.0.0.1:8080/creds",
+            "http://localhost/creds",
+            "http://[::1]:9/creds",
+            "http://169.254.170.2/v2/credentials/x",
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "https://creds.example.com/x",
+        ] {
+            assert!(AwsSource::container(ok, None, None).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/creds",
+            "http://example.com/creds",
+            "ftp://127.0.0.1/x",
+            "not a url",
+        ] {
+            assert!(AwsSource::container(bad, None, None).is_err(), "{bad}");
+        }
+        assert!(
+            AwsSource::container("http://127.0.0.1/x", Some(Secret::new("bad\ntoken")), None)
+                .is_err()
+        );
+        let get =
+            |k: &str| (k == ENV_CONTAINER_RELATIVE_URI).then(|| "/v2/credentials/id".to_owned());
+        let s = AwsSource::container_from(None, "T", "F", &get)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.uri, "http://169.254.170.2/v2/credentials/id");
+        assert!(
+            AwsSource::container_from(None, "T", "F", &|_| None)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// The fetcher reads the endpoint's answer: the credentials and their
+    /// lifetime, or an error naming what is wrong and no secret.
+    #[tokio::test]
+    async fn the_container_answer_is_read_or_refused_by_name() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let in_an_hour =
+            aws_smithy_types::DateTime::from(SystemTime::now() + Duration::from_secs(3600))
+                .fmt(aws_smithy_types::date_time::Format::DateTime)
+                .unwrap();
+        let answers = [
+            ("200 OK", format!(r#"{{"AccessKeyId":"ASIAX","SecretAccessKey":"s3cr3tK3y","Token":"s3ss10n","Expiration":"{in_an_hour}"}}"#)),
+            ("500 Internal Server Error", r#"{"code":"InternalError","message":"boom for s3cr3tT0k3n"}"#.to_owned()),
+            ("200 OK", r#"{"AccessKeyId":"ASIAX","SecretAccessKey":"s3cr3tK3y","Expiration":"2001-01-01T00:00:00Z"}"#.to_owned()),
+            ("200 OK", r#"{"AccessKeyId":"ASIAX","SecretAccessKey":"s3cr3tK3y","Expiration":"tomorrow"}"#.to_owned()),
+        ];
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap();
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                tcp.write_all(head.as_bytes()).await.unwrap();
+                tcp.write_all(body.as_bytes()).await.unwrap();
+            }
+        });
+        let source = AwsSource::container(
+            &format!("http://{addr}/creds"),
+            Some(Secret::new("s3cr3tT0k3n")),
+            None,
+        )
+        .unwrap();
+        let client = HttpClient::builder().build().unwrap();
+        let ok = source.fetch(&client).await.unwrap();
+        assert_eq!(ok.value.credentials().access_key_id(), "ASIAX");
+        assert_eq!(ok.value.credentials().session_token(), Some("s3ss10n"));
+        let life = ok.lifetime.unwrap();
+        assert!(life > Duration::from_secs(3500) && life <= Duration::from_secs(3600));
+        assert!(seen.lock().unwrap()[0].contains("authorization: s3cr3tT0k3n"));
+        let e = source.fetch(&client).await.unwrap_err();
+        assert!(e.message().contains("HTTP 500: InternalError"), "{e}");
+        assert!(!e.message().contains("s3cr3tT0k3n"), "{e}");
+        let e = source.fetch(&client).await.unwrap_err();
+        assert!(e.message().contains("already expired"), "{e}");
+        let e = source.fetch(&client).await.unwrap_err();
+        assert!(e.message().contains("Expiration"), "{e}");
+        let shown = format!("{ok:?} {:?} {source:?}", ok.value);
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("s3ss10n"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn the_model_id_is_one_encoded_segment() {
         assert_eq!(
             path("", "anthropic.claude-3-haiku-20240307-v1:0", false),
