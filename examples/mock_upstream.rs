@@ -47,7 +47,7 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token`, `GET /msi/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
-//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream`, `GET /v2/credentials/{id}` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions, and a container credentials endpoint issuing short-lived credentials: see `examples/mock/bedrock.rs` |
+//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream`, `GET /v2/credentials/{id}`, `POST /sts` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions, a container credentials endpoint and STS's `AssumeRoleWithWebIdentity` issuing short-lived credentials: see `examples/mock/bedrock.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -466,6 +466,7 @@ fn build_router_with(
         .route("/metadata/identity/oauth2/token", any(azure::imds))
         .route("/msi/token", any(azure::app_service))
         .route("/v2/credentials/{id}", any(bedrock::container_credentials))
+        .route("/sts", any(bedrock::sts))
         .route(
             "/model/{model}/converse",
             any(|st: State<AppState>, req: Request| bedrock::handle(st, req, false)),

@@ -649,11 +649,13 @@ pub struct DeploymentConfig {
 pub struct BedrockConfig {
     /// The AWS region (e.g. `us-east-1`): the signature's scope and the default endpoint's.
     pub region: String,
-    /// `"environment"` (static credentials from the variables below) or
+    /// `"environment"` (static credentials from the variables below),
+    /// `"web_identity"` (an OIDC token file exchanged at STS: EKS IRSA) or
     /// `"container"` (the ECS / EKS Pod Identity credentials endpoint).
-    /// Default: `"environment"` when the access key id's variable is set,
-    /// else `"container"` when `container_credentials_uri` or
-    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `…_RELATIVE_URI` is set.
+    /// Default, in this order: `"environment"` when the access key id's
+    /// variable is set, `"web_identity"` when the role ARN's and the token
+    /// file's variables are, `"container"` when `container_credentials_uri`
+    /// or `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `…_RELATIVE_URI` is.
     pub credentials: Option<String>,
     /// The variable holding the access key id (default `AWS_ACCESS_KEY_ID`).
     pub access_key_id_env: Option<String>,
@@ -672,6 +674,15 @@ pub struct BedrockConfig {
     /// every fetch and preferred to the token (default
     /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
     pub container_authorization_token_file_env: Option<String>,
+    /// Web identity: the variable holding the role to assume (default `AWS_ROLE_ARN`).
+    pub role_arn_env: Option<String>,
+    /// Web identity: the variable holding the OIDC token file's path
+    /// (default `AWS_WEB_IDENTITY_TOKEN_FILE`; re-read at every fetch).
+    pub web_identity_token_file_env: Option<String>,
+    /// Web identity: the session name (default `$AWS_ROLE_SESSION_NAME`, else `tollgate`).
+    pub role_session_name: Option<String>,
+    /// Web identity: STS's endpoint (default `https://sts.{region}.amazonaws.com`).
+    pub sts_endpoint: Option<String>,
     /// Seconds before expiry temporary credentials are refreshed in the
     /// background (default 300, at most half their lifetime).
     pub refresh_ahead_s: Option<u64>,
@@ -747,10 +758,35 @@ impl BedrockConfig {
             )
             .map_err(|e| ("bedrock.container_credentials_uri", e.to_string()))
         };
+        let sts = self
+            .sts_endpoint
+            .clone()
+            .unwrap_or_else(|| bedrock::sts_endpoint(&self.region));
+        let web_identity = || {
+            bedrock::AwsSource::web_identity_from(
+                &sts,
+                self.role_arn_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_ROLE_ARN),
+                self.web_identity_token_file_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_WEB_IDENTITY_TOKEN_FILE),
+                self.role_session_name.as_deref(),
+                get,
+            )
+            .map_err(|e| ("bedrock.sts_endpoint", e.to_string()))
+        };
         let source = match self.credentials.as_deref() {
             Some("environment") => None,
             None if get(key_id).is_some() => None,
-            None => container()?,
+            None => match web_identity()? {
+                Some(w) => Some(w),
+                None => container()?,
+            },
+            Some("web_identity") => Some(web_identity()?.ok_or((
+                "bedrock.role_arn_env",
+                "`credentials = \"web_identity\"` needs the role ARN's and the token file's variables set (`role_arn_env`, `web_identity_token_file_env`)".to_owned(),
+            ))?),
             Some("container") => Some(container()?.ok_or((
                 "bedrock.container_credentials_uri",
                 format!(
@@ -762,7 +798,7 @@ impl BedrockConfig {
                 return Err((
                     "bedrock.credentials",
                     format!(
-                        "`{other}` is not a credentials source; use \"environment\" or \"container\""
+                        "`{other}` is not a credentials source; use \"environment\", \"web_identity\" or \"container\""
                     ),
                 ));
             }
@@ -2602,6 +2638,32 @@ mod tests {
         assert!(picked.contains("http://127.0.0.1:9/creds"), "{picked}");
         assert!(picked.contains("/var/run/token"), "{picked}");
         assert!(!picked.contains("tok3n-value"), "{picked}");
+        // The role and token file's variables: web identity, before the container.
+        let irsa: &[(&str, &str)] = &[
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/irsa/token"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+        ];
+        let picked = kind(plain.auth(None, &env(irsa)));
+        assert!(picked.contains("web_identity"), "{picked}");
+        assert!(
+            picked.contains("https://sts.us-east-1.amazonaws.com"),
+            "{picked}"
+        );
+        assert!(picked.contains("/var/run/irsa/token"), "{picked}");
+        let none = kind(bedrock("credentials = \"web_identity\"").auth(None, &env(&[])));
+        assert!(none.starts_with("error bedrock.role_arn_env:"), "{none}");
+        let plaintext = kind(
+            bedrock("credentials = \"web_identity\"\nsts_endpoint = \"http://192.0.2.1/\"")
+                .auth(None, &env(irsa)),
+        );
+        assert!(
+            plaintext.starts_with("error bedrock.sts_endpoint:"),
+            "{plaintext}"
+        );
         // ECS's relative URI.
         let ecs: &[(&str, &str)] = &[(
             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",

@@ -25,6 +25,9 @@ const TOKEN_ENV: &str = "TOLLGATE_TEST_AWS_TOKEN";
 const WRONG_SECRET_ENV: &str = "TOLLGATE_TEST_AWS_WRONG_SECRET";
 const API_KEY_ENV: &str = "TOLLGATE_TEST_BEDROCK_API_KEY";
 const CONTAINER_TOKEN_ENV: &str = "TOLLGATE_TEST_AWS_CONTAINER_TOKEN";
+const ROLE_ARN_ENV: &str = "TOLLGATE_TEST_AWS_ROLE_ARN";
+const WEB_TOKEN_FILE_ENV: &str = "TOLLGATE_TEST_AWS_WEB_IDENTITY_TOKEN_FILE";
+const WRONG_WEB_TOKEN_FILE_ENV: &str = "TOLLGATE_TEST_AWS_WRONG_WEB_IDENTITY_TOKEN_FILE";
 const MODEL: &str = "anthropic.mock-claude-v1:0";
 const TEXT: &str =
     "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15";
@@ -33,6 +36,14 @@ fn env() {
     static ENV: Once = Once::new();
     init();
     ENV.call_once(|| {
+        let dir = std::env::temp_dir();
+        let token_file = dir.join(format!("tollgate-web-identity-{}.jwt", std::process::id()));
+        std::fs::write(&token_file, format!("{}\n", mockbr::WEB_IDENTITY_TOKEN)).unwrap();
+        let wrong_file = dir.join(format!(
+            "tollgate-web-identity-{}-wrong.jwt",
+            std::process::id()
+        ));
+        std::fs::write(&wrong_file, "eyJub3QiOiJ0aGlzIn0.eyJ3cm9uZyI6MX0.c2ln").unwrap();
         // SAFETY: once, before any gateway of this binary reads them (every
         // test calls `env()` before it builds one).
         unsafe {
@@ -42,6 +53,12 @@ fn env() {
             std::env::set_var(WRONG_SECRET_ENV, "notTheSecretAccessKey0123456789abcdefXYZ");
             std::env::set_var(API_KEY_ENV, mockbr::API_KEY);
             std::env::set_var(CONTAINER_TOKEN_ENV, mockbr::CONTAINER_TOKEN);
+            std::env::set_var(
+                ROLE_ARN_ENV,
+                "arn:aws:iam::123456789012:role/mock-bedrock-caller",
+            );
+            std::env::set_var(WEB_TOKEN_FILE_ENV, &token_file);
+            std::env::set_var(WRONG_WEB_TOKEN_FILE_ENV, &wrong_file);
         }
     });
 }
@@ -61,6 +78,16 @@ fn deployment(mock: &MockServer, auth: &str, fault: Option<&str>) -> String {
         "container" => format!(
             "bedrock = {{ region = \"us-east-1\", credentials = \"container\", container_credentials_uri = \"http://{}/v2/credentials/task-1\", container_authorization_token_env = \"{CONTAINER_TOKEN_ENV}\", retry_after_failure_ms = 1 }}\n",
             mock.addr
+        ),
+        // Web identity: the token file exchanged at the mock's STS.
+        "web_identity" | "web_identity_wrong" => format!(
+            "bedrock = {{ region = \"us-east-1\", credentials = \"web_identity\", sts_endpoint = \"http://{}/sts\", role_arn_env = \"{ROLE_ARN_ENV}\", web_identity_token_file_env = \"{}\", role_session_name = \"tollgate-test\", retry_after_failure_ms = 1 }}\n",
+            mock.addr,
+            if auth == "web_identity" {
+                WEB_TOKEN_FILE_ENV
+            } else {
+                WRONG_WEB_TOKEN_FILE_ENV
+            }
         ),
         "wrong" => format!(
             "bedrock = {{ region = \"us-east-1\", access_key_id_env = \"{KEY_ID_ENV}\", secret_access_key_env = \"{WRONG_SECRET_ENV}\", session_token_env = \"{TOKEN_ENV}\" }}\n"
@@ -122,6 +149,7 @@ fn assert_no_aws_secrets(what: &str, text: &str) {
         mockbr::SESSION_TOKEN,
         mockbr::API_KEY,
         mockbr::CONTAINER_TOKEN,
+        mockbr::WEB_IDENTITY_TOKEN,
         "notTheSecretAccessKey",
         // The mock's temporary secret keys and session tokens.
         "mockTempSecret",
@@ -956,11 +984,12 @@ fn the_config_refuses_incomplete_bedrock_deployments() {
     );
 }
 
-/// The deployment `bedrock-temp` on container credentials, priced.
-fn temporary(mock: &MockServer, extra: &str) -> String {
+/// The deployment `bedrock-temp` on temporary credentials (`auth`:
+/// `container`, `web_identity`, `web_identity_wrong`), priced.
+fn temporary(mock: &MockServer, auth: &str) -> String {
     format!(
-        "[router]\nnum_retries = 0\ncredential_cooldown_ms = 1\n[[groups]]\nname = \"bedrock-temp\"\nprice_in_per_mtok = 3.0\nprice_out_per_mtok = 15.0\n{}{extra}",
-        deployment(mock, "container", None)
+        "[router]\nnum_retries = 0\ncredential_cooldown_ms = 1\n[[groups]]\nname = \"bedrock-temp\"\nprice_in_per_mtok = 3.0\nprice_out_per_mtok = 15.0\n{}",
+        deployment(mock, auth, None)
     )
 }
 
@@ -970,10 +999,20 @@ fn temporary(mock: &MockServer, extra: &str) -> String {
 /// credentials, never a herd of fetches (one per set of credentials used).
 #[tokio::test]
 async fn container_credentials_are_refreshed_across_expiry_under_load() {
+    refreshed_across_expiry_under_load("container").await;
+}
+
+/// The same with web identity: the token file exchanged at STS.
+#[tokio::test]
+async fn web_identity_credentials_are_refreshed_across_expiry_under_load() {
+    refreshed_across_expiry_under_load("web_identity").await;
+}
+
+async fn refreshed_across_expiry_under_load(auth: &str) {
     env();
     let mock = mock().await;
     mock.bedrock.set_credentials_ttl(Duration::from_secs(2));
-    let gw = gateway(&temporary(&mock, ""), &mock).await;
+    let gw = gateway(&temporary(&mock, auth), &mock).await;
     let start = std::time::Instant::now();
     let run = Duration::from_secs(5);
     let mut workers = Vec::new();
@@ -1032,7 +1071,7 @@ async fn container_credentials_are_refreshed_across_expiry_under_load() {
 async fn a_failing_credentials_endpoint_is_502_in_each_family() {
     env();
     let mock = mock().await;
-    let gw = gateway(&temporary(&mock, ""), &mock).await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
     mock.bedrock
         .set_credentials_fault(Some(mockbr::CredentialsFault::Unavailable));
     let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", "")).await;
@@ -1088,7 +1127,7 @@ async fn a_failing_credentials_endpoint_is_502_in_each_family() {
 async fn refused_credentials_are_dropped_and_fetched_again_once() {
     env();
     let mock = mock().await;
-    let gw = gateway(&temporary(&mock, ""), &mock).await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
     let url = gw.url("/v1/chat/completions");
     let a = post(&url, chat("bedrock-temp", "")).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -1124,7 +1163,7 @@ async fn refused_credentials_are_dropped_and_fetched_again_once() {
 async fn no_temporary_credential_in_any_body_log_metric_or_debug() {
     env();
     let mock = mock().await;
-    let gw = gateway(&temporary(&mock, ""), &mock).await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
     let mut seen = String::new();
     for extra in ["", r#""stream":true"#] {
         let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", extra)).await;
@@ -1177,4 +1216,65 @@ async fn no_temporary_credential_in_any_body_log_metric_or_debug() {
             assert!(!text.contains(s.as_str()), "{what} leaks an issued secret");
         }
     }
+}
+
+/// Web identity's failures, from STS's XML errors: a token STS refuses, STS
+/// unavailable, an answer that is not credentials; each 502
+/// `upstream_auth_failed` naming STS's code, never the token.
+#[tokio::test]
+async fn web_identity_failures_name_sts_errors() {
+    env();
+    let mock = mock().await;
+    let gw = gateway(&temporary(&mock, "web_identity_wrong"), &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("STS (AssumeRoleWithWebIdentity)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("HTTP 400: InvalidIdentityToken: Couldn't retrieve"),
+        "{message}"
+    );
+    let gw = gateway(&temporary(&mock, "web_identity"), &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Unavailable));
+    let a = post_messages(&gw, messages("bedrock-temp", "")).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("HTTP 503: ServiceUnavailable"),
+        "{message}"
+    );
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Garbage));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without AccessKeyId"),
+        "{}",
+        a.body
+    );
+    mock.bedrock.set_credentials_fault(None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&url, chat("bedrock-temp", r#""stream":true"#)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // What STS received: the form, the token from the file.
+    let sts = mock
+        .log
+        .all()
+        .into_iter()
+        .rfind(|r| r.path == "/sts")
+        .unwrap();
+    let form = String::from_utf8_lossy(&sts.body).into_owned();
+    assert!(form.contains("Action=AssumeRoleWithWebIdentity"), "{form}");
+    assert!(form.contains("RoleSessionName=tollgate-test"), "{form}");
+    assert_no_aws_secrets("the logs", &logs());
 }

@@ -28,8 +28,13 @@
 //! ("The security token included in the request is expired"), as
 //! [`BedrockMock::revoke_credentials`] does at once. A wrong or missing
 //! token is 401; [`BedrockMock::set_credentials_fault`] makes the endpoint
-//! fail (500 or an unreadable answer). The [`BedrockMock`] handle
-//! (`MockServer::bedrock`) counts fetches, uses and refusals.
+//! fail (500 or an unreadable answer). `POST /sts` is STS's
+//! `AssumeRoleWithWebIdentity` (a form with `Action`, `Version`, `RoleArn`,
+//! `RoleSessionName` and `WebIdentityToken` = [`WEB_IDENTITY_TOKEN`]),
+//! issuing the same credentials in STS's XML answer, with STS's XML errors
+//! (400 `InvalidIdentityToken`; the faults as 503 `ServiceUnavailable` or an
+//! unreadable answer). The [`BedrockMock`] handle (`MockServer::bedrock`)
+//! counts fetches (of both endpoints), uses and refusals.
 //!
 //! The answer is `tok0 tok1 … tok{N-1}`; usage `inputTokens` = body length /
 //! 4 (at least 1), `outputTokens` = N. Streams: `messageStart`, one
@@ -85,7 +90,11 @@ pub const API_KEY: &str = "ABSKmockBedrockApiKey0123456789abcdef";
 /// The authorization token the container credentials endpoint requires.
 pub const CONTAINER_TOKEN: &str = "mockContainerAuthToken/EksPodIdentity0123456789abcdef";
 
-/// How the container credentials endpoint fails.
+/// The OIDC token STS accepts for web identity.
+pub const WEB_IDENTITY_TOKEN: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.W3bId3nt1tyT0k3nS1g";
+
+/// How the credentials endpoints fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CredentialsFault {
     /// 500 `{"code": "InternalError", "message": …}`.
@@ -148,6 +157,30 @@ impl BedrockMock {
     /// The endpoint fails this way from now on (`None`: it works).
     pub fn set_credentials_fault(&self, fault: Option<CredentialsFault>) {
         *self.0.fault.lock().unwrap() = fault;
+    }
+
+    /// New temporary credentials: their access key id, secret key, session
+    /// token and expiration (RFC 3339).
+    fn issue(&self) -> [String; 4] {
+        let n = self.0.next.fetch_add(1, Ordering::SeqCst);
+        let ttl = Duration::from_millis(self.0.ttl_ms.load(Ordering::SeqCst));
+        let key_id = format!("ASIAMOCK{n:012}");
+        let issued = Issued {
+            secret: format!("mockTempSecret{n}/{:016x}", fastrand::u64(..)),
+            token: format!("mockTempSessionToken{n}/{:032x}", fastrand::u128(..)),
+            expires: Instant::now() + ttl,
+        };
+        let expiration = aws_smithy_types::DateTime::from(SystemTime::now() + ttl)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_default();
+        let out = [
+            key_id.clone(),
+            issued.secret.clone(),
+            issued.token.clone(),
+            expiration,
+        ];
+        self.0.state.lock().unwrap().issued.insert(key_id, issued);
+        out
     }
 
     /// Every credential issued so far expires now.
@@ -261,26 +294,87 @@ pub(super) async fn container_credentials(State(st): State<AppState>, req: Reque
             json!({"code": "AccessDeniedException", "message": "The authorization token is missing or invalid"}),
         );
     }
-    let n = mock.0.next.fetch_add(1, Ordering::SeqCst);
-    let ttl = Duration::from_millis(mock.0.ttl_ms.load(Ordering::SeqCst));
-    let key_id = format!("ASIAMOCK{n:012}");
-    let issued = Issued {
-        secret: format!("mockTempSecret{n}/{:016x}", fastrand::u64(..)),
-        token: format!("mockTempSessionToken{n}/{:032x}", fastrand::u128(..)),
-        expires: Instant::now() + ttl,
+    let [key_id, secret, token, expiration] = mock.issue();
+    answer(
+        200,
+        json!({
+            "RoleArn": "arn:aws:iam::123456789012:role/mock-bedrock-caller",
+            "AccessKeyId": key_id,
+            "SecretAccessKey": secret,
+            "Token": token,
+            "Expiration": expiration,
+        }),
+    )
+}
+
+/// `POST /sts`: STS's `AssumeRoleWithWebIdentity`, answered in XML.
+pub(super) async fn sts(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, body) = match record(&st, req).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
     };
-    let expiration = aws_smithy_types::DateTime::from(SystemTime::now() + ttl)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default();
-    let body = json!({
-        "RoleArn": "arn:aws:iam::123456789012:role/mock-bedrock-caller",
-        "AccessKeyId": key_id,
-        "SecretAccessKey": issued.secret,
-        "Token": issued.token,
-        "Expiration": expiration,
-    });
-    mock.0.state.lock().unwrap().issued.insert(key_id, issued);
-    answer(200, body)
+    let mock = st.bedrock.clone();
+    mock.0.fetches.fetch_add(1, Ordering::SeqCst);
+    let xml = |status: u16, body: String| {
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+        resp
+    };
+    let sts_error = |status: u16, kind: &str, code: &str, message: &str| {
+        xml(
+            status,
+            format!(
+                "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <Error>\n    <Type>{kind}</Type>\n    <Code>{code}</Code>\n    <Message>{message}</Message>\n  </Error>\n  <RequestId>mock-sts-request</RequestId>\n</ErrorResponse>\n"
+            ),
+        )
+    };
+    let fault = *mock.0.fault.lock().unwrap();
+    match fault {
+        Some(CredentialsFault::Unavailable) => {
+            return sts_error(
+                503,
+                "Receiver",
+                "ServiceUnavailable",
+                "Service is unable to handle request.",
+            );
+        }
+        Some(CredentialsFault::Garbage) => return xml(200, "<hello/>".into()),
+        None => {}
+    }
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if parts.method != Method::POST
+        || get("Action") != "AssumeRoleWithWebIdentity"
+        || get("Version") != "2011-06-15"
+        || get("RoleArn").is_empty()
+        || get("RoleSessionName").is_empty()
+    {
+        return sts_error(
+            400,
+            "Sender",
+            "InvalidAction",
+            "Could not find operation AssumeRoleWithWebIdentity for version NO_VERSION_SPECIFIED",
+        );
+    }
+    if get("WebIdentityToken") != WEB_IDENTITY_TOKEN {
+        return sts_error(
+            400,
+            "Sender",
+            "InvalidIdentityToken",
+            "Couldn&apos;t retrieve verification key from your identity provider,  please reference AssumeRoleWithWebIdentity documentation for requirements",
+        );
+    }
+    let [key_id, secret, token, expiration] = mock.issue();
+    let role = get("RoleArn");
+    let session = get("RoleSessionName");
+    xml(
+        200,
+        format!(
+            "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <AssumeRoleWithWebIdentityResult>\n    <SubjectFromWebIdentityToken>system:sa</SubjectFromWebIdentityToken>\n    <AssumedRoleUser>\n      <Arn>{role}/{session}</Arn>\n      <AssumedRoleId>AROAMOCK:{session}</AssumedRoleId>\n    </AssumedRoleUser>\n    <Credentials>\n      <SessionToken>{token}</SessionToken>\n      <SecretAccessKey>{secret}</SecretAccessKey>\n      <Expiration>{expiration}</Expiration>\n      <AccessKeyId>{key_id}</AccessKeyId>\n    </Credentials>\n    <Audience>sts.amazonaws.com</Audience>\n  </AssumeRoleWithWebIdentityResult>\n  <ResponseMetadata>\n    <RequestId>mock-sts-request</RequestId>\n  </ResponseMetadata>\n</AssumeRoleWithWebIdentityResponse>\n"
+        ),
+    )
 }
 
 /// The largest clock skew accepted, as AWS's.

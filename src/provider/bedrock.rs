@@ -13,7 +13,8 @@
 //!   read from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //!   and `AWS_SESSION_TOKEN` when set; the names are configurable), with
 //!   temporary credentials from a refreshing [`AwsSource`] (the ECS / EKS Pod
-//!   Identity container credentials endpoint), or a Bedrock API key sent as
+//!   Identity container credentials endpoint, or web identity: an OIDC token
+//!   exchanged at STS), or a Bedrock API key sent as
 //!   `Authorization: Bearer` (`AWS_BEARER_TOKEN_BEDROCK`).
 //! - Refreshing credentials live in one [`CredentialCache`] per deployment:
 //!   fetched once, refreshed ahead of their `Expiration` by one task, each
@@ -221,11 +222,13 @@ impl fmt::Debug for AwsCredentials {
 /// Where temporary AWS credentials come from: the container credentials
 /// endpoint of ECS tasks and EKS Pod Identity (`GET` the URL, with the
 /// authorization token when one is given; the answer is
-/// `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`).
+/// `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`), or web
+/// identity (EKS IRSA: STS `AssumeRoleWithWebIdentity` with the token
+/// file's OIDC token; the XML answer's `Credentials`).
 ///
-/// Over `http://` only a loopback address or the ECS / EKS link-local
-/// endpoints are accepted (as AWS's SDKs do): credentials never travel in
-/// clear text to anywhere else.
+/// Over `http://` only a loopback address (and, for the container endpoint,
+/// the ECS / EKS link-local endpoints) is accepted, as AWS's SDKs do:
+/// credentials never travel in clear text to anywhere else.
 ///
 /// ```
 /// use tollgate::credentials::{RefreshPolicy, Secret};
@@ -245,21 +248,89 @@ impl fmt::Debug for AwsCredentials {
 /// ```
 #[derive(Clone)]
 pub struct AwsSource {
-    uri: Uri,
-    token: Option<Secret>,
-    token_file: Option<PathBuf>,
+    kind: SourceKind,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+enum SourceKind {
+    Container {
+        uri: Uri,
+        token: Option<Secret>,
+        token_file: Option<PathBuf>,
+    },
+    WebIdentity {
+        sts: Uri,
+        role_arn: String,
+        session_name: String,
+        token_file: PathBuf,
+    },
 }
 
 impl fmt::Debug for AwsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsSource")
-            .field("kind", &"container")
-            .field("uri", &self.uri)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("token_file", &self.token_file)
-            .finish()
+        let mut d = f.debug_struct("AwsSource");
+        match &self.kind {
+            SourceKind::Container {
+                uri,
+                token,
+                token_file,
+            } => d
+                .field("kind", &"container")
+                .field("uri", uri)
+                .field("token", &token.as_ref().map(|_| "[redacted]"))
+                .field("token_file", token_file),
+            SourceKind::WebIdentity {
+                sts,
+                role_arn,
+                session_name,
+                token_file,
+            } => d
+                .field("kind", &"web_identity")
+                .field("sts", sts)
+                .field("role_arn", role_arn)
+                .field("session_name", session_name)
+                .field("token_file", token_file),
+        };
+        d.finish()
     }
+}
+
+/// `uri` if it is `https://`, or `http://` on a loopback address (or, with
+/// `link_local`, the ECS / EKS credentials endpoints).
+fn checked_url(uri: &str, link_local: bool) -> Result<Uri, BuildError> {
+    let parsed: Uri = uri
+        .parse()
+        .map_err(|e| BuildError(format!("`{uri}` is not a URL: {e}")))?;
+    let host = parsed.host().unwrap_or("");
+    let allowed = match parsed.scheme_str() {
+        Some("https") => !host.is_empty(),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || (link_local && matches!(ip, "169.254.170.2" | "169.254.170.23" | "fd00:ec2::23"))
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+        _ => false,
+    };
+    if allowed {
+        Ok(parsed)
+    } else if link_local {
+        Err(BuildError(format!(
+            "`{uri}` must be https://, or http:// on a loopback address or the ECS/EKS credentials endpoint"
+        )))
+    } else {
+        Err(BuildError(format!(
+            "`{uri}` must be https://, or http:// on a loopback address"
+        )))
+    }
+}
+
+/// AWS STS's regional endpoint: `https://sts.{region}.amazonaws.com`.
+pub fn sts_endpoint(region: &str) -> String {
+    format!("https://sts.{region}.amazonaws.com")
 }
 
 impl AwsSource {
@@ -271,27 +342,7 @@ impl AwsSource {
         token: Option<Secret>,
         token_file: Option<PathBuf>,
     ) -> Result<Self, BuildError> {
-        let parsed: Uri = uri
-            .parse()
-            .map_err(|e| BuildError(format!("`{uri}` is not a URL: {e}")))?;
-        let host = parsed.host().unwrap_or("");
-        let allowed = match parsed.scheme_str() {
-            Some("https") => !host.is_empty(),
-            Some("http") => {
-                let ip = host.trim_start_matches('[').trim_end_matches(']');
-                host == "localhost"
-                    || matches!(ip, "169.254.170.2" | "169.254.170.23" | "fd00:ec2::23")
-                    || ip
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|a| a.is_loopback())
-            }
-            _ => false,
-        };
-        if !allowed {
-            return Err(BuildError(format!(
-                "`{uri}` must be https://, or http:// on a loopback address or the ECS/EKS credentials endpoint"
-            )));
-        }
+        let uri = checked_url(uri, true)?;
         if let Some(t) = &token {
             if HeaderValue::from_str(t.expose()).is_err() {
                 return Err(BuildError(
@@ -300,9 +351,38 @@ impl AwsSource {
             }
         }
         Ok(AwsSource {
-            uri: parsed,
-            token,
-            token_file,
+            kind: SourceKind::Container {
+                uri,
+                token,
+                token_file,
+            },
+            timeout: FETCH_TIMEOUT,
+        })
+    }
+
+    /// Web identity (EKS IRSA): the OIDC token in `token_file` (re-read at
+    /// every fetch: the kubelet rotates it) exchanged at STS
+    /// (`sts_endpoint`, e.g. [`sts_endpoint`](fn@sts_endpoint)`(region)`) by
+    /// `AssumeRoleWithWebIdentity` for `role_arn`'s temporary credentials.
+    pub fn web_identity(
+        sts_endpoint: &str,
+        role_arn: &str,
+        session_name: &str,
+        token_file: impl Into<PathBuf>,
+    ) -> Result<Self, BuildError> {
+        let sts = checked_url(sts_endpoint, false)?;
+        if role_arn.is_empty() || session_name.is_empty() {
+            return Err(BuildError(
+                "web identity needs a role ARN and a session name".into(),
+            ));
+        }
+        Ok(AwsSource {
+            kind: SourceKind::WebIdentity {
+                sts,
+                role_arn: role_arn.to_owned(),
+                session_name: session_name.to_owned(),
+                token_file: token_file.into(),
+            },
             timeout: FETCH_TIMEOUT,
         })
     }
@@ -343,6 +423,27 @@ impl AwsSource {
         Self::container(&uri, token, token_file).map(Some)
     }
 
+    /// Web identity from the variables named (`role_arn_var`,
+    /// `token_file_var`; the session name `session_name`, else
+    /// `$AWS_ROLE_SESSION_NAME`, else `tollgate`), the environment read
+    /// through `get`; `None` when either variable is unset.
+    pub(crate) fn web_identity_from(
+        sts: &str,
+        role_arn_var: &str,
+        token_file_var: &str,
+        session_name: Option<&str>,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, BuildError> {
+        let (Some(role), Some(file)) = (get(role_arn_var), get(token_file_var)) else {
+            return Ok(None);
+        };
+        let session = session_name
+            .map(str::to_owned)
+            .or_else(|| get(ENV_ROLE_SESSION_NAME))
+            .unwrap_or_else(|| "tollgate".to_owned());
+        Self::web_identity(sts, &role, &session, file).map(Some)
+    }
+
     /// How long one fetch may take (default [`FETCH_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -364,30 +465,49 @@ impl AwsSource {
         })
     }
 
-    /// One set of credentials from the endpoint.
+    /// One set of credentials from the source.
     pub async fn fetch(
         &self,
         client: &HttpClient,
     ) -> Result<Fetched<AwsCredentials>, CredentialError> {
+        match &self.kind {
+            SourceKind::Container {
+                uri,
+                token,
+                token_file,
+            } => {
+                let token = match (token_file, token) {
+                    (Some(file), _) => Some(read_token_file(
+                        file,
+                        "the container authorization token file",
+                    )?),
+                    (None, Some(t)) => Some(t.expose().to_owned()),
+                    (None, None) => None,
+                };
+                self.container_fetch(client, uri, token.as_deref()).await
+            }
+            SourceKind::WebIdentity {
+                sts,
+                role_arn,
+                session_name,
+                token_file,
+            } => {
+                let token = read_token_file(token_file, "the web identity token file")?;
+                self.sts_fetch(client, sts, role_arn, session_name, &token)
+                    .await
+            }
+        }
+    }
+
+    async fn container_fetch(
+        &self,
+        client: &HttpClient,
+        uri: &Uri,
+        token: Option<&str>,
+    ) -> Result<Fetched<AwsCredentials>, CredentialError> {
         const WHAT: &str = "the container credentials endpoint";
-        let token = match (&self.token_file, &self.token) {
-            (Some(file), _) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| {
-                        CredentialError::new(format!(
-                            "the container authorization token file `{}` could not be read: {e}",
-                            file.display()
-                        ))
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, Some(t)) => Some(t.expose().to_owned()),
-            (None, None) => None,
-        };
-        let mut req =
-            Request::get(self.uri.clone()).header(http::header::ACCEPT, "application/json");
-        if let Some(t) = &token {
+        let mut req = Request::get(uri.clone()).header(http::header::ACCEPT, "application/json");
+        if let Some(t) = token {
             let mut v = HeaderValue::from_str(t).map_err(|_| {
                 CredentialError::new(
                     "the container authorization token is not a valid header value",
@@ -399,68 +519,181 @@ impl AwsSource {
         let req = req
             .body(Chunks::default())
             .map_err(|_| CredentialError::new("the credentials request could not be built"))?;
-        let list = [token.as_deref().unwrap_or("")];
+        let list = [token.unwrap_or("")];
         let (status, body) = exchange(client, req, self.timeout, WHAT, &list).await?;
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let field = |k: &str| json[k].as_str().filter(|v| !v.is_empty());
         if !status.is_success() {
-            // The endpoint's `code` and the first line of its `message`
-            // (ECS and EKS spell them either way); never the request.
-            let code = field("code").or(field("Code")).unwrap_or("no error code");
-            let message: String = field("message")
-                .or(field("Message"))
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect();
-            let text = format!(
-                "{WHAT} answered HTTP {}: {code}: {message}",
-                status.as_u16()
-            );
-            let secrets = crate::sanitize::Secrets::new(&list);
-            return Err(CredentialError::new(
-                crate::sanitize::redact(&text, &secrets).into_owned(),
+            // The endpoint's `code` and `message` (ECS and EKS spell them
+            // either way); never the request.
+            let code = field("code").or(field("Code"));
+            let message = field("message").or(field("Message"));
+            return Err(refused(WHAT, status, code, message, &list));
+        }
+        issued(
+            WHAT,
+            field("AccessKeyId"),
+            field("SecretAccessKey"),
+            field("Token"),
+            field("Expiration"),
+        )
+    }
+
+    async fn sts_fetch(
+        &self,
+        client: &HttpClient,
+        sts: &Uri,
+        role_arn: &str,
+        session_name: &str,
+        token: &str,
+    ) -> Result<Fetched<AwsCredentials>, CredentialError> {
+        const WHAT: &str = "STS (AssumeRoleWithWebIdentity)";
+        // Made in one go: the serializer is not `Send`, the fetch must be.
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", "AssumeRoleWithWebIdentity")
+            .append_pair("Version", "2011-06-15")
+            .append_pair("RoleArn", role_arn)
+            .append_pair("RoleSessionName", session_name)
+            .append_pair("WebIdentityToken", token)
+            .finish();
+        let req = Request::post(sts.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(Chunks::new(vec![Bytes::from(form)]))
+            .map_err(|_| CredentialError::new("the STS request could not be built"))?;
+        let list = [token];
+        let (status, body) = exchange(client, req, self.timeout, WHAT, &list).await?;
+        let xml = String::from_utf8_lossy(&body);
+        let text = |tag: &str| xml_text(&xml, tag).filter(|v| !v.is_empty());
+        if !status.is_success() {
+            // `<ErrorResponse><Error><Code>…</Code><Message>…</Message>`.
+            let (code, message) = (text("Code"), text("Message"));
+            return Err(refused(
+                WHAT,
+                status,
+                code.as_deref(),
+                message.as_deref(),
+                &list,
             ));
         }
-        let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
-            return Err(CredentialError::new(format!(
-                "{WHAT} answered without AccessKeyId and SecretAccessKey"
-            )));
-        };
-        let expiration = field("Expiration")
-            .and_then(|e| {
-                aws_smithy_types::DateTime::from_str(
-                    e,
-                    aws_smithy_types::date_time::Format::DateTime,
-                )
-                .ok()
-            })
-            .and_then(|d| SystemTime::try_from(d).ok());
-        let Some(expiration) = expiration else {
-            return Err(CredentialError::new(format!(
-                "{WHAT} answered without an RFC 3339 Expiration"
-            )));
-        };
-        let Ok(lifetime) = expiration.duration_since(SystemTime::now()) else {
-            return Err(CredentialError::new(format!(
-                "{WHAT} answered credentials that have already expired"
-            )));
-        };
-        let credentials = Credentials::new(
-            id,
-            secret,
-            field("Token").map(str::to_owned),
-            Some(expiration),
-            "tollgate-container",
-        );
-        Ok(Fetched::expiring(
-            AwsCredentials::new(credentials),
-            lifetime,
-        ))
+        issued(
+            WHAT,
+            text("AccessKeyId").as_deref(),
+            text("SecretAccessKey").as_deref(),
+            text("SessionToken").as_deref(),
+            text("Expiration").as_deref(),
+        )
     }
+}
+
+/// The environment variable AWS's SDKs read the web identity session name from.
+pub const ENV_ROLE_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
+/// The default name of the variable holding the role to assume (web identity).
+pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
+/// The default name of the variable holding the web identity token file's path.
+pub const ENV_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+
+/// A token file's content, trimmed (the error names the file, never its content).
+fn read_token_file(file: &std::path::Path, what: &str) -> Result<String, CredentialError> {
+    std::fs::read_to_string(file)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| {
+            CredentialError::new(format!(
+                "{what} `{}` could not be read: {e}",
+                file.display()
+            ))
+        })
+}
+
+/// A credentials endpoint's refusal: its status, error code and the first
+/// line of its message (at most 200 characters), `secrets` redacted.
+fn refused(
+    what: &str,
+    status: http::StatusCode,
+    code: Option<&str>,
+    message: Option<&str>,
+    secrets: &[&str],
+) -> CredentialError {
+    let message: String = message
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    let text = format!(
+        "{what} answered HTTP {}: {}: {message}",
+        status.as_u16(),
+        code.unwrap_or("no error code")
+    );
+    let secrets = crate::sanitize::Secrets::new(secrets);
+    CredentialError::new(crate::sanitize::redact(&text, &secrets).into_owned())
+}
+
+/// The credentials an endpoint answered, with their lifetime until
+/// `expiration` (RFC 3339).
+fn issued(
+    what: &str,
+    id: Option<&str>,
+    secret: Option<&str>,
+    token: Option<&str>,
+    expiration: Option<&str>,
+) -> Result<Fetched<AwsCredentials>, CredentialError> {
+    let (Some(id), Some(secret)) = (id, secret) else {
+        return Err(CredentialError::new(format!(
+            "{what} answered without AccessKeyId and SecretAccessKey"
+        )));
+    };
+    let expiration = expiration
+        .and_then(|e| {
+            aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::DateTime)
+                .ok()
+        })
+        .and_then(|d| SystemTime::try_from(d).ok());
+    let Some(expiration) = expiration else {
+        return Err(CredentialError::new(format!(
+            "{what} answered without an RFC 3339 Expiration"
+        )));
+    };
+    let Ok(lifetime) = expiration.duration_since(SystemTime::now()) else {
+        return Err(CredentialError::new(format!(
+            "{what} answered credentials that have already expired"
+        )));
+    };
+    let credentials = Credentials::new(
+        id,
+        secret,
+        token.map(str::to_owned),
+        Some(expiration),
+        "tollgate",
+    );
+    Ok(Fetched::expiring(
+        AwsCredentials::new(credentials),
+        lifetime,
+    ))
+}
+
+/// The text of the first `<tag>…</tag>` element of an XML document, its
+/// five predefined entities unescaped. STS answers in XML; the few values
+/// read here (keys, a token, a date, an error code and message) are plain
+/// text elements, so this is all the XML reading it needs — not a parser
+/// for anything else.
+fn xml_text(doc: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = doc.find(&open)? + open.len();
+    let end = start + doc[start..].find(&format!("</{tag}>"))?;
+    Some(
+        doc[start..end]
+            .trim()
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 /// A variable of the process's environment, unless unset or empty.
@@ -773,7 +1006,7 @@ mod tests {
         let s = AwsSource::container_from(None, "T", "F", &get)
             .unwrap()
             .unwrap();
-        assert_eq!(s.uri, "http://169.254.170.2/v2/credentials/id");
+        assert!(format!("{s:?}").contains("http://169.254.170.2/v2/credentials/id"));
         assert!(
             AwsSource::container_from(None, "T", "F", &|_| None)
                 .unwrap()
@@ -841,6 +1074,15 @@ mod tests {
             !shown.contains("s3cr3t") && !shown.contains("s3ss10n"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn xml_text_reads_one_element_and_unescapes() {
+        let doc = "<R><Credentials><AccessKeyId> ASIA1 </AccessKeyId><Message>Couldn&apos;t &amp; &lt;x&gt;</Message></Credentials></R>";
+        assert_eq!(xml_text(doc, "AccessKeyId").as_deref(), Some("ASIA1"));
+        assert_eq!(xml_text(doc, "Message").as_deref(), Some("Couldn't & <x>"));
+        assert_eq!(xml_text(doc, "SessionToken"), None);
+        assert_eq!(xml_text("<A>unclosed", "A"), None);
     }
 
     #[test]
