@@ -423,6 +423,20 @@ impl AwsSource {
         Self::container(&uri, token, token_file).map(Some)
     }
 
+    /// Web identity as EKS IRSA sets it up: [`ENV_ROLE_ARN`] and
+    /// [`ENV_WEB_IDENTITY_TOKEN_FILE`] (the session name from
+    /// [`ENV_ROLE_SESSION_NAME`], else `tollgate`), at `region`'s STS; `None`
+    /// when either variable is unset.
+    pub fn web_identity_from_env(region: &str) -> Result<Option<Self>, BuildError> {
+        Self::web_identity_from(
+            &sts_endpoint(region),
+            ENV_ROLE_ARN,
+            ENV_WEB_IDENTITY_TOKEN_FILE,
+            None,
+            &read_env,
+        )
+    }
+
     /// Web identity from the variables named (`role_arn_var`,
     /// `token_file_var`; the session name `session_name`, else
     /// `$AWS_ROLE_SESSION_NAME`, else `tollgate`), the environment read
