@@ -22,12 +22,14 @@
 //! - an Entra ID token, sent as `Authorization: Bearer <token>`, from an
 //!   [`Entra`] source: client credentials (tenant, client id and secret),
 //!   a managed identity's token endpoint (IMDS-style `GET` with
-//!   `Metadata: true`), or workload identity (a federated token file sent as
-//!   `client_assertion`). The token is fetched once, cached and refreshed
-//!   ahead of expiry by one task ([`crate::credentials`]); a fetch that fails
-//!   is 502 `upstream_auth_failed` for the request (the router cools the
-//!   deployment down and tries another), and a 401 from Azure drops the
-//!   cached token so the next request fetches a new one.
+//!   `Metadata: true`, or App Service's with `X-IDENTITY-HEADER`), or
+//!   workload identity (a federated token file sent as `client_assertion`).
+//!   The token is fetched once, cached and refreshed ahead of expiry by one
+//!   task ([`crate::credentials`]); a fetch that fails is 502
+//!   `upstream_auth_failed` for the request (the router cools the
+//!   deployment down and tries another). A 401 from Azure drops the cached
+//!   token and the request is sent once more with a fresh one (its body is
+//!   buffered bytes); refused again, it is 502 `upstream_auth_failed`.
 //!
 //! ```
 //! use tollgate::provider::Provider;
