@@ -46,8 +46,8 @@
 //! | `POST /v1/responses` | `response`, or SSE `response.created`, `response.output_item.added` and `response.content_part.added`, `response.output_text.delta`s, the `.done` events, `response.completed` (no `[DONE]`): the sequence the SDKs' stream helpers need |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-small`, `mock-large` |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
-//! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
-//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions: see `examples/mock/bedrock.rs` |
+//! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token`, `GET /msi/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
+//! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream`, `GET /v2/credentials/{id}`, `POST /sts` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions, a container credentials endpoint and STS's `AssumeRoleWithWebIdentity` issuing short-lived credentials: see `examples/mock/bedrock.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -237,6 +237,8 @@ pub struct MockServer {
     pub log: RequestLog,
     /// The Azure routes' token endpoints and counters (see `mock/azure.rs`).
     pub azure: azure::AzureMock,
+    /// Bedrock's container credentials endpoint and counters (see `mock/bedrock.rs`).
+    pub bedrock: bedrock::BedrockMock,
     shutdown: watch::Sender<bool>,
 }
 
@@ -266,12 +268,19 @@ pub async fn spawn(cfg: MockConfig) -> std::io::Result<MockServer> {
     let log = RequestLog::default();
     let (tx, rx) = watch::channel(false);
     let azure = azure::AzureMock::default();
-    let app = build_router_with(cfg, log.clone(), Some(rx.clone()), azure.clone());
+    let bedrock = bedrock::BedrockMock::default();
+    let app = build_router_with(
+        cfg,
+        log.clone(),
+        Some(rx.clone()),
+        (azure.clone(), bedrock.clone()),
+    );
     tokio::spawn(serve(listener, app, rx));
     Ok(MockServer {
         addr,
         log,
         azure,
+        bedrock,
         shutdown: tx,
     })
 }
@@ -346,6 +355,7 @@ struct Inner {
     expected_auth: Option<String>,
     shutdown: Option<watch::Receiver<bool>>,
     azure: azure::AzureMock,
+    bedrock: bedrock::BedrockMock,
 }
 
 type AppState = Arc<Inner>;
@@ -365,14 +375,14 @@ fn build_router(
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
 ) -> Router {
-    build_router_with(cfg, log, shutdown, azure::AzureMock::default())
+    build_router_with(cfg, log, shutdown, Default::default())
 }
 
 fn build_router_with(
     cfg: MockConfig,
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
-    azure: azure::AzureMock,
+    (azure, bedrock): (azure::AzureMock, bedrock::BedrockMock),
 ) -> Router {
     let mut content = String::with_capacity(cfg.tokens * 6);
     for i in 0..cfg.tokens {
@@ -390,6 +400,7 @@ fn build_router_with(
         expected_auth,
         shutdown,
         azure,
+        bedrock,
     });
     Router::new()
         .route(
@@ -453,6 +464,9 @@ fn build_router_with(
         )
         .route("/{tenant}/oauth2/v2.0/token", any(azure::token))
         .route("/metadata/identity/oauth2/token", any(azure::imds))
+        .route("/msi/token", any(azure::app_service))
+        .route("/v2/credentials/{id}", any(bedrock::container_credentials))
+        .route("/sts", any(bedrock::sts))
         .route(
             "/model/{model}/converse",
             any(|st: State<AppState>, req: Request| bedrock::handle(st, req, false)),

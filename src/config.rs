@@ -641,19 +641,53 @@ pub struct DeploymentConfig {
 }
 
 /// `bedrock = { region = "us-east-1" }`: a Bedrock deployment's region and
-/// the environment variables its AWS credentials are read from (once, at
-/// start).
+/// where its AWS credentials come from: static ones read from environment
+/// variables (once, at start), or temporary ones from the container
+/// credentials endpoint (refreshed ahead of expiry). See `docs/providers.md`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BedrockConfig {
     /// The AWS region (e.g. `us-east-1`): the signature's scope and the default endpoint's.
     pub region: String,
+    /// `"environment"` (static credentials from the variables below),
+    /// `"web_identity"` (an OIDC token file exchanged at STS: EKS IRSA) or
+    /// `"container"` (the ECS / EKS Pod Identity credentials endpoint).
+    /// Default, in this order: `"environment"` when the access key id's
+    /// variable is set, `"web_identity"` when the role ARN's and the token
+    /// file's variables are, `"container"` when `container_credentials_uri`
+    /// or `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `…_RELATIVE_URI` is.
+    pub credentials: Option<String>,
     /// The variable holding the access key id (default `AWS_ACCESS_KEY_ID`).
     pub access_key_id_env: Option<String>,
     /// The variable holding the secret access key (default `AWS_SECRET_ACCESS_KEY`).
     pub secret_access_key_env: Option<String>,
     /// The variable holding a session token, read when set (default `AWS_SESSION_TOKEN`).
     pub session_token_env: Option<String>,
+    /// The container credentials endpoint (default
+    /// `$AWS_CONTAINER_CREDENTIALS_FULL_URI`, else `http://169.254.170.2` and
+    /// `$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`).
+    pub container_credentials_uri: Option<String>,
+    /// The variable holding the endpoint's authorization token (default
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`), read when set.
+    pub container_authorization_token_env: Option<String>,
+    /// The variable holding the path of a file with that token, re-read at
+    /// every fetch and preferred to the token (default
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+    pub container_authorization_token_file_env: Option<String>,
+    /// Web identity: the variable holding the role to assume (default `AWS_ROLE_ARN`).
+    pub role_arn_env: Option<String>,
+    /// Web identity: the variable holding the OIDC token file's path
+    /// (default `AWS_WEB_IDENTITY_TOKEN_FILE`; re-read at every fetch).
+    pub web_identity_token_file_env: Option<String>,
+    /// Web identity: the session name (default `$AWS_ROLE_SESSION_NAME`, else `tollgate`).
+    pub role_session_name: Option<String>,
+    /// Web identity: STS's endpoint (default `https://sts.{region}.amazonaws.com`).
+    pub sts_endpoint: Option<String>,
+    /// Seconds before expiry temporary credentials are refreshed in the
+    /// background (default 300, at most half their lifetime).
+    pub refresh_ahead_s: Option<u64>,
+    /// After a failed credentials fetch, milliseconds until the next (default 2000).
+    pub retry_after_failure_ms: Option<u64>,
 }
 
 impl DeploymentConfig {
@@ -673,7 +707,6 @@ impl DeploymentConfig {
 
     /// Bedrock's credentials, read from the environment: (field, problem) on failure.
     fn bedrock_auth(&self) -> Result<crate::provider::BedrockAuth, (&'static str, String)> {
-        use crate::provider::{BedrockAuth, bedrock};
         let Some(b) = &self.bedrock else {
             return Err((
                 "bedrock",
@@ -683,23 +716,116 @@ impl DeploymentConfig {
         if b.region.is_empty() {
             return Err(("bedrock.region", "must name an AWS region".into()));
         }
-        match &self.api_key_env {
-            Some(var) => {
-                BedrockAuth::api_key_from_env(var).map_err(|e| ("api_key_env", e.to_string()))
+        b.auth(
+            self.api_key_env.as_deref(),
+            &crate::provider::bedrock::read_env,
+        )
+    }
+}
+
+impl BedrockConfig {
+    /// The credentials these settings name, the environment read through
+    /// `get`; `api_key_env` is the deployment's (a Bedrock API key).
+    fn auth(
+        &self,
+        api_key_env: Option<&str>,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::provider::BedrockAuth, (&'static str, String)> {
+        use crate::provider::{BedrockAuth, bedrock};
+        if let Some(var) = api_key_env {
+            if self.credentials.is_some() {
+                return Err((
+                    "bedrock.credentials",
+                    "a Bedrock API key (`api_key_env`) takes no AWS credentials".into(),
+                ));
             }
-            None => BedrockAuth::aws_from_env(
-                b.access_key_id_env
+            return BedrockAuth::api_key_from_env(var).map_err(|e| ("api_key_env", e.to_string()));
+        }
+        let key_id = self
+            .access_key_id_env
+            .as_deref()
+            .unwrap_or(bedrock::ENV_ACCESS_KEY_ID);
+        let container = || {
+            bedrock::AwsSource::container_from(
+                self.container_credentials_uri.as_deref(),
+                self.container_authorization_token_env
                     .as_deref()
-                    .unwrap_or(bedrock::ENV_ACCESS_KEY_ID),
-                b.secret_access_key_env
+                    .unwrap_or(bedrock::ENV_CONTAINER_TOKEN),
+                self.container_authorization_token_file_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_CONTAINER_TOKEN_FILE),
+                get,
+            )
+            .map_err(|e| ("bedrock.container_credentials_uri", e.to_string()))
+        };
+        let sts = self
+            .sts_endpoint
+            .clone()
+            .unwrap_or_else(|| bedrock::sts_endpoint(&self.region));
+        let web_identity = || {
+            bedrock::AwsSource::web_identity_from(
+                &sts,
+                self.role_arn_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_ROLE_ARN),
+                self.web_identity_token_file_env
+                    .as_deref()
+                    .unwrap_or(bedrock::ENV_WEB_IDENTITY_TOKEN_FILE),
+                self.role_session_name.as_deref(),
+                get,
+            )
+            .map_err(|e| ("bedrock.sts_endpoint", e.to_string()))
+        };
+        let source = match self.credentials.as_deref() {
+            Some("environment") => None,
+            None if get(key_id).is_some() => None,
+            None => match web_identity()? {
+                Some(w) => Some(w),
+                None => container()?,
+            },
+            Some("web_identity") => Some(web_identity()?.ok_or((
+                "bedrock.role_arn_env",
+                "`credentials = \"web_identity\"` needs the role ARN's and the token file's variables set (`role_arn_env`, `web_identity_token_file_env`)".to_owned(),
+            ))?),
+            Some("container") => Some(container()?.ok_or((
+                "bedrock.container_credentials_uri",
+                format!(
+                    "`credentials = \"container\"` needs the endpoint: set it here or in `{}`",
+                    bedrock::ENV_CONTAINER_FULL_URI
+                ),
+            ))?),
+            Some(other) => {
+                return Err((
+                    "bedrock.credentials",
+                    format!(
+                        "`{other}` is not a credentials source; use \"environment\", \"web_identity\" or \"container\""
+                    ),
+                ));
+            }
+        };
+        let Some(source) = source else {
+            return BedrockAuth::aws_from(
+                key_id,
+                self.secret_access_key_env
                     .as_deref()
                     .unwrap_or(bedrock::ENV_SECRET_ACCESS_KEY),
-                b.session_token_env
+                self.session_token_env
                     .as_deref()
                     .unwrap_or(bedrock::ENV_SESSION_TOKEN),
+                get,
             )
-            .map_err(|e| ("bedrock", e.to_string())),
-        }
+            .map_err(|e| ("bedrock", e.to_string()));
+        };
+        let defaults = crate::credentials::RefreshPolicy::default();
+        let policy = crate::credentials::RefreshPolicy {
+            refresh_ahead: self
+                .refresh_ahead_s
+                .map_or(defaults.refresh_ahead, Duration::from_secs),
+            retry_after_failure: self
+                .retry_after_failure_ms
+                .map_or(defaults.retry_after_failure, Duration::from_millis),
+        };
+        Ok(BedrockAuth::refreshing(source, policy))
     }
 }
 
@@ -2496,5 +2622,125 @@ mod tests {
         assert_eq!(e.field(), "spend.batch");
         let e = err(&format!("[spend]\nqeue = 5\n{OK}"));
         assert!(e.to_string().contains("unknown field `qeue`"), "{e}");
+    }
+
+    /// Which AWS credentials a Bedrock deployment picks, the environment
+    /// given: static ones when the access key id is set, else the container
+    /// endpoint when its variables are set (the token file preferred), and
+    /// field-named errors.
+    #[test]
+    fn bedrock_credentials_are_picked_from_the_environment() {
+        use crate::provider::BedrockAuth;
+        let bedrock = |toml: &str| -> BedrockConfig {
+            toml::from_str(&format!("region = \"us-east-1\"\n{toml}")).unwrap()
+        };
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let kind = |r: Result<BedrockAuth, (&'static str, String)>| match r {
+            Ok(BedrockAuth::Aws(_)) => "static".to_owned(),
+            Ok(BedrockAuth::Refreshing(source, _)) => format!("{source:?}"),
+            Ok(BedrockAuth::ApiKey(_)) => "api_key".to_owned(),
+            Err((field, message)) => format!("error {field}: {message}"),
+        };
+        let both: &[(&str, &str)] = &[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok3n-value"),
+        ];
+        let plain = bedrock("");
+        assert_eq!(kind(plain.auth(None, &env(both))), "static");
+        // No static key: the container endpoint, with its token.
+        let container_only: &[(&str, &str)] = &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok3n-value"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
+        ];
+        let picked = kind(plain.auth(None, &env(container_only)));
+        assert!(picked.contains("http://127.0.0.1:9/creds"), "{picked}");
+        assert!(picked.contains("/var/run/token"), "{picked}");
+        assert!(!picked.contains("tok3n-value"), "{picked}");
+        // The role and token file's variables: web identity, before the container.
+        let irsa: &[(&str, &str)] = &[
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/irsa/token"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+        ];
+        let picked = kind(plain.auth(None, &env(irsa)));
+        assert!(picked.contains("web_identity"), "{picked}");
+        assert!(
+            picked.contains("https://sts.us-east-1.amazonaws.com"),
+            "{picked}"
+        );
+        assert!(picked.contains("/var/run/irsa/token"), "{picked}");
+        let none = kind(bedrock("credentials = \"web_identity\"").auth(None, &env(&[])));
+        assert!(none.starts_with("error bedrock.role_arn_env:"), "{none}");
+        let plaintext = kind(
+            bedrock("credentials = \"web_identity\"\nsts_endpoint = \"http://192.0.2.1/\"")
+                .auth(None, &env(irsa)),
+        );
+        assert!(
+            plaintext.starts_with("error bedrock.sts_endpoint:"),
+            "{plaintext}"
+        );
+        // ECS's relative URI.
+        let ecs: &[(&str, &str)] = &[(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/abc",
+        )];
+        let picked = kind(plain.auth(None, &env(ecs)));
+        assert!(
+            picked.contains("169.254.170.2/v2/credentials/abc"),
+            "{picked}"
+        );
+        // Forced either way.
+        let forced = bedrock("credentials = \"container\"");
+        assert!(kind(forced.auth(None, &env(both))).contains("AwsSource"));
+        let forced = bedrock("credentials = \"environment\"");
+        assert!(kind(forced.auth(None, &env(container_only))).starts_with("error bedrock:"));
+        // Neither: the access key's variable is named.
+        let none = kind(plain.auth(None, &env(&[])));
+        assert!(none.contains("AWS_ACCESS_KEY_ID"), "{none}");
+        let none = kind(bedrock("credentials = \"container\"").auth(None, &env(&[])));
+        assert!(
+            none.starts_with("error bedrock.container_credentials_uri:"),
+            "{none}"
+        );
+        let plaintext = kind(
+            bedrock("container_credentials_uri = \"http://192.0.2.1/creds\"").auth(None, &env(&[])),
+        );
+        assert!(
+            plaintext.starts_with("error bedrock.container_credentials_uri:"),
+            "{plaintext}"
+        );
+        assert!(
+            kind(
+                bedrock("container_credentials_uri = \"https://creds.example/x\"")
+                    .auth(None, &env(&[]))
+            )
+            .contains("https://creds.example/x")
+        );
+        let policy =
+            bedrock("credentials = \"container\"\nrefresh_ahead_s = 7\nretry_after_failure_ms = 9")
+                .auth(None, &env(container_only));
+        let Ok(BedrockAuth::Refreshing(_, p)) = policy else {
+            panic!("{:?}", policy.err())
+        };
+        assert_eq!(p.refresh_ahead, Duration::from_secs(7));
+        assert_eq!(p.retry_after_failure, Duration::from_millis(9));
     }
 }

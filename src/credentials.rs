@@ -474,6 +474,66 @@ impl<T: Send + Sync + 'static> CredentialCache<T> {
     }
 }
 
+/// The largest answer of a credential endpoint that is read.
+const MAX_CREDENTIAL_ANSWER: usize = 64 << 10;
+
+/// Sends one request to a credential endpoint (a token endpoint, AWS's
+/// container credentials endpoint) and reads its whole answer, within
+/// `timeout` (connection included). `what` names the endpoint in errors;
+/// `secrets` (what the request carries) are redacted from any message.
+pub(crate) async fn exchange(
+    client: &crate::provider::HttpClient,
+    request: http::Request<crate::body::Chunks>,
+    timeout: Duration,
+    what: &str,
+    secrets: &[&str],
+) -> Result<(http::StatusCode, bytes::Bytes), CredentialError> {
+    use http_body_util::BodyExt;
+    let scheme = request
+        .uri()
+        .scheme()
+        .cloned()
+        .unwrap_or(http::uri::Scheme::HTTP);
+    let call = async {
+        let res = client
+            .pick(&scheme)
+            .request(request)
+            .await
+            .map_err(|e| format!("could not reach {what}: {e}"))?;
+        let status = res.status();
+        let body = http_body_util::Limited::new(res.into_body(), MAX_CREDENTIAL_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("{what} answer could not be read: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let secrets = crate::sanitize::Secrets::new(secrets);
+    let fail = |m: String| CredentialError::new(crate::sanitize::redact(&m, &secrets).into_owned());
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(fail(format!("{what} did not answer within {timeout:?}"))),
+        Ok(Err(m)) => Err(fail(m)),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// The error a request gets when its deployment's credential could not be
+/// obtained: 502 `upstream_auth_failed` (the router cools the deployment
+/// down and tries another), never a 401 that would make the client doubt
+/// its own key. `what` names the credential ("its Entra ID token").
+pub(crate) fn upstream_auth_failed(
+    provider: &str,
+    what: &str,
+    e: &CredentialError,
+) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Reason::UpstreamAuthFailed,
+        format!(
+            "Upstream '{provider}': the gateway could not obtain {what} ({e}); this is a gateway configuration problem, not your key, and other deployments are tried."
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

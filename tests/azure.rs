@@ -12,7 +12,9 @@ mod common;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::mock_upstream::azure::{API_KEY, ASSERTION, CLIENT_SECRET, TokenFault};
+use common::mock_upstream::azure::{
+    API_KEY, ASSERTION, CLIENT_SECRET, IDENTITY_HEADER, TokenFault,
+};
 use common::*;
 use serde_json::{Value, json};
 
@@ -21,6 +23,8 @@ const TENANT_ENV: &str = "TOLLGATE_TEST_AZURE_TENANT";
 const CLIENT_ID_ENV: &str = "TOLLGATE_TEST_AZURE_CLIENT_ID";
 const SECRET_ENV: &str = "TOLLGATE_TEST_AZURE_SECRET";
 const TOKEN_FILE_ENV: &str = "TOLLGATE_TEST_AZURE_TOKEN_FILE";
+const IDENTITY_HEADER_ENV: &str = "TOLLGATE_TEST_AZURE_IDENTITY_HEADER";
+const WRONG_IDENTITY_HEADER_ENV: &str = "TOLLGATE_TEST_AZURE_WRONG_IDENTITY_HEADER";
 
 static AZURE_ENV: Once = Once::new();
 
@@ -38,6 +42,8 @@ async fn azure_mock() -> MockServer {
             std::env::set_var(CLIENT_ID_ENV, "client-1111-mock");
             std::env::set_var(SECRET_ENV, CLIENT_SECRET);
             std::env::set_var(TOKEN_FILE_ENV, &file);
+            std::env::set_var(IDENTITY_HEADER_ENV, IDENTITY_HEADER);
+            std::env::set_var(WRONG_IDENTITY_HEADER_ENV, "n0tTh3Id3nt1tyH34d3r");
         }
     });
     mock().await
@@ -107,6 +113,7 @@ fn assert_no_azure_secrets(what: &str, text: &str, mock: &MockServer) {
         API_KEY.to_owned(),
         CLIENT_SECRET.to_owned(),
         ASSERTION.to_owned(),
+        IDENTITY_HEADER.to_owned(),
     ];
     needles.extend(mock.azure.issued_tokens());
     for n in needles {
@@ -692,9 +699,12 @@ async fn a_refused_token_is_dropped_and_fetched_again_once() {
     let a = post(&url, chat("gpt-4o", "")).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(mock.azure.token_fetches(), 1);
-    // Azure refuses the token: the client gets 502, and the token is dropped.
+    // Azure refuses every token: the first is dropped and the request sent
+    // once more with a fresh one, refused too: the client gets 502.
     let a = post(&url, chat("gpt-4o", r#""mock_fault":"azure_401""#)).await;
     a.error(502, "upstream_auth_failed");
+    assert_eq!(mock.azure.token_fetches(), 2);
+    assert_eq!(mock.azure.rejected(), 2, "one retry, not more");
     // Past the (1 ms) cooldown, concurrent requests fetch one new token.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut tasks = Vec::new();
@@ -708,8 +718,169 @@ async fn a_refused_token_is_dropped_and_fetched_again_once() {
         let a = t.await.unwrap();
         assert_eq!(a.status, 200, "{}", a.body);
     }
+    // The fresh token was kept (refused at once, it was not the token's
+    // age): the burst uses it, no third fetch.
     assert_eq!(mock.azure.token_fetches(), 2);
     assert_eq!(mock.azure.used_tokens().len(), 2);
+}
+
+/// A token Azure refuses (revoked before its stated expiry) is replaced
+/// inside the same request: one new fetch, the request sent once more, the
+/// client served; an API key is never sent twice.
+#[tokio::test]
+async fn a_revoked_token_is_retried_once_with_a_fresh_one() {
+    let mock = azure_mock().await;
+    let toml = client_credentials("gpt-4o", "", "")
+        + &keyed(
+            "keyed",
+            "d",
+            "headers = { \"x-mock-fault\" = \"azure_401\" }",
+        )
+        + "[router]\ncredential_cooldown_ms = 1\nnum_retries = 0\n";
+    let gw = azure_gateway(&toml, &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    let a = post(&url, chat("gpt-4o", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(mock.azure.token_fetches(), 1);
+    mock.azure.revoke_tokens();
+    // Concurrent requests, streams among them: each refused once, all
+    // served after one new fetch.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let url = url.clone();
+        let extra = if i % 2 == 0 { r#""stream":true"# } else { "" };
+        let body = chat("gpt-4o", extra);
+        tasks.push(tokio::spawn(async move { post(&url, body).await }));
+    }
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.body.contains("tok15"), "{}", a.body);
+    }
+    assert_eq!(mock.azure.token_fetches(), 2, "one new fetch");
+    let refused = mock.azure.rejected();
+    assert!((1..=10).contains(&refused), "refused {refused}");
+    assert_eq!(mock.azure.used_tokens().len(), 2);
+    // An API key refused: 502 at once, sent once, no token fetched.
+    let before = mock.azure.rejected();
+    let a = post(&url, chat("keyed", "")).await;
+    a.error(502, "upstream_auth_failed");
+    assert_eq!(mock.azure.rejected(), before + 1);
+    assert_eq!(mock.azure.token_fetches(), 2);
+    assert_no_azure_secrets("the logs", &logs(), &mock);
+}
+
+/// An App Service / Functions managed identity: `X-IDENTITY-HEADER`,
+/// `api-version=2019-08-01`, `resource=`, and an answer with `expires_on`
+/// only; a wrong identity header is 502 `upstream_auth_failed`.
+#[tokio::test]
+async fn an_app_service_identity_gets_its_token() {
+    let mock = azure_mock().await;
+    let app_service = |header_env: &str| {
+        format!(
+            "style = \"v1\"\nauth = \"app_service\"\nidentity_endpoint = \"{{azure}}/msi/token\"\nidentity_header_env = \"{header_env}\""
+        )
+    };
+    let toml = group("as", "gpt-4o-as", "", &app_service(IDENTITY_HEADER_ENV))
+        + &group(
+            "as-wrong",
+            "gpt-4o-as",
+            "",
+            &app_service(WRONG_IDENTITY_HEADER_ENV),
+        );
+    let gw = azure_gateway(&toml, &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..3 {
+        let a = post(&url, chat("as", "")).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(mock.azure.token_fetches(), 1, "cached by its expires_on");
+    let log = mock.log.all();
+    let fetch = log.iter().find(|r| r.path == "/msi/token").unwrap();
+    assert_eq!(fetch.method, "GET");
+    assert_eq!(fetch.headers["x-identity-header"], IDENTITY_HEADER);
+    let a = post(&url, chat("as-wrong", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("App Service identity endpoint"),
+        "{message}"
+    );
+    assert!(message.contains("HTTP 401"), "{message}");
+    assert_no_azure_secrets("the logs", &logs(), &mock);
+}
+
+/// A 200 that Azure's content filter ended (`finish_reason:
+/// "content_filter"`) is an answer: passed through, charged for the tokens
+/// it used (whole and streamed), and the deployment stays in service.
+#[tokio::test]
+async fn a_content_filtered_answer_is_charged_and_not_cooled() {
+    let mock = azure_mock().await;
+    let ledger = tollgate::budget::Ledger::new(tollgate::budget::TimeZone::UTC);
+    let toml = format!(
+        "{}\n[router]\nnum_retries = 0\n[keys]\nstore = \"memory\"\nmaster_key_env = \"{{master_env}}\"\n",
+        keyed("gpt-4o", "gpt-4o-prod", "")
+    )
+    .replace("{azure}", &format!("http://{}", mock.addr));
+    let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["*"], "max_budget": 10.0}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let key = v["key"].as_str().unwrap().to_owned();
+    let id = v["key_id"].as_str().unwrap().to_owned();
+    let url = gw.url("/v1/chat/completions");
+    let a = post_as(
+        &url,
+        &key,
+        chat("gpt-4o", r#""mock_fault":"content_filter_finish""#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["choices"][0]["finish_reason"], "content_filter");
+    let a = post_as(
+        &url,
+        &key,
+        chat(
+            "gpt-4o",
+            r#""stream":true,"mock_fault":"content_filter_finish""#,
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        chunks(&a.body)
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "content_filter"),
+        "{}",
+        a.body
+    );
+    // The mock's filtered answers use 5 prompt and 1 completion tokens.
+    let usage = tollgate::budget::TokenUsage {
+        prompt_tokens: 5,
+        completion_tokens: 1,
+        cached_tokens: 0,
+        cache_creation_tokens: 0,
+    };
+    let price = tollgate::budget::Price {
+        input_per_mtok: 2_500_000,
+        output_per_mtok: 10_000_000,
+        cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+    };
+    let spent = ledger.usage(
+        &tollgate::budget::Scope::Key(id.as_str().into()),
+        tollgate::budget::Period::Total,
+    );
+    assert_eq!(spent.reserved, 0);
+    assert_eq!(spent.spent, 2 * price.cost(&usage), "both answers charged");
+    // Not a fault of the deployment: its one deployment still serves.
+    let a = post_as(&url, &key, chat("gpt-4o", "")).await;
+    assert_eq!(a.status, 200, "not cooled down: {}", a.body);
 }
 
 #[tokio::test]

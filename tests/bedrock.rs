@@ -5,8 +5,10 @@
 //! tool calls with long streamed arguments, usage (cache reads and writes)
 //! charged to a budget under 200 concurrent streams, each Bedrock exception
 //! to its reason and router behaviour, cuts and mid-stream exceptions in
-//! the client family's framing, a tampered or stale signature refused, and
-//! no AWS secret anywhere.
+//! the client family's framing, a tampered or stale signature refused,
+//! temporary credentials from the container credentials endpoint refreshed
+//! across expiry under load (and what a failing endpoint or a refused
+//! credential becomes), and no AWS secret anywhere.
 
 mod common;
 
@@ -22,6 +24,10 @@ const SECRET_ENV: &str = "TOLLGATE_TEST_AWS_SECRET";
 const TOKEN_ENV: &str = "TOLLGATE_TEST_AWS_TOKEN";
 const WRONG_SECRET_ENV: &str = "TOLLGATE_TEST_AWS_WRONG_SECRET";
 const API_KEY_ENV: &str = "TOLLGATE_TEST_BEDROCK_API_KEY";
+const CONTAINER_TOKEN_ENV: &str = "TOLLGATE_TEST_AWS_CONTAINER_TOKEN";
+const ROLE_ARN_ENV: &str = "TOLLGATE_TEST_AWS_ROLE_ARN";
+const WEB_TOKEN_FILE_ENV: &str = "TOLLGATE_TEST_AWS_WEB_IDENTITY_TOKEN_FILE";
+const WRONG_WEB_TOKEN_FILE_ENV: &str = "TOLLGATE_TEST_AWS_WRONG_WEB_IDENTITY_TOKEN_FILE";
 const MODEL: &str = "anthropic.mock-claude-v1:0";
 const TEXT: &str =
     "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15";
@@ -30,6 +36,14 @@ fn env() {
     static ENV: Once = Once::new();
     init();
     ENV.call_once(|| {
+        let dir = std::env::temp_dir();
+        let token_file = dir.join(format!("tollgate-web-identity-{}.jwt", std::process::id()));
+        std::fs::write(&token_file, format!("{}\n", mockbr::WEB_IDENTITY_TOKEN)).unwrap();
+        let wrong_file = dir.join(format!(
+            "tollgate-web-identity-{}-wrong.jwt",
+            std::process::id()
+        ));
+        std::fs::write(&wrong_file, "eyJub3QiOiJ0aGlzIn0.eyJ3cm9uZyI6MX0.c2ln").unwrap();
         // SAFETY: once, before any gateway of this binary reads them (every
         // test calls `env()` before it builds one).
         unsafe {
@@ -38,6 +52,13 @@ fn env() {
             std::env::set_var(TOKEN_ENV, mockbr::SESSION_TOKEN);
             std::env::set_var(WRONG_SECRET_ENV, "notTheSecretAccessKey0123456789abcdefXYZ");
             std::env::set_var(API_KEY_ENV, mockbr::API_KEY);
+            std::env::set_var(CONTAINER_TOKEN_ENV, mockbr::CONTAINER_TOKEN);
+            std::env::set_var(
+                ROLE_ARN_ENV,
+                "arn:aws:iam::123456789012:role/mock-bedrock-caller",
+            );
+            std::env::set_var(WEB_TOKEN_FILE_ENV, &token_file);
+            std::env::set_var(WRONG_WEB_TOKEN_FILE_ENV, &wrong_file);
         }
     });
 }
@@ -52,6 +73,22 @@ fn deployment(mock: &MockServer, auth: &str, fault: Option<&str>) -> String {
         "api_key" => {
             format!("api_key_env = \"{API_KEY_ENV}\"\nbedrock = {{ region = \"us-east-1\" }}\n")
         }
+        // Temporary credentials from the mock's container credentials
+        // endpoint; failed fetches retried after 1 ms.
+        "container" => format!(
+            "bedrock = {{ region = \"us-east-1\", credentials = \"container\", container_credentials_uri = \"http://{}/v2/credentials/task-1\", container_authorization_token_env = \"{CONTAINER_TOKEN_ENV}\", retry_after_failure_ms = 1 }}\n",
+            mock.addr
+        ),
+        // Web identity: the token file exchanged at the mock's STS.
+        "web_identity" | "web_identity_wrong" => format!(
+            "bedrock = {{ region = \"us-east-1\", credentials = \"web_identity\", sts_endpoint = \"http://{}/sts\", role_arn_env = \"{ROLE_ARN_ENV}\", web_identity_token_file_env = \"{}\", role_session_name = \"tollgate-test\", retry_after_failure_ms = 1 }}\n",
+            mock.addr,
+            if auth == "web_identity" {
+                WEB_TOKEN_FILE_ENV
+            } else {
+                WRONG_WEB_TOKEN_FILE_ENV
+            }
+        ),
         "wrong" => format!(
             "bedrock = {{ region = \"us-east-1\", access_key_id_env = \"{KEY_ID_ENV}\", secret_access_key_env = \"{WRONG_SECRET_ENV}\", session_token_env = \"{TOKEN_ENV}\" }}\n"
         ),
@@ -111,7 +148,12 @@ fn assert_no_aws_secrets(what: &str, text: &str) {
         mockbr::SECRET_ACCESS_KEY,
         mockbr::SESSION_TOKEN,
         mockbr::API_KEY,
+        mockbr::CONTAINER_TOKEN,
+        mockbr::WEB_IDENTITY_TOKEN,
         "notTheSecretAccessKey",
+        // The mock's temporary secret keys and session tokens.
+        "mockTempSecret",
+        "mockTempSessionToken",
     ] {
         assert!(
             !text.contains(needle),
@@ -890,9 +932,36 @@ fn the_config_refuses_incomplete_bedrock_deployments() {
     assert_eq!(e.field(), "groups[0].deployments[0].bedrock", "{e}");
     let e = with("api = \"bedrock\"\nbedrock = { region = \"\" }").unwrap_err();
     assert_eq!(e.field(), "groups[0].deployments[0].bedrock.region", "{e}");
-    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", access_key_id_env = \"TOLLGATE_TEST_SURELY_UNSET\" }")
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", credentials = \"environment\", access_key_id_env = \"TOLLGATE_TEST_SURELY_UNSET\" }")
         .unwrap_err();
     assert!(e.to_string().contains("TOLLGATE_TEST_SURELY_UNSET"), "{e}");
+    // Container credentials: a source it does not know, an endpoint that
+    // would carry credentials in clear text, no endpoint at all.
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", credentials = \"imds\" }")
+        .unwrap_err();
+    assert_eq!(
+        e.field(),
+        "groups[0].deployments[0].bedrock.credentials",
+        "{e}"
+    );
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", credentials = \"container\", container_credentials_uri = \"http://10.1.2.3/creds\" }")
+        .unwrap_err();
+    assert_eq!(
+        e.field(),
+        "groups[0].deployments[0].bedrock.container_credentials_uri",
+        "{e}"
+    );
+    assert!(e.to_string().contains("loopback"), "{e}");
+    let e = with("api = \"bedrock\"\nbedrock = { region = \"us-east-1\", credentials = \"container\", container_credentials_uri = \"http://127.0.0.1:1/creds\", refresh_ahead = 3 }")
+        .unwrap_err();
+    assert!(e.to_string().contains("refresh_ahead"), "{e}");
+    let e = with("api = \"bedrock\"\napi_key_env = \"TOLLGATE_TEST_BEDROCK_API_KEY\"\nbedrock = { region = \"us-east-1\", credentials = \"container\" }")
+        .unwrap_err();
+    assert_eq!(
+        e.field(),
+        "groups[0].deployments[0].bedrock.credentials",
+        "{e}"
+    );
     let e = with("api = \"bedrock\"\napi_key_env = \"TOLLGATE_TEST_SURELY_UNSET\"\nbedrock = { region = \"us-east-1\" }")
         .unwrap_err();
     assert_eq!(e.field(), "groups[0].deployments[0].api_key_env", "{e}");
@@ -913,4 +982,299 @@ fn the_config_refuses_incomplete_bedrock_deployments() {
         tollgate::provider::bedrock_default_base_url("eu-west-3"),
         "https://bedrock-runtime.eu-west-3.amazonaws.com"
     );
+}
+
+/// The deployment `bedrock-temp` on temporary credentials (`auth`:
+/// `container`, `web_identity`, `web_identity_wrong`), priced.
+fn temporary(mock: &MockServer, auth: &str) -> String {
+    format!(
+        "[router]\nnum_retries = 0\ncredential_cooldown_ms = 1\n[[groups]]\nname = \"bedrock-temp\"\nprice_in_per_mtok = 3.0\nprice_out_per_mtok = 15.0\n{}",
+        deployment(mock, auth, None)
+    )
+}
+
+/// Credentials living 2 s, refreshed ahead (at half their life) by one task
+/// while 16 clients of both families send requests and streams without
+/// pause for 5 s: every request served, none signed with expired
+/// credentials, never a herd of fetches (one per set of credentials used).
+#[tokio::test]
+async fn container_credentials_are_refreshed_across_expiry_under_load() {
+    refreshed_across_expiry_under_load("container").await;
+}
+
+/// The same with web identity: the token file exchanged at STS.
+#[tokio::test]
+async fn web_identity_credentials_are_refreshed_across_expiry_under_load() {
+    refreshed_across_expiry_under_load("web_identity").await;
+}
+
+async fn refreshed_across_expiry_under_load(auth: &str) {
+    env();
+    let mock = mock().await;
+    mock.bedrock.set_credentials_ttl(Duration::from_secs(2));
+    let gw = gateway(&temporary(&mock, auth), &mock).await;
+    let start = std::time::Instant::now();
+    let run = Duration::from_secs(5);
+    let mut workers = Vec::new();
+    for w in 0..16u32 {
+        let (chat_url, messages_url) = (gw.url("/v1/chat/completions"), gw.url("/v1/messages"));
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while start.elapsed() < run {
+                let stream = (n + w) % 2 == 0;
+                let extra = if stream { r#""stream":true"# } else { "" };
+                let a = if w % 2 == 0 {
+                    post(&chat_url, chat("bedrock-temp", extra)).await
+                } else {
+                    let res = anonymous()
+                        .post(&messages_url)
+                        .header("content-type", "application/json")
+                        .header("anthropic-version", "2023-06-01")
+                        .header("x-api-key", CLIENT_KEY)
+                        .body(messages("bedrock-temp", extra))
+                        .send()
+                        .await
+                        .unwrap();
+                    read_answer(res).await
+                };
+                assert_eq!(a.status, 200, "{}", a.body);
+                assert!(a.body.contains("tok15"), "{}", a.body);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    let fetches = mock.bedrock.credential_fetches();
+    let used = mock.bedrock.used_credentials().len() as u64;
+    assert!(total > 16, "served {total}");
+    assert_eq!(mock.bedrock.rejected(), 0, "no request refused");
+    assert_eq!(mock.bedrock.expired_uses(), 0);
+    // Several lifetimes crossed; each fetch's credentials were used (the
+    // last one may have landed after the run): one fetch per refresh.
+    assert!(used >= 3, "credentials used: {used}");
+    assert!(fetches <= used + 1, "fetches {fetches}, used {used}");
+    assert_no_aws_secrets("the logs", &logs());
+    for secret in mock.bedrock.issued_secrets() {
+        assert!(!logs().contains(&secret), "the logs leak an issued secret");
+    }
+}
+
+/// A credentials endpoint that fails is the gateway's problem: 502
+/// `upstream_auth_failed` in each client family's shape (never a 401),
+/// naming the endpoint's error and no secret; the deployment cools down;
+/// once the endpoint recovers, requests are served again.
+#[tokio::test]
+async fn a_failing_credentials_endpoint_is_502_in_each_family() {
+    env();
+    let mock = mock().await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Unavailable));
+    let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("AWS credentials"), "{message}");
+    assert!(message.contains("HTTP 500: InternalError"), "{message}");
+    assert!(message.contains("not your key"), "{message}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post_messages(&gw, messages("bedrock-temp", r#""stream":true"#)).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["type"], "error", "{}", a.body);
+    assert_eq!(v["error"]["type"], "api_error", "{}", a.body);
+    assert_eq!(
+        v["error"]["metadata"]["reason"], "upstream_auth_failed",
+        "{}",
+        a.body
+    );
+    // An answer that is not credentials: the same, saying so.
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Garbage));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without AccessKeyId"),
+        "{}",
+        a.body
+    );
+    // Nothing was sent to Bedrock meanwhile.
+    assert_eq!(mock.bedrock.rejected(), 0);
+    assert!(!mock.log.all().iter().any(|r| r.path.starts_with("/model/")));
+    // Recovered: served, both families.
+    mock.bedrock.set_credentials_fault(None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = post_messages(&gw, messages("bedrock-temp", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(mock.bedrock.used_credentials().len(), 1);
+    assert_no_aws_secrets("the logs", &logs());
+}
+
+/// Credentials Bedrock refuses (403 `ExpiredTokenException`: revoked before
+/// their stated expiry) are dropped: the request that met the refusal is 502
+/// `upstream_auth_failed`, and the next requests, concurrent, share one new
+/// fetch.
+#[tokio::test]
+async fn refused_credentials_are_dropped_and_fetched_again_once() {
+    env();
+    let mock = mock().await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(mock.bedrock.credential_fetches(), 1);
+    mock.bedrock.revoke_credentials();
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    assert_eq!(
+        v["error"]["metadata"]["raw"]["__type"], "ExpiredTokenException",
+        "{}",
+        a.body
+    );
+    assert_eq!(mock.bedrock.expired_uses(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            post(&url, chat("bedrock-temp", r#""stream":true"#)).await
+        }));
+    }
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(mock.bedrock.credential_fetches(), 2);
+    assert_eq!(mock.bedrock.used_credentials().len(), 2);
+}
+
+/// No temporary secret key, session token or container authorization token
+/// in any answer, log line, metric or `Debug` output.
+#[tokio::test]
+async fn no_temporary_credential_in_any_body_log_metric_or_debug() {
+    env();
+    let mock = mock().await;
+    let gw = gateway(&temporary(&mock, "container"), &mock).await;
+    let mut seen = String::new();
+    for extra in ["", r#""stream":true"#] {
+        let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", extra)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        seen.push_str(&format!("{:?}\n{}\n", a.headers, a.body));
+        let a = post_messages(&gw, messages("bedrock-temp", extra)).await;
+        seen.push_str(&format!("{:?}\n{}\n", a.headers, a.body));
+    }
+    mock.bedrock.revoke_credentials();
+    let a = post(&gw.url("/v1/chat/completions"), chat("bedrock-temp", "")).await;
+    seen.push_str(&format!("{:?}\n{}\n", a.headers, a.body));
+    let metrics = anonymous()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("bedrock"), "the scrape has the deployment");
+    let source = tollgate::provider::bedrock::AwsSource::container(
+        &format!("http://{}/v2/credentials/task-1", mock.addr),
+        Some(tollgate::credentials::Secret::new(mockbr::CONTAINER_TOKEN)),
+        None,
+    )
+    .unwrap();
+    let auth = tollgate::provider::BedrockAuth::refreshing(
+        source.clone(),
+        tollgate::credentials::RefreshPolicy::default(),
+    );
+    let client = tollgate::provider::HttpClient::builder().build().unwrap();
+    let fetched = source.fetch(&client).await.unwrap();
+    let mut signer = tollgate::provider::bedrock::Signer::new("us-east-1", auth.clone());
+    signer.start("b", &client);
+    let held = signer.credentials().unwrap().get().await.unwrap();
+    let debug = format!(
+        "{auth:?} {fetched:?} {:?} {signer:?} {held:?}",
+        fetched.value
+    );
+    let secrets = mock.bedrock.issued_secrets();
+    assert!(secrets.len() >= 6, "three fetches: {}", secrets.len());
+    for (what, text) in [
+        ("the answers", &seen),
+        ("the logs", &logs()),
+        ("/metrics", &metrics),
+        ("Debug", &debug),
+    ] {
+        assert_no_aws_secrets(what, text);
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{what} leaks an issued secret");
+        }
+    }
+}
+
+/// Web identity's failures, from STS's XML errors: a token STS refuses, STS
+/// unavailable, an answer that is not credentials; each 502
+/// `upstream_auth_failed` naming STS's code, never the token.
+#[tokio::test]
+async fn web_identity_failures_name_sts_errors() {
+    env();
+    let mock = mock().await;
+    let gw = gateway(&temporary(&mock, "web_identity_wrong"), &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("STS (AssumeRoleWithWebIdentity)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("HTTP 400: InvalidIdentityToken: Couldn't retrieve"),
+        "{message}"
+    );
+    let gw = gateway(&temporary(&mock, "web_identity"), &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Unavailable));
+    let a = post_messages(&gw, messages("bedrock-temp", "")).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("HTTP 503: ServiceUnavailable"),
+        "{message}"
+    );
+    mock.bedrock
+        .set_credentials_fault(Some(mockbr::CredentialsFault::Garbage));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&url, chat("bedrock-temp", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without AccessKeyId"),
+        "{}",
+        a.body
+    );
+    mock.bedrock.set_credentials_fault(None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = post(&url, chat("bedrock-temp", r#""stream":true"#)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // What STS received: the form, the token from the file.
+    let sts = mock
+        .log
+        .all()
+        .into_iter()
+        .rfind(|r| r.path == "/sts")
+        .unwrap();
+    let form = String::from_utf8_lossy(&sts.body).into_owned();
+    assert!(form.contains("Action=AssumeRoleWithWebIdentity"), "{form}");
+    assert!(form.contains("RoleSessionName=tollgate-test"), "{form}");
+    assert_no_aws_secrets("the logs", &logs());
 }

@@ -193,6 +193,43 @@ async fn the_openai_sdk_drives_chat_responses_embeddings_and_errors() {
     run("openai_client.py", &format!("http://{}", gw.addr)).await;
 }
 
+/// Two Bedrock (Converse) groups on the mock's root, signed with temporary
+/// credentials from its container credentials endpoint.
+fn bedrock_config(mock: &MockServer) -> String {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        // SAFETY: once, before the gateway that reads it is built.
+        unsafe {
+            std::env::set_var(
+                "TOLLGATE_SDK_AWS_CONTAINER_TOKEN",
+                mock_upstream::bedrock::CONTAINER_TOKEN,
+            )
+        };
+    });
+    let deployment = |fault: &str| {
+        format!(
+            "[[groups.deployments]]\nprovider = \"bedrock\"\napi = \"bedrock\"\nbase_url = \"http://{addr}\"\nmodel = \"anthropic.mock-claude-v1:0\"\n{fault}bedrock = {{ region = \"us-east-1\", credentials = \"container\", container_credentials_uri = \"http://{addr}/v2/credentials/sdk\", container_authorization_token_env = \"TOLLGATE_SDK_AWS_CONTAINER_TOKEN\" }}\n",
+            addr = mock.addr
+        )
+    };
+    format!(
+        "[router]\nnum_retries = 0\n[[groups]]\nname = \"bedrock-claude\"\n{}[[groups]]\nname = \"bedrock-tools\"\n{}",
+        deployment(""),
+        deployment("headers = { \"x-mock-fault\" = \"tool_use:4KiB\" }\n")
+    )
+}
+
+/// Both SDKs through Bedrock deployments: each family whole, streamed, and
+/// with a tool call (its streamed arguments intact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sdks_drive_a_bedrock_deployment() {
+    let mock = mock().await;
+    let gw = gateway(&bedrock_config(&mock), &mock).await;
+    run("bedrock_client.py", &format!("http://{}", gw.addr)).await;
+    assert_eq!(mock.bedrock.credential_fetches(), 2, "one per deployment");
+    assert_eq!(mock.bedrock.rejected(), 0);
+}
+
 /// LiteLLM's own admin CLI drives the admin API: keys generate, list and
 /// delete (by key and by alias), teams list, version, and raw requests as
 /// LiteLLM's docs show them.

@@ -9,6 +9,7 @@
 //! | `POST /openai/responses?api-version=V`, `POST /openai/v1/{route}` | the same, the deployment in the body's `model` |
 //! | `POST /{tenant}/oauth2/v2.0/token` | Entra ID: a form with `grant_type=client_credentials`, `client_id`, `scope`, and `client_secret` = [`CLIENT_SECRET`] or `client_assertion` = [`ASSERTION`] (with its `client_assertion_type`); answers `{"token_type":"Bearer","expires_in":TTL,"access_token":…}` |
 //! | `GET /metadata/identity/oauth2/token?api-version=…&resource=…` | a managed identity (IMDS): needs `Metadata: true`; `expires_in` as a string, as IMDS sends it |
+//! | `GET /msi/token?api-version=2019-08-01&resource=…` | an App Service / Functions managed identity: needs `X-IDENTITY-HEADER: `[`IDENTITY_HEADER`]; answers `expires_on` (seconds since the epoch, a string) and no `expires_in`, as App Service does |
 //!
 //! Authentication of the API routes: `api-key: `[`API_KEY`], or
 //! `Authorization: Bearer <a token this mock issued and that has not
@@ -50,6 +51,8 @@ pub const API_KEY: &str = "azk-4zur3Ap1K3yTh4tMustN3v3rL34kAbCdEf0123";
 pub const CLIENT_SECRET: &str = "cs~Entr4Cl13ntS3cr3tTh4tMustN3v3rL34k9876";
 /// The federated token (workload identity) the token endpoint accepts.
 pub const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.F3d3r4t3dT0k3nS1gn4tur3";
+/// The secret `X-IDENTITY-HEADER` the App Service identity endpoint requires.
+pub const IDENTITY_HEADER: &str = "4ppS3rv1c3Id3nt1tyH34d3rMustN3v3rL34k5555";
 /// The scope the token endpoint requires (the resource, for IMDS, without `/.default`).
 pub const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
@@ -146,6 +149,15 @@ impl AzureMock {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Every token issued so far stops being accepted (as when Entra ID
+    /// revokes a token before its expiry): the API routes answer 401.
+    pub fn revoke_tokens(&self) {
+        let now = Instant::now();
+        for at in self.0.tokens.lock().unwrap().issued.values_mut() {
+            *at = now;
+        }
     }
 
     /// The distinct tokens the API routes accepted, in order of first use.
@@ -529,7 +541,17 @@ pub(super) async fn token(State(st): State<AppState>, req: Request) -> Response 
 }
 
 /// `GET /metadata/identity/oauth2/token`: a managed identity, IMDS-style.
-pub(super) async fn imds(State(st): State<AppState>, req: Request) -> Response {
+pub(super) async fn imds(st: State<AppState>, req: Request) -> Response {
+    identity(st, req, false).await
+}
+
+/// `GET /msi/token`: an App Service / Functions managed identity.
+pub(super) async fn app_service(st: State<AppState>, req: Request) -> Response {
+    identity(st, req, true).await
+}
+
+/// A managed identity endpoint: IMDS's, or App Service's (`app_service`).
+async fn identity(State(st): State<AppState>, req: Request, app_service: bool) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
@@ -541,11 +563,16 @@ pub(super) async fn imds(State(st): State<AppState>, req: Request) -> Response {
     if let Some(resp) = token_fault(&az) {
         return resp;
     }
-    if parts.headers.get("metadata").map(|v| v.as_bytes()) != Some(b"true") {
+    let (header, expected, version) = if app_service {
+        ("x-identity-header", IDENTITY_HEADER, Some("2019-08-01"))
+    } else {
+        ("metadata", "true", None)
+    };
+    if parts.headers.get(header).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
         return entra_error(
-            400,
+            if app_service { 401 } else { 400 },
             "invalid_request",
-            "Required metadata header not specified",
+            &format!("Required {header} header not specified or wrong"),
         );
     }
     let query: HashMap<String, String> =
@@ -553,9 +580,11 @@ pub(super) async fn imds(State(st): State<AppState>, req: Request) -> Response {
             .into_owned()
             .collect();
     let resource = SCOPE.trim_end_matches("/.default");
-    if !query.contains_key("api-version")
-        || query.get("resource").map(String::as_str) != Some(resource)
-    {
+    let version_ok = match version {
+        Some(v) => query.get("api-version").map(String::as_str) == Some(v),
+        None => query.contains_key("api-version"),
+    };
+    if !version_ok || query.get("resource").map(String::as_str) != Some(resource) {
         return entra_error(
             400,
             "invalid_request",
@@ -566,9 +595,22 @@ pub(super) async fn imds(State(st): State<AppState>, req: Request) -> Response {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let client_id = query
+        .get("client_id")
+        .cloned()
+        .unwrap_or_else(|| "system-assigned".into());
+    if app_service {
+        return json_ok(json!({
+            "access_token": token,
+            "client_id": client_id,
+            "expires_on": (now + ttl).to_string(),
+            "resource": resource,
+            "token_type": "Bearer"
+        }));
+    }
     json_ok(json!({
         "access_token": token,
-        "client_id": query.get("client_id").cloned().unwrap_or_else(|| "system-assigned".into()),
+        "client_id": client_id,
         "expires_in": ttl.to_string(),
         "expires_on": (now + ttl).to_string(),
         "ext_expires_in": ttl.to_string(),

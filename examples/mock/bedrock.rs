@@ -18,6 +18,24 @@
 //! an unknown key id or token is 403 `UnrecognizedClientException`.
 //! Errors carry `x-amzn-ErrorType` and a body `{"message": "…"}`, as Bedrock's.
 //!
+//! Temporary credentials: `GET /v2/credentials/{id}` is a container
+//! credentials endpoint (as ECS's and EKS Pod Identity's): with
+//! `Authorization: `[`CONTAINER_TOKEN`] it issues new credentials at every
+//! call, `{"AccessKeyId": "ASIA…", "SecretAccessKey", "Token",
+//! "Expiration": RFC 3339}`, living [`BedrockMock::set_credentials_ttl`]
+//! (default 1 hour). The Converse routes accept them, session token
+//! required, until they expire; then 403 `ExpiredTokenException`
+//! ("The security token included in the request is expired"), as
+//! [`BedrockMock::revoke_credentials`] does at once. A wrong or missing
+//! token is 401; [`BedrockMock::set_credentials_fault`] makes the endpoint
+//! fail (500 or an unreadable answer). `POST /sts` is STS's
+//! `AssumeRoleWithWebIdentity` (a form with `Action`, `Version`, `RoleArn`,
+//! `RoleSessionName` and `WebIdentityToken` = [`WEB_IDENTITY_TOKEN`]),
+//! issuing the same credentials in STS's XML answer, with STS's XML errors
+//! (400 `InvalidIdentityToken`; the faults as 503 `ServiceUnavailable` or an
+//! unreadable answer). The [`BedrockMock`] handle (`MockServer::bedrock`)
+//! counts fetches (of both endpoints), uses and refusals.
+//!
 //! The answer is `tok0 tok1 … tok{N-1}`; usage `inputTokens` = body length /
 //! 4 (at least 1), `outputTokens` = N. Streams: `messageStart`, one
 //! `contentBlockDelta` per token, `contentBlockStop`, `messageStop`,
@@ -43,7 +61,10 @@
 //! | `stream_error:N` | stream: N text deltas, then a `modelStreamErrorException` frame |
 //! | `stream_throttled` | stream: a `throttlingException` frame before any content |
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue as EsValue, Message};
@@ -65,6 +86,296 @@ pub const SECRET_ACCESS_KEY: &str = "mockBedrockSecretKey/0123456789+abcdefEXAMP
 pub const SESSION_TOKEN: &str = "mockBedrockSessionToken/0123456789abcdefghijklmnop";
 /// The Bedrock API key the mock accepts as a bearer token.
 pub const API_KEY: &str = "ABSKmockBedrockApiKey0123456789abcdef";
+
+/// The authorization token the container credentials endpoint requires.
+pub const CONTAINER_TOKEN: &str = "mockContainerAuthToken/EksPodIdentity0123456789abcdef";
+
+/// The OIDC token STS accepts for web identity.
+pub const WEB_IDENTITY_TOKEN: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.W3bId3nt1tyT0k3nS1g";
+
+/// How the credentials endpoints fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialsFault {
+    /// 500 `{"code": "InternalError", "message": …}`.
+    Unavailable,
+    /// 200 whose body is not credentials.
+    Garbage,
+}
+
+/// Temporary credentials issued by the endpoint.
+struct Issued {
+    secret: String,
+    token: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct CredentialsState {
+    issued: HashMap<String, Issued>,
+    /// Access key ids the Converse routes accepted, in order of first use.
+    used: Vec<String>,
+}
+
+struct Shared {
+    ttl_ms: AtomicU64,
+    fault: Mutex<Option<CredentialsFault>>,
+    fetches: AtomicU64,
+    expired: AtomicU64,
+    rejected: AtomicU64,
+    next: AtomicU64,
+    state: Mutex<CredentialsState>,
+}
+
+/// The Bedrock mock's handle: the container credentials endpoint's settings
+/// and counters. Cheap to clone; clones share the state.
+#[derive(Clone)]
+pub struct BedrockMock(Arc<Shared>);
+
+impl Default for BedrockMock {
+    fn default() -> Self {
+        BedrockMock(Arc::new(Shared {
+            ttl_ms: AtomicU64::new(3_600_000),
+            fault: Mutex::new(None),
+            fetches: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            next: AtomicU64::new(1),
+            state: Mutex::new(CredentialsState::default()),
+        }))
+    }
+}
+
+impl BedrockMock {
+    /// Credentials issued from now on live this long (default 1 hour).
+    pub fn set_credentials_ttl(&self, ttl: Duration) {
+        self.0
+            .ttl_ms
+            .store(ttl.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The endpoint fails this way from now on (`None`: it works).
+    pub fn set_credentials_fault(&self, fault: Option<CredentialsFault>) {
+        *self.0.fault.lock().unwrap() = fault;
+    }
+
+    /// New temporary credentials: their access key id, secret key, session
+    /// token and expiration (RFC 3339).
+    fn issue(&self) -> [String; 4] {
+        let n = self.0.next.fetch_add(1, Ordering::SeqCst);
+        let ttl = Duration::from_millis(self.0.ttl_ms.load(Ordering::SeqCst));
+        let key_id = format!("ASIAMOCK{n:012}");
+        let issued = Issued {
+            secret: format!("mockTempSecret{n}/{:016x}", fastrand::u64(..)),
+            token: format!("mockTempSessionToken{n}/{:032x}", fastrand::u128(..)),
+            expires: Instant::now() + ttl,
+        };
+        let expiration = aws_smithy_types::DateTime::from(SystemTime::now() + ttl)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_default();
+        let out = [
+            key_id.clone(),
+            issued.secret.clone(),
+            issued.token.clone(),
+            expiration,
+        ];
+        self.0.state.lock().unwrap().issued.insert(key_id, issued);
+        out
+    }
+
+    /// Every credential issued so far expires now.
+    pub fn revoke_credentials(&self) {
+        let now = Instant::now();
+        for c in self.0.state.lock().unwrap().issued.values_mut() {
+            c.expires = now;
+        }
+    }
+
+    /// Calls to the credentials endpoint (failed ones included).
+    pub fn credential_fetches(&self) -> u64 {
+        self.0.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Converse requests signed with expired issued credentials.
+    pub fn expired_uses(&self) -> u64 {
+        self.0.expired.load(Ordering::SeqCst)
+    }
+
+    /// Converse requests refused for their credentials or signature.
+    pub fn rejected(&self) -> u64 {
+        self.0.rejected.load(Ordering::SeqCst)
+    }
+
+    /// The distinct issued access key ids the Converse routes accepted, in
+    /// order of first use.
+    pub fn used_credentials(&self) -> Vec<String> {
+        self.0.state.lock().unwrap().used.clone()
+    }
+
+    /// Every secret issued so far (secret access keys and session tokens).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let st = self.0.state.lock().unwrap();
+        st.issued
+            .values()
+            .flat_map(|c| [c.secret.clone(), c.token.clone()])
+            .collect()
+    }
+
+    /// The secret key and session token of `key_id` if it is the static
+    /// credential or an issued one that has not expired.
+    fn lookup(&self, key_id: &str) -> Result<(String, Option<String>), (&'static str, String)> {
+        if key_id == ACCESS_KEY_ID {
+            return Ok((SECRET_ACCESS_KEY.into(), None));
+        }
+        let st = self.0.state.lock().unwrap();
+        match st.issued.get(key_id) {
+            None => Err((
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.".to_owned(),
+            )),
+            Some(c) if Instant::now() >= c.expires => {
+                self.0.expired.fetch_add(1, Ordering::SeqCst);
+                Err((
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired".to_owned(),
+                ))
+            }
+            Some(c) => Ok((c.secret.clone(), Some(c.token.clone()))),
+        }
+    }
+
+    /// Counts an issued credential that signed an accepted request.
+    fn mark_used(&self, key_id: &str) {
+        let mut st = self.0.state.lock().unwrap();
+        if st.issued.contains_key(key_id) && !st.used.iter().any(|k| k == key_id) {
+            st.used.push(key_id.to_owned());
+        }
+    }
+}
+
+/// `GET /v2/credentials/{id}`: new temporary credentials at every call.
+pub(super) async fn container_credentials(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, _) = match record(&st, req).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let mock = st.bedrock.clone();
+    mock.0.fetches.fetch_add(1, Ordering::SeqCst);
+    let answer = |status: u16, v: Value| {
+        let mut resp = Response::new(Body::from(v.to_string()));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    let fault = *mock.0.fault.lock().unwrap();
+    match fault {
+        Some(CredentialsFault::Unavailable) => {
+            return answer(
+                500,
+                json!({"code": "InternalError", "message": "Unable to fetch credentials for the role"}),
+            );
+        }
+        Some(CredentialsFault::Garbage) => return answer(200, json!({"hello": "world"})),
+        None => {}
+    }
+    if parts.method != Method::GET {
+        return answer(
+            405,
+            json!({"code": "MethodNotAllowed", "message": "GET only"}),
+        );
+    }
+    let auth = parts.headers.get(header::AUTHORIZATION);
+    if auth.map(HeaderValue::as_bytes) != Some(CONTAINER_TOKEN.as_bytes()) {
+        return answer(
+            401,
+            json!({"code": "AccessDeniedException", "message": "The authorization token is missing or invalid"}),
+        );
+    }
+    let [key_id, secret, token, expiration] = mock.issue();
+    answer(
+        200,
+        json!({
+            "RoleArn": "arn:aws:iam::123456789012:role/mock-bedrock-caller",
+            "AccessKeyId": key_id,
+            "SecretAccessKey": secret,
+            "Token": token,
+            "Expiration": expiration,
+        }),
+    )
+}
+
+/// `POST /sts`: STS's `AssumeRoleWithWebIdentity`, answered in XML.
+pub(super) async fn sts(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, body) = match record(&st, req).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let mock = st.bedrock.clone();
+    mock.0.fetches.fetch_add(1, Ordering::SeqCst);
+    let xml = |status: u16, body: String| {
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+        resp
+    };
+    let sts_error = |status: u16, kind: &str, code: &str, message: &str| {
+        xml(
+            status,
+            format!(
+                "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <Error>\n    <Type>{kind}</Type>\n    <Code>{code}</Code>\n    <Message>{message}</Message>\n  </Error>\n  <RequestId>mock-sts-request</RequestId>\n</ErrorResponse>\n"
+            ),
+        )
+    };
+    let fault = *mock.0.fault.lock().unwrap();
+    match fault {
+        Some(CredentialsFault::Unavailable) => {
+            return sts_error(
+                503,
+                "Receiver",
+                "ServiceUnavailable",
+                "Service is unable to handle request.",
+            );
+        }
+        Some(CredentialsFault::Garbage) => return xml(200, "<hello/>".into()),
+        None => {}
+    }
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if parts.method != Method::POST
+        || get("Action") != "AssumeRoleWithWebIdentity"
+        || get("Version") != "2011-06-15"
+        || get("RoleArn").is_empty()
+        || get("RoleSessionName").is_empty()
+    {
+        return sts_error(
+            400,
+            "Sender",
+            "InvalidAction",
+            "Could not find operation AssumeRoleWithWebIdentity for version NO_VERSION_SPECIFIED",
+        );
+    }
+    if get("WebIdentityToken") != WEB_IDENTITY_TOKEN {
+        return sts_error(
+            400,
+            "Sender",
+            "InvalidIdentityToken",
+            "Couldn&apos;t retrieve verification key from your identity provider,  please reference AssumeRoleWithWebIdentity documentation for requirements",
+        );
+    }
+    let [key_id, secret, token, expiration] = mock.issue();
+    let role = get("RoleArn");
+    let session = get("RoleSessionName");
+    xml(
+        200,
+        format!(
+            "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <AssumeRoleWithWebIdentityResult>\n    <SubjectFromWebIdentityToken>system:sa</SubjectFromWebIdentityToken>\n    <AssumedRoleUser>\n      <Arn>{role}/{session}</Arn>\n      <AssumedRoleId>AROAMOCK:{session}</AssumedRoleId>\n    </AssumedRoleUser>\n    <Credentials>\n      <SessionToken>{token}</SessionToken>\n      <SecretAccessKey>{secret}</SecretAccessKey>\n      <Expiration>{expiration}</Expiration>\n      <AccessKeyId>{key_id}</AccessKeyId>\n    </Credentials>\n    <Audience>sts.amazonaws.com</Audience>\n  </AssumeRoleWithWebIdentityResult>\n  <ResponseMetadata>\n    <RequestId>mock-sts-request</RequestId>\n  </ResponseMetadata>\n</AssumeRoleWithWebIdentityResponse>\n"
+        ),
+    )
+}
 
 /// The largest clock skew accepted, as AWS's.
 const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -167,7 +478,8 @@ pub(super) async fn handle(State(st): State<AppState>, req: Request, stream: boo
     if parts.method != Method::POST {
         return error(405, "ValidationException", "Method not allowed.");
     }
-    if let Err((kind, message)) = authenticate(&parts, &body, SystemTime::now()) {
+    if let Err((kind, message)) = authenticate(&st.bedrock, &parts, &body, SystemTime::now()) {
+        st.bedrock.0.rejected.fetch_add(1, Ordering::SeqCst);
         return error(403, kind, &message);
     }
     let json: Value = match serde_json::from_slice(&body) {
@@ -393,6 +705,7 @@ pub fn exception(kind: &str, message: &str) -> Bytes {
 /// Bedrock's authentication: a bearer API key, or a SigV4 signature
 /// verified here. `Err((exception, message))` otherwise.
 fn authenticate(
+    mock: &BedrockMock,
     parts: &http::request::Parts,
     body: &[u8],
     now: SystemTime,
@@ -441,12 +754,9 @@ fn authenticate(
         "IncompleteSignatureException",
         "The Authorization header is malformed.".to_owned(),
     ))?;
-    if claim.access_key_id != ACCESS_KEY_ID {
-        return Err((
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.".to_owned(),
-        ));
-    }
+    // The static credential (its session token optional), or an issued one
+    // (its session token required) that has not expired.
+    let (secret, required_token) = mock.lookup(&claim.access_key_id)?;
     if claim.service != "bedrock" {
         return Err((
             "InvalidSignatureException",
@@ -457,8 +767,14 @@ fn authenticate(
         ));
     }
     let token = headers.iter().find(|(k, _)| k == "x-amz-security-token");
+    if token.is_none() && required_token.is_some() {
+        return Err((
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_owned(),
+        ));
+    }
     if let Some((_, t)) = token {
-        if t != SESSION_TOKEN
+        if t != required_token.as_deref().unwrap_or(SESSION_TOKEN)
             || !claim
                 .signed_headers
                 .iter()
@@ -503,10 +819,11 @@ fn authenticate(
             "host and x-amz-date must be signed.".to_owned(),
         ));
     }
-    let expected = sigv4::signature(&req, &claim, SECRET_ACCESS_KEY, true);
+    let expected = sigv4::signature(&req, &claim, &secret, true);
     if !sigv4::equal(expected.as_bytes(), claim.signature.as_bytes()) {
         return Err(("InvalidSignatureException", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".to_owned()));
     }
+    mock.mark_used(&claim.access_key_id);
     Ok(())
 }
 

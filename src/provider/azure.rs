@@ -22,12 +22,14 @@
 //! - an Entra ID token, sent as `Authorization: Bearer <token>`, from an
 //!   [`Entra`] source: client credentials (tenant, client id and secret),
 //!   a managed identity's token endpoint (IMDS-style `GET` with
-//!   `Metadata: true`), or workload identity (a federated token file sent as
-//!   `client_assertion`). The token is fetched once, cached and refreshed
-//!   ahead of expiry by one task ([`crate::credentials`]); a fetch that fails
-//!   is 502 `upstream_auth_failed` for the request (the router cools the
-//!   deployment down and tries another), and a 401 from Azure drops the
-//!   cached token so the next request fetches a new one.
+//!   `Metadata: true`, or App Service's with `X-IDENTITY-HEADER`), or
+//!   workload identity (a federated token file sent as `client_assertion`).
+//!   The token is fetched once, cached and refreshed ahead of expiry by one
+//!   task ([`crate::credentials`]); a fetch that fails is 502
+//!   `upstream_auth_failed` for the request (the router cools the
+//!   deployment down and tries another). A 401 from Azure drops the cached
+//!   token and the request is sent once more with a fresh one (its body is
+//!   buffered bytes); refused again, it is 502 `upstream_auth_failed`.
 //!
 //! ```
 //! use tollgate::provider::Provider;
@@ -61,15 +63,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::{BuildError, HttpClient};
 use crate::body::Chunks;
 use crate::credentials::{
-    Credential, CredentialCache, CredentialError, Fetched, RefreshPolicy, Secret,
+    Credential, CredentialCache, CredentialError, Fetched, RefreshPolicy, Secret, exchange,
+    upstream_auth_failed,
 };
-use crate::error::{Error, Reason};
+use crate::error::Error;
 use crate::read_request::{Endpoint, json_string};
 use crate::sanitize::{Secrets, redact};
 
@@ -84,9 +86,6 @@ pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2
 
 /// How long one token fetch may take, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The largest token-endpoint answer read.
-const MAX_TOKEN_ANSWER: usize = 64 << 10;
 
 /// Where Azure OpenAI requests go and how they are authenticated (see the
 /// module docs). Given to [`ProviderBuilder::azure`](super::ProviderBuilder::azure).
@@ -264,6 +263,11 @@ enum Kind {
         endpoint: String,
         client_id: Option<String>,
     },
+    AppService {
+        endpoint: String,
+        header: Secret,
+        client_id: Option<String>,
+    },
     WorkloadIdentity {
         token_url: Uri,
         client_id: String,
@@ -291,6 +295,15 @@ impl fmt::Debug for Entra {
                 .field("kind", &"managed_identity")
                 .field("endpoint", endpoint)
                 .field("client_id", client_id),
+            Kind::AppService {
+                endpoint,
+                client_id,
+                ..
+            } => d
+                .field("kind", &"app_service")
+                .field("endpoint", endpoint)
+                .field("client_id", client_id)
+                .field("identity_header", &"[redacted]"),
             Kind::WorkloadIdentity {
                 token_url,
                 client_id,
@@ -370,6 +383,34 @@ impl Entra {
         })
     }
 
+    /// An App Service or Azure Functions managed identity: a `GET
+    /// {endpoint}?api-version=2019-08-01&resource=…` with the secret
+    /// `X-IDENTITY-HEADER` (the platform sets both in `IDENTITY_ENDPOINT`
+    /// and `IDENTITY_HEADER`), naming a user-assigned identity by
+    /// `client_id` when given. Its answer says when the token expires as
+    /// `expires_on`, seconds since the epoch.
+    pub fn app_service(
+        endpoint: &str,
+        identity_header: Secret,
+        client_id: Option<&str>,
+    ) -> Result<Self, BuildError> {
+        let Entra { scope, timeout, .. } = Entra::managed_identity(endpoint, None)?;
+        if HeaderValue::from_str(identity_header.expose()).is_err() {
+            return Err(BuildError(
+                "the identity header is not a valid header value".into(),
+            ));
+        }
+        Ok(Entra {
+            kind: Kind::AppService {
+                endpoint: endpoint.to_owned(),
+                header: identity_header,
+                client_id: client_id.map(str::to_owned),
+            },
+            scope,
+            timeout,
+        })
+    }
+
     /// Workload identity (AKS): the federated token in `token_file` (re-read
     /// at every fetch, as the kubelet rotates it) is sent as
     /// `client_assertion` to `{authority}/{tenant}/oauth2/v2.0/token`.
@@ -430,42 +471,15 @@ impl Entra {
         let what = match &self.kind {
             Kind::ClientCredentials { .. } => "the Entra ID token endpoint (client credentials)",
             Kind::ManagedIdentity { .. } => "the managed identity endpoint",
+            Kind::AppService { .. } => "the App Service identity endpoint",
             Kind::WorkloadIdentity { .. } => "the Entra ID token endpoint (workload identity)",
         };
         let mut secrets: Vec<String> = Vec::new();
         let request = self.request(&mut secrets)?;
-        let scheme = request
-            .uri()
-            .scheme()
-            .cloned()
-            .unwrap_or(http::uri::Scheme::HTTP);
-        let exchange = async {
-            let res = client
-                .pick(&scheme)
-                .request(request)
-                .await
-                .map_err(|e| format!("could not reach {what}: {e}"))?;
-            let status = res.status();
-            let body = http_body_util::Limited::new(res.into_body(), MAX_TOKEN_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("{what} answer could not be read: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
         let list: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let (status, body) = exchange(client, request, self.timeout, what, &list).await?;
         let secrets = Secrets::new(&list);
         let fail = |m: String| CredentialError::new(redact(&m, &secrets).into_owned());
-        let (status, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => {
-                return Err(fail(format!(
-                    "{what} did not answer within {:?}",
-                    self.timeout
-                )));
-            }
-            Ok(Err(m)) => return Err(fail(m)),
-            Ok(Ok(v)) => v,
-        };
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
             // Entra's `error` (`invalid_client`, …) and the first line of
@@ -493,14 +507,26 @@ impl Entra {
         let Some(token) = json["access_token"].as_str().filter(|t| !t.is_empty()) else {
             return Err(fail(format!("{what} answered without an access_token")));
         };
-        // `expires_in` is a number from Entra ID and a string from IMDS.
-        let expires_in = match &json["expires_in"] {
+        // `expires_in` is a number from Entra ID and a string from IMDS;
+        // App Service sends only `expires_on` (seconds since the epoch, a
+        // string or a number).
+        let seconds = |v: &Value| match v {
             Value::Number(n) => n.as_u64(),
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         };
-        let Some(expires_in) = expires_in else {
-            return Err(fail(format!("{what} answered without expires_in")));
+        let expires_in = seconds(&json["expires_in"]).or_else(|| {
+            let on = seconds(&json["expires_on"])?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            Some(on.saturating_sub(now))
+        });
+        let Some(expires_in) = expires_in.filter(|s| *s > 0) else {
+            return Err(fail(format!(
+                "{what} answered without a future expires_in or expires_on"
+            )));
         };
         Ok(Fetched::expiring(
             Secret::new(token),
@@ -517,7 +543,7 @@ impl Entra {
             }
             Bytes::from(s.finish())
         };
-        let (method, uri, body, metadata) = match &self.kind {
+        let (method, uri, body, header) = match &self.kind {
             Kind::ClientCredentials {
                 token_url,
                 client_id,
@@ -530,7 +556,7 @@ impl Entra {
                     ("client_secret", client_secret.expose()),
                     ("scope", &self.scope),
                 ]);
-                (Method::POST, token_url.clone(), Some(body), false)
+                (Method::POST, token_url.clone(), Some(body), None)
             }
             Kind::WorkloadIdentity {
                 token_url,
@@ -555,23 +581,28 @@ impl Entra {
                     ("client_assertion", &assertion),
                     ("scope", &self.scope),
                 ]);
-                (Method::POST, token_url.clone(), Some(body), false)
+                (Method::POST, token_url.clone(), Some(body), None)
             }
             Kind::ManagedIdentity {
                 endpoint,
                 client_id,
             } => {
-                let resource = self.scope.trim_end_matches("/.default");
-                let mut q = form_urlencoded::Serializer::new(String::new());
-                q.append_pair("api-version", "2018-02-01");
-                q.append_pair("resource", resource);
-                if let Some(id) = client_id {
-                    q.append_pair("client_id", id);
-                }
-                let uri: Uri = format!("{endpoint}?{}", q.finish()).parse().map_err(|_| {
-                    CredentialError::new("the managed identity endpoint is not a valid URL")
-                })?;
-                (Method::GET, uri, None, true)
+                let uri = self.identity_uri(endpoint, "2018-02-01", client_id.as_deref())?;
+                (Method::GET, uri, None, Some(("metadata", "true")))
+            }
+            Kind::AppService {
+                endpoint,
+                header,
+                client_id,
+            } => {
+                secrets.push(header.expose().to_owned());
+                let uri = self.identity_uri(endpoint, "2019-08-01", client_id.as_deref())?;
+                (
+                    Method::GET,
+                    uri,
+                    None,
+                    Some(("x-identity-header", header.expose())),
+                )
             }
         };
         let mut req = Request::builder().method(method).uri(uri);
@@ -580,8 +611,12 @@ impl Entra {
                 http::header::ACCEPT,
                 HeaderValue::from_static("application/json"),
             );
-            if metadata {
-                h.insert("metadata", HeaderValue::from_static("true"));
+            if let Some((name, value)) = header {
+                let mut v = HeaderValue::from_str(value).map_err(|_| {
+                    CredentialError::new("the identity header is not a valid header value")
+                })?;
+                v.set_sensitive(true);
+                h.insert(name, v);
             }
             if body.is_some() {
                 h.insert(
@@ -592,6 +627,26 @@ impl Entra {
         }
         req.body(Chunks::new(body.into_iter().collect()))
             .map_err(|_| CredentialError::new("the token request could not be built"))
+    }
+
+    /// `{endpoint}?api-version=…&resource=…[&client_id=…]`: a managed
+    /// identity endpoint's token URL (the resource is the scope without
+    /// `/.default`).
+    fn identity_uri(
+        &self,
+        endpoint: &str,
+        api_version: &str,
+        client_id: Option<&str>,
+    ) -> Result<Uri, CredentialError> {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("api-version", api_version);
+        q.append_pair("resource", self.scope.trim_end_matches("/.default"));
+        if let Some(id) = client_id {
+            q.append_pair("client_id", id);
+        }
+        format!("{endpoint}?{}", q.finish())
+            .parse()
+            .map_err(|_| CredentialError::new("the managed identity endpoint is not a valid URL"))
     }
 }
 
@@ -638,14 +693,10 @@ pub(super) async fn authorize(
     provider: &str,
     headers: &mut HeaderMap,
 ) -> Result<Credential<Bearer>, Error> {
-    let token = tokens.get().await.map_err(|e| {
-        Error::new(
-            Reason::UpstreamAuthFailed,
-            format!(
-                "Upstream '{provider}': the gateway could not obtain its Entra ID token ({e}); this is a gateway configuration problem, not your key, and other deployments are tried."
-            ),
-        )
-    })?;
+    let token = tokens
+        .get()
+        .await
+        .map_err(|e| upstream_auth_failed(provider, "its Entra ID token", &e))?;
     headers.insert(AUTHORIZATION, token.value().header().clone());
     Ok(token)
 }
@@ -743,6 +794,24 @@ mod tests {
                 "api-version=2018-02-01&resource=https%3A%2F%2Fcognitiveservices.azure.com&client_id=id-1"
             )
         );
+        let app = Entra::app_service(
+            "http://127.0.0.1:1/msi/token",
+            Secret::new("h34d3rS3cr3t"),
+            None,
+        )
+        .unwrap();
+        assert!(!format!("{app:?}").contains("h34d3r"));
+        let mut secrets = Vec::new();
+        let req = app.request(&mut secrets).unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.headers()["x-identity-header"], "h34d3rS3cr3t");
+        assert!(req.headers()["x-identity-header"].is_sensitive());
+        assert_eq!(secrets, ["h34d3rS3cr3t"]);
+        assert_eq!(
+            req.uri().query(),
+            Some("api-version=2019-08-01&resource=https%3A%2F%2Fcognitiveservices.azure.com")
+        );
+        assert!(Entra::app_service("http://h/x", Secret::new("a\nb"), None).is_err());
         let wi =
             Entra::workload_identity("http://127.0.0.1:1", "t", "c", "/surely/not/here").unwrap();
         let e = wi.request(&mut Vec::new()).unwrap_err();
@@ -765,8 +834,8 @@ pub struct AzureConfig {
     /// The `api-version` of the deployment style (required there; refused with `v1`).
     pub api_version: Option<String>,
     /// `"api_key"` (the default: `api_key_env` sent as `api-key`),
-    /// `"client_credentials"`, `"managed_identity"` or `"workload_identity"`
-    /// (Microsoft Entra ID tokens).
+    /// `"client_credentials"`, `"managed_identity"`, `"app_service"` or
+    /// `"workload_identity"` (Microsoft Entra ID tokens).
     pub auth: Option<String>,
     /// The Entra ID authority (default `https://login.microsoftonline.com`;
     /// for workload identity, `$AZURE_AUTHORITY_HOST` when set).
@@ -782,8 +851,12 @@ pub struct AzureConfig {
     /// `AZURE_FEDERATED_TOKEN_FILE`).
     pub federated_token_file_env: Option<String>,
     /// The managed identity token endpoint (default: IMDS,
-    /// `http://169.254.169.254/metadata/identity/oauth2/token`).
+    /// `http://169.254.169.254/metadata/identity/oauth2/token`; for
+    /// `app_service`, `$IDENTITY_ENDPOINT`).
     pub identity_endpoint: Option<String>,
+    /// For `app_service`: the variable holding the identity header's secret
+    /// (default `IDENTITY_HEADER`).
+    pub identity_header_env: Option<String>,
     /// The token scope (default `https://cognitiveservices.azure.com/.default`).
     pub scope: Option<String>,
     /// Seconds before expiry a token is refreshed in the background
@@ -871,15 +944,28 @@ impl AzureConfig {
                 ),
                 "authority",
             )?),
-            "managed_identity" => {
-                let client_id = match &self.client_id_env {
-                    Some(_) => Some(env("client_id_env", &self.client_id_env, "")?),
-                    None => None,
+            "managed_identity" => Some(built(
+                Entra::managed_identity(
+                    self.identity_endpoint.as_deref().unwrap_or(IMDS_ENDPOINT),
+                    self.user_assigned(&env)?.as_deref(),
+                ),
+                "identity_endpoint",
+            )?),
+            "app_service" => {
+                let endpoint = match &self.identity_endpoint {
+                    Some(e) => e.clone(),
+                    None => env("identity_endpoint", &None, "IDENTITY_ENDPOINT")?,
                 };
+                let header = env(
+                    "identity_header_env",
+                    &self.identity_header_env,
+                    "IDENTITY_HEADER",
+                )?;
                 Some(built(
-                    Entra::managed_identity(
-                        self.identity_endpoint.as_deref().unwrap_or(IMDS_ENDPOINT),
-                        client_id.as_deref(),
+                    Entra::app_service(
+                        &endpoint,
+                        Secret::new(header),
+                        self.user_assigned(&env)?.as_deref(),
                     ),
                     "identity_endpoint",
                 )?)
@@ -908,11 +994,17 @@ impl AzureConfig {
                 return bad(
                     "auth",
                     format!(
-                        "`{other}` is not an Azure authentication; use \"api_key\", \"client_credentials\", \"managed_identity\" or \"workload_identity\""
+                        "`{other}` is not an Azure authentication; use \"api_key\", \"client_credentials\", \"managed_identity\", \"app_service\" or \"workload_identity\""
                     ),
                 );
             }
         };
+        if self.identity_header_env.is_some() && auth != "app_service" {
+            return bad(
+                "identity_header_env",
+                "is only for `auth = \"app_service\"`".into(),
+            );
+        }
         if let Some(mut entra) = entra {
             if let Some(scope) = &self.scope {
                 entra = entra.scope(scope);
@@ -929,5 +1021,17 @@ impl AzureConfig {
             azure = azure.entra(entra, policy);
         }
         Ok(azure)
+    }
+
+    /// A managed identity's user-assigned client id, when `client_id_env`
+    /// names its variable (none: the system-assigned identity).
+    fn user_assigned<E>(&self, env: &E) -> Result<Option<String>, (String, String)>
+    where
+        E: Fn(&str, &Option<String>, &str) -> Result<String, (String, String)>,
+    {
+        match &self.client_id_env {
+            Some(_) => env("client_id_env", &self.client_id_env, "").map(Some),
+            None => Ok(None),
+        }
     }
 }

@@ -309,7 +309,7 @@ impl HttpClient {
     }
 
     /// The client for an upstream of this scheme.
-    fn pick(&self, scheme: &http::uri::Scheme) -> &Client<Connector, Chunks> {
+    pub(crate) fn pick(&self, scheme: &http::uri::Scheme) -> &Client<Connector, Chunks> {
         match &self.h2c {
             Some(h2c) if self.is_h2c(scheme) => h2c,
             _ => &self.client,
@@ -538,6 +538,9 @@ impl ProviderBuilder {
         if let Some(az) = &mut self.inner.azure {
             az.start(&self.inner.name, self.inner.client.as_ref());
         }
+        if let (Some(b), Some(client)) = (&mut self.inner.bedrock, &self.inner.client) {
+            b.start(&self.inner.name, client);
+        }
         Provider {
             inner: Arc::new(self.inner),
         }
@@ -564,9 +567,17 @@ impl<I: Send + 'static> Service<Request<Parsed<I>>> for Provider {
 }
 
 impl Inner {
-    fn secrets<R>(&self, f: impl FnOnce(&Secrets<'_>) -> R) -> R {
+    /// The provider's secrets and `extra` (the credential a request was
+    /// sent with), for redaction.
+    fn secrets<R>(&self, extra: [&str; 2], f: impl FnOnce(&Secrets<'_>) -> R) -> R {
         let [a, b] = self.bedrock.as_ref().map_or(["", ""], |b| b.secrets());
-        let list = [self.api_key.as_deref().unwrap_or(""), a, b];
+        let list = [
+            self.api_key.as_deref().unwrap_or(""),
+            a,
+            b,
+            extra[0],
+            extra[1],
+        ];
         f(&Secrets::new(&list))
     }
 
@@ -729,7 +740,11 @@ impl Inner {
                     "The Bedrock deployment has no region and credentials.",
                 )));
             };
-            b.authenticate(&mut out, bytes, std::time::SystemTime::now())?;
+            // A refreshing source's request is signed by `send`, once it
+            // holds the current credentials.
+            if b.credentials().is_none() {
+                b.authenticate(&mut out, bytes, std::time::SystemTime::now())?;
+            }
         }
         Ok((out, parsed, plan))
     }
@@ -739,7 +754,7 @@ impl Inner {
         let deadline = start + self.timeouts.total;
         let (mut out, parsed, plan) = self.upstream_request(req)?;
         // An Entra ID token, from the shared cache (fetched only when none is valid).
-        let token = match self.azure.as_ref().and_then(|az| az.tokens.as_ref()) {
+        let mut token = match self.azure.as_ref().and_then(|az| az.tokens.as_ref()) {
             Some(tokens) => Some((
                 tokens,
                 azure::authorize(tokens, &self.name, out.headers_mut())
@@ -748,27 +763,42 @@ impl Inner {
             )),
             None => None,
         };
+        // Bedrock's temporary credentials, likewise, signed over the exact body.
+        let aws = match self.bedrock.as_ref().map(|b| (b, b.credentials())) {
+            Some((b, Some(cache))) => {
+                let body = out.body().to_bytes();
+                let current = bedrock::sign_current(b, cache, &self.name, &mut out, &body)
+                    .await
+                    .map_err(|e| self.tag(e))?;
+                Some((cache, current))
+            }
+            _ => None,
+        };
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| Error::new(Reason::Internal, "The provider has no HTTP client."))?;
         let first_byte = self.timeouts.first_byte.min(self.timeouts.total);
-        let phase = if first_byte < self.timeouts.total {
-            TimeoutPhase::FirstByte
-        } else {
-            TimeoutPhase::Total
-        };
         // Kept (a reference count) to name the path when the upstream does not serve it.
         let sent_path = out.uri().path_and_query().cloned();
-        let request = client.pick(&self.scheme).request(out);
-        let res = match tokio::time::timeout(first_byte, request).await {
-            Err(_) => return Err(self.tag(Error::timeout(phase, first_byte))),
-            Ok(Err(e)) => {
-                let h2c = client.is_h2c(&self.scheme);
-                return Err(self.tag(classify(&e, client.connect_timeout, h2c)));
+        // With an Entra ID token, a copy (the body is buffered bytes: reference
+        // counts) to send once more with a fresh token if Azure refuses this one.
+        let replay = token.as_ref().map(|_| copy_request(&out));
+        let mut res = self.exchange(client, out, first_byte).await?;
+        let mut retried = false;
+        if let (http::StatusCode::UNAUTHORIZED, Some((tokens, used)), Some(mut again)) =
+            (res.status(), &mut token, replay)
+        {
+            tokens.invalidate(used.generation());
+            let fresh = azure::authorize(tokens, &self.name, again.headers_mut())
+                .await
+                .map_err(|e| self.tag(e))?;
+            if fresh.generation() != used.generation() {
+                *used = fresh;
+                retried = true;
+                res = self.exchange(client, again, first_byte).await?;
             }
-            Ok(Ok(res)) => res,
-        };
+        }
         let (parts, incoming) = res.into_parts();
         let mut body = UpstreamBody::new(incoming, self.timeouts.idle, deadline, StreamEnd::Any);
         if !parts.status.is_success() {
@@ -776,20 +806,27 @@ impl Inner {
             if self.api == Api::Bedrock {
                 raw = bedrock::error_body(&parts.headers, raw);
             }
-            let e = match &token {
-                Some((tokens, t)) => {
-                    if parts.status == http::StatusCode::UNAUTHORIZED {
-                        // Refused: the next request fetches a new token.
+            let extra = match (&token, &aws) {
+                (Some((tokens, t)), _) => {
+                    // Refused again with a fresh token: not the token's age;
+                    // kept (the router cools the deployment down).
+                    if parts.status == http::StatusCode::UNAUTHORIZED && !retried {
                         tokens.invalidate(t.generation());
                     }
-                    let list = [t.value().token()];
-                    let s = Secrets::new(&list);
-                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), &s)
+                    [t.value().token(), ""]
                 }
-                None => self.secrets(|s| {
-                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
-                }),
+                (_, Some((cache, c))) => {
+                    if parts.status == http::StatusCode::FORBIDDEN {
+                        // Refused (expired, revoked): the next request fetches new ones.
+                        cache.invalidate(c.generation());
+                    }
+                    c.value().secrets()
+                }
+                _ => ["", ""],
             };
+            let e = self.secrets(extra, |s| {
+                Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
+            });
             return Err(match (e.reason(), &sent_path) {
                 (Reason::UpstreamRouteNotServed, Some(pq)) => e.not_served_at("POST", pq.path()),
                 _ => e,
@@ -891,9 +928,42 @@ impl Inner {
         Ok(res)
     }
 
+    /// Sends `out` and waits (at most `first_byte`) for the answer's head.
+    async fn exchange(
+        &self,
+        client: &HttpClient,
+        out: Request<Chunks>,
+        first_byte: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, Error> {
+        let phase = if first_byte < self.timeouts.total {
+            TimeoutPhase::FirstByte
+        } else {
+            TimeoutPhase::Total
+        };
+        let request = client.pick(&self.scheme).request(out);
+        match tokio::time::timeout(first_byte, request).await {
+            Err(_) => Err(self.tag(Error::timeout(phase, first_byte))),
+            Ok(Err(e)) => {
+                let h2c = client.is_h2c(&self.scheme);
+                Err(self.tag(classify(&e, client.connect_timeout, h2c)))
+            }
+            Ok(Ok(res)) => Ok(res),
+        }
+    }
+
     fn tag(&self, e: Error) -> Error {
         e.with_provider(self.name.clone())
     }
+}
+
+/// A copy of a request to send again (the body's parts are reference counts).
+fn copy_request(req: &Request<Chunks>) -> Request<Chunks> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// Reads a body to its end, keeping at most `limit` bytes (one more byte
