@@ -48,6 +48,7 @@
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
 //! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions: see `examples/mock/bedrock.rs` |
+//! | `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent?alt=sse`), `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:…`, `POST /token` | Google's Gemini API (`x-goog-api-key`), Vertex AI (OAuth bearer tokens) and the OAuth token endpoint that verifies service-account JWTs, with Google's error shapes: see `examples/mock/gemini.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -147,6 +148,8 @@ mod anthropic;
 pub mod azure;
 #[path = "mock/bedrock.rs"]
 pub mod bedrock;
+#[path = "mock/gemini.rs"]
+pub mod gemini;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -237,6 +240,8 @@ pub struct MockServer {
     pub log: RequestLog,
     /// The Azure routes' token endpoints and counters (see `mock/azure.rs`).
     pub azure: azure::AzureMock,
+    /// Google's token endpoint's settings and counters (see `mock/gemini.rs`).
+    pub gemini: gemini::GeminiMock,
     shutdown: watch::Sender<bool>,
 }
 
@@ -266,12 +271,20 @@ pub async fn spawn(cfg: MockConfig) -> std::io::Result<MockServer> {
     let log = RequestLog::default();
     let (tx, rx) = watch::channel(false);
     let azure = azure::AzureMock::default();
-    let app = build_router_with(cfg, log.clone(), Some(rx.clone()), azure.clone());
+    let gemini = gemini::GeminiMock::default();
+    let app = build_router_with(
+        cfg,
+        log.clone(),
+        Some(rx.clone()),
+        azure.clone(),
+        gemini.clone(),
+    );
     tokio::spawn(serve(listener, app, rx));
     Ok(MockServer {
         addr,
         log,
         azure,
+        gemini,
         shutdown: tx,
     })
 }
@@ -346,6 +359,7 @@ struct Inner {
     expected_auth: Option<String>,
     shutdown: Option<watch::Receiver<bool>>,
     azure: azure::AzureMock,
+    gemini: gemini::GeminiMock,
 }
 
 type AppState = Arc<Inner>;
@@ -365,7 +379,13 @@ fn build_router(
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
 ) -> Router {
-    build_router_with(cfg, log, shutdown, azure::AzureMock::default())
+    build_router_with(
+        cfg,
+        log,
+        shutdown,
+        azure::AzureMock::default(),
+        gemini::GeminiMock::default(),
+    )
 }
 
 fn build_router_with(
@@ -373,6 +393,7 @@ fn build_router_with(
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
     azure: azure::AzureMock,
+    gemini: gemini::GeminiMock,
 ) -> Router {
     let mut content = String::with_capacity(cfg.tokens * 6);
     for i in 0..cfg.tokens {
@@ -390,6 +411,7 @@ fn build_router_with(
         expected_auth,
         shutdown,
         azure,
+        gemini,
     });
     Router::new()
         .route(
@@ -461,6 +483,13 @@ fn build_router_with(
             "/model/{model}/converse-stream",
             any(|st: State<AppState>, req: Request| bedrock::handle(st, req, true)),
         )
+        // Google's Gemini API, Vertex AI and OAuth token endpoint (mock/gemini.rs).
+        .route("/v1beta/models/{call}", any(gemini::gemini_api))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
+            any(gemini::vertex),
+        )
+        .route("/token", any(gemini::token))
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(state)

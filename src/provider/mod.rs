@@ -54,6 +54,7 @@
 pub mod azure;
 pub mod bedrock;
 mod body;
+pub mod gemini;
 mod translated;
 
 use std::error::Error as StdError;
@@ -354,6 +355,8 @@ struct Inner {
     azure: Option<azure::Azure>,
     /// Bedrock's region and credentials ([`Api::Bedrock`]).
     bedrock: Option<bedrock::Signer>,
+    /// Vertex AI's project, location and service account ([`Api::Vertex`]).
+    vertex: Option<gemini::Vertex>,
 }
 
 impl fmt::Debug for Provider {
@@ -373,6 +376,7 @@ impl fmt::Debug for Provider {
                 &self.inner.api_key.as_ref().map(|_| "[redacted]"),
             )
             .field("azure", &self.inner.azure)
+            .field("vertex", &self.inner.vertex)
             .finish()
     }
 }
@@ -424,6 +428,7 @@ impl Provider {
                 client: None,
                 azure: None,
                 bedrock: None,
+                vertex: None,
             },
         })
     }
@@ -454,8 +459,19 @@ impl ProviderBuilder {
         self
     }
 
+    /// Google's Vertex AI ([`Api::Vertex`]) in `vertex`'s project and
+    /// location, authenticated by its service account's tokens (see
+    /// [`gemini`]); `base_url` is [`gemini::vertex_base_url`] or a private
+    /// endpoint.
+    pub fn vertex(mut self, vertex: gemini::Vertex) -> Self {
+        self.inner.api = Api::Vertex;
+        self.inner.vertex = Some(vertex);
+        self
+    }
+
     /// The upstream's API key, sent as `Authorization: Bearer` (or, to an
-    /// [`Api::Anthropic`] upstream, as `x-api-key`; to [`Api::Azure`], as `api-key`).
+    /// [`Api::Anthropic`] upstream, as `x-api-key`; to [`Api::Azure`], as
+    /// `api-key`; to [`Api::Gemini`], as `x-goog-api-key`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.inner.api_key = Some(key.into()).filter(|k| !k.is_empty());
         self
@@ -537,6 +553,9 @@ impl ProviderBuilder {
         }
         if let Some(az) = &mut self.inner.azure {
             az.start(&self.inner.name, self.inner.client.as_ref());
+        }
+        if let Some(v) = &mut self.inner.vertex {
+            v.start(&self.inner.name, self.inner.client.as_ref());
         }
         Provider {
             inner: Arc::new(self.inner),
@@ -649,6 +668,17 @@ impl Inner {
                 let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
                 bedrock::path(&self.base_path, model, *stream)
             }
+            // Gemini names the model and the method in its path.
+            (None, Api::Gemini | Api::Vertex, Some((_, stream))) => {
+                let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
+                gemini::path(
+                    self.api,
+                    self.vertex.as_ref(),
+                    &self.base_path,
+                    model,
+                    *stream,
+                )
+            }
             _ => {
                 let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
                 pq.push_str(&self.base_path);
@@ -691,6 +721,7 @@ impl Inner {
         if let Some(key) = self.api_key.as_ref().filter(|_| self.api != Api::Bedrock) {
             let (name, value) = match self.api {
                 Api::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                Api::Gemini => (HeaderName::from_static("x-goog-api-key"), key.clone()),
                 Api::Azure => (HeaderName::from_static("api-key"), key.clone()),
                 _ => (AUTHORIZATION, format!("Bearer {key}")),
             };
@@ -746,7 +777,16 @@ impl Inner {
                     .await
                     .map_err(|e| self.tag(e))?,
             )),
-            None => None,
+            // A Vertex AI token, from the shared cache likewise.
+            None => match self.vertex.as_ref().and_then(|v| v.tokens.as_ref()) {
+                Some(tokens) => Some((
+                    tokens,
+                    gemini::authorize(tokens, &self.name, out.headers_mut())
+                        .await
+                        .map_err(|e| self.tag(e))?,
+                )),
+                None => None,
+            },
         };
         let client = self
             .client
@@ -776,18 +816,22 @@ impl Inner {
             if self.api == Api::Bedrock {
                 raw = bedrock::error_body(&parts.headers, raw);
             }
+            let status = match self.api {
+                Api::Gemini | Api::Vertex => gemini::error_status(parts.status, &raw),
+                _ => parts.status,
+            };
             let e = match &token {
                 Some((tokens, t)) => {
-                    if parts.status == http::StatusCode::UNAUTHORIZED {
+                    if status == http::StatusCode::UNAUTHORIZED {
                         // Refused: the next request fetches a new token.
                         tokens.invalidate(t.generation());
                     }
                     let list = [t.value().token()];
                     let s = Secrets::new(&list);
-                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), &s)
+                    Error::from_upstream(status, &parts.headers, &raw, self.name.clone(), &s)
                 }
                 None => self.secrets(|s| {
-                    Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
+                    Error::from_upstream(status, &parts.headers, &raw, self.name.clone(), s)
                 }),
             };
             return Err(match (e.reason(), &sent_path) {
@@ -834,6 +878,8 @@ impl Inner {
                 Api::OpenAi | Api::Azure => StreamEnd::Any,
                 // The translator checks that the event stream ended with `metadata`.
                 Api::Bedrock => StreamEnd::Any,
+                // The translator checks that the last chunk had its finishReason.
+                Api::Gemini | Api::Vertex => StreamEnd::Any,
             });
             // Passed through, each event is checked to be JSON on its way
             // (translated, the translator reads every event anyway).
