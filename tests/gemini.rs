@@ -137,6 +137,15 @@ fn assert_no_google_secrets(what: &str, text: &str, mock: &MockServer) {
     assert_no_secrets(what, text);
 }
 
+/// Checks an Anthropic-shaped error: status, `type: "error"`, the reason.
+fn anthropic_error(a: &Answer, status: u16, reason: &str) -> Value {
+    assert_eq!(a.status, status, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["type"], "error", "{}", a.body);
+    assert_eq!(v["error"]["metadata"]["reason"], reason, "{}", a.body);
+    v
+}
+
 /// The chunks of an OpenAI stream, `[DONE]` checked and removed.
 fn chunks(body: &str) -> Vec<Value> {
     let ev = events(body);
@@ -420,7 +429,7 @@ async fn function_calls_arrive_whole_and_their_results_go_back_by_name() {
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_unknown", "content": "42"}]},
     ]});
     let a = post_messages(&gw, orphan.to_string()).await;
-    let v = a.error(400, "invalid_request");
+    let v = anthropic_error(&a, 400, "invalid_request");
     assert_eq!(
         v["error"]["metadata"]["param"],
         "messages[0].content[0].tool_use_id"
@@ -654,7 +663,7 @@ async fn what_cannot_be_carried_is_refused_by_name() {
         ),
     ] {
         let a = post_messages(&gw, messages("gemini", extra)).await;
-        let v = a.error(400, "invalid_request");
+        let v = anthropic_error(&a, 400, "invalid_request");
         assert_eq!(v["error"]["metadata"]["param"], param, "{}", a.body);
     }
     let a = post_messages(
@@ -662,7 +671,7 @@ async fn what_cannot_be_carried_is_refused_by_name() {
         r#"{"model":"gemini","max_tokens":9,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://example.com/cat.png"}}]}]}"#.into(),
     )
     .await;
-    let v = a.error(400, "invalid_request");
+    let v = anthropic_error(&a, 400, "invalid_request");
     assert_eq!(
         v["error"]["metadata"]["param"],
         "messages[0].content[0].source.url"
@@ -883,6 +892,7 @@ async fn a_failing_token_endpoint_is_502_cools_the_deployment_and_another_serves
     env();
     let mock = mock().await;
     let toml = config(&mock, &[("solo", "vertex", None)], "")
+        .replace("num_retries = 0", "num_retries = 2")
         + "[[groups]]\nname = \"pair\"\n"
         + &deployment(&mock, "vertex", None).replacen(
             "provider = \"google\"",
