@@ -249,7 +249,11 @@ async fn streams_reach_both_families_to_the_end() {
     env();
     let mock = mock().await;
     let gw = gateway(
-        &config(&mock, &[("gemini-thinking", "gemini", Some("thinking"))], ""),
+        &config(
+            &mock,
+            &[("gemini-thinking", "gemini", Some("thinking"))],
+            "",
+        ),
         &mock,
     )
     .await;
@@ -452,7 +456,11 @@ async fn each_google_error_status_has_its_reason() {
         .iter()
         .map(|(f, _, _)| (format!("gemini-{f}"), "gemini", Some(*f)))
         .collect();
-    groups.push(("anthropic-exhausted".into(), "gemini", Some("resource_exhausted")));
+    groups.push((
+        "anthropic-exhausted".into(),
+        "gemini",
+        Some("resource_exhausted"),
+    ));
     groups.push(("gemini-wrong-key".into(), "wrong", None));
     groups.push(("gemini-safety".into(), "gemini", Some("safety")));
     let groups: Vec<(&str, &str, Option<&str>)> = groups
@@ -493,7 +501,11 @@ async fn each_google_error_status_has_its_reason() {
     );
     // A key Google refuses (400 INVALID_ARGUMENT, API_KEY_INVALID) is the
     // gateway's credential, never the client's request.
-    let a = post(&gw.url("/v1/chat/completions"), chat("gemini-wrong-key", "")).await;
+    let a = post(
+        &gw.url("/v1/chat/completions"),
+        chat("gemini-wrong-key", ""),
+    )
+    .await;
     a.error(502, "upstream_auth_failed");
     assert_no_google_secrets("the wrong key's answer", &a.body, &mock);
     // A safety stop is a content-filter outcome in each family.
@@ -572,7 +584,11 @@ async fn cuts_and_mid_stream_errors_end_in_the_client_familys_framing() {
             &[
                 ("gemini-cut", "gemini", Some("cut:3")),
                 ("gemini-stream-error", "gemini", Some("stream_error:3")),
-                ("gemini-stream-exhausted", "gemini", Some("stream_exhausted")),
+                (
+                    "gemini-stream-exhausted",
+                    "gemini",
+                    Some("stream_exhausted"),
+                ),
             ],
             "",
         ),
@@ -628,7 +644,10 @@ async fn cuts_and_mid_stream_errors_end_in_the_client_familys_framing() {
     )
     .await;
     let v = a.error(429, "upstream_rate_limited");
-    assert_eq!(v["error"]["metadata"]["upstream_type"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        v["error"]["metadata"]["upstream_type"],
+        "RESOURCE_EXHAUSTED"
+    );
 }
 
 #[tokio::test]
@@ -775,11 +794,7 @@ async fn concurrent_streams_cannot_overspend_and_are_charged_their_usage() {
 async fn vertex_is_served_with_a_service_account_token_fetched_once() {
     env();
     let mock = mock().await;
-    let gw = gateway(
-        &config(&mock, &[("vertex", "vertex", None)], ""),
-        &mock,
-    )
-    .await;
+    let gw = gateway(&config(&mock, &[("vertex", "vertex", None)], ""), &mock).await;
     // A burst before any token: one fetch for all of them.
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -991,7 +1006,12 @@ fn the_mock_verifies_the_jwt_signature_and_claims() {
         assert!(mockg::verify_jwt(stale.expose(), now).is_err(), "{skew}");
     }
     // An HS256 token is refused whatever it says.
-    let hs = format!("{}.{}.{}", b64.encode(r#"{"alg":"HS256"}"#), parts[1], parts[2]);
+    let hs = format!(
+        "{}.{}.{}",
+        b64.encode(r#"{"alg":"HS256"}"#),
+        parts[1],
+        parts[2]
+    );
     assert!(mockg::verify_jwt(&hs, now).is_err());
 }
 
@@ -1042,7 +1062,11 @@ async fn no_google_secret_in_any_body_log_or_debug() {
     )
     .unwrap();
     let router = config.router().unwrap();
-    assert_no_google_secrets("the router's Debug", &format!("{router:?} {config:?}"), &mock);
+    assert_no_google_secrets(
+        "the router's Debug",
+        &format!("{router:?} {config:?}"),
+        &mock,
+    );
 }
 
 /// A Google deployment is checked whole at start, each problem named by its field.

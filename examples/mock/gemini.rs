@@ -172,7 +172,10 @@ fn google_error_with(status: u16, code: &str, message: &str, details: Option<Val
     if let Some(d) = details {
         e["error"]["details"] = d;
     }
-    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), &e)
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        &e,
+    )
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -353,7 +356,11 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
         );
     }
     if !json.get("contents").is_some_and(Value::is_array) {
-        return google_error(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified");
+        return google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "* GenerateContentRequest.contents: contents is not specified",
+        );
     }
     let raw_fault = parts
         .headers
@@ -376,7 +383,9 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
                 429,
                 code,
                 message,
-                Some(json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}])),
+                Some(
+                    json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]),
+                ),
             );
         }
         Some(Fault::Status(status, code, message)) => return google_error(status, code, message),
@@ -384,7 +393,9 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
             return google_error(
                 404,
                 "NOT_FOUND",
-                &format!("models/{model} is not found for API version v1beta, or is not supported for generateContent."),
+                &format!(
+                    "models/{model} is not found for API version v1beta, or is not supported for generateContent."
+                ),
             );
         }
         _ => {}
@@ -427,8 +438,12 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
                     "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]}],
                     "usageMetadata": usage, "modelVersion": model, "responseId": format!("mock-{id}")})
             }
-            Some(Fault::FunctionCall(bytes)) => chunk(json!([call_part(bytes)]), Some("STOP"), &usage),
-            Some(Fault::Thinking) => chunk(json!([thought, {"text": st.content}]), Some("STOP"), &usage),
+            Some(Fault::FunctionCall(bytes)) => {
+                chunk(json!([call_part(bytes)]), Some("STOP"), &usage)
+            }
+            Some(Fault::Thinking) => {
+                chunk(json!([thought, {"text": st.content}]), Some("STOP"), &usage)
+            }
             _ => chunk(json!([{"text": st.content}]), Some("STOP"), &usage),
         };
         return json_response(StatusCode::OK, &answer);
@@ -442,8 +457,10 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
             events.push(sse(&json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}})));
         }
         Some(Fault::Safety) => {
-            events.push(sse(&json!({"candidates": [{"finishReason": "SAFETY", "index": 0}],
-                "usageMetadata": usage, "modelVersion": model, "responseId": format!("mock-{id}")})));
+            events.push(sse(
+                &json!({"candidates": [{"finishReason": "SAFETY", "index": 0}],
+                "usageMetadata": usage, "modelVersion": model, "responseId": format!("mock-{id}")}),
+            ));
         }
         Some(Fault::FunctionCall(bytes)) => {
             events.push(sse(&chunk(json!([call_part(bytes)]), None, &first_usage)));
@@ -451,7 +468,11 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
         }
         _ => {
             if fault == Some(Fault::Thinking) {
-                events.push(sse(&chunk(json!([{"text": "Let me", "thought": true}]), None, &first_usage)));
+                events.push(sse(&chunk(
+                    json!([{"text": "Let me", "thought": true}]),
+                    None,
+                    &first_usage,
+                )));
                 events.push(sse(&chunk(json!([{"text": " think.", "thought": true, "thoughtSignature": "c2lnLW1vY2stdGhvdWdodA=="}]), None, &first_usage)));
             }
             let limit = match fault {
@@ -459,7 +480,11 @@ async fn handle(State(st): State<AppState>, call: String, req: Request, vertex: 
                 _ => usize::MAX,
             };
             for (i, t) in st.content.split(' ').enumerate().take(limit) {
-                let t = if i == 0 { t.to_owned() } else { format!(" {t}") };
+                let t = if i == 0 {
+                    t.to_owned()
+                } else {
+                    format!(" {t}")
+                };
                 events.push(sse(&chunk(json!([{ "text": t }]), None, &first_usage)));
             }
             match fault {
@@ -521,16 +546,30 @@ pub(super) async fn token(State(st): State<AppState>, req: Request) -> Response 
         None => {}
     }
     if parts.method != Method::POST {
-        return oauth(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "POST only");
+        return oauth(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "POST only",
+        );
     }
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
         g.refused.fetch_add(1, Ordering::SeqCst);
-        return oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Invalid grant_type");
+        return oauth(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Invalid grant_type",
+        );
     }
     let Some(assertion) = form.get("assertion") else {
         g.refused.fetch_add(1, Ordering::SeqCst);
-        return oauth(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: assertion");
+        return oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        );
     };
     if let Err(why) = verify_jwt(assertion, SystemTime::now()) {
         g.refused.fetch_add(1, Ordering::SeqCst);
@@ -567,7 +606,11 @@ pub fn verify_jwt(jwt: &str, now: SystemTime) -> Result<(), &'static str> {
     }
     let key: Value = serde_json::from_str(service_account_json()).map_err(|_| "no test key")?;
     let public = b64
-        .decode(key["test_only_public_key_pkcs1_base64url"].as_str().unwrap_or(""))
+        .decode(
+            key["test_only_public_key_pkcs1_base64url"]
+                .as_str()
+                .unwrap_or(""),
+        )
         .map_err(|_| "no test key")?;
     let signature = b64.decode(s).map_err(|_| "Invalid JWT Signature.")?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public)
@@ -581,7 +624,10 @@ pub fn verify_jwt(jwt: &str, now: SystemTime) -> Result<(), &'static str> {
     if claims["iss"] != CLIENT_EMAIL {
         return Err("Invalid JWT: unknown issuer.");
     }
-    if !claims["aud"].as_str().is_some_and(|a| a.ends_with("/token")) {
+    if !claims["aud"]
+        .as_str()
+        .is_some_and(|a| a.ends_with("/token"))
+    {
         return Err("Invalid JWT: the audience is not this token endpoint.");
     }
     if !claims["scope"]
@@ -595,7 +641,9 @@ pub fn verify_jwt(jwt: &str, now: SystemTime) -> Result<(), &'static str> {
         return Err("Invalid JWT: iat and exp are required.");
     };
     if (iat - now).abs() > 300 {
-        return Err("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.");
+        return Err(
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
+        );
     }
     if exp <= iat || exp - iat > 3600 {
         return Err("Invalid JWT: the lifetime must be at most one hour.");

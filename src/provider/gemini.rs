@@ -208,12 +208,16 @@ impl ServiceAccount {
         let client_email = field("client_email")?;
         let pem = Secret::new(field("private_key")?);
         let token_uri = field("token_uri")?;
-        token_uri.parse::<Uri>().map_err(|_| {
-            BuildError("the service account key's `token_uri` is not a URL".into())
-        })?;
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|_| {
-            BuildError("the service account key's `private_key` is not an RSA private key in PEM".into())
-        })?;
+        token_uri
+            .parse::<Uri>()
+            .map_err(|_| BuildError("the service account key's `token_uri` is not a URL".into()))?;
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|_| {
+                BuildError(
+                    "the service account key's `private_key` is not an RSA private key in PEM"
+                        .into(),
+                )
+            })?;
         Ok(ServiceAccount {
             client_email,
             private_key_id: v["private_key_id"].as_str().map(str::to_owned),
@@ -377,7 +381,12 @@ impl fmt::Debug for Vertex {
 impl Vertex {
     /// Vertex AI in `project` and `location` (`us-central1`, `europe-west4`,
     /// `global`, …), authenticated as `account`, its tokens refreshed by `policy`.
-    pub fn new(project: &str, location: &str, account: ServiceAccount, policy: RefreshPolicy) -> Self {
+    pub fn new(
+        project: &str,
+        location: &str,
+        account: ServiceAccount,
+        policy: RefreshPolicy,
+    ) -> Self {
         Vertex {
             project: project.to_owned(),
             location: location.to_owned(),
@@ -474,7 +483,10 @@ mod tests {
             vertex_base_url("us-central1"),
             "https://us-central1-aiplatform.googleapis.com"
         );
-        assert_eq!(vertex_base_url("global"), "https://aiplatform.googleapis.com");
+        assert_eq!(
+            vertex_base_url("global"),
+            "https://aiplatform.googleapis.com"
+        );
     }
 
     #[test]
@@ -498,13 +510,17 @@ mod tests {
         let account = ServiceAccount::from_json(KEY).unwrap();
         assert!(account.client_email().ends_with(".iam.gserviceaccount.com"));
         let dbg = format!("{account:?}");
-        assert!(!dbg.contains("PRIVATE KEY") && !dbg.contains("MII"), "{dbg}");
+        assert!(
+            !dbg.contains("PRIVATE KEY") && !dbg.contains("MII"),
+            "{dbg}"
+        );
         let mut v: Value = serde_json::from_str(KEY).unwrap();
         v.as_object_mut().unwrap().remove("client_email");
         let e = ServiceAccount::from_json(&v.to_string()).unwrap_err();
         assert!(e.to_string().contains("`client_email`"), "{e}");
         let mut v: Value = serde_json::from_str(KEY).unwrap();
-        v["private_key"] = "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n".into();
+        v["private_key"] =
+            "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n".into();
         let e = ServiceAccount::from_json(&v.to_string()).unwrap_err();
         assert!(e.to_string().contains("`private_key`"), "{e}");
         assert!(!e.to_string().contains("not a key"), "{e}");

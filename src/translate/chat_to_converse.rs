@@ -54,9 +54,7 @@ pub(super) fn refuse_url_images(
                 None => None,
             };
             if url.is_some_and(|u| !u.starts_with("data:")) {
-                return Err(refuse(&format!(
-                    "messages[{i}].content[{j}].image_url.url"
-                )));
+                return Err(refuse(&format!("messages[{i}].content[{j}].image_url.url")));
             }
         }
     }

@@ -75,13 +75,21 @@ pub(super) fn request_from_chat(
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
     super::chat_to_converse::refuse_url_images(&req, url_image)?;
+    // Anthropic requires `max_tokens` (the pivot adds a default); Gemini
+    // does not: without the client's own cap, none is sent.
+    let capped = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .any(|k| req.get(*k).is_some_and(|v| !v.is_null()));
     let pivot = chat_to_messages::request(req, "", options)?;
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&pivot.body) else {
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&pivot.body) else {
         return Err(Error::new(
             Reason::Internal,
             "the request could not be translated",
         ));
     };
+    if !capped {
+        map.remove("max_tokens");
+    }
     let mut out = request(map, options)?;
     out.include_usage = pivot.include_usage;
     Ok(out)
@@ -317,7 +325,9 @@ fn block(
     Ok(Some(match b.get("type").and_then(Value::as_str) {
         Some("text") => {
             only_keys(&b, at, &["type", "text", "citations"])?;
-            if b.get("citations").is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
+            if b.get("citations")
+                .is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+            {
                 return Err(untranslatable(&format!("{at}.citations")));
             }
             json!({ "text": text_of(&b, at)? })
@@ -363,7 +373,9 @@ fn block(
                     let mut texts = Vec::with_capacity(parts.len());
                     for (k, p) in parts.iter().enumerate() {
                         let pat = format!("{at}.content[{k}]");
-                        let p = p.as_object().ok_or_else(|| bad(&pat, "must be an object"))?;
+                        let p = p
+                            .as_object()
+                            .ok_or_else(|| bad(&pat, "must be an object"))?;
                         if p.get("type").and_then(Value::as_str) != Some("text") {
                             return Err(untranslatable(&format!("{pat}.type")));
                         }
@@ -590,10 +602,15 @@ fn finish(reason: &str, called: bool) -> Result<Finish, TranslateError> {
         "STOP" if called => "tool_use",
         "STOP" => "end_turn",
         "MAX_TOKENS" => "max_tokens",
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" | "IMAGE_PROHIBITED_CONTENT" | "IMAGE_RECITATION" | "LANGUAGE" => {
-            "refusal"
-        }
+        "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "IMAGE_SAFETY"
+        | "IMAGE_PROHIBITED_CONTENT"
+        | "IMAGE_RECITATION"
+        | "LANGUAGE" => "refusal",
         "MALFORMED_FUNCTION_CALL"
         | "UNEXPECTED_TOOL_CALL"
         | "TOO_MANY_TOOL_CALLS"
@@ -654,8 +671,7 @@ pub(super) fn read_usage(u: &Value) -> Usage {
     let prompt = tokens(u.get("promptTokenCount")) + tokens(u.get("toolUsePromptTokenCount"));
     Usage {
         input_tokens: prompt.saturating_sub(cached),
-        output_tokens: tokens(u.get("candidatesTokenCount"))
-            + tokens(u.get("thoughtsTokenCount")),
+        output_tokens: tokens(u.get("candidatesTokenCount")) + tokens(u.get("thoughtsTokenCount")),
         cache_read_tokens: cached,
         cache_creation_tokens: 0,
     }
@@ -708,7 +724,10 @@ fn to_message(v: &Value, ctx: &ResponseContext) -> Result<(Value, Option<Usage>)
     let mut calls = 0u64;
     let stop = match candidate {
         // The prompt itself was blocked: no candidate, a `blockReason`.
-        None => match v.pointer("/promptFeedback/blockReason").and_then(Value::as_str) {
+        None => match v
+            .pointer("/promptFeedback/blockReason")
+            .and_then(Value::as_str)
+        {
             Some(_) => "refusal",
             None => return Err(TranslateError::bad("the answer has no candidate")),
         },
@@ -726,7 +745,9 @@ fn to_message(v: &Value, ctx: &ResponseContext) -> Result<(Value, Option<Usage>)
                         "thinking": text, "signature": p.signature.as_deref().unwrap_or("")})),
                     PartKind::Text(text) => {
                         if let Some(sig) = &p.signature {
-                            blocks.push(json!({"type": "thinking", "thinking": "", "signature": sig}));
+                            blocks.push(
+                                json!({"type": "thinking", "thinking": "", "signature": sig}),
+                            );
                         }
                         if text.is_empty() {
                             continue;
@@ -746,7 +767,9 @@ fn to_message(v: &Value, ctx: &ResponseContext) -> Result<(Value, Option<Usage>)
                     }
                     PartKind::Call(call) => {
                         if let Some(sig) = &p.signature {
-                            blocks.push(json!({"type": "thinking", "thinking": "", "signature": sig}));
+                            blocks.push(
+                                json!({"type": "thinking", "thinking": "", "signature": sig}),
+                            );
                         }
                         blocks.push(json!({"type": "tool_use", "id": tool_id(prefix, calls),
                             "name": call.name, "input": call.args}));
@@ -1000,7 +1023,11 @@ impl Stream {
             };
         };
         if self.phase == Phase::Stopped {
-            if candidate.content.as_ref().is_some_and(|c| !c.parts.is_empty()) {
+            if candidate
+                .content
+                .as_ref()
+                .is_some_and(|c| !c.parts.is_empty())
+            {
                 return Err(TranslateError::bad("content after the finishReason"));
             }
             return Ok(());
@@ -1009,7 +1036,11 @@ impl Stream {
             if let Some(sig) = p.signature.as_deref().filter(|_| p.thought != Some(true)) {
                 // The signature of the part it is on, as its own thinking block.
                 self.open_block(Block::Thinking, out, progress)?;
-                self.delta(json!({"type": "signature_delta", "signature": sig}), out, progress)?;
+                self.delta(
+                    json!({"type": "signature_delta", "signature": sig}),
+                    out,
+                    progress,
+                )?;
                 self.close(out, progress)?;
             }
             match p.kind()? {
@@ -1018,10 +1049,18 @@ impl Stream {
                         self.open_block(Block::Thinking, out, progress)?;
                     }
                     if !text.is_empty() {
-                        self.delta(json!({"type": "thinking_delta", "thinking": text}), out, progress)?;
+                        self.delta(
+                            json!({"type": "thinking_delta", "thinking": text}),
+                            out,
+                            progress,
+                        )?;
                     }
                     if let Some(sig) = &p.signature {
-                        self.delta(json!({"type": "signature_delta", "signature": sig}), out, progress)?;
+                        self.delta(
+                            json!({"type": "signature_delta", "signature": sig}),
+                            out,
+                            progress,
+                        )?;
                     }
                 }
                 PartKind::Text(text) if !text.is_empty() => {
@@ -1038,7 +1077,8 @@ impl Stream {
                     progress.committed = true;
                     let start = json!({"type": "content_block_start", "index": self.next_block,
                         "content_block": {"type": "tool_use", "id": id, "name": call.name, "input": {}}});
-                    self.sink.emit("content_block_start", &start, out, progress)?;
+                    self.sink
+                        .emit("content_block_start", &start, out, progress)?;
                     // Whole arguments: one delta.
                     let args = serde_json::to_string(&call.args).unwrap_or_else(|_| "{}".into());
                     self.delta(
@@ -1127,8 +1167,12 @@ impl Stream {
             "delta": {"stop_reason": self.stop, "stop_sequence": null},
             "usage": anthropic_usage(&usage)});
         self.sink.emit("message_delta", &delta, out, progress)?;
-        self.sink
-            .emit("message_stop", &json!({"type": "message_stop"}), out, progress)
+        self.sink.emit(
+            "message_stop",
+            &json!({"type": "message_stop"}),
+            out,
+            progress,
+        )
     }
 }
 
@@ -1281,8 +1325,15 @@ mod tests {
             sent["contents"][2],
             json!({"role": "user", "parts": [{"functionResponse": {"name": "get", "response": {"output": "done"}}}]})
         );
-        // No tool_choice from the client: none sent.
+        // No tool_choice from the client: none sent; no cap: none sent.
         assert!(sent.get("toolConfig").is_none());
+        assert!(sent.get("generationConfig").is_none(), "{sent}");
+        let capped = gemini_request(
+            CHAT,
+            json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 77}),
+        )
+        .unwrap();
+        assert_eq!(capped["generationConfig"]["maxOutputTokens"], 77);
     }
 
     #[test]
@@ -1351,8 +1402,13 @@ mod tests {
             drop_cache_control: true,
             ..Options::default()
         };
-        let body = base(json!({"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}));
-        assert!(MSG.request(body.to_string().as_bytes(), "m", &options).is_ok());
+        let body = base(
+            json!({"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}),
+        );
+        assert!(
+            MSG.request(body.to_string().as_bytes(), "m", &options)
+                .is_ok()
+        );
     }
 
     fn answer() -> Value {
@@ -1425,7 +1481,9 @@ mod tests {
         }
         // A blocked prompt: no candidate, a refusal.
         let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}});
-        let t = MSG.response(blocked.to_string().as_bytes(), &ctx()).unwrap();
+        let t = MSG
+            .response(blocked.to_string().as_bytes(), &ctx())
+            .unwrap();
         let v: Value = serde_json::from_slice(&t.body).unwrap();
         assert_eq!(v["stop_reason"], "refusal");
         assert_eq!(v["content"], json!([]));
@@ -1543,7 +1601,10 @@ mod tests {
         );
         assert_eq!(ev[0].1["message"]["id"], "msg_gemini_r1");
         assert_eq!(ev[1].1["content_block"]["type"], "thinking");
-        assert_eq!(ev[4].1["delta"], json!({"type": "signature_delta", "signature": "c2ln"}));
+        assert_eq!(
+            ev[4].1["delta"],
+            json!({"type": "signature_delta", "signature": "c2ln"})
+        );
         assert_eq!(ev[8].1["delta"]["text"], "lo \"there\"");
         assert_eq!(ev[10].1["index"], 2);
         assert_eq!(ev[10].1["content_block"]["name"], "get");
@@ -1572,10 +1633,15 @@ mod tests {
         assert_eq!(text, "Hello \"there\"");
         let args: String = ev
             .iter()
-            .filter_map(|(_, c)| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .filter_map(|(_, c)| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
             .collect();
         assert_eq!(args, "{\"city\":\"Paris\"}");
-        assert!(ev.iter().any(|(_, c)| c["choices"][0]["finish_reason"] == "tool_calls"));
+        assert!(
+            ev.iter()
+                .any(|(_, c)| c["choices"][0]["finish_reason"] == "tool_calls")
+        );
         let usage = &ev[ev.len() - 2].1["usage"];
         assert_eq!(usage["prompt_tokens"], 110);
         assert_eq!(usage["completion_tokens"], 8);
@@ -1629,7 +1695,9 @@ mod tests {
         }
         // A model failure mid-stream.
         let mut input = sse(&chunks[..3]);
-        input.extend(sse(&[json!({"candidates": [{"finishReason": "MALFORMED_FUNCTION_CALL"}]})]));
+        input.extend(sse(&[
+            json!({"candidates": [{"finishReason": "MALFORMED_FUNCTION_CALL"}]}),
+        ]));
         let (r, _) = run(MSG, &[&input]);
         assert!(matches!(r, Err(TranslateError::Upstream { .. })), "{r:?}");
         // Not JSON, content after the end, a part of no known kind.
@@ -1652,7 +1720,8 @@ mod tests {
     fn memory_stays_bounded_over_a_long_stream() {
         let mut t = MSG.stream(ctx(), &Options::default());
         let mut out = BytesMut::new();
-        let chunk = sse(&[json!({"candidates": [{"content": {"parts": [{"text": "x".repeat(1000)}]}}]})]);
+        let chunk =
+            sse(&[json!({"candidates": [{"content": {"parts": [{"text": "x".repeat(1000)}]}}]})]);
         let mut most = 0;
         for _ in 0..2000 {
             t.feed(&chunk, &mut out).unwrap();
