@@ -1,6 +1,6 @@
 //! Google's Gemini models, by the Gemini API
-//! ([`Api::Gemini`](crate::family::Api::Gemini)) or by Vertex AI
-//! ([`Api::Vertex`](crate::family::Api::Vertex)): the upstream paths, the
+//! ([`Api::Gemini`]) or by Vertex AI
+//! ([`Api::Vertex`]): the upstream paths, the
 //! credentials, and Google's errors carried to
 //! [`Error::from_upstream`](crate::Error::from_upstream). The bodies are
 //! translated from and to both client families by
