@@ -961,6 +961,44 @@ async fn a_failing_token_endpoint_is_502_cools_the_deployment_and_another_serves
     assert_no_google_secrets("the logs", &logs(), &mock);
 }
 
+/// A token Vertex refuses is dropped: past the cooldown, concurrent
+/// requests fetch one new token.
+#[tokio::test]
+async fn a_refused_vertex_token_is_dropped_and_fetched_again_once() {
+    env();
+    let mock = mock().await;
+    let toml = config(&mock, &[("vertex", "vertex", None)], "").replace(
+        "num_retries = 0",
+        "num_retries = 0\ncredential_cooldown_ms = 1",
+    );
+    let gw = gateway(&toml, &mock).await;
+    let url = gw.url("/v1/chat/completions");
+    let a = post(&url, chat("vertex", "")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(mock.gemini.token_fetches(), 1);
+    mock.gemini.revoke_tokens();
+    let a = post(&url, chat("vertex", "")).await;
+    let v = a.error(502, "upstream_auth_failed");
+    assert_eq!(
+        v["error"]["metadata"]["raw"]["error"]["status"],
+        "UNAUTHENTICATED"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(
+            async move { post(&url, chat("vertex", "")).await },
+        ));
+    }
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(mock.gemini.token_fetches(), 2);
+    assert_eq!(mock.gemini.used_tokens(), 2);
+}
+
 /// The mock's token endpoint refuses what the signature does not cover: a
 /// tampered claim, a JWT signed by another key, a stale clock.
 #[test]

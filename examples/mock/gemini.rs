@@ -157,6 +157,15 @@ impl GeminiMock {
         self.0.used.lock().unwrap().len()
     }
 
+    /// Revokes every token issued so far: Vertex refuses them from now on
+    /// (401 `UNAUTHENTICATED`), as after a key rotation.
+    pub fn revoke_tokens(&self) {
+        let mut issued = self.0.issued.lock().unwrap();
+        for exp in issued.values_mut() {
+            *exp = Instant::now();
+        }
+    }
+
     /// Every token issued so far.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.0.issued.lock().unwrap().keys().cloned().collect()

@@ -752,6 +752,12 @@ impl Inner {
         for (k, v) in &self.headers {
             h.append(k, v.clone());
         }
+        if self.api == Api::Vertex && self.vertex.is_none() {
+            return Err(self.tag(Error::new(
+                Reason::Internal,
+                "The Vertex AI deployment has no project, location and service account.",
+            )));
+        }
         if self.api == Api::Bedrock {
             // Signed last, over every header set above and the exact body.
             let (Some(b), Some((bytes, _))) = (&self.bedrock, &translated) else {
