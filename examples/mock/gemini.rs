@@ -88,6 +88,8 @@ struct Shared {
     latency_ms: AtomicU64,
     fault: Mutex<Option<TokenFault>>,
     fetches: AtomicU64,
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
     refused: AtomicU64,
     expired: AtomicU64,
     issued: Mutex<HashMap<String, Instant>>,
@@ -107,6 +109,8 @@ impl Default for GeminiMock {
             latency_ms: AtomicU64::new(0),
             fault: Mutex::new(None),
             fetches: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
@@ -140,6 +144,12 @@ impl GeminiMock {
     /// Calls to the token endpoint (failed ones included).
     pub fn token_fetches(&self) -> u64 {
         self.0.fetches.load(Ordering::SeqCst)
+    }
+
+    /// The most token requests the endpoint was answering at once (1 when
+    /// the gateway never fetched two tokens concurrently).
+    pub fn most_concurrent_fetches(&self) -> u64 {
+        self.0.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// JWTs the token endpoint refused (a bad signature, claim or form).
@@ -526,6 +536,16 @@ pub(super) async fn token(State(st): State<AppState>, req: Request) -> Response 
     };
     let g = &st.gemini.0;
     g.fetches.fetch_add(1, Ordering::SeqCst);
+    let now_in_flight = g.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    g.most_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
+    // Counts this request out however it ends.
+    struct Leaving<'a>(&'a AtomicU64);
+    impl Drop for Leaving<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _leaving = Leaving(&g.in_flight);
     let latency = g.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;

@@ -1,5 +1,6 @@
 //! The provider `Service`: an OpenAI-compatible upstream (or Anthropic's
-//! Messages API, or Azure OpenAI: see [`azure`]).
+//! Messages API, Azure OpenAI, AWS Bedrock, or Google's Gemini API and
+//! Vertex AI: see [`azure`], [`bedrock`], [`gemini`]).
 //!
 //! [`Provider`] takes `Request<`[`Parsed`]`>` and forwards it to
 //! `base_url` + the path of the request's endpoint
