@@ -48,6 +48,7 @@
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic's Messages API, its stream events and its faults: see `examples/mock/anthropic.rs` |
 //! | `POST /openai/deployments/{d}/…`, `POST /openai/v1/…`, `POST /{tenant}/oauth2/v2.0/token`, `GET /metadata/identity/oauth2/token`, `GET /msi/token` | Azure OpenAI (both URL styles, `api-key` or Entra ID tokens) and its token endpoints, with their faults: see `examples/mock/azure.rs` |
 //! | `POST /model/{modelId}/converse`, `POST /model/{modelId}/converse-stream`, `GET /v2/credentials/{id}`, `POST /sts` | AWS Bedrock's Converse API (JSON and the binary event stream), SigV4 verified, its exceptions, a container credentials endpoint and STS's `AssumeRoleWithWebIdentity` issuing short-lived credentials: see `examples/mock/bedrock.rs` |
+//! | `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent?alt=sse`), `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:…`, `POST /token` | Google's Gemini API (`x-goog-api-key`), Vertex AI (OAuth bearer tokens) and the OAuth token endpoint that verifies service-account JWTs, with Google's error shapes: see `examples/mock/gemini.rs` |
 //! | `GET /health` | `200 ok` (never faulted, never delayed, no key needed) |
 //! | anything else | 404 OpenAI-style error (`unknown_url`); a wrong method on a known route gets 405 |
 //!
@@ -147,6 +148,8 @@ mod anthropic;
 pub mod azure;
 #[path = "mock/bedrock.rs"]
 pub mod bedrock;
+#[path = "mock/gemini.rs"]
+pub mod gemini;
 
 /// Configuration of the mock (the CLI flags).
 #[derive(Clone, Debug)]
@@ -239,6 +242,8 @@ pub struct MockServer {
     pub azure: azure::AzureMock,
     /// Bedrock's container credentials endpoint and counters (see `mock/bedrock.rs`).
     pub bedrock: bedrock::BedrockMock,
+    /// Google's token endpoint's settings and counters (see `mock/gemini.rs`).
+    pub gemini: gemini::GeminiMock,
     shutdown: watch::Sender<bool>,
 }
 
@@ -269,11 +274,12 @@ pub async fn spawn(cfg: MockConfig) -> std::io::Result<MockServer> {
     let (tx, rx) = watch::channel(false);
     let azure = azure::AzureMock::default();
     let bedrock = bedrock::BedrockMock::default();
+    let gemini = gemini::GeminiMock::default();
     let app = build_router_with(
         cfg,
         log.clone(),
         Some(rx.clone()),
-        (azure.clone(), bedrock.clone()),
+        (azure.clone(), bedrock.clone(), gemini.clone()),
     );
     tokio::spawn(serve(listener, app, rx));
     Ok(MockServer {
@@ -281,6 +287,7 @@ pub async fn spawn(cfg: MockConfig) -> std::io::Result<MockServer> {
         log,
         azure,
         bedrock,
+        gemini,
         shutdown: tx,
     })
 }
@@ -356,6 +363,7 @@ struct Inner {
     shutdown: Option<watch::Receiver<bool>>,
     azure: azure::AzureMock,
     bedrock: bedrock::BedrockMock,
+    gemini: gemini::GeminiMock,
 }
 
 type AppState = Arc<Inner>;
@@ -382,7 +390,7 @@ fn build_router_with(
     cfg: MockConfig,
     log: RequestLog,
     shutdown: Option<watch::Receiver<bool>>,
-    (azure, bedrock): (azure::AzureMock, bedrock::BedrockMock),
+    (azure, bedrock, gemini): (azure::AzureMock, bedrock::BedrockMock, gemini::GeminiMock),
 ) -> Router {
     let mut content = String::with_capacity(cfg.tokens * 6);
     for i in 0..cfg.tokens {
@@ -401,6 +409,7 @@ fn build_router_with(
         shutdown,
         azure,
         bedrock,
+        gemini,
     });
     Router::new()
         .route(
@@ -475,6 +484,13 @@ fn build_router_with(
             "/model/{model}/converse-stream",
             any(|st: State<AppState>, req: Request| bedrock::handle(st, req, true)),
         )
+        // Google's Gemini API, Vertex AI and OAuth token endpoint (mock/gemini.rs).
+        .route("/v1beta/models/{call}", any(gemini::gemini_api))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
+            any(gemini::vertex),
+        )
+        .route("/token", any(gemini::token))
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(state)

@@ -638,6 +638,30 @@ pub struct DeploymentConfig {
     /// bearer token); without it, requests are SigV4-signed with the
     /// credentials these settings name.
     pub bedrock: Option<BedrockConfig>,
+    /// Google Vertex AI's settings (required with `api = "vertex"`, refused
+    /// elsewhere): the project, the location and the service account.
+    pub vertex: Option<VertexConfig>,
+}
+
+/// `vertex = { project = "my-project", location = "us-central1" }`: a
+/// Vertex AI deployment's project, location and service account key file
+/// (read once, at start; its token is fetched and refreshed by the gateway).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexConfig {
+    /// The Google Cloud project id.
+    pub project: String,
+    /// The location (`us-central1`, `europe-west4`, `global`, …): the
+    /// endpoint's region when `base_url` is left out.
+    pub location: String,
+    /// The service account's JSON key file.
+    pub credentials_file: Option<PathBuf>,
+    /// Without `credentials_file`: the variable holding the key file's path
+    /// (default `GOOGLE_APPLICATION_CREDENTIALS`).
+    pub credentials_file_env: Option<String>,
+    /// Where the signed JWT is exchanged for a token, instead of the key
+    /// file's `token_uri` (a private endpoint, a test's mock).
+    pub token_url: Option<String>,
 }
 
 /// `bedrock = { region = "us-east-1" }`: a Bedrock deployment's region and
@@ -695,11 +719,78 @@ impl DeploymentConfig {
         self.api.as_deref() == Some("bedrock")
     }
 
-    /// The base URL, or Bedrock's regional default.
+    /// A Gemini API or Vertex AI deployment's settings, checked: the Vertex
+    /// AI service account read (`None` for the Gemini API and other APIs).
+    /// An error names the field.
+    fn vertex(&self) -> Result<Option<crate::provider::gemini::Vertex>, (&'static str, String)> {
+        use crate::provider::gemini::{ServiceAccount, Vertex};
+        match (self.api.as_deref(), &self.vertex) {
+            (Some("gemini"), None) if self.api_key_env.is_none() => Err((
+                "api_key_env",
+                "is required with `api = \"gemini\"`: the variable holding the Gemini API key".into(),
+            )),
+            (Some("vertex"), None) => Err((
+                "vertex",
+                "is required with `api = \"vertex\"` (project, location, credentials_file)".into(),
+            )),
+            (Some("vertex"), Some(_)) if self.api_key_env.is_some() => Err((
+                "api_key_env",
+                "is not used with `api = \"vertex\"`: it authenticates with its service account (`vertex.credentials_file`)".into(),
+            )),
+            (Some("vertex"), Some(v)) => {
+                if v.project.is_empty() {
+                    return Err(("vertex.project", "must name a Google Cloud project".into()));
+                }
+                if v.location.is_empty() {
+                    return Err(("vertex.location", "must name a location (e.g. us-central1, global)".into()));
+                }
+                let path = match (&v.credentials_file, &v.credentials_file_env) {
+                    (Some(p), _) => p.clone(),
+                    (None, var) => {
+                        let var = var.as_deref().unwrap_or("GOOGLE_APPLICATION_CREDENTIALS");
+                        match std::env::var(var) {
+                            Ok(p) if !p.is_empty() => PathBuf::from(p),
+                            _ => {
+                                return Err((
+                                    "vertex.credentials_file_env",
+                                    format!("environment variable `{var}` (the service account key file's path) is not set; or set `vertex.credentials_file`"),
+                                ));
+                            }
+                        }
+                    }
+                };
+                let mut account = ServiceAccount::from_file(&path)
+                    .map_err(|e| ("vertex.credentials_file", e.to_string()))?;
+                if let Some(url) = &v.token_url {
+                    account = account
+                        .with_token_uri(url)
+                        .map_err(|e| ("vertex.token_url", e.to_string()))?;
+                }
+                Ok(Some(Vertex::new(
+                    &v.project,
+                    &v.location,
+                    account,
+                    crate::credentials::RefreshPolicy::default(),
+                )))
+            }
+            (_, Some(_)) => Err(("vertex", "is only for `api = \"vertex\"`".into())),
+            (_, None) => Ok(None),
+        }
+    }
+
+    /// The base URL, or Bedrock's regional default, the Gemini API's, or
+    /// Vertex AI's for its location.
     fn upstream_base_url(&self) -> std::borrow::Cow<'_, str> {
-        match &self.bedrock {
-            Some(b) if self.base_url.is_empty() && self.is_bedrock() => {
+        if !self.base_url.is_empty() {
+            return self.base_url.as_str().into();
+        }
+        match (self.api.as_deref(), &self.bedrock, &self.vertex) {
+            (Some("bedrock"), Some(b), _) => {
                 crate::provider::bedrock_default_base_url(&b.region).into()
+            }
+            (Some("gemini"), _, _) => crate::provider::gemini::GEMINI_BASE_URL.into(),
+            (Some("vertex"), _, Some(v)) if !v.location.is_empty() => {
+                crate::provider::gemini::vertex_base_url(&v.location).into()
             }
             _ => self.base_url.as_str().into(),
         }
@@ -1086,6 +1177,7 @@ impl Config {
                 } else if d.bedrock.is_some() {
                     return Err(self.err(at("bedrock"), "is only for `api = \"bedrock\"`"));
                 }
+                d.vertex().map_err(|(f, e)| self.err(at(f), e))?;
                 if d.upstream_base_url().is_empty() {
                     return Err(self.err(at("base_url"), "is required"));
                 }
@@ -1182,7 +1274,7 @@ impl Config {
                     if Api::from_name(api).is_none() {
                         return Err(self.err(
                             at("api"),
-                            format!("`{api}` is not an API tollgate speaks; use \"openai\", \"anthropic\", \"azure\" or \"bedrock\""),
+                            format!("`{api}` is not an API tollgate speaks; use \"openai\", \"anthropic\", \"azure\", \"bedrock\", \"gemini\" or \"vertex\""),
                         ));
                     }
                 }
@@ -2050,6 +2142,8 @@ impl Config {
                     let auth = d.bedrock_auth().map_err(|(f, e)| self.err(at(f), e))?;
                     let region = d.bedrock.as_ref().map_or("", |b| b.region.as_str());
                     b = b.bedrock(region, auth);
+                } else if let Some(vertex) = d.vertex().map_err(|(f, e)| self.err(at(f), e))? {
+                    b = b.vertex(vertex);
                 } else if let Some(var) = &d.api_key_env {
                     b = b
                         .api_key_env(var)

@@ -66,16 +66,29 @@ pub enum Api {
     /// with AWS credentials, or a Bedrock API key as `Authorization: Bearer`;
     /// no client header forwarded. Every route is translated.
     Bedrock,
+    /// Google's Gemini API (`{base}/v1beta/models/{model}:generateContent`,
+    /// and `:streamGenerateContent?alt=sse`), authenticated by
+    /// `x-goog-api-key: <key>`; no client header forwarded. Chat and
+    /// Messages are translated (see [`crate::provider::gemini`]).
+    Gemini,
+    /// Google Cloud's Vertex AI serving Gemini models (the same
+    /// `generateContent` body at `{base}/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:…`),
+    /// authenticated by an OAuth token a service account's signed JWT is
+    /// exchanged for (see [`crate::provider::gemini`]).
+    Vertex,
 }
 
 impl Api {
-    /// The API named in a config (`"openai"`, `"anthropic"`, `"azure"`, `"bedrock"`).
+    /// The API named in a config (`"openai"`, `"anthropic"`, `"azure"`,
+    /// `"bedrock"`, `"gemini"`, `"vertex"`).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "openai" => Some(Api::OpenAi),
             "anthropic" => Some(Api::Anthropic),
             "azure" => Some(Api::Azure),
             "bedrock" => Some(Api::Bedrock),
+            "gemini" => Some(Api::Gemini),
+            "vertex" => Some(Api::Vertex),
             _ => None,
         }
     }
@@ -87,6 +100,8 @@ impl Api {
             Api::Anthropic => "anthropic",
             Api::Azure => "azure",
             Api::Bedrock => "bedrock",
+            Api::Gemini => "gemini",
+            Api::Vertex => "vertex",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `tollgate-mock`: the bundled mock upstream (OpenAI, Anthropic, Azure
-//! OpenAI and Bedrock wire formats, each with its faults) as a program that
+//! OpenAI, Bedrock, Gemini and Vertex AI wire formats, each with its faults)
+//! as a program that
 //! builds without the crate's dev-dependencies:
 //!
 //! ```text

@@ -902,7 +902,7 @@ pub(crate) fn path(base_path: &str, model: &str, stream: bool) -> String {
 /// Percent-encodes one path segment: every byte but RFC 3986's unreserved
 /// characters. (Six lines; the one crate that does it, `percent-encoding`,
 /// would need an encode set spelled out all the same.)
-fn encode_segment(s: &str, out: &mut String) {
+pub(super) fn encode_segment(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s.as_bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

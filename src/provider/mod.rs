@@ -1,5 +1,6 @@
 //! The provider `Service`: an OpenAI-compatible upstream (or Anthropic's
-//! Messages API, or Azure OpenAI: see [`azure`]).
+//! Messages API, Azure OpenAI, AWS Bedrock, or Google's Gemini API and
+//! Vertex AI: see [`azure`], [`bedrock`], [`gemini`]).
 //!
 //! [`Provider`] takes `Request<`[`Parsed`]`>` and forwards it to
 //! `base_url` + the path of the request's endpoint
@@ -54,6 +55,7 @@
 pub mod azure;
 pub mod bedrock;
 mod body;
+pub mod gemini;
 mod translated;
 
 use std::error::Error as StdError;
@@ -354,6 +356,8 @@ struct Inner {
     azure: Option<azure::Azure>,
     /// Bedrock's region and credentials ([`Api::Bedrock`]).
     bedrock: Option<bedrock::Signer>,
+    /// Vertex AI's project, location and service account ([`Api::Vertex`]).
+    vertex: Option<gemini::Vertex>,
 }
 
 impl fmt::Debug for Provider {
@@ -373,6 +377,7 @@ impl fmt::Debug for Provider {
                 &self.inner.api_key.as_ref().map(|_| "[redacted]"),
             )
             .field("azure", &self.inner.azure)
+            .field("vertex", &self.inner.vertex)
             .finish()
     }
 }
@@ -424,6 +429,7 @@ impl Provider {
                 client: None,
                 azure: None,
                 bedrock: None,
+                vertex: None,
             },
         })
     }
@@ -454,8 +460,19 @@ impl ProviderBuilder {
         self
     }
 
+    /// Google's Vertex AI ([`Api::Vertex`]) in `vertex`'s project and
+    /// location, authenticated by its service account's tokens (see
+    /// [`gemini`]); `base_url` is [`gemini::vertex_base_url`] or a private
+    /// endpoint.
+    pub fn vertex(mut self, vertex: gemini::Vertex) -> Self {
+        self.inner.api = Api::Vertex;
+        self.inner.vertex = Some(vertex);
+        self
+    }
+
     /// The upstream's API key, sent as `Authorization: Bearer` (or, to an
-    /// [`Api::Anthropic`] upstream, as `x-api-key`; to [`Api::Azure`], as `api-key`).
+    /// [`Api::Anthropic`] upstream, as `x-api-key`; to [`Api::Azure`], as
+    /// `api-key`; to [`Api::Gemini`], as `x-goog-api-key`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.inner.api_key = Some(key.into()).filter(|k| !k.is_empty());
         self
@@ -540,6 +557,9 @@ impl ProviderBuilder {
         }
         if let (Some(b), Some(client)) = (&mut self.inner.bedrock, &self.inner.client) {
             b.start(&self.inner.name, client);
+        }
+        if let Some(v) = &mut self.inner.vertex {
+            v.start(&self.inner.name, self.inner.client.as_ref());
         }
         Provider {
             inner: Arc::new(self.inner),
@@ -660,6 +680,17 @@ impl Inner {
                 let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
                 bedrock::path(&self.base_path, model, *stream)
             }
+            // Gemini names the model and the method in its path.
+            (None, Api::Gemini | Api::Vertex, Some((_, stream))) => {
+                let model = self.model.as_ref().map_or(parsed.model(), |m| &*m.0);
+                gemini::path(
+                    self.api,
+                    self.vertex.as_ref(),
+                    &self.base_path,
+                    model,
+                    *stream,
+                )
+            }
             _ => {
                 let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 16);
                 pq.push_str(&self.base_path);
@@ -702,6 +733,7 @@ impl Inner {
         if let Some(key) = self.api_key.as_ref().filter(|_| self.api != Api::Bedrock) {
             let (name, value) = match self.api {
                 Api::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                Api::Gemini => (HeaderName::from_static("x-goog-api-key"), key.clone()),
                 Api::Azure => (HeaderName::from_static("api-key"), key.clone()),
                 _ => (AUTHORIZATION, format!("Bearer {key}")),
             };
@@ -732,6 +764,12 @@ impl Inner {
         for (k, v) in &self.headers {
             h.append(k, v.clone());
         }
+        if self.api == Api::Vertex && self.vertex.is_none() {
+            return Err(self.tag(Error::new(
+                Reason::Internal,
+                "The Vertex AI deployment has no project, location and service account.",
+            )));
+        }
         if self.api == Api::Bedrock {
             // Signed last, over every header set above and the exact body.
             let (Some(b), Some((bytes, _))) = (&self.bedrock, &translated) else {
@@ -761,7 +799,16 @@ impl Inner {
                     .await
                     .map_err(|e| self.tag(e))?,
             )),
-            None => None,
+            // A Vertex AI token, from the shared cache likewise.
+            None => match self.vertex.as_ref().and_then(|v| v.tokens.as_ref()) {
+                Some(tokens) => Some((
+                    tokens,
+                    gemini::authorize(tokens, &self.name, out.headers_mut())
+                        .await
+                        .map_err(|e| self.tag(e))?,
+                )),
+                None => None,
+            },
         };
         // Bedrock's temporary credentials, likewise, signed over the exact body.
         let aws = match self.bedrock.as_ref().map(|b| (b, b.credentials())) {
@@ -781,8 +828,9 @@ impl Inner {
         let first_byte = self.timeouts.first_byte.min(self.timeouts.total);
         // Kept (a reference count) to name the path when the upstream does not serve it.
         let sent_path = out.uri().path_and_query().cloned();
-        // With an Entra ID token, a copy (the body is buffered bytes: reference
-        // counts) to send once more with a fresh token if Azure refuses this one.
+        // With an Entra ID or Vertex AI token, a copy (the body is buffered
+        // bytes: reference counts) to send once more with a fresh token if the
+        // upstream refuses this one.
         let replay = token.as_ref().map(|_| copy_request(&out));
         let mut res = self.exchange(client, out, first_byte).await?;
         let mut retried = false;
@@ -790,9 +838,11 @@ impl Inner {
             (res.status(), &mut token, replay)
         {
             tokens.invalidate(used.generation());
-            let fresh = azure::authorize(tokens, &self.name, again.headers_mut())
-                .await
-                .map_err(|e| self.tag(e))?;
+            let fresh = match self.api {
+                Api::Vertex => gemini::authorize(tokens, &self.name, again.headers_mut()).await,
+                _ => azure::authorize(tokens, &self.name, again.headers_mut()).await,
+            }
+            .map_err(|e| self.tag(e))?;
             if fresh.generation() != used.generation() {
                 *used = fresh;
                 retried = true;
@@ -806,17 +856,21 @@ impl Inner {
             if self.api == Api::Bedrock {
                 raw = bedrock::error_body(&parts.headers, raw);
             }
+            let status = match self.api {
+                Api::Gemini | Api::Vertex => gemini::error_status(parts.status, &raw),
+                _ => parts.status,
+            };
             let extra = match (&token, &aws) {
                 (Some((tokens, t)), _) => {
                     // Refused again with a fresh token: not the token's age;
                     // kept (the router cools the deployment down).
-                    if parts.status == http::StatusCode::UNAUTHORIZED && !retried {
+                    if status == http::StatusCode::UNAUTHORIZED && !retried {
                         tokens.invalidate(t.generation());
                     }
                     [t.value().token(), ""]
                 }
                 (_, Some((cache, c))) => {
-                    if parts.status == http::StatusCode::FORBIDDEN {
+                    if status == http::StatusCode::FORBIDDEN {
                         // Refused (expired, revoked): the next request fetches new ones.
                         cache.invalidate(c.generation());
                     }
@@ -825,7 +879,7 @@ impl Inner {
                 _ => ["", ""],
             };
             let e = self.secrets(extra, |s| {
-                Error::from_upstream(parts.status, &parts.headers, &raw, self.name.clone(), s)
+                Error::from_upstream(status, &parts.headers, &raw, self.name.clone(), s)
             });
             return Err(match (e.reason(), &sent_path) {
                 (Reason::UpstreamRouteNotServed, Some(pq)) => e.not_served_at("POST", pq.path()),
@@ -871,6 +925,8 @@ impl Inner {
                 Api::OpenAi | Api::Azure => StreamEnd::Any,
                 // The translator checks that the event stream ended with `metadata`.
                 Api::Bedrock => StreamEnd::Any,
+                // The translator checks that the last chunk had its finishReason.
+                Api::Gemini | Api::Vertex => StreamEnd::Any,
             });
             // Passed through, each event is checked to be JSON on its way
             // (translated, the translator reads every event anyway).

@@ -16,7 +16,7 @@ pub(super) fn request(
     req: Map<String, Value>,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
-    refuse_url_images(&req)?;
+    refuse_url_images(&req, converse::url_image)?;
     // The model goes in the URL; the pivot's own `model` is dropped.
     let pivot = chat_to_messages::request(req, "", options)?;
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&pivot.body) else {
@@ -31,8 +31,12 @@ pub(super) fn request(
 }
 
 /// An image given by URL is refused under the Chat client's own field name
-/// (the pivot would otherwise name its Anthropic counterpart).
-fn refuse_url_images(req: &Map<String, Value>) -> Result<(), Error> {
+/// (the pivot would otherwise name its Anthropic counterpart), with the
+/// upstream's own refusal (`refuse`; Gemini's translator uses it too).
+pub(super) fn refuse_url_images(
+    req: &Map<String, Value>,
+    refuse: fn(&str) -> Error,
+) -> Result<(), Error> {
     let Some(Value::Array(messages)) = req.get("messages") else {
         return Ok(());
     };
@@ -50,9 +54,7 @@ fn refuse_url_images(req: &Map<String, Value>) -> Result<(), Error> {
                 None => None,
             };
             if url.is_some_and(|u| !u.starts_with("data:")) {
-                return Err(converse::url_image(&format!(
-                    "messages[{i}].content[{j}].image_url.url"
-                )));
+                return Err(refuse(&format!("messages[{i}].content[{j}].image_url.url")));
             }
         }
     }

@@ -805,9 +805,9 @@ enum Block {
     Tool,
 }
 
-/// Where the Anthropic events go.
+/// Where the Anthropic events go (shared with the Gemini translator).
 #[derive(Debug)]
-enum Sink {
+pub(super) enum Sink {
     /// An Anthropic client: written as SSE.
     Anthropic,
     /// An OpenAI client: through the Anthropic → OpenAI translator (the
@@ -819,7 +819,23 @@ enum Sink {
 }
 
 impl Sink {
-    fn emit(
+    /// A sink for an OpenAI Chat client.
+    pub(super) fn chat(ctx: ResponseContext) -> Self {
+        Sink::Chat {
+            inner: Box::new(super::chat_to_messages::Stream::new(ctx)),
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// Bytes held between events.
+    pub(super) fn buffered(&self) -> usize {
+        match self {
+            Sink::Anthropic => 0,
+            Sink::Chat { inner, scratch } => inner.buffered() + scratch.capacity(),
+        }
+    }
+
+    pub(super) fn emit(
         &mut self,
         name: &str,
         value: &impl Serialize,
@@ -873,14 +889,8 @@ impl Stream {
 
     /// A stream for an OpenAI Chat client.
     pub(super) fn to_chat(ctx: ResponseContext) -> Self {
-        let inner = Box::new(super::chat_to_messages::Stream::new(ctx.clone()));
-        Stream::new(
-            ctx,
-            Sink::Chat {
-                inner,
-                scratch: BytesMut::new(),
-            },
-        )
+        let sink = Sink::chat(ctx.clone());
+        Stream::new(ctx, sink)
     }
 
     fn new(ctx: ResponseContext, sink: Sink) -> Self {
@@ -895,10 +905,7 @@ impl Stream {
     }
 
     pub(super) fn buffered(&self) -> usize {
-        match &self.sink {
-            Sink::Anthropic => 0,
-            Sink::Chat { inner, scratch } => inner.buffered() + scratch.capacity(),
-        }
+        self.sink.buffered()
     }
 
     pub(super) fn event(

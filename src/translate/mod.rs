@@ -46,6 +46,7 @@
 mod chat_to_converse;
 mod chat_to_messages;
 mod converse;
+mod gemini;
 mod messages_to_chat;
 mod messages_to_converse;
 pub mod sse;
@@ -94,6 +95,12 @@ pub enum Pair {
     ChatToConverse,
     /// An Anthropic Messages client served by a Bedrock Converse upstream.
     MessagesToConverse,
+    /// An OpenAI Chat Completions client served by Google's Gemini
+    /// `generateContent` (the Gemini API or Vertex AI, as `api` says;
+    /// through Anthropic Messages as the pivot).
+    ChatToGemini(Api),
+    /// An Anthropic Messages client served by Google's Gemini `generateContent`.
+    MessagesToGemini(Api),
 }
 
 /// The one place that decides how a route's endpoint is served by an
@@ -136,6 +143,21 @@ pub fn plan(endpoint: Endpoint, api: Api) -> Plan {
             | Endpoint::CountTokens
             | Endpoint::Other,
             Api::Bedrock,
+        ) => Plan::NotServed,
+        // Google's Gemini API and Vertex AI speak the same `generateContent`.
+        (Endpoint::ChatCompletions, Api::Gemini | Api::Vertex) => {
+            Plan::Translate(Pair::ChatToGemini(api))
+        }
+        (Endpoint::Messages, Api::Gemini | Api::Vertex) => {
+            Plan::Translate(Pair::MessagesToGemini(api))
+        }
+        (
+            Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::CountTokens
+            | Endpoint::Other,
+            Api::Gemini | Api::Vertex,
         ) => Plan::NotServed,
     }
 }
@@ -314,7 +336,9 @@ impl TranslateError {
                     "invalid_request_error" => Reason::UpstreamRejected,
                     "request_too_large" => Reason::BodyTooLarge,
                     "not_found_error" => Reason::UpstreamModelNotFound,
-                    other => exception_reason(other).unwrap_or(Reason::UpstreamError),
+                    other => exception_reason(other)
+                        .or_else(|| gemini::status_reason(other))
+                        .unwrap_or(Reason::UpstreamError),
                 };
                 let mut message = message;
                 if message.len() > 400 {
@@ -356,8 +380,12 @@ impl Pair {
     /// The endpoint of the client this pair serves.
     pub fn client(self) -> Endpoint {
         match self {
-            Pair::ChatToMessages | Pair::ChatToConverse => Endpoint::ChatCompletions,
-            Pair::MessagesToChat | Pair::MessagesToConverse => Endpoint::Messages,
+            Pair::ChatToMessages | Pair::ChatToConverse | Pair::ChatToGemini(_) => {
+                Endpoint::ChatCompletions
+            }
+            Pair::MessagesToChat | Pair::MessagesToConverse | Pair::MessagesToGemini(_) => {
+                Endpoint::Messages
+            }
         }
     }
 
@@ -367,17 +395,21 @@ impl Pair {
             Pair::ChatToMessages => Api::Anthropic,
             Pair::MessagesToChat => Api::OpenAi,
             Pair::ChatToConverse | Pair::MessagesToConverse => Api::Bedrock,
+            Pair::ChatToGemini(api) | Pair::MessagesToGemini(api) => api,
         }
     }
 
     /// The upstream endpoint this pair sends to: [`Endpoint::Other`] for
-    /// Converse, whose path (`/model/{modelId}/converse`) the Bedrock
-    /// provider builds itself.
+    /// Converse and Gemini, whose paths (`/model/{modelId}/converse`,
+    /// `…/models/{model}:generateContent`) their providers build themselves.
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Pair::ChatToMessages => Endpoint::Messages,
             Pair::MessagesToChat => Endpoint::ChatCompletions,
-            Pair::ChatToConverse | Pair::MessagesToConverse => Endpoint::Other,
+            Pair::ChatToConverse
+            | Pair::MessagesToConverse
+            | Pair::ChatToGemini(_)
+            | Pair::MessagesToGemini(_) => Endpoint::Other,
         }
     }
 
@@ -404,6 +436,8 @@ impl Pair {
             Pair::MessagesToChat => messages_to_chat::request(map, upstream_model, options),
             Pair::ChatToConverse => chat_to_converse::request(map, options),
             Pair::MessagesToConverse => messages_to_converse::request(map, options),
+            Pair::ChatToGemini(_) => gemini::request_from_chat(map, options),
+            Pair::MessagesToGemini(_) => gemini::request(map, options),
         }
     }
 
@@ -420,6 +454,8 @@ impl Pair {
             Pair::MessagesToChat => messages_to_chat::response(&value, ctx),
             Pair::ChatToConverse => chat_to_converse::response(&value, ctx),
             Pair::MessagesToConverse => messages_to_converse::response(&value, ctx),
+            Pair::ChatToGemini(_) => gemini::response_to_chat(&value, ctx),
+            Pair::MessagesToGemini(_) => gemini::response_to_messages(&value, ctx),
         }
     }
 
@@ -430,6 +466,8 @@ impl Pair {
             Pair::MessagesToChat => State::FromChat(messages_to_chat::Stream::new(ctx)),
             Pair::ChatToConverse => State::Converse(chat_to_converse::stream(ctx)),
             Pair::MessagesToConverse => State::Converse(messages_to_converse::stream(ctx)),
+            Pair::ChatToGemini(_) => State::Gemini(gemini::Stream::to_chat(ctx)),
+            Pair::MessagesToGemini(_) => State::Gemini(gemini::Stream::to_messages(ctx)),
         };
         let decoder = match self.upstream() {
             Api::Bedrock => Decoder::EventStream(EventStreamDecoder::new(options.event_cap)),
@@ -464,6 +502,7 @@ enum State {
     FromMessages(chat_to_messages::Stream),
     FromChat(messages_to_chat::Stream),
     Converse(converse::Stream),
+    Gemini(gemini::Stream),
 }
 
 /// How the upstream's stream is framed: SSE, or (Bedrock) binary event-stream messages.
@@ -543,6 +582,8 @@ impl StreamTranslator {
             State::FromMessages(s) => s.finish(),
             State::FromChat(s) => s.finish(),
             State::Converse(s) => s.finish(),
+            // Gemini's stream has no last event: the end is its last chunk.
+            State::Gemini(s) => s.finish(out, progress),
         }
     }
 
@@ -566,6 +607,7 @@ impl StreamTranslator {
                 State::FromMessages(s) => s.buffered(),
                 State::FromChat(s) => s.buffered(),
                 State::Converse(s) => s.buffered(),
+                State::Gemini(s) => s.buffered(),
             }
     }
 }
@@ -581,6 +623,7 @@ impl State {
             State::FromMessages(s) => s.event(event, out, progress),
             State::FromChat(s) => s.event(event, out, progress),
             State::Converse(s) => s.event(event, out, progress),
+            State::Gemini(s) => s.event(event, out, progress),
         }
     }
 }
