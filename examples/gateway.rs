@@ -79,7 +79,7 @@ use tower_http::trace::TraceLayer;
 /// the config's groups): one definition for the gateway and for
 /// `benches/stack.rs`, which measures it over an instant provider.
 macro_rules! inference_stack {
-    ($auth:expr, $max_body:expr, $rate_limit:expr, $budget:expr, $fair_queue:expr, $fallback:expr, $router:expr) => {{
+    ($auth:expr, $max_body:expr, $telemetry:expr, $rate_limit:expr, $budget:expr, $fair_queue:expr, $fallback:expr, $router:expr) => {{
         let router = $router;
         tower::ServiceBuilder::new()
             .layer(tollgate::overhead::OverheadLayer::new())
@@ -88,6 +88,8 @@ macro_rules! inference_stack {
             // `record_key` must be in scope where the macro is used.
             .map_request(record_key)
             .layer(tollgate::read_request::ReadRequestLayer::new($max_body))
+            // `[telemetry]`: one GenAI span per request (absent: not in the stack).
+            .option_layer($telemetry)
             .layer(tollgate::metrics::RequestMetricsLayer::new(
                 router.model_names(),
             ))
@@ -139,13 +141,56 @@ pub async fn app_with_ledger(
     Ok(build(config, clock, ledger).await?.router)
 }
 
-/// The gateway, built: its routes, and the spend writer that must be
-/// flushed when it stops ([`serve_and_flush`]).
+/// The gateway, built: its routes, and the spend writer and span exporter
+/// that must be flushed when it stops ([`serve_and_flush`]).
 pub struct Built {
     /// The routes.
     pub router: axum::Router,
     /// The spend records' writer, when spend records are on.
     pub spend: Option<SpendWriter>,
+    /// The OTLP span exporter, with `[telemetry]`.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// The span exporter of `[telemetry]` (feature `otel`).
+#[cfg(feature = "otel")]
+pub type Telemetry = opentelemetry_sdk::trace::SdkTracerProvider;
+/// No span exporter: this build has no `otel` feature.
+#[cfg(not(feature = "otel"))]
+pub type Telemetry = std::convert::Infallible;
+
+/// The span layer of the inference stack: with `[telemetry]`, a
+/// `GenAiSpanLayer` over an OTLP tracer, and the provider to flush at the end.
+#[cfg(feature = "otel")]
+pub fn telemetry(
+    config: &Config,
+) -> Result<
+    (
+        Option<
+            tollgate::telemetry::GenAiSpanLayer<
+                opentelemetry_sdk::trace::SdkTracer,
+                tollgate::telemetry::VirtualKeyCaller,
+            >,
+        >,
+        Option<Telemetry>,
+    ),
+    ConfigError,
+> {
+    use opentelemetry::trace::TracerProvider as _;
+    let Some(provider) = config.otlp_provider()? else {
+        return Ok((None, None));
+    };
+    let layer = config.telemetry_layer(provider.tracer("tollgate"));
+    tracing::info!(layer = ?layer, "OpenTelemetry span export on");
+    Ok((Some(layer), Some(provider)))
+}
+
+/// No span layer: this build has no `otel` feature.
+#[cfg(not(feature = "otel"))]
+pub fn telemetry(
+    _config: &Config,
+) -> Result<(Option<tower::layer::util::Identity>, Option<Telemetry>), ConfigError> {
+    Ok((None, None))
 }
 
 /// Builds the gateway with budgets kept in `ledger`. With spend records
@@ -214,9 +259,11 @@ pub async fn build(
         .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
         .layer(fallback.clone())
         .service(router.clone());
+    let (span_layer, telemetry) = telemetry(config)?;
     let inference = inference_stack!(
         auth,
         config.server.max_body_bytes,
+        span_layer,
         rate_limit,
         budget(config, store, writer.clone()),
         fair_queue(config),
@@ -293,6 +340,7 @@ pub async fn build(
     Ok(Built {
         router,
         spend: writer,
+        telemetry,
     })
 }
 
@@ -555,6 +603,14 @@ pub async fn serve_and_flush(
             unwritten = writer.pending(),
             "spend records written"
         );
+    }
+    #[cfg(feature = "otel")]
+    if let Some(provider) = built.telemetry {
+        // The batch's last spans; shutting down blocks, so off the runtime's threads.
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("the last spans could not be exported");
+        }
     }
     served
 }
