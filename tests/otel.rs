@@ -276,7 +276,7 @@ async fn a_chat_request_is_exported_over_http_with_the_genai_attributes() {
     );
     assert_eq!(s.int("http.response.status_code"), 200);
     assert_eq!(s.str("tollgate.key_id"), "client01");
-    assert_eq!(s.str("tollgate.deployment"), "mock-http");
+    assert_eq!(s.str("tollgate.deployment"), "mock-http/mock-small");
     assert_eq!(s.str("tollgate.model_group"), "m-http");
     assert_eq!(s.int("tollgate.attempts"), 1);
     // $1 and $2 per million tokens.
