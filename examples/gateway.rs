@@ -159,23 +159,17 @@ pub type Telemetry = opentelemetry_sdk::trace::SdkTracerProvider;
 #[cfg(not(feature = "otel"))]
 pub type Telemetry = std::convert::Infallible;
 
+/// The span layer of the reference gateway (feature `otel`).
+#[cfg(feature = "otel")]
+pub type SpanLayer = tollgate::telemetry::GenAiSpanLayer<
+    opentelemetry_sdk::trace::SdkTracer,
+    tollgate::telemetry::VirtualKeyCaller,
+>;
+
 /// The span layer of the inference stack: with `[telemetry]`, a
 /// `GenAiSpanLayer` over an OTLP tracer, and the provider to flush at the end.
 #[cfg(feature = "otel")]
-pub fn telemetry(
-    config: &Config,
-) -> Result<
-    (
-        Option<
-            tollgate::telemetry::GenAiSpanLayer<
-                opentelemetry_sdk::trace::SdkTracer,
-                tollgate::telemetry::VirtualKeyCaller,
-            >,
-        >,
-        Option<Telemetry>,
-    ),
-    ConfigError,
-> {
+pub fn telemetry(config: &Config) -> Result<(Option<SpanLayer>, Option<Telemetry>), ConfigError> {
     use opentelemetry::trace::TracerProvider as _;
     let Some(provider) = config.otlp_provider()? else {
         return Ok((None, None));

@@ -177,9 +177,12 @@ fn data(s: &str) -> Result<http_body::Frame<Bytes>, Error> {
     Ok(http_body::Frame::data(Bytes::from(s.to_owned())))
 }
 
+/// The one answer a test's upstream gives.
+type Answer = Arc<Mutex<Option<Result<Response<Body>, Error>>>>;
+
 fn stack_over<T>(
     layer: GenAiSpanLayer<T>,
-    answer: Arc<Mutex<Option<Result<Response<Body>, Error>>>>,
+    answer: Answer,
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Error>
 where
     T: opentelemetry::trace::Tracer + Send + Sync + 'static,
