@@ -152,9 +152,11 @@ pub struct Built {
     pub telemetry: Option<Telemetry>,
 }
 
-/// The span exporter of `[telemetry]` (feature `otel`).
+/// The span exporter of `[telemetry]` (feature `otel`), dropped off the
+/// runtime's threads (an aborted server must not hang in the SDK's shutdown).
 #[cfg(feature = "otel")]
-pub type Telemetry = opentelemetry_sdk::trace::SdkTracerProvider;
+pub type Telemetry =
+    tollgate::telemetry::otlp::DropOffRuntime<opentelemetry_sdk::trace::SdkTracerProvider>;
 /// No span exporter: this build has no `otel` feature.
 #[cfg(not(feature = "otel"))]
 pub type Telemetry = std::convert::Infallible;
@@ -162,7 +164,7 @@ pub type Telemetry = std::convert::Infallible;
 /// The span layer of the reference gateway (feature `otel`).
 #[cfg(feature = "otel")]
 pub type SpanLayer = tollgate::telemetry::GenAiSpanLayer<
-    opentelemetry_sdk::trace::SdkTracer,
+    tollgate::telemetry::otlp::DropOffRuntime<opentelemetry_sdk::trace::SdkTracer>,
     tollgate::telemetry::VirtualKeyCaller,
 >;
 
@@ -174,9 +176,10 @@ pub fn telemetry(config: &Config) -> Result<(Option<SpanLayer>, Option<Telemetry
     let Some(provider) = config.otlp_provider()? else {
         return Ok((None, None));
     };
-    let layer = config.telemetry_layer(provider.tracer("tollgate"));
+    use tollgate::telemetry::otlp::DropOffRuntime;
+    let layer = config.telemetry_layer(DropOffRuntime::new(provider.tracer("tollgate")));
     tracing::info!(layer = ?layer, "OpenTelemetry span export on");
-    Ok((Some(layer), Some(provider)))
+    Ok((Some(layer), Some(DropOffRuntime::new(provider))))
 }
 
 /// No span layer: this build has no `otel` feature.
@@ -601,6 +604,7 @@ pub async fn serve_and_flush(
     #[cfg(feature = "otel")]
     if let Some(provider) = built.telemetry {
         // The batch's last spans; shutting down blocks, so off the runtime's threads.
+        let provider = provider.into_inner();
         let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!("the last spans could not be exported");

@@ -431,13 +431,7 @@ async fn the_otel_variables_configure_an_empty_section() {
     let mock = mock().await;
     let r = Receiver::default();
     let url = grpc_receiver(r.clone()).await;
-    let toml = fill(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"{{client_env}}\"\nmodels = [\"*\"]\n{}",
-            config("env", "").replace("batch_delay_ms = 50", "")
-        ),
-        &mock,
-    );
+    let toml = process_config("env", "", &mock).replace("batch_delay_ms = 50", "");
     let gw = spawn_gateway_with_env(
         &toml,
         &[
@@ -512,4 +506,65 @@ async fn a_bad_telemetry_section_is_refused_by_field() {
     let off =
         Config::from_toml("t.toml", &format!("{base}[telemetry]\nenabled = false\n")).unwrap();
     assert!(off.otlp().is_none());
+}
+
+/// A gateway config for a process: its own listener and static key.
+fn process_config(name: &str, telemetry: &str, mock: &MockServer) -> String {
+    fill(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nstore = \"memory\"\n[[keys.static]]\nkey_env = \"{{client_env}}\"\nmodels = [\"*\"]\n{}",
+            config(name, telemetry)
+        ),
+        mock,
+    )
+}
+
+#[tokio::test]
+async fn otel_sdk_disabled_turns_the_section_off() {
+    let mock = mock().await;
+    let toml = process_config("disabled", "endpoint = \"http://127.0.0.1:9\"", &mock);
+    let on = spawn_gateway_with_env(&toml, &[]).await;
+    assert!(
+        on.logs().contains("OpenTelemetry span export on"),
+        "{}",
+        on.logs()
+    );
+    let off = spawn_gateway_with_env(&toml, &[("OTEL_SDK_DISABLED", "true")]).await;
+    let a = post(
+        &off.url("/v1/chat/completions"),
+        chat_with_prompt("m-disabled", ""),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!off.logs().contains("OpenTelemetry"), "{}", off.logs());
+}
+
+#[tokio::test]
+async fn a_bad_otel_variable_is_refused_at_start_by_name() {
+    let mock = mock().await;
+    let toml = process_config("badenv", "", &mock);
+    let path =
+        std::env::temp_dir().join(format!("tollgate-otel-badenv-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    for (var, value, word) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/json"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4318",
+            "https",
+        ),
+    ] {
+        let out = tokio::process::Command::new(common::processes::gateway_binary())
+            .arg(&path)
+            .env(var, value)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(var) && stderr.contains(word), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&path);
 }

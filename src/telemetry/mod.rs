@@ -41,7 +41,8 @@
 //!
 //! **Cost.** Without the layer, nothing. With it: the span's attributes, one
 //! extra boxed body per response, and the meter reading each frame. A
-//! sampled-out span ([`Sampler`](opentelemetry_sdk::trace::Sampler)) records nothing.
+//! sampled-out span ([`Sampler`](opentelemetry_sdk::trace::Sampler)) records
+//! nothing and leaves the body unwrapped.
 //!
 //! [`otlp`] builds the tracer: OTLP over HTTP (protobuf) or gRPC, batched
 //! on the Tokio runtime.
@@ -606,6 +607,11 @@ where
         let result = ready!(this.inner.poll(cx));
         let mut recording = this.recording.take().expect("polled after completion");
         Poll::Ready(match result {
+            Ok(res) if !recording.span.is_recording() => {
+                // Sampled out: nothing to record, the body is left as it is.
+                recording.end();
+                Ok(res)
+            }
             Ok(res) => {
                 recording.answered(&res);
                 let sse = res

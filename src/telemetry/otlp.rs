@@ -23,7 +23,7 @@
 //! ```no_run
 //! use opentelemetry::trace::TracerProvider as _;
 //! use tollgate::telemetry::GenAiSpanLayer;
-//! use tollgate::telemetry::otlp::{Otlp, Protocol};
+//! use tollgate::telemetry::otlp::{DropOffRuntime, Otlp, Protocol};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), tollgate::telemetry::otlp::OtlpError> {
 //! // Inside the Tokio runtime: the batch processor runs on it.
@@ -32,8 +32,9 @@
 //!     .protocol(Protocol::Grpc)
 //!     .service_name("my-gateway")
 //!     .build()?;
-//! let layer = GenAiSpanLayer::new(provider.tracer("tollgate"));
-//! // ... serve; when stopping, flush what is batched:
+//! // The last handle must not drop on a runtime thread: see `DropOffRuntime`.
+//! let layer = GenAiSpanLayer::new(DropOffRuntime::new(provider.tracer("tollgate")));
+//! // ... serve; when stopping, flush what is batched, off the runtime's threads:
 //! tokio::task::spawn_blocking(move || provider.shutdown()).await.ok();
 //! # let _ = layer; Ok(()) }
 //! ```
@@ -41,6 +42,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanBuilder, Tracer};
 
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
@@ -369,4 +373,52 @@ fn check_url(field: &str, url: &str) -> Result<(), OtlpError> {
         return Err(OtlpError::new(field, "has no host"));
     }
     Ok(())
+}
+
+/// Holds a tracer or a tracer provider and drops it off the Tokio runtime's
+/// threads.
+///
+/// The SDK shuts a provider down when its last handle (the provider, a
+/// tracer, a span) drops, and with the batch processor on Tokio that
+/// shutdown blocks until the batch task answers: on a runtime thread (a
+/// current-thread runtime, or a server future aborted with its stack) the
+/// task never runs and the thread hangs. Wrap the provider and the layer's
+/// tracer in this, and the last drop happens on a thread of its own.
+/// [`into_inner`](Self::into_inner) takes the value back (to shut it down
+/// explicitly, e.g. in `spawn_blocking`).
+#[derive(Clone, Debug)]
+pub struct DropOffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DropOffRuntime<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Self {
+        DropOffRuntime(Some(value))
+    }
+
+    /// The value, to be dropped by the caller.
+    pub fn into_inner(mut self) -> T {
+        self.0.take().expect("present until dropped")
+    }
+
+    fn get(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(value));
+            }
+        }
+    }
+}
+
+impl<T: Tracer + Send + 'static> Tracer for DropOffRuntime<T> {
+    type Span = T::Span;
+
+    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> Self::Span {
+        self.get().build_with_context(builder, parent_cx)
+    }
 }
