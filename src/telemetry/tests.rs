@@ -405,7 +405,31 @@ async fn a_non_2xx_answer_that_is_no_tollgate_error_has_its_status_as_error_type
 }
 
 mod otlp_settings {
-    use super::super::otlp::{Otlp, Protocol};
+    use super::super::otlp::{DropOffRuntime, Otlp, Protocol};
+    use super::Collect;
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::runtime::Tokio;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+
+    /// Without `DropOffRuntime`, the last drop shuts the provider down on
+    /// this (current-thread) runtime's only thread, blocking on the batch
+    /// task that thread should run: this test would never end.
+    #[tokio::test]
+    async fn the_last_handle_dropped_on_the_runtime_does_not_block_it() {
+        let spans = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(spans.clone(), Tokio).build())
+            .build();
+        let tracer = DropOffRuntime::new(provider.tracer("t"));
+        let provider = DropOffRuntime::new(provider);
+        let mut span = tracer.start("s");
+        span.end();
+        drop(span);
+        drop(tracer);
+        drop(provider);
+        tokio::task::yield_now().await;
+    }
 
     #[test]
     fn bad_settings_are_refused_by_name_without_header_values() {
