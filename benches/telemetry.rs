@@ -130,7 +130,7 @@ fn bench(c: &mut Criterion) {
             .service(instant());
         g.bench_function(name, |b| b.iter_custom(|n| timed(&rt, &svc, &bytes, n)));
         drop(svc);
-        let _ = rt.block_on(tokio::task::spawn_blocking(move || provider.shutdown()));
+        let _ = rt.block_on(rt.spawn_blocking(move || provider.shutdown()));
     }
     g.finish();
 }
