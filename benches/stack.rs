@@ -368,6 +368,7 @@ macro_rules! full_stack {
             inference_stack!(
                 VirtualKeysLayer::new(env.keyring.clone()),
                 env.config.server.max_body_bytes,
+                gateway::telemetry(&env.config).unwrap().0,
                 rate_limit,
                 env.budget(),
                 fair_queue,

@@ -78,7 +78,7 @@ use tower_http::trace::TraceLayer;
 /// the config's groups): one definition for the gateway and for
 /// `benches/stack.rs`, which measures it over an instant provider.
 macro_rules! inference_stack {
-    ($auth:expr, $max_body:expr, $rate_limit:expr, $budget:expr, $fair_queue:expr, $fallback:expr, $router:expr) => {{
+    ($auth:expr, $max_body:expr, $telemetry:expr, $rate_limit:expr, $budget:expr, $fair_queue:expr, $fallback:expr, $router:expr) => {{
         let router = $router;
         tower::ServiceBuilder::new()
             .layer(tollgate::overhead::OverheadLayer::new())
@@ -87,6 +87,8 @@ macro_rules! inference_stack {
             // `record_key` must be in scope where the macro is used.
             .map_request(record_key)
             .layer(tollgate::read_request::ReadRequestLayer::new($max_body))
+            // `[telemetry]`: one GenAI span per request (absent: not in the stack).
+            .option_layer($telemetry)
             .layer(tollgate::metrics::RequestMetricsLayer::new(
                 router.model_names(),
             ))
@@ -168,13 +170,53 @@ pub async fn app_with_ledger(
     Ok(build(config, clock, ledger).await?.router)
 }
 
-/// The gateway, built: its routes, and the spend writer that must be
-/// flushed when it stops ([`serve_and_flush`]).
+/// The gateway, built: its routes, and the spend writer and span exporter
+/// that must be flushed when it stops ([`serve_and_flush`]).
 pub struct Built {
     /// The routes.
     pub router: axum::Router,
     /// The spend records' writer, when spend records are on.
     pub spend: Option<SpendWriter>,
+    /// The OTLP span exporter, with `[telemetry]`.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// The span exporter of `[telemetry]` (feature `otel`), dropped off the
+/// runtime's threads (an aborted server must not hang in the SDK's shutdown).
+#[cfg(feature = "otel")]
+pub type Telemetry =
+    tollgate::telemetry::otlp::DropOffRuntime<opentelemetry_sdk::trace::SdkTracerProvider>;
+/// No span exporter: this build has no `otel` feature.
+#[cfg(not(feature = "otel"))]
+pub type Telemetry = std::convert::Infallible;
+
+/// The span layer of the reference gateway (feature `otel`).
+#[cfg(feature = "otel")]
+pub type SpanLayer = tollgate::telemetry::GenAiSpanLayer<
+    tollgate::telemetry::otlp::DropOffRuntime<opentelemetry_sdk::trace::SdkTracer>,
+    tollgate::telemetry::VirtualKeyCaller,
+>;
+
+/// The span layer of the inference stack: with `[telemetry]`, a
+/// `GenAiSpanLayer` over an OTLP tracer, and the provider to flush at the end.
+#[cfg(feature = "otel")]
+pub fn telemetry(config: &Config) -> Result<(Option<SpanLayer>, Option<Telemetry>), ConfigError> {
+    use opentelemetry::trace::TracerProvider as _;
+    let Some(provider) = config.otlp_provider()? else {
+        return Ok((None, None));
+    };
+    use tollgate::telemetry::otlp::DropOffRuntime;
+    let layer = config.telemetry_layer(DropOffRuntime::new(provider.tracer("tollgate")));
+    tracing::info!(layer = ?layer, "OpenTelemetry span export on");
+    Ok((Some(layer), Some(DropOffRuntime::new(provider))))
+}
+
+/// No span layer: this build has no `otel` feature.
+#[cfg(not(feature = "otel"))]
+pub fn telemetry(
+    _config: &Config,
+) -> Result<(Option<tower::layer::util::Identity>, Option<Telemetry>), ConfigError> {
+    Ok((None, None))
 }
 
 /// Builds the gateway with budgets kept in `ledger`. With spend records
@@ -250,9 +292,11 @@ pub async fn build(
         .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
         .layer(fallback.clone())
         .service(router.clone());
+    let (span_layer, telemetry) = telemetry(config)?;
     let inference = inference_stack!(
         auth,
         config.server.max_body_bytes,
+        span_layer,
         rate_limit,
         budget(config, store, writer.clone()),
         fair_queue(config),
@@ -328,6 +372,7 @@ pub async fn build(
     Ok(Built {
         router,
         spend: writer,
+        telemetry,
     })
 }
 
@@ -618,6 +663,15 @@ pub async fn serve_and_flush(
             unwritten = writer.pending(),
             "spend records written"
         );
+    }
+    #[cfg(feature = "otel")]
+    if let Some(provider) = built.telemetry {
+        // The batch's last spans; shutting down blocks, so off the runtime's threads.
+        let provider = provider.into_inner();
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("the last spans could not be exported");
+        }
     }
     served
 }

@@ -113,6 +113,10 @@ pub struct Config {
     /// price, and whether an unpriced group is refused.
     #[serde(default)]
     pub pricing: Pricing,
+    /// `[telemetry]`: one OpenTelemetry span per request, exported by OTLP
+    /// (absent: off; needs the `otel` feature).
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
     #[serde(skip)]
     path: PathBuf,
     #[serde(skip)]
@@ -530,6 +534,68 @@ impl Default for State {
             timeout_ms: 500,
             reservation_ttl_ms: 900_000,
         }
+    }
+}
+
+/// `[telemetry]`: export each request's GenAI span by OTLP
+/// (`tollgate::telemetry`, feature `otel`). The section present turns it on
+/// (unless `enabled = false` or `OTEL_SDK_DISABLED=true`); every field left
+/// out is read from the standard `OTEL_*` variables, else its default.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export spans (default `true` when the section is present).
+    pub enabled: bool,
+    /// The collector's base URL, `http://host:4318` (HTTP) or
+    /// `http://host:4317` (gRPC); else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`; else `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
+    pub protocol: Option<String>,
+    /// Headers sent with every export (added to `OTEL_EXPORTER_OTLP_HEADERS`,
+    /// the better place for a token). Values are never logged.
+    pub headers: BTreeMap<String, String>,
+    /// `service.name`; else `OTEL_SERVICE_NAME`, else `tollgate`.
+    pub service_name: Option<String>,
+    /// The share of requests traced, 0 to 1; else `OTEL_TRACES_SAMPLER(_ARG)`, else all.
+    pub sampling_ratio: Option<f64>,
+    /// Record the prompts (`gen_ai.input.messages`, `gen_ai.system_instructions`). Off by default.
+    pub capture_content: bool,
+    /// The time one export may take; else `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s.
+    pub timeout_ms: Option<u64>,
+    /// How long spans are batched before an export; else `OTEL_BSP_SCHEDULE_DELAY`, else 5 s.
+    pub batch_delay_ms: Option<u64>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            service_name: None,
+            sampling_ratio: None,
+            capture_content: false,
+            timeout_ms: None,
+            batch_delay_ms: None,
+        }
+    }
+}
+
+impl fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header names only: their values are credentials.
+        f.debug_struct("TelemetryConfig")
+            .field("enabled", &self.enabled)
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("service_name", &self.service_name)
+            .field("sampling_ratio", &self.sampling_ratio)
+            .field("capture_content", &self.capture_content)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("batch_delay_ms", &self.batch_delay_ms)
+            .finish()
     }
 }
 
@@ -1214,6 +1280,7 @@ impl Config {
         self.check_budgets()?;
         self.check_state()?;
         self.check_spend()?;
+        self.check_telemetry()?;
         self.check_pricing()?;
         self.check_keys()
     }
@@ -1357,6 +1424,121 @@ impl Config {
             return Err(self.err("state.reservation_ttl_ms", "must be at least 1000"));
         }
         Ok(())
+    }
+
+    /// Whether `[telemetry]` turns export on: the section is present, not
+    /// `enabled = false`, and `OTEL_SDK_DISABLED` is not `true`.
+    pub fn telemetry_on(&self) -> bool {
+        self.telemetry.as_ref().is_some_and(|t| t.enabled)
+            && !std::env::var("OTEL_SDK_DISABLED")
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    }
+
+    fn check_telemetry(&self) -> Result<(), ConfigError> {
+        if !self.telemetry_on() {
+            return Ok(());
+        }
+        #[cfg(not(feature = "otel"))]
+        return Err(self.err(
+            "telemetry",
+            "this build has no OpenTelemetry support (build with the `otel` feature)",
+        ));
+        #[cfg(feature = "otel")]
+        self.otlp_settings()?.check().map_err(|e| self.otlp_err(e))
+    }
+
+    #[cfg(feature = "otel")]
+    fn otlp_err(&self, e: crate::telemetry::otlp::OtlpError) -> ConfigError {
+        // A setting of the file, or the variable it was left to.
+        let field = if e.field.starts_with("OTEL_") {
+            e.field
+        } else if e.field == "timeout" || e.field == "batch_delay" {
+            format!("telemetry.{}_ms", e.field)
+        } else {
+            format!("telemetry.{}", e.field)
+        };
+        self.err(field, e.problem)
+    }
+
+    #[cfg(feature = "otel")]
+    fn otlp_settings(&self) -> Result<crate::telemetry::otlp::Otlp, ConfigError> {
+        use crate::telemetry::otlp::{Otlp, Protocol};
+        let t = self.telemetry.clone().unwrap_or_default();
+        let mut o = Otlp::new();
+        if let Some(e) = t.endpoint {
+            o = o.endpoint(e);
+        }
+        if let Some(p) = &t.protocol {
+            let p = Protocol::from_name(p).ok_or_else(|| {
+                self.err(
+                    "telemetry.protocol",
+                    format!("`{p}` is not supported: use `http/protobuf` or `grpc`"),
+                )
+            })?;
+            o = o.protocol(p);
+        }
+        for (k, v) in t.headers {
+            o = o.header(k, v);
+        }
+        if let Some(n) = t.service_name {
+            o = o.service_name(n);
+        }
+        if let Some(r) = t.sampling_ratio {
+            o = o.sampling_ratio(r);
+        }
+        if let Some(ms) = t.timeout_ms {
+            o = o.timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = t.batch_delay_ms {
+            o = o.batch_delay(Duration::from_millis(ms));
+        }
+        Ok(o)
+    }
+
+    /// The OTLP exporter's settings when [`telemetry_on`](Self::telemetry_on).
+    #[cfg(feature = "otel")]
+    pub fn otlp(&self) -> Option<crate::telemetry::otlp::Otlp> {
+        if self.telemetry_on() {
+            self.otlp_settings().ok()
+        } else {
+            None
+        }
+    }
+
+    /// The OTLP exporter, built (inside the Tokio runtime, which batches
+    /// its spans) when [`telemetry_on`](Self::telemetry_on).
+    #[cfg(feature = "otel")]
+    pub fn otlp_provider(
+        &self,
+    ) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, ConfigError> {
+        match self.otlp() {
+            Some(o) => o.build().map(Some).map_err(|e| self.otlp_err(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The span layer for the gateway's virtual keys, over `tracer`: every
+    /// deployment's API as its `gen_ai.provider.name`, the budgets' prices
+    /// for `tollgate.cost_usd`, and `capture_content` as configured.
+    #[cfg(feature = "otel")]
+    pub fn telemetry_layer<T>(
+        &self,
+        tracer: T,
+    ) -> crate::telemetry::GenAiSpanLayer<T, crate::telemetry::VirtualKeyCaller> {
+        let mut layer = crate::telemetry::GenAiSpanLayer::new(tracer)
+            .capture_content(self.telemetry.as_ref().is_some_and(|t| t.capture_content))
+            .prices(self.prices());
+        for g in &self.groups {
+            for d in &g.deployments {
+                let api = d
+                    .api
+                    .as_deref()
+                    .and_then(Api::from_name)
+                    .unwrap_or_default();
+                layer = layer.provider(d.provider.as_str(), api);
+            }
+        }
+        layer.caller(crate::telemetry::VirtualKeyCaller)
     }
 
     fn check_spend(&self) -> Result<(), ConfigError> {

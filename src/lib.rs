@@ -40,6 +40,9 @@
 //! into the contract described in [`error`], in the shape of the route's API
 //! family ([`family`]: OpenAI's, or Anthropic's on `/v1/messages`).
 //!
+//! One OpenTelemetry span per request (GenAI semantic conventions), exported
+//! by OTLP over HTTP or gRPC: `telemetry` (feature `otel`).
+//!
 //! State for several replicas (budgets, rate limits, router cooldowns) can
 //! live in Redis: `state` (feature `redis`).
 //!
@@ -197,6 +200,9 @@ pub mod budget;
 
 #[cfg(feature = "redis")]
 pub mod state;
+
+#[cfg(feature = "otel")]
+pub mod telemetry;
 
 // Property checks for the fuzz targets and their corpus replay (docs/fuzzing.md).
 #[cfg(feature = "fuzzing")]

@@ -319,6 +319,7 @@ macro_rules! upstream_stack {
             inference_stack!(
                 tollgate::keys::VirtualKeysLayer::new(up.keyring().clone()),
                 config.server.max_body_bytes,
+                $crate::gateway::telemetry(config).unwrap().0,
                 rate_limit,
                 $crate::gateway::budget(
                     config,

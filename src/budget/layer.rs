@@ -123,6 +123,13 @@ impl Prices {
     }
 
     /// The price a call to `group` served by `served` is settled at.
+    /// The price a request to `group` that `served` answered is settled
+    /// at (that deployment's own price, else the group's): what `Budget`
+    /// charges, for other observers of the answer (the `otel` span's cost).
+    pub fn price_of(&self, group: &str, served: Option<&Served>) -> Price {
+        self.settle_price(group, served)
+    }
+
     fn settle_price(&self, group: &str, served: Option<&Served>) -> Price {
         served
             .and_then(|s| {

@@ -136,6 +136,11 @@ pub fn fill(toml: &str, mock: &MockServer) -> String {
 /// `listen = "127.0.0.1:0"` under `[server]`) and waits, at most 30 s, until
 /// it listens. Fails with the process's output if it exits or never listens.
 pub async fn spawn_gateway(toml: &str) -> GatewayProcess {
+    spawn_gateway_with_env(toml, &[]).await
+}
+
+/// [`spawn_gateway`] with more variables in the process's environment.
+pub async fn spawn_gateway_with_env(toml: &str, env: &[(&str, &str)]) -> GatewayProcess {
     static N: AtomicU32 = AtomicU32::new(0);
     let config = std::env::temp_dir().join(format!(
         "tollgate-replica-{}-{}.toml",
@@ -156,6 +161,9 @@ pub async fn spawn_gateway(toml: &str) -> GatewayProcess {
         .kill_on_drop(true);
     for (var, key) in EXTRA_KEYS {
         cmd.env(var, key);
+    }
+    for (var, value) in env {
+        cmd.env(var, value);
     }
     let mut child = cmd.spawn().expect("the gateway binary starts");
     let logs = Arc::new(Mutex::new(String::new()));
