@@ -155,7 +155,7 @@ fn bench(c: &mut Criterion) {
         service_fn(move |_req: LlmRequest| {
             let n = calls.fetch_add(1, Ordering::Relaxed);
             async move {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let mut h = http::HeaderMap::new();
                     h.insert("retry-after", "0".parse().unwrap());
                     Err(Error::from_upstream(

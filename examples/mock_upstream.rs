@@ -882,10 +882,10 @@ async fn handle(st: AppState, req: Request, endpoint: Endpoint) -> Response {
             _ => "mock-small",
         },
     };
-    if let Some(Fault::Outcome(f)) = fault {
-        if let Some(resp) = f.answer(endpoint, &parts.uri, model) {
-            return resp;
-        }
+    if let Some(Fault::Outcome(f)) = fault
+        && let Some(resp) = f.answer(endpoint, &parts.uri, model)
+    {
+        return resp;
     }
     if let Some(f) = fault.filter(|f| f.is_status()) {
         return status_fault(f, auth, model, body.len());

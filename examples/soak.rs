@@ -415,10 +415,10 @@ impl Timeline {
         for &(t, e) in self.0.lock().unwrap().iter() {
             if e == open && start.is_none() {
                 start = Some(t);
-            } else if e == close {
-                if let Some(s) = start.take() {
-                    out.push((s, t));
-                }
+            } else if e == close
+                && let Some(s) = start.take()
+            {
+                out.push((s, t));
             }
         }
         if let Some(s) = start {

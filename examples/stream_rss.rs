@@ -152,10 +152,10 @@ async fn wait_healthy(client: &HttpClient, addr: SocketAddr) {
         let req = http::Request::get(format!("http://{addr}/health"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        if let Ok(res) = client.request(req).await {
-            if res.status().is_success() {
-                return;
-            }
+        if let Ok(res) = client.request(req).await
+            && res.status().is_success()
+        {
+            return;
         }
         if Instant::now() > deadline {
             eprintln!("stream_rss: {addr} did not become healthy");

@@ -1249,13 +1249,13 @@ impl Config {
                 }
                 Provider::builder(&d.provider, &d.upstream_base_url())
                     .map_err(|e| self.err(at("base_url"), e.to_string()))?;
-                if let Some(var) = &d.api_key_env {
-                    if std::env::var(var).map_or(true, |v| v.is_empty()) {
-                        return Err(self.err(
-                            at("api_key_env"),
-                            format!("environment variable `{var}` is not set"),
-                        ));
-                    }
+                if let Some(var) = &d.api_key_env
+                    && std::env::var(var).map_or(true, |v| v.is_empty())
+                {
+                    return Err(self.err(
+                        at("api_key_env"),
+                        format!("environment variable `{var}` is not set"),
+                    ));
                 }
                 for (k, v) in &d.headers {
                     let probe =
@@ -1267,13 +1267,13 @@ impl Config {
             }
         }
         self.chains()?;
-        if let Some(ca) = &u.ca_file {
-            if !ca.exists() {
-                return Err(self.err(
-                    "upstream.ca_file",
-                    format!("`{}` does not exist", ca.display()),
-                ));
-            }
+        if let Some(ca) = &u.ca_file
+            && !ca.exists()
+        {
+            return Err(self.err(
+                "upstream.ca_file",
+                format!("`{}` does not exist", ca.display()),
+            ));
         }
         self.check_rate_limits()?;
         self.check_fair_queue()?;
@@ -1337,13 +1337,13 @@ impl Config {
                     at("price_cache_write_per_mtok"),
                     d.price_cache_write_per_mtok,
                 )?;
-                if let Some(api) = &d.api {
-                    if Api::from_name(api).is_none() {
-                        return Err(self.err(
+                if let Some(api) = &d.api
+                    && Api::from_name(api).is_none()
+                {
+                    return Err(self.err(
                             at("api"),
                             format!("`{api}` is not an API tollgate speaks; use \"openai\", \"anthropic\", \"azure\", \"bedrock\", \"gemini\" or \"vertex\""),
                         ));
-                    }
                 }
                 self.azure_deployment(d, &g.name)
                     .map_err(|(f, m)| self.err(at(&f), m))?;
@@ -1935,10 +1935,10 @@ impl Config {
             if let Some(models) = &s.models {
                 self.check_grants(&at("models"), models)?;
             }
-            if let Some(b) = s.max_budget {
-                if !(b >= 0.0 && b.is_finite()) {
-                    return Err(self.err(at("max_budget"), "must be 0 or more"));
-                }
+            if let Some(b) = s.max_budget
+                && !(b >= 0.0 && b.is_finite())
+            {
+                return Err(self.err(at("max_budget"), "must be 0 or more"));
             }
             if let Some(p) = &s.budget_duration {
                 p.parse::<BudgetPeriod>()

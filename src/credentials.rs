@@ -347,10 +347,10 @@ impl<T: Send + Sync + 'static> CredentialCache<T> {
             match &flight.running {
                 Some(rx) => rx.clone(),
                 None => {
-                    if let Some((at, e)) = &flight.failed {
-                        if now < *at + self.shared.policy.retry_after_failure {
-                            return Err(e.clone());
-                        }
+                    if let Some((at, e)) = &flight.failed
+                        && now < *at + self.shared.policy.retry_after_failure
+                    {
+                        return Err(e.clone());
                     }
                     self.start(&mut flight)
                 }
@@ -385,10 +385,10 @@ impl<T: Send + Sync + 'static> CredentialCache<T> {
         if flight.running.is_some() {
             return;
         }
-        if let Some((at, _)) = &flight.failed {
-            if now < *at + self.shared.policy.retry_after_failure {
-                return;
-            }
+        if let Some((at, _)) = &flight.failed
+            && now < *at + self.shared.policy.retry_after_failure
+        {
+            return;
         }
         drop(self.start(&mut flight));
     }

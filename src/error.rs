@@ -721,14 +721,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    if let Ok(secs) = v.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            // Beyond what a `Duration` holds (1e20): the longest wait, as
-            // an integer that large would be, not a panic.
-            return Some(
-                Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::MAX)),
-            );
-        }
+    if let Ok(secs) = v.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        // Beyond what a `Duration` holds (1e20): the longest wait, as
+        // an integer that large would be, not a panic.
+        return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::MAX)));
     }
     let when = httpdate_to_unix(v)?;
     let now = std::time::SystemTime::now()

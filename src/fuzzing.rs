@@ -209,14 +209,14 @@ fn coherent(usage: Option<TokenUsage>) {
 /// The byte search of chat chunks ([`Event::chat_text`]) never hides a
 /// usage that reading the event finds.
 fn chat_text_hides_no_usage(payload: &[u8]) {
-    if Event::chat_text(payload).is_some() {
-        if let Some(event) = Event::read(payload) {
-            assert_eq!(
-                event.usage(),
-                None,
-                "chat_text took an event with usage for a plain chunk"
-            );
-        }
+    if Event::chat_text(payload).is_some()
+        && let Some(event) = Event::read(payload)
+    {
+        assert_eq!(
+            event.usage(),
+            None,
+            "chat_text took an event with usage for a plain chunk"
+        );
     }
 }
 

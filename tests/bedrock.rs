@@ -1021,7 +1021,7 @@ async fn refreshed_across_expiry_under_load(auth: &str) {
         workers.push(tokio::spawn(async move {
             let mut n = 0u32;
             while start.elapsed() < run {
-                let stream = (n + w) % 2 == 0;
+                let stream = (n + w).is_multiple_of(2);
                 let extra = if stream { r#""stream":true"# } else { "" };
                 let a = if w % 2 == 0 {
                     post(&chat_url, chat("bedrock-temp", extra)).await

@@ -501,7 +501,7 @@ async fn a_200_mib_tool_call_stream_through_the_metered_gateway_in_flat_memory()
     while let Some(chunk) = res.chunk().await.unwrap() {
         bytes += chunk.len() as u64;
         chunks += 1;
-        if chunks % 1024 == 0 {
+        if chunks.is_multiple_of(1024) {
             peak_during = peak_during.max(proc_status_kib("VmRSS:"));
         }
         tail.extend_from_slice(&chunk);

@@ -773,18 +773,17 @@ fn authenticate(
             "The security token included in the request is invalid.".to_owned(),
         ));
     }
-    if let Some((_, t)) = token {
-        if t != required_token.as_deref().unwrap_or(SESSION_TOKEN)
+    if let Some((_, t)) = token
+        && (t != required_token.as_deref().unwrap_or(SESSION_TOKEN)
             || !claim
                 .signed_headers
                 .iter()
-                .any(|h| h == "x-amz-security-token")
-        {
-            return Err((
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.".to_owned(),
-            ));
-        }
+                .any(|h| h == "x-amz-security-token"))
+    {
+        return Err((
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_owned(),
+        ));
     }
     let date = headers
         .iter()

@@ -178,10 +178,10 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
     };
     let key_id = either(filter(&q, "key_id")?, api_key, "api_key")?;
     let key_id = either(key_id, user_key, "user_id")?;
-    if let (Some(s), Some(e)) = (start, end) {
-        if e <= s {
-            return Err(bad("end_time", "must be later than `start_time`").into());
-        }
+    if let (Some(s), Some(e)) = (start, end)
+        && e <= s
+    {
+        return Err(bad("end_time", "must be later than `start_time`").into());
     }
     let after = match q.get("cursor") {
         None => None,
@@ -272,14 +272,14 @@ pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Valu
             .budget()
             .and_then(|b| Limit::from_budget(Scope::Key(key.id.as_str().into()), b)),
     );
-    if let Some(team) = &key.team_id {
-        if let Ok((t, _)) = a.keyring.team_info(team) {
-            limits.extend(
-                t.limits
-                    .budget()
-                    .and_then(|b| Limit::from_budget(Scope::Team(team.as_str().into()), b)),
-            );
-        }
+    if let Some(team) = &key.team_id
+        && let Ok((t, _)) = a.keyring.team_info(team)
+    {
+        limits.extend(
+            t.limits
+                .budget()
+                .and_then(|b| Limit::from_budget(Scope::Team(team.as_str().into()), b)),
+        );
     }
     limits.extend(a.spend.global.clone());
     let mut out: Vec<Value> = Vec::with_capacity(limits.len());

@@ -402,7 +402,7 @@ async fn errors_and_empty_bodies_free_the_slot_at_once() {
     let inner = service_fn(move |_req: LlmRequest<Who>| {
         let n = c.fetch_add(1, Ordering::SeqCst);
         async move {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Err(Error::new(Reason::UpstreamError, "boom"))
             } else {
                 Ok(Response::new(Body::empty()))

@@ -563,25 +563,27 @@ impl Keyring {
             if g.trim().is_empty() {
                 return Err(bad(&at, "must not be empty"));
             }
-            if let Some(models) = &self.inner.models {
-                if !g.contains('*') && !self.inner.groups.contains(g) && !models.contains(g) {
-                    return Err(bad(
-                        &at,
-                        format!(
-                            "`{g}` is neither a model served here, an access group, nor a pattern with `*`"
-                        ),
-                    ));
-                }
+            if let Some(models) = &self.inner.models
+                && !g.contains('*')
+                && !self.inner.groups.contains(g)
+                && !models.contains(g)
+            {
+                return Err(bad(
+                    &at,
+                    format!(
+                        "`{g}` is neither a model served here, an access group, nor a pattern with `*`"
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
     fn check_limits(&self, limits: &Limits) -> Result<(), Error> {
-        if let Some(b) = limits.max_budget {
-            if !b.is_finite() || b < 0.0 {
-                return Err(bad("max_budget", "must be a number of USD, 0 or more"));
-            }
+        if let Some(b) = limits.max_budget
+            && (!b.is_finite() || b < 0.0)
+        {
+            return Err(bad("max_budget", "must be a number of USD, 0 or more"));
         }
         if limits.weight == 0 {
             return Err(bad("weight", "must be at least 1"));
@@ -737,10 +739,10 @@ impl Keyring {
 
     /// As [`refresh_key`](Self::refresh_key), for a team.
     async fn refresh_team(&self, id: &str) -> Result<(), Error> {
-        if let Some(read) = self.inner.store.get_team(id) {
-            if let Some(team) = read.await.map_err(store_failed)? {
-                self.apply(Change::Team(team))?;
-            }
+        if let Some(read) = self.inner.store.get_team(id)
+            && let Some(team) = read.await.map_err(store_failed)?
+        {
+            self.apply(Change::Team(team))?;
         }
         Ok(())
     }

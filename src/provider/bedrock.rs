@@ -343,12 +343,12 @@ impl AwsSource {
         token_file: Option<PathBuf>,
     ) -> Result<Self, BuildError> {
         let uri = checked_url(uri, true)?;
-        if let Some(t) = &token {
-            if HeaderValue::from_str(t.expose()).is_err() {
-                return Err(BuildError(
-                    "the container authorization token is not a valid header value".into(),
-                ));
-            }
+        if let Some(t) = &token
+            && HeaderValue::from_str(t.expose()).is_err()
+        {
+            return Err(BuildError(
+                "the container authorization token is not a valid header value".into(),
+            ));
         }
         Ok(AwsSource {
             kind: SourceKind::Container {

@@ -290,11 +290,11 @@ impl HttpBody for UpstreamBody {
         let polled = loop {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        if !data.is_empty() {
-                            push_tail(this.tail, data);
-                            this.idle.as_mut().reset(Instant::now() + *this.idle_after);
-                        }
+                    if let Some(data) = frame.data_ref()
+                        && !data.is_empty()
+                    {
+                        push_tail(this.tail, data);
+                        this.idle.as_mut().reset(Instant::now() + *this.idle_after);
                     }
                     let Some(check) = this.check.as_mut() else {
                         return Poll::Ready(Some(Ok(frame)));

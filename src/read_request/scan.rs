@@ -720,11 +720,11 @@ impl Scanner<'_> {
                 Some(b'\\') => {
                     escaped = true;
                     // Most escapes are one of `\n`, `\"`, ...: one table look-up.
-                    if let Some(&next) = b.get(stop + 1) {
-                        if SIMPLE_ESCAPE[usize::from(next)] {
-                            i = stop + 2;
-                            continue;
-                        }
+                    if let Some(&next) = b.get(stop + 1)
+                        && SIMPLE_ESCAPE[usize::from(next)]
+                    {
+                        i = stop + 2;
+                        continue;
                     }
                     i = match self.escape(stop) {
                         Ok(next) => next,

@@ -88,10 +88,10 @@ impl HttpBody for RouterBody {
             return Poll::Ready(Some(Ok(f)));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            if let Some(report) = this.on_failure.take() {
-                report(e);
-            }
+        if let Poll::Ready(Some(Err(e))) = &polled
+            && let Some(report) = this.on_failure.take()
+        {
+            report(e);
         }
         polled
     }

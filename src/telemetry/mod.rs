@@ -147,6 +147,8 @@ pub fn provider_name(api: Api) -> &'static str {
         Api::Anthropic => "anthropic",
         Api::Azure => "azure.ai.openai",
         Api::Bedrock => "aws.bedrock",
+        Api::Gemini => "gcp.gemini",
+        Api::Vertex => "gcp.vertex_ai",
     }
 }
 

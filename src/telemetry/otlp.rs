@@ -258,10 +258,10 @@ impl Otlp {
                 ));
             }
         }
-        if let Some(r) = self.sampling_ratio {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(OtlpError::new("sampling_ratio", "must be from 0 to 1"));
-            }
+        if let Some(r) = self.sampling_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(OtlpError::new("sampling_ratio", "must be from 0 to 1"));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(OtlpError::new("timeout", "must be greater than 0"));
@@ -407,10 +407,10 @@ impl<T: Send + 'static> DropOffRuntime<T> {
 
 impl<T: Send + 'static> Drop for DropOffRuntime<T> {
     fn drop(&mut self) {
-        if let Some(value) = self.0.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                std::thread::spawn(move || drop(value));
-            }
+        if let Some(value) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(value));
         }
     }
 }

@@ -182,16 +182,14 @@ pub async fn spawn_gateway_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let line = strip_ansi(&line);
-                if let Some(tx) = &tx {
-                    if line.contains("gateway listening") {
-                        if let Some(addr) = line
-                            .split_once("listen=")
-                            .and_then(|(_, rest)| rest.split_whitespace().next())
-                            .and_then(|a| a.parse().ok())
-                        {
-                            let _ = tx.send(addr);
-                        }
-                    }
+                if let Some(tx) = &tx
+                    && line.contains("gateway listening")
+                    && let Some(addr) = line
+                        .split_once("listen=")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .and_then(|a| a.parse().ok())
+                {
+                    let _ = tx.send(addr);
                 }
                 let mut l = logs.lock().unwrap();
                 l.push_str(&line);
