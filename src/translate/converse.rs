@@ -25,6 +25,7 @@ use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::messages_request::{Fields, Thinking, text_of};
 use super::sse::{Serialized, SseEvent, write_event, write_json};
 use super::{
     Options, Progress, ResponseContext, TranslateError, TranslatedRequest, Usage, bad, tokens,
@@ -48,92 +49,37 @@ pub(super) fn request(
     req: Map<String, Value>,
     _options: &Options,
 ) -> Result<TranslatedRequest, Error> {
+    let f = Fields::read(req, untranslatable)?;
+    if f.top_k.is_some() {
+        return Err(untranslatable("top_k"));
+    }
     let mut out = Map::new();
     let mut inference = Map::new();
     let mut additional = Map::new();
-    let mut stream = false;
-    let mut messages = None;
-    let mut system = None;
-    let mut tools = None;
-    let mut choice = None;
-    for (key, value) in req {
-        if value.is_null() || super::GATEWAY_FIELDS.contains(&key.as_str()) {
-            continue;
-        }
-        match key.as_str() {
-            "model" => {}
-            "stream" => {
-                stream = value
-                    .as_bool()
-                    .ok_or_else(|| bad("stream", "must be a boolean"))?
-            }
-            "messages" => messages = Some(value),
-            "system" => system = Some(value),
-            "max_tokens" => {
-                let n = value
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("max_tokens", "must be a positive integer"))?;
-                inference.insert("maxTokens".into(), n.into());
-            }
-            "temperature" | "top_p" => {
-                if !value.is_number() {
-                    return Err(bad(&key, "must be a number"));
-                }
-                let name = if key == "top_p" {
-                    "topP"
-                } else {
-                    "temperature"
-                };
-                inference.insert(name.into(), value);
-            }
-            "stop_sequences" => {
-                if !value
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(Value::is_string))
-                {
-                    return Err(bad("stop_sequences", "must be an array of strings"));
-                }
-                inference.insert("stopSequences".into(), value);
-            }
-            "metadata" => {
-                let Value::Object(m) = value else {
-                    return Err(bad("metadata", "must be an object"));
-                };
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        (_, Value::Null) => {}
-                        ("user_id", Value::String(user)) => {
-                            out.insert("requestMetadata".into(), json!({ "user_id": user }));
-                        }
-                        ("user_id", _) => return Err(bad("metadata.user_id", "must be a string")),
-                        _ => return Err(untranslatable(&format!("metadata.{k}"))),
-                    }
-                }
-            }
-            "tools" => tools = Some(value),
-            "tool_choice" => choice = Some(value),
-            "thinking" => match value.get("type").and_then(Value::as_str) {
-                Some("disabled") => {}
-                Some("enabled") => {
-                    let budget = value
-                        .get("budget_tokens")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| {
-                            bad("thinking.budget_tokens", "must be a positive integer")
-                        })?;
-                    // Bedrock carries a model's own reasoning switch in
-                    // `additionalModelRequestFields` (Anthropic models: `thinking`).
-                    additional.insert(
-                        "thinking".into(),
-                        json!({"type": "enabled", "budget_tokens": budget}),
-                    );
-                }
-                _ => return Err(untranslatable("thinking.type")),
-            },
-            _ => return Err(untranslatable(&key)),
-        }
+    if let Some(n) = f.max_tokens {
+        inference.insert("maxTokens".into(), n.into());
     }
+    if let Some(t) = f.temperature {
+        inference.insert("temperature".into(), t);
+    }
+    if let Some(p) = f.top_p {
+        inference.insert("topP".into(), p);
+    }
+    if let Some(stop) = f.stop_sequences {
+        inference.insert("stopSequences".into(), stop);
+    }
+    if let Some(user) = f.user_id {
+        out.insert("requestMetadata".into(), json!({ "user_id": user }));
+    }
+    if let Some(Thinking::Enabled(budget)) = f.thinking {
+        // Bedrock carries a model's own reasoning switch in
+        // `additionalModelRequestFields` (Anthropic models: `thinking`).
+        additional.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+    }
+    let (stream, system, tools, mut choice) = (f.stream, f.system, f.tools, f.tool_choice);
     if let Some(system) = system {
         let blocks = match system {
             Value::String(s) => vec![json!({ "text": s })],
@@ -158,11 +104,8 @@ pub(super) fn request(
         };
         out.insert("system".into(), Value::Array(blocks));
     }
-    let Some(Value::Array(list)) = messages else {
-        return Err(bad("messages", "must be an array"));
-    };
-    let mut turns = Vec::with_capacity(list.len());
-    for (i, m) in list.into_iter().enumerate() {
+    let mut turns = Vec::with_capacity(f.messages.len());
+    for (i, m) in f.messages.into_iter().enumerate() {
         turns.push(turn(m, &format!("messages[{i}]"))?);
     }
     out.insert("messages".into(), Value::Array(turns));
@@ -178,9 +121,6 @@ pub(super) fn request(
         }
         out.insert("toolConfig".into(), Value::Object(config));
     }
-    if choice.is_some() {
-        return Err(bad("tool_choice", "is given without `tools`"));
-    }
     if !additional.is_empty() {
         out.insert(
             "additionalModelRequestFields".into(),
@@ -195,13 +135,7 @@ pub(super) fn request(
 }
 
 fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), Error> {
-    match m
-        .iter()
-        .find(|(k, v)| !v.is_null() && !allowed.contains(&k.as_str()))
-    {
-        Some((k, _)) => Err(untranslatable(&format!("{at}.{k}"))),
-        None => Ok(()),
-    }
+    super::messages_request::only_keys(m, at, allowed, untranslatable)
 }
 
 /// Removes a block's `cache_control` and returns the Converse cache point
@@ -217,12 +151,6 @@ fn cache_point(b: &mut Map<String, Value>, at: &str) -> Result<Option<Value>, Er
         }
         Some(_) => Err(untranslatable(&format!("{at}.cache_control.type"))),
     }
-}
-
-fn text_of<'a>(b: &'a Map<String, Value>, at: &str) -> Result<&'a str, Error> {
-    b.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(&format!("{at}.text"), "must be a string"))
 }
 
 /// One Anthropic turn → one Converse message.

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::converse::Sink;
+use super::messages_request::{Fields, Thinking, text_of};
 use super::sse::{SseEvent, write_json};
 use super::{
     Options, Progress, ResponseContext, TranslateError, Translated, TranslatedRequest, Usage, bad,
@@ -59,13 +60,7 @@ pub(super) fn url_image(param: &str) -> Error {
 }
 
 fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), Error> {
-    match m
-        .iter()
-        .find(|(k, v)| !v.is_null() && !allowed.contains(&k.as_str()))
-    {
-        Some((k, _)) => Err(untranslatable(&format!("{at}.{k}"))),
-        None => Ok(()),
-    }
+    super::messages_request::only_keys(m, at, allowed, untranslatable)
 }
 
 /// Translates an OpenAI Chat Completions request into a Gemini request,
@@ -103,83 +98,40 @@ pub(super) fn request(
     req: Map<String, Value>,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
+    let f = Fields::read(req, untranslatable)?;
+    if f.user_id.is_some() {
+        return Err(untranslatable("metadata"));
+    }
     let mut out = Map::new();
     let mut generation = Map::new();
-    let mut stream = false;
-    let mut messages = None;
-    let mut system = None;
-    let mut tools = None;
-    let mut choice = None;
-    for (key, value) in req {
-        if value.is_null() || super::GATEWAY_FIELDS.contains(&key.as_str()) {
-            continue;
-        }
-        match key.as_str() {
-            "model" => {}
-            "stream" => {
-                stream = value
-                    .as_bool()
-                    .ok_or_else(|| bad("stream", "must be a boolean"))?
-            }
-            "messages" => messages = Some(value),
-            "system" => system = Some(value),
-            "max_tokens" => {
-                let n = value
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("max_tokens", "must be a positive integer"))?;
-                generation.insert("maxOutputTokens".into(), n.into());
-            }
-            "temperature" | "top_p" => {
-                if !value.is_number() {
-                    return Err(bad(&key, "must be a number"));
-                }
-                let name = if key == "top_p" {
-                    "topP"
-                } else {
-                    "temperature"
-                };
-                generation.insert(name.into(), value);
-            }
-            "top_k" => {
-                let n = value
-                    .as_u64()
-                    .ok_or_else(|| bad("top_k", "must be a non-negative integer"))?;
-                generation.insert("topK".into(), n.into());
-            }
-            "stop_sequences" => {
-                if !value
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(Value::is_string))
-                {
-                    return Err(bad("stop_sequences", "must be an array of strings"));
-                }
-                generation.insert("stopSequences".into(), value);
-            }
-            "tools" => tools = Some(value),
-            "tool_choice" => choice = Some(value),
-            "thinking" => match value.get("type").and_then(Value::as_str) {
-                Some("disabled") => {
-                    generation.insert("thinkingConfig".into(), json!({"thinkingBudget": 0}));
-                }
-                Some("enabled") => {
-                    let budget = value
-                        .get("budget_tokens")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| {
-                            bad("thinking.budget_tokens", "must be a positive integer")
-                        })?;
-                    generation.insert(
-                        "thinkingConfig".into(),
-                        json!({"thinkingBudget": budget, "includeThoughts": true}),
-                    );
-                }
-                _ => return Err(untranslatable("thinking.type")),
-            },
-            // `metadata.user_id` and every other field: no counterpart.
-            _ => return Err(untranslatable(&key)),
-        }
+    if let Some(n) = f.max_tokens {
+        generation.insert("maxOutputTokens".into(), n.into());
     }
+    if let Some(t) = f.temperature {
+        generation.insert("temperature".into(), t);
+    }
+    if let Some(p) = f.top_p {
+        generation.insert("topP".into(), p);
+    }
+    if let Some(k) = f.top_k {
+        generation.insert("topK".into(), k.into());
+    }
+    if let Some(stop) = f.stop_sequences {
+        generation.insert("stopSequences".into(), stop);
+    }
+    match f.thinking {
+        Some(Thinking::Disabled) => {
+            generation.insert("thinkingConfig".into(), json!({"thinkingBudget": 0}));
+        }
+        Some(Thinking::Enabled(budget)) => {
+            generation.insert(
+                "thinkingConfig".into(),
+                json!({"thinkingBudget": budget, "includeThoughts": true}),
+            );
+        }
+        None => {}
+    }
+    let (stream, system, tools, mut choice) = (f.stream, f.system, f.tools, f.tool_choice);
     let drop_cache = options.drop_cache_control;
     if let Some(system) = system {
         let parts = match system {
@@ -204,13 +156,10 @@ pub(super) fn request(
         };
         out.insert("systemInstruction".into(), json!({ "parts": parts }));
     }
-    let Some(Value::Array(list)) = messages else {
-        return Err(bad("messages", "must be an array"));
-    };
     // The function each tool_use id called, from this request's own turns.
     let mut calls: HashMap<String, String> = HashMap::new();
-    let mut contents = Vec::with_capacity(list.len());
-    for (i, m) in list.into_iter().enumerate() {
+    let mut contents = Vec::with_capacity(f.messages.len());
+    for (i, m) in f.messages.into_iter().enumerate() {
         contents.push(turn(m, &format!("messages[{i}]"), &mut calls, drop_cache)?);
     }
     out.insert("contents".into(), Value::Array(contents));
@@ -227,9 +176,6 @@ pub(super) fn request(
                 json!({ "functionCallingConfig": tool_choice(c)? }),
             );
         }
-    }
-    if choice.is_some() {
-        return Err(bad("tool_choice", "is given without `tools`"));
     }
     if !generation.is_empty() {
         out.insert("generationConfig".into(), Value::Object(generation));
@@ -250,12 +196,6 @@ fn cache_control(b: &mut Map<String, Value>, at: &str, drop: bool) -> Result<(),
         Some(_) if drop => Ok(()),
         Some(_) => Err(untranslatable(&format!("{at}.cache_control"))),
     }
-}
-
-fn text_of<'a>(b: &'a Map<String, Value>, at: &str) -> Result<&'a str, Error> {
-    b.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(&format!("{at}.text"), "must be a string"))
 }
 
 /// One Anthropic turn → one Gemini `Content`.

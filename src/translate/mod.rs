@@ -47,6 +47,7 @@ mod chat_to_converse;
 mod chat_to_messages;
 mod converse;
 mod gemini;
+mod messages_request;
 mod messages_to_chat;
 mod messages_to_converse;
 pub mod sse;
