@@ -249,17 +249,11 @@ models = ["claude-sonnet"]
     assert_anthropic_error(&a, 413, "request_too_large", "body_too_large");
 
     // A key with a rate limit and a budget, made through the admin API.
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "rpm_limit": 1, "max_budget": 0.0}))
-        .send()
-        .await
-        .unwrap();
-    let key = res.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (key, _) = generate_key(
+        &gw,
+        json!({"models": ["*"], "rpm_limit": 1, "max_budget": 0.0}),
+    )
+    .await;
     let a = send(&gw, "/v1/messages", Some(&key), body()).await;
     assert_anthropic_error(&a, 402, "billing_error", "budget_exceeded");
     let a = send(&gw, "/v1/messages", Some(&key), body()).await;
@@ -713,16 +707,7 @@ async fn metered(
         ledger.clone(),
     )
     .await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": max_budget}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
-    let id = v["key_id"].as_str().unwrap().to_owned();
+    let (key, id) = generate_key(&gw, json!({"models": ["*"], "max_budget": max_budget})).await;
     (gw, ledger, key, id)
 }
 

@@ -336,16 +336,7 @@ fn messages(model: &str, extra: &str) -> String {
 }
 
 async fn post_messages(gw: &Gateway, body: String) -> Answer {
-    let res = anonymous()
-        .post(gw.url("/v1/messages"))
-        .header("x-api-key", CLIENT_KEY)
-        .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    read_answer(res).await
+    post_messages_as(&gw.url("/v1/messages"), CLIENT_KEY, body).await
 }
 
 #[tokio::test]
@@ -417,16 +408,7 @@ async fn concurrent_streams_cannot_overspend() {
     )
     .replace("{azure}", &format!("http://{}", mock.addr));
     let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 0.005}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
-    let id = v["key_id"].as_str().unwrap().to_owned();
+    let (key, id) = generate_key(&gw, json!({"models": ["*"], "max_budget": 0.005})).await;
     // The reservation (prompt estimate + 64 output tokens) covers the cost.
     let body = chat("gpt-4o", r#""stream":true,"max_tokens":64"#);
     let mut tasks = Vec::new();
@@ -823,16 +805,7 @@ async fn a_content_filtered_answer_is_charged_and_not_cooled() {
     )
     .replace("{azure}", &format!("http://{}", mock.addr));
     let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 10.0}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
-    let id = v["key_id"].as_str().unwrap().to_owned();
+    let (key, id) = generate_key(&gw, json!({"models": ["*"], "max_budget": 10.0})).await;
     let url = gw.url("/v1/chat/completions");
     let a = post_as(
         &url,
@@ -951,15 +924,8 @@ master_key_env = "{{master_env}}"
         mock.addr
     );
     let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 100.0}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let (key, id) = (v["key"].as_str().unwrap(), v["key_id"].as_str().unwrap());
+    let (key, id) = generate_key(&gw, json!({"models": ["*"], "max_budget": 100.0})).await;
+    let (key, id) = (key.as_str(), id.as_str());
     let a = post_as(&gw.url("/v1/chat/completions"), key, chat("gpt-4o", "")).await;
     assert_eq!(a.status, 200, "{}", a.body);
     let seen = mock.log.last().unwrap();

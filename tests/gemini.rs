@@ -106,16 +106,7 @@ fn messages(model: &str, extra: &str) -> String {
 }
 
 async fn post_messages(gw: &Gateway, body: String) -> Answer {
-    let res = anonymous()
-        .post(gw.url("/v1/messages"))
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .header("x-api-key", CLIENT_KEY)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    read_answer(res).await
+    post_messages_as(&gw.url("/v1/messages"), CLIENT_KEY, body).await
 }
 
 /// Fails if a text holds a Google secret the tests gave the gateway (the
@@ -723,31 +714,14 @@ async fn concurrent_streams_cannot_overspend_and_are_charged_their_usage() {
         "[[groups.deployments]]\nheaders = { \"x-mock-fault\" = \"cache\" }\nprovider = \"google\"",
     );
     let gw = gateway_with_ledger(&toml, &mock, ledger.clone()).await;
-    let res = anonymous()
-        .post(gw.url("/key/generate"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"models": ["*"], "max_budget": 0.001}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = res.json().await.unwrap();
-    let key = v["key"].as_str().unwrap().to_owned();
-    let id = v["key_id"].as_str().unwrap().to_owned();
+    let (key, id) = generate_key(&gw, json!({"models": ["*"], "max_budget": 0.001})).await;
     let body = messages("gemini", r#""stream":true"#);
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let (url, key, body) = (gw.url("/v1/messages"), key.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let res = anonymous()
-                .post(url)
-                .header("x-api-key", key)
-                .header("anthropic-version", "2023-06-01")
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            (res.status().as_u16(), res.text().await.unwrap())
+            let a = post_messages_as(&url, &key, body).await;
+            (a.status, a.body)
         }));
     }
     let mut served = 0u64;

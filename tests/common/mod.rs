@@ -330,6 +330,40 @@ pub async fn post_as(url: &str, key: &str, body: impl Into<reqwest::Body>) -> An
     read_answer(res).await
 }
 
+/// An Anthropic client's request: `body` posted to `url` with `key` as
+/// `x-api-key` and an `anthropic-version`.
+pub async fn post_messages_as(url: &str, key: &str, body: impl Into<reqwest::Body>) -> Answer {
+    let res = anonymous()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", key)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    read_answer(res).await
+}
+
+/// A virtual key made through the admin API with the master key, from
+/// `/key/generate`'s JSON `fields`: its secret and its id.
+pub async fn generate_key(gw: &Gateway, fields: serde_json::Value) -> (String, String) {
+    let res = anonymous()
+        .post(gw.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&fields)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = res.json().await.unwrap();
+    let field = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("{k}: {v}"))
+            .to_owned()
+    };
+    (field("key"), field("key_id"))
+}
+
 /// A chat body for `model`, with optional extra top-level JSON members.
 pub fn chat(model: &str, extra: &str) -> String {
     let extra = if extra.is_empty() {
