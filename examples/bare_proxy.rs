@@ -16,6 +16,16 @@
 //! headers and body go on untouched, and the upstream's answer streams back
 //! frame by frame as it arrives. An upstream failure is an empty 502.
 //!
+//! `--read-body`: each request's body is read whole before it is sent on
+//! (as any gateway must, to parse it), and nothing else changes. Reading a
+//! request body inside the connection's own task makes hyper wake that task
+//! while it runs (its body channel's "want" signal), and tokio's
+//! multi-threaded scheduler answers a task woken during its own poll by
+//! waking a parked sibling worker: one futex wake and one more park per
+//! request (docs/performance-guard.md, "the one-request hop"). With this
+//! flag the floor pays that too, so the gateway's difference to it is
+//! what the gateway itself adds.
+//!
 //! `examples/load.rs` starts it as a child process beside the gateway (the
 //! gateway is one too, so both pay the same process and scheduling costs)
 //! and alternates it with the gateway in every round. It listens only where
@@ -27,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,10 +50,14 @@ use hyper_util::server::conn::auto;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Answer = Response<Either<Incoming, Empty<Bytes>>>;
+/// What the client sends upstream: the request's body as it streams in, or
+/// read whole first (`--read-body`).
+type Sent = Either<Incoming, Full<Bytes>>;
 
 fn main() {
     let mut listen: Option<SocketAddr> = None;
     let mut upstream: Option<SocketAddr> = None;
+    let mut read_body = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut addr = |name: &str| -> SocketAddr {
@@ -55,31 +69,32 @@ fn main() {
         match flag.as_str() {
             "--listen" => listen = Some(addr("--listen")),
             "--upstream" => upstream = Some(addr("--upstream")),
+            "--read-body" => read_body = true,
             _ => {
-                eprintln!("usage: bare_proxy --listen ADDR --upstream ADDR");
+                eprintln!("usage: bare_proxy --listen ADDR --upstream ADDR [--read-body]");
                 std::process::exit(2)
             }
         }
     }
     let (Some(listen), Some(upstream)) = (listen, upstream) else {
-        eprintln!("usage: bare_proxy --listen ADDR --upstream ADDR");
+        eprintln!("usage: bare_proxy --listen ADDR --upstream ADDR [--read-body]");
         std::process::exit(2)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run(listen, upstream)) {
+    if let Err(e) = runtime.block_on(run(listen, upstream, read_body)) {
         eprintln!("bare_proxy: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
+async fn run(listen: SocketAddr, upstream: SocketAddr, read_body: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+    let client: Client<HttpConnector, Sent> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -101,7 +116,7 @@ async fn run(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
         let (client, authority) = (client.clone(), authority.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                forward(client.clone(), authority.clone(), req)
+                forward(client.clone(), authority.clone(), read_body, req)
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -112,20 +127,33 @@ async fn run(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
 
 /// Sends `req` on to `authority` as it came and hands back the answer.
 async fn forward(
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Sent>,
     authority: Authority,
-    mut req: Request<Incoming>,
+    read_body: bool,
+    req: Request<Incoming>,
 ) -> Result<Answer, std::convert::Infallible> {
+    let (head, body) = req.into_parts();
+    let body = if read_body {
+        match body.collect().await {
+            Ok(whole) => Either::Right(Full::new(whole.to_bytes())),
+            Err(_) => return Ok(empty(StatusCode::BAD_REQUEST)),
+        }
+    } else {
+        Either::Left(body)
+    };
+    let mut req = Request::from_parts(head, body);
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
     *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
     Ok(match client.request(req).await {
         Ok(res) => res.map(Either::Left),
-        Err(_) => {
-            let mut res = Response::new(Either::Right(Empty::new()));
-            *res.status_mut() = StatusCode::BAD_GATEWAY;
-            res
-        }
+        Err(_) => empty(StatusCode::BAD_GATEWAY),
     })
+}
+
+fn empty(status: StatusCode) -> Answer {
+    let mut res = Response::new(Either::Right(Empty::new()));
+    *res.status_mut() = status;
+    res
 }

@@ -62,6 +62,11 @@
 //! (h2c), 150 streams per connection, instead of one HTTP/1.1 connection
 //! each.
 //!
+//! `--bare-read-body`: the bare proxy reads each request's body whole
+//! before sending it on (`bare_proxy --read-body`), as the gateway must to
+//! parse it; the gateway's difference to that floor is then its own work
+//! (docs/performance-guard.md, "the one-request hop").
+//!
 //! `--workers N` (with any mode) sets `[server] worker_threads = N` in the
 //! gateway's config (default: one runtime thread per core).
 //!
@@ -98,6 +103,7 @@ struct Args {
     upstream_h2: bool,
     workers: Option<u64>,
     client_h2: bool,
+    bare_read_body: bool,
 }
 
 fn parse_args() -> Args {
@@ -114,6 +120,7 @@ fn parse_args() -> Args {
         upstream_h2: false,
         workers: None,
         client_h2: false,
+        bare_read_body: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -134,11 +141,12 @@ fn parse_args() -> Args {
             "--upstream-h2" => a.upstream_h2 = true,
             "--workers" => a.workers = Some(num("--workers").max(1)),
             "--client-h2" => a.client_h2 = true,
+            "--bare-read-body" => a.bare_read_body = true,
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] | --hold N [--client-h2] | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] [--bare-read-body] | --hold N [--client-h2] | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -822,6 +830,7 @@ async fn main() {
         Command::new(sibling("bare_proxy"))
             .args(["--listen", &bare_addr.to_string()])
             .args(["--upstream", &mock_addr.to_string()])
+            .args(args.bare_read_body.then_some("--read-body"))
             .stdout(quiet())
             .stderr(Stdio::inherit())
             .spawn()
@@ -892,7 +901,7 @@ async fn main() {
     }
 
     println!(
-        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock, bare proxy and gateway as separate processes on 127.0.0.1, {} cores",
+        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock, bare proxy{} and gateway as separate processes on 127.0.0.1, {} cores",
         match args.rate {
             Some(r) => format!("open loop at {r} req/s"),
             None => format!("closed loop, {} in flight", args.concurrency),
@@ -901,6 +910,11 @@ async fn main() {
         args.rounds,
         direct_body.len(),
         if args.stream { ", streaming" } else { "" },
+        if args.bare_read_body {
+            " (reading each body whole)"
+        } else {
+            ""
+        },
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
