@@ -685,18 +685,20 @@ impl fmt::Debug for Bearer {
     }
 }
 
-/// Puts a cached token on `headers` as `Authorization: Bearer`, fetching one
-/// if none is valid. A failure is 502 `upstream_auth_failed` for this
-/// deployment (the router cools it down and tries another).
+/// Puts a cached token (Entra ID's, or Vertex AI's: `what` names it in the
+/// error) on `headers` as `Authorization: Bearer`, fetching one if none is
+/// valid. A failure is 502 `upstream_auth_failed` for this deployment (the
+/// router cools it down and tries another).
 pub(super) async fn authorize(
     tokens: &CredentialCache<Bearer>,
     provider: &str,
+    what: &str,
     headers: &mut HeaderMap,
 ) -> Result<Credential<Bearer>, Error> {
     let token = tokens
         .get()
         .await
-        .map_err(|e| upstream_auth_failed(provider, "its Entra ID token", &e))?;
+        .map_err(|e| upstream_auth_failed(provider, what, &e))?;
     headers.insert(AUTHORIZATION, token.value().header().clone());
     Ok(token)
 }

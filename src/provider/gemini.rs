@@ -66,8 +66,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
@@ -75,10 +75,7 @@ use super::azure::Bearer;
 use super::bedrock::encode_segment;
 use super::{BuildError, HttpClient};
 use crate::body::Chunks;
-use crate::credentials::{
-    Credential, CredentialCache, CredentialError, Fetched, RefreshPolicy, Secret,
-};
-use crate::error::{Error, Reason};
+use crate::credentials::{CredentialCache, CredentialError, Fetched, RefreshPolicy, Secret};
 use crate::family::Api;
 use crate::sanitize::{Secrets, redact};
 
@@ -432,25 +429,6 @@ impl Vertex {
             },
         ));
     }
-}
-
-/// Puts a cached Vertex AI token on `headers`, fetching one if none is
-/// valid. A failure is 502 `upstream_auth_failed` for this deployment.
-pub(super) async fn authorize(
-    tokens: &CredentialCache<Bearer>,
-    provider: &str,
-    headers: &mut HeaderMap,
-) -> Result<Credential<Bearer>, Error> {
-    let token = tokens.get().await.map_err(|e| {
-        Error::new(
-            Reason::UpstreamAuthFailed,
-            format!(
-                "Upstream '{provider}': the gateway could not obtain its Vertex AI access token ({e}); this is a gateway configuration problem, not your key, and other deployments are tried."
-            ),
-        )
-    })?;
-    headers.insert(AUTHORIZATION, token.value().header().clone());
-    Ok(token)
 }
 
 #[cfg(test)]

@@ -791,24 +791,25 @@ impl Inner {
         let start = Instant::now();
         let deadline = start + self.timeouts.total;
         let (mut out, parsed, plan) = self.upstream_request(req)?;
-        // An Entra ID token, from the shared cache (fetched only when none is valid).
-        let mut token = match self.azure.as_ref().and_then(|az| az.tokens.as_ref()) {
-            Some(tokens) => Some((
+        // An Entra ID or Vertex AI token, from the shared cache (fetched only
+        // when none is valid).
+        let bearer = match (
+            self.azure.as_ref().and_then(|az| az.tokens.as_ref()),
+            self.vertex.as_ref().and_then(|v| v.tokens.as_ref()),
+        ) {
+            (Some(tokens), _) => Some((tokens, "its Entra ID token")),
+            (None, Some(tokens)) => Some((tokens, "its Vertex AI access token")),
+            (None, None) => None,
+        };
+        let mut token = match bearer {
+            Some((tokens, what)) => Some((
                 tokens,
-                azure::authorize(tokens, &self.name, out.headers_mut())
+                what,
+                azure::authorize(tokens, &self.name, what, out.headers_mut())
                     .await
                     .map_err(|e| self.tag(e))?,
             )),
-            // A Vertex AI token, from the shared cache likewise.
-            None => match self.vertex.as_ref().and_then(|v| v.tokens.as_ref()) {
-                Some(tokens) => Some((
-                    tokens,
-                    gemini::authorize(tokens, &self.name, out.headers_mut())
-                        .await
-                        .map_err(|e| self.tag(e))?,
-                )),
-                None => None,
-            },
+            None => None,
         };
         // Bedrock's temporary credentials, likewise, signed over the exact body.
         let aws = match self.bedrock.as_ref().map(|b| (b, b.credentials())) {
@@ -834,15 +835,13 @@ impl Inner {
         let replay = token.as_ref().map(|_| copy_request(&out));
         let mut res = self.exchange(client, out, first_byte).await?;
         let mut retried = false;
-        if let (http::StatusCode::UNAUTHORIZED, Some((tokens, used)), Some(mut again)) =
+        if let (http::StatusCode::UNAUTHORIZED, Some((tokens, what, used)), Some(mut again)) =
             (res.status(), &mut token, replay)
         {
             tokens.invalidate(used.generation());
-            let fresh = match self.api {
-                Api::Vertex => gemini::authorize(tokens, &self.name, again.headers_mut()).await,
-                _ => azure::authorize(tokens, &self.name, again.headers_mut()).await,
-            }
-            .map_err(|e| self.tag(e))?;
+            let fresh = azure::authorize(tokens, &self.name, what, again.headers_mut())
+                .await
+                .map_err(|e| self.tag(e))?;
             if fresh.generation() != used.generation() {
                 *used = fresh;
                 retried = true;
@@ -861,7 +860,7 @@ impl Inner {
                 _ => parts.status,
             };
             let extra = match (&token, &aws) {
-                (Some((tokens, t)), _) => {
+                (Some((tokens, _, t)), _) => {
                     // Refused again with a fresh token: not the token's age;
                     // kept (the router cools the deployment down).
                     if status == http::StatusCode::UNAUTHORIZED && !retried {
