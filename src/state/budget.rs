@@ -195,11 +195,7 @@ impl RedisLedger {
     fn keys(&self, scope: &Scope, period: Period, now: Timestamp) -> (CounterKeys, Option<i64>) {
         let window = period.window(now, &self.inner.tz);
         let start = window.start.map(Timestamp::as_second);
-        let (kind, id) = match scope {
-            Scope::Key(id) => ("key", &**id),
-            Scope::Team(id) => ("team", &**id),
-            Scope::Global => ("global", ""),
-        };
+        let (kind, id) = (scope.kind(), scope.id().unwrap_or(""));
         // The id comes last, so no id can make two counters' keys equal.
         let hash = format!(
             "{}budget:{}:{}:{kind}:{id}",
