@@ -926,12 +926,24 @@ mod tests {
         let now = ledger.now();
         let mut old = rec(0, "a", Some("t"), "m", 700);
         old.start = Timestamp::from_second(0).unwrap(); // long ago: only in `total`
+        old.user_id = Some("u".into());
         let mut fresh = rec(1, "a", Some("t"), "m", 300);
         fresh.start = now;
+        fresh.user_id = Some("u".into());
+        fresh.end_user = Some("e".into());
         store.write(vec![old, fresh]).await.unwrap();
         restore_ledger(&ledger, &store).await.unwrap();
         let key = Scope::Key("a".into());
         assert_eq!(ledger.usage(&key, Period::Total).spent, 1_000);
+        let user = Scope::User("u".into());
+        assert_eq!(ledger.usage(&user, Period::Total).spent, 1_000);
+        assert_eq!(ledger.usage(&user, Period::Monthly).spent, 300);
+        assert_eq!(
+            ledger
+                .usage(&Scope::EndUser("e".into()), Period::Daily)
+                .spent,
+            300
+        );
         assert_eq!(ledger.usage(&key, Period::Monthly).spent, 300);
         assert_eq!(
             ledger.usage(&Scope::Team("t".into()), Period::Daily).spent,
@@ -967,6 +979,12 @@ mod tests {
         {
             let mut r = rec(i as i64, key, None, "m", cost);
             r.start = at(start);
+            // Key a's requests are user u's, key b's are for end user e.
+            if key == "a" {
+                r.user_id = Some("u".into());
+            } else {
+                r.end_user = Some("e".into());
+            }
             records.push(r);
         }
         store.write(records).await.unwrap();
@@ -983,12 +1001,16 @@ mod tests {
             (Scope::Key("a".into()), a),
             (Scope::Key("b".into()), b),
             (Scope::Key("none".into()), a),
+            (Scope::User("u".into()), a),
+            (Scope::EndUser("e".into()), b),
             (Scope::Global, Period::Monthly),
         ];
         restore_windows(&ledger, &store, &budgets).await.unwrap();
         assert_eq!(ledger.usage(&Scope::Key("a".into()), a).spent, 20);
         assert_eq!(ledger.usage(&Scope::Key("b".into()), b).spent, 300);
         assert_eq!(ledger.usage(&Scope::Key("none".into()), a).spent, 0);
+        assert_eq!(ledger.usage(&Scope::User("u".into()), a).spent, 20);
+        assert_eq!(ledger.usage(&Scope::EndUser("e".into()), b).spent, 300);
         // Calendar periods are left to `restore_ledger`.
         assert_eq!(ledger.usage(&Scope::Global, Period::Monthly).spent, 0);
     }
