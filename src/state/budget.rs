@@ -489,7 +489,10 @@ mod tests {
             let u = ledger.usage(scope, period).await.unwrap();
             assert_eq!((u.spent, u.reserved), (30, 0), "{scope:?}");
         }
-        let e = ledger.reserve(&[user.clone()], 80).await.unwrap_err();
+        let e = ledger
+            .reserve(std::slice::from_ref(&user), 80)
+            .await
+            .unwrap_err();
         assert_eq!(e.metadata()["scope"], "user");
     }
 
