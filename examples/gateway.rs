@@ -63,8 +63,8 @@ use tollgate::admin::SpendView;
 use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
 use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
-use tollgate::keys::Key;
 use tollgate::keys::VirtualKeysLayer;
+use tollgate::keys::{Key, Keyring};
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::Identified;
@@ -298,7 +298,7 @@ pub async fn build(
         config.server.max_body_bytes,
         span_layer,
         rate_limit,
-        budget(config, store, writer.clone()),
+        budget_with_customers(config, store, writer.clone(), Some(keyring.clone())),
         fair_queue(config),
         fallback,
         router
@@ -534,17 +534,30 @@ pub fn rate_limit(config: &Config) -> RateLimitLayer<KeyLimits, Arc<str>> {
 }
 
 /// `Budget`'s hook over the authenticated key: the key's own budget, its
-/// team's, and the global one, each that is set; spend records name the
-/// key's public id and its team.
+/// team's, its user's (even when the key has a team), the end user's (the
+/// request's `user`, or `metadata.user_id` on `/v1/messages`, when a
+/// customer record names it), and the global one, each that is set; spend
+/// records name the key's public id, its team, its user and the end user. A
+/// blocked customer is refused (403 `end_user_blocked`).
 #[derive(Clone, Debug)]
 pub struct KeyBudgets {
     global: Option<Limit>,
+    customers: Option<Keyring>,
+}
+
+impl KeyBudgets {
+    /// The customer the request names, from memory (`None` without a
+    /// `user`: no lookup, no allocation).
+    fn customer(&self, req: &LlmRequest<Key>) -> Option<tollgate::keys::Customer> {
+        let id = req.body().summary().end_user.as_deref()?;
+        self.customers.as_ref()?.customer(id)
+    }
 }
 
 impl BudgetsOf<Key> for KeyBudgets {
     fn budgets(&self, req: &LlmRequest<Key>) -> Vec<Limit> {
         let key = req.body().identity();
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(5);
         out.extend(
             key.budget()
                 .and_then(|b| Limit::from_budget(Scope::Key(key.id_arc().clone()), b)),
@@ -553,6 +566,18 @@ impl BudgetsOf<Key> for KeyBudgets {
             out.extend(
                 team.budget()
                     .and_then(|b| Limit::from_budget(Scope::Team(Arc::from(team.id())), b)),
+            );
+        }
+        if let Some(user) = key.user() {
+            out.extend(
+                user.budget()
+                    .and_then(|b| Limit::from_budget(Scope::User(user.id_arc().clone()), b)),
+            );
+        }
+        if let Some(c) = self.customer(req) {
+            out.extend(
+                c.budget()
+                    .and_then(|b| Limit::from_budget(Scope::EndUser(c.id_arc().clone()), b)),
             );
         }
         out.extend(self.global.clone());
@@ -564,6 +589,22 @@ impl BudgetsOf<Key> for KeyBudgets {
         Spender {
             key_id: Some(key.id().to_owned()),
             team_id: key.team().map(|t| t.id().to_owned()),
+            user_id: key.user_id().map(str::to_owned),
+            end_user: req.body().summary().end_user.clone(),
+        }
+    }
+
+    fn admit(&self, req: &LlmRequest<Key>) -> Result<(), Error> {
+        match self.customer(req) {
+            Some(c) if c.is_blocked() => Err(Error::new(
+                Reason::EndUserBlocked,
+                format!(
+                    "The end user `{}` this request is for is blocked on this gateway; ask your admin to unblock it.",
+                    c.id()
+                ),
+            )
+            .with_meta("end_user", c.id())),
+            _ => Ok(()),
         }
     }
 }
@@ -575,10 +616,21 @@ pub fn budget(
     ledger: Store,
     spend: Option<SpendWriter>,
 ) -> BudgetLayer<KeyBudgets, Store> {
+    budget_with_customers(config, ledger, spend, None)
+}
+
+/// [`budget`], with end users' budgets and blocks from `customers`' records.
+pub fn budget_with_customers(
+    config: &Config,
+    ledger: Store,
+    spend: Option<SpendWriter>,
+    customers: Option<Keyring>,
+) -> BudgetLayer<KeyBudgets, Store> {
     let layer = BudgetLayer::new(
         ledger,
         KeyBudgets {
             global: config.global_budget(),
+            customers,
         },
         config.prices(),
     )

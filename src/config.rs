@@ -1636,6 +1636,20 @@ impl Config {
         for (t, _) in keyring.list_teams().map_err(|e| fail(e.to_string()))? {
             budgets.extend(windowed(&t.limits).map(|p| (Scope::Team(t.id.into()), p)));
         }
+        let every = |b: Option<crate::keys::Budget>| {
+            b.map(|b| Period::from(b.period))
+                .filter(|p| matches!(p, Period::Every(_)))
+        };
+        for u in keyring
+            .list_users(1, usize::MAX)
+            .map_err(|e| fail(e.to_string()))?
+            .0
+        {
+            budgets.extend(every(u.budget()).map(|p| (Scope::User(u.id.into()), p)));
+        }
+        for c in keyring.list_customers().map_err(|e| fail(e.to_string()))? {
+            budgets.extend(every(c.budget()).map(|p| (Scope::EndUser(c.id.into()), p)));
+        }
         restore_windows(ledger, store, &budgets)
             .await
             .map_err(|e| fail(e.to_string()))

@@ -143,6 +143,8 @@ reasons! {
     BudgetExceeded = ("budget_exceeded", 402),
     /// The caller may not use this model.
     ModelNotAllowed = ("model_not_allowed", 403),
+    /// The end user (customer) the request names is blocked.
+    EndUserBlocked = ("end_user_blocked", 403),
     /// The gateway knows no model (group) of this name.
     ModelNotFound = ("model_not_found", 404),
     /// The upstream says the model does not exist or was retired (permanent).
@@ -1056,6 +1058,7 @@ mod tests {
             Reason::Unauthenticated,
             Reason::BudgetExceeded,
             Reason::ModelNotAllowed,
+            Reason::EndUserBlocked,
             Reason::ModelNotFound,
             Reason::UpstreamModelNotFound,
             Reason::Timeout,
@@ -1077,8 +1080,8 @@ mod tests {
         ];
         let expected_status = [
             400, 400, 400, 413, 415, 405, 404, 400, 400, 400, 401, 401, 401, 401, 401, 401, 402,
-            403, 404, 404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 502, 503, 503,
-            503, 503,
+            403, 403, 404, 404, 408, 408, 429, 429, 429, 500, 502, 502, 502, 502, 502, 502, 503,
+            503, 503, 503,
         ];
         for (reason, status) in all.iter().zip(expected_status) {
             let e = Error::new(*reason, "m");

@@ -78,7 +78,8 @@ fn too_deep_for_serde(e: &serde_json::Error) -> bool {
 /// - the scanner accepts exactly the JSON objects serde_json accepts
 ///   (refusing, among those, only duplicated or mistyped recognised fields
 ///   and decoded values with a lone surrogate), and when both accept,
-///   `model`, `stream` and `models` are serde_json's;
+///   `model`, `stream`, `models`, `user` and `metadata.user_id` are
+///   serde_json's;
 /// - `top_level_model` finds the scanner's `model`;
 /// - `Parsed::rewrite` (with a new model, with `include_usage`, and after
 ///   `retarget`) produces valid JSON that the scanner accepts, with the new
@@ -134,6 +135,18 @@ pub fn request(data: &[u8]) {
                 .collect::<Vec<_>>()
         });
         assert_eq!(fields.models, models, "models");
+        let user = tree.get("user").and_then(Value::as_str);
+        assert_eq!(fields.user.as_deref(), user, "user");
+        let user_id = tree
+            .get("metadata")
+            .filter(|m| m.is_object())
+            .and_then(|m| m.get("user_id"))
+            .and_then(Value::as_str);
+        assert_eq!(
+            fields.metadata_user_id.as_deref(),
+            user_id,
+            "metadata.user_id"
+        );
     }
     let top = scan::top_level_model(data);
     assert_eq!(

@@ -18,10 +18,12 @@
 //! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `start_date`, `end_date` too |
 //! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
 //! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
+//! | `/user/new\|update\|info\|list\|delete`, `/customer/new\|update\|info\|list\|delete\|block\|unblock` (and `/end_user/…`) | users, whose budgets cap their keys (team keys too), and customers (end users named by the request), with LiteLLM's fields: see the `people` routes in `docs/keys-and-admin.md` |
 //!
 //! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
 //! budget the key is charged on (its own, its team's, the global one): the
-//! spend and reservations of the current period and when it resets.
+//! spend and reservations of the current period and when it resets (and
+//! its user's budget, when the key's `user_id` names a user).
 //!
 //! `GET /spend/logs`: every filter given must match (`key_id`, `team_id`,
 //! `model` as the client asked for it, `start_time` ≤ start < `end_time`,
@@ -272,7 +274,26 @@ fn routes(state: Admin) -> axum::Router {
         .route("/health/readiness", get(readiness))
         .route("/model/info", get(models::info))
         .route("/v1/model/info", get(models::info))
-        .route("/models", get(models::list));
+        .route("/models", get(models::list))
+        .route("/user/new", post(people::user_new))
+        .route("/user/update", post(people::user_update))
+        .route("/user/info", get(people::user_info))
+        .route("/user/list", get(people::user_list))
+        .route("/user/delete", post(people::user_delete))
+        .route("/customer/new", post(people::customer_new))
+        .route("/customer/update", post(people::customer_update))
+        .route("/customer/info", get(people::customer_info))
+        .route("/customer/list", get(people::customer_list))
+        .route("/customer/delete", post(people::customer_delete))
+        .route("/customer/block", post(people::customer_block))
+        .route("/customer/unblock", post(people::customer_unblock))
+        .route("/end_user/new", post(people::customer_new))
+        .route("/end_user/update", post(people::customer_update))
+        .route("/end_user/info", get(people::customer_info))
+        .route("/end_user/list", get(people::customer_list))
+        .route("/end_user/delete", post(people::customer_delete))
+        .route("/end_user/block", post(people::customer_block))
+        .route("/end_user/unblock", post(people::customer_unblock));
     #[cfg(feature = "budget")]
     let router = router
         .route("/spend/logs", get(spend::logs))
@@ -439,9 +460,14 @@ impl Fields {
         self.patch(name, "a whole number, 0 or more", |v| v.as_u64().map(Ok))
     }
 
+    /// A number of USD; a string holding one is taken too, as LiteLLM
+    /// (pydantic) does: its own docs send `"max_budget": "0"`.
     fn usd(&self, name: &str) -> Result<Patch<f64>, Error> {
         self.patch(name, "a number of USD", |v| {
-            v.as_f64().map(|f| {
+            let number = v
+                .as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()));
+            number.map(|f| {
                 if f >= 0.0 && f.is_finite() {
                     Ok(f)
                 } else {
@@ -1015,6 +1041,7 @@ async fn readiness() -> Answer {
 }
 
 mod models;
+mod people;
 #[cfg(feature = "budget")]
 mod spend;
 

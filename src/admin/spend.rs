@@ -10,9 +10,10 @@ use crate::budget::{Cursor, Limit, Scope, SpendQuery, SpendRecord, usd_value};
 use crate::error::{Error, Reason};
 use crate::keys::KeyRecord;
 
-const PARAMS: [&str; 12] = [
+const PARAMS: [&str; 13] = [
     "key_id",
     "team_id",
+    "end_user",
     "model",
     "start_time",
     "end_time",
@@ -103,6 +104,9 @@ fn record_json(r: &SpendRecord) -> Value {
     m.insert("request_id".into(), json!(r.request_id));
     m.insert("key_id".into(), json!(r.key_id));
     m.insert("team_id".into(), json!(r.team_id));
+    m.insert("user_id".into(), json!(r.user_id));
+    // LiteLLM's name for the end user a request was for.
+    m.insert("end_user".into(), json!(r.end_user));
     m.insert("model".into(), json!(r.model));
     m.insert("model_group".into(), json!(r.model_group));
     m.insert("deployment".into(), json!(r.deployment));
@@ -155,29 +159,7 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
                 .id,
         ),
     };
-    // LiteLLM's `user_id`: the records of the user's key (records name
-    // keys, not users; a user with several keys is filtered by `api_key`).
-    let user_key = match filter(&q, "user_id")? {
-        None => None,
-        Some(u) => {
-            let keys = a
-                .keyring
-                .find_keys(|r| r.user_id.as_deref() == Some(u.as_str()))?;
-            match keys.as_slice() {
-                [(k, _)] => Some(k.id.clone()),
-                [] => return ok(json!({"data": [], "next_cursor": null})),
-                _ => {
-                    return Err(bad(
-                        "user_id",
-                        format!("this user has {} keys; name one with `api_key`", keys.len()),
-                    )
-                    .into());
-                }
-            }
-        }
-    };
     let key_id = either(filter(&q, "key_id")?, api_key, "api_key")?;
-    let key_id = either(key_id, user_key, "user_id")?;
     if let (Some(s), Some(e)) = (start, end)
         && e <= s
     {
@@ -195,6 +177,9 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
     let spend_query = SpendQuery {
         key_id,
         team_id: filter(&q, "team_id")?,
+        // LiteLLM's `user_id`: the records of every key made for the user.
+        user_id: filter(&q, "user_id")?,
+        end_user: filter(&q, "end_user")?,
         model: filter(&q, "model")?,
         start,
         end,
@@ -263,10 +248,10 @@ fn no_records() -> Error {
 /// Each budget `key` is charged on, with the current period's spend, or
 /// `None` without a ledger.
 pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Value>, Error> {
-    let Some(ledger) = a.spend.ledger.as_ref() else {
+    if a.spend.ledger.is_none() {
         return Ok(None);
-    };
-    let mut limits: Vec<Limit> = Vec::with_capacity(3);
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(4);
     limits.extend(
         key.limits
             .budget()
@@ -281,9 +266,26 @@ pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Valu
                 .and_then(|b| Limit::from_budget(Scope::Team(team.as_str().into()), b)),
         );
     }
+    if let Some(user) = &key.user_id
+        && let Ok((u, _)) = a.keyring.user_info(user)
+    {
+        limits.extend(
+            u.budget()
+                .and_then(|b| Limit::from_budget(Scope::User(user.as_str().into()), b)),
+        );
+    }
     limits.extend(a.spend.global.clone());
+    usage_of(a, &limits).await
+}
+
+/// Each of `limits` with the current period's spend, reservations and
+/// reset, or `None` without a ledger.
+pub(super) async fn usage_of(a: &Admin, limits: &[Limit]) -> Result<Option<Value>, Error> {
+    let Some(ledger) = a.spend.ledger.as_ref() else {
+        return Ok(None);
+    };
     let mut out: Vec<Value> = Vec::with_capacity(limits.len());
-    for l in &limits {
+    for l in limits {
         {
             let u = ledger.usage(&l.scope, l.period).await?;
             let mut m = Map::new();
@@ -291,6 +293,8 @@ pub(super) async fn budgets_of(a: &Admin, key: &KeyRecord) -> Result<Option<Valu
             match &l.scope {
                 Scope::Key(id) => m.insert("key_id".into(), json!(&**id)),
                 Scope::Team(id) => m.insert("team_id".into(), json!(&**id)),
+                Scope::User(id) => m.insert("user_id".into(), json!(&**id)),
+                Scope::EndUser(id) => m.insert("end_user_id".into(), json!(&**id)),
                 Scope::Global => None,
             };
             m.insert("max_budget".into(), usd_value(l.max));

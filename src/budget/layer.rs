@@ -38,6 +38,14 @@ pub trait BudgetsOf<I> {
         let _ = req;
         Spender::default()
     }
+
+    /// Whether `req` may be served at all, asked before its budgets: an
+    /// error refuses it as it is (e.g. 403 `end_user_blocked` for a
+    /// blocked customer). The default admits every request.
+    fn admit(&self, req: &LlmRequest<I>) -> Result<(), Error> {
+        let _ = req;
+        Ok(())
+    }
 }
 
 impl<F, I> BudgetsOf<I> for F
@@ -270,6 +278,11 @@ where
     }
 
     fn call(&mut self, req: LlmRequest<I>) -> Self::Future {
+        if let Err(error) = self.layer.budgets.admit(&req) {
+            return ResponseFuture {
+                kind: Kind::Refused { error: Some(error) },
+            };
+        }
         let limits = self.layer.budgets.budgets(&req);
         let summary = req.body().summary();
         let hide_usage = self.layer.upstream_usage
@@ -606,6 +619,47 @@ mod tests {
         );
     }
 
+    /// A hook's `admit` refuses before anything is reserved or called.
+    #[tokio::test]
+    async fn a_request_the_hook_refuses_reserves_nothing_and_calls_nothing() {
+        struct Blocks;
+        impl BudgetsOf<&'static str> for Blocks {
+            fn budgets(&self, req: &LlmRequest<&'static str>) -> Vec<Limit> {
+                limits(req)
+            }
+            fn admit(&self, req: &LlmRequest<&'static str>) -> Result<(), Error> {
+                match req.body().summary().end_user.as_deref() {
+                    Some("blocked") => Err(Error::new(crate::Reason::EndUserBlocked, "no")),
+                    _ => Ok(()),
+                }
+            }
+        }
+        let called = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = called.clone();
+        let layer = BudgetLayer::new(Ledger::default(), Blocks, layer().prices.as_ref().clone());
+        let svc = layer.layer(service_fn(move |r: LlmRequest<&'static str>| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            answer(r)
+        }));
+        let e = svc
+            .clone()
+            .oneshot(req(r#"{"model":"m","user":"blocked"}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.reason()),
+            (403, crate::Reason::EndUserBlocked)
+        );
+        assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let u = layer
+            .ledger()
+            .usage(&Scope::Key("k1".into()), Period::Monthly);
+        assert_eq!((u.spent, u.reserved), (0, 0));
+        let res = svc.oneshot(req(r#"{"model":"m","user":"other"}"#)).await;
+        assert!(res.is_ok());
+        assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn failed_calls_cost_nothing_and_unbudgeted_requests_pass() {
         let layer = layer();
@@ -641,6 +695,7 @@ mod tests {
                 Spender {
                     key_id: Some((*req.body().identity()).into()),
                     team_id: Some("t".into()),
+                    ..Spender::default()
                 }
             }
         }

@@ -25,17 +25,31 @@ pub enum Scope {
     Key(Arc<str>),
     /// One team, by its id.
     Team(Arc<str>),
+    /// One user (the user a key was made for), by its id.
+    User(Arc<str>),
+    /// One end user (a customer, named by the request), by its id.
+    EndUser(Arc<str>),
     /// The whole gateway.
     Global,
 }
 
 impl Scope {
-    /// `key`, `team` or `global`.
+    /// `key`, `team`, `user`, `end_user` or `global`.
     pub fn kind(&self) -> &'static str {
         match self {
             Scope::Key(_) => "key",
             Scope::Team(_) => "team",
+            Scope::User(_) => "user",
+            Scope::EndUser(_) => "end_user",
             Scope::Global => "global",
+        }
+    }
+
+    /// The id of the key, team, user or end user (`None`: global).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Scope::Key(id) | Scope::Team(id) | Scope::User(id) | Scope::EndUser(id) => Some(id),
+            Scope::Global => None,
         }
     }
 }
@@ -95,8 +109,9 @@ impl From<Refusal> for Error {
     fn from(r: Refusal) -> Error {
         let kind = r.limit.scope.kind();
         let period = r.limit.period.to_string();
+        let whose = if kind == "end_user" { "end user" } else { kind };
         let mut message = format!(
-            "the {kind}'s {period} budget of {} cannot cover this request \
+            "the {whose}'s {period} budget of {} cannot cover this request \
              ({} spent, {} reserved by running requests, {} needed)",
             usd(r.limit.max),
             usd(r.spent),

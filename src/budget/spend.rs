@@ -95,6 +95,10 @@ pub struct SpendRecord {
     pub key_id: Option<String>,
     /// The key's team.
     pub team_id: Option<String>,
+    /// The key's user (its `user_id`).
+    pub user_id: Option<String>,
+    /// The end user the request named (`user`, or `metadata.user_id`).
+    pub end_user: Option<String>,
     /// The model the client asked for.
     pub model: String,
     /// The model group that served (after fallbacks).
@@ -132,6 +136,8 @@ impl SpendRecord {
             request_id: request_id.into(),
             key_id: None,
             team_id: None,
+            user_id: None,
+            end_user: None,
             model: model.into(),
             model_group: None,
             deployment: None,
@@ -155,6 +161,10 @@ pub struct Spender {
     pub key_id: Option<String>,
     /// The key's team.
     pub team_id: Option<String>,
+    /// The key's user.
+    pub user_id: Option<String>,
+    /// The end user the request named.
+    pub end_user: Option<String>,
 }
 
 /// Where a page of records starts: after this record (opaque to clients,
@@ -193,6 +203,10 @@ pub struct SpendQuery {
     pub key_id: Option<String>,
     /// Only this team's.
     pub team_id: Option<String>,
+    /// Only this user's (the records of every key made for it).
+    pub user_id: Option<String>,
+    /// Only this end user's.
+    pub end_user: Option<String>,
     /// Only requests that asked for this model.
     pub model: Option<String>,
     /// Only requests started at or after this instant.
@@ -213,6 +227,8 @@ impl SpendQuery {
         };
         eq(&self.key_id, r.key_id.as_ref())
             && eq(&self.team_id, r.team_id.as_ref())
+            && eq(&self.user_id, r.user_id.as_ref())
+            && eq(&self.end_user, r.end_user.as_ref())
             && eq(&self.model, Some(&r.model))
             && self.start.is_none_or(|s| r.start >= s)
             && self.end.is_none_or(|e| r.start < e)
@@ -235,6 +251,10 @@ pub struct SpendTotals {
     pub keys: Vec<(String, Micros)>,
     /// Per team id.
     pub teams: Vec<(String, Micros)>,
+    /// Per user id.
+    pub users: Vec<(String, Micros)>,
+    /// Per end user id.
+    pub end_users: Vec<(String, Micros)>,
     /// Every request's.
     pub global: Micros,
 }
@@ -353,6 +373,8 @@ pub(crate) fn page_sql(
     for (column, value) in [
         ("key_id", &q.key_id),
         ("team_id", &q.team_id),
+        ("user_id", &q.user_id),
+        ("end_user", &q.end_user),
         ("model", &q.model),
     ] {
         if let Some(v) = value {
@@ -462,6 +484,7 @@ impl SpendStore for MemorySpendStore {
     fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
         let m = self.lock();
         let (mut keys, mut teams) = (BTreeMap::new(), BTreeMap::new());
+        let (mut users, mut end_users) = (BTreeMap::new(), BTreeMap::new());
         let mut global: Micros = 0;
         for r in m
             .records
@@ -474,11 +497,19 @@ impl SpendStore for MemorySpendStore {
             if let Some(t) = &r.team_id {
                 *teams.entry(t.clone()).or_insert(0u64) += r.cost;
             }
+            if let Some(u) = &r.user_id {
+                *users.entry(u.clone()).or_insert(0u64) += r.cost;
+            }
+            if let Some(e) = &r.end_user {
+                *end_users.entry(e.clone()).or_insert(0u64) += r.cost;
+            }
             global += r.cost;
         }
         Box::pin(std::future::ready(Ok(SpendTotals {
             keys: keys.into_iter().collect(),
             teams: teams.into_iter().collect(),
+            users: users.into_iter().collect(),
+            end_users: end_users.into_iter().collect(),
             global,
         })))
     }
@@ -510,6 +541,12 @@ pub async fn restore_ledger(ledger: &Ledger, store: &dyn SpendStore) -> Result<(
         }
         for (team, spent) in totals.teams {
             ledger.restore_spent(&Scope::Team(team.into()), period, spent);
+        }
+        for (user, spent) in totals.users {
+            ledger.restore_spent(&Scope::User(user.into()), period, spent);
+        }
+        for (end_user, spent) in totals.end_users {
+            ledger.restore_spent(&Scope::EndUser(end_user.into()), period, spent);
         }
         ledger.restore_spent(&Scope::Global, period, totals.global);
     }
@@ -543,9 +580,14 @@ pub async fn restore_windows(
     for (start, list) in by_start {
         let totals = store.totals(Some(start)).await?;
         for (scope, period) in list {
+            let of = |list: &[(String, Micros)], id: &str| {
+                list.iter().find(|(k, _)| k == id).map(|e| e.1)
+            };
             let spent = match scope {
-                Scope::Key(id) => totals.keys.iter().find(|(k, _)| **k == **id).map(|e| e.1),
-                Scope::Team(id) => totals.teams.iter().find(|(t, _)| **t == **id).map(|e| e.1),
+                Scope::Key(id) => of(&totals.keys, id),
+                Scope::Team(id) => of(&totals.teams, id),
+                Scope::User(id) => of(&totals.users, id),
+                Scope::EndUser(id) => of(&totals.end_users, id),
                 Scope::Global => Some(totals.global),
             };
             ledger.restore_spent(scope, *period, spent.unwrap_or(0));
@@ -597,6 +639,8 @@ impl PendingSpend {
         let mut record = Box::new(SpendRecord::new(request_id(headers), model, start));
         record.key_id = spender.key_id;
         record.team_id = spender.team_id;
+        record.user_id = spender.user_id;
+        record.end_user = spender.end_user;
         PendingSpend {
             record,
             started: tokio::time::Instant::now(),
@@ -718,6 +762,16 @@ mod tests {
                 end: t,
                 ..SpendQuery::default()
             },
+            SpendQuery {
+                user_id: Some("u".into()),
+                after: at,
+                ..SpendQuery::default()
+            },
+            SpendQuery {
+                end_user: Some("e".into()),
+                start: t,
+                ..SpendQuery::default()
+            },
         ]
     }
 
@@ -728,7 +782,10 @@ mod tests {
                 let key = if i % 2 == 0 { "a" } else { "b" };
                 let team = (i % 5 == 0).then_some("t");
                 let model = if i % 3 == 0 { "big" } else { "small" };
-                rec(i, key, team, model, 10)
+                let mut r = rec(i, key, team, model, 10);
+                r.user_id = (i % 10 == 0).then(|| "u".to_owned());
+                r.end_user = (i % 25 == 0).then(|| "e".to_owned());
+                r
             })
             .collect();
         for chunk in batch.chunks(64) {
@@ -797,6 +854,28 @@ mod tests {
             vec![("a".to_owned(), 1_250), ("b".to_owned(), 1_250)]
         );
         assert_eq!(totals.teams, vec![("t".to_owned(), 500)]);
+        assert_eq!(totals.users, vec![("u".to_owned(), 250)]);
+        assert_eq!(totals.end_users, vec![("e".to_owned(), 100)]);
+        let mine = walk(
+            store,
+            SpendQuery {
+                user_id: Some("u".into()),
+                limit: 6,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(mine.len(), 25, "the user's records");
+        let theirs = walk(
+            store,
+            SpendQuery {
+                end_user: Some("e".into()),
+                limit: 6,
+                ..SpendQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(theirs.len(), 10, "the end user's records");
         let since = store.totals(Some(end)).await.unwrap();
         // Records 60..250 start at second 20 or later.
         assert_eq!(since.global, 1_900);
@@ -847,12 +926,24 @@ mod tests {
         let now = ledger.now();
         let mut old = rec(0, "a", Some("t"), "m", 700);
         old.start = Timestamp::from_second(0).unwrap(); // long ago: only in `total`
+        old.user_id = Some("u".into());
         let mut fresh = rec(1, "a", Some("t"), "m", 300);
         fresh.start = now;
+        fresh.user_id = Some("u".into());
+        fresh.end_user = Some("e".into());
         store.write(vec![old, fresh]).await.unwrap();
         restore_ledger(&ledger, &store).await.unwrap();
         let key = Scope::Key("a".into());
         assert_eq!(ledger.usage(&key, Period::Total).spent, 1_000);
+        let user = Scope::User("u".into());
+        assert_eq!(ledger.usage(&user, Period::Total).spent, 1_000);
+        assert_eq!(ledger.usage(&user, Period::Monthly).spent, 300);
+        assert_eq!(
+            ledger
+                .usage(&Scope::EndUser("e".into()), Period::Daily)
+                .spent,
+            300
+        );
         assert_eq!(ledger.usage(&key, Period::Monthly).spent, 300);
         assert_eq!(
             ledger.usage(&Scope::Team("t".into()), Period::Daily).spent,
@@ -888,6 +979,12 @@ mod tests {
         {
             let mut r = rec(i as i64, key, None, "m", cost);
             r.start = at(start);
+            // Key a's requests are user u's, key b's are for end user e.
+            if key == "a" {
+                r.user_id = Some("u".into());
+            } else {
+                r.end_user = Some("e".into());
+            }
             records.push(r);
         }
         store.write(records).await.unwrap();
@@ -904,12 +1001,16 @@ mod tests {
             (Scope::Key("a".into()), a),
             (Scope::Key("b".into()), b),
             (Scope::Key("none".into()), a),
+            (Scope::User("u".into()), a),
+            (Scope::EndUser("e".into()), b),
             (Scope::Global, Period::Monthly),
         ];
         restore_windows(&ledger, &store, &budgets).await.unwrap();
         assert_eq!(ledger.usage(&Scope::Key("a".into()), a).spent, 20);
         assert_eq!(ledger.usage(&Scope::Key("b".into()), b).spent, 300);
         assert_eq!(ledger.usage(&Scope::Key("none".into()), a).spent, 0);
+        assert_eq!(ledger.usage(&Scope::User("u".into()), a).spent, 20);
+        assert_eq!(ledger.usage(&Scope::EndUser("e".into()), b).spent, 300);
         // Calendar periods are left to `restore_ledger`.
         assert_eq!(ledger.usage(&Scope::Global, Period::Monthly).spent, 0);
     }

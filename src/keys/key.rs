@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::record::{Budget, KeyRecord, TeamRecord};
+use super::record::{Budget, CustomerRecord, KeyRecord, TeamRecord, UserRecord};
 use crate::access::{AccessGroups, Grants, HasGrants};
 
 /// The authenticated key: a cheap-to-clone (`Arc`) snapshot of everything
@@ -23,6 +23,7 @@ struct Inner {
     id: Arc<str>,
     alias: Option<Arc<str>>,
     user_id: Option<Arc<str>>,
+    user: Option<User>,
     team: Option<Team>,
     grants: Grants,
     expires_at: Option<u64>,
@@ -45,6 +46,79 @@ pub struct Team {
     budget: Option<Budget>,
     weight: u32,
     metadata: Arc<Map<String, Value>>,
+}
+
+/// The user of a [`Key`] (the [`UserRecord`] its `user_id` names), as the
+/// inner layers see it: the user's id and budget, resolved from memory.
+#[derive(Clone, Debug)]
+pub struct User {
+    id: Arc<str>,
+    budget: Option<Budget>,
+}
+
+impl User {
+    /// The user's snapshot.
+    pub fn from_record(record: &UserRecord) -> Self {
+        User {
+            id: record.id.as_str().into(),
+            budget: record.budget(),
+        }
+    }
+
+    /// The user's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The user's id, shared.
+    pub fn id_arc(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The user's budget, shared by every key of the user.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+}
+
+/// A customer (end user) with a record, as the budget hook sees it: its
+/// id, budget and whether it is blocked. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Customer {
+    id: Arc<str>,
+    budget: Option<Budget>,
+    blocked: bool,
+}
+
+impl Customer {
+    /// The customer's snapshot.
+    pub fn from_record(record: &CustomerRecord) -> Self {
+        Customer {
+            id: record.id.as_str().into(),
+            budget: record.budget(),
+            blocked: record.blocked,
+        }
+    }
+
+    /// The end user's id, as requests send it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id, shared.
+    pub fn id_arc(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The end user's budget, across every key.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+
+    /// Whether requests for this end user are refused.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
 }
 
 impl Team {
@@ -112,6 +186,17 @@ impl Key {
         team: Option<&TeamRecord>,
         groups: &AccessGroups,
     ) -> Self {
+        Self::from_parts(record, team, None, groups)
+    }
+
+    /// As [`from_record`](Self::from_record), with the user the key's
+    /// `user_id` names (when that user exists).
+    pub fn from_parts(
+        record: &KeyRecord,
+        team: Option<&TeamRecord>,
+        user: Option<&UserRecord>,
+        groups: &AccessGroups,
+    ) -> Self {
         let team_grants = team
             .filter(|t| !t.grants.is_empty())
             .map(|t| Grants::compile(&t.grants, groups));
@@ -125,6 +210,7 @@ impl Key {
             id: record.id.as_str().into(),
             alias: record.alias.as_deref().map(Into::into),
             user_id: record.user_id.as_deref().map(Into::into),
+            user: user.map(User::from_record),
             team: team.map(Team::from_record),
             grants,
             expires_at: record.expires_at,
@@ -156,6 +242,11 @@ impl Key {
     /// The user the key was made for.
     pub fn user_id(&self) -> Option<&str> {
         self.0.user_id.as_deref()
+    }
+
+    /// The user the key's `user_id` names, when that user exists.
+    pub fn user(&self) -> Option<&User> {
+        self.0.user.as_ref()
     }
 
     /// The key's team.

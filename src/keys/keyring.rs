@@ -9,8 +9,11 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use serde_json::{Map, Value};
 
-use super::key::Key;
-use super::record::{BudgetPeriod, KeyRecord, Limits, Patch, Source, TeamRecord, unix_now};
+use super::key::{Customer, Key};
+use super::record::{
+    BudgetPeriod, CustomerRecord, KeyRecord, Limits, Patch, Source, TeamRecord, UserRecord,
+    unix_now,
+};
 use super::store::{KeyStore, Snapshot, StoreError};
 use super::token::{self, KeyHash};
 use crate::access::AccessGroups;
@@ -165,6 +168,14 @@ pub enum Change {
     KeyDeleted(String),
     /// A team was created or changed: its record as the store now has it.
     Team(TeamRecord),
+    /// A user was created or changed: its record as the store now has it.
+    User(UserRecord),
+    /// A user was deleted (its id); its keys' deletions are changes of their own.
+    UserDeleted(String),
+    /// A customer was created or changed: its record as the store now has it.
+    Customer(CustomerRecord),
+    /// A customer was deleted (its id).
+    CustomerDeleted(String),
     /// Everything the store has, replacing every stored key and team (after
     /// a gap in the feed). Keys from the configuration file stay.
     Reload(Snapshot),
@@ -193,6 +204,23 @@ struct Entry {
 struct Index {
     keys: crate::Map<Box<str>, Entry>,
     teams: crate::Map<String, TeamRecord>,
+    users: crate::Map<String, UserRecord>,
+    customers: crate::Map<String, (CustomerRecord, Customer)>,
+}
+
+/// A stored key's snapshot, with its team and its user from the index.
+fn snapshot_of(
+    record: &KeyRecord,
+    teams: &crate::Map<String, TeamRecord>,
+    users: &crate::Map<String, UserRecord>,
+    groups: &AccessGroups,
+) -> Key {
+    Key::from_parts(
+        record,
+        record.team_id.as_ref().and_then(|t| teams.get(t)),
+        record.user_id.as_ref().and_then(|u| users.get(u)),
+        groups,
+    )
 }
 
 struct Inner {
@@ -271,13 +299,17 @@ impl KeyringBuilder {
         for t in snapshot.teams {
             index.teams.insert(t.id.clone(), t);
         }
+        for u in snapshot.users {
+            index.users.insert(u.id.clone(), u);
+        }
+        for c in snapshot.customers {
+            index
+                .customers
+                .insert(c.id.clone(), (c.clone(), Customer::from_record(&c)));
+        }
         let groups = self.groups;
         for record in snapshot.keys {
-            let key = Key::from_record(
-                &record,
-                record.team_id.as_ref().and_then(|t| index.teams.get(t)),
-                &groups,
-            );
+            let key = snapshot_of(&record, &index.teams, &index.users, &groups);
             index.keys.insert(
                 record.id.as_str().into(),
                 Entry {
@@ -496,12 +528,41 @@ impl Keyring {
                 tracing::debug!(team = %team.id, blocked = team.blocked, "team changed elsewhere");
                 self.install_team(team)
             }
+            Change::User(user) => {
+                tracing::debug!(user = %user.id, "user changed elsewhere");
+                self.install_user(user)
+            }
+            Change::UserDeleted(id) => {
+                tracing::debug!(user = %id, "user deleted elsewhere");
+                self.remove_user(&id)
+            }
+            Change::Customer(customer) => {
+                tracing::debug!(customer = %customer.id, blocked = customer.blocked, "customer changed elsewhere");
+                self.install_customer(customer)
+            }
+            Change::CustomerDeleted(id) => {
+                tracing::debug!(customer = %id, "customer deleted elsewhere");
+                self.remove_customer(&id)
+            }
             Change::Reload(snapshot) => {
                 let mut index = self.inner.index.write().map_err(|_| poisoned())?;
-                let Index { keys, teams } = &mut *index;
+                let Index {
+                    keys,
+                    teams,
+                    users,
+                    customers,
+                } = &mut *index;
                 teams.clear();
                 for t in snapshot.teams {
                     teams.insert(t.id.clone(), t);
+                }
+                users.clear();
+                for u in snapshot.users {
+                    users.insert(u.id.clone(), u);
+                }
+                customers.clear();
+                for c in snapshot.customers {
+                    customers.insert(c.id.clone(), (c.clone(), Customer::from_record(&c)));
                 }
                 keys.retain(|_, e| e.source == Source::Config);
                 for record in snapshot.keys {
@@ -509,11 +570,7 @@ impl Keyring {
                         tracing::warn!(key_id = %record.id, "a stored key has the id of a static key; skipped");
                         continue;
                     }
-                    let key = Key::from_record(
-                        &record,
-                        record.team_id.as_ref().and_then(|t| teams.get(t)),
-                        &self.inner.groups,
-                    );
+                    let key = snapshot_of(&record, teams, users, &self.inner.groups);
                     keys.insert(
                         record.id.as_str().into(),
                         Entry {
@@ -760,11 +817,7 @@ impl Keyring {
 
     fn install(&self, record: KeyRecord) -> Result<(), Error> {
         let mut index = self.inner.index.write().map_err(|_| poisoned())?;
-        let key = Key::from_record(
-            &record,
-            record.team_id.as_ref().and_then(|t| index.teams.get(t)),
-            &self.inner.groups,
-        );
+        let key = snapshot_of(&record, &index.teams, &index.users, &self.inner.groups);
         index.keys.insert(
             record.id.as_str().into(),
             Entry {
@@ -1001,17 +1054,23 @@ impl Keyring {
     /// Puts a team into memory and rebuilds its keys' snapshots.
     fn install_team(&self, team: TeamRecord) -> Result<(), Error> {
         let mut index = self.inner.index.write().map_err(|_| poisoned())?;
-        let Index { keys, teams } = &mut *index;
+        let Index {
+            keys, teams, users, ..
+        } = &mut *index;
+        let id = team.id.clone();
+        teams.insert(team.id.clone(), team);
         for e in keys
             .values_mut()
-            .filter(|e| e.record.team_id.as_deref() == Some(team.id.as_str()))
+            .filter(|e| e.record.team_id.as_deref() == Some(id.as_str()))
         {
-            e.key = Key::from_record(&e.record, Some(&team), &self.inner.groups);
+            e.key = snapshot_of(&e.record, teams, users, &self.inner.groups);
         }
-        teams.insert(team.id.clone(), team);
         Ok(())
     }
 }
+
+mod people;
+pub use people::{CustomerUpdate, NewCustomer, NewUser, UserUpdate};
 
 fn apply_limits(
     limits: &mut Limits,

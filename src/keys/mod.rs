@@ -66,15 +66,17 @@ pub mod token;
 /// The future of [`VirtualKeys`]: the inner service's, or an immediate 401
 /// (the same type as [`ModelAccess`](crate::access::ModelAccess)'s).
 pub use crate::access::ResponseFuture;
-pub use key::{Key, Team};
+pub use key::{Customer, Key, Team, User};
 pub use keyring::{
-    Change, KeyUpdate, Keyring, KeyringBuilder, NewKey, NewTeam, StaticKey, TeamUpdate,
-    WeakKeyring, presented_key,
+    Change, CustomerUpdate, KeyUpdate, Keyring, KeyringBuilder, NewCustomer, NewKey, NewTeam,
+    NewUser, StaticKey, TeamUpdate, UserUpdate, WeakKeyring, presented_key,
 };
 pub use layer::{VirtualKeys, VirtualKeysLayer};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
-pub use record::{Budget, BudgetPeriod, KeyRecord, Limits, Patch, Source, TeamRecord};
+pub use record::{
+    Budget, BudgetPeriod, CustomerRecord, KeyRecord, Limits, Patch, Source, TeamRecord, UserRecord,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{KeyStore, MemoryStore, Snapshot, StoreError};

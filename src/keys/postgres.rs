@@ -58,7 +58,7 @@ use tokio_postgres::{AsyncMessage, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::keyring::{Change, Keyring, WeakKeyring};
-use super::record::{KeyRecord, Limits, TeamRecord};
+use super::record::{CustomerRecord, KeyRecord, Limits, TeamRecord, UserRecord};
 use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
 use super::token::KeyHash;
 
@@ -147,6 +147,59 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
             FOR EACH ROW EXECUTE FUNCTION tollgate_record_change();
         CREATE TRIGGER tollgate_teams_changed AFTER INSERT OR UPDATE OR DELETE ON tollgate_teams
             FOR EACH ROW EXECUTE FUNCTION tollgate_record_change();",
+    ),
+    // Users and customers (end users), in the change feed as `user` and
+    // `customer` (the kind is the trigger's argument).
+    (
+        3,
+        "CREATE TABLE tollgate_users (
+            id            TEXT PRIMARY KEY,
+            email         TEXT,
+            alias         TEXT,
+            role          TEXT,
+            max_budget    DOUBLE PRECISION,
+            budget_period TEXT,
+            metadata      JSONB NOT NULL DEFAULT '{}',
+            created_at    BIGINT NOT NULL,
+            updated_at    BIGINT NOT NULL
+        );
+        CREATE TABLE tollgate_customers (
+            id            TEXT PRIMARY KEY,
+            alias         TEXT,
+            blocked       BOOLEAN NOT NULL DEFAULT false,
+            max_budget    DOUBLE PRECISION,
+            budget_period TEXT,
+            metadata      JSONB NOT NULL DEFAULT '{}',
+            created_at    BIGINT NOT NULL,
+            updated_at    BIGINT NOT NULL
+        );
+        CREATE INDEX tollgate_keys_by_user ON tollgate_keys (user_id);
+        CREATE FUNCTION tollgate_record_change_as() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            v    BIGINT;
+            kind TEXT := TG_ARGV[0];
+            ids  TEXT[];
+            item TEXT;
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                ids := ARRAY[OLD.id];
+            ELSIF TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id THEN
+                ids := ARRAY[OLD.id, NEW.id];
+            ELSE
+                ids := ARRAY[NEW.id];
+            END IF;
+            FOREACH item IN ARRAY ids LOOP
+                UPDATE tollgate_change_counter SET version = version + 1 RETURNING version INTO v;
+                INSERT INTO tollgate_changes (version, kind, item_id) VALUES (v, kind, item);
+                PERFORM pg_notify('tollgate_keys', v::text);
+            END LOOP;
+            DELETE FROM tollgate_changes WHERE version <= v - 10000;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER tollgate_users_changed AFTER INSERT OR UPDATE OR DELETE ON tollgate_users
+            FOR EACH ROW EXECUTE FUNCTION tollgate_record_change_as('user');
+        CREATE TRIGGER tollgate_customers_changed AFTER INSERT OR UPDATE OR DELETE ON tollgate_customers
+            FOR EACH ROW EXECUTE FUNCTION tollgate_record_change_as('customer');",
     ),
 ];
 
@@ -458,8 +511,35 @@ impl PostgresStore {
             .map(key_row)
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
+        let users = tx
+            .query(&format!("SELECT {USER_COLUMNS} FROM tollgate_users"), &[])
+            .await
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(user_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let customers = tx
+            .query(
+                &format!("SELECT {CUSTOMER_COLUMNS} FROM tollgate_customers"),
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(customer_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        Ok((version, Snapshot { keys, teams }))
+        Ok((
+            version,
+            Snapshot {
+                keys,
+                teams,
+                users,
+                customers,
+            },
+        ))
     }
 
     /// Starts following the database's changes into `keyring` (built from
@@ -544,12 +624,18 @@ impl PostgresStore {
         };
         let mut keys = BTreeSet::new();
         let mut teams = BTreeSet::new();
+        let (mut users, mut customers) = (BTreeSet::new(), BTreeSet::new());
         for (_, kind, id) in &changes {
             match kind.as_str() {
                 "team" => teams.insert(id.clone()),
+                "user" => users.insert(id.clone()),
+                "customer" => customers.insert(id.clone()),
                 _ => keys.insert(id.clone()),
             };
         }
+        // Users before keys: a key made for a new user links to it.
+        self.catch_up_people(&client, ring, users, customers)
+            .await?;
         if !teams.is_empty() {
             let ids: Vec<String> = teams.into_iter().collect();
             let rows = client
@@ -587,6 +673,62 @@ impl PostgresStore {
         }
         state.version.store(last, Ordering::SeqCst);
         Ok(changes.len())
+    }
+}
+
+impl PostgresStore {
+    /// Part of a catch-up round: reloads these users and customers, and
+    /// applies them (or their deletion) to `ring`.
+    async fn catch_up_people(
+        &self,
+        client: &deadpool_postgres::Object,
+        ring: &Keyring,
+        mut users: BTreeSet<String>,
+        mut customers: BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        if !users.is_empty() {
+            let ids: Vec<String> = users.iter().cloned().collect();
+            let rows = client
+                .query(
+                    &format!("SELECT {USER_COLUMNS} FROM tollgate_users WHERE id = ANY($1)"),
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            for row in &rows {
+                let user = user_row(row).map_err(|e| self.err(e))?;
+                users.remove(&user.id);
+                ring.apply(Change::User(user))
+                    .map_err(|e| self.err(e.message()))?;
+            }
+            for gone in users {
+                ring.apply(Change::UserDeleted(gone))
+                    .map_err(|e| self.err(e.message()))?;
+            }
+        }
+        if !customers.is_empty() {
+            let ids: Vec<String> = customers.iter().cloned().collect();
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {CUSTOMER_COLUMNS} FROM tollgate_customers WHERE id = ANY($1)"
+                    ),
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            for row in &rows {
+                let customer = customer_row(row).map_err(|e| self.err(e))?;
+                customers.remove(&customer.id);
+                ring.apply(Change::Customer(customer))
+                    .map_err(|e| self.err(e.message()))?;
+            }
+            for gone in customers {
+                ring.apply(Change::CustomerDeleted(gone))
+                    .map_err(|e| self.err(e.message()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -828,6 +970,45 @@ fn team_row(row: &Row) -> Result<TeamRecord, String> {
     })
 }
 
+const USER_COLUMNS: &str =
+    "id, email, alias, role, max_budget, budget_period, metadata, created_at, updated_at";
+const CUSTOMER_COLUMNS: &str =
+    "id, alias, blocked, max_budget, budget_period, metadata, created_at, updated_at";
+
+fn period_of(row: &Row, at: usize) -> Result<Option<super::record::BudgetPeriod>, String> {
+    let period: Option<String> = row.try_get(at).map_err(|e| e.to_string())?;
+    period.map(|p| p.parse()).transpose()
+}
+
+fn user_row(row: &Row) -> Result<UserRecord, String> {
+    let get = |e: tokio_postgres::Error| e.to_string();
+    Ok(UserRecord {
+        id: row.try_get(0).map_err(get)?,
+        email: row.try_get(1).map_err(get)?,
+        alias: row.try_get(2).map_err(get)?,
+        role: row.try_get(3).map_err(get)?,
+        max_budget: row.try_get(4).map_err(get)?,
+        budget_period: period_of(row, 5)?,
+        metadata: map(row.try_get(6).map_err(get)?)?,
+        created_at: u64_of(row.try_get(7).map_err(get)?).unwrap_or(0),
+        updated_at: u64_of(row.try_get(8).map_err(get)?).unwrap_or(0),
+    })
+}
+
+fn customer_row(row: &Row) -> Result<CustomerRecord, String> {
+    let get = |e: tokio_postgres::Error| e.to_string();
+    Ok(CustomerRecord {
+        id: row.try_get(0).map_err(get)?,
+        alias: row.try_get(1).map_err(get)?,
+        blocked: row.try_get(2).map_err(get)?,
+        max_budget: row.try_get(3).map_err(get)?,
+        budget_period: period_of(row, 4)?,
+        metadata: map(row.try_get(5).map_err(get)?)?,
+        created_at: u64_of(row.try_get(6).map_err(get)?).unwrap_or(0),
+        updated_at: u64_of(row.try_get(7).map_err(get)?).unwrap_or(0),
+    })
+}
+
 fn upsert(table: &str, columns: &str) -> String {
     let names: Vec<&str> = columns.split(", ").collect();
     let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
@@ -970,6 +1151,116 @@ impl KeyStore for PostgresStore {
                 .map_err(|e| self.err(e))?;
             Ok(())
         })
+    }
+
+    fn put_user(&self, u: UserRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let metadata = Value::Object(u.metadata.clone());
+            let period = u.budget_period.map(|p| p.stored());
+            let (created, updated) = (i64_of(Some(u.created_at)), i64_of(Some(u.updated_at)));
+            let params: [&(dyn ToSql + Sync); 9] = [
+                &u.id,
+                &u.email,
+                &u.alias,
+                &u.role,
+                &u.max_budget,
+                &period,
+                &metadata,
+                &created,
+                &updated,
+            ];
+            client
+                .execute(&upsert("tollgate_users", USER_COLUMNS), &params)
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn delete_users(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.err(e))?;
+            tx.execute("DELETE FROM tollgate_keys WHERE user_id = ANY($1)", &[&ids])
+                .await
+                .map_err(|e| self.err(e))?;
+            tx.execute("DELETE FROM tollgate_users WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(|e| self.err(e))?;
+            tx.commit().await.map_err(|e| self.err(e))
+        })
+    }
+
+    fn put_customer(&self, c: CustomerRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let metadata = Value::Object(c.metadata.clone());
+            let period = c.budget_period.map(|p| p.stored());
+            let (created, updated) = (i64_of(Some(c.created_at)), i64_of(Some(c.updated_at)));
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &c.id,
+                &c.alias,
+                &c.blocked,
+                &c.max_budget,
+                &period,
+                &metadata,
+                &created,
+                &updated,
+            ];
+            client
+                .execute(&upsert("tollgate_customers", CUSTOMER_COLUMNS), &params)
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn delete_customers(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM tollgate_customers WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn get_user(&self, id: &str) -> Option<StoreFuture<'_, Option<UserRecord>>> {
+        let id = id.to_owned();
+        Some(Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {USER_COLUMNS} FROM tollgate_users WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            row.as_ref()
+                .map(user_row)
+                .transpose()
+                .map_err(|e| self.err(e))
+        }))
+    }
+
+    fn get_customer(&self, id: &str) -> Option<StoreFuture<'_, Option<CustomerRecord>>> {
+        let id = id.to_owned();
+        Some(Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {CUSTOMER_COLUMNS} FROM tollgate_customers WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            row.as_ref()
+                .map(customer_row)
+                .transpose()
+                .map_err(|e| self.err(e))
+        }))
     }
 }
 
@@ -1269,6 +1560,94 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn changes_propagate_through_the_poll_alone() {
         changes_propagate(false).await;
+    }
+
+    /// Users and customers made or changed on one replica reach the
+    /// other's memory through the feed: a user's budget reaches its keys, a
+    /// customer's block holds, and deleting a user takes its keys.
+    #[tokio::test]
+    async fn users_and_customers_follow_the_feed() {
+        use crate::keys::{CustomerUpdate, NewCustomer, NewUser, UserUpdate};
+        let db = test_db("people").await;
+        let (_s1, one) = replica(&db.url).await;
+        let (s2, two) = replica(&db.url).await;
+        let feed = s2.follow(&two, Duration::from_millis(50));
+        let user = one
+            .create_user(NewUser {
+                id: Some("ann".into()),
+                max_budget: Some(3.0),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (key, _) = one
+            .generate(NewKey {
+                user_id: Some(user.id.clone()),
+                grants: Some(vec!["*".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        eventually("the user's key carries its budget elsewhere", || {
+            two.check(&key).is_ok_and(|k| {
+                k.user()
+                    .is_some_and(|u| u.budget().map(|b| b.max_usd) == Some(3.0))
+            })
+        })
+        .await;
+        one.update_user(
+            "ann",
+            UserUpdate {
+                max_budget: Patch::Set(1.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        eventually("a user's update reaches its key", || {
+            two.check(&key).is_ok_and(|k| {
+                k.user()
+                    .is_some_and(|u| u.budget().map(|b| b.max_usd) == Some(1.0))
+            })
+        })
+        .await;
+        one.create_customer(NewCustomer {
+            id: "end-1".into(),
+            max_budget: Some(0.5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        eventually("a customer arrives", || two.customer("end-1").is_some()).await;
+        one.update_customer(
+            "end-1",
+            CustomerUpdate {
+                blocked: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        eventually("a block holds elsewhere", || {
+            two.customer("end-1").is_some_and(|c| c.is_blocked())
+        })
+        .await;
+        one.delete_customers(&["end-1".into()]).await.unwrap();
+        eventually("a customer's delete holds", || {
+            two.customer("end-1").is_none()
+        })
+        .await;
+        one.delete_users(&["ann".into()]).await.unwrap();
+        eventually("a user's delete takes its keys elsewhere", || {
+            two.check(&key)
+                .is_err_and(|e| e.reason() == Reason::UnknownKey)
+                && two.user_info("ann").is_err()
+        })
+        .await;
+        // A replica that starts now loads none of it.
+        let (_s3, three) = replica(&db.url).await;
+        assert!(three.list_users(1, 10).unwrap().0.is_empty());
+        feed.stop();
     }
 
     #[tokio::test]

@@ -225,6 +225,107 @@ impl TeamRecord {
     }
 }
 
+/// A user (LiteLLM's internal user): a person or service that keys are
+/// made for. A key whose `user_id` names a user is charged on the user's
+/// budget too, whether or not the key has a team.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRecord {
+    /// The user's id (what keys name as their `user_id`).
+    pub id: String,
+    /// The user's email address.
+    pub email: Option<String>,
+    /// A human name (LiteLLM's `user_alias`).
+    pub alias: Option<String>,
+    /// LiteLLM's `user_role`, kept and shown (tollgate's admin API has one
+    /// master key; roles grant nothing here).
+    pub role: Option<String>,
+    /// The user's budget's maximum in USD (none: no budget).
+    pub max_budget: Option<f64>,
+    /// The budget's period (none: [`BudgetPeriod::Total`]).
+    pub budget_period: Option<BudgetPeriod>,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// When the user was made, in Unix seconds.
+    pub created_at: u64,
+    /// When the user was last changed, in Unix seconds.
+    pub updated_at: u64,
+}
+
+impl UserRecord {
+    /// A user with no budget, created now.
+    pub fn new(id: impl Into<String>) -> Self {
+        let now = unix_now();
+        UserRecord {
+            id: id.into(),
+            email: None,
+            alias: None,
+            role: None,
+            max_budget: None,
+            budget_period: None,
+            metadata: Map::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The budget, when a maximum is set.
+    pub fn budget(&self) -> Option<Budget> {
+        self.max_budget.map(|max_usd| Budget {
+            max_usd,
+            period: self.budget_period.unwrap_or(BudgetPeriod::Total),
+        })
+    }
+}
+
+/// A customer (LiteLLM's end user): whoever a request is made for, named by
+/// the request itself (`user` in the OpenAI families, `metadata.user_id` in
+/// Anthropic Messages), not by the key. A record with a budget caps that
+/// end user's spend across every key; a blocked one is refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomerRecord {
+    /// The end user's id, as requests send it.
+    pub id: String,
+    /// A human name.
+    pub alias: Option<String>,
+    /// Refused (403 `end_user_blocked`) until unblocked.
+    pub blocked: bool,
+    /// The budget's maximum in USD (none: no budget).
+    pub max_budget: Option<f64>,
+    /// The budget's period (none: [`BudgetPeriod::Total`]).
+    pub budget_period: Option<BudgetPeriod>,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// When the customer was made, in Unix seconds.
+    pub created_at: u64,
+    /// When the customer was last changed, in Unix seconds.
+    pub updated_at: u64,
+}
+
+impl CustomerRecord {
+    /// A customer with no budget, created now.
+    pub fn new(id: impl Into<String>) -> Self {
+        let now = unix_now();
+        CustomerRecord {
+            id: id.into(),
+            alias: None,
+            blocked: false,
+            max_budget: None,
+            budget_period: None,
+            metadata: Map::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The budget, when a maximum is set.
+    pub fn budget(&self) -> Option<Budget> {
+        self.max_budget.map(|max_usd| Budget {
+            max_usd,
+            period: self.budget_period.unwrap_or(BudgetPeriod::Total),
+        })
+    }
+}
+
 /// A change to one field: keep it, remove it (`null`), or set it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Patch<T> {

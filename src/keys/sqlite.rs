@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
-use super::record::{BudgetPeriod, KeyRecord, Limits, TeamRecord};
+use super::record::{BudgetPeriod, CustomerRecord, KeyRecord, Limits, TeamRecord, UserRecord};
 use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
 use super::token::KeyHash;
 
@@ -86,6 +86,36 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         CREATE INDEX spend_by_key ON spend (key_id, start_us);
         CREATE INDEX spend_by_team ON spend (team_id, start_us);
         CREATE INDEX spend_by_model ON spend (model, start_us);",
+    ),
+    // Users and customers (end users); spend records name both.
+    (
+        4,
+        "CREATE TABLE users (
+            id            TEXT PRIMARY KEY,
+            email         TEXT,
+            alias         TEXT,
+            role          TEXT,
+            max_budget    REAL,
+            budget_period TEXT,
+            metadata      TEXT NOT NULL DEFAULT '{}',
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );
+        CREATE TABLE customers (
+            id            TEXT PRIMARY KEY,
+            alias         TEXT,
+            blocked       INTEGER NOT NULL DEFAULT 0,
+            max_budget    REAL,
+            budget_period TEXT,
+            metadata      TEXT NOT NULL DEFAULT '{}',
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );
+        CREATE INDEX keys_by_user ON keys (user_id);
+        ALTER TABLE spend ADD COLUMN user_id TEXT;
+        ALTER TABLE spend ADD COLUMN end_user TEXT;
+        CREATE INDEX spend_by_user ON spend (user_id, start_us);
+        CREATE INDEX spend_by_end_user ON spend (end_user, start_us);",
     ),
 ];
 
@@ -268,6 +298,38 @@ fn team_row(row: &Row<'_>) -> rusqlite::Result<TeamRecord> {
     })
 }
 
+const USER_COLUMNS: &str =
+    "id, email, alias, role, max_budget, budget_period, metadata, created_at, updated_at";
+const CUSTOMER_COLUMNS: &str =
+    "id, alias, blocked, max_budget, budget_period, metadata, created_at, updated_at";
+
+fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        alias: row.get(2)?,
+        role: row.get(3)?,
+        max_budget: row.get(4)?,
+        budget_period: period(row.get(5)?)?,
+        metadata: json_map(row.get(6)?)?,
+        created_at: u64_col(row, 7)?.unwrap_or(0),
+        updated_at: u64_col(row, 8)?.unwrap_or(0),
+    })
+}
+
+fn customer_row(row: &Row<'_>) -> rusqlite::Result<CustomerRecord> {
+    Ok(CustomerRecord {
+        id: row.get(0)?,
+        alias: row.get(1)?,
+        blocked: row.get(2)?,
+        max_budget: row.get(3)?,
+        budget_period: period(row.get(4)?)?,
+        metadata: json_map(row.get(5)?)?,
+        created_at: u64_col(row, 6)?.unwrap_or(0),
+        updated_at: u64_col(row, 7)?.unwrap_or(0),
+    })
+}
+
 fn i(v: Option<u64>) -> Option<i64> {
     v.map(|v| v.min(i64::MAX as u64) as i64)
 }
@@ -284,7 +346,16 @@ impl KeyStore for SqliteStore {
                 let teams = st.query_map([], team_row)?.collect::<Result<_, _>>()?;
                 let mut st = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys"))?;
                 let keys = st.query_map([], key_row)?.collect::<Result<_, _>>()?;
-                Ok(Snapshot { keys, teams })
+                let mut st = conn.prepare(&format!("SELECT {USER_COLUMNS} FROM users"))?;
+                let users = st.query_map([], user_row)?.collect::<Result<_, _>>()?;
+                let mut st = conn.prepare(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers"))?;
+                let customers = st.query_map([], customer_row)?.collect::<Result<_, _>>()?;
+                Ok(Snapshot {
+                    keys,
+                    teams,
+                    users,
+                    customers,
+                })
             };
             load().map_err(|e| e.to_string())
         })
@@ -358,6 +429,78 @@ impl KeyStore for SqliteStore {
             .map_err(|e| e.to_string())
         })
     }
+
+    fn put_user(&self, u: UserRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    u.id,
+                    u.email,
+                    u.alias,
+                    u.role,
+                    u.max_budget,
+                    u.budget_period.map(|p| p.stored()),
+                    text(&u.metadata),
+                    i(Some(u.created_at)),
+                    i(Some(u.updated_at)),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn delete_users(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let mut delete = || -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                for id in &ids {
+                    tx.execute("DELETE FROM keys WHERE user_id = ?1", [id])?;
+                    tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+                }
+                tx.commit()
+            };
+            delete().map_err(|e| e.to_string())
+        })
+    }
+
+    fn put_customer(&self, c: CustomerRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    c.id,
+                    c.alias,
+                    c.blocked,
+                    c.max_budget,
+                    c.budget_period.map(|p| p.stored()),
+                    text(&c.metadata),
+                    i(Some(c.created_at)),
+                    i(Some(c.updated_at)),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn delete_customers(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let mut delete = || -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                for id in &ids {
+                    tx.execute("DELETE FROM customers WHERE id = ?1", [id])?;
+                }
+                tx.commit()
+            };
+            delete().map_err(|e| e.to_string())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +551,38 @@ mod tests {
         assert_eq!(snap.teams, vec![t]);
         store.delete_keys(vec!["abc".into()]).await.unwrap();
         assert!(store.load().await.unwrap().keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn users_and_customers_survive_reopen_and_a_users_delete_takes_its_keys() {
+        let path = temp("people");
+        let store = SqliteStore::open(&path).unwrap();
+        let mut u = UserRecord::new("ann@example.com");
+        u.email = Some("ann@example.com".into());
+        u.role = Some("internal_user".into());
+        u.max_budget = Some(2.5);
+        u.budget_period = Some(BudgetPeriod::parse_at("2h", 1_764_000_000).unwrap());
+        u.metadata.insert("dept".into(), "ops".into());
+        store.put_user(u.clone()).await.unwrap();
+        let mut c = CustomerRecord::new("end-1");
+        c.blocked = true;
+        c.max_budget = Some(0.5);
+        store.put_customer(c.clone()).await.unwrap();
+        let mut k = KeyRecord::new("abc", KeyHash::of("abc", "0123456789abcdefgh"));
+        k.user_id = Some(u.id.clone());
+        store.put_key(k).await.unwrap();
+        let other = KeyRecord::new("xyz", KeyHash::of("xyz", "0123456789abcdefgh"));
+        store.put_key(other.clone()).await.unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.load().await.unwrap();
+        assert_eq!((snap.users, snap.customers), (vec![u.clone()], vec![c]));
+        store.delete_users(vec![u.id.clone()]).await.unwrap();
+        store.delete_customers(vec!["end-1".into()]).await.unwrap();
+        let snap = store.load().await.unwrap();
+        assert!(snap.users.is_empty() && snap.customers.is_empty());
+        assert_eq!(snap.keys, vec![other], "the user's key went with it");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use super::record::{KeyRecord, TeamRecord};
+use super::record::{CustomerRecord, KeyRecord, TeamRecord, UserRecord};
 
 /// A store's future: boxed, since stores are behind `dyn` and off the hot path.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
     /// Every team.
     pub teams: Vec<TeamRecord>,
+    /// Every user.
+    pub users: Vec<UserRecord>,
+    /// Every customer (end user with a record).
+    pub customers: Vec<CustomerRecord>,
 }
 
 /// Durable storage of keys and teams. Each write is atomic: it happens
@@ -69,6 +73,28 @@ pub trait KeyStore: Send + Sync + 'static {
         let _ = id;
         None
     }
+
+    // ----- users and customers -----
+
+    /// Inserts or replaces a user.
+    fn put_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
+    /// Deletes these users and every key whose `user_id` names one of
+    /// them (as LiteLLM's `/user/delete` does), all or none.
+    fn delete_users(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
+    /// Inserts or replaces a customer.
+    fn put_customer(&self, customer: CustomerRecord) -> StoreFuture<'_, ()>;
+    /// Deletes these customers, all or none.
+    fn delete_customers(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
+    /// As [`get_key`](Self::get_key), for a user.
+    fn get_user(&self, id: &str) -> Option<StoreFuture<'_, Option<UserRecord>>> {
+        let _ = id;
+        None
+    }
+    /// As [`get_key`](Self::get_key), for a customer.
+    fn get_customer(&self, id: &str) -> Option<StoreFuture<'_, Option<CustomerRecord>>> {
+        let _ = id;
+        None
+    }
 }
 
 /// Keys and teams in this process's memory: for tests and for setups whose
@@ -82,6 +108,8 @@ pub struct MemoryStore {
 struct Maps {
     keys: BTreeMap<String, KeyRecord>,
     teams: BTreeMap<String, TeamRecord>,
+    users: BTreeMap<String, UserRecord>,
+    customers: BTreeMap<String, CustomerRecord>,
 }
 
 impl MemoryStore {
@@ -104,6 +132,8 @@ impl KeyStore for MemoryStore {
         let r = self.with(|m| Snapshot {
             keys: m.keys.values().cloned().collect(),
             teams: m.teams.values().cloned().collect(),
+            users: m.users.values().cloned().collect(),
+            customers: m.customers.values().cloned().collect(),
         });
         Box::pin(std::future::ready(r))
     }
@@ -127,6 +157,40 @@ impl KeyStore for MemoryStore {
     fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()> {
         let r = self.with(|m| {
             m.teams.insert(team.id.clone(), team);
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_user(&self, user: UserRecord) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            m.users.insert(user.id.clone(), user);
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn delete_users(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            m.keys
+                .retain(|_, k| k.user_id.as_ref().is_none_or(|u| !ids.contains(u)));
+            for id in ids {
+                m.users.remove(&id);
+            }
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_customer(&self, customer: CustomerRecord) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            m.customers.insert(customer.id.clone(), customer);
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn delete_customers(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        let r = self.with(|m| {
+            for id in ids {
+                m.customers.remove(&id);
+            }
         });
         Box::pin(std::future::ready(r))
     }

@@ -208,6 +208,10 @@ pub struct Summary {
     pub include_usage: Option<bool>,
     /// The per-request fallback list (`"models": [...]`), empty when absent.
     pub models: Vec<String>,
+    /// The end user the request is for: `user` in the OpenAI families,
+    /// `metadata.user_id` in Anthropic Messages (`None` when absent: no
+    /// allocation).
+    pub end_user: Option<String>,
     /// Bytes of the prompt's parts: `messages`, `prompt`, `input`, `system`,
     /// `instructions` and `tools`.
     pub prompt_bytes: usize,
@@ -320,6 +324,10 @@ impl Parsed<()> {
                 .as_ref()
                 .and_then(|o| o.include_usage.as_ref().map(|(b, _)| *b)),
             models: fields.models.unwrap_or_default(),
+            end_user: match endpoint {
+                Endpoint::Messages | Endpoint::CountTokens => fields.metadata_user_id,
+                _ => fields.user,
+            },
             prompt_bytes: fields.prompt_bytes,
             endpoint,
             model_span: model.span,

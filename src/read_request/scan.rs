@@ -2,8 +2,9 @@
 //!
 //! [`scan`] walks a request body once and extracts the handful of top-level
 //! fields a gateway has to act on (`model`, `stream`, the token limits, `n`,
-//! `stream_options.include_usage`, the `models` fallback list, and the size
-//! of the prompt) without building a JSON tree.
+//! `stream_options.include_usage`, the `models` fallback list, the end
+//! user (`user`, `metadata.user_id`), and the size of the prompt) without
+//! building a JSON tree.
 //!
 //! # What is validated
 //!
@@ -60,8 +61,8 @@
 //! whose `\n` escapes make runs short.) Line and column are computed only
 //! when an error is reported. Skipping arrays and objects is iterative and
 //! keeps the kind of each open container in one bit of a `u128`, so it never
-//! allocates; the happy path allocates only the decoded `model` string and
-//! the `models` list.
+//! allocates; the happy path allocates only the decoded `model` string,
+//! the `models` list and, when present, the end user's id.
 
 use std::fmt;
 use std::ops::Range;
@@ -118,6 +119,11 @@ pub struct Fields {
     pub stream_options_null: Option<Range<usize>>,
     /// OpenRouter-style per-request fallback list `"models": ["a","b"]`.
     pub models: Option<Vec<String>>,
+    /// `user`: the end user the request is for (the OpenAI families).
+    pub user: Option<String>,
+    /// `metadata.user_id`: the end user (Anthropic Messages). `metadata`
+    /// that is not an object is skipped.
+    pub metadata_user_id: Option<String>,
     /// Total byte length of the values of `messages`, `prompt`, `input`,
     /// `system` (Anthropic's system prompt), `instructions` (the Responses
     /// API's) and `tools` (whose definitions are prompt tokens too): the
@@ -447,6 +453,8 @@ enum Key {
     System,
     Instructions,
     Tools,
+    User,
+    Metadata,
 }
 
 impl Key {
@@ -467,6 +475,8 @@ impl Key {
             b"system" => Key::System,
             b"instructions" => Key::Instructions,
             b"tools" => Key::Tools,
+            b"user" => Key::User,
+            b"metadata" => Key::Metadata,
             _ => return None,
         })
     }
@@ -487,6 +497,8 @@ impl Key {
             Key::System => "system",
             Key::Instructions => "instructions",
             Key::Tools => "tools",
+            Key::User => "user",
+            Key::Metadata => "metadata",
         }
     }
 
@@ -497,6 +509,7 @@ impl Key {
 }
 
 const INCLUDE_USAGE: &str = "stream_options.include_usage";
+const METADATA_USER_ID: &str = "metadata.user_id";
 
 const EXPECT_STRING: &str = "a string";
 const EXPECT_BOOL: &str = "a boolean";
@@ -1027,6 +1040,58 @@ impl Scanner<'_> {
         })
     }
 
+    /// `user_id` of the `metadata` object at `self.pos` (depth 2); the
+    /// object's other members are skipped.
+    fn metadata_user_id(&mut self) -> Res<Option<String>> {
+        self.pos += 1;
+        let mut user_id = None;
+        let mut seen = false;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(None);
+        }
+        let mut first = true;
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.expected(if first {
+                    "a string key or `}`"
+                } else {
+                    "a string key"
+                }));
+            }
+            first = false;
+            let key_at = self.pos;
+            let is_user_id = self.key(|k| k == b"user_id")?;
+            self.colon()?;
+            if !is_user_id {
+                self.skip_value(2)?;
+            } else if seen {
+                self.skip_value(2)?;
+                self.duplicate(METADATA_USER_ID, key_at);
+            } else {
+                seen = true;
+                match self.peek() {
+                    Some(b'"') => user_id = Some(self.decoded_string()?),
+                    Some(b'n') => self.literal(b"null")?,
+                    _ => self.wrong_type(METADATA_USER_ID, EXPECT_STRING, 2, false)?,
+                }
+            }
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_ws();
+                }
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(user_id);
+                }
+                _ => return Err(self.expected("`,` or `}`")),
+            }
+        }
+    }
+
     /// The `models` array at `self.pos` (depth 2).
     fn models(&mut self) -> Res<Vec<String>> {
         self.pos += 1;
@@ -1091,6 +1156,15 @@ impl Scanner<'_> {
                 Some(b'[') => f.models = Some(self.models()?),
                 Some(b'n') => self.literal(b"null")?,
                 _ => self.wrong_type(name, EXPECT_STRINGS, 1, false)?,
+            },
+            Key::User => match self.peek() {
+                Some(b'"') => f.user = Some(self.decoded_string()?),
+                Some(b'n') => self.literal(b"null")?,
+                _ => self.wrong_type(name, EXPECT_STRING, 1, false)?,
+            },
+            Key::Metadata => match self.peek() {
+                Some(b'{') => f.metadata_user_id = self.metadata_user_id()?,
+                _ => self.skip_value(1)?,
             },
             Key::Messages
             | Key::Prompt
@@ -1409,6 +1483,40 @@ mod tests {
         assert_eq!(f.models, Some(vec!["a".to_owned(), "b\"c".to_owned()]));
         assert_eq!(f.prompt_bytes, r#"[{"role":"user","content":"hi"}]"#.len());
         assert_eq!(f.object_end, body.len() - 1);
+        assert_eq!((f.user, f.metadata_user_id), (None, None));
+    }
+
+    #[test]
+    fn end_users_are_read_from_user_and_metadata() {
+        let f = ok(
+            r#"{"model":"m","user":"end-\u00e9","metadata":{"a":[1,{"user_id":2}],"user_id":"anth-1","b":null}}"#,
+        );
+        assert_eq!(f.user.as_deref(), Some("end-\u{e9}"));
+        assert_eq!(f.metadata_user_id.as_deref(), Some("anth-1"));
+        for body in [
+            r#"{"user":null,"metadata":null}"#,
+            r#"{"metadata":{}}"#,
+            r#"{"metadata":"not an object"}"#,
+            r#"{"metadata":[{"user_id":"x"}]}"#,
+            r#"{"metadata":{"user_id":null}}"#,
+        ] {
+            let f = ok(body);
+            assert_eq!((f.user, f.metadata_user_id), (None, None), "{body}");
+        }
+        assert_eq!(kind(r#"{"user":5}"#), field_type("user", "a string"));
+        assert_eq!(
+            kind(r#"{"metadata":{"user_id":["x"]}}"#),
+            field_type("metadata.user_id", "a string")
+        );
+        assert_eq!(
+            kind(r#"{"metadata":{"user_id":"a","user_id":"b"}}"#),
+            ErrorKind::DuplicateField("metadata.user_id")
+        );
+        assert_eq!(
+            kind(r#"{"user":"a","user":"b"}"#),
+            ErrorKind::DuplicateField("user")
+        );
+        assert_eq!(kind(r#"{"metadata":{"user_id" "a"}}"#), ErrorKind::Syntax);
     }
 
     #[test]

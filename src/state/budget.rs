@@ -195,11 +195,7 @@ impl RedisLedger {
     fn keys(&self, scope: &Scope, period: Period, now: Timestamp) -> (CounterKeys, Option<i64>) {
         let window = period.window(now, &self.inner.tz);
         let start = window.start.map(Timestamp::as_second);
-        let (kind, id) = match scope {
-            Scope::Key(id) => ("key", &**id),
-            Scope::Team(id) => ("team", &**id),
-            Scope::Global => ("global", ""),
-        };
+        let (kind, id) = (scope.kind(), scope.id().unwrap_or(""));
         // The id comes last, so no id can make two counters' keys equal.
         let hash = format!(
             "{}budget:{}:{}:{kind}:{id}",
@@ -459,6 +455,45 @@ mod tests {
         ledger.settled().await;
         let t = ledger.usage(&team.scope, Period::Daily).await.unwrap();
         assert_eq!((t.spent, t.reserved), (50, 0));
+    }
+
+    /// A user's and an end user's counters are their own, even under the
+    /// same id as a key, and refuse by their kind.
+    #[tokio::test]
+    async fn user_and_end_user_scopes_have_counters_of_their_own() {
+        let ledger = RedisLedger::new(test_redis::state("people").await, TimeZone::UTC);
+        let limit = |scope: Scope, max| Limit {
+            scope,
+            max,
+            period: Period::Total,
+        };
+        let user = limit(Scope::User("x".into()), 100);
+        let end_user = limit(Scope::EndUser("x".into()), 60);
+        let r = ledger
+            .reserve(&[key("x", 1_000), user.clone(), end_user.clone()], 50)
+            .await
+            .unwrap();
+        let e = ledger
+            .reserve(&[key("x", 1_000), user.clone(), end_user.clone()], 20)
+            .await
+            .unwrap_err();
+        assert_eq!(e.metadata()["scope"], "end_user");
+        assert!(e.message().contains("end user's"), "{}", e.message());
+        assert_eq!(r.settle(30), 30);
+        ledger.settled().await;
+        for (scope, period) in [
+            (&user.scope, Period::Total),
+            (&end_user.scope, Period::Total),
+            (&Scope::Key("x".into()), Period::Monthly),
+        ] {
+            let u = ledger.usage(scope, period).await.unwrap();
+            assert_eq!((u.spent, u.reserved), (30, 0), "{scope:?}");
+        }
+        let e = ledger
+            .reserve(std::slice::from_ref(&user), 80)
+            .await
+            .unwrap_err();
+        assert_eq!(e.metadata()["scope"], "user");
     }
 
     #[tokio::test]

@@ -116,6 +116,32 @@ check("global/spend", spend["spend"] == 0, spend)
 logs = http("GET", f"/spend/logs?api_key={doc_key['token']}&start_date=2024-01-01")
 check("spend/logs with LiteLLM's parameters", logs["data"] == [], logs)
 
+# users: create (LiteLLM's default makes the user a key), list, get, delete.
+check("users list: none yet", "No users found" in run("users", "list"))
+made_user = json.loads(run("users", "create", "--email", "ann@example.com", "--alias", "ann", "--max-budget", "5"))
+check("users create: the user", made_user["user_email"] == "ann@example.com" and made_user["user_alias"] == "ann", made_user)
+check("users create: its budget", made_user["max_budget"] == 5, made_user)
+check("users create: its key", made_user["key"].startswith("tg-"), made_user)
+uid = made_user["user_id"]
+listed = run("users", "list")
+check("users list: the user", uid in listed and "ann@example.com" in listed and "internal_user" in listed, listed)
+got = json.loads(run("users", "get", "--id", uid))
+check("users get: the user", got["user_id"] == uid and got["user_info"]["max_budget"] == 5, got)
+check("users get: its key", [k["token"] for k in got["keys"]] == [made_user["key_id"]], got)
+deleted = json.loads(run("users", "delete", uid))
+check("users delete: the user", deleted["deleted_users"] == [uid], deleted)
+check("users delete: its key, as LiteLLM deletes it", deleted["deleted_keys"] == [made_user["key_id"]], deleted)
+check("users list: empty again", "No users found" in run("users", "list"))
+
+# Customers (end users) as LiteLLM's docs create them (`max_budget` as a
+# string), then their info and a block.
+customer = post("/customer/new", {"user_id": "my-customer-id", "max_budget": "0"})
+check("customer/new as documented", customer["user_id"] == "my-customer-id" and customer["max_budget"] == 0, customer)
+info = http("GET", "/customer/info?end_user_id=my-customer-id")
+check("customer/info as documented", info["user_id"] == "my-customer-id" and info["blocked"] is False, info)
+blocked = post("/customer/block", {"user_ids": ["my-customer-id"]})
+check("customer/block", blocked["blocked_users"][0]["blocked"] is True, blocked)
+
 # version: the server names itself.
 version = run("version")
 check("version: the server's", "tollgate" in version, version)

@@ -19,12 +19,13 @@ use crate::keys::postgres::{MigrateError, PostgresOptions, migrate};
 
 /// The spend store's migrations, recorded in `tollgate_schema` under
 /// `component = 'spend'`: `(version, SQL)`, in order.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    // `id` orders records started in the same microsecond; each index ends
-    // in (start_us, id), so a page under any one filter is read backwards
-    // from an index, never sorted.
-    "CREATE TABLE tollgate_spend (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        // `id` orders records started in the same microsecond; each index ends
+        // in (start_us, id), so a page under any one filter is read backwards
+        // from an index, never sorted.
+        "CREATE TABLE tollgate_spend (
         id                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         request_id        TEXT NOT NULL,
         key_id            TEXT,
@@ -51,10 +52,20 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         at    TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     CREATE INDEX tollgate_spend_batches_by_at ON tollgate_spend_batches (at);",
-)];
+    ),
+    // The key's user and the request's end user.
+    (
+        2,
+        "ALTER TABLE tollgate_spend ADD COLUMN user_id TEXT;
+        ALTER TABLE tollgate_spend ADD COLUMN end_user TEXT;
+        CREATE INDEX tollgate_spend_by_user ON tollgate_spend (user_id, start_us, id);
+        CREATE INDEX tollgate_spend_by_end_user ON tollgate_spend (end_user, start_us, id);",
+    ),
+];
 
 const COLUMNS: &str = "id, request_id, key_id, team_id, model, model_group, deployment, served_model, \
-     prompt_tokens, completion_tokens, estimated, cost, status, start_us, latency_us, attempts";
+     prompt_tokens, completion_tokens, estimated, cost, status, start_us, latency_us, attempts, \
+     user_id, end_user";
 
 /// Spend records in table `tollgate_spend` of a PostgreSQL database,
 /// normally the keys' (`[keys] url`), shared by every replica.
@@ -99,6 +110,8 @@ fn row(r: &Row) -> Result<(Cursor, SpendRecord), String> {
         request_id: r.get(1),
         key_id: r.get(2),
         team_id: r.get(3),
+        user_id: r.get(16),
+        end_user: r.get(17),
         model: r.get(4),
         model_group: r.get(5),
         deployment: r.get(6),
@@ -264,6 +277,8 @@ impl PostgresSpendStore {
         let model = text(|r| &r.model);
         let key_id = opt(|r| r.key_id.as_deref());
         let team_id = opt(|r| r.team_id.as_deref());
+        let user_id = opt(|r| r.user_id.as_deref());
+        let end_user = opt(|r| r.end_user.as_deref());
         let model_group = opt(|r| r.model_group.as_deref());
         let deployment = opt(|r| r.deployment.as_deref());
         let served_model = opt(|r| r.served_model.as_deref());
@@ -279,12 +294,12 @@ impl PostgresSpendStore {
         tx.execute(
             "INSERT INTO tollgate_spend (request_id, key_id, team_id, model, model_group, deployment, \
              served_model, prompt_tokens, completion_tokens, estimated, cost, status, start_us, \
-             latency_us, attempts) \
-             SELECT a, b, c, d, e, f, g, h, i, j, k, l, m, n, o FROM unnest(\
+             latency_us, attempts, user_id, end_user) \
+             SELECT a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q FROM unnest(\
              $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
              $8::bigint[], $9::bigint[], $10::boolean[], $11::bigint[], $12::integer[], \
-             $13::bigint[], $14::bigint[], $15::bigint[]) WITH ORDINALITY \
-             AS t(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, ord) ORDER BY ord",
+             $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::text[]) WITH ORDINALITY \
+             AS t(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, ord) ORDER BY ord",
             &[
                 &request_id,
                 &key_id,
@@ -301,6 +316,8 @@ impl PostgresSpendStore {
                 &start,
                 &latency,
                 &attempts,
+                &user_id,
+                &end_user,
             ],
         )
         .await
@@ -355,7 +372,7 @@ impl SpendStore for PostgresSpendStore {
         Box::pin(self.bounded(async move {
             let client = self.client().await?;
             let mut sums = Vec::new();
-            for column in ["key_id", "team_id"] {
+            for column in ["key_id", "team_id", "user_id", "end_user"] {
                 let rows = client
                     .query(
                         &format!(
@@ -381,11 +398,15 @@ impl SpendStore for PostgresSpendStore {
                 .await
                 .map_err(|e| self.pg(e))?
                 .get(0);
+            let end_users = sums.pop().unwrap_or_default();
+            let users = sums.pop().unwrap_or_default();
             let teams = sums.pop().unwrap_or_default();
             let keys = sums.pop().unwrap_or_default();
             Ok(SpendTotals {
                 keys,
                 teams,
+                users,
+                end_users,
                 global: u(global),
             })
         }))

@@ -38,7 +38,8 @@ fn err(path: &Path, e: impl std::fmt::Display) -> SpendError {
 }
 
 const COLUMNS: &str = "id, request_id, key_id, team_id, model, model_group, deployment, served_model, \
-     prompt_tokens, completion_tokens, estimated, cost, status, start_us, latency_us, attempts";
+     prompt_tokens, completion_tokens, estimated, cost, status, start_us, latency_us, attempts, \
+     user_id, end_user";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<(Cursor, SpendRecord)> {
     let seq: i64 = r.get(0)?;
@@ -48,6 +49,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<(Cursor, SpendRecord)> {
         request_id: r.get(1)?,
         key_id: r.get(2)?,
         team_id: r.get(3)?,
+        user_id: r.get(16)?,
+        end_user: r.get(17)?,
         model: r.get(4)?,
         model_group: r.get(5)?,
         deployment: r.get(6)?,
@@ -145,7 +148,8 @@ impl SpendStore for SqliteSpendStore {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO spend (request_id, key_id, team_id, model, model_group, deployment, \
                      served_model, prompt_tokens, completion_tokens, estimated, cost, status, start_us, \
-                     latency_us, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     latency_us, attempts, user_id, end_user) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )?;
                 for r in &batch {
                     stmt.execute(params![
@@ -164,6 +168,8 @@ impl SpendStore for SqliteSpendStore {
                         micros(r.start),
                         i(r.latency_us),
                         r.attempts,
+                        r.user_id,
+                        r.end_user,
                     ])?;
                 }
             }
@@ -208,6 +214,8 @@ impl SpendStore for SqliteSpendStore {
             };
             let keys = sums("key_id")?;
             let teams = sums("team_id")?;
+            let users = sums("user_id")?;
+            let end_users = sums("end_user")?;
             let global: i64 = conn.query_row(
                 "SELECT COALESCE(SUM(cost), 0) FROM spend WHERE start_us >= ?1",
                 [since],
@@ -216,6 +224,8 @@ impl SpendStore for SqliteSpendStore {
             Ok(SpendTotals {
                 keys,
                 teams,
+                users,
+                end_users,
                 global: global.max(0) as u64,
             })
         })
