@@ -69,12 +69,14 @@ pub use crate::access::ResponseFuture;
 pub use key::{Key, Team};
 pub use keyring::{
     Change, KeyUpdate, Keyring, KeyringBuilder, NewKey, NewTeam, StaticKey, TeamUpdate,
-    WeakKeyring, presented_key,
+    TeamsDeleted, WeakKeyring, presented_key,
 };
 pub use layer::{VirtualKeys, VirtualKeysLayer};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
-pub use record::{Budget, BudgetPeriod, KeyRecord, Limits, Patch, Source, TeamRecord};
+pub use record::{
+    Budget, BudgetPeriod, KeyRecord, Limits, MemberRole, Patch, Source, TeamMember, TeamRecord,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{KeyStore, MemoryStore, Snapshot, StoreError};
