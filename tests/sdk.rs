@@ -232,7 +232,7 @@ async fn both_sdks_drive_a_bedrock_deployment() {
 
 /// LiteLLM's own admin CLI drives the admin API: keys generate, list and
 /// delete (by key and by alias), teams list, version, and raw requests as
-/// LiteLLM's docs show them.
+/// LiteLLM's docs show them (team members, team delete among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn litellms_admin_cli_manages_keys_and_teams() {
     let mock = mock().await;
