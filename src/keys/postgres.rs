@@ -988,20 +988,27 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move {
             let mut client = self.client().await?;
             // One transaction: the keys and the teams go together or not at
             // all; the trigger logs each deleted row, so followers drop them.
             let tx = client.transaction().await.map_err(|e| self.err(e))?;
-            tx.execute("DELETE FROM tollgate_keys WHERE team_id = ANY($1)", &[&ids])
+            let gone = tx
+                .query(
+                    "DELETE FROM tollgate_keys WHERE team_id = ANY($1) RETURNING id",
+                    &[&ids],
+                )
                 .await
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.err(e))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
             tx.execute("DELETE FROM tollgate_teams WHERE id = ANY($1)", &[&ids])
                 .await
                 .map_err(|e| self.err(e))?;
             tx.commit().await.map_err(|e| self.err(e))?;
-            Ok(())
+            Ok(gone)
         })
     }
 }
@@ -1319,7 +1326,7 @@ pub(crate) mod tests {
         })
         .await
         .unwrap();
-        let (key, _) = one
+        let (key, rec) = one
             .generate(NewKey {
                 team_id: Some("ml".into()),
                 grants: Some(vec!["*".into()]),
@@ -1367,8 +1374,27 @@ pub(crate) mod tests {
             "a duplicate made elsewhere"
         );
 
+        // A key of the team made through a replica `one` has not heard from.
+        let (key3, rec3) = three
+            .generate(NewKey {
+                team_id: Some("ml".into()),
+                grants: Some(vec!["*".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(one.check(&key3).is_err(), "one has no change feed");
+
         let deleted = one.delete_teams(&["ml".into()]).await.unwrap();
         assert_eq!(deleted.teams, ["ml"]);
+        let mut both = vec![rec.id.clone(), rec3.id.clone()];
+        both.sort_unstable();
+        assert_eq!(deleted.keys, both, "the store names every key deleted");
+        eventually("the other replica's key is refused too", || {
+            two.check(&key3)
+                .is_err_and(|e| e.reason() == Reason::UnknownKey)
+        })
+        .await;
         eventually(
             "a deleted team's key is refused on the other replica",
             || {

@@ -378,15 +378,21 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
         self.run(move |conn| {
-            let mut delete = || -> rusqlite::Result<()> {
+            let mut delete = || -> rusqlite::Result<Vec<String>> {
                 let tx = conn.transaction()?;
+                let mut gone = Vec::new();
                 for id in &ids {
-                    tx.execute("DELETE FROM keys WHERE team_id = ?1", [id])?;
+                    let mut st = tx.prepare("DELETE FROM keys WHERE team_id = ?1 RETURNING id")?;
+                    for key in st.query_map([id], |r| r.get::<_, String>(0))? {
+                        gone.push(key?);
+                    }
+                    drop(st);
                     tx.execute("DELETE FROM teams WHERE id = ?1", [id])?;
                 }
-                tx.commit()
+                tx.commit()?;
+                Ok(gone)
             };
             delete().map_err(|e| e.to_string())
         })
@@ -477,7 +483,9 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let snap = store.load().await.unwrap();
         assert_eq!(snap.teams.iter().find(|x| x.id == "ml"), Some(&t));
-        store.delete_teams(vec!["ml".into()]).await.unwrap();
+        let mut gone = store.delete_teams(vec!["ml".into()]).await.unwrap();
+        gone.sort_unstable();
+        assert_eq!(gone, ["k1", "k2"]);
         let snap = store.load().await.unwrap();
         let mut keys: Vec<&str> = snap.keys.iter().map(|k| k.id.as_str()).collect();
         keys.sort_unstable();

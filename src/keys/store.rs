@@ -56,9 +56,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts or replaces a team.
     fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()>;
     /// Deletes these teams and every key that belongs to any of them, all
-    /// or none (a team's keys go with it, as in LiteLLM). Spend records are
-    /// history and are not the store's: they stay.
-    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
+    /// or none (a team's keys go with it, as in LiteLLM), and returns the
+    /// ids of the keys deleted. Spend records are history and are not the
+    /// store's: they stay.
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>>;
     /// For a store other processes write too: one key as the store has it
     /// now (`None` inside: no such key), read by the keyring before it
     /// changes a key, so a write starts from the newest state rather than
@@ -135,13 +136,20 @@ impl KeyStore for MemoryStore {
         Box::pin(std::future::ready(r))
     }
 
-    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
         let r = self.with(|m| {
-            m.keys
-                .retain(|_, k| k.team_id.as_ref().is_none_or(|t| !ids.contains(t)));
+            let mut gone = Vec::new();
+            m.keys.retain(|id, k| {
+                let of_team = k.team_id.as_ref().is_some_and(|t| ids.contains(t));
+                if of_team {
+                    gone.push(id.clone());
+                }
+                !of_team
+            });
             for id in &ids {
                 m.teams.remove(id);
             }
+            gone
         });
         Box::pin(std::future::ready(r))
     }
@@ -169,7 +177,8 @@ mod tests {
             store.put_key(k).await.unwrap();
         }
         assert_eq!(store.load().await.unwrap().teams[0], ml, "members kept");
-        store.delete_teams(vec!["ml".into()]).await.unwrap();
+        let gone = store.delete_teams(vec!["ml".into()]).await.unwrap();
+        assert_eq!(gone, ["k1"]);
         let snap = store.load().await.unwrap();
         let keys: Vec<&str> = snap.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(keys, ["k2", "k3"]);

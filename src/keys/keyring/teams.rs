@@ -15,7 +15,9 @@ use crate::keys::record::{MemberRole, Source, TeamMember, TeamRecord, unix_now};
 pub struct TeamsDeleted {
     /// The teams' ids, in the order asked, each once.
     pub teams: Vec<String>,
-    /// The ids of the keys that belonged to them, sorted: deleted with them.
+    /// The ids of the keys that belonged to them, sorted: deleted with them
+    /// (as the store reports them, so a key made through another replica
+    /// and not yet seen here is named too).
     pub keys: Vec<String>,
 }
 
@@ -101,28 +103,19 @@ impl Keyring {
         for id in &teams {
             self.refresh_team(id).await?;
         }
-        let keys = {
+        {
             let index = self.inner.index.read().map_err(|_| poisoned())?;
             if let Some(gone) = teams.iter().find(|id| !index.teams.contains_key(*id)) {
                 return Err(unknown_team(gone, "team_ids"));
             }
-            let mut keys: Vec<String> = index
-                .keys
-                .values()
-                .filter(|e| {
-                    e.source == Source::Store
-                        && e.record.team_id.as_ref().is_some_and(|t| teams.contains(t))
-                })
-                .map(|e| e.record.id.clone())
-                .collect();
-            keys.sort_unstable();
-            keys
-        };
-        self.inner
+        }
+        let mut keys = self
+            .inner
             .store
             .delete_teams(teams.clone())
             .await
             .map_err(store_failed)?;
+        keys.sort_unstable();
         for id in &teams {
             self.uninstall_team(id)?;
         }
@@ -407,7 +400,7 @@ mod tests {
                 Err(e) => Box::pin(std::future::ready(Err(e))),
             }
         }
-        fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+        fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
             match self.gate() {
                 Ok(()) => self.inner.delete_teams(ids),
                 Err(e) => Box::pin(std::future::ready(Err(e))),
