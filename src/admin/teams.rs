@@ -332,6 +332,25 @@ mod tests {
             v["members_with_roles"],
             json!([{"role": "admin", "user_id": "alice", "user_email": null}])
         );
+        for (body, at) in [
+            (
+                r#"{"team_id":"x","members_with_roles":[{"role":"owner","user_id":"a"}]}"#,
+                "members_with_roles[0].role",
+            ),
+            (
+                r#"{"team_id":"x","members_with_roles":[{"role":"user","user_id":"a"},{"role":"admin","user_id":"a"}]}"#,
+                "members_with_roles",
+            ),
+            (
+                r#"{"team_id":"x","members_with_roles":{"role":"user","user_id":"a"}}"#,
+                "members_with_roles",
+            ),
+        ] {
+            let (s, v) = call(&app, "POST", "/team/new", body, m).await;
+            assert_eq!((s, param(&v)), (400, Some(at)), "{body}: {v}");
+        }
+        let (s, _) = call(&app, "GET", "/team/info?team_id=x", "", m).await;
+        assert_eq!(s, 404, "no team was made");
         // LiteLLM's docs: one member; then a list.
         let (s, v) = call(
             &app,

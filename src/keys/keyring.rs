@@ -957,7 +957,7 @@ impl Keyring {
         };
         self.check_grants(&new.grants, "models")?;
         self.check_limits(&new.limits)?;
-        teams::check_new_members(&id, &[], &new.members)?;
+        teams::check_new_members(&id, &[], &new.members, "members_with_roles")?;
         let mut t = TeamRecord::new(id);
         t.alias = new.alias;
         t.grants = new.grants;

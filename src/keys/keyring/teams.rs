@@ -35,31 +35,33 @@ fn who(user_id: Option<&str>, user_email: Option<&str>) -> String {
 }
 
 /// Checks members about to join a team that has `existing`: each names a
-/// person (a non-empty `user_id` or `user_email`), and nobody is in twice.
+/// person (a non-empty `user_id` or `user_email`), and nobody is in twice;
+/// a refusal names `param`, the field that brought them.
 pub(super) fn check_new_members(
     team: &str,
     existing: &[TeamMember],
     new: &[TeamMember],
+    param: &str,
 ) -> Result<(), Error> {
     for (i, m) in new.iter().enumerate() {
         let empty = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
         if empty(&m.user_id) && empty(&m.user_email) {
             return Err(bad(
-                "member",
+                param,
                 "each member needs a `user_id` or a `user_email`",
             ));
         }
         let named = who(m.user_id.as_deref(), m.user_email.as_deref());
         if existing.iter().any(|e| e.same_person(m)) {
             return Err(bad(
-                "member",
+                param,
                 format!(
                     "{named} is already a member of team `{team}`; change a role with POST /team/member_update"
                 ),
             ));
         }
         if new[..i].iter().any(|e| e.same_person(m)) {
-            return Err(bad("member", format!("{named} is listed twice")));
+            return Err(bad(param, format!("{named} is listed twice")));
         }
     }
     Ok(())
@@ -196,7 +198,7 @@ impl Keyring {
                 "is required: a member or a non-empty list of them",
             ));
         }
-        check_new_members(team_id, &t.members, &members)?;
+        check_new_members(team_id, &t.members, &members, "member")?;
         t.members.extend(members);
         let t = self.save_members(t).await?;
         tracing::info!(team = %t.id, members = t.members.len(), "team members added");
