@@ -209,6 +209,73 @@ async fn a_team_update_propagates_to_every_replica() {
     }
 }
 
+/// `GET` an admin route on one replica.
+async fn admin_get(gw: &GatewayProcess, path: &str) -> Answer {
+    let res = anonymous()
+        .get(gw.url(path))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .expect("admin request sent");
+    read_answer(res).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_team_deleted_on_one_replica_takes_its_keys_on_the_other() {
+    let db = TestDatabase::create("teamdel").await;
+    let mock = mock().await;
+    let gws = replicas(2, &mock, &db.url).await;
+
+    admin(
+        &gws[0],
+        "/team/new",
+        json!({"team_id": "ml", "models": ["gpt-4o-mini"]}),
+    )
+    .await;
+    let (key, key_id) = generate(&gws[1], json!({"team_id": "ml"})).await;
+    let (other, _) = generate(&gws[1], json!({"models": ["gpt-4o-mini"]})).await;
+    for gw in &gws {
+        until(gw, &key, 200, None).await;
+        until(gw, &other, 200, None).await;
+    }
+    // Members written on one replica are shown by the other.
+    admin(
+        &gws[0],
+        "/team/member_add",
+        json!({"team_id": "ml", "member": {"role": "admin", "user_id": "alice"}}),
+    )
+    .await;
+    let (members, delay) = within("replica 2 shows the member", LIMIT, || async {
+        let a = admin_get(&gws[1], "/team/info?team_id=ml").await;
+        let m = a.json()["team_info"]["members_with_roles"].clone();
+        if m.as_array().is_some_and(|l| l.len() == 1) {
+            Ok(m)
+        } else {
+            Err(a.body)
+        }
+    })
+    .await;
+    report("member delay on replica 2", &[delay]);
+    assert_eq!(members[0]["user_id"], "alice");
+
+    // Deleted through replica 2: refused there at once, on replica 1 within the poll.
+    let deleted = admin(&gws[1], "/team/delete", json!({"team_ids": ["ml"]})).await;
+    assert_eq!(deleted["deleted_teams"], json!(["ml"]));
+    assert_eq!(deleted["deleted_keys"], json!([key_id]));
+    chat_on(&gws[1], &key).await.error(401, "unknown_key");
+    let delay = until(&gws[0], &key, 401, Some("unknown_key")).await;
+    report("team-deletion delay on replica 1", &[delay]);
+    for gw in &gws {
+        until(gw, &other, 200, None).await;
+        let a = admin_get(gw, "/team/info?team_id=ml").await;
+        a.error(404, "not_found");
+    }
+    // Deleting it again through the other replica: 404, nothing deleted.
+    let again = admin_call(&gws[0], "/team/delete", json!({"team_ids": ["ml"]})).await;
+    assert_eq!(again.json()["error"]["metadata"]["param"], "team_ids");
+    again.error(404, "not_found");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_listener_falls_back_to_the_poll_and_resubscribes() {
     let db = TestDatabase::create("listener").await;

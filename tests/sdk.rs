@@ -232,8 +232,8 @@ async fn both_sdks_drive_a_bedrock_deployment() {
 
 /// LiteLLM's own admin CLI drives the admin API: keys generate, list and
 /// delete (by key and by alias), teams list, users create, list, get and
-/// delete, version, and raw requests (keys, teams, customers) as LiteLLM's
-/// docs show them.
+/// delete, version, and raw requests as LiteLLM's docs show them (keys,
+/// teams, team members and team delete, customers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn litellms_admin_cli_manages_keys_and_teams() {
     let mock = mock().await;

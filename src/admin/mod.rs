@@ -12,8 +12,10 @@
 //! | `GET /key/list?page=&size=&team_id=&user_id=&key_alias=&return_full_object=&include_team_keys=` | keys, paginated (`size` at most 100); LiteLLM's other parameters (`organization_id`, `key_hash`, `sort_by`, `sort_order`, `expand`) only empty |
 //! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
 //! | `POST /key/regenerate` | `{"key": ...}`: a new secret, the id, settings and spend kept; the old key is refused from the next request |
-//! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams |
-//! | `GET /team/list` | every team, each with its keys' ids (LiteLLM's list of team objects) |
+//! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams (with their `members_with_roles`) |
+//! | `GET /team/list?user_id=` | every team (or those `user_id` is a member of), each with its keys' ids (LiteLLM's list of team objects) |
+//! | `POST /team/delete` | `{"team_ids": [...]}`: deletes the teams and their keys, all or none |
+//! | `POST /team/member_add`, `/team/member_delete`, `/team/member_update` | a team's members (`{"team_id", "member": {"role", "user_id", "user_email"}}`, roles `admin` or `user`; `max_budget_in_team` only `null`) |
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
 //! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `start_date`, `end_date` too |
 //! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
@@ -270,6 +272,10 @@ fn routes(state: Admin) -> axum::Router {
         .route("/team/update", post(team_update))
         .route("/team/info", get(team_info))
         .route("/team/list", get(team_list))
+        .route("/team/delete", post(teams::team_delete))
+        .route("/team/member_add", post(teams::member_add))
+        .route("/team/member_delete", post(teams::member_delete))
+        .route("/team/member_update", post(teams::member_update))
         .route("/health/liveliness", get(liveliness))
         .route("/health/readiness", get(readiness))
         .route("/model/info", get(models::info))
@@ -676,6 +682,7 @@ fn team_json(a: &Admin, t: &TeamRecord) -> Value {
     m.insert("blocked".into(), json!(t.blocked));
     m.extend(limits_json(a, &t.limits));
     m.insert("metadata".into(), Value::Object(t.metadata.clone()));
+    m.insert("members_with_roles".into(), teams::members_json(&t.members));
     m.insert("created_at".into(), json!(rfc3339(t.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(t.updated_at)));
     Value::Object(m)
@@ -948,7 +955,10 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
 
 async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Answer {
     a.check(&headers)?;
-    let f = Fields::parse(&body, &fields(&["team_id", "team_alias"]))?;
+    let f = Fields::parse(
+        &body,
+        &fields(&["team_id", "team_alias", "members_with_roles"]),
+    )?;
     a.refuse_unenforced(Holder::Team, &f)?;
     let new = NewTeam {
         id: set(f.string("team_id")?),
@@ -957,6 +967,7 @@ async fn team_new(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> An
         blocked: f.blocked()?.unwrap_or(false),
         metadata: set(f.metadata()?).unwrap_or_default(),
         limits: f.limits()?.new_limits(),
+        members: teams::members_field(&f, "members_with_roles")?,
     };
     let t = a.keyring.create_team(new).await?;
     ok(team_json(&a, &t))
@@ -995,7 +1006,7 @@ async fn team_info(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
 }
 
 /// `GET /team/list`: every team (LiteLLM's answer: a list of team objects,
-/// each with its keys' ids).
+/// each with its keys' ids); `user_id=`: the teams it is a member of.
 async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
     a.check(&headers)?;
     let q = query(q)?;
@@ -1003,7 +1014,7 @@ async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
         if !["user_id", "organization_id"].contains(&k.as_str()) {
             return Err(bad(k, "unknown parameter").into());
         }
-        if !v.is_empty() {
+        if k == "organization_id" && !v.is_empty() {
             return Err(bad(
                 k,
                 "is not supported by this gateway's /team/list (only empty)",
@@ -1011,10 +1022,12 @@ async fn team_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Ans
             .into());
         }
     }
+    let member = q.get("user_id").filter(|u| !u.is_empty());
     let teams: Vec<Value> = a
         .keyring
         .list_teams()?
         .into_iter()
+        .filter(|(t, _)| member.is_none_or(|u| t.members.iter().any(|m| m.is(Some(u), None))))
         .map(|(t, keys)| {
             let mut v = team_json(&a, &t);
             v["keys"] = json!(keys);
@@ -1044,6 +1057,7 @@ mod models;
 mod people;
 #[cfg(feature = "budget")]
 mod spend;
+mod teams;
 
 pub use models::ModelInfo;
 
@@ -1054,9 +1068,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    const MASTER: &str = "master-0123456789abcdef";
+    pub(super) const MASTER: &str = "master-0123456789abcdef";
 
-    async fn app() -> (axum::Router, Keyring) {
+    pub(super) async fn app() -> (axum::Router, Keyring) {
         let ring = Keyring::builder(MemoryStore::new())
             .models(["a", "b"])
             .build()
@@ -1065,7 +1079,7 @@ mod tests {
         (router(ring.clone(), MASTER), ring)
     }
 
-    async fn call(
+    pub(super) async fn call(
         app: &axum::Router,
         method: &str,
         uri: &str,

@@ -11,13 +11,17 @@ use serde_json::{Map, Value};
 
 use super::key::{Customer, Key};
 use super::record::{
-    BudgetPeriod, CustomerRecord, KeyRecord, Limits, Patch, Source, TeamRecord, UserRecord,
-    unix_now,
+    BudgetPeriod, CustomerRecord, KeyRecord, Limits, Patch, Source, TeamMember, TeamRecord,
+    UserRecord, unix_now,
 };
 use super::store::{KeyStore, Snapshot, StoreError};
 use super::token::{self, KeyHash};
 use crate::access::AccessGroups;
 use crate::error::{Error, Reason};
+
+mod teams;
+
+pub use teams::TeamsDeleted;
 
 /// Settings of a new key (admin `POST /key/generate`).
 #[derive(Clone, Debug, Default)]
@@ -86,6 +90,8 @@ pub struct NewTeam {
     pub limits: Limits,
     /// Free-form metadata.
     pub metadata: Map<String, Value>,
+    /// Its first members (LiteLLM's `members_with_roles`).
+    pub members: Vec<TeamMember>,
 }
 
 /// A change to a team (admin `POST /team/update`); see [`KeyUpdate`].
@@ -176,6 +182,8 @@ pub enum Change {
     Customer(CustomerRecord),
     /// A customer was deleted (its id).
     CustomerDeleted(String),
+    /// A team was deleted, and its keys with it (its id).
+    TeamDeleted(String),
     /// Everything the store has, replacing every stored key and team (after
     /// a gap in the feed). Keys from the configuration file stay.
     Reload(Snapshot),
@@ -544,6 +552,11 @@ impl Keyring {
                 tracing::debug!(customer = %id, "customer deleted elsewhere");
                 self.remove_customer(&id)
             }
+            Change::TeamDeleted(id) => {
+                let keys = self.uninstall_team(&id)?;
+                tracing::debug!(team = %id, keys = keys.len(), "team deleted elsewhere");
+                Ok(())
+            }
             Change::Reload(snapshot) => {
                 let mut index = self.inner.index.write().map_err(|_| poisoned())?;
                 let Index {
@@ -794,12 +807,14 @@ impl Keyring {
         Ok(())
     }
 
-    /// As [`refresh_key`](Self::refresh_key), for a team.
+    /// As [`refresh_key`](Self::refresh_key), for a team (gone from the
+    /// store: deleted here too, with its keys).
     async fn refresh_team(&self, id: &str) -> Result<(), Error> {
-        if let Some(read) = self.inner.store.get_team(id)
-            && let Some(team) = read.await.map_err(store_failed)?
-        {
-            self.apply(Change::Team(team))?;
+        if let Some(read) = self.inner.store.get_team(id) {
+            match read.await.map_err(store_failed)? {
+                Some(team) => self.apply(Change::Team(team))?,
+                None => self.apply(Change::TeamDeleted(id.to_owned()))?,
+            }
         }
         Ok(())
     }
@@ -993,12 +1008,14 @@ impl Keyring {
         };
         self.check_grants(&new.grants, "models")?;
         self.check_limits(&new.limits)?;
+        teams::check_new_members(&id, &[], &new.members, "members_with_roles")?;
         let mut t = TeamRecord::new(id);
         t.alias = new.alias;
         t.grants = new.grants;
         t.blocked = new.blocked;
         t.limits = new.limits;
         t.metadata = new.metadata;
+        t.members = new.members;
         self.inner
             .store
             .put_team(t.clone())

@@ -69,13 +69,14 @@ pub use crate::access::ResponseFuture;
 pub use key::{Customer, Key, Team, User};
 pub use keyring::{
     Change, CustomerUpdate, KeyUpdate, Keyring, KeyringBuilder, NewCustomer, NewKey, NewTeam,
-    NewUser, StaticKey, TeamUpdate, UserUpdate, WeakKeyring, presented_key,
+    NewUser, StaticKey, TeamUpdate, TeamsDeleted, UserUpdate, WeakKeyring, presented_key,
 };
 pub use layer::{VirtualKeys, VirtualKeysLayer};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use record::{
-    Budget, BudgetPeriod, CustomerRecord, KeyRecord, Limits, Patch, Source, TeamRecord, UserRecord,
+    Budget, BudgetPeriod, CustomerRecord, KeyRecord, Limits, MemberRole, Patch, Source, TeamMember,
+    TeamRecord, UserRecord,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

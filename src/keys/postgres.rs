@@ -28,7 +28,8 @@
 //!   listener on its own connection and, whatever it hears, a poll of the
 //!   log every `poll` interval (500 ms by default): each round reads the
 //!   changes after the last one applied, reloads those keys and teams, and
-//!   hands them to [`Keyring::apply`]. A lost listener connection is
+//!   hands them to [`Keyring::apply`] (a team no longer there was deleted,
+//!   and its keys with it). A lost listener connection is
 //!   re-opened with backoff while the poll carries on; a replica further
 //!   behind than the kept log reloads everything.
 //!
@@ -58,7 +59,9 @@ use tokio_postgres::{AsyncMessage, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::keyring::{Change, Keyring, WeakKeyring};
-use super::record::{CustomerRecord, KeyRecord, Limits, TeamRecord, UserRecord};
+use super::record::{
+    CustomerRecord, KeyRecord, Limits, TeamRecord, UserRecord, members_from_json, members_to_json,
+};
 use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
 use super::token::KeyHash;
 
@@ -200,6 +203,12 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
             FOR EACH ROW EXECUTE FUNCTION tollgate_record_change_as('user');
         CREATE TRIGGER tollgate_customers_changed AFTER INSERT OR UPDATE OR DELETE ON tollgate_customers
             FOR EACH ROW EXECUTE FUNCTION tollgate_record_change_as('customer');",
+    ),
+    // Team members (LiteLLM's `members_with_roles`): a JSON list in the
+    // team's row, so the team's trigger carries member changes too.
+    (
+        4,
+        "ALTER TABLE tollgate_teams ADD COLUMN members JSONB NOT NULL DEFAULT '[]';",
     ),
 ];
 
@@ -637,7 +646,7 @@ impl PostgresStore {
         self.catch_up_people(&client, ring, users, customers)
             .await?;
         if !teams.is_empty() {
-            let ids: Vec<String> = teams.into_iter().collect();
+            let ids: Vec<String> = teams.iter().cloned().collect();
             let rows = client
                 .query(
                     &format!("SELECT {TEAM_COLUMNS} FROM tollgate_teams WHERE id = ANY($1)"),
@@ -647,7 +656,13 @@ impl PostgresStore {
                 .map_err(|e| self.err(e))?;
             for row in &rows {
                 let team = team_row(row).map_err(|e| self.err(e))?;
+                teams.remove(&team.id);
                 ring.apply(Change::Team(team))
+                    .map_err(|e| self.err(e.message()))?;
+            }
+            // Changed and no longer there: deleted, and its keys with it.
+            for gone in teams {
+                ring.apply(Change::TeamDeleted(gone))
                     .map_err(|e| self.err(e.message()))?;
             }
         }
@@ -902,7 +917,7 @@ async fn listen_loop(
 }
 
 const KEY_COLUMNS: &str = "id, hash, alias, team_id, user_id, grants, expires_at, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
-const TEAM_COLUMNS: &str = "id, alias, grants, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
+const TEAM_COLUMNS: &str = "id, alias, grants, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at, members";
 
 fn u64_of(v: Option<i64>) -> Option<u64> {
     v.map(|v| v.max(0) as u64)
@@ -967,6 +982,7 @@ fn team_row(row: &Row) -> Result<TeamRecord, String> {
         metadata: map(row.try_get(9).map_err(get)?)?,
         created_at: u64_of(row.try_get(10).map_err(get)?).unwrap_or(0),
         updated_at: u64_of(row.try_get(11).map_err(get)?).unwrap_or(0),
+        members: members_from_json(row.try_get(12).map_err(get)?)?,
     })
 }
 
@@ -1131,7 +1147,8 @@ impl KeyStore for PostgresStore {
             let created = i64_of(Some(t.created_at));
             let updated = i64_of(Some(t.updated_at));
             let (rpm, tpm) = (i64_of(t.limits.rpm), i64_of(t.limits.tpm));
-            let params: [&(dyn ToSql + Sync); 12] = [
+            let members = members_to_json(&t.members);
+            let params: [&(dyn ToSql + Sync); 13] = [
                 &t.id,
                 &t.alias,
                 &grants,
@@ -1144,6 +1161,7 @@ impl KeyStore for PostgresStore {
                 &metadata,
                 &created,
                 &updated,
+                &members,
             ];
             client
                 .execute(&upsert("tollgate_teams", TEAM_COLUMNS), &params)
@@ -1261,6 +1279,30 @@ impl KeyStore for PostgresStore {
                 .transpose()
                 .map_err(|e| self.err(e))
         }))
+    }
+
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            // One transaction: the keys and the teams go together or not at
+            // all; the trigger logs each deleted row, so followers drop them.
+            let tx = client.transaction().await.map_err(|e| self.err(e))?;
+            let gone = tx
+                .query(
+                    "DELETE FROM tollgate_keys WHERE team_id = ANY($1) RETURNING id",
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| self.err(e))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            tx.execute("DELETE FROM tollgate_teams WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(|e| self.err(e))?;
+            tx.commit().await.map_err(|e| self.err(e))?;
+            Ok(gone)
+        })
     }
 }
 
@@ -1647,6 +1689,115 @@ pub(crate) mod tests {
         // A replica that starts now loads none of it.
         let (_s3, three) = replica(&db.url).await;
         assert!(three.list_users(1, 10).unwrap().0.is_empty());
+        feed.stop();
+    }
+
+    #[tokio::test]
+    async fn members_and_team_deletions_reach_the_other_replicas() {
+        use crate::keys::{MemberRole, TeamMember};
+        let db = test_db("teams").await;
+        let (s1, one) = replica(&db.url).await;
+        let (s2, two) = replica(&db.url).await;
+        // A third replica with no change feed: its writes re-read the store.
+        let (_s3, three) = replica(&db.url).await;
+        let feed = s2.follow_with(&two, Duration::from_millis(50), false);
+        one.create_team(NewTeam {
+            id: Some("ml".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (key, rec) = one
+            .generate(NewKey {
+                team_id: Some("ml".into()),
+                grants: Some(vec!["*".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (other, _) = one
+            .generate(NewKey {
+                grants: Some(vec!["*".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let alice = TeamMember {
+            user_id: Some("alice".into()),
+            user_email: Some("alice@example.com".into()),
+            role: MemberRole::Admin,
+        };
+        one.add_team_members("ml", vec![alice.clone()])
+            .await
+            .unwrap();
+        eventually("the member and the key reach the other replica", || {
+            two.team_info("ml")
+                .is_ok_and(|(t, _)| t.members == std::slice::from_ref(&alice))
+                && two.check(&key).is_ok()
+        })
+        .await;
+        // A member added through a replica that never heard of the team
+        // starts from the store's members, not from an empty list.
+        let bob = TeamMember {
+            user_id: Some("bob".into()),
+            user_email: None,
+            role: MemberRole::User,
+        };
+        let t = three
+            .add_team_members("ml", vec![bob.clone()])
+            .await
+            .unwrap();
+        assert_eq!(t.members, vec![alice.clone(), bob.clone()]);
+        let e = one.add_team_members("ml", vec![bob]).await.unwrap_err();
+        assert_eq!(
+            e.status(),
+            http::StatusCode::BAD_REQUEST,
+            "a duplicate made elsewhere"
+        );
+
+        // A key of the team made through a replica `one` has not heard from.
+        let (key3, rec3) = three
+            .generate(NewKey {
+                team_id: Some("ml".into()),
+                grants: Some(vec!["*".into()]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(one.check(&key3).is_err(), "one has no change feed");
+
+        let deleted = one.delete_teams(&["ml".into()]).await.unwrap();
+        assert_eq!(deleted.teams, ["ml"]);
+        let mut both = vec![rec.id.clone(), rec3.id.clone()];
+        both.sort_unstable();
+        assert_eq!(deleted.keys, both, "the store names every key deleted");
+        eventually("the other replica's key is refused too", || {
+            two.check(&key3)
+                .is_err_and(|e| e.reason() == Reason::UnknownKey)
+        })
+        .await;
+        eventually(
+            "a deleted team's key is refused on the other replica",
+            || {
+                two.check(&key)
+                    .is_err_and(|e| e.reason() == Reason::UnknownKey)
+            },
+        )
+        .await;
+        assert!(two.team_info("ml").is_err());
+        assert!(two.check(&other).is_ok(), "a key of no team stays");
+        // The replica with no feed learns of the deletion when it writes:
+        // a delete of a team deleted elsewhere is a 404, not a success.
+        let e = three.delete_teams(&["ml".into()]).await.unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::NOT_FOUND);
+        let snap = s1.load().await.unwrap();
+        assert!(snap.teams.is_empty());
+        assert_eq!(snap.keys.len(), 1);
+        let last = s2.change_version().await.unwrap();
+        eventually("the feed records the last change", || {
+            feed.version() == last
+        })
+        .await;
         feed.stop();
     }
 

@@ -202,6 +202,8 @@ pub struct TeamRecord {
     pub limits: Limits,
     /// Free-form metadata.
     pub metadata: Map<String, Value>,
+    /// The team's members (LiteLLM's `members_with_roles`).
+    pub members: Vec<TeamMember>,
     /// When the team was made, in Unix seconds.
     pub created_at: u64,
     /// When the team was last changed, in Unix seconds.
@@ -219,6 +221,7 @@ impl TeamRecord {
             blocked: false,
             limits: Limits::default(),
             metadata: Map::new(),
+            members: Vec::new(),
             created_at: now,
             updated_at: now,
         }
@@ -324,6 +327,89 @@ impl CustomerRecord {
             period: self.budget_period.unwrap_or(BudgetPeriod::Total),
         })
     }
+}
+
+/// A member's role in a team, as LiteLLM names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// `admin`.
+    Admin,
+    /// `user`.
+    User,
+}
+
+impl MemberRole {
+    /// `admin` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Admin => "admin",
+            MemberRole::User => "user",
+        }
+    }
+}
+
+impl fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MemberRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(MemberRole::Admin),
+            "user" => Ok(MemberRole::User),
+            other => Err(format!(
+                "`{other}` is not a role; the roles are `admin` and `user`"
+            )),
+        }
+    }
+}
+
+/// A member of a team: a person named by a user id, an email, or both, and
+/// their role. Recorded and shown with the team (LiteLLM's
+/// `members_with_roles`); it is not a user record and grants nothing by
+/// itself: the admin API answers the master key only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TeamMember {
+    /// The user's id (free text, as a key's `user_id`).
+    pub user_id: Option<String>,
+    /// The user's email.
+    pub user_email: Option<String>,
+    /// `admin` or `user`.
+    pub role: MemberRole,
+}
+
+impl TeamMember {
+    /// Whether this member is the person `user_id` names, or, when no
+    /// `user_id` is given, the one `user_email` names.
+    pub fn is(&self, user_id: Option<&str>, user_email: Option<&str>) -> bool {
+        match (user_id, user_email) {
+            (Some(id), _) => self.user_id.as_deref() == Some(id),
+            (None, Some(email)) => self.user_email.as_deref() == Some(email),
+            (None, None) => false,
+        }
+    }
+
+    /// Whether `other` names the same person: the same user id, or the
+    /// same email.
+    pub fn same_person(&self, other: &TeamMember) -> bool {
+        let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+        same(&self.user_id, &other.user_id) || same(&self.user_email, &other.user_email)
+    }
+}
+
+/// Members as stores keep them: a JSON list of `{user_id, user_email, role}`.
+pub fn members_to_json(members: &[TeamMember]) -> Value {
+    serde_json::to_value(members).unwrap_or_else(|_| Value::Array(Vec::new()))
+}
+
+/// Members from a store's JSON list.
+pub fn members_from_json(v: Value) -> Result<Vec<TeamMember>, String> {
+    serde_json::from_value(v).map_err(|e| format!("team members are not a list of members: {e}"))
 }
 
 /// A change to one field: keep it, remove it (`null`), or set it.
@@ -446,6 +532,46 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(784_111_777), "1994-11-06T08:49:37Z");
         assert_eq!(rfc3339(1_709_208_000), "2024-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn members() {
+        let alice = TeamMember {
+            user_id: Some("alice".into()),
+            user_email: Some("alice@example.com".into()),
+            role: MemberRole::Admin,
+        };
+        let by_mail = TeamMember {
+            user_id: None,
+            user_email: Some("alice@example.com".into()),
+            role: MemberRole::User,
+        };
+        let bob = TeamMember {
+            user_id: Some("bob".into()),
+            user_email: None,
+            role: MemberRole::User,
+        };
+        assert!(alice.same_person(&by_mail) && by_mail.same_person(&alice));
+        assert!(!alice.same_person(&bob) && !bob.same_person(&by_mail));
+        assert!(alice.is(Some("alice"), None));
+        assert!(alice.is(None, Some("alice@example.com")));
+        assert!(
+            !alice.is(Some("bob"), Some("alice@example.com")),
+            "the id decides"
+        );
+        assert!(!bob.is(None, None));
+        let v = members_to_json(&[alice.clone(), bob.clone()]);
+        assert_eq!(v[0]["role"], "admin");
+        assert_eq!(v[1]["user_email"], Value::Null);
+        assert_eq!(members_from_json(v).unwrap(), vec![alice, bob]);
+        assert!(members_from_json(serde_json::json!([{"role": "owner"}])).is_err());
+        assert_eq!("user".parse::<MemberRole>(), Ok(MemberRole::User));
+        assert!(
+            "Admin"
+                .parse::<MemberRole>()
+                .unwrap_err()
+                .contains("`admin` and `user`")
+        );
     }
 
     #[test]

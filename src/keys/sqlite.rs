@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
-use super::record::{BudgetPeriod, CustomerRecord, KeyRecord, Limits, TeamRecord, UserRecord};
+use super::record::{
+    BudgetPeriod, CustomerRecord, KeyRecord, Limits, TeamMember, TeamRecord, UserRecord,
+    members_from_json, members_to_json,
+};
 use super::store::{KeyStore, Snapshot, StoreError, StoreFuture};
 use super::token::KeyHash;
 
@@ -116,6 +119,12 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         ALTER TABLE spend ADD COLUMN end_user TEXT;
         CREATE INDEX spend_by_user ON spend (user_id, start_us);
         CREATE INDEX spend_by_end_user ON spend (end_user, start_us);",
+    ),
+    // Team members (LiteLLM's `members_with_roles`): a JSON list in the
+    // team's row, written with the team.
+    (
+        5,
+        "ALTER TABLE teams ADD COLUMN members TEXT NOT NULL DEFAULT '[]';",
     ),
 ];
 
@@ -247,7 +256,7 @@ fn u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
 }
 
 const KEY_COLUMNS: &str = "id, hash, alias, team_id, user_id, grants, expires_at, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
-const TEAM_COLUMNS: &str = "id, alias, grants, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at";
+const TEAM_COLUMNS: &str = "id, alias, grants, blocked, rpm_limit, tpm_limit, max_budget, budget_period, weight, metadata, created_at, updated_at, members";
 
 fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let hash: Vec<u8> = row.get(1)?;
@@ -295,6 +304,16 @@ fn team_row(row: &Row<'_>) -> rusqlite::Result<TeamRecord> {
         metadata: json_map(row.get(9)?)?,
         created_at: u64_col(row, 10)?.unwrap_or(0),
         updated_at: u64_col(row, 11)?.unwrap_or(0),
+        members: json_members(row.get(12)?)?,
+    })
+}
+
+fn json_members(text: String) -> rusqlite::Result<Vec<TeamMember>> {
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    members_from_json(v).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, e.into())
     })
 }
 
@@ -408,7 +427,7 @@ impl KeyStore for SqliteStore {
         self.run(move |conn| {
             conn.execute(
                 &format!(
-                    "INSERT OR REPLACE INTO teams ({TEAM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    "INSERT OR REPLACE INTO teams ({TEAM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
                     t.id,
@@ -423,6 +442,7 @@ impl KeyStore for SqliteStore {
                     text(&t.metadata),
                     i(Some(t.created_at)),
                     i(Some(t.updated_at)),
+                    members_to_json(&t.members).to_string(),
                 ],
             )
             .map(drop)
@@ -501,11 +521,32 @@ impl KeyStore for SqliteStore {
             delete().map_err(|e| e.to_string())
         })
     }
+
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
+        self.run(move |conn| {
+            let mut delete = || -> rusqlite::Result<Vec<String>> {
+                let tx = conn.transaction()?;
+                let mut gone = Vec::new();
+                for id in &ids {
+                    let mut st = tx.prepare("DELETE FROM keys WHERE team_id = ?1 RETURNING id")?;
+                    for key in st.query_map([id], |r| r.get::<_, String>(0))? {
+                        gone.push(key?);
+                    }
+                    drop(st);
+                    tx.execute("DELETE FROM teams WHERE id = ?1", [id])?;
+                }
+                tx.commit()?;
+                Ok(gone)
+            };
+            delete().map_err(|e| e.to_string())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::MemberRole;
 
     fn temp(name: &str) -> PathBuf {
         let dir =
@@ -583,6 +624,89 @@ mod tests {
         let snap = store.load().await.unwrap();
         assert!(snap.users.is_empty() && snap.customers.is_empty());
         assert_eq!(snap.keys, vec![other], "the user's key went with it");
+    }
+
+    #[tokio::test]
+    async fn members_survive_reopen_and_a_deleted_team_takes_its_keys() {
+        let path = temp("teams");
+        let store = SqliteStore::open(&path).unwrap();
+        let mut t = TeamRecord::new("ml");
+        t.members = vec![
+            TeamMember {
+                user_id: Some("alice".into()),
+                user_email: Some("alice@example.com".into()),
+                role: MemberRole::Admin,
+            },
+            TeamMember {
+                user_id: None,
+                user_email: Some("bob@example.com".into()),
+                role: MemberRole::User,
+            },
+        ];
+        store.put_team(t.clone()).await.unwrap();
+        store.put_team(TeamRecord::new("ops")).await.unwrap();
+        for (id, team) in [
+            ("k1", Some("ml")),
+            ("k2", Some("ml")),
+            ("k3", Some("ops")),
+            ("k4", None),
+        ] {
+            let mut k = KeyRecord::new(id, KeyHash::of(id, "0123456789abcdefgh"));
+            k.team_id = team.map(Into::into);
+            store.put_key(k).await.unwrap();
+        }
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.load().await.unwrap();
+        assert_eq!(snap.teams.iter().find(|x| x.id == "ml"), Some(&t));
+        let mut gone = store.delete_teams(vec!["ml".into()]).await.unwrap();
+        gone.sort_unstable();
+        assert_eq!(gone, ["k1", "k2"]);
+        let snap = store.load().await.unwrap();
+        let mut keys: Vec<&str> = snap.keys.iter().map(|k| k.id.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["k3", "k4"]);
+        let teams: Vec<&str> = snap.teams.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(teams, ["ops"]);
+    }
+
+    /// A database made before members existed gains the column, its teams
+    /// with no members.
+    #[tokio::test]
+    async fn a_database_from_before_members_is_migrated_with_empty_member_lists() {
+        let path = temp("v3");
+        let members_at = MIGRATIONS
+            .iter()
+            .find(|m| m.1.contains("ADD COLUMN members"))
+            .unwrap()
+            .0;
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            version(&conn).unwrap();
+            let tx = conn.transaction().unwrap();
+            for (_, sql) in MIGRATIONS.iter().filter(|m| m.0 < members_at) {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [members_at - 1],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO teams (id, grants, created_at, updated_at) VALUES ('old', '[]', 1, 1)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            MIGRATIONS.last().unwrap().0
+        );
+        let snap = store.load().await.unwrap();
+        assert_eq!(snap.teams[0].id, "old");
+        assert!(snap.teams[0].members.is_empty());
     }
 
     #[tokio::test]

@@ -59,6 +59,11 @@ pub trait KeyStore: Send + Sync + 'static {
     fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()>;
     /// Inserts or replaces a team.
     fn put_team(&self, team: TeamRecord) -> StoreFuture<'_, ()>;
+    /// Deletes these teams and every key that belongs to any of them, all
+    /// or none (a team's keys go with it, as in LiteLLM), and returns the
+    /// ids of the keys deleted. Spend records are history and are not the
+    /// store's: they stay.
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>>;
     /// For a store other processes write too: one key as the store has it
     /// now (`None` inside: no such key), read by the keyring before it
     /// changes a key, so a write starts from the newest state rather than
@@ -193,5 +198,55 @@ impl KeyStore for MemoryStore {
             }
         });
         Box::pin(std::future::ready(r))
+    }
+
+    fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
+        let r = self.with(|m| {
+            let mut gone = Vec::new();
+            m.keys.retain(|id, k| {
+                let of_team = k.team_id.as_ref().is_some_and(|t| ids.contains(t));
+                if of_team {
+                    gone.push(id.clone());
+                }
+                !of_team
+            });
+            for id in &ids {
+                m.teams.remove(id);
+            }
+            gone
+        });
+        Box::pin(std::future::ready(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyHash, MemberRole, TeamMember};
+
+    #[tokio::test]
+    async fn deleting_teams_takes_their_keys_and_keeps_the_others() {
+        let store = MemoryStore::new();
+        let mut ml = TeamRecord::new("ml");
+        ml.members.push(TeamMember {
+            user_id: Some("alice".into()),
+            user_email: None,
+            role: MemberRole::Admin,
+        });
+        store.put_team(ml.clone()).await.unwrap();
+        store.put_team(TeamRecord::new("ops")).await.unwrap();
+        for (id, team) in [("k1", Some("ml")), ("k2", Some("ops")), ("k3", None)] {
+            let mut k = KeyRecord::new(id, KeyHash::of(id, "0123456789abcdefgh"));
+            k.team_id = team.map(Into::into);
+            store.put_key(k).await.unwrap();
+        }
+        assert_eq!(store.load().await.unwrap().teams[0], ml, "members kept");
+        let gone = store.delete_teams(vec!["ml".into()]).await.unwrap();
+        assert_eq!(gone, ["k1"]);
+        let snap = store.load().await.unwrap();
+        let keys: Vec<&str> = snap.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(keys, ["k2", "k3"]);
+        assert_eq!(snap.teams.len(), 1);
+        assert_eq!(snap.teams[0].id, "ops");
     }
 }

@@ -142,6 +142,35 @@ check("customer/info as documented", info["user_id"] == "my-customer-id" and inf
 blocked = post("/customer/block", {"user_ids": ["my-customer-id"]})
 check("customer/block", blocked["blocked_users"][0]["blocked"] is True, blocked)
 
+# Teams. litellm-proxy 1.110.2's `teams` group lists teams (`list`,
+# `available`, `assign-key`: no create, delete or members), so a team's life
+# goes through LiteLLM's documented raw requests, sent with the CLI's own
+# `http request`; each answer names what the gateway did.
+made_team = post("/team/new", {"team_alias": "cli-team", "members_with_roles": [{"role": "admin", "user_id": "alice"}]})
+tid = made_team["team_id"]
+check("team/new with members_with_roles", made_team["members_with_roles"][0]["user_id"] == "alice", made_team)
+team_key = post("/key/generate", {"team_id": tid, "models": ["gpt-4o-mini"], "key_alias": "cli-team-key"})
+added = http("POST", "/team/member_add", {"team_id": tid, "member": {"role": "user", "user_id": "krrish247652@berri.ai"}})
+check("team/member_add as documented", added["added_members"][0]["user_id"] == "krrish247652@berri.ai", added)
+added = http("POST", "/team/member_add", {"team_id": tid, "member": [{"role": "user", "user_email": "bob@example.com"}], "max_budget_in_team": None})
+check("team/member_add: a list, by email", len(added["members_with_roles"]) == 3, added)
+info = http("GET", f"/team/info?team_id={tid}")
+check("team/info: members_with_roles", [m["role"] for m in info["team_info"]["members_with_roles"]] == ["admin", "user", "user"], info)
+updated = http("POST", "/team/member_update", {"team_id": tid, "user_email": "bob@example.com", "role": "admin"})
+check("team/member_update: the role", updated["user_email"] == "bob@example.com" and updated["role"] == "admin", updated)
+removed = http("POST", "/team/member_delete", {"team_id": tid, "user_id": "krrish247652@berri.ai"})
+check("team/member_delete as documented", removed["removed_member"]["user_id"] == "krrish247652@berri.ai", removed)
+check("team/member_delete: gone from the team", len(removed["members_with_roles"]) == 2, removed)
+teams = run("teams", "list")
+check("teams list: the new team", "cli-team" in teams, teams)
+deleted = http("POST", "/team/delete", {"team_ids": [tid]})
+check("team/delete as documented: the team", deleted["deleted_teams"] == [tid], deleted)
+check("team/delete: its key with it", deleted["deleted_keys"] == [team_key["key_id"]], deleted)
+teams = run("teams", "list")
+check("teams list: the deleted team is gone", "cli-team" not in teams and "my-new-team" in teams, teams)
+listed = run("keys", "list")
+check("keys list: the team's key is gone", "cli-team-key" not in listed, listed)
+
 # version: the server names itself.
 version = run("version")
 check("version: the server's", "tollgate" in version, version)
