@@ -129,7 +129,7 @@ impl Keyring {
     /// deleted them); returns the keys' ids.
     pub(super) fn uninstall_team(&self, id: &str) -> Result<Vec<String>, Error> {
         let mut index = self.inner.index.write().map_err(|_| poisoned())?;
-        let Index { keys, teams } = &mut *index;
+        let Index { keys, teams, .. } = &mut *index;
         teams.remove(id);
         let mut gone = Vec::new();
         keys.retain(|k, e: &mut Entry| {
@@ -287,7 +287,7 @@ impl Keyring {
 mod tests {
     use super::*;
     use crate::keys::Change;
-    use crate::keys::KeyRecord;
+    use crate::keys::{CustomerRecord, KeyRecord, UserRecord};
     use crate::keys::store::StoreFuture;
     use crate::keys::{KeyStore, MemoryStore, NewKey, NewTeam, Snapshot, StoreError};
     use http::StatusCode;
@@ -407,6 +407,18 @@ mod tests {
                 Ok(()) => self.inner.delete_teams(ids),
                 Err(e) => Box::pin(std::future::ready(Err(e))),
             }
+        }
+        fn put_user(&self, user: UserRecord) -> StoreFuture<'_, ()> {
+            self.inner.put_user(user)
+        }
+        fn delete_users(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+            self.inner.delete_users(ids)
+        }
+        fn put_customer(&self, customer: CustomerRecord) -> StoreFuture<'_, ()> {
+            self.inner.put_customer(customer)
+        }
+        fn delete_customers(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
+            self.inner.delete_customers(ids)
         }
     }
 
