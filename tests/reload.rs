@@ -209,6 +209,28 @@ async fn sighup_reloads_under_load_and_no_request_fails() {
         })
         .collect();
 
+    // Keys written through the admin API while the reloads happen: every
+    // one must work on whatever config is in place afterwards.
+    let writer = {
+        let (stop, base) = (stop.clone(), gw.url(""));
+        tokio::spawn(async move {
+            let mut keys = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let res = anonymous()
+                    .post(format!("{base}/key/generate"))
+                    .bearer_auth(MASTER_KEY)
+                    .json(&json!({"models": ["steady"]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                let v: Value = res.json().await.unwrap();
+                keys.push(v["key"].as_str().unwrap().to_owned());
+            }
+            keys
+        })
+    };
+
     // Before: `added` is not a model here.
     let before = post_as(&chat_url, CLIENT_KEY, chat("added", "")).await;
     before.error(404, "model_not_found");
@@ -371,6 +393,16 @@ async fn sighup_reloads_under_load_and_no_request_fails() {
         &failures[..failures.len().min(5)]
     );
     assert!(served.load(Ordering::Relaxed) > 50, "the load ran");
+    let written = writer.await.unwrap();
+    assert!(!written.is_empty());
+    for key in &written {
+        let a = post_as(&chat_url, key, chat("steady", "")).await;
+        assert_eq!(
+            a.status, 200,
+            "a key written during the reloads: {}",
+            a.body
+        );
+    }
     // The first reload's log line says what changed.
     assert!(
         logs_have(&gw, "configuration reloaded", "added=[\"added\"]"),
@@ -411,8 +443,14 @@ async fn cooldowns_spend_and_rate_limits_survive_a_reload() {
         t.push_str(more_groups);
         fill(&t, &mock)
     };
-    let gw = spawn_gateway(&config("")).await;
+    let gw = spawn_gateway(&config("[access_groups]\nteam = [\"paid\"]\n")).await;
     let chat_url = gw.url("/v1/chat/completions");
+
+    // A key granted an access group: `cool` is not in it yet.
+    let (member, _) = generate_key(&gw, json!({"models": ["team"]})).await;
+    post_as(&chat_url, &member, chat("cool", ""))
+        .await
+        .error(403, "model_not_allowed");
 
     // A 429 with a long Retry-After cools one deployment of `cool` down.
     let limited = post_as(
@@ -454,7 +492,7 @@ async fn cooldowns_spend_and_rate_limits_survive_a_reload() {
 
     // The reload adds a group before the others (every deployment's index
     // moves) and changes `[rate_limits]` defaults.
-    let next = config("").replacen(
+    let next = config("[access_groups]\nteam = [\"paid\", \"cool\"]\n").replacen(
         "[router]",
         &format!(
             "{}[rate_limits]\nrequests_per_minute = 1000\n[router]",
@@ -470,6 +508,10 @@ async fn cooldowns_spend_and_rate_limits_survive_a_reload() {
             .status,
         200
     );
+
+    // The access group grows: the key may use `cool` now.
+    let granted = post_as(&chat_url, &member, chat("cool", "")).await;
+    assert_eq!(granted.status, 200, "{}", granted.body);
 
     // The cooled deployment is still cooling: every request goes to the other.
     for _ in 0..10 {
