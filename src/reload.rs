@@ -23,18 +23,23 @@
 //! (see docs/configuration.md, "Reloading").
 //!
 //! ```
+//! use std::convert::Infallible;
 //! use tollgate::reload::Reload;
-//! use tower::{ServiceExt, service_fn};
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! /// A stand-in for a whole stack built from one configuration.
+//! fn stack(v: &'static str) -> impl Service<&'static str, Response = String, Error = Infallible> + Clone {
+//!     service_fn(move |name: &'static str| async move { Ok::<_, Infallible>(format!("{v} {name}")) })
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let old = service_fn(|name: &'static str| async move { Ok::<_, std::convert::Infallible>(format!("v1 {name}")) });
-//! let (svc, handle) = Reload::new(old);
+//! let (svc, handle) = Reload::new(stack("v1"));
 //! assert_eq!(svc.clone().oneshot("a").await.unwrap(), "v1 a");
 //!
-//! // A request that has started keeps v1; the next ones get v2.
-//! let started = svc.clone().oneshot("b");
-//! let new = service_fn(|name: &'static str| async move { Ok::<_, std::convert::Infallible>(format!("v2 {name}")) });
-//! handle.swap(new);
+//! // A call made before the swap keeps v1, even if it runs after; the next get v2.
+//! let mut caller = svc.clone();
+//! let started = caller.ready().await.unwrap().call("b");
+//! handle.swap(stack("v2"));
 //! assert_eq!(svc.clone().oneshot("c").await.unwrap(), "v2 c");
 //! assert_eq!(started.await.unwrap(), "v1 b");
 //! # }
