@@ -46,8 +46,8 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
@@ -91,6 +91,39 @@ impl<S> Reload<S> {
         ReloadHandle {
             shared: self.shared.clone(),
         }
+    }
+
+    /// How many swaps were made (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// A reference that does not keep the service alive: for an inner
+    /// service that must reach the current one (without a cycle).
+    pub fn downgrade(&self) -> WeakReload<S> {
+        WeakReload(Arc::downgrade(&self.shared))
+    }
+}
+
+/// A [`Reload`] that does not keep it alive ([`Reload::downgrade`]).
+pub struct WeakReload<S>(Weak<Shared<S>>);
+
+impl<S> WeakReload<S> {
+    /// The service, while anything else still holds it.
+    pub fn upgrade(&self) -> Option<Reload<S>> {
+        self.0.upgrade().map(|shared| Reload { shared })
+    }
+}
+
+impl<S> Clone for WeakReload<S> {
+    fn clone(&self) -> Self {
+        WeakReload(self.0.clone())
+    }
+}
+
+impl<S> fmt::Debug for WeakReload<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakReload").finish_non_exhaustive()
     }
 }
 
@@ -229,6 +262,14 @@ mod tests {
         assert_eq!(svc.clone().oneshot(2).await.unwrap(), "c 2");
         assert_eq!((*second.current()).clone().oneshot(3).await.unwrap(), "c 3");
         assert!(format!("{svc:?}").contains("generation: 2"));
+        assert_eq!(svc.generation(), 2);
+        let weak = svc.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop((svc, other, handle, second));
+        assert!(
+            weak.upgrade().is_none(),
+            "a weak reference keeps nothing alive"
+        );
     }
 
     /// Not ready on its first poll (it wakes at once); a call without a
