@@ -78,7 +78,7 @@ use tollgate::keys::{Key, Keyring};
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::Identified;
-use tollgate::reload::{Reload, ReloadHandle};
+use tollgate::reload::{Reload, ReloadHandle, WeakReload};
 use tollgate::router::{Clock, SystemClock};
 use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
@@ -300,13 +300,15 @@ pub async fn build(
         spans,
         metrics,
         admin_writes: Arc::new(tokio::sync::RwLock::new(())),
+        in_place: Arc::new(OnceLock::new()),
     };
     let generation = Generation {
         config: config.clone(),
         router,
         rate_limit,
     };
-    let (in_place, swap) = Reload::new(routes(&generation, &kept, keyring)?);
+    let (in_place, swap) = Reload::new(routes(&generation, &kept, keyring, 0)?);
+    let _ = kept.in_place.set(in_place.downgrade());
     let router = axum::Router::new()
         // Every request is served by the routes in place when it arrives
         // (until its response body ends); a reload swaps them.
@@ -372,6 +374,9 @@ struct Kept {
     /// reload while it loads the keyring and swaps the routes: no key
     /// written by the old routes can be missing from the new keyring.
     admin_writes: Arc<tokio::sync::RwLock<()>>,
+    /// The routes in place (weak: the routes themselves hold it), where an
+    /// admin request that waited out a reload goes instead of its old routes.
+    in_place: Arc<OnceLock<WeakReload<axum::Router>>>,
 }
 
 /// What one configuration builds and a reload's next one carries over: the
@@ -384,7 +389,13 @@ struct Generation {
 
 /// The routes of one configuration: inference, token counting, the model
 /// list, the admin API, metrics and health.
-fn routes(g: &Generation, kept: &Kept, keyring: Keyring) -> Result<axum::Router, ConfigError> {
+/// `number` is the routes' generation (0 at start, then one more per reload).
+fn routes(
+    g: &Generation,
+    kept: &Kept,
+    keyring: Keyring,
+    number: u64,
+) -> Result<axum::Router, ConfigError> {
     let config = &g.config;
     let router = g.router.clone();
     // `GET /key/info` reads budgets' spend where they live (here or Redis).
@@ -432,7 +443,7 @@ fn routes(g: &Generation, kept: &Kept, keyring: Keyring) -> Result<axum::Router,
             store: kept.spend_store.clone(),
             global: config.global_budget(),
         };
-        let writes = kept.admin_writes.clone();
+        let (writes, in_place) = (kept.admin_writes.clone(), kept.in_place.clone());
         let admin = tollgate::admin::router_with_models(
             keyring,
             &master,
@@ -442,9 +453,21 @@ fn routes(g: &Generation, kept: &Kept, keyring: Keyring) -> Result<axum::Router,
         )
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let writes = writes.clone();
+                let (writes, in_place) = (writes.clone(), in_place.clone());
                 async move {
-                    let _held = writes.read_owned().await;
+                    let held = writes.read_owned().await;
+                    // A reload swapped the routes while this request waited:
+                    // it goes to the new ones (and their keyring) instead.
+                    let now = in_place.get().and_then(WeakReload::upgrade);
+                    if let Some(now) = now.filter(|r| r.generation() != number) {
+                        drop(held);
+                        use axum::response::IntoResponse;
+                        use tower::ServiceExt;
+                        return match now.oneshot(req).await {
+                            Ok(res) => res.into_response(),
+                            Err(never) => match never {},
+                        };
+                    }
                     next.run(req).await
                 }
             },
@@ -558,7 +581,7 @@ impl Reloader {
         // the new keyring has every key the old one wrote.
         let _writes = kept.admin_writes.write().await;
         let keyring = generation.config.keyring_on(&kept.keys).await?;
-        let routes = routes(&generation, kept, keyring)?;
+        let routes = routes(&generation, kept, keyring, self.inner.swap.generation() + 1)?;
         self.inner.swap.swap(routes);
         Ok(generation)
     }
