@@ -426,11 +426,33 @@ fn logs_have(gw: &GatewayProcess, message: &str, part: &str) -> bool {
 /// cooldown, a key's budget spend and its rate-limit bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooldowns_spend_and_rate_limits_survive_a_reload() {
+    survive_a_reload("").await;
+}
+
+/// The same with budgets, rate limits and cooldowns in Redis (`[state]`).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_in_redis_survives_a_reload() {
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("tollgate-test-reload-{}-{nanos}:", std::process::id());
+    survive_a_reload(&format!(
+        "[state]\nurl = \"{url}\"\nprefix = \"{prefix}\"\ntimeout_ms = 10000\n"
+    ))
+    .await;
+}
+
+async fn survive_a_reload(state: &str) {
     common::init();
     let mock = common::mock().await;
     let base = mock.base_url();
     let config = |more_groups: &str| {
         let mut t = KEYS.to_owned();
+        t.push_str(state);
         // No retry: a failed attempt is the answer, naming its deployment.
         t.push_str("[router]\nnum_retries = 0\n");
         t.push_str(&group("cool", &["x", "y"], &base, ""));
