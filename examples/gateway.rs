@@ -44,6 +44,16 @@
 //! current periods is rebuilt from those records, so a restart forgets no
 //! spend.
 //!
+//! SIGHUP reloads the config file without a restart ([`Reloader`]): model
+//! groups, deployments, prices, access groups, fallbacks, default limits,
+//! fair-queue capacities and the rest that `Config::reload_check` lets
+//! change. A bad file, or one that changes a setting only a restart can
+//! (`server.listen`, the key store, `[state]`, …), is refused whole, logged
+//! at error level naming the file and the field; the running config stays.
+//! Requests and streams in flight finish on the config they started with;
+//! budgets' counters, rate-limit buckets and cooldowns of the keys and
+//! deployments that remain carry over (docs/configuration.md, "Reloading").
+//!
 //! SIGINT/SIGTERM stop accepting, let in-flight requests (streams too) finish
 //! for `server.shutdown_grace_ms`, write the queued spend records, then exit. Logs go through `tracing`
 //! (`RUST_LOG=tollgate=debug` for more): each request's span carries its
@@ -61,13 +71,14 @@ use axum::routing::get;
 use tollgate::access::ModelList;
 use tollgate::admin::SpendView;
 use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
-use tollgate::config::{Config, ConfigError, RateLimits, TenantBy};
+use tollgate::config::{Config, ConfigError, GroupChanges, RateLimits, TenantBy};
 use tollgate::fair_queue::{FairQueueLayer, Tenant, TenantOf};
 use tollgate::keys::VirtualKeysLayer;
 use tollgate::keys::{Key, Keyring};
 use tollgate::normalize::NormalizeErrorsLayer;
 use tollgate::rate_limit::{Limits, RateLimitKey, RateLimitLayer};
 use tollgate::read_request::Identified;
+use tollgate::reload::{Reload, ReloadHandle, WeakReload};
 use tollgate::router::{Clock, SystemClock};
 use tollgate::{Error, LlmRequest, Reason};
 use tower::ServiceBuilder;
@@ -170,8 +181,8 @@ pub async fn app_with_ledger(
     Ok(build(config, clock, ledger).await?.router)
 }
 
-/// The gateway, built: its routes, and the spend writer and span exporter
-/// that must be flushed when it stops ([`serve_and_flush`]).
+/// The gateway, built: its routes, the spend writer and span exporter
+/// that must be flushed when it stops ([`serve_and_flush`]), and its reloader.
 pub struct Built {
     /// The routes.
     pub router: axum::Router,
@@ -179,6 +190,8 @@ pub struct Built {
     pub spend: Option<SpendWriter>,
     /// The OTLP span exporter, with `[telemetry]`.
     pub telemetry: Option<Telemetry>,
+    /// Applies a new configuration to `router` while it serves.
+    pub reloader: Reloader,
 }
 
 /// The span exporter of `[telemetry]` (feature `otel`), dropped off the
@@ -248,7 +261,7 @@ pub async fn build(
         }
         let store: Option<Arc<dyn tollgate::router::CooldownStore>> =
             cooldowns.map(|c| Arc::new(c) as _);
-        let router = config.router_with_cooldowns(clock, store)?;
+        let router = config.router_with_cooldowns(clock.clone(), store)?;
         let store = match &state {
             Some(s) => tollgate::budget::EitherStore::Right(
                 tollgate::state::RedisLedger::new(s.clone(), ledger.time_zone().clone())
@@ -263,86 +276,43 @@ pub async fn build(
         (router, store, rate_limit(config, limiter))
     };
     #[cfg(not(feature = "redis"))]
-    let (router, store, rate_limit) =
-        (config.router_with_clock(clock)?, ledger, rate_limit(config));
+    let (router, store, rate_limit) = (
+        config.router_with_clock(clock.clone())?,
+        ledger,
+        rate_limit(config),
+    );
     let writer = spend.as_ref().map(|(_, w)| w.clone());
-    // `GET /key/info` reads budgets' spend where they live (here or Redis).
-    let usage = Some(Arc::new(store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
-    let fallback = config.fallback_layer()?;
-    let keyring = config.keyring().await?;
+    let keys = config.key_backend().await?;
+    let keyring = config.keyring_on(&keys).await?;
     if let Some((store, _)) = &spend {
         // Fixed-window budgets each start at their own instant.
         config
             .restore_windows(&restore_into, &**store, &keyring)
             .await?;
     }
-    let auth = VirtualKeysLayer::new(keyring.clone());
-    let models = ServiceBuilder::new()
-        .layer(NormalizeErrorsLayer::new())
-        .layer(auth.clone())
-        .service(ModelList::new(router.model_names()));
-    // Anthropic's token counting is free and has its own limits upstream:
-    // keys and grants hold, budgets and rate limits do not charge it.
-    let count_tokens = ServiceBuilder::new()
-        .layer(NormalizeErrorsLayer::new())
-        .layer(auth.clone())
-        .layer(tollgate::read_request::ReadRequestLayer::new(
-            config.server.max_body_bytes,
-        ))
-        .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
-        .layer(fallback.clone())
-        .service(router.clone());
-    let (span_layer, telemetry) = telemetry(config)?;
-    let inference = inference_stack!(
-        auth,
-        config.server.max_body_bytes,
-        span_layer,
+    let (spans, telemetry) = telemetry(config)?;
+    let kept = Kept {
+        clock,
+        store,
+        writer: writer.clone(),
+        spend_store: spend.map(|(store, _)| store),
+        keys,
+        spans,
+        metrics,
+        admin_writes: Arc::new(tokio::sync::RwLock::new(())),
+        in_place: Arc::new(OnceLock::new()),
+    };
+    let generation = Generation {
+        config: config.clone(),
+        router,
         rate_limit,
-        budget_with_customers(config, store, writer.clone(), Some(keyring.clone())),
-        fair_queue(config),
-        fallback,
-        router
-    );
-    let mut app = axum::Router::new()
-        .route_service("/v1/chat/completions", inference.clone())
-        .route_service("/v1/completions", inference.clone())
-        .route_service("/v1/embeddings", inference.clone())
-        .route_service("/v1/responses", inference.clone())
-        .route_service("/v1/messages", inference)
-        .route_service("/v1/messages/count_tokens", count_tokens)
-        .route_service("/v1/models", models.clone())
-        .route_service("/v1/models/{*id}", models)
-        .route("/health", get(|| async { "ok" }));
-    if let Some(master) = config.master_key() {
-        let view = SpendView {
-            ledger: usage,
-            store: spend.map(|(store, _)| store),
-            global: config.global_budget(),
-        };
-        app = app.merge(tollgate::admin::router_with_models(
-            keyring,
-            &master,
-            view,
-            config.unenforced(),
-            model_info(config),
-        ));
-    }
-    if let Some(handle) = metrics {
-        app = app.route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }),
-        );
-    }
-    let router = app
-        .fallback(no_such_route)
+    };
+    let (in_place, swap) = Reload::new(routes(&generation, &kept, keyring, 0)?);
+    let _ = kept.in_place.set(in_place.downgrade());
+    let router = axum::Router::new()
+        // Every request is served by the routes in place when it arrives
+        // (until its response body ends); a reload swaps them.
+        .fallback_service(in_place)
         // Outermost: every request gets an `x-request-id` (the client's, or a
         // new UUID), echoed in the response and named in every log line of
         // its span (with the path; never a header, so never a key). The
@@ -373,7 +343,271 @@ pub async fn build(
         router,
         spend: writer,
         telemetry,
+        reloader: Reloader {
+            inner: Arc::new(ReloaderInner {
+                swap,
+                kept,
+                current: tokio::sync::Mutex::new(generation),
+            }),
+        },
     })
+}
+
+/// The span layer of the inference stack, when there is one.
+#[cfg(feature = "otel")]
+type Spans = Option<SpanLayer>;
+/// No span layer: this build has no `otel` feature.
+#[cfg(not(feature = "otel"))]
+type Spans = Option<tower::layer::util::Identity>;
+
+/// What the gateway builds once and every configuration shares: where
+/// budgets, spend records, keys, spans and metrics go.
+struct Kept {
+    clock: Arc<dyn Clock>,
+    store: Store,
+    writer: Option<SpendWriter>,
+    spend_store: Option<Arc<dyn tollgate::budget::SpendStore>>,
+    keys: tollgate::config::KeyBackend,
+    spans: Spans,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Held (shared) by each admin API request, taken (exclusive) by a
+    /// reload while it loads the keyring and swaps the routes: no key
+    /// written by the old routes can be missing from the new keyring.
+    admin_writes: Arc<tokio::sync::RwLock<()>>,
+    /// The routes in place (weak: the routes themselves hold it), where an
+    /// admin request that waited out a reload goes instead of its old routes.
+    in_place: Arc<OnceLock<WeakReload<axum::Router>>>,
+}
+
+/// What one configuration builds and a reload's next one carries over: the
+/// router (cooldowns, in-flight counts) and the rate limiter (buckets).
+struct Generation {
+    config: Config,
+    router: tollgate::router::Router<tollgate::provider::Provider>,
+    rate_limit: RateLimitLayer<KeyLimits, Arc<str>>,
+}
+
+/// The routes of one configuration: inference, token counting, the model
+/// list, the admin API, metrics and health.
+/// `number` is the routes' generation (0 at start, then one more per reload).
+fn routes(
+    g: &Generation,
+    kept: &Kept,
+    keyring: Keyring,
+    number: u64,
+) -> Result<axum::Router, ConfigError> {
+    let config = &g.config;
+    let router = g.router.clone();
+    // `GET /key/info` reads budgets' spend where they live (here or Redis).
+    let usage = Some(Arc::new(kept.store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
+    let fallback = config.fallback_layer()?;
+    let auth = VirtualKeysLayer::new(keyring.clone());
+    let models = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(auth.clone())
+        .service(ModelList::new(router.model_names()));
+    // Anthropic's token counting is free and has its own limits upstream:
+    // keys and grants hold, budgets and rate limits do not charge it.
+    let count_tokens = ServiceBuilder::new()
+        .layer(NormalizeErrorsLayer::new())
+        .layer(auth.clone())
+        .layer(tollgate::read_request::ReadRequestLayer::new(
+            config.server.max_body_bytes,
+        ))
+        .layer(tollgate::access::ModelAccessLayer::new().advice(MODELS_ADVICE))
+        .layer(fallback.clone())
+        .service(router.clone());
+    let inference = inference_stack!(
+        auth,
+        config.server.max_body_bytes,
+        kept.spans.clone(),
+        g.rate_limit.clone(),
+        budget_with_customers(
+            config,
+            kept.store.clone(),
+            kept.writer.clone(),
+            Some(keyring.clone())
+        ),
+        fair_queue(config),
+        fallback,
+        router
+    );
+    let mut app = axum::Router::new()
+        .route_service("/v1/chat/completions", inference.clone())
+        .route_service("/v1/completions", inference.clone())
+        .route_service("/v1/embeddings", inference.clone())
+        .route_service("/v1/responses", inference.clone())
+        .route_service("/v1/messages", inference)
+        .route_service("/v1/messages/count_tokens", count_tokens)
+        .route_service("/v1/models", models.clone())
+        .route_service("/v1/models/{*id}", models)
+        .route("/health", get(|| async { "ok" }));
+    if let Some(master) = config.master_key() {
+        let view = SpendView {
+            ledger: usage,
+            store: kept.spend_store.clone(),
+            global: config.global_budget(),
+        };
+        let (writes, in_place) = (kept.admin_writes.clone(), kept.in_place.clone());
+        let admin = tollgate::admin::router_with_models(
+            keyring,
+            &master,
+            view,
+            config.unenforced(),
+            model_info(config),
+        )
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (writes, in_place) = (writes.clone(), in_place.clone());
+                async move {
+                    let held = writes.read_owned().await;
+                    // A reload swapped the routes while this request waited:
+                    // it goes to the new ones (and their keyring) instead.
+                    let now = in_place.get().and_then(WeakReload::upgrade);
+                    if let Some(now) = now.filter(|r| r.generation() != number) {
+                        drop(held);
+                        use axum::response::IntoResponse;
+                        use tower::ServiceExt;
+                        return match now.oneshot(req).await {
+                            Ok(res) => res.into_response(),
+                            Err(never) => match never {},
+                        };
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+        app = app.merge(admin);
+    }
+    if let Some(handle) = kept.metrics.clone() {
+        app = app.route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }),
+        );
+    }
+    Ok(app.fallback(no_such_route))
+}
+
+/// Applies a new configuration to a running gateway without a restart
+/// ([`Built::reloader`]; the reference gateway calls it on `SIGHUP`).
+///
+/// The new configuration's routes are built whole, then swapped in at once
+/// ([`Reload`]): a request or stream that started keeps the routes it
+/// started on; the next one gets the new. They share what must outlive a
+/// configuration: budgets' counters and spend records, the rate limiter's
+/// buckets, the router's cooldowns and in-flight counts (by
+/// `group/deployment`), the key store, metrics and spans. A configuration
+/// that fails its check, or that changes a setting only a restart can
+/// change ([`Config::reload_check`]), is refused whole: the running one stays.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<ReloaderInner>,
+}
+
+struct ReloaderInner {
+    swap: ReloadHandle<axum::Router>,
+    kept: Kept,
+    /// The configuration in place; locked for a whole reload (one at a time).
+    current: tokio::sync::Mutex<Generation>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("generation", &self.inner.swap.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Reads, checks and applies the configuration file at `path`; logs
+    /// and counts the outcome (`tollgate_config_reloads_total`).
+    pub async fn reload_file(&self, path: &std::path::Path) -> Result<GroupChanges, ConfigError> {
+        match Config::from_file(path) {
+            Ok(next) => self.reload(next).await,
+            Err(e) => Err(refused(e)),
+        }
+    }
+
+    /// Applies `next` (already checked by `Config::from_*`): builds its
+    /// routes over the kept state and swaps them in; logs and counts the
+    /// outcome. Refused, nothing changes.
+    pub async fn reload(&self, next: Config) -> Result<GroupChanges, ConfigError> {
+        let mut current = self.inner.current.lock().await;
+        match self.apply(&current, next).await {
+            Ok(generation) => {
+                let changes = current.config.group_changes(&generation.config);
+                *current = generation;
+                tollgate::metrics::config_reload(true);
+                tracing::info!(
+                    config = %current.config.path().display(),
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    changed = ?changes.changed,
+                    models = current.config.groups.len(),
+                    "configuration reloaded"
+                );
+                warn_unpriced(&current.config);
+                Ok(changes)
+            }
+            Err(e) => Err(refused(e)),
+        }
+    }
+
+    /// The configuration in place.
+    pub async fn config(&self) -> Config {
+        self.inner.current.lock().await.config.clone()
+    }
+
+    async fn apply(&self, current: &Generation, next: Config) -> Result<Generation, ConfigError> {
+        let kept = &self.inner.kept;
+        current.config.reload_check(&next)?;
+        let router = next.router_after(kept.clock.clone(), &current.router)?;
+        let (limits, max_output) = key_limits(&next);
+        let rate_limit = current
+            .rate_limit
+            .clone()
+            .with_extract(limits)
+            .default_max_output_tokens(max_output);
+        let generation = Generation {
+            config: next,
+            router,
+            rate_limit,
+        };
+        // No admin write runs from here until the new routes are in place:
+        // the new keyring has every key the old one wrote.
+        let _writes = kept.admin_writes.write().await;
+        let keyring = generation.config.keyring_on(&kept.keys).await?;
+        let routes = routes(&generation, kept, keyring, self.inner.swap.generation() + 1)?;
+        self.inner.swap.swap(routes);
+        Ok(generation)
+    }
+}
+
+/// A refused reload, logged (naming the file) and counted.
+fn refused(e: ConfigError) -> ConfigError {
+    tollgate::metrics::config_reload(false);
+    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+    e
+}
+
+/// A group no price covers is free to budgets: said at start and at each
+/// reload, never silent.
+fn warn_unpriced(config: &Config) {
+    for group in config.unpriced() {
+        tracing::warn!(
+            group,
+            "model group has no price (neither in the config nor in the price table): its calls are charged nothing; set price_in_per_mtok/price_out_per_mtok, add its upstream model to `[pricing] table`, or refuse such groups with `[pricing] require = true`"
+        );
+    }
 }
 
 /// The deployments as the admin API's `/model/info` shows them: names,
@@ -515,9 +749,7 @@ pub fn rate_limit(
     config: &Config,
     shared: Option<tollgate::state::RedisRateLimiter>,
 ) -> RateLimitLayer<KeyLimits, Arc<str>> {
-    let defaults = config.rate_limits.clone().unwrap_or_default();
-    let max_output = defaults.default_max_output_tokens;
-    let keys = KeyLimits(Arc::new(defaults));
+    let (keys, max_output) = key_limits(config);
     let layer = match shared {
         Some(limiter) => RateLimitLayer::shared(keys, limiter),
         None => RateLimitLayer::new(keys),
@@ -528,9 +760,16 @@ pub fn rate_limit(
 /// `RateLimit`: always built (see the `redis` variant).
 #[cfg(not(feature = "redis"))]
 pub fn rate_limit(config: &Config) -> RateLimitLayer<KeyLimits, Arc<str>> {
+    let (keys, max_output) = key_limits(config);
+    RateLimitLayer::new(keys).default_max_output_tokens(max_output)
+}
+
+/// `RateLimit`'s hook with `[rate_limits]`' defaults, and its output cap
+/// for a request that sets none.
+pub fn key_limits(config: &Config) -> (KeyLimits, u64) {
     let defaults = config.rate_limits.clone().unwrap_or_default();
     let max_output = defaults.default_max_output_tokens;
-    RateLimitLayer::new(KeyLimits(Arc::new(defaults))).default_max_output_tokens(max_output)
+    (KeyLimits(Arc::new(defaults)), max_output)
 }
 
 /// `Budget`'s hook over the authenticated key: the key's own budget, its
@@ -747,22 +986,19 @@ pub async fn signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Loads `path`, binds and serves until a signal.
+/// Loads `path`, binds and serves until a signal; reloads the file on SIGHUP.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let built = build(&config, Arc::new(SystemClock), config.ledger()).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    // Before the listening line: from then on, SIGHUP reloads (and never
+    // ends the process).
+    reload_on_hangup(built.reloader.clone(), config.path().to_owned())?;
     // The key store's kind and place; a PostgreSQL URL is never shown (it may hold a password).
     let keys = config.key_location().map(|l| format!("{l:?}"))?;
     tracing::info!(listen = %listener.local_addr()?, config = %config.path().display(), models = config.groups.len(), keys = %keys, "tollgate gateway listening");
-    // A group no price covers is free to budgets: said at start, never silent.
-    for group in config.unpriced() {
-        tracing::warn!(
-            group,
-            "model group has no price (neither in the config nor in the price table): its calls are charged nothing; set price_in_per_mtok/price_out_per_mtok, add its upstream model to `[pricing] table`, or refuse such groups with `[pricing] require = true`"
-        );
-    }
+    warn_unpriced(&config);
     serve_and_flush(
         listener,
         built,
@@ -770,6 +1006,28 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_millis(config.server.shutdown_grace_ms),
     )
     .await?;
+    Ok(())
+}
+
+/// On each SIGHUP, reloads the configuration file at `path` (see
+/// [`Reloader`]); a refused one is logged at error level, naming the file
+/// and the field, and the running configuration stays.
+#[cfg(unix)]
+pub fn reload_on_hangup(reloader: Reloader, path: std::path::PathBuf) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+            let _ = reloader.reload_file(&path).await;
+        }
+    });
+    Ok(())
+}
+
+/// No SIGHUP on this platform: a reload needs the [`Reloader`] in code.
+#[cfg(not(unix))]
+pub fn reload_on_hangup(_reloader: Reloader, _path: std::path::PathBuf) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -541,7 +541,7 @@ impl Default for State {
 /// (`tollgate::telemetry`, feature `otel`). The section present turns it on
 /// (unless `enabled = false` or `OTEL_SDK_DISABLED=true`); every field left
 /// out is read from the standard `OTEL_*` variables, else its default.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Export spans (default `true` when the section is present).
@@ -603,7 +603,7 @@ impl fmt::Debug for TelemetryConfig {
 /// (always in the reference stack), written by a bounded background writer into
 /// the key store's database (`keys.store = "sqlite"`: the same file, table
 /// `spend`; `"memory"`: in memory, lost on restart).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpendConfig {
     /// Write spend records (and rebuild budgets' spend from them at start).
@@ -1073,6 +1073,40 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The key store a gateway opened at start ([`Config::key_backend`]), kept
+/// for the keyrings its reloads build ([`Config::keyring_on`]).
+#[derive(Clone)]
+pub struct KeyBackend {
+    store: Arc<dyn KeyStore>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<crate::keys::PostgresStore>,
+}
+
+impl fmt::Debug for KeyBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBackend").finish_non_exhaustive()
+    }
+}
+
+impl KeyBackend {
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+}
+
+/// The model groups a reload adds, removes and changes, by name
+/// ([`Config::group_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupChanges {
+    /// Groups only the new configuration has.
+    pub added: Vec<String>,
+    /// Groups only the running configuration has.
+    pub removed: Vec<String>,
+    /// Groups in both whose settings (deployments, prices, fallbacks, …) differ.
+    pub changed: Vec<String>,
+}
 
 impl Config {
     /// Reads, parses and checks a file.
@@ -2161,15 +2195,134 @@ impl Config {
     /// With a PostgreSQL store, the keyring also follows the database's
     /// change feed (other replicas' writes), polling every `keys.change_poll_ms`.
     pub async fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let backend = self.key_backend().await?;
+        self.keyring_on(&backend).await
+    }
+
+    /// The configured key store, opened once: a reload builds its keyring
+    /// over the same store ([`keyring_on`](Self::keyring_on)).
+    pub async fn key_backend(&self) -> Result<KeyBackend, ConfigError> {
         #[cfg(feature = "postgres")]
         if let KeyLocation::Postgres(url) = self.key_location()? {
             let store = self.postgres_store(&url).await?;
-            let keyring = self.keyring_over(Arc::new(store.clone())).await?;
-            store.follow(&keyring, Duration::from_millis(self.keys.change_poll_ms));
-            return Ok(keyring);
+            return Ok(KeyBackend {
+                store: Arc::new(store.clone()),
+                postgres: Some(store),
+            });
         }
-        let store = self.key_store().await?;
-        self.keyring_over(store).await
+        Ok(KeyBackend {
+            store: self.key_store().await?,
+            #[cfg(feature = "postgres")]
+            postgres: None,
+        })
+    }
+
+    /// A keyring over `backend`'s store with this configuration's access
+    /// groups, model names, default grants and static keys (see
+    /// [`keyring`](Self::keyring)); with PostgreSQL, following the change feed.
+    pub async fn keyring_on(&self, backend: &KeyBackend) -> Result<Keyring, ConfigError> {
+        let keyring = self.keyring_over(backend.store.clone()).await?;
+        #[cfg(feature = "postgres")]
+        if let Some(store) = &backend.postgres {
+            store.follow(&keyring, Duration::from_millis(self.keys.change_poll_ms));
+        }
+        Ok(keyring)
+    }
+
+    /// Whether `next` may replace this running configuration without a
+    /// restart: an error names the first setting that differs and needs one
+    /// (`server.listen`, `server.worker_threads`, `server.metrics`,
+    /// `server.shutdown_grace_ms`, every `[keys]` field but `default_models`
+    /// and `static`, `[state]`, `[spend]`, `[telemetry]`,
+    /// `budgets.time_zone`). Everything else (groups, deployments, prices,
+    /// access groups, fallbacks, `[router]`, `[upstream]`, `[rate_limits]`,
+    /// `[fair_queue]`, the global budget, `[pricing]`,
+    /// `server.max_body_bytes`, the keys' default grants and static keys)
+    /// takes effect. `next` must have been checked ([`from_file`](Self::from_file)).
+    ///
+    /// ```
+    /// use tollgate::config::Config;
+    /// let group = "[[groups]]\nname = \"m\"\n[[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://127.0.0.1:9000/v1\"\n";
+    /// let running = Config::from_toml("gw.toml", group).unwrap();
+    /// let more = Config::from_toml("gw.toml", &format!("{group}[rate_limits]\nrequests_per_minute = 60\n")).unwrap();
+    /// running.reload_check(&more).unwrap();
+    /// let moved = Config::from_toml("gw.toml", &format!("[server]\nlisten = \"127.0.0.1:4001\"\n{group}")).unwrap();
+    /// assert_eq!(running.reload_check(&moved).unwrap_err().field(), "server.listen");
+    /// ```
+    pub fn reload_check(&self, next: &Config) -> Result<(), ConfigError> {
+        let restart = |field: &str| {
+            Err(next.err(
+                field,
+                "cannot change without a restart; the running configuration stays (put the old \
+                 value back to reload the rest, or restart the gateway)",
+            ))
+        };
+        macro_rules! same {
+            ($($field:ident).+) => {
+                if self.$($field).+ != next.$($field).+ {
+                    return restart(stringify!($($field).+));
+                }
+            };
+        }
+        same!(server.listen);
+        same!(server.worker_threads);
+        same!(server.metrics);
+        same!(server.shutdown_grace_ms);
+        same!(keys.url);
+        same!(keys.url_env);
+        same!(keys.store);
+        same!(keys.sqlite_path);
+        same!(keys.change_poll_ms);
+        same!(keys.pool_size);
+        same!(keys.master_key_env);
+        same!(state.url);
+        same!(state.ca_file);
+        same!(state.prefix);
+        same!(state.on_unavailable_budget);
+        same!(state.on_unavailable_rate_limit);
+        same!(state.timeout_ms);
+        same!(state.reservation_ttl_ms);
+        same!(spend);
+        same!(telemetry);
+        let zone = |c: &Config| {
+            c.budgets
+                .as_ref()
+                .map_or_else(|| Budgets::default().time_zone, |b| b.time_zone.clone())
+        };
+        if zone(self) != zone(next) {
+            return restart("budgets.time_zone");
+        }
+        Ok(())
+    }
+
+    /// What `next` changes in the model groups, by name (for the log line of
+    /// a reload; no URL, header or credential).
+    pub fn group_changes(&self, next: &Config) -> GroupChanges {
+        let names = |c: &Config| -> BTreeMap<String, String> {
+            // The whole group's settings as text, only to compare them.
+            c.groups
+                .iter()
+                .map(|g| (g.name.clone(), format!("{g:?}")))
+                .collect()
+        };
+        let (old, new) = (names(self), names(next));
+        GroupChanges {
+            added: new
+                .keys()
+                .filter(|n| !old.contains_key(*n))
+                .cloned()
+                .collect(),
+            removed: old
+                .keys()
+                .filter(|n| !new.contains_key(*n))
+                .cloned()
+                .collect(),
+            changed: new
+                .iter()
+                .filter(|(n, g)| old.get(*n).is_some_and(|o| o != *g))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
     }
 
     async fn keyring_over(&self, store: Arc<dyn KeyStore>) -> Result<Keyring, ConfigError> {
@@ -2299,12 +2452,33 @@ impl Config {
         clock: Arc<dyn Clock>,
         store: Option<Arc<dyn CooldownStore>>,
     ) -> Result<Router<Provider>, ConfigError> {
-        let client = self.http_client()?;
-        let timeouts = self.timeouts();
-        let mut router = Router::builder().policy(self.retry_policy()).clock(clock);
+        let mut router = Router::builder();
         if let Some(store) = store {
             router = router.cooldown_store(store);
         }
+        self.router_from(router, clock)
+    }
+
+    /// The router of this configuration replacing `prev` (a reload): the
+    /// deployments both have (same group, same name) keep their cooldowns
+    /// and in-flight counts, in `prev`'s cooldown store
+    /// ([`RouterBuilder::carry_over`](crate::router::RouterBuilder::carry_over)).
+    pub fn router_after(
+        &self,
+        clock: Arc<dyn Clock>,
+        prev: &Router<Provider>,
+    ) -> Result<Router<Provider>, ConfigError> {
+        self.router_from(Router::builder().carry_over(prev), clock)
+    }
+
+    fn router_from(
+        &self,
+        router: crate::router::RouterBuilder<Provider>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Router<Provider>, ConfigError> {
+        let client = self.http_client()?;
+        let timeouts = self.timeouts();
+        let mut router = router.policy(self.retry_policy()).clock(clock);
         for (gi, g) in self.groups.iter().enumerate() {
             let mut deployments = Vec::with_capacity(g.deployments.len());
             for (di, d) in g.deployments.iter().enumerate() {
@@ -2393,6 +2567,75 @@ mod tests {
         assert!(e.to_string().contains("server.worker_threads"), "{e}");
         assert_eq!(c.groups[0].deployments[0].weight, 1);
         assert!(c.router().unwrap().has_model("g"));
+    }
+
+    #[test]
+    fn a_reload_may_change_the_groups_and_limits_but_not_what_needs_a_restart() {
+        let at = |text: &str| Config::from_toml("gw.toml", text).unwrap();
+        let running = at(&format!("[budgets]\nglobal_max_usd = 10.0\n{OK}"));
+        // Reloadable: groups, prices, access groups, limits, queue, global budget.
+        let next = at(&format!(
+            "[budgets]\nglobal_max_usd = 20.0\n[rate_limits]\nrequests_per_minute = 5\n\
+             [fair_queue]\ncapacity = 8\n[access_groups]\nfast = [\"g\"]\n\
+             [keys]\ndefault_models = [\"fast\"]\n\
+             [router]\nnum_retries = 0\n[upstream]\nidle_timeout_ms = 1000\n{OK}\
+             price_in_per_mtok = 1.0\n\
+             [[groups]]\nname = \"h\"\n[[groups.deployments]]\nprovider = \"mock\"\n\
+             base_url = \"http://127.0.0.1:9001/v1\"\n"
+        ));
+        running.reload_check(&next).unwrap();
+        let changes = running.group_changes(&next);
+        assert_eq!(changes.added, ["h"]);
+        assert!(changes.removed.is_empty());
+        assert_eq!(changes.changed, ["g"], "g's deployment has a price now");
+        let back = next.group_changes(&running);
+        assert_eq!(
+            (back.added.len(), back.removed.as_slice()),
+            (0, &["h".to_owned()][..])
+        );
+
+        // Each needs a restart: refused naming the field and the new file.
+        for (section, field) in [
+            ("[server]\nlisten = \"127.0.0.1:4001\"", "server.listen"),
+            ("[server]\nworker_threads = 2", "server.worker_threads"),
+            ("[server]\nmetrics = false", "server.metrics"),
+            (
+                "[server]\nshutdown_grace_ms = 1",
+                "server.shutdown_grace_ms",
+            ),
+            ("[keys]\nurl = \"memory\"", "keys.url"),
+            ("[keys]\nmaster_key_env = \"PATH\"", "keys.master_key_env"),
+            ("[keys]\npool_size = 2", "keys.pool_size"),
+            ("[state]\nprefix = \"other:\"", "state.prefix"),
+            ("[spend]\nqueue = 5", "spend"),
+            (
+                if cfg!(feature = "otel") {
+                    "[telemetry]\nenabled = false"
+                } else {
+                    "[spend]\nbatch = 5"
+                },
+                if cfg!(feature = "otel") {
+                    "telemetry"
+                } else {
+                    "spend"
+                },
+            ),
+            (
+                "[budgets]\nglobal_max_usd = 10.0\ntime_zone = \"Europe/Paris\"",
+                "budgets.time_zone",
+            ),
+        ] {
+            let text = if section.starts_with("[budgets]") {
+                format!("{section}\n{OK}")
+            } else {
+                format!("[budgets]\nglobal_max_usd = 10.0\n{section}\n{OK}")
+            };
+            let next = Config::from_toml("new.toml", &text).unwrap();
+            let e = running.reload_check(&next).unwrap_err();
+            assert_eq!(e.field(), field, "{e}");
+            assert!(e.to_string().starts_with("new.toml: "), "{e}");
+            assert!(e.to_string().contains("restart"), "{e}");
+        }
     }
 
     #[test]

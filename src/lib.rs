@@ -46,6 +46,10 @@
 //! State for several replicas (budgets, rate limits, router cooldowns) can
 //! live in Redis: `state` (feature `redis`).
 //!
+//! A stack can be replaced while it serves (a configuration reload), each
+//! request finishing on the stack it started with: `reload` (feature
+//! `reload`).
+//!
 //! # Who is calling
 //!
 //! The policy layers read the caller's identity by type (`LlmRequest<I>`).
@@ -200,6 +204,9 @@ pub mod budget;
 
 #[cfg(feature = "redis")]
 pub mod state;
+
+#[cfg(feature = "reload")]
+pub mod reload;
 
 #[cfg(feature = "otel")]
 pub mod telemetry;

@@ -24,6 +24,7 @@
 //! | `tollgate_spend_micros_total` | counter | — | `Budget`: micro-USD charged by each settlement (what the spend records say) |
 //! | `tollgate_spend_records_dropped_total` | counter | — | `SpendWriter`: records dropped on a full queue (never expected; a `warn` line too) |
 //! | `tollgate_spend_write_errors_total` | counter | — | `SpendWriter`: records in a batch the store refused (an `error` line too) |
+//! | `tollgate_config_reloads_total` | counter | `outcome` | the application, through [`config_reload`]: each configuration reload, `ok` (in place) or `refused` (the running configuration stays) |
 //!
 //! **Labels, and why their number stays bounded.**
 //!
@@ -33,6 +34,7 @@
 //!   cannot create series.
 //! - `deployment`: `<model group>/<deployment name>`, the router's key for
 //!   the deployment (the cooldown store's too); fixed by the configuration.
+//! - `outcome`: `ok` or `refused`.
 //! - `status`: `1xx` … `5xx`. `reason`: the stable
 //!   [`Reason`](crate::Reason) word of the error (`upstream_rate_limited`, …)
 //!   or the cooldown reason; a closed set.
@@ -118,6 +120,8 @@ pub const SPEND_MICROS_TOTAL: &str = "tollgate_spend_micros_total";
 pub const SPEND_RECORDS_DROPPED_TOTAL: &str = "tollgate_spend_records_dropped_total";
 /// Counter: spend records lost because the store refused their batch.
 pub const SPEND_WRITE_ERRORS_TOTAL: &str = "tollgate_spend_write_errors_total";
+/// Counter: configuration reloads, by [`OUTCOME`].
+pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 
 /// Label: a configured model group, or [`OTHER`].
 pub const MODEL_GROUP: &str = "model_group";
@@ -133,6 +137,8 @@ pub const FROM: &str = "from";
 pub const TO: &str = "to";
 /// Label: a fair-queue tenant (a key's public id, or `team:<id>`).
 pub const TENANT: &str = "tenant";
+/// Label: a configuration reload's outcome, `ok` or `refused`.
+pub const OUTCOME: &str = "outcome";
 /// The label value for a model name that is not a configured group.
 pub const OTHER: &str = "other";
 
@@ -164,6 +170,15 @@ pub const BUCKETS: &[(&str, &[f64])] = &[
 /// recorder; call it once after installing one.
 pub fn describe() {
     record::describe();
+}
+
+/// Counts one configuration reload in `tollgate_config_reloads_total`:
+/// `applied` (the new configuration is in place, `outcome="ok"`) or refused
+/// (`outcome="refused"`: the running configuration stays). Recorded by the
+/// application that reloads (the reference gateway on `SIGHUP`), which alone
+/// knows whether a new configuration was accepted.
+pub fn config_reload(applied: bool) {
+    record::config_reload(applied);
 }
 
 #[cfg(feature = "metrics")]
@@ -226,6 +241,7 @@ pub(crate) mod noop {
     pub(crate) fn spend_records_dropped() {}
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
     pub(crate) fn spend_write_errors(_: u64) {}
+    pub(crate) fn config_reload(_: bool) {}
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -281,6 +297,10 @@ pub(crate) mod record {
         describe_counter!(
             SPEND_WRITE_ERRORS_TOTAL,
             "Spend records lost because the store refused their batch."
+        );
+        describe_counter!(
+            CONFIG_RELOADS_TOTAL,
+            "Configuration reloads, by outcome (ok, refused)."
         );
         describe_gauge!(DEPLOYMENT_IN_FLIGHT, "Requests in flight per deployment.");
         describe_gauge!(
@@ -356,6 +376,12 @@ pub(crate) mod record {
     #[cfg_attr(not(feature = "budget"), allow(dead_code))]
     pub(crate) fn spend_write_errors(n: u64) {
         counter!(SPEND_WRITE_ERRORS_TOTAL).increment(n);
+    }
+
+    /// A configuration reload was applied or refused.
+    pub(crate) fn config_reload(applied: bool) {
+        let outcome = if applied { "ok" } else { "refused" };
+        counter!(CONFIG_RELOADS_TOTAL, OUTCOME => outcome).increment(1);
     }
 
     /// `delta` more (or fewer) of `tenant`'s requests wait.

@@ -588,6 +588,29 @@ where
         self
     }
 
+    /// This layer's counters (and shared limiter) with another key hook: a
+    /// configuration reload's new defaults, without forgetting anyone's
+    /// usage. A key whose limits are unchanged keeps its buckets; one whose
+    /// limits changed starts fresh ones, as when an admin changes them.
+    ///
+    /// ```
+    /// use tollgate::rate_limit::{Limits, RateLimitLayer};
+    /// # use tollgate::LlmRequest;
+    /// let per_key = |_: &LlmRequest| Some(("k".to_owned(), Limits::per_minute(60, 0)));
+    /// let layer = RateLimitLayer::new(per_key);
+    /// let reloaded = layer.clone().with_extract(|_: &LlmRequest| Some(("k".to_owned(), Limits::per_minute(60, 0))));
+    /// assert_eq!(reloaded.tracked_keys(), layer.tracked_keys());
+    /// ```
+    pub fn with_extract<Y>(self, extract: Y) -> RateLimitLayer<Y, K, C> {
+        RateLimitLayer {
+            extract,
+            limiters: self.limiters,
+            default_max_output: self.default_max_output,
+            #[cfg(feature = "redis")]
+            shared: self.shared,
+        }
+    }
+
     /// How many keys are remembered now.
     pub fn tracked_keys(&self) -> usize {
         self.limiters.map.len()

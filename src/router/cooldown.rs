@@ -217,12 +217,34 @@ pub trait CooldownStore: Send + Sync + fmt::Debug + 'static {
     /// `true` when this failure completes `threshold` failures within the
     /// window; the window then starts empty again.
     fn record_failure(&self, id: &DeploymentId, now: Millis, window: FailureWindow) -> bool;
+
+    /// The store for a router rebuilt with other deployments (a
+    /// configuration reload, [`RouterBuilder::carry_over`](super::RouterBuilder::carry_over)):
+    /// `prev` are the ids of the router it replaces, `next` the new one's.
+    /// A deployment whose [`key`](DeploymentId::key) is in both keeps its
+    /// cooldown and failure count; both routers then share that state (the
+    /// old one still serves the requests that started on it).
+    ///
+    /// `None` (the default): this very store serves the new router as it
+    /// is, right for a store that names deployments by `key`. A store
+    /// indexed by [`DeploymentId::index`] must map its entries to the new
+    /// indexes, as [`InMemoryCooldowns`] does.
+    fn carry_over(
+        &self,
+        prev: &[DeploymentId],
+        next: &[DeploymentId],
+    ) -> Option<Arc<dyn CooldownStore>> {
+        let _ = (prev, next);
+        None
+    }
 }
 
 /// The in-process [`CooldownStore`]: a fixed array of atomic slots indexed by
-/// [`DeploymentId::index`]. Ids beyond its capacity are never cooling.
+/// [`DeploymentId::index`]. Ids beyond its capacity are never cooling. A
+/// reload's router shares the slots of the deployments it keeps
+/// ([`carried_over`](Self::carried_over)).
 pub struct InMemoryCooldowns {
-    slots: Box<[Slot]>,
+    slots: Box<[Arc<Slot>]>,
 }
 
 struct Slot {
@@ -237,13 +259,38 @@ impl InMemoryCooldowns {
     /// A store for deployments with indexes `0..capacity`.
     pub fn new(capacity: usize) -> Self {
         InMemoryCooldowns {
-            slots: (0..capacity)
-                .map(|_| Slot {
-                    state: AtomicU64::new(0),
-                    failures: std::array::from_fn(|_| AtomicU64::new(0)),
-                    next: AtomicU32::new(0),
-                })
+            slots: (0..capacity).map(|_| Arc::new(Slot::new())).collect(),
+        }
+    }
+
+    /// A store for the deployments `next` that shares this store's slot
+    /// (cooldown and failures) for each deployment of `prev` with the same
+    /// [`key`](DeploymentId::key); the others start cool.
+    pub fn carried_over(&self, prev: &[DeploymentId], next: &[DeploymentId]) -> Self {
+        let kept: HashMap<&str, &Arc<Slot>> = prev
+            .iter()
+            .filter_map(|id| Some((id.key(), self.slots.get(id.index())?)))
+            .collect();
+        let capacity = next.iter().map(|id| id.index() + 1).max().unwrap_or(0);
+        let mut slots: Vec<Option<Arc<Slot>>> = vec![None; capacity];
+        for id in next {
+            slots[id.index()] = kept.get(id.key()).map(|s| Arc::clone(s));
+        }
+        InMemoryCooldowns {
+            slots: slots
+                .into_iter()
+                .map(|s| s.unwrap_or_else(|| Arc::new(Slot::new())))
                 .collect(),
+        }
+    }
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: AtomicU64::new(0),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            next: AtomicU32::new(0),
         }
     }
 }
@@ -270,6 +317,14 @@ impl CooldownStore for InMemoryCooldowns {
             let packed = (cooldown.until << 8) | cooldown.reason as u64;
             slot.state.fetch_max(packed, Ordering::AcqRel);
         }
+    }
+
+    fn carry_over(
+        &self,
+        prev: &[DeploymentId],
+        next: &[DeploymentId],
+    ) -> Option<Arc<dyn CooldownStore>> {
+        Some(Arc::new(self.carried_over(prev, next)))
     }
 
     fn record_failure(&self, id: &DeploymentId, now: Millis, window: FailureWindow) -> bool {
@@ -300,13 +355,14 @@ impl CooldownStore for InMemoryCooldowns {
 }
 
 /// Cooldowns of one route family ([`Endpoint`]) on one deployment, local to
-/// this process. Reading is one atomic load while none is running (the
-/// usual case); a lock is taken only while some route is cooling.
+/// this process, by the deployment's [`key`](DeploymentId::key) (so a
+/// reload's router can share them). Reading is one atomic load while none is
+/// running (the usual case); a lock is taken only while some route is cooling.
 #[derive(Default)]
 pub struct RouteCooldowns {
     /// The latest expiry of any entry: once it has passed, nothing is cooling.
     latest: AtomicU64,
-    entries: Mutex<HashMap<(usize, Endpoint), Millis>>,
+    entries: Mutex<HashMap<(Arc<str>, Endpoint), Millis>>,
 }
 
 impl RouteCooldowns {
@@ -315,7 +371,7 @@ impl RouteCooldowns {
         Self::default()
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<(usize, Endpoint), Millis>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<(Arc<str>, Endpoint), Millis>> {
         // A panic while holding the lock cannot leave the map inconsistent.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -326,7 +382,7 @@ impl RouteCooldowns {
             return None;
         }
         self.entries()
-            .get(&(id.index(), endpoint))
+            .get(&(id.key.clone(), endpoint))
             .copied()
             .filter(|&until| until > now)
     }
@@ -336,7 +392,7 @@ impl RouteCooldowns {
     pub fn cool_down(&self, id: &DeploymentId, endpoint: Endpoint, until: Millis, now: Millis) {
         let mut entries = self.entries();
         entries.retain(|_, t| *t > now);
-        let t = entries.entry((id.index(), endpoint)).or_insert(until);
+        let t = entries.entry((id.key.clone(), endpoint)).or_insert(until);
         *t = (*t).max(until);
         self.latest.fetch_max(until, Ordering::AcqRel);
     }
@@ -454,5 +510,49 @@ mod tests {
         // An expired entry is dropped when another is set.
         r.cool_down(&id(1), Endpoint::Embeddings, 9_000, 6_000);
         assert_eq!(r.entries().len(), 1);
+    }
+
+    #[test]
+    fn a_reload_shares_the_slots_of_the_deployments_it_keeps() {
+        let old = Arc::new(InMemoryCooldowns::new(3));
+        let prev = [
+            DeploymentId::new(0, "a/x"),
+            DeploymentId::new(1, "a/y"),
+            DeploymentId::new(2, "b/z"),
+        ];
+        let c = Cooldown {
+            until: 9_000,
+            reason: CooldownReason::RateLimited,
+        };
+        old.cool_down(&prev[1], c);
+        let w = FailureWindow {
+            threshold: 2,
+            window: Duration::from_secs(10),
+        };
+        assert!(!old.record_failure(&prev[2], 100, w));
+        // `a/y` moves to index 0, `c/new` takes 1, `b/z` stays at 2, `a/x` is gone.
+        let next = [
+            DeploymentId::new(0, "a/y"),
+            DeploymentId::new(1, "c/new"),
+            DeploymentId::new(2, "b/z"),
+        ];
+        let new = old.carry_over(&prev, &next).unwrap();
+        assert_eq!(new.get(&next[0]), Some(c), "the cooldown followed its key");
+        assert_eq!(new.get(&next[1]), None, "a new deployment starts cool");
+        assert!(
+            new.record_failure(&next[2], 200, w),
+            "the failure count carried over: this is the second of two"
+        );
+        // Shared, not copied: what the old router still writes, the new one reads.
+        let later = Cooldown {
+            until: 20_000,
+            reason: CooldownReason::Credential,
+        };
+        old.cool_down(&prev[1], later);
+        assert_eq!(new.get(&next[0]), Some(later));
+        // Route cooldowns are by key, so one store serves both routers.
+        let routes = RouteCooldowns::new();
+        routes.cool_down(&prev[1], Endpoint::Responses, 5_000, 0);
+        assert_eq!(routes.get(&next[0], Endpoint::Responses, 0), Some(5_000));
     }
 }

@@ -529,6 +529,7 @@ pub struct RouterBuilder<S> {
     policy: RetryPolicy,
     store: Option<Arc<dyn CooldownStore>>,
     clock: Arc<dyn Clock>,
+    prev: Option<Router<S>>,
 }
 
 impl<S> fmt::Debug for RouterBuilder<S> {
@@ -551,7 +552,20 @@ impl<S> Router<S> {
             policy: RetryPolicy::default(),
             store: None,
             clock: Arc::new(SystemClock),
+            prev: None,
         }
+    }
+
+    /// Every deployment's id, by index.
+    fn ids(&self) -> Vec<DeploymentId> {
+        let mut ids: Vec<DeploymentId> = self
+            .shared
+            .groups
+            .values()
+            .flat_map(|g| g.slots.iter().map(|s| s.id.clone()))
+            .collect();
+        ids.sort_unstable_by_key(DeploymentId::index);
+        ids
     }
 
     /// The model groups, sorted.
@@ -662,11 +676,45 @@ impl<S> RouterBuilder<S> {
         self
     }
 
+    /// Builds the router that replaces `prev` (a configuration reload): a
+    /// deployment of the same group and name (`group/deployment`, its
+    /// [`DeploymentId::key`]) keeps its cooldown, failure count, cooling
+    /// routes and in-flight count (so its `capacity` counts the requests
+    /// still running on `prev`), shared with `prev` rather than copied.
+    /// Cooldowns stay in `prev`'s store ([`CooldownStore::carry_over`]),
+    /// which takes the place of [`cooldown_store`](Self::cooldown_store).
+    ///
+    /// ```
+    /// use tollgate::router::{Deployment, ManualClock, Router};
+    /// use tower::service_fn;
+    /// # use tollgate::{Body, Error, LlmRequest};
+    /// # fn svc() -> impl tower::Service<LlmRequest, Response = http::Response<Body>, Error = Error> + Clone {
+    /// #     service_fn(|_r: LlmRequest| async { Ok::<_, Error>(http::Response::new(Body::full("hi"))) })
+    /// # }
+    /// let old = Router::builder()
+    ///     .group("m", vec![Deployment::new("a", svc(), 1), Deployment::new("b", svc(), 1)])
+    ///     .unwrap()
+    ///     .build();
+    /// let new = Router::builder()
+    ///     .group("n", vec![Deployment::new("c", svc(), 1)])
+    ///     .unwrap()
+    ///     .group("m", vec![Deployment::new("b", svc(), 1)])
+    ///     .unwrap()
+    ///     .carry_over(&old)
+    ///     .build();
+    /// assert!(new.has_model("n") && new.has_model("m"));
+    /// ```
+    pub fn carry_over(mut self, prev: &Router<S>) -> Self {
+        self.prev = Some(prev.clone());
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router<S> {
         let mut groups =
             crate::Map::with_capacity_and_hasher(self.groups.len(), Default::default());
         let mut index = 0u32;
+        let prev = self.prev.as_ref();
         for (name, deployments) in self.groups {
             let weights: Vec<u64> = deployments.iter().map(|d| u64::from(d.weight)).collect();
             let slots = deployments
@@ -674,6 +722,10 @@ impl<S> RouterBuilder<S> {
                 .map(|d| {
                     let id = DeploymentId::new(index, &format!("{name}/{}", d.name));
                     index += 1;
+                    // A deployment the replaced router had counts its requests still there.
+                    let load = prev
+                        .and_then(|p| p.slot(&name, &d.name))
+                        .map_or_else(|| Arc::new(AtomicU32::new(0)), |s| s.load.clone());
                     Slot {
                         gauge: metrics::record::in_flight(id.key()),
                         header: HeaderValue::from_str(&d.name)
@@ -683,7 +735,7 @@ impl<S> RouterBuilder<S> {
                         weight: u64::from(d.weight),
                         capacity: d.capacity.unwrap_or(u32::MAX),
                         id,
-                        load: Arc::new(AtomicU32::new(0)),
+                        load,
                     }
                 })
                 .collect();
@@ -698,15 +750,32 @@ impl<S> RouterBuilder<S> {
             };
             groups.insert(name, group);
         }
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(InMemoryCooldowns::new(index as usize)));
+        let (store, routes) = match &self.prev {
+            Some(prev) => {
+                let mut next: Vec<DeploymentId> = groups
+                    .values()
+                    .flat_map(|g: &Group<S>| g.slots.iter().map(|s| s.id.clone()))
+                    .collect();
+                next.sort_unstable_by_key(DeploymentId::index);
+                let store = prev
+                    .shared
+                    .store
+                    .carry_over(&prev.ids(), &next)
+                    .unwrap_or_else(|| prev.shared.store.clone());
+                (store, prev.shared.routes.clone())
+            }
+            None => (
+                self.store
+                    .unwrap_or_else(|| Arc::new(InMemoryCooldowns::new(index as usize))),
+                Arc::new(RouteCooldowns::new()),
+            ),
+        };
         Router {
             shared: Arc::new(Shared {
                 groups,
                 policy: self.policy,
                 store,
-                routes: Arc::new(RouteCooldowns::new()),
+                routes,
                 clock: self.clock,
             }),
         }

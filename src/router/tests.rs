@@ -950,3 +950,65 @@ async fn a_5xx_that_says_when_to_come_back_cools_its_deployment_until_then() {
     tokio::time::advance(Duration::from_secs(2)).await;
     assert!(r.cooldown("g", "a").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_router_carries_over_cooldowns_and_in_flight_counts() {
+    let limited = Fake::failing(429, &[("retry-after", "60")]);
+    let old = Router::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .group(
+            "g",
+            vec![
+                Deployment::new("a", limited.clone(), 1),
+                Deployment::new("b", Fake::ok(), 1).capacity(1),
+            ],
+        )
+        .unwrap()
+        .build();
+    // `a` cools down for 60 s once it is picked.
+    while limited.calls() == 0 {
+        old.clone().oneshot(req("g")).await.unwrap();
+    }
+    // A response held open counts against `b`'s capacity.
+    let held = old.clone().oneshot(req("g")).await.unwrap();
+    assert_eq!(served_by(&held), "b");
+    assert!(old.cooldown("g", "a").is_some());
+    assert_eq!(old.in_flight("g", "b"), Some(1));
+
+    // A new group before `g` moves every index; `a` and `b` keep their names.
+    let fresh = Fake::ok();
+    let new = Router::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .group("first", vec![Deployment::new("f", Fake::ok(), 1)])
+        .unwrap()
+        .group(
+            "g",
+            vec![
+                Deployment::new("a", Fake::ok(), 1),
+                Deployment::new("b", Fake::ok(), 1).capacity(1),
+                Deployment::new("c", fresh.clone(), 1),
+            ],
+        )
+        .unwrap()
+        .carry_over(&old)
+        .build();
+    let c = new.cooldown("g", "a").expect("a's cooldown carried over");
+    assert_eq!(c.reason, CooldownReason::RateLimited);
+    assert_eq!(new.cooldown("g", "c"), None, "a new deployment starts cool");
+    assert_eq!(
+        new.in_flight("g", "b"),
+        Some(1),
+        "the old request counts here"
+    );
+    // `a` cools and `b` is full: `c` serves everything.
+    for _ in 0..5 {
+        let res = new.clone().oneshot(req("g")).await.unwrap();
+        assert_eq!(served_by(&res), "c");
+    }
+    assert_eq!(fresh.calls(), 5);
+    // The old router's request ends: `b` is free in the new one.
+    drop(held);
+    assert_eq!(new.in_flight("g", "b"), Some(0));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(new.cooldown("g", "a"), None, "expired on time");
+}

@@ -44,11 +44,12 @@ return 1
 #[derive(Clone)]
 pub struct RedisCooldowns {
     shared: Arc<Shared>,
+    /// Failure counting is per replica, indexed: a reload maps it.
+    failures: Arc<InMemoryCooldowns>,
 }
 
 struct Shared {
     mirror: DashMap<Arc<str>, Cooldown>,
-    failures: InMemoryCooldowns,
     publish: mpsc::UnboundedSender<(Arc<str>, Cooldown)>,
     synced: watch::Receiver<u64>,
 }
@@ -85,13 +86,15 @@ impl RedisCooldowns {
         let (synced_tx, synced) = watch::channel(0);
         let shared = Arc::new(Shared {
             mirror: DashMap::new(),
-            failures: InMemoryCooldowns::new(deployments),
             publish: tx,
             synced,
         });
         tokio::spawn(publisher(state.clone(), rx, clock));
         tokio::spawn(subscriber(state, Arc::downgrade(&shared), synced_tx));
-        RedisCooldowns { shared }
+        RedisCooldowns {
+            shared,
+            failures: Arc::new(InMemoryCooldowns::new(deployments)),
+        }
     }
 
     /// Resolves once the subscriber is listening and has loaded the current
@@ -131,7 +134,20 @@ impl CooldownStore for RedisCooldowns {
     }
 
     fn record_failure(&self, id: &DeploymentId, now: Millis, window: FailureWindow) -> bool {
-        self.shared.failures.record_failure(id, now, window)
+        self.failures.record_failure(id, now, window)
+    }
+
+    /// The same mirror, publisher and subscriber; the failure counts mapped
+    /// to the new router's indexes.
+    fn carry_over(
+        &self,
+        prev: &[DeploymentId],
+        next: &[DeploymentId],
+    ) -> Option<Arc<dyn CooldownStore>> {
+        Some(Arc::new(RedisCooldowns {
+            shared: self.shared.clone(),
+            failures: Arc::new(self.failures.carried_over(prev, next)),
+        }))
     }
 }
 

@@ -345,9 +345,22 @@ pub async fn post_messages_as(url: &str, key: &str, body: impl Into<reqwest::Bod
     read_answer(res).await
 }
 
+/// A gateway's address: in this process ([`Gateway`]) or another
+/// ([`processes::GatewayProcess`]).
+pub trait GatewayUrl {
+    /// `http://ADDR` + `path`.
+    fn url(&self, path: &str) -> String;
+}
+
+impl GatewayUrl for Gateway {
+    fn url(&self, path: &str) -> String {
+        Gateway::url(self, path)
+    }
+}
+
 /// A virtual key made through the admin API with the master key, from
 /// `/key/generate`'s JSON `fields`: its secret and its id.
-pub async fn generate_key(gw: &Gateway, fields: serde_json::Value) -> (String, String) {
+pub async fn generate_key(gw: &impl GatewayUrl, fields: serde_json::Value) -> (String, String) {
     let res = anonymous()
         .post(gw.url("/key/generate"))
         .bearer_auth(MASTER_KEY)

@@ -72,6 +72,22 @@ impl GatewayProcess {
         self.child.id()
     }
 
+    /// The config file the process was started with (a test may rewrite it
+    /// and send [`hangup`](Self::hangup) to reload it).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Sends SIGHUP (`kill -HUP`): the gateway reloads its config file.
+    pub fn hangup(&self) {
+        let pid = self.child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGHUP not delivered");
+    }
+
     /// Kills the process and waits for it.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -94,6 +110,12 @@ impl GatewayProcess {
                 self.logs()
             ),
         }
+    }
+}
+
+impl super::GatewayUrl for GatewayProcess {
+    fn url(&self, path: &str) -> String {
+        GatewayProcess::url(self, path)
     }
 }
 
