@@ -246,6 +246,20 @@ impl<T: Json + ?Sized> Json for &T {
     }
 }
 
+impl Json for bool {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.extend_from_slice(if *self { b"true" } else { b"false" });
+    }
+}
+
+/// Raw JSON text, already valid: copied as it is (a string keeps the
+/// escapes it came with).
+impl Json for serde_json::value::RawValue {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.extend_from_slice(self.get().as_bytes());
+    }
+}
+
 impl Json for u64 {
     fn write_to(&self, out: &mut BytesMut) {
         out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
@@ -357,6 +371,20 @@ pub(crate) fn write_str(out: &mut BytesMut, s: &str) {
         rest = &rest[stop + 1..];
     }
     out.put_u8(b'"');
+}
+
+/// The block or tool-call index a hand-read event spells at the start of
+/// `b` (one to nine digits, no leading zero), and what follows it: for the
+/// stream fast paths of both directions.
+pub(crate) fn leading_index(b: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && b[0] == b'0') {
+        return None;
+    }
+    let index = b[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((index, &b[digits..]))
 }
 
 /// Writes one Anthropic frame: `event: <name>\ndata: <json>\n\n`.
