@@ -6,12 +6,11 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::raw::{
     self, Members, Raw, as_bool, as_f64, as_str, as_u64, is_empty_str, is_null, is_object, is_str,
-    items, str_is, strict,
+    items, numbers_in_range, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_json, write_str};
 use super::{
@@ -110,7 +109,7 @@ pub(super) fn request(
             }
             "stop" => {
                 let one = is_str(value);
-                if !one && !items(value).is_some_and(|a| a.iter().all(|s| is_str(s))) {
+                if !one && !items(value).is_some_and(|a| a.iter().all(|s| is_str(*s))) {
                     return Err(bad("stop", "must be a string or an array of strings"));
                 }
                 stop = Some((value, one));
@@ -135,8 +134,8 @@ pub(super) fn request(
             }
             "reasoning_effort" => effort = Some(value),
             // Accepted only at the value that means "nothing asked".
-            "n" if value.get() == "1" => {}
-            "logprobs" | "store" if value.get() == "false" => {}
+            "n" if value.is("1") => {}
+            "logprobs" | "store" if value.is("false") => {}
             "presence_penalty" | "frequency_penalty" if as_f64(value) == Some(0.0) => {}
             "response_format" if parsed(value) == Some(json!({"type": "text"})) => {}
             "modalities" if parsed(value) == Some(json!(["text"])) => {}
@@ -145,7 +144,7 @@ pub(super) fn request(
     }
 
     let messages = messages.ok_or_else(|| bad("messages", "is required"))?;
-    let mut turns = BytesMut::with_capacity(messages.get().len() + 64);
+    let mut turns = BytesMut::with_capacity(messages.bytes().len() + 64);
     let system = self::messages(messages, &mut turns)?;
 
     let max = match (max_completion, max_tokens) {
@@ -212,7 +211,7 @@ pub(super) fn request(
                     o.get("function")
                         .and_then(Members::of)
                         .and_then(|f| f.get("name"))
-                        .filter(|n| is_str(n))
+                        .filter(|n| is_str(*n))
                 })
                 .flatten()
                 .ok_or_else(|| untranslatable("tool_choice"))?;
@@ -239,13 +238,13 @@ pub(super) fn request(
     match system {
         System::None => {}
         System::One(text) => {
-            o.field("system", text);
+            o.field("system", &text);
         }
         System::Blocks(texts) => write_text_blocks(o.key("system"), &texts),
     }
     o.key("messages").extend_from_slice(&turns);
     for (name, value) in numbers {
-        o.field(name, value);
+        o.field(name, &value);
     }
     match stop {
         None => {}
@@ -256,7 +255,7 @@ pub(super) fn request(
             list.put_u8(b']');
         }
         Some((list, false)) => {
-            o.field("stop_sequences", list);
+            o.field("stop_sequences", &list);
         }
     }
     if let Some(tools) = &tools {
@@ -268,7 +267,7 @@ pub(super) fn request(
                 Choice::Auto => t.field("type", "auto"),
                 Choice::None => t.field("type", "none"),
                 Choice::Any => t.field("type", "any"),
-                Choice::Tool(name) => t.field("type", "tool").field("name", *name),
+                Choice::Tool(name) => t.field("type", "tool").field("name", name),
             };
             if disable_parallel {
                 t.field("disable_parallel_tool_use", &true);
@@ -290,7 +289,7 @@ pub(super) fn request(
     }
     if let Some(user) = user {
         o.object("metadata", |m| {
-            m.field("user_id", user);
+            m.field("user_id", &user);
         });
     }
     o.end();
@@ -324,7 +323,7 @@ fn untranslatable(param: &str) -> Error {
 
 /// A value compared whole (the rare fields accepted only at one value).
 fn parsed(v: Raw<'_>) -> Option<Value> {
-    serde_json::from_str(v.get()).ok()
+    serde_json::from_slice(v.bytes()).ok()
 }
 
 fn count(v: Raw<'_>, param: &str) -> Result<u64, Error> {
@@ -336,7 +335,7 @@ fn count(v: Raw<'_>, param: &str) -> Result<u64, Error> {
 /// A sub-value copied as its text: it must read as a `serde_json::Value`
 /// would (no number out of range), or the copy would not.
 fn checked<'a>(v: Raw<'a>, param: &dyn Fn() -> String) -> Result<Raw<'a>, Error> {
-    if is_str(v) || strict(v) {
+    if is_str(v) || numbers_in_range(v) {
         Ok(v)
     } else {
         Err(bad(&param(), "holds a number out of range"))
@@ -367,7 +366,7 @@ fn write_text_blocks(out: &mut BytesMut, texts: &[Raw<'_>]) {
         if k > 0 {
             out.put_u8(b',');
         }
-        write_text_block(out, text);
+        write_text_block(out, *text);
     }
     out.put_u8(b']');
 }
@@ -436,7 +435,7 @@ fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Err
             }
             "user" => {
                 only_keys(&m, &at, &["role", "content"])?;
-                let content = m.get("content").unwrap_or(RawValue::NULL);
+                let content = m.get("content").unwrap_or(raw::NULL);
                 comma(out, &mut turns);
                 out.extend_from_slice(b"{\"role\":\"user\",\"content\":");
                 if is_str(content) {
@@ -482,7 +481,7 @@ fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Err
                         let mut n = 0;
                         for text in &texts {
                             comma(out, &mut n);
-                            write_text_block(out, text);
+                            write_text_block(out, *text);
                         }
                         for (j, call) in calls.into_iter().flatten().enumerate() {
                             comma(out, &mut n);
@@ -497,7 +496,7 @@ fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Err
                 only_keys(&m, &at, &["role", "content", "tool_call_id"])?;
                 let id = m
                     .get("tool_call_id")
-                    .filter(|v| is_str(v))
+                    .filter(|v| is_str(*v))
                     .ok_or_else(|| bad(&field("tool_call_id"), "is required"))?;
                 let content = match m.get("content") {
                     Some(c) if is_str(c) => ToolContent::Text(c),
@@ -583,7 +582,7 @@ fn text_part<'a>(p: &Members<'a>, at: At<'_>) -> Result<Raw<'a>, Error> {
     }
     only_keys(p, at, &["type", "text"])?;
     p.get("text")
-        .filter(|t| is_str(t))
+        .filter(|t| is_str(*t))
         .ok_or_else(|| bad(&format!("{}.text", at()), "must be a string"))
 }
 
@@ -659,7 +658,7 @@ fn tool_use(call: Raw<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> 
     }
     let id = c
         .get("id")
-        .filter(|v| is_str(v))
+        .filter(|v| is_str(*v))
         .ok_or_else(|| bad(&field("id"), "is required"))?;
     let f = c
         .get("function")
@@ -667,7 +666,7 @@ fn tool_use(call: Raw<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> 
         .ok_or_else(|| bad(&field("function"), "is required"))?;
     let name = f
         .get("name")
-        .filter(|v| is_str(v))
+        .filter(|v| is_str(*v))
         .ok_or_else(|| bad(&field("function.name"), "is required"))?;
     let args = f.get("arguments").and_then(as_str).unwrap_or_default();
     let not_json = || {
@@ -676,30 +675,27 @@ fn tool_use(call: Raw<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> 
             "is not valid JSON; Anthropic's tool_use input must be an object",
         )
     };
-    let input: Option<Raw<'_>> = if args.trim().is_empty() {
-        None
-    } else {
-        let input = serde_json::from_str::<Raw<'_>>(&args).map_err(|_| not_json())?;
-        if !is_object(input) {
-            return Err(bad(
+    // The arguments' text, one JSON object, becomes the input as it is.
+    let input = args.trim();
+    if !input.is_empty() && !raw::is_json_object(input.as_bytes()) {
+        return Err(match serde_json::from_str::<Value>(input) {
+            Ok(_) => bad(
                 &field("function.arguments"),
                 "must encode a JSON object (Anthropic's tool_use input)",
-            ));
-        }
-        if !strict(input) {
-            return Err(not_json());
-        }
-        Some(input)
-    };
+            ),
+            Err(_) => not_json(),
+        });
+    }
     let mut block = Obj::new(out);
     block
         .field("type", "tool_use")
-        .field("id", id)
-        .field("name", name);
-    match input {
-        Some(input) => block.field("input", input),
-        None => block.object("input", |_| {}),
-    };
+        .field("id", &id)
+        .field("name", &name);
+    if input.is_empty() {
+        block.object("input", |_| {});
+    } else {
+        block.key("input").extend_from_slice(input.as_bytes());
+    }
     block.end();
     Ok(())
 }
@@ -707,7 +703,7 @@ fn tool_use(call: Raw<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> 
 /// OpenAI function tools → Anthropic tools, written as an array; and how many.
 fn tools(tools: Raw<'_>) -> Result<(BytesMut, usize), Error> {
     let tools = items(tools).ok_or_else(|| bad("tools", "must be an array"))?;
-    let mut out = BytesMut::with_capacity(tools.iter().map(|t| t.get().len()).sum::<usize>() + 2);
+    let mut out = BytesMut::with_capacity(tools.iter().map(|t| t.bytes().len()).sum::<usize>() + 2);
     out.put_u8(b'[');
     let n = tools.len();
     for (i, tool) in tools.into_iter().enumerate() {
@@ -727,22 +723,22 @@ fn tools(tools: Raw<'_>) -> Result<(BytesMut, usize), Error> {
             &|| field("function"),
             &["name", "description", "parameters", "strict"],
         )?;
-        if f.get("strict").is_some_and(|s| s.get() == "true") {
+        if f.get("strict").is_some_and(|s| s.is("true")) {
             return Err(untranslatable(&field("function.strict")));
         }
         let name = f
             .get("name")
-            .filter(|n| is_str(n))
+            .filter(|n| is_str(*n))
             .ok_or_else(|| bad(&field("function.name"), "is required"))?;
         if i > 0 {
             out.put_u8(b',');
         }
         let mut o = Obj::new(&mut out);
-        o.field("name", name);
+        o.field("name", &name);
         match f.get_some("parameters") {
             Some(p) => o.field(
                 "input_schema",
-                checked(p, &|| field("function.parameters"))?,
+                &checked(p, &|| field("function.parameters"))?,
             ),
             None => o.object("input_schema", |s| {
                 s.field("type", "object").object("properties", |_| {});
@@ -751,7 +747,7 @@ fn tools(tools: Raw<'_>) -> Result<(BytesMut, usize), Error> {
         if let Some(d) = f.get_some("description") {
             o.field(
                 "description",
-                checked(d, &|| field("function.description"))?,
+                &checked(d, &|| field("function.description"))?,
             );
         }
         o.end();
@@ -812,83 +808,38 @@ pub(super) fn write_openai_usage(o: &mut Obj<'_>, u: &Usage) {
     }
 }
 
-/// A whole Anthropic answer, read without building a tree: the strings
-/// passed on stay the JSON literals they came in.
-#[derive(Deserialize)]
-struct Answer<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    content: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    stop_reason: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    usage: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    error: Option<Raw<'a>>,
-}
-
-/// One content block of an answer.
-#[derive(Deserialize)]
-struct AnswerBlock<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    thinking: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    name: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    input: Option<Raw<'a>>,
-}
-
-/// Anthropic's `usage`, each count as it came.
-#[derive(Deserialize, Default)]
-struct AnthropicUsage<'a> {
-    #[serde(borrow, default)]
-    input_tokens: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    output_tokens: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    cache_read_input_tokens: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    cache_creation_input_tokens: Option<Raw<'a>>,
-}
-
 /// Reads an Anthropic `usage` object from its text (missing or null fields
 /// leave the count as it was), as [`read_usage`] reads one from a tree.
 fn read_usage_raw(u: Raw<'_>, into: &mut Usage) {
-    let u: AnthropicUsage<'_> = serde_json::from_str(u.get()).unwrap_or_default();
-    for (field, count) in [
-        (u.input_tokens, &mut into.input_tokens),
-        (u.output_tokens, &mut into.output_tokens),
-        (u.cache_read_input_tokens, &mut into.cache_read_tokens),
+    let u = Members::of(u).unwrap_or_default();
+    for (key, count) in [
+        ("input_tokens", &mut into.input_tokens),
+        ("output_tokens", &mut into.output_tokens),
+        ("cache_read_input_tokens", &mut into.cache_read_tokens),
         (
-            u.cache_creation_input_tokens,
+            "cache_creation_input_tokens",
             &mut into.cache_creation_tokens,
         ),
     ] {
-        if let Some(v) = field.filter(|v| !is_null(v)) {
+        if let Some(v) = u.get_some(key) {
             *count = raw::tokens(Some(v));
         }
     }
 }
 
-/// Translates a whole Anthropic answer into a Chat Completions answer.
-pub(super) fn response<'a>(
-    body: &'a str,
+/// Translates a whole Anthropic answer (its members, read without a tree)
+/// into a Chat Completions answer; the texts are copied as the JSON
+/// literals they came in.
+pub(super) fn response(
+    m: Members<'_>,
+    size: usize,
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
-    let m: Answer<'a> = serde_json::from_str(body).map_err(|e| not_the_shape(body, e))?;
-    if m.kind.as_deref() == Some("error") {
+    let kind = m.get("type").and_then(as_str);
+    if kind.as_deref() == Some("error") {
         let e: Value = m
-            .error
-            .and_then(|e| serde_json::from_str(e.get()).ok())
+            .get("error")
+            .and_then(|e| serde_json::from_slice(e.bytes()).ok())
             .unwrap_or_default();
         let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         return Err(TranslateError::Upstream {
@@ -896,47 +847,49 @@ pub(super) fn response<'a>(
             message: field("message"),
         });
     }
-    if m.kind.as_deref() != Some("message") {
+    if kind.as_deref() != Some("message") {
         return Err(TranslateError::bad("the answer is not a message"));
     }
-    let id =
-        m.id.filter(|v| is_str(v))
-            .ok_or_else(|| TranslateError::bad("`id` is missing or not a string"))?;
+    fn string<'a>(v: Option<Raw<'a>>, key: &str) -> Result<Raw<'a>, TranslateError> {
+        v.filter(|v| is_str(*v))
+            .ok_or_else(|| TranslateError::bad(format!("`{key}` is missing or not a string")))
+    }
+    let id = string(m.get("id"), "id")?;
     let content = m
-        .content
-        .and_then(|c| serde_json::from_str::<Vec<AnswerBlock<'_>>>(c.get()).ok())
+        .get("content")
+        .and_then(items)
         .ok_or_else(|| TranslateError::bad("`content` is missing"))?;
     // The texts of the text and thinking blocks, joined as literals.
     let (mut text, mut reasoning): (Option<Vec<Raw<'_>>>, Option<Vec<Raw<'_>>>) = (None, None);
     let mut calls = Vec::new();
-    fn text_of(t: Option<Raw<'_>>) -> Option<Raw<'_>> {
-        t.filter(|t| is_str(t) && !is_empty_str(t))
+    fn text_of<'a>(b: &Members<'a>, key: &str) -> Option<Raw<'a>> {
+        b.get(key).filter(|t| is_str(*t) && !is_empty_str(*t))
     }
-    for block in &content {
-        let kind = block.kind.and_then(as_str).unwrap_or_default();
+    for block in content {
+        let b = Members::of(block).unwrap_or_default();
+        let kind = b.get("type").and_then(as_str).unwrap_or_default();
         match kind.as_ref() {
             "text" => text
                 .get_or_insert_with(Vec::new)
-                .extend(text_of(block.text)),
+                .extend(text_of(&b, "text")),
             "thinking" => reasoning
                 .get_or_insert_with(Vec::new)
-                .extend(text_of(block.thinking)),
+                .extend(text_of(&b, "thinking")),
             // Encrypted reasoning has no readable text for an OpenAI client.
             "redacted_thinking" => {}
             "tool_use" => {
-                let string = |v: Option<Raw<'a>>, key: &str| {
-                    v.filter(|v| is_str(v)).ok_or_else(|| {
-                        TranslateError::bad(format!("`{key}` is missing or not a string"))
-                    })
-                };
-                let input = match block.input {
-                    Some(input) if !strict(input) => {
+                let input = match b.get("input") {
+                    Some(input) if !numbers_in_range(input) => {
                         return Err(TranslateError::bad("a tool_use input is not JSON"));
                     }
-                    Some(input) => input.get(),
+                    Some(input) => input.text(),
                     None => "{}",
                 };
-                calls.push((string(block.id, "id")?, string(block.name, "name")?, input));
+                calls.push((
+                    string(b.get("id"), "id")?,
+                    string(b.get("name"), "name")?,
+                    input,
+                ));
             }
             other => {
                 return Err(TranslateError::bad(format!(
@@ -946,21 +899,20 @@ pub(super) fn response<'a>(
         }
     }
     let stop = m
-        .stop_reason
+        .get("stop_reason")
+        .and_then(as_str)
         .ok_or_else(|| TranslateError::bad("`stop_reason` is missing"))?;
     let finish = finish_reason(&stop)?;
     let mut usage = Usage::default();
-    let reported = m.usage.filter(|u| is_object(u));
+    let reported = m.get("usage").filter(|u| is_object(*u));
     if let Some(u) = reported {
         read_usage_raw(u, &mut usage);
     }
     // Written as it is read, without building the answer as a tree.
-    let mut out = BytesMut::with_capacity(
-        320 + body.len() + calls.iter().map(|c| c.2.len() / 8).sum::<usize>(),
-    );
+    let mut out = BytesMut::with_capacity(320 + size + calls.len() * 16);
     let mut msg_body = Obj::new(&mut out);
     msg_body
-        .field("id", id)
+        .field("id", &id)
         .field("object", "chat.completion")
         .field("created", &ctx.created)
         .field("model", &*ctx.model);
@@ -987,10 +939,10 @@ pub(super) fn response<'a>(
                     list.put_u8(b',');
                 }
                 let mut call = Obj::new(&mut *list);
-                call.field("id", *id)
+                call.field("id", id)
                     .field("type", "function")
                     .object("function", |f| {
-                        f.field("name", *name);
+                        f.field("name", name);
                         // The input's JSON text, as an OpenAI `arguments` string.
                         write_str(f.key("arguments"), arguments);
                     });
@@ -1019,15 +971,8 @@ pub(super) fn response_tree(
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
     let body = super::sse::to_bytes(v);
-    response(std::str::from_utf8(&body).unwrap_or_default(), ctx)
-}
-
-/// Why an answer did not read: not JSON at all, or JSON of another shape.
-pub(super) fn not_the_shape(body: &str, e: serde_json::Error) -> TranslateError {
-    match serde_json::from_str::<serde::de::IgnoredAny>(body) {
-        Err(e) => TranslateError::bad(format!("the answer is not JSON: {e}")),
-        Ok(_) => TranslateError::bad(format!("the answer does not have its family's shape: {e}")),
-    }
+    let m = raw::body(&body).map_err(|_| TranslateError::bad("the answer is not a JSON object"))?;
+    response(m, body.len(), ctx)
 }
 
 fn upstream_error(m: &Map<String, Value>) -> TranslateError {

@@ -7,12 +7,11 @@ use std::sync::LazyLock;
 
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::raw::{
     self, Members, Raw, as_bool, as_f64, as_str, as_u64, is_empty_str, is_null, is_object, is_str,
-    items, str_is, strict,
+    items, numbers_in_range, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_event, write_json};
 use super::{
@@ -84,7 +83,7 @@ pub(super) fn request(
                 ));
             }
             "stop_sequences" => {
-                if !items(value).is_some_and(|a| a.iter().all(|s| is_str(s))) {
+                if !items(value).is_some_and(|a| a.iter().all(|s| is_str(*s))) {
                     return Err(bad("stop_sequences", "must be an array of strings"));
                 }
                 stop = Some(value);
@@ -113,7 +112,7 @@ pub(super) fn request(
     };
 
     let mut chat = BytesMut::with_capacity(
-        messages.map_or(0, |m| m.get().len()) + system.map_or(0, |s| s.get().len()) + 64,
+        messages.map_or(0, |m| m.bytes().len()) + system.map_or(0, |s| s.bytes().len()) + 64,
     );
     chat.put_u8(b'[');
     let mut n = 0;
@@ -168,13 +167,13 @@ pub(super) fn request(
     }
     o.key("messages").extend_from_slice(&chat);
     for (name, value) in numbers {
-        o.field(name, value);
+        o.field(name, &value);
     }
     if let Some(stop) = stop {
-        o.field("stop", stop);
+        o.field("stop", &stop);
     }
     if let Some(user) = user {
-        o.field("user", user);
+        o.field("user", &user);
     }
     if let Some(tools) = &tools {
         o.key("tools").extend_from_slice(tools);
@@ -184,7 +183,7 @@ pub(super) fn request(
             ToolChoice::Named(name) => o.field("tool_choice", *name),
             ToolChoice::Function(name) => o.object("tool_choice", |c| {
                 c.field("type", "function").object("function", |f| {
-                    f.field("name", *name);
+                    f.field("name", name);
                 });
             }),
         };
@@ -236,7 +235,7 @@ fn only_keys(
 /// A sub-value copied as its text: it must read as a `serde_json::Value`
 /// would (no number out of range), or the copy would not.
 fn checked<'a>(v: Raw<'a>, param: &dyn Fn() -> String) -> Result<Raw<'a>, Error> {
-    if is_str(v) || strict(v) {
+    if is_str(v) || numbers_in_range(v) {
         Ok(v)
     } else {
         Err(bad(&param(), "holds a number out of range"))
@@ -266,7 +265,7 @@ fn one_or_parts(out: &mut BytesMut, parts: &[Part<'_>]) {
         let mut o = Obj::new(out);
         match part {
             Part::Text(text) => {
-                o.field("type", "text").field("text", *text);
+                o.field("type", "text").field("text", &*text);
             }
             Part::Image(url) => {
                 o.field("type", "image_url").object("image_url", |u| {
@@ -286,7 +285,7 @@ fn text_block<'a>(b: &Members<'a>, at: At<'_>, options: &Options) -> Result<Raw<
     }
     only_keys(b, at, &["type", "text"], options)?;
     b.get("text")
-        .filter(|t| is_str(t))
+        .filter(|t| is_str(*t))
         .ok_or_else(|| bad(&format!("{}.text", at()), "must be a string"))
 }
 
@@ -314,16 +313,16 @@ fn turn(
     let m = Members::of(message).ok_or_else(|| bad(&at(), "must be an object"))?;
     only_keys(&m, at, &["role", "content"], options)?;
     let role = m.get("role").and_then(as_str).unwrap_or_default();
-    let content = m.get("content").unwrap_or(RawValue::NULL);
+    let content = m.get("content").unwrap_or(raw::NULL);
     let blocks = || format!("{}.content", at());
     match role.as_ref() {
         "user" | "assistant" if is_str(content) => {
             comma(chat, n);
             let mut o = Obj::new(chat);
-            o.field("role", role.as_ref()).field("content", content);
+            o.field("role", role.as_ref()).field("content", &content);
             o.end();
         }
-        "user" if content.get().starts_with('[') => {
+        "user" if content.bytes().first() == Some(&b'[') => {
             let mut parts = Vec::new();
             for (j, block) in items(content).unwrap_or_default().into_iter().enumerate() {
                 let bat = || format!("{}[{j}]", blocks());
@@ -350,7 +349,7 @@ fn turn(
                 chat.put_u8(b'}');
             }
         }
-        "assistant" if content.get().starts_with('[') => {
+        "assistant" if content.bytes().first() == Some(&b'[') => {
             let mut texts = Vec::new();
             let mut reasoning: Option<Vec<Raw<'_>>> = None;
             let mut calls = Vec::new();
@@ -361,13 +360,13 @@ fn turn(
                     Some("tool_use") => {
                         only_keys(&b, &bat, &["type", "id", "name", "input"], options)?;
                         let (Some(id), Some(name)) = (
-                            b.get("id").filter(|v| is_str(v)),
-                            b.get("name").filter(|v| is_str(v)),
+                            b.get("id").filter(|v| is_str(*v)),
+                            b.get("name").filter(|v| is_str(*v)),
                         ) else {
                             return Err(bad(&bat(), "a tool_use block needs `id` and `name`"));
                         };
                         let input = match b.get("input") {
-                            Some(input) => checked(input, &|| format!("{}.input", bat()))?.get(),
+                            Some(input) => checked(input, &|| format!("{}.input", bat()))?.text(),
                             None => "{}",
                         };
                         calls.push((id, name, input));
@@ -385,7 +384,9 @@ fn turn(
                                 "a signed thinking block can only go back to an Anthropic upstream",
                             ));
                         }
-                        let text = b.get("thinking").filter(|t| is_str(t) && !is_empty_str(t));
+                        let text = b
+                            .get("thinking")
+                            .filter(|t| is_str(*t) && !is_empty_str(*t));
                         reasoning.get_or_insert_with(Vec::new).extend(text);
                     }
                     _ => texts.push(Part::Text(text_block(&b, &bat, options)?)),
@@ -410,10 +411,10 @@ fn turn(
                         list.put_u8(b',');
                     }
                     let mut call = Obj::new(&mut *list);
-                    call.field("id", *id)
+                    call.field("id", id)
                         .field("type", "function")
                         .object("function", |f| {
-                            f.field("name", *name).field("arguments", *input);
+                            f.field("name", name).field("arguments", *input);
                         });
                     call.end();
                 }
@@ -451,9 +452,9 @@ fn tool_result(
     )?;
     let id = b
         .get("tool_use_id")
-        .filter(|v| is_str(v))
+        .filter(|v| is_str(*v))
         .ok_or_else(|| bad(&format!("{}.tool_use_id", at()), "is required"))?;
-    let content = b.get("content").unwrap_or(RawValue::NULL);
+    let content = b.get("content").unwrap_or(raw::NULL);
     let parts = if is_null(content) || is_str(content) {
         None
     } else if let Some(blocks) = items(content) {
@@ -518,7 +519,8 @@ fn image<'a>(b: &Members<'a>, at: At<'_>, options: &Options) -> Result<Part<'a>,
 /// server tools are refused.
 fn tools(tools: Raw<'_>, options: &Options) -> Result<BytesMut, Error> {
     let tools = items(tools).ok_or_else(|| bad("tools", "must be an array"))?;
-    let mut out = BytesMut::with_capacity(tools.iter().map(|t| t.get().len() + 32).sum::<usize>());
+    let mut out =
+        BytesMut::with_capacity(tools.iter().map(|t| t.bytes().len() + 32).sum::<usize>());
     out.put_u8(b'[');
     for (i, tool) in tools.into_iter().enumerate() {
         let at = || format!("tools[{i}]");
@@ -537,11 +539,11 @@ fn tools(tools: Raw<'_>, options: &Options) -> Result<BytesMut, Error> {
         )?;
         let name = t
             .get("name")
-            .filter(|n| is_str(n))
+            .filter(|n| is_str(*n))
             .ok_or_else(|| bad(&field("name"), "is required"))?;
         let schema = t
             .get("input_schema")
-            .filter(|s| is_object(s))
+            .filter(|s| is_object(*s))
             .ok_or_else(|| bad(&field("input_schema"), "is required"))?;
         let schema = checked(schema, &|| field("input_schema"))?;
         let description = match t.get_some("description") {
@@ -553,9 +555,9 @@ fn tools(tools: Raw<'_>, options: &Options) -> Result<BytesMut, Error> {
         }
         let mut o = Obj::new(&mut out);
         o.field("type", "function").object("function", |f| {
-            f.field("name", name).field("parameters", schema);
+            f.field("name", &name).field("parameters", &schema);
             if let Some(d) = description {
-                f.field("description", d);
+                f.field("description", &d);
             }
         });
         o.end();
@@ -577,14 +579,14 @@ fn tool_choice(value: Raw<'_>) -> Result<(ToolChoice<'_>, Option<bool>), Error> 
         Some("none") => ToolChoice::Named("none"),
         Some("tool") => ToolChoice::Function(
             c.get("name")
-                .filter(|n| is_str(n))
+                .filter(|n| is_str(*n))
                 .ok_or_else(|| bad("tool_choice.name", "is required"))?,
         ),
         _ => return Err(bad("tool_choice.type", "must be auto, any, tool or none")),
     };
     let parallel = c
         .get("disable_parallel_tool_use")
-        .is_some_and(|d| d.get() == "true")
+        .is_some_and(|d| d.is("true"))
         .then_some(false);
     Ok((choice, parallel))
 }
@@ -665,125 +667,58 @@ fn upstream_error(e: &Value) -> TranslateError {
     }
 }
 
-/// A whole Chat Completions answer, read without building a tree: the
-/// strings passed on stay the JSON literals they came in.
-#[derive(Deserialize)]
-struct Answer<'a> {
-    #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    choices: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    usage: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    error: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnswerChoice<'a> {
-    #[serde(borrow, default)]
-    message: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnswerMessage<'a> {
-    #[serde(borrow, default)]
-    content: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    refusal: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnswerCall<'a> {
-    #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    function: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnswerFunction<'a> {
-    #[serde(borrow, default)]
-    name: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    arguments: Option<Raw<'a>>,
-}
-
-/// OpenAI's `usage`, the counts read.
-#[derive(Deserialize, Default)]
-struct OpenAiUsage<'a> {
-    #[serde(borrow, default)]
-    prompt_tokens: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    completion_tokens: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    prompt_tokens_details: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-struct PromptDetails<'a> {
-    #[serde(borrow, default)]
-    cached_tokens: Option<Raw<'a>>,
-}
-
 /// Reads an OpenAI `usage` object's text into Anthropic's partition, as
 /// [`read_usage`] reads one from a tree.
 fn read_usage_raw(u: Raw<'_>) -> Usage {
-    let u: OpenAiUsage<'_> = serde_json::from_str(u.get()).unwrap_or_default();
-    let details: PromptDetails<'_> = u
-        .prompt_tokens_details
-        .filter(|d| is_object(d))
-        .and_then(|d| serde_json::from_str(d.get()).ok())
+    let u = Members::of(u).unwrap_or_default();
+    let details = u
+        .get("prompt_tokens_details")
+        .and_then(Members::of)
         .unwrap_or_default();
-    let prompt = raw::tokens(u.prompt_tokens);
-    let cached = raw::tokens(details.cached_tokens).min(prompt);
+    let prompt = raw::tokens(u.get("prompt_tokens"));
+    let cached = raw::tokens(details.get("cached_tokens")).min(prompt);
     Usage {
         input_tokens: prompt - cached,
-        output_tokens: raw::tokens(u.completion_tokens),
+        output_tokens: raw::tokens(u.get("completion_tokens")),
         cache_read_tokens: cached,
         cache_creation_tokens: 0,
     }
 }
 
-/// Translates a whole Chat Completions answer into an Anthropic message.
-pub(super) fn response(body: &str, ctx: &ResponseContext) -> Result<Translated, TranslateError> {
-    let v: Answer<'_> =
-        serde_json::from_str(body).map_err(|e| super::chat_to_messages::not_the_shape(body, e))?;
-    if let Some(e) = v.error.filter(|e| !is_null(e)) {
-        let e: Value = serde_json::from_str(e.get()).unwrap_or_default();
+/// Translates a whole Chat Completions answer (its members, read without a
+/// tree) into an Anthropic message; the texts are copied as the JSON
+/// literals they came in.
+pub(super) fn response(
+    v: Members<'_>,
+    size: usize,
+    ctx: &ResponseContext,
+) -> Result<Translated, TranslateError> {
+    if let Some(e) = v.get_some("error") {
+        let e: Value = serde_json::from_slice(e.bytes()).unwrap_or_default();
         return Err(upstream_error(&e));
     }
-    let id = v.id.filter(|id| is_str(id));
-    let one = v
-        .choices
-        .and_then(|c| serde_json::from_str::<[AnswerChoice<'_>; 1]>(c.get()).ok());
-    let Some([choice]) = one else {
-        return Err(TranslateError::bad(
-            "the answer must have exactly one choice",
-        ));
+    let id = v.get("id").filter(|id| is_str(*id));
+    let choice = match v.get("choices").and_then(items).as_deref() {
+        Some([one]) => Members::of(*one).unwrap_or_default(),
+        _ => {
+            return Err(TranslateError::bad(
+                "the answer must have exactly one choice",
+            ));
+        }
     };
-    let message: AnswerMessage<'_> = choice
-        .message
-        .filter(|m| is_object(m))
-        .and_then(|m| serde_json::from_str(m.get()).ok())
+    let message = choice
+        .get("message")
+        .and_then(Members::of)
         .ok_or_else(|| TranslateError::bad("the choice has no message"))?;
     // `reasoning_content` as DeepSeek and vLLM send it, or `reasoning`.
-    let reasoning = [message.reasoning_content, message.reasoning]
+    let reasoning = [message.get("reasoning_content"), message.get("reasoning")]
         .into_iter()
         .flatten()
-        .find(|r| is_str(r))
-        .filter(|r| !is_empty_str(r));
+        .find(|r| is_str(*r))
+        .filter(|r| !is_empty_str(*r));
     let mut texts = Vec::with_capacity(2);
-    for (key, text) in [("content", message.content), ("refusal", message.refusal)] {
-        match text {
+    for key in ["content", "refusal"] {
+        match message.get(key) {
             None => {}
             Some(t) if is_null(t) || is_empty_str(t) => {}
             Some(t) if is_str(t) => texts.push(t),
@@ -795,51 +730,41 @@ pub(super) fn response(body: &str, ctx: &ResponseContext) -> Result<Translated, 
         }
     }
     let mut calls = Vec::new();
-    if let Some(list) = message.tool_calls.filter(|c| !is_null(c)) {
+    if let Some(list) = message.get_some("tool_calls") {
         let list =
             items(list).ok_or_else(|| TranslateError::bad("`tool_calls` is not an array"))?;
         for call in list {
-            let call: Option<AnswerCall<'_>> = serde_json::from_str(call.get()).ok();
-            let f: Option<AnswerFunction<'_>> = call
-                .as_ref()
-                .and_then(|c| c.function)
-                .and_then(|f| serde_json::from_str(f.get()).ok());
+            let call = Members::of(call).unwrap_or_default();
+            let f = call
+                .get("function")
+                .and_then(Members::of)
+                .unwrap_or_default();
             let (Some(id), Some(name)) = (
-                call.and_then(|c| c.id).filter(|v| is_str(v)),
-                f.as_ref().and_then(|f| f.name).filter(|v| is_str(v)),
+                call.get("id").filter(|v| is_str(*v)),
+                f.get("name").filter(|v| is_str(*v)),
             ) else {
                 return Err(TranslateError::bad("a tool call without `id` or `name`"));
             };
-            let args = f
-                .and_then(|f| f.arguments)
-                .and_then(as_str)
-                .unwrap_or_default();
+            let args = f.get("arguments").and_then(as_str).unwrap_or_default();
             // The arguments' text, checked to be one JSON object, becomes the input.
-            let input = if args.trim().is_empty() {
-                Cow::Borrowed("{}")
-            } else {
-                let ok = serde_json::from_str::<Raw<'_>>(&args)
-                    .is_ok_and(|input| is_object(input) && strict(input));
-                if !ok {
-                    return Err(TranslateError::bad(
-                        "a tool call's arguments are not a JSON object",
-                    ));
-                }
-                Cow::Owned(args.trim().to_owned())
-            };
-            calls.push((id, name, input));
+            if !args.trim().is_empty() && !raw::is_json_object(args.as_bytes()) {
+                return Err(TranslateError::bad(
+                    "a tool call's arguments are not a JSON object",
+                ));
+            }
+            calls.push((id, name, args));
         }
     }
     let finish = choice
-        .finish_reason
+        .get("finish_reason")
         .and_then(as_str)
         .ok_or_else(|| TranslateError::bad("`finish_reason` is missing"))?;
     let stop = stop_reason(&finish)?;
-    let usage = v.usage.filter(|u| is_object(u)).map(read_usage_raw);
+    let usage = v.get("usage").filter(|u| is_object(*u)).map(read_usage_raw);
     // Written as it is read, without building the answer as a tree.
-    let mut out = BytesMut::with_capacity(320 + body.len());
+    let mut out = BytesMut::with_capacity(320 + size);
     let mut answer = Obj::new(&mut out);
-    match id {
+    match &id {
         Some(id) => answer.field("id", id),
         None => answer.field("id", ""),
     };
@@ -858,7 +783,7 @@ pub(super) fn response(body: &str, ctx: &ResponseContext) -> Result<Translated, 
         fill(&mut o);
         o.end();
     };
-    if let Some(r) = reasoning {
+    if let Some(r) = &reasoning {
         block(content, &|o| {
             o.field("type", "thinking")
                 .field("thinking", r)
@@ -867,16 +792,21 @@ pub(super) fn response(body: &str, ctx: &ResponseContext) -> Result<Translated, 
     }
     for text in &texts {
         block(content, &|o| {
-            o.field("type", "text").field("text", *text);
+            o.field("type", "text").field("text", text);
         });
     }
-    for (id, name, input) in &calls {
+    for (id, name, args) in &calls {
         block(content, &|o| {
             o.field("type", "tool_use")
-                .field("id", *id)
-                .field("name", *name);
-            // Checked above: one JSON object, copied as its text.
-            o.key("input").extend_from_slice(input.as_bytes());
+                .field("id", id)
+                .field("name", name);
+            // Checked above: one JSON object (or nothing: `{}`), copied as its text.
+            let input = args.trim();
+            o.key("input").extend_from_slice(if input.is_empty() {
+                b"{}"
+            } else {
+                input.as_bytes()
+            });
         });
     }
     content.put_u8(b']');

@@ -465,16 +465,13 @@ impl Pair {
     ) -> Result<Translated, TranslateError> {
         // Chat Completions ↔ Messages read the answer without building a tree.
         if let Pair::ChatToMessages | Pair::MessagesToChat = self {
-            let text = std::str::from_utf8(body)
-                .ok()
-                .filter(|_| raw::no_lone_surrogate(body))
-                .ok_or_else(|| match serde_json::from_slice::<Value>(body) {
-                    Err(e) => TranslateError::bad(format!("the answer is not JSON: {e}")),
-                    Ok(_) => TranslateError::bad("the answer is not JSON"),
-                })?;
+            let answer = raw::body(body).map_err(|e| match e {
+                Some(e) => TranslateError::bad(format!("the answer is not JSON: {e}")),
+                None => TranslateError::bad("the answer is not a JSON object"),
+            })?;
             return match self {
-                Pair::ChatToMessages => chat_to_messages::response(text, ctx),
-                _ => messages_to_chat::response(text, ctx),
+                Pair::ChatToMessages => chat_to_messages::response(answer, body.len(), ctx),
+                _ => messages_to_chat::response(answer, body.len(), ctx),
             };
         }
         let value: Value = serde_json::from_slice(body)

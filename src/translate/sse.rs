@@ -252,14 +252,6 @@ impl Json for bool {
     }
 }
 
-/// Raw JSON text, already valid: copied as it is (a string keeps the
-/// escapes it came with).
-impl Json for serde_json::value::RawValue {
-    fn write_to(&self, out: &mut BytesMut) {
-        out.extend_from_slice(self.get().as_bytes());
-    }
-}
-
 impl Json for u64 {
     fn write_to(&self, out: &mut BytesMut) {
         out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
