@@ -425,9 +425,36 @@ impl Pair {
         upstream_model: &str,
         options: &Options,
     ) -> Result<TranslatedRequest, Error> {
+        self.request_from(body, upstream_model, options, false)
+    }
+
+    /// [`request`](Self::request) of a body the request scanner has already
+    /// accepted (a [`Parsed`](crate::read_request::Parsed) request's bytes,
+    /// as the provider has them): not validated a second time.
+    pub(crate) fn request_scanned(
+        self,
+        body: &[u8],
+        upstream_model: &str,
+        options: &Options,
+    ) -> Result<TranslatedRequest, Error> {
+        self.request_from(body, upstream_model, options, true)
+    }
+
+    fn request_from(
+        self,
+        body: &[u8],
+        upstream_model: &str,
+        options: &Options,
+        scanned: bool,
+    ) -> Result<TranslatedRequest, Error> {
         // Chat Completions ↔ Messages read the body without building a tree.
         if let Pair::ChatToMessages | Pair::MessagesToChat = self {
-            let req = raw::body(body).map_err(|e| match e {
+            let read = if scanned {
+                raw::scanned_body
+            } else {
+                raw::body
+            };
+            let req = read(body).map_err(|e| match e {
                 Some(e) => Error::new(
                     Reason::InvalidJson,
                     format!("the body is not valid JSON: {e}"),

@@ -1525,3 +1525,25 @@ fn a_lone_image_block_goes_on_as_an_image_part() {
         json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}])
     );
 }
+
+/// The provider's entry for a body the request scanner already accepted
+/// translates exactly as the validating one.
+#[test]
+fn a_scanned_body_translates_as_an_unscanned_one() {
+    let o = Options::default();
+    for (pair, body) in [
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"q \"x\" \u00e9"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"stream":true}"#,
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"model":"m","max_tokens":9,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"text","text":"a\\b"}]},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"k":[1,2]}}]}]}"#,
+        ),
+    ] {
+        crate::read_request::scan::scan(body.as_bytes()).unwrap();
+        let a = pair.request(body.as_bytes(), "u", &o).unwrap();
+        let b = pair.request_scanned(body.as_bytes(), "u", &o).unwrap();
+        assert_eq!(a.body, b.body, "{body}");
+    }
+}
