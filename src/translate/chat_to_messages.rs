@@ -389,7 +389,8 @@ fn comma(out: &mut BytesMut, n: &mut usize) {
 /// rest become Anthropic turns (consecutive `tool` messages one user turn of
 /// `tool_result` blocks), written into `out` as the `messages` array.
 fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Error> {
-    let messages = items(messages).ok_or_else(|| bad("messages", "must be an array"))?;
+    let messages =
+        raw::object_items(messages).ok_or_else(|| bad("messages", "must be an array"))?;
     let mut system: Vec<Raw<'a>> = Vec::new();
     let mut system_is_one_string = true;
     let mut started = false;
@@ -397,10 +398,10 @@ fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Err
     // The open user turn of `tool_result` blocks, and how many it holds.
     let mut tool_turn: Option<usize> = None;
     out.put_u8(b'[');
-    for (i, message) in messages.into_iter().enumerate() {
+    for (i, (_, m)) in messages.into_iter().enumerate() {
         let at = || format!("messages[{i}]");
         let field = |key: &str| format!("messages[{i}].{key}");
-        let m = Members::of(message).ok_or_else(|| bad(&at(), "must be an object"))?;
+        let m = m.ok_or_else(|| bad(&at(), "must be an object"))?;
         let role = m
             .get("role")
             .and_then(as_str)
@@ -857,7 +858,7 @@ pub(super) fn response(
     let id = string(m.get("id"), "id")?;
     let content = m
         .get("content")
-        .and_then(items)
+        .and_then(raw::object_items)
         .ok_or_else(|| TranslateError::bad("`content` is missing"))?;
     // The texts of the text and thinking blocks, joined as literals.
     let (mut text, mut reasoning): (Option<Vec<Raw<'_>>>, Option<Vec<Raw<'_>>>) = (None, None);
@@ -865,8 +866,8 @@ pub(super) fn response(
     fn text_of<'a>(b: &Members<'a>, key: &str) -> Option<Raw<'a>> {
         b.get(key).filter(|t| is_str(*t) && !is_empty_str(*t))
     }
-    for block in content {
-        let b = Members::of(block).unwrap_or_default();
+    for (_, b) in content {
+        let b = b.unwrap_or_default();
         let kind = b.get("type").and_then(as_str).unwrap_or_default();
         match kind.as_ref() {
             "text" => text

@@ -137,10 +137,10 @@ pub(super) fn request(
         one_or_parts(&mut chat, &parts);
         chat.put_u8(b'}');
     }
-    let Some(messages) = messages.and_then(items) else {
+    let Some(messages) = messages.and_then(raw::object_items) else {
         return Err(bad("messages", "must be an array"));
     };
-    for (i, message) in messages.into_iter().enumerate() {
+    for (i, (_, message)) in messages.into_iter().enumerate() {
         turn(
             message,
             &|| format!("messages[{i}]"),
@@ -304,13 +304,13 @@ fn kind_refused(b: &Members<'_>, at: At<'_>) -> Error {
 /// `tool_result` blocks become `tool` messages, before its other content),
 /// written into `chat`.
 fn turn(
-    message: Raw<'_>,
+    message: Option<Members<'_>>,
     at: At<'_>,
     options: &Options,
     chat: &mut BytesMut,
     n: &mut usize,
 ) -> Result<(), Error> {
-    let m = Members::of(message).ok_or_else(|| bad(&at(), "must be an object"))?;
+    let m = message.ok_or_else(|| bad(&at(), "must be an object"))?;
     only_keys(&m, at, &["role", "content"], options)?;
     let role = m.get("role").and_then(as_str).unwrap_or_default();
     let content = m.get("content").unwrap_or(raw::NULL);
@@ -698,8 +698,8 @@ pub(super) fn response(
         return Err(upstream_error(&e));
     }
     let id = v.get("id").filter(|id| is_str(*id));
-    let choice = match v.get("choices").and_then(items).as_deref() {
-        Some([one]) => Members::of(*one).unwrap_or_default(),
+    let choice = match v.get("choices").and_then(raw::object_items) {
+        Some(mut one) if one.len() == 1 => one.pop().and_then(|(_, c)| c).unwrap_or_default(),
         _ => {
             return Err(TranslateError::bad(
                 "the answer must have exactly one choice",

@@ -280,14 +280,21 @@ impl<'a> Obj<'a> {
         Obj { out, empty: true }
     }
 
-    /// Writes `"key":` (after a comma unless first) and returns the buffer for its value.
+    /// Writes `"key":` (after a comma unless first) and returns the buffer
+    /// for its value. Keys are the translators' own field names, which
+    /// need no escaping: written as they are.
     pub(crate) fn key(&mut self, key: &str) -> &mut BytesMut {
+        debug_assert!(
+            key.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\'),
+            "{key:?} needs escaping"
+        );
         if !self.empty {
             self.out.put_u8(b',');
         }
         self.empty = false;
-        write_str(self.out, key);
-        self.out.put_u8(b':');
+        self.out.put_u8(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
         self.out
     }
 
