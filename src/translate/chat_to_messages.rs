@@ -459,12 +459,8 @@ fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Err
                 let mut texts = Vec::new();
                 match m.get("content") {
                     None => {}
-                    Some(c) if is_null(c) => {}
-                    Some(c) if is_str(c) => {
-                        if !is_empty_str(c) {
-                            texts.push(c);
-                        }
-                    }
+                    Some(c) if is_null(c) || is_empty_str(c) => {}
+                    Some(c) if is_str(c) => texts.push(c),
                     Some(c) => texts = text_parts(c, &|| field("content"))?,
                 }
                 let calls = match m.get_some("tool_calls") {

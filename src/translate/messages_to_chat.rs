@@ -265,7 +265,7 @@ fn one_or_parts(out: &mut BytesMut, parts: &[Part<'_>]) {
         let mut o = Obj::new(out);
         match part {
             Part::Text(text) => {
-                o.field("type", "text").field("text", &*text);
+                o.field("type", "text").field("text", text);
             }
             Part::Image(url) => {
                 o.field("type", "image_url").object("image_url", |u| {

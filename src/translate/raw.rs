@@ -67,7 +67,7 @@ impl super::sse::Json for Raw<'_> {
 pub(super) struct Members<'a>(pub(super) Vec<(Cow<'a, [u8]>, Raw<'a>)>);
 
 /// A key's bytes as text (a validated body's keys are UTF-8).
-fn key_str<'k>(k: &'k [u8]) -> &'k str {
+fn key_str(k: &[u8]) -> &str {
     std::str::from_utf8(k).unwrap_or("?")
 }
 
@@ -99,12 +99,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        // Short strings (keys, names) with a plain loop, the rest with memchr.
-        let rest = b.get(j..)?;
-        j += match rest.iter().take(24).position(|c| *c == b'"') {
-            Some(k) => k,
-            None => 24 + memchr::memchr(b'"', rest.get(24..)?)?,
-        };
+        j += memchr::memchr(b'"', b.get(j..)?)?;
         let run = b[i + 1..j]
             .iter()
             .rev()
