@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::raw::{
-    self, Members, Raw, as_bool, as_f64, as_str, as_u64, is_empty_str, is_null, is_object, is_str,
-    items, numbers_in_range, str_is,
+    self, Members, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
+    is_object, is_str, items, numbers_in_range, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_json, write_str};
 use super::{
@@ -332,16 +332,6 @@ fn count(v: Raw<'_>, param: &str) -> Result<u64, Error> {
         .ok_or_else(|| bad(param, "must be a positive integer"))
 }
 
-/// A sub-value copied as its text: it must read as a `serde_json::Value`
-/// would (no number out of range), or the copy would not.
-fn checked<'a>(v: Raw<'a>, param: &dyn Fn() -> String) -> Result<Raw<'a>, Error> {
-    if is_str(v) || numbers_in_range(v) {
-        Ok(v)
-    } else {
-        Err(bad(&param(), "holds a number out of range"))
-    }
-}
-
 /// The top-level `system` the leading system messages make.
 enum System<'a> {
     None,
@@ -375,14 +365,6 @@ fn write_text_block(out: &mut BytesMut, text: Raw<'_>) {
     out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
     text.write_to(out);
     out.put_u8(b'}');
-}
-
-/// A comma before every item of a list but the first.
-fn comma(out: &mut BytesMut, n: &mut usize) {
-    if *n > 0 {
-        out.put_u8(b',');
-    }
-    *n += 1;
 }
 
 /// Leading `system`/`developer` messages become the top-level `system`; the

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::raw::{
-    self, Members, Raw, as_bool, as_f64, as_str, as_u64, is_empty_str, is_null, is_object, is_str,
-    items, numbers_in_range, str_is,
+    self, Members, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
+    is_object, is_str, items, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_event, write_json};
 use super::{
@@ -209,14 +209,6 @@ fn untranslatable(param: &str) -> Error {
     )
 }
 
-/// A comma before every item of a list but the first.
-fn comma(out: &mut BytesMut, n: &mut usize) {
-    if *n > 0 {
-        out.put_u8(b',');
-    }
-    *n += 1;
-}
-
 /// Refuses any key of `m` outside `allowed`; `cache_control` is passed
 /// over (and so dropped) instead when the options say so.
 fn only_keys(
@@ -229,16 +221,6 @@ fn only_keys(
     match m.unknown(allowed, skip) {
         Some(k) => Err(untranslatable(&format!("{}.{k}", at()))),
         None => Ok(()),
-    }
-}
-
-/// A sub-value copied as its text: it must read as a `serde_json::Value`
-/// would (no number out of range), or the copy would not.
-fn checked<'a>(v: Raw<'a>, param: &dyn Fn() -> String) -> Result<Raw<'a>, Error> {
-    if is_str(v) || numbers_in_range(v) {
-        Ok(v)
-    } else {
-        Err(bad(&param(), "holds a number out of range"))
     }
 }
 

@@ -476,6 +476,28 @@ pub(super) fn numbers_in_range(raw: Raw<'_>) -> bool {
     true
 }
 
+/// A sub-value copied as its text: it must read as a `serde_json::Value`
+/// would (no number out of range), or the copy would not; refused naming
+/// `param` otherwise.
+pub(super) fn checked<'a>(
+    v: Raw<'a>,
+    param: &dyn Fn() -> String,
+) -> Result<Raw<'a>, crate::error::Error> {
+    if is_str(v) || numbers_in_range(v) {
+        Ok(v)
+    } else {
+        Err(super::bad(&param(), "holds a number out of range"))
+    }
+}
+
+/// A comma before every item of a list but the first.
+pub(super) fn comma(out: &mut BytesMut, n: &mut usize) {
+    if *n > 0 {
+        out.extend_from_slice(b",");
+    }
+    *n += 1;
+}
+
 /// Whether `text` is one JSON object a `serde_json::Value` reads: valid
 /// (the scanner's checks), no lone surrogate, every number in range. For
 /// the JSON a string carries (a tool call's `arguments`).
