@@ -658,7 +658,8 @@ impl Inner {
                     Some(az) => az.deployment(),
                     None => self.model.as_ref().map_or(parsed.model(), |m| &*m.0),
                 };
-                let t = pair.request(parsed.bytes(), model, &self.translate)?;
+                // The body the request scanner read: not validated again.
+                let t = pair.request_scanned(parsed.bytes(), model, &self.translate)?;
                 translated = Some((t.body.clone(), t.stream));
                 Chunks::new(vec![t.body])
             }

@@ -18,7 +18,7 @@ pub(super) fn request(
 ) -> Result<TranslatedRequest, Error> {
     refuse_url_images(&req, converse::url_image)?;
     // The model goes in the URL; the pivot's own `model` is dropped.
-    let pivot = chat_to_messages::request(req, "", options)?;
+    let pivot = chat_to_messages::request_tree(req, "", options)?;
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&pivot.body) else {
         return Err(Error::new(
             crate::error::Reason::Internal,
@@ -64,7 +64,7 @@ pub(super) fn refuse_url_images(
 /// Translates a whole Converse answer into a Chat Completions answer.
 pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, TranslateError> {
     let (message, _) = converse::response(v, ctx)?;
-    chat_to_messages::response(&message, ctx)
+    chat_to_messages::response_tree(&message, ctx)
 }
 
 /// A translator of a ConverseStream into Chat Completions chunks.

@@ -8,7 +8,11 @@ use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::sse::{Obj, SseEvent, write_json, write_str};
+use super::raw::{
+    self, Members, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
+    is_object, is_str, items, numbers_in_range, str_is,
+};
+use super::sse::{Json, Obj, SseEvent, write_json, write_str};
 use super::{
     Options, Progress, ResponseContext, TranslateError, Translated, TranslatedRequest, Usage, bad,
     parse_event, str_field, tokens,
@@ -27,107 +31,121 @@ const MIN_BUDGET: u64 = 1024;
 
 // ---------------------------------------------------------------- request
 
-/// Translates an OpenAI Chat Completions request into an Anthropic Messages request.
+/// Where in the request a value is, built only when an error names it.
+type At<'p> = &'p dyn Fn() -> String;
+
+/// Anthropic's `tool_choice`, as translated.
+enum Choice<'a> {
+    Auto,
+    None,
+    Any,
+    Tool(Raw<'a>),
+}
+
+/// Translates an OpenAI Chat Completions request into an Anthropic Messages
+/// request, read from the client's body without building a tree: strings
+/// and sub-objects passed on are copied as their JSON text.
 pub(super) fn request(
-    req: Map<String, Value>,
+    req: Members<'_>,
     model: &str,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
-    let mut out = Map::new();
-    out.insert("model".into(), model.into());
-    let mut stream = false;
+    let mut stream = None;
     let mut include_usage = false;
     let (mut max_tokens, mut max_completion) = (None, None);
     let mut effort = None;
     let mut tool_choice = None;
     let mut parallel = None;
-    let mut has_tools = false;
     let mut messages = None;
-    for (key, value) in req {
-        if value.is_null() || super::GATEWAY_FIELDS.contains(&key.as_str()) {
+    let mut numbers: Vec<(&'static str, Raw<'_>)> = Vec::new();
+    let mut stop = None;
+    let mut tools = None;
+    let mut has_tools = false;
+    let mut user = None;
+    for (key, value) in req.sorted() {
+        if is_null(value) || super::GATEWAY_FIELDS.contains(&key.as_ref()) {
             continue; // a null field is an absent one; the gateway's own are not the upstream's
         }
-        match key.as_str() {
+        match key.as_ref() {
             "model" => {}
             "messages" => messages = Some(value),
             "stream" => {
-                stream = as_bool(&value, "stream")?;
-                out.insert(key, value);
+                stream = Some(as_bool(value).ok_or_else(|| bad("stream", "must be a boolean"))?)
             }
             "stream_options" => {
-                let Value::Object(o) = value else {
-                    return Err(bad("stream_options", "must be an object"));
-                };
-                for (k, v) in o {
-                    match k.as_str() {
+                let o =
+                    Members::of(value).ok_or_else(|| bad("stream_options", "must be an object"))?;
+                for (k, v) in o.sorted() {
+                    match k.as_ref() {
                         "include_usage" => {
-                            include_usage =
-                                !v.is_null() && as_bool(&v, "stream_options.include_usage")?
+                            include_usage = !is_null(v)
+                                && as_bool(v).ok_or_else(|| {
+                                    bad("stream_options.include_usage", "must be a boolean")
+                                })?
                         }
                         _ => return Err(untranslatable(&format!("stream_options.{k}"))),
                     }
                 }
             }
-            "max_tokens" => max_tokens = Some(count(&value, "max_tokens")?),
+            "max_tokens" => max_tokens = Some(count(value, "max_tokens")?),
             "max_completion_tokens" => {
-                max_completion = Some(count(&value, "max_completion_tokens")?)
+                max_completion = Some(count(value, "max_completion_tokens")?)
             }
             "temperature" => {
-                let t = value
-                    .as_f64()
-                    .ok_or_else(|| bad("temperature", "must be a number"))?;
+                let t = as_f64(value).ok_or_else(|| bad("temperature", "must be a number"))?;
                 if !(0.0..=1.0).contains(&t) {
                     return Err(bad(
                         "temperature",
                         "Anthropic accepts 0 to 1; a temperature above 1 cannot be carried",
                     ));
                 }
-                out.insert(key, value);
+                numbers.push(("temperature", value));
             }
             "top_p" | "top_k" => {
-                if !value.is_number() {
+                if as_f64(value).is_none() {
                     return Err(bad(&key, "must be a number"));
                 }
-                out.insert(key, value);
+                numbers.push((if key == "top_p" { "top_p" } else { "top_k" }, value));
             }
             "stop" => {
-                let list = match value {
-                    Value::String(s) => vec![Value::String(s)],
-                    Value::Array(a) if a.iter().all(Value::is_string) => a,
-                    _ => return Err(bad("stop", "must be a string or an array of strings")),
-                };
-                out.insert("stop_sequences".into(), Value::Array(list));
+                let one = is_str(value);
+                if !one && !items(value).is_some_and(|a| a.iter().all(|s| is_str(*s))) {
+                    return Err(bad("stop", "must be a string or an array of strings"));
+                }
+                stop = Some((value, one));
             }
             "tools" => {
-                let tools = tools(value)?;
-                has_tools = !tools.is_empty();
-                out.insert("tools".into(), Value::Array(tools));
+                let (written, n) = self::tools(value)?;
+                has_tools = n > 0;
+                tools = Some(written);
             }
             "tool_choice" => tool_choice = Some(value),
-            "parallel_tool_calls" => parallel = Some(as_bool(&value, "parallel_tool_calls")?),
+            "parallel_tool_calls" => {
+                parallel = Some(
+                    as_bool(value)
+                        .ok_or_else(|| bad("parallel_tool_calls", "must be a boolean"))?,
+                )
+            }
             "user" => {
-                let Value::String(user) = value else {
+                if !is_str(value) {
                     return Err(bad("user", "must be a string"));
-                };
-                out.insert("metadata".into(), json!({ "user_id": user }));
+                }
+                user = Some(value);
             }
             "reasoning_effort" => effort = Some(value),
             // Accepted only at the value that means "nothing asked".
-            "n" if value == json!(1) => {}
-            "logprobs" | "store" if value == Value::Bool(false) => {}
-            "presence_penalty" | "frequency_penalty" if value.as_f64() == Some(0.0) => {}
-            "response_format" if value == json!({"type": "text"}) => {}
-            "modalities" if value == json!(["text"]) => {}
+            "n" if value.is("1") => {}
+            "logprobs" | "store" if value.is("false") => {}
+            "presence_penalty" | "frequency_penalty" if as_f64(value) == Some(0.0) => {}
+            "response_format" if parsed(value) == Some(json!({"type": "text"})) => {}
+            "modalities" if parsed(value) == Some(json!(["text"])) => {}
             _ => return Err(untranslatable(&key)),
         }
     }
 
     let messages = messages.ok_or_else(|| bad("messages", "is required"))?;
-    let (system, messages) = self::messages(messages)?;
-    if let Some(system) = system {
-        out.insert("system".into(), system);
-    }
-    out.insert("messages".into(), Value::Array(messages));
+    let mut turns = BytesMut::with_capacity(messages.bytes().len() + 64);
+    let system = self::messages(messages, &mut turns)?;
 
     let max = match (max_completion, max_tokens) {
         (Some(a), Some(b)) if a != b => {
@@ -139,78 +157,161 @@ pub(super) fn request(
         (Some(a), _) | (None, Some(a)) => a,
         (None, None) => options.default_max_tokens,
     };
-    out.insert("max_tokens".into(), max.into());
 
-    if let Some(effort) = effort {
-        let effort = effort
-            .as_str()
-            .ok_or_else(|| bad("reasoning_effort", "must be a string"))?;
-        let thinking = if effort == "none" {
-            json!({"type": "disabled"})
-        } else {
-            let budget = EFFORT_BUDGETS
-                .iter()
-                .find(|(name, _)| *name == effort)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| {
-                    bad(
+    let thinking = match effort {
+        None => None,
+        Some(effort) => {
+            let effort =
+                as_str(effort).ok_or_else(|| bad("reasoning_effort", "must be a string"))?;
+            if effort == "none" {
+                Some(None)
+            } else {
+                let budget = EFFORT_BUDGETS
+                    .iter()
+                    .find(|(name, _)| *name == effort)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| {
+                        bad(
+                            "reasoning_effort",
+                            format!("`{effort}` has no Anthropic thinking budget"),
+                        )
+                    })?;
+                // Anthropic's budget is part of `max_tokens` and must stay below it.
+                let budget = budget.min(max.saturating_sub(1));
+                if budget < MIN_BUDGET {
+                    return Err(bad(
                         "reasoning_effort",
-                        format!("`{effort}` has no Anthropic thinking budget"),
-                    )
-                })?;
-            // Anthropic's budget is part of `max_tokens` and must stay below it.
-            let budget = budget.min(max.saturating_sub(1));
-            if budget < MIN_BUDGET {
-                return Err(bad(
-                    "reasoning_effort",
-                    format!(
-                        "Anthropic thinking needs at least {MIN_BUDGET} tokens below `max_tokens` ({max})"
-                    ),
-                ));
+                        format!(
+                            "Anthropic thinking needs at least {MIN_BUDGET} tokens below `max_tokens` ({max})"
+                        ),
+                    ));
+                }
+                Some(Some(budget))
             }
-            json!({"type": "enabled", "budget_tokens": budget})
-        };
-        out.insert("thinking".into(), thinking);
-    }
+        }
+    };
 
     let mut choice = match tool_choice {
         None => None,
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "none" => json!({"type": "none"}),
-            "required" => json!({"type": "any"}),
-            _ => return Err(bad("tool_choice", format!("`{s}` is not a tool choice"))),
+        Some(v) if is_str(v) => Some(match as_str(v).as_deref() {
+            Some("auto") => Choice::Auto,
+            Some("none") => Choice::None,
+            Some("required") => Choice::Any,
+            s => {
+                return Err(bad(
+                    "tool_choice",
+                    format!("`{}` is not a tool choice", s.unwrap_or_default()),
+                ));
+            }
         }),
-        Some(Value::Object(o)) => {
-            let name = (o.get("type") == Some(&json!("function")))
+        Some(v) if is_object(v) => {
+            let o = Members::of(v).unwrap_or_default();
+            let name = str_is(o.get("type"), "function")
                 .then(|| {
                     o.get("function")
+                        .and_then(Members::of)
                         .and_then(|f| f.get("name"))
-                        .and_then(Value::as_str)
+                        .filter(|n| is_str(*n))
                 })
                 .flatten()
                 .ok_or_else(|| untranslatable("tool_choice"))?;
-            Some(json!({"type": "tool", "name": name}))
+            Some(Choice::Tool(name))
         }
         Some(_) => return Err(bad("tool_choice", "must be a string or an object")),
     };
+    // Anthropic carries "at most one tool call" on its tool choice; `auto`
+    // is its default, so the choice added here means what the client asked.
+    let mut disable_parallel = false;
     if parallel == Some(false) && has_tools {
-        // Anthropic carries "at most one tool call" on its tool choice; `auto`
-        // is its default, so the choice added here means what the client asked.
-        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
-        if c["type"] != "none" {
-            c["disable_parallel_tool_use"] = Value::Bool(true);
-        }
-    }
-    if let Some(choice) = choice {
-        out.insert("tool_choice".into(), choice);
+        let c = choice.get_or_insert(Choice::Auto);
+        disable_parallel = !matches!(c, Choice::None);
     }
 
+    let mut out = BytesMut::with_capacity(
+        turns.len() + tools.as_ref().map_or(0, BytesMut::len) + model.len() + 256,
+    );
+    let mut o = Obj::new(&mut out);
+    o.field("model", model).field("max_tokens", &max);
+    if let Some(s) = stream {
+        o.field("stream", &s);
+    }
+    match system {
+        System::None => {}
+        System::One(text) => {
+            o.field("system", &text);
+        }
+        System::Blocks(texts) => write_text_blocks(o.key("system"), &texts),
+    }
+    o.key("messages").extend_from_slice(&turns);
+    for (name, value) in numbers {
+        o.field(name, &value);
+    }
+    match stop {
+        None => {}
+        Some((one, true)) => {
+            let list = o.key("stop_sequences");
+            list.put_u8(b'[');
+            one.write_to(list);
+            list.put_u8(b']');
+        }
+        Some((list, false)) => {
+            o.field("stop_sequences", &list);
+        }
+    }
+    if let Some(tools) = &tools {
+        o.key("tools").extend_from_slice(tools);
+    }
+    if let Some(c) = &choice {
+        o.object("tool_choice", |t| {
+            match c {
+                Choice::Auto => t.field("type", "auto"),
+                Choice::None => t.field("type", "none"),
+                Choice::Any => t.field("type", "any"),
+                Choice::Tool(name) => t.field("type", "tool").field("name", name),
+            };
+            if disable_parallel {
+                t.field("disable_parallel_tool_use", &true);
+            }
+        });
+    }
+    match thinking {
+        None => {}
+        Some(None) => {
+            o.object("thinking", |t| {
+                t.field("type", "disabled");
+            });
+        }
+        Some(Some(budget)) => {
+            o.object("thinking", |t| {
+                t.field("type", "enabled").field("budget_tokens", &budget);
+            });
+        }
+    }
+    if let Some(user) = user {
+        o.object("metadata", |m| {
+            m.field("user_id", &user);
+        });
+    }
+    o.end();
+
+    let stream = stream.unwrap_or(false);
     Ok(TranslatedRequest {
-        body: super::sse::to_bytes(&out),
+        body: out.freeze(),
         stream,
         include_usage: stream && include_usage,
     })
+}
+
+/// [`request`] of a body already read as a tree: the Converse and Gemini
+/// translators, which take the Messages request this one makes as their pivot.
+pub(super) fn request_tree(
+    req: Map<String, Value>,
+    model: &str,
+    options: &Options,
+) -> Result<TranslatedRequest, Error> {
+    let body = super::sse::to_bytes(&req);
+    let req = raw::body(&body).map_err(|_| bad("", "the body must be a JSON object"))?;
+    request(req, model, options)
 }
 
 fn untranslatable(param: &str) -> Error {
@@ -220,325 +321,418 @@ fn untranslatable(param: &str) -> Error {
     )
 }
 
-fn as_bool(v: &Value, param: &str) -> Result<bool, Error> {
-    v.as_bool().ok_or_else(|| bad(param, "must be a boolean"))
+/// A value compared whole (the rare fields accepted only at one value).
+fn parsed(v: Raw<'_>) -> Option<Value> {
+    serde_json::from_slice(v.bytes()).ok()
 }
 
-fn count(v: &Value, param: &str) -> Result<u64, Error> {
-    v.as_u64()
+fn count(v: Raw<'_>, param: &str) -> Result<u64, Error> {
+    as_u64(v)
         .filter(|n| *n > 0)
         .ok_or_else(|| bad(param, "must be a positive integer"))
 }
 
+/// The top-level `system` the leading system messages make.
+enum System<'a> {
+    None,
+    /// One system message with a string: the string.
+    One(Raw<'a>),
+    /// Anything else: text blocks.
+    Blocks(Vec<Raw<'a>>),
+}
+
+/// A `tool` message's content.
+enum ToolContent<'a> {
+    /// None given: `""`.
+    Empty,
+    Text(Raw<'a>),
+    Blocks(Vec<Raw<'a>>),
+}
+
+/// Writes `[{"type":"text","text":…},…]`.
+fn write_text_blocks(out: &mut BytesMut, texts: &[Raw<'_>]) {
+    out.put_u8(b'[');
+    for (k, text) in texts.iter().enumerate() {
+        if k > 0 {
+            out.put_u8(b',');
+        }
+        write_text_block(out, *text);
+    }
+    out.put_u8(b']');
+}
+
+fn write_text_block(out: &mut BytesMut, text: Raw<'_>) {
+    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+    text.write_to(out);
+    out.put_u8(b'}');
+}
+
 /// Leading `system`/`developer` messages become the top-level `system`; the
 /// rest become Anthropic turns (consecutive `tool` messages one user turn of
-/// `tool_result` blocks).
-fn messages(messages: Value) -> Result<(Option<Value>, Vec<Value>), Error> {
-    let Value::Array(messages) = messages else {
-        return Err(bad("messages", "must be an array"));
-    };
-    let mut system: Vec<Value> = Vec::new();
+/// `tool_result` blocks), written into `out` as the `messages` array.
+fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Error> {
+    let messages =
+        raw::object_items(messages).ok_or_else(|| bad("messages", "must be an array"))?;
+    let mut system: Vec<Raw<'a>> = Vec::new();
     let mut system_is_one_string = true;
-    let mut out: Vec<Value> = Vec::new();
-    let mut tool_turn: Vec<Value> = Vec::new();
-    for (i, message) in messages.into_iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let Value::Object(mut m) = message else {
-            return Err(bad(&at, "must be an object"));
-        };
+    let mut started = false;
+    let mut turns = 0;
+    // The open user turn of `tool_result` blocks, and how many it holds.
+    let mut tool_turn: Option<usize> = None;
+    out.put_u8(b'[');
+    for (i, (_, m)) in messages.into_iter().enumerate() {
+        let at = || format!("messages[{i}]");
+        let field = |key: &str| format!("messages[{i}].{key}");
+        let m = m.ok_or_else(|| bad(&at(), "must be an object"))?;
         let role = m
-            .remove("role")
-            .and_then(|r| r.as_str().map(str::to_owned))
-            .ok_or_else(|| bad(&format!("{at}.role"), "is required"))?;
+            .get("role")
+            .and_then(as_str)
+            .ok_or_else(|| bad(&field("role"), "is required"))?;
         // Fields every role may carry at their empty value.
         for key in ["name", "refusal", "function_call", "audio"] {
-            if m.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(untranslatable(&format!("{at}.{key}")));
+            if m.get_some(key).is_some() {
+                return Err(untranslatable(&field(key)));
             }
-            m.remove(key);
         }
-        if role != "tool" && !tool_turn.is_empty() {
-            out.push(json!({"role": "user", "content": std::mem::take(&mut tool_turn)}));
+        if role != "tool" && tool_turn.take().is_some() {
+            out.extend_from_slice(b"]}");
         }
-        match role.as_str() {
+        match role.as_ref() {
             "system" | "developer" => {
-                if !out.is_empty() || !tool_turn.is_empty() {
+                if started {
                     return Err(bad(
-                        &format!("{at}.role"),
+                        &field("role"),
                         "a system message after the conversation started has no place in Anthropic's top-level `system`",
                     ));
                 }
-                only_keys(&m, &at, &["content"])?;
-                match m.remove("content") {
-                    Some(Value::String(s)) => system.push(json!({"type": "text", "text": s})),
+                only_keys(&m, &at, &["role", "content"])?;
+                match m.get("content") {
+                    Some(c) if is_str(c) => system.push(c),
                     Some(c) => {
                         system_is_one_string = false;
-                        system.extend(text_parts(c, &format!("{at}.content"))?);
+                        system.extend(text_parts(c, &|| field("content"))?);
                     }
-                    None => return Err(bad(&format!("{at}.content"), "is required")),
+                    None => return Err(bad(&field("content"), "is required")),
                 }
+                continue;
             }
             "user" => {
-                only_keys(&m, &at, &["content"])?;
-                let content = match m.remove("content") {
-                    Some(Value::String(s)) => Value::String(s),
-                    Some(Value::Array(parts)) => Value::Array(user_parts(parts, &at)?),
-                    _ => {
-                        return Err(bad(
-                            &format!("{at}.content"),
-                            "must be a string or an array",
-                        ));
-                    }
-                };
-                out.push(json!({"role": "user", "content": content}));
+                only_keys(&m, &at, &["role", "content"])?;
+                let content = m.get("content").unwrap_or(raw::NULL);
+                comma(out, &mut turns);
+                out.extend_from_slice(b"{\"role\":\"user\",\"content\":");
+                if is_str(content) {
+                    content.write_to(out);
+                } else if let Some(parts) = items(content) {
+                    user_parts(parts, &at, out)?;
+                } else {
+                    return Err(bad(&field("content"), "must be a string or an array"));
+                }
+                out.put_u8(b'}');
             }
             "assistant" => {
-                only_keys(&m, &at, &["content", "tool_calls", "reasoning_content"])?;
                 // An unsigned reasoning text cannot become an Anthropic thinking
                 // block, and Anthropic ignores earlier turns' thinking anyway.
-                m.remove("reasoning_content");
-                let mut blocks = Vec::new();
-                match m.remove("content") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::String(s)) => {
-                        if !s.is_empty() {
-                            blocks.push(json!({"type": "text", "text": s}));
-                        }
-                    }
-                    Some(c) => blocks.extend(text_parts(c, &format!("{at}.content"))?),
+                only_keys(
+                    &m,
+                    &at,
+                    &["role", "content", "tool_calls", "reasoning_content"],
+                )?;
+                let mut texts = Vec::new();
+                match m.get("content") {
+                    None => {}
+                    Some(c) if is_null(c) || is_empty_str(c) => {}
+                    Some(c) if is_str(c) => texts.push(c),
+                    Some(c) => texts = text_parts(c, &|| field("content"))?,
                 }
-                let plain_text = blocks.len() == 1;
-                match m.remove("tool_calls") {
-                    None | Some(Value::Null) => {
-                        if plain_text {
-                            out.push(json!({"role": "assistant", "content": blocks[0]["text"]}));
-                            continue;
+                let calls = match m.get_some("tool_calls") {
+                    None => None,
+                    Some(c) => Some(
+                        items(c).ok_or_else(|| bad(&field("tool_calls"), "must be an array"))?,
+                    ),
+                };
+                comma(out, &mut turns);
+                out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":");
+                match (calls, texts.as_slice()) {
+                    (None, [text]) => text.write_to(out),
+                    (calls, _) => {
+                        out.put_u8(b'[');
+                        let mut n = 0;
+                        for text in &texts {
+                            comma(out, &mut n);
+                            write_text_block(out, *text);
                         }
-                    }
-                    Some(Value::Array(calls)) => {
-                        for (j, call) in calls.into_iter().enumerate() {
-                            blocks.push(tool_use(call, &format!("{at}.tool_calls[{j}]"))?);
+                        for (j, call) in calls.into_iter().flatten().enumerate() {
+                            comma(out, &mut n);
+                            tool_use(call, &|| format!("messages[{i}].tool_calls[{j}]"), out)?;
                         }
+                        out.put_u8(b']');
                     }
-                    Some(_) => return Err(bad(&format!("{at}.tool_calls"), "must be an array")),
                 }
-                out.push(json!({"role": "assistant", "content": blocks}));
+                out.put_u8(b'}');
             }
             "tool" => {
-                only_keys(&m, &at, &["content", "tool_call_id"])?;
+                only_keys(&m, &at, &["role", "content", "tool_call_id"])?;
                 let id = m
-                    .remove("tool_call_id")
-                    .filter(Value::is_string)
-                    .ok_or_else(|| bad(&format!("{at}.tool_call_id"), "is required"))?;
-                let content = match m.remove("content") {
-                    Some(Value::String(s)) => Value::String(s),
-                    Some(c) => Value::Array(text_parts(c, &format!("{at}.content"))?),
-                    None => Value::String(String::new()),
+                    .get("tool_call_id")
+                    .filter(|v| is_str(*v))
+                    .ok_or_else(|| bad(&field("tool_call_id"), "is required"))?;
+                let content = match m.get("content") {
+                    Some(c) if is_str(c) => ToolContent::Text(c),
+                    Some(c) => ToolContent::Blocks(text_parts(c, &|| field("content"))?),
+                    None => ToolContent::Empty,
                 };
-                tool_turn
-                    .push(json!({"type": "tool_result", "tool_use_id": id, "content": content}));
+                let n = match &mut tool_turn {
+                    Some(n) => n,
+                    None => {
+                        comma(out, &mut turns);
+                        out.extend_from_slice(b"{\"role\":\"user\",\"content\":[");
+                        tool_turn.insert(0)
+                    }
+                };
+                comma(out, n);
+                out.extend_from_slice(b"{\"type\":\"tool_result\",\"tool_use_id\":");
+                id.write_to(out);
+                out.extend_from_slice(b",\"content\":");
+                match content {
+                    ToolContent::Empty => out.extend_from_slice(b"\"\""),
+                    ToolContent::Text(text) => text.write_to(out),
+                    ToolContent::Blocks(texts) => write_text_blocks(out, &texts),
+                }
+                out.put_u8(b'}');
             }
             other => {
                 return Err(bad(
-                    &format!("{at}.role"),
+                    &field("role"),
                     format!("`{other}` has no Anthropic counterpart"),
                 ));
             }
         }
+        started = true;
     }
-    if !tool_turn.is_empty() {
-        out.push(json!({"role": "user", "content": tool_turn}));
+    if tool_turn.is_some() {
+        out.extend_from_slice(b"]}");
     }
-    let system = match system.len() {
-        0 => None,
-        1 if system_is_one_string => Some(system.swap_remove(0)["text"].take()),
-        _ => Some(Value::Array(system)),
-    };
-    Ok((system, out))
+    out.put_u8(b']');
+    Ok(match system.len() {
+        0 => System::None,
+        1 if system_is_one_string => System::One(system[0]),
+        _ => System::Blocks(system),
+    })
 }
 
-fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), Error> {
-    match m
-        .iter()
-        .find(|(k, v)| !v.is_null() && !allowed.contains(&k.as_str()))
-    {
-        Some((k, _)) => Err(untranslatable(&format!("{at}.{k}"))),
+fn only_keys(m: &Members<'_>, at: At<'_>, allowed: &[&str]) -> Result<(), Error> {
+    match m.unknown(allowed, None) {
+        Some(k) => Err(untranslatable(&format!("{}.{k}", at()))),
         None => Ok(()),
     }
 }
 
-/// Content that may only hold text: a string or `text` parts → text blocks.
-fn text_parts(content: Value, at: &str) -> Result<Vec<Value>, Error> {
-    match content {
-        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
-        Value::Array(parts) => parts
-            .into_iter()
-            .enumerate()
-            .map(|(j, part)| text_part(part, &format!("{at}[{j}]")))
-            .collect(),
-        _ => Err(bad(at, "must be a string or an array of text parts")),
+/// Content that may only hold text: a string or `text` parts → the texts.
+fn text_parts<'a>(content: Raw<'a>, at: At<'_>) -> Result<Vec<Raw<'a>>, Error> {
+    if is_str(content) {
+        return Ok(vec![content]);
     }
-}
-
-/// One `text` part → a text block; any other part type is refused by name.
-fn text_part(part: Value, at: &str) -> Result<Value, Error> {
-    let Value::Object(p) = part else {
-        return Err(bad(at, "must be an object"));
+    let Some(parts) = items(content) else {
+        return Err(bad(&at(), "must be a string or an array of text parts"));
     };
-    match p.get("type").and_then(Value::as_str) {
-        Some("text") => {
-            only_keys(&p, at, &["type", "text"])?;
-            let text = p
-                .get("text")
-                .filter(|t| t.is_string())
-                .ok_or_else(|| bad(&format!("{at}.text"), "must be a string"))?;
-            Ok(json!({"type": "text", "text": text}))
-        }
-        kind => Err(bad(
-            &format!("{at}.type"),
-            format!(
-                "`{}` content parts have no Anthropic counterpart here",
-                kind.unwrap_or("?")
-            ),
-        )),
-    }
-}
-
-fn user_parts(parts: Vec<Value>, at: &str) -> Result<Vec<Value>, Error> {
     parts
         .into_iter()
         .enumerate()
         .map(|(j, part)| {
-            let at = format!("{at}.content[{j}]");
-            if part.get("type") == Some(&json!("image_url")) {
-                image(part, &at)
-            } else {
-                text_part(part, &at)
-            }
+            let at = || format!("{}[{j}]", at());
+            let p = Members::of(part).ok_or_else(|| bad(&at(), "must be an object"))?;
+            text_part(&p, &at)
         })
         .collect()
+}
+
+/// One `text` part → its text; any other part type is refused by name.
+fn text_part<'a>(p: &Members<'a>, at: At<'_>) -> Result<Raw<'a>, Error> {
+    let kind = p.get("type").and_then(as_str);
+    if kind.as_deref() != Some("text") {
+        return Err(bad(
+            &format!("{}.type", at()),
+            format!(
+                "`{}` content parts have no Anthropic counterpart here",
+                kind.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    only_keys(p, at, &["type", "text"])?;
+    p.get("text")
+        .filter(|t| is_str(*t))
+        .ok_or_else(|| bad(&format!("{}.text", at()), "must be a string"))
+}
+
+/// A user message's parts → Anthropic blocks, written as an array.
+fn user_parts(parts: Vec<Raw<'_>>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> {
+    out.put_u8(b'[');
+    for (j, part) in parts.into_iter().enumerate() {
+        let at = || format!("{}.content[{j}]", at());
+        let p = Members::of(part).ok_or_else(|| bad(&at(), "must be an object"))?;
+        if j > 0 {
+            out.put_u8(b',');
+        }
+        if str_is(p.get("type"), "image_url") {
+            image(&p, &at, out)?;
+        } else {
+            write_text_block(out, text_part(&p, &at)?);
+        }
+    }
+    out.put_u8(b']');
+    Ok(())
 }
 
 /// An OpenAI `image_url` part → an Anthropic `image` block (base64 for a
 /// `data:` URL, `url` for http(s)).
-fn image(part: Value, at: &str) -> Result<Value, Error> {
-    let Value::Object(p) = part else {
-        return Err(bad(at, "must be an object"));
-    };
-    only_keys(&p, at, &["type", "image_url"])?;
+fn image(p: &Members<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> {
+    only_keys(p, at, &["type", "image_url"])?;
+    let field = |key: &str| format!("{}.image_url{key}", at());
     let (url, detail) = match p.get("image_url") {
-        Some(Value::String(u)) => (u.as_str(), None),
-        Some(Value::Object(o)) => {
-            only_keys(o, &format!("{at}.image_url"), &["url", "detail"])?;
+        Some(u) if is_str(u) => (as_str(u).unwrap_or_default(), None),
+        Some(o) if is_object(o) => {
+            let o = Members::of(o).unwrap_or_default();
+            only_keys(&o, &|| field(""), &["url", "detail"])?;
             let url = o
                 .get("url")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.image_url.url"), "is required"))?;
-            (url, o.get("detail").and_then(Value::as_str))
+                .and_then(as_str)
+                .ok_or_else(|| bad(&field(".url"), "is required"))?;
+            (url, o.get("detail").and_then(as_str))
         }
-        _ => return Err(bad(&format!("{at}.image_url"), "is required")),
+        _ => return Err(bad(&field(""), "is required")),
     };
     if detail.is_some_and(|d| d != "auto") {
-        return Err(untranslatable(&format!("{at}.image_url.detail")));
+        return Err(untranslatable(&field(".detail")));
     }
+    let mut block = Obj::new(out);
+    block.field("type", "image");
     if let Some(rest) = url.strip_prefix("data:") {
         let (media, data) = rest
             .split_once(";base64,")
-            .ok_or_else(|| bad(&format!("{at}.image_url.url"), "a data: URL must be base64"))?;
-        return Ok(
-            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
-        );
+            .ok_or_else(|| bad(&field(".url"), "a data: URL must be base64"))?;
+        block.object("source", |s| {
+            s.field("type", "base64")
+                .field("media_type", media)
+                .field("data", data);
+        });
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        block.object("source", |s| {
+            s.field("type", "url").field("url", url.as_ref());
+        });
+    } else {
+        return Err(bad(&field(".url"), "must be a data: or http(s) URL"));
     }
-    if url.starts_with("https://") || url.starts_with("http://") {
-        return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
-    }
-    Err(bad(
-        &format!("{at}.image_url.url"),
-        "must be a data: or http(s) URL",
-    ))
+    block.end();
+    Ok(())
 }
 
-/// An assistant's `tool_calls[j]` → a `tool_use` block.
-fn tool_use(call: Value, at: &str) -> Result<Value, Error> {
-    let Value::Object(c) = call else {
-        return Err(bad(at, "must be an object"));
-    };
+/// An assistant's `tool_calls[j]` → a `tool_use` block, written.
+fn tool_use(call: Raw<'_>, at: At<'_>, out: &mut BytesMut) -> Result<(), Error> {
+    let field = |key: &str| format!("{}.{key}", at());
+    let c = Members::of(call).ok_or_else(|| bad(&at(), "must be an object"))?;
     only_keys(&c, at, &["id", "type", "function"])?;
-    if c.get("type").is_some_and(|t| t != "function") {
-        return Err(untranslatable(&format!("{at}.type")));
+    if c.get("type").is_some_and(|t| !str_is(Some(t), "function")) {
+        return Err(untranslatable(&field("type")));
     }
     let id = c
         .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(&format!("{at}.id"), "is required"))?;
+        .filter(|v| is_str(*v))
+        .ok_or_else(|| bad(&field("id"), "is required"))?;
     let f = c
         .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad(&format!("{at}.function"), "is required"))?;
+        .and_then(Members::of)
+        .ok_or_else(|| bad(&field("function"), "is required"))?;
     let name = f
         .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
-    let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
-    let input: Value = if args.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(args).map_err(|_| {
-            bad(
-                &format!("{at}.function.arguments"),
-                "is not valid JSON; Anthropic's tool_use input must be an object",
-            )
-        })?
+        .filter(|v| is_str(*v))
+        .ok_or_else(|| bad(&field("function.name"), "is required"))?;
+    let args = f.get("arguments").and_then(as_str).unwrap_or_default();
+    let not_json = || {
+        bad(
+            &field("function.arguments"),
+            "is not valid JSON; Anthropic's tool_use input must be an object",
+        )
     };
-    if !input.is_object() {
-        return Err(bad(
-            &format!("{at}.function.arguments"),
-            "must encode a JSON object (Anthropic's tool_use input)",
-        ));
+    // The arguments' text, one JSON object, becomes the input as it is.
+    let input = args.trim();
+    if !input.is_empty() && !raw::is_json_object(input.as_bytes()) {
+        return Err(match serde_json::from_str::<Value>(input) {
+            Ok(_) => bad(
+                &field("function.arguments"),
+                "must encode a JSON object (Anthropic's tool_use input)",
+            ),
+            Err(_) => not_json(),
+        });
     }
-    Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+    let mut block = Obj::new(out);
+    block
+        .field("type", "tool_use")
+        .field("id", &id)
+        .field("name", &name);
+    if input.is_empty() {
+        block.object("input", |_| {});
+    } else {
+        block.key("input").extend_from_slice(input.as_bytes());
+    }
+    block.end();
+    Ok(())
 }
 
-/// OpenAI function tools → Anthropic tools.
-fn tools(tools: Value) -> Result<Vec<Value>, Error> {
-    let Value::Array(tools) = tools else {
-        return Err(bad("tools", "must be an array"));
-    };
-    tools
-        .into_iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            let at = format!("tools[{i}]");
-            let Value::Object(t) = tool else {
-                return Err(bad(&at, "must be an object"));
-            };
-            only_keys(&t, &at, &["type", "function"])?;
-            if t.get("type") != Some(&json!("function")) {
-                return Err(untranslatable(&format!("{at}.type")));
-            }
-            let Some(Value::Object(f)) = t.get("function") else {
-                return Err(bad(&format!("{at}.function"), "is required"));
-            };
-            let fat = format!("{at}.function");
-            only_keys(f, &fat, &["name", "description", "parameters", "strict"])?;
-            if f.get("strict") == Some(&Value::Bool(true)) {
-                return Err(untranslatable(&format!("{fat}.strict")));
-            }
-            let name = f
-                .get("name")
-                .filter(|n| n.is_string())
-                .ok_or_else(|| bad(&format!("{fat}.name"), "is required"))?;
-            let mut out = json!({
-                "name": name,
-                "input_schema": f.get("parameters").filter(|p| !p.is_null()).cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            });
-            if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
-                out["description"] = d.clone();
-            }
-            Ok(out)
-        })
-        .collect()
+/// OpenAI function tools → Anthropic tools, written as an array; and how many.
+fn tools(tools: Raw<'_>) -> Result<(BytesMut, usize), Error> {
+    let tools = items(tools).ok_or_else(|| bad("tools", "must be an array"))?;
+    let mut out = BytesMut::with_capacity(tools.iter().map(|t| t.bytes().len()).sum::<usize>() + 2);
+    out.put_u8(b'[');
+    let n = tools.len();
+    for (i, tool) in tools.into_iter().enumerate() {
+        let at = || format!("tools[{i}]");
+        let field = |key: &str| format!("tools[{i}].{key}");
+        let t = Members::of(tool).ok_or_else(|| bad(&at(), "must be an object"))?;
+        only_keys(&t, &at, &["type", "function"])?;
+        if !str_is(t.get("type"), "function") {
+            return Err(untranslatable(&field("type")));
+        }
+        let f = t
+            .get("function")
+            .and_then(Members::of)
+            .ok_or_else(|| bad(&field("function"), "is required"))?;
+        only_keys(
+            &f,
+            &|| field("function"),
+            &["name", "description", "parameters", "strict"],
+        )?;
+        if f.get("strict").is_some_and(|s| s.is("true")) {
+            return Err(untranslatable(&field("function.strict")));
+        }
+        let name = f
+            .get("name")
+            .filter(|n| is_str(*n))
+            .ok_or_else(|| bad(&field("function.name"), "is required"))?;
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        let mut o = Obj::new(&mut out);
+        o.field("name", &name);
+        match f.get_some("parameters") {
+            Some(p) => o.field(
+                "input_schema",
+                &checked(p, &|| field("function.parameters"))?,
+            ),
+            None => o.object("input_schema", |s| {
+                s.field("type", "object").object("properties", |_| {});
+            }),
+        };
+        if let Some(d) = f.get_some("description") {
+            o.field(
+                "description",
+                &checked(d, &|| field("function.description"))?,
+            );
+        }
+        o.end();
+    }
+    out.put_u8(b']');
+    Ok((out, n))
 }
 
 // ---------------------------------------------------------------- answer
@@ -593,42 +787,88 @@ pub(super) fn write_openai_usage(o: &mut Obj<'_>, u: &Usage) {
     }
 }
 
-/// Translates a whole Anthropic answer into a Chat Completions answer.
-pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, TranslateError> {
-    let Value::Object(m) = v else {
-        return Err(TranslateError::bad("the answer is not a JSON object"));
-    };
-    if m.get("type") == Some(&json!("error")) {
-        return Err(upstream_error(m));
+/// Reads an Anthropic `usage` object from its text (missing or null fields
+/// leave the count as it was), as [`read_usage`] reads one from a tree.
+fn read_usage_raw(u: Raw<'_>, into: &mut Usage) {
+    let u = Members::of(u).unwrap_or_default();
+    for (key, count) in [
+        ("input_tokens", &mut into.input_tokens),
+        ("output_tokens", &mut into.output_tokens),
+        ("cache_read_input_tokens", &mut into.cache_read_tokens),
+        (
+            "cache_creation_input_tokens",
+            &mut into.cache_creation_tokens,
+        ),
+    ] {
+        if let Some(v) = u.get_some(key) {
+            *count = raw::tokens(Some(v));
+        }
     }
-    if m.get("type") != Some(&json!("message")) {
+}
+
+/// Translates a whole Anthropic answer (its members, read without a tree)
+/// into a Chat Completions answer; the texts are copied as the JSON
+/// literals they came in.
+pub(super) fn response(
+    m: Members<'_>,
+    size: usize,
+    ctx: &ResponseContext,
+) -> Result<Translated, TranslateError> {
+    let kind = m.get("type").and_then(as_str);
+    if kind.as_deref() == Some("error") {
+        let e: Value = m
+            .get("error")
+            .and_then(|e| serde_json::from_slice(e.bytes()).ok())
+            .unwrap_or_default();
+        let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        return Err(TranslateError::Upstream {
+            kind: field("type"),
+            message: field("message"),
+        });
+    }
+    if kind.as_deref() != Some("message") {
         return Err(TranslateError::bad("the answer is not a message"));
     }
-    let id = str_field(m, "id")?;
-    let Some(Value::Array(content)) = m.get("content") else {
-        return Err(TranslateError::bad("`content` is missing"));
-    };
-    let mut text: Option<String> = None;
-    let mut reasoning: Option<String> = None;
+    fn string<'a>(v: Option<Raw<'a>>, key: &str) -> Result<Raw<'a>, TranslateError> {
+        v.filter(|v| is_str(*v))
+            .ok_or_else(|| TranslateError::bad(format!("`{key}` is missing or not a string")))
+    }
+    let id = string(m.get("id"), "id")?;
+    let content = m
+        .get("content")
+        .and_then(raw::object_items)
+        .ok_or_else(|| TranslateError::bad("`content` is missing"))?;
+    // The texts of the text and thinking blocks, joined as literals.
+    let (mut text, mut reasoning): (Option<Vec<Raw<'_>>>, Option<Vec<Raw<'_>>>) = (None, None);
     let mut calls = Vec::new();
-    for block in content {
-        let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
-        match kind {
+    fn text_of<'a>(b: &Members<'a>, key: &str) -> Option<Raw<'a>> {
+        b.get(key).filter(|t| is_str(*t) && !is_empty_str(*t))
+    }
+    for (_, b) in content {
+        let b = b.unwrap_or_default();
+        let kind = b.get("type").and_then(as_str).unwrap_or_default();
+        match kind.as_ref() {
             "text" => text
-                .get_or_insert_with(String::new)
-                .push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+                .get_or_insert_with(Vec::new)
+                .extend(text_of(&b, "text")),
             "thinking" => reasoning
-                .get_or_insert_with(String::new)
-                .push_str(block.get("thinking").and_then(Value::as_str).unwrap_or("")),
+                .get_or_insert_with(Vec::new)
+                .extend(text_of(&b, "thinking")),
             // Encrypted reasoning has no readable text for an OpenAI client.
             "redacted_thinking" => {}
             "tool_use" => {
-                let b = block
-                    .as_object()
-                    .ok_or_else(|| TranslateError::bad("a block is not an object"))?;
-                let mut arguments = BytesMut::new();
-                write_json(&mut arguments, b.get("input").unwrap_or(&json!({})));
-                calls.push((str_field(b, "id")?, str_field(b, "name")?, arguments));
+                let input = match b.get("input") {
+                    Some(input) if !numbers_in_range(input) => {
+                        return Err(TranslateError::bad("a tool_use input is not JSON"));
+                    }
+                    Some(input) => input.text(),
+                    None => "{}",
+                };
+                calls.push((
+                    string(b.get("id"), "id")?,
+                    string(b.get("name"), "name")?,
+                    input,
+                ));
             }
             other => {
                 return Err(TranslateError::bad(format!(
@@ -639,34 +879,36 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
     }
     let stop = m
         .get("stop_reason")
-        .and_then(Value::as_str)
+        .and_then(as_str)
         .ok_or_else(|| TranslateError::bad("`stop_reason` is missing"))?;
-    let finish = finish_reason(stop)?;
+    let finish = finish_reason(&stop)?;
     let mut usage = Usage::default();
-    let reported = m.get("usage").filter(|u| u.is_object());
+    let reported = m.get("usage").filter(|u| is_object(*u));
     if let Some(u) = reported {
-        read_usage(u, &mut usage);
+        read_usage_raw(u, &mut usage);
     }
     // Written as it is read, without building the answer as a tree.
-    let mut out = BytesMut::with_capacity(
-        320 + text.as_ref().map_or(0, String::len)
-            + reasoning.as_ref().map_or(0, String::len)
-            + calls.iter().map(|c| c.2.len() + 64).sum::<usize>(),
-    );
-    let mut body = Obj::new(&mut out);
-    body.field("id", id)
+    let mut out = BytesMut::with_capacity(320 + size + calls.len() * 16);
+    let mut msg_body = Obj::new(&mut out);
+    msg_body
+        .field("id", &id)
         .field("object", "chat.completion")
         .field("created", &ctx.created)
         .field("model", &*ctx.model);
-    let choices = body.key("choices");
+    let choices = msg_body.key("choices");
     choices.put_u8(b'[');
     let mut choice = Obj::new(&mut *choices);
     choice.field("index", &0).object("message", |msg| {
-        msg.field("role", "assistant")
-            .field("content", &text)
-            .field("refusal", &Value::Null);
-        if let Some(r) = &reasoning {
-            msg.field("reasoning_content", r);
+        msg.field("role", "assistant");
+        match &text {
+            Some(parts) => raw::write_joined(msg.key("content"), parts),
+            None => {
+                msg.field("content", &Value::Null);
+            }
+        }
+        msg.field("refusal", &Value::Null);
+        if let Some(parts) = &reasoning {
+            raw::write_joined(msg.key("reasoning_content"), parts);
         }
         if !calls.is_empty() {
             let list = msg.key("tool_calls");
@@ -676,15 +918,12 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
                     list.put_u8(b',');
                 }
                 let mut call = Obj::new(&mut *list);
-                call.field("id", *id)
+                call.field("id", id)
                     .field("type", "function")
                     .object("function", |f| {
-                        f.field("name", *name);
+                        f.field("name", name);
                         // The input's JSON text, as an OpenAI `arguments` string.
-                        write_str(
-                            f.key("arguments"),
-                            std::str::from_utf8(arguments).unwrap_or("{}"),
-                        );
+                        write_str(f.key("arguments"), arguments);
                     });
                 call.end();
             }
@@ -696,12 +935,23 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         .field("finish_reason", finish);
     choice.end();
     choices.put_u8(b']');
-    body.object("usage", |u| write_openai_usage(u, &usage));
-    body.end();
+    msg_body.object("usage", |u| write_openai_usage(u, &usage));
+    msg_body.end();
     Ok(Translated {
         body: out.freeze(),
         usage: reported.map(|_| usage),
     })
+}
+
+/// [`response`] of an answer already read as a tree (the Messages answer the
+/// Converse and Gemini translators make as their pivot).
+pub(super) fn response_tree(
+    v: &Value,
+    ctx: &ResponseContext,
+) -> Result<Translated, TranslateError> {
+    let body = super::sse::to_bytes(v);
+    let m = raw::body(&body).map_err(|_| TranslateError::bad("the answer is not a JSON object"))?;
+    response(m, body.len(), ctx)
 }
 
 fn upstream_error(m: &Map<String, Value>) -> TranslateError {
@@ -772,14 +1022,8 @@ pub(super) enum Block {
 /// reader takes.
 pub(super) fn raw_delta(data: &[u8]) -> Option<(u64, Block, &[u8])> {
     let rest = data.strip_prefix(br#"{"type":"content_block_delta","index":"#)?;
-    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-    if digits == 0 || digits > 9 || (digits > 1 && rest[0] == b'0') {
-        return None;
-    }
-    let index = rest[..digits]
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    let rest = rest[digits..].strip_prefix(br#","delta":{"type":""#)?;
+    let (index, rest) = super::sse::leading_index(rest)?;
+    let rest = rest.strip_prefix(br#","delta":{"type":""#)?;
     let (block, rest) = if let Some(r) = rest.strip_prefix(br#"text_delta","text":"#) {
         (Block::Text, r)
     } else {

@@ -75,7 +75,7 @@ pub(super) fn request_from_chat(
     let capped = ["max_tokens", "max_completion_tokens"]
         .iter()
         .any(|k| req.get(*k).is_some_and(|v| !v.is_null()));
-    let pivot = chat_to_messages::request(req, "", options)?;
+    let pivot = chat_to_messages::request_tree(req, "", options)?;
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&pivot.body) else {
         return Err(Error::new(
             Reason::Internal,
@@ -754,7 +754,7 @@ pub(super) fn response_to_chat(
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
     let (message, _) = to_message(v, ctx)?;
-    chat_to_messages::response(&message, ctx)
+    chat_to_messages::response_tree(&message, ctx)
 }
 
 // ---------------------------------------------------------------- stream

@@ -7,9 +7,13 @@ use std::sync::LazyLock;
 
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::sse::{Obj, SseEvent, write_event, write_json};
+use super::raw::{
+    self, Members, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
+    is_object, is_str, items, str_is,
+};
+use super::sse::{Json, Obj, SseEvent, write_event, write_json};
 use super::{
     OpenAiMaxTokens, Options, Progress, ResponseContext, TranslateError, Translated,
     TranslatedRequest, Usage, bad, parse_event, tokens,
@@ -18,126 +22,182 @@ use crate::error::Error;
 
 // ---------------------------------------------------------------- request
 
-/// Translates an Anthropic Messages request into a Chat Completions request.
+/// Where in the request a value is, built only when an error names it.
+type At<'p> = &'p dyn Fn() -> String;
+
+/// OpenAI's `tool_choice`, as translated.
+enum ToolChoice<'a> {
+    /// `"auto"`, `"required"` or `"none"`.
+    Named(&'static str),
+    /// One function, by name.
+    Function(Raw<'a>),
+}
+
+/// Translates an Anthropic Messages request into a Chat Completions
+/// request, read from the client's body without building a tree: strings
+/// and sub-objects passed on are copied as their JSON text.
 pub(super) fn request(
-    req: Map<String, Value>,
+    req: Members<'_>,
     model: &str,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
-    let mut out = Map::new();
-    out.insert("model".into(), model.into());
-    let mut stream = false;
+    let mut stream = None;
     let mut system = None;
     let mut messages = None;
     let mut max_tokens = None;
-    for (key, value) in req {
-        if value.is_null() || super::GATEWAY_FIELDS.contains(&key.as_str()) {
+    let mut numbers: Vec<(&'static str, Raw<'_>)> = Vec::new();
+    let mut stop = None;
+    let mut user = None;
+    let mut tools = None;
+    let mut choice = None;
+    let mut effort = None;
+    for (key, value) in req.sorted() {
+        if is_null(value) || super::GATEWAY_FIELDS.contains(&key.as_ref()) {
             continue; // a null field is an absent one; the gateway's own are not the upstream's
         }
-        match key.as_str() {
+        match key.as_ref() {
             "model" => {}
             "messages" => messages = Some(value),
             "system" => system = Some(value),
             "max_tokens" => {
                 max_tokens = Some(
-                    value
-                        .as_u64()
+                    as_u64(value)
                         .filter(|n| *n > 0)
                         .ok_or_else(|| bad("max_tokens", "must be a positive integer"))?,
                 )
             }
             "stream" => {
-                stream = value
-                    .as_bool()
-                    .ok_or_else(|| bad("stream", "must be a boolean"))?;
-                if stream {
-                    // What metering needs: the upstream's own count of the stream.
-                    out.insert("stream_options".into(), json!({"include_usage": true}));
-                }
-                out.insert(key, value);
+                stream = Some(as_bool(value).ok_or_else(|| bad("stream", "must be a boolean"))?)
             }
             "temperature" | "top_p" => {
-                if !value.is_number() {
+                if as_f64(value).is_none() {
                     return Err(bad(&key, "must be a number"));
                 }
-                out.insert(key, value);
+                numbers.push((
+                    if key == "top_p" {
+                        "top_p"
+                    } else {
+                        "temperature"
+                    },
+                    value,
+                ));
             }
             "stop_sequences" => {
-                if !value
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(Value::is_string))
-                {
+                if !items(value).is_some_and(|a| a.iter().all(|s| is_str(*s))) {
                     return Err(bad("stop_sequences", "must be an array of strings"));
                 }
-                out.insert("stop".into(), value);
+                stop = Some(value);
             }
             "metadata" => {
-                let Value::Object(m) = value else {
-                    return Err(bad("metadata", "must be an object"));
-                };
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        (_, Value::Null) => {}
-                        ("user_id", Value::String(user)) => {
-                            out.insert("user".into(), user.into());
-                        }
-                        ("user_id", _) => return Err(bad("metadata.user_id", "must be a string")),
+                let m = Members::of(value).ok_or_else(|| bad("metadata", "must be an object"))?;
+                for (k, v) in m.sorted() {
+                    match k.as_ref() {
+                        _ if is_null(v) => {}
+                        "user_id" if is_str(v) => user = Some(v),
+                        "user_id" => return Err(bad("metadata.user_id", "must be a string")),
                         _ => return Err(untranslatable(&format!("metadata.{k}"))),
                     }
                 }
             }
-            "tools" => {
-                out.insert("tools".into(), Value::Array(tools(value, options)?));
-            }
-            "tool_choice" => {
-                let (choice, parallel) = tool_choice(value)?;
-                out.insert("tool_choice".into(), choice);
-                if let Some(p) = parallel {
-                    out.insert("parallel_tool_calls".into(), p.into());
-                }
-            }
-            "thinking" => {
-                if let Some(effort) = thinking(&value)? {
-                    out.insert("reasoning_effort".into(), effort.into());
-                }
-            }
+            "tools" => tools = Some(self::tools(value, options)?),
+            "tool_choice" => choice = Some(tool_choice(value)?),
+            "thinking" => effort = thinking(value)?,
             _ => return Err(untranslatable(&key)),
         }
     }
     let max = max_tokens.ok_or_else(|| bad("max_tokens", "is required"))?;
-    let field = match options.openai_max_tokens {
+    let max_field = match options.openai_max_tokens {
         OpenAiMaxTokens::MaxTokens => "max_tokens",
         OpenAiMaxTokens::MaxCompletionTokens => "max_completion_tokens",
     };
-    out.insert(field.into(), max.into());
 
-    let mut chat = Vec::new();
+    let mut chat = BytesMut::with_capacity(
+        messages.map_or(0, |m| m.bytes().len()) + system.map_or(0, |s| s.bytes().len()) + 64,
+    );
+    chat.put_u8(b'[');
+    let mut n = 0;
     if let Some(system) = system {
-        let content = match system {
-            Value::String(s) => Value::String(s),
-            Value::Array(blocks) => {
-                let parts = blocks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| text_block(b, &format!("system[{i}]"), options))
-                    .collect::<Result<Vec<_>, _>>()?;
-                one_or_parts(parts)
-            }
-            _ => return Err(bad("system", "must be a string or an array of text blocks")),
+        let parts = if is_str(system) {
+            vec![Part::Text(system)]
+        } else if let Some(blocks) = items(system) {
+            blocks
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let at = || format!("system[{i}]");
+                    let b = Members::of(b).ok_or_else(|| bad(&at(), "must be an object"))?;
+                    text_block(&b, &at, options).map(Part::Text)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            return Err(bad("system", "must be a string or an array of text blocks"));
         };
-        chat.push(json!({"role": "system", "content": content}));
+        comma(&mut chat, &mut n);
+        chat.extend_from_slice(b"{\"role\":\"system\",\"content\":");
+        one_or_parts(&mut chat, &parts);
+        chat.put_u8(b'}');
     }
-    let Some(Value::Array(messages)) = messages else {
+    let Some(messages) = messages.and_then(raw::object_items) else {
         return Err(bad("messages", "must be an array"));
     };
-    for (i, message) in messages.into_iter().enumerate() {
-        turn(message, &format!("messages[{i}]"), options, &mut chat)?;
+    for (i, (_, message)) in messages.into_iter().enumerate() {
+        turn(
+            message,
+            &|| format!("messages[{i}]"),
+            options,
+            &mut chat,
+            &mut n,
+        )?;
     }
-    out.insert("messages".into(), Value::Array(chat));
+    chat.put_u8(b']');
 
+    let mut out = BytesMut::with_capacity(
+        chat.len() + tools.as_ref().map_or(0, BytesMut::len) + model.len() + 256,
+    );
+    let mut o = Obj::new(&mut out);
+    o.field("model", model).field(max_field, &max);
+    if let Some(s) = stream {
+        o.field("stream", &s);
+        if s {
+            // What metering needs: the upstream's own count of the stream.
+            o.object("stream_options", |so| {
+                so.field("include_usage", &true);
+            });
+        }
+    }
+    o.key("messages").extend_from_slice(&chat);
+    for (name, value) in numbers {
+        o.field(name, &value);
+    }
+    if let Some(stop) = stop {
+        o.field("stop", &stop);
+    }
+    if let Some(user) = user {
+        o.field("user", &user);
+    }
+    if let Some(tools) = &tools {
+        o.key("tools").extend_from_slice(tools);
+    }
+    if let Some((choice, parallel)) = &choice {
+        match choice {
+            ToolChoice::Named(name) => o.field("tool_choice", *name),
+            ToolChoice::Function(name) => o.object("tool_choice", |c| {
+                c.field("type", "function").object("function", |f| {
+                    f.field("name", name);
+                });
+            }),
+        };
+        if let Some(p) = parallel {
+            o.field("parallel_tool_calls", p);
+        }
+    }
+    if let Some(effort) = effort {
+        o.field("reasoning_effort", effort);
+    }
+    o.end();
     Ok(TranslatedRequest {
-        body: super::sse::to_bytes(&out),
-        stream,
+        body: out.freeze(),
+        stream: stream.unwrap_or(false),
         include_usage: false,
     })
 }
@@ -149,318 +209,380 @@ fn untranslatable(param: &str) -> Error {
     )
 }
 
-/// Refuses any key of `m` outside `allowed`; `cache_control` is removed
-/// instead when the options say so.
+/// Refuses any key of `m` outside `allowed`; `cache_control` is passed
+/// over (and so dropped) instead when the options say so.
 fn only_keys(
-    m: &mut Map<String, Value>,
-    at: &str,
+    m: &Members<'_>,
+    at: At<'_>,
     allowed: &[&str],
     options: &Options,
 ) -> Result<(), Error> {
-    if options.drop_cache_control {
-        m.remove("cache_control");
-    }
-    match m
-        .iter()
-        .find(|(k, v)| !v.is_null() && !allowed.contains(&k.as_str()))
-    {
-        Some((k, _)) => Err(untranslatable(&format!("{at}.{k}"))),
+    let skip = options.drop_cache_control.then_some("cache_control");
+    match m.unknown(allowed, skip) {
+        Some(k) => Err(untranslatable(&format!("{}.{k}", at()))),
         None => Ok(()),
     }
 }
 
-/// One text part or a string: a lone text part becomes a plain string.
-fn one_or_parts(mut parts: Vec<Value>) -> Value {
-    if parts.len() == 1 {
-        parts.swap_remove(0)["text"].take()
-    } else {
-        Value::Array(parts)
-    }
+/// One OpenAI content part.
+enum Part<'a> {
+    /// A text part's text, as its JSON literal.
+    Text(Raw<'a>),
+    /// An `image_url` part's URL.
+    Image(Cow<'a, str>),
 }
 
-/// An Anthropic `text` block → an OpenAI text part.
-fn text_block(block: Value, at: &str, options: &Options) -> Result<Value, Error> {
-    let Value::Object(mut b) = block else {
-        return Err(bad(at, "must be an object"));
-    };
-    if b.get("type") != Some(&json!("text")) {
-        return Err(kind_refused(&b, at));
+/// One text part or a string: a lone text part becomes a plain string;
+/// anything else an array of parts.
+fn one_or_parts(out: &mut BytesMut, parts: &[Part<'_>]) {
+    if let [Part::Text(text)] = parts {
+        text.write_to(out);
+        return;
     }
-    only_keys(&mut b, at, &["type", "text"], options)?;
-    let text = b
-        .get("text")
-        .filter(|t| t.is_string())
-        .ok_or_else(|| bad(&format!("{at}.text"), "must be a string"))?;
-    Ok(json!({"type": "text", "text": text}))
+    out.put_u8(b'[');
+    for (k, part) in parts.iter().enumerate() {
+        if k > 0 {
+            out.put_u8(b',');
+        }
+        let mut o = Obj::new(out);
+        match part {
+            Part::Text(text) => {
+                o.field("type", "text").field("text", text);
+            }
+            Part::Image(url) => {
+                o.field("type", "image_url").object("image_url", |u| {
+                    u.field("url", url.as_ref());
+                });
+            }
+        }
+        o.end();
+    }
+    out.put_u8(b']');
 }
 
-fn kind_refused(b: &Map<String, Value>, at: &str) -> Error {
-    let kind = b.get("type").and_then(Value::as_str).unwrap_or("?");
+/// An Anthropic `text` block → its text.
+fn text_block<'a>(b: &Members<'a>, at: At<'_>, options: &Options) -> Result<Raw<'a>, Error> {
+    if !str_is(b.get("type"), "text") {
+        return Err(kind_refused(b, at));
+    }
+    only_keys(b, at, &["type", "text"], options)?;
+    b.get("text")
+        .filter(|t| is_str(*t))
+        .ok_or_else(|| bad(&format!("{}.text", at()), "must be a string"))
+}
+
+fn kind_refused(b: &Members<'_>, at: At<'_>) -> Error {
+    let kind = b.get("type").and_then(as_str);
     bad(
-        &format!("{at}.type"),
-        format!("`{kind}` blocks have no OpenAI Chat Completions counterpart here"),
+        &format!("{}.type", at()),
+        format!(
+            "`{}` blocks have no OpenAI Chat Completions counterpart here",
+            kind.as_deref().unwrap_or("?")
+        ),
     )
 }
 
 /// One Anthropic turn → one or more Chat messages (a user turn's
-/// `tool_result` blocks become `tool` messages, before its other content).
-fn turn(message: Value, at: &str, options: &Options, chat: &mut Vec<Value>) -> Result<(), Error> {
-    let Value::Object(mut m) = message else {
-        return Err(bad(at, "must be an object"));
-    };
-    only_keys(&mut m, at, &["role", "content"], options)?;
-    let role = match m.remove("role") {
-        Some(Value::String(r)) => r,
-        _ => String::new(),
-    };
-    let content = m.remove("content").unwrap_or(Value::Null);
-    match (role.as_str(), content) {
-        ("user" | "assistant", Value::String(s)) => {
-            chat.push(json!({"role": role, "content": s}));
+/// `tool_result` blocks become `tool` messages, before its other content),
+/// written into `chat`.
+fn turn(
+    message: Option<Members<'_>>,
+    at: At<'_>,
+    options: &Options,
+    chat: &mut BytesMut,
+    n: &mut usize,
+) -> Result<(), Error> {
+    let m = message.ok_or_else(|| bad(&at(), "must be an object"))?;
+    only_keys(&m, at, &["role", "content"], options)?;
+    let role = m.get("role").and_then(as_str).unwrap_or_default();
+    let content = m.get("content").unwrap_or(raw::NULL);
+    let blocks = || format!("{}.content", at());
+    match role.as_ref() {
+        "user" | "assistant" if is_str(content) => {
+            comma(chat, n);
+            let mut o = Obj::new(chat);
+            o.field("role", role.as_ref()).field("content", &content);
+            o.end();
         }
-        ("user", Value::Array(blocks)) => {
+        "user" if content.bytes().first() == Some(&b'[') => {
             let mut parts = Vec::new();
-            for (j, block) in blocks.into_iter().enumerate() {
-                let bat = format!("{at}.content[{j}]");
-                match block.get("type").and_then(Value::as_str) {
+            for (j, block) in items(content).unwrap_or_default().into_iter().enumerate() {
+                let bat = || format!("{}[{j}]", blocks());
+                let b = Members::of(block).ok_or_else(|| bad(&bat(), "must be an object"))?;
+                match b.get("type").and_then(as_str).as_deref() {
                     Some("tool_result") => {
                         if !parts.is_empty() {
                             return Err(bad(
-                                &bat,
+                                &bat(),
                                 "a tool_result after other content cannot keep its place in OpenAI's order",
                             ));
                         }
-                        chat.push(tool_result(block, &bat, options)?);
+                        comma(chat, n);
+                        tool_result(&b, &bat, options, chat)?;
                     }
-                    Some("image") => parts.push(image(block, &bat, options)?),
-                    _ => parts.push(text_block(block, &bat, options)?),
+                    Some("image") => parts.push(image(&b, &bat, options)?),
+                    _ => parts.push(Part::Text(text_block(&b, &bat, options)?)),
                 }
             }
             if !parts.is_empty() {
-                chat.push(json!({"role": "user", "content": one_or_parts(parts)}));
+                comma(chat, n);
+                chat.extend_from_slice(b"{\"role\":\"user\",\"content\":");
+                one_or_parts(chat, &parts);
+                chat.put_u8(b'}');
             }
         }
-        ("assistant", Value::Array(blocks)) => {
+        "assistant" if content.bytes().first() == Some(&b'[') => {
             let mut texts = Vec::new();
-            let mut reasoning: Option<String> = None;
+            let mut reasoning: Option<Vec<Raw<'_>>> = None;
             let mut calls = Vec::new();
-            for (j, block) in blocks.into_iter().enumerate() {
-                let bat = format!("{at}.content[{j}]");
-                let Value::Object(mut b) = block else {
-                    return Err(bad(&bat, "must be an object"));
-                };
-                match b.get("type").and_then(Value::as_str) {
+            for (j, block) in items(content).unwrap_or_default().into_iter().enumerate() {
+                let bat = || format!("{}[{j}]", blocks());
+                let b = Members::of(block).ok_or_else(|| bad(&bat(), "must be an object"))?;
+                match b.get("type").and_then(as_str).as_deref() {
                     Some("tool_use") => {
-                        only_keys(&mut b, &bat, &["type", "id", "name", "input"], options)?;
+                        only_keys(&b, &bat, &["type", "id", "name", "input"], options)?;
                         let (Some(id), Some(name)) = (
-                            b.get("id").filter(|v| v.is_string()),
-                            b.get("name").filter(|v| v.is_string()),
+                            b.get("id").filter(|v| is_str(*v)),
+                            b.get("name").filter(|v| is_str(*v)),
                         ) else {
-                            return Err(bad(&bat, "a tool_use block needs `id` and `name`"));
+                            return Err(bad(&bat(), "a tool_use block needs `id` and `name`"));
                         };
-                        let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
-                        calls.push(json!({
-                            "id": id,
-                            "type": "function",
-                            "function": {"name": name, "arguments": serde_json::to_string(&input).unwrap_or_default()},
-                        }));
+                        let input = match b.get("input") {
+                            Some(input) => checked(input, &|| format!("{}.input", bat()))?.text(),
+                            None => "{}",
+                        };
+                        calls.push((id, name, input));
                     }
                     Some("thinking") => {
-                        only_keys(&mut b, &bat, &["type", "thinking", "signature"], options)?;
+                        only_keys(&b, &bat, &["type", "thinking", "signature"], options)?;
                         // Only an unsigned block (one this gateway made from an
                         // OpenAI upstream's reasoning) can go back as reasoning text;
                         // a signed one would lose what Anthropic verifies.
                         if b.get("signature")
-                            .and_then(Value::as_str)
-                            .is_some_and(|s| !s.is_empty())
+                            .is_some_and(|s| is_str(s) && !is_empty_str(s))
                         {
                             return Err(bad(
-                                &format!("{bat}.signature"),
+                                &format!("{}.signature", bat()),
                                 "a signed thinking block can only go back to an Anthropic upstream",
                             ));
                         }
-                        let text = b.get("thinking").and_then(Value::as_str).unwrap_or("");
-                        reasoning.get_or_insert_with(String::new).push_str(text);
+                        let text = b
+                            .get("thinking")
+                            .filter(|t| is_str(*t) && !is_empty_str(*t));
+                        reasoning.get_or_insert_with(Vec::new).extend(text);
                     }
-                    _ => texts.push(text_block(Value::Object(b), &bat, options)?),
+                    _ => texts.push(Part::Text(text_block(&b, &bat, options)?)),
                 }
             }
-            let mut message = json!({"role": "assistant"});
-            message["content"] = if texts.is_empty() {
-                Value::Null
+            comma(chat, n);
+            let mut message = Obj::new(chat);
+            message.field("role", "assistant");
+            if texts.is_empty() {
+                message.field("content", &Value::Null);
             } else {
-                one_or_parts(texts)
-            };
-            if let Some(r) = reasoning {
-                message["reasoning_content"] = r.into();
+                one_or_parts(message.key("content"), &texts);
+            }
+            if let Some(parts) = &reasoning {
+                raw::write_joined(message.key("reasoning_content"), parts);
             }
             if !calls.is_empty() {
-                message["tool_calls"] = calls.into();
+                let list = message.key("tool_calls");
+                list.put_u8(b'[');
+                for (k, (id, name, input)) in calls.iter().enumerate() {
+                    if k > 0 {
+                        list.put_u8(b',');
+                    }
+                    let mut call = Obj::new(&mut *list);
+                    call.field("id", id)
+                        .field("type", "function")
+                        .object("function", |f| {
+                            f.field("name", name).field("arguments", *input);
+                        });
+                    call.end();
+                }
+                list.put_u8(b']');
             }
-            chat.push(message);
+            message.end();
         }
-        ("user" | "assistant", _) => {
+        "user" | "assistant" => {
+            return Err(bad(&blocks(), "must be a string or an array"));
+        }
+        _ => {
             return Err(bad(
-                &format!("{at}.content"),
-                "must be a string or an array",
+                &format!("{}.role", at()),
+                "must be `user` or `assistant`",
             ));
         }
-        _ => return Err(bad(&format!("{at}.role"), "must be `user` or `assistant`")),
     }
     Ok(())
 }
 
-/// A `tool_result` block → a `tool` message. `is_error` has no OpenAI
-/// counterpart: the result's text (which states the error) is carried alone.
-fn tool_result(block: Value, at: &str, options: &Options) -> Result<Value, Error> {
-    let Value::Object(mut b) = block else {
-        return Err(bad(at, "must be an object"));
-    };
+/// A `tool_result` block → a `tool` message, written. `is_error` has no
+/// OpenAI counterpart: the result's text (which states the error) is
+/// carried alone.
+fn tool_result(
+    b: &Members<'_>,
+    at: At<'_>,
+    options: &Options,
+    out: &mut BytesMut,
+) -> Result<(), Error> {
     only_keys(
-        &mut b,
+        b,
         at,
         &["type", "tool_use_id", "content", "is_error"],
         options,
     )?;
     let id = b
         .get("tool_use_id")
-        .filter(|v| v.is_string())
-        .ok_or_else(|| bad(&format!("{at}.tool_use_id"), "is required"))?
-        .clone();
-    let content = match b.remove("content") {
-        None | Some(Value::Null) => Value::String(String::new()),
-        Some(Value::String(s)) => Value::String(s),
-        Some(Value::Array(blocks)) => {
-            let parts = blocks
+        .filter(|v| is_str(*v))
+        .ok_or_else(|| bad(&format!("{}.tool_use_id", at()), "is required"))?;
+    let content = b.get("content").unwrap_or(raw::NULL);
+    let parts = if is_null(content) || is_str(content) {
+        None
+    } else if let Some(blocks) = items(content) {
+        Some(
+            blocks
                 .into_iter()
                 .enumerate()
-                .map(|(k, blk)| text_block(blk, &format!("{at}.content[{k}]"), options))
-                .collect::<Result<Vec<_>, _>>()?;
-            if parts.is_empty() {
-                Value::String(String::new())
-            } else {
-                one_or_parts(parts)
-            }
-        }
-        Some(_) => {
-            return Err(bad(
-                &format!("{at}.content"),
-                "must be a string or an array",
-            ));
-        }
+                .map(|(k, blk)| {
+                    let at = || format!("{}.content[{k}]", at());
+                    let blk = Members::of(blk).ok_or_else(|| bad(&at(), "must be an object"))?;
+                    text_block(&blk, &at, options).map(Part::Text)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    } else {
+        return Err(bad(
+            &format!("{}.content", at()),
+            "must be a string or an array",
+        ));
     };
-    Ok(json!({"role": "tool", "tool_call_id": id, "content": content}))
+    out.extend_from_slice(b"{\"role\":\"tool\",\"tool_call_id\":");
+    id.write_to(out);
+    out.extend_from_slice(b",\"content\":");
+    match parts {
+        None if is_null(content) => out.extend_from_slice(b"\"\""),
+        None => content.write_to(out),
+        Some(parts) if parts.is_empty() => out.extend_from_slice(b"\"\""),
+        Some(parts) => one_or_parts(out, &parts),
+    }
+    out.put_u8(b'}');
+    Ok(())
 }
 
 /// An Anthropic `image` block → an OpenAI `image_url` part.
-fn image(block: Value, at: &str, options: &Options) -> Result<Value, Error> {
-    let Value::Object(mut b) = block else {
-        return Err(bad(at, "must be an object"));
-    };
-    only_keys(&mut b, at, &["type", "source"], options)?;
-    let Some(Value::Object(src)) = b.get("source") else {
-        return Err(bad(&format!("{at}.source"), "is required"));
-    };
-    let sat = format!("{at}.source");
-    let url = match src.get("type").and_then(Value::as_str) {
+fn image<'a>(b: &Members<'a>, at: At<'_>, options: &Options) -> Result<Part<'a>, Error> {
+    only_keys(b, at, &["type", "source"], options)?;
+    let src = b
+        .get("source")
+        .and_then(Members::of)
+        .ok_or_else(|| bad(&format!("{}.source", at()), "is required"))?;
+    let sat = || format!("{}.source", at());
+    let url = match src.get("type").and_then(as_str).as_deref() {
         Some("base64") => {
             let (Some(media), Some(data)) = (
-                src.get("media_type").and_then(Value::as_str),
-                src.get("data").and_then(Value::as_str),
+                src.get("media_type").and_then(as_str),
+                src.get("data").and_then(as_str),
             ) else {
-                return Err(bad(&sat, "a base64 source needs `media_type` and `data`"));
+                return Err(bad(&sat(), "a base64 source needs `media_type` and `data`"));
             };
-            format!("data:{media};base64,{data}")
+            Cow::Owned(format!("data:{media};base64,{data}"))
         }
         Some("url") => src
             .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(&format!("{sat}.url"), "is required"))?
-            .to_owned(),
-        _ => return Err(untranslatable(&format!("{sat}.type"))),
+            .and_then(as_str)
+            .ok_or_else(|| bad(&format!("{}.url", sat()), "is required"))?,
+        _ => return Err(untranslatable(&format!("{}.type", sat()))),
     };
-    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+    Ok(Part::Image(url))
 }
 
-/// Anthropic custom tools → OpenAI function tools; server tools are refused.
-fn tools(tools: Value, options: &Options) -> Result<Vec<Value>, Error> {
-    let Value::Array(tools) = tools else {
-        return Err(bad("tools", "must be an array"));
-    };
-    tools
-        .into_iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            let at = format!("tools[{i}]");
-            let Value::Object(mut t) = tool else {
-                return Err(bad(&at, "must be an object"));
-            };
-            if t.get("type").is_some_and(|k| !k.is_null() && k != "custom") {
-                return Err(untranslatable(&format!("{at}.type")));
+/// Anthropic custom tools → OpenAI function tools, written as an array;
+/// server tools are refused.
+fn tools(tools: Raw<'_>, options: &Options) -> Result<BytesMut, Error> {
+    let tools = items(tools).ok_or_else(|| bad("tools", "must be an array"))?;
+    let mut out =
+        BytesMut::with_capacity(tools.iter().map(|t| t.bytes().len() + 32).sum::<usize>());
+    out.put_u8(b'[');
+    for (i, tool) in tools.into_iter().enumerate() {
+        let at = || format!("tools[{i}]");
+        let field = |key: &str| format!("tools[{i}].{key}");
+        let t = Members::of(tool).ok_or_else(|| bad(&at(), "must be an object"))?;
+        if t.get("type")
+            .is_some_and(|k| !is_null(k) && !str_is(Some(k), "custom"))
+        {
+            return Err(untranslatable(&field("type")));
+        }
+        only_keys(
+            &t,
+            &at,
+            &["type", "name", "description", "input_schema"],
+            options,
+        )?;
+        let name = t
+            .get("name")
+            .filter(|n| is_str(*n))
+            .ok_or_else(|| bad(&field("name"), "is required"))?;
+        let schema = t
+            .get("input_schema")
+            .filter(|s| is_object(*s))
+            .ok_or_else(|| bad(&field("input_schema"), "is required"))?;
+        let schema = checked(schema, &|| field("input_schema"))?;
+        let description = match t.get_some("description") {
+            Some(d) => Some(checked(d, &|| field("description"))?),
+            None => None,
+        };
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        let mut o = Obj::new(&mut out);
+        o.field("type", "function").object("function", |f| {
+            f.field("name", &name).field("parameters", &schema);
+            if let Some(d) = description {
+                f.field("description", &d);
             }
-            only_keys(
-                &mut t,
-                &at,
-                &["type", "name", "description", "input_schema"],
-                options,
-            )?;
-            let name = t
-                .get("name")
-                .filter(|n| n.is_string())
-                .ok_or_else(|| bad(&format!("{at}.name"), "is required"))?;
-            let schema = t
-                .get("input_schema")
-                .filter(|s| s.is_object())
-                .ok_or_else(|| bad(&format!("{at}.input_schema"), "is required"))?;
-            let mut function = json!({"name": name, "parameters": schema});
-            if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
-                function["description"] = d.clone();
-            }
-            Ok(json!({"type": "function", "function": function}))
-        })
-        .collect()
+        });
+        o.end();
+    }
+    out.put_u8(b']');
+    Ok(out)
 }
 
 /// Anthropic's `tool_choice` → OpenAI's, and `parallel_tool_calls: false`
 /// for `disable_parallel_tool_use: true`.
-fn tool_choice(value: Value) -> Result<(Value, Option<bool>), Error> {
-    let Value::Object(c) = value else {
-        return Err(bad("tool_choice", "must be an object"));
-    };
-    if let Some((k, _)) = c.iter().find(|(k, v)| {
-        !v.is_null() && !["type", "name", "disable_parallel_tool_use"].contains(&k.as_str())
-    }) {
+fn tool_choice(value: Raw<'_>) -> Result<(ToolChoice<'_>, Option<bool>), Error> {
+    let c = Members::of(value).ok_or_else(|| bad("tool_choice", "must be an object"))?;
+    if let Some(k) = c.unknown(&["type", "name", "disable_parallel_tool_use"], None) {
         return Err(untranslatable(&format!("tool_choice.{k}")));
     }
-    let choice = match c.get("type").and_then(Value::as_str) {
-        Some("auto") => json!("auto"),
-        Some("any") => json!("required"),
-        Some("none") => json!("none"),
-        Some("tool") => {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.name", "is required"))?;
-            json!({"type": "function", "function": {"name": name}})
-        }
+    let choice = match c.get("type").and_then(as_str).as_deref() {
+        Some("auto") => ToolChoice::Named("auto"),
+        Some("any") => ToolChoice::Named("required"),
+        Some("none") => ToolChoice::Named("none"),
+        Some("tool") => ToolChoice::Function(
+            c.get("name")
+                .filter(|n| is_str(*n))
+                .ok_or_else(|| bad("tool_choice.name", "is required"))?,
+        ),
         _ => return Err(bad("tool_choice.type", "must be auto, any, tool or none")),
     };
-    let parallel = match c.get("disable_parallel_tool_use") {
-        Some(Value::Bool(true)) => Some(false),
-        _ => None,
-    };
+    let parallel = c
+        .get("disable_parallel_tool_use")
+        .is_some_and(|d| d.is("true"))
+        .then_some(false);
     Ok((choice, parallel))
 }
 
 /// Anthropic's `thinking` → OpenAI's `reasoning_effort` (by budget band),
 /// or nothing when disabled.
-fn thinking(value: &Value) -> Result<Option<&'static str>, Error> {
-    match value.get("type").and_then(Value::as_str) {
+fn thinking(value: Raw<'_>) -> Result<Option<&'static str>, Error> {
+    let t = Members::of(value).unwrap_or_default();
+    match t.get("type").and_then(as_str).as_deref() {
         Some("disabled") => Ok(None),
         Some("enabled") => {
-            let budget = value
+            let budget = t
                 .get("budget_tokens")
-                .and_then(Value::as_u64)
+                .and_then(as_u64)
                 .ok_or_else(|| bad("thinking.budget_tokens", "must be a positive integer"))?;
             Ok(Some(effort_for(budget)))
         }
@@ -527,26 +649,39 @@ fn upstream_error(e: &Value) -> TranslateError {
     }
 }
 
-/// The reasoning text of a message or delta (`reasoning_content` as
-/// DeepSeek and vLLM send it, or `reasoning`).
-fn reasoning_of(m: &Value) -> Option<&str> {
-    m.get("reasoning_content")
-        .and_then(Value::as_str)
-        .or_else(|| m.get("reasoning").and_then(Value::as_str))
+/// Reads an OpenAI `usage` object's text into Anthropic's partition, as
+/// [`read_usage`] reads one from a tree.
+fn read_usage_raw(u: Raw<'_>) -> Usage {
+    let u = Members::of(u).unwrap_or_default();
+    let details = u
+        .get("prompt_tokens_details")
+        .and_then(Members::of)
+        .unwrap_or_default();
+    let prompt = raw::tokens(u.get("prompt_tokens"));
+    let cached = raw::tokens(details.get("cached_tokens")).min(prompt);
+    Usage {
+        input_tokens: prompt - cached,
+        output_tokens: raw::tokens(u.get("completion_tokens")),
+        cache_read_tokens: cached,
+        cache_creation_tokens: 0,
+    }
 }
 
-/// Translates a whole Chat Completions answer into an Anthropic message.
-pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, TranslateError> {
-    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-        return Err(upstream_error(e));
+/// Translates a whole Chat Completions answer (its members, read without a
+/// tree) into an Anthropic message; the texts are copied as the JSON
+/// literals they came in.
+pub(super) fn response(
+    v: Members<'_>,
+    size: usize,
+    ctx: &ResponseContext,
+) -> Result<Translated, TranslateError> {
+    if let Some(e) = v.get_some("error") {
+        let e: Value = serde_json::from_slice(e.bytes()).unwrap_or_default();
+        return Err(upstream_error(&e));
     }
-    let id = v.get("id").and_then(Value::as_str).unwrap_or("");
-    let choice = match v
-        .get("choices")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-    {
-        Some([one]) => one,
+    let id = v.get("id").filter(|id| is_str(*id));
+    let choice = match v.get("choices").and_then(raw::object_items) {
+        Some(mut one) if one.len() == 1 => one.pop().and_then(|(_, c)| c).unwrap_or_default(),
         _ => {
             return Err(TranslateError::bad(
                 "the answer must have exactly one choice",
@@ -555,15 +690,20 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
     };
     let message = choice
         .get("message")
-        .filter(|m| m.is_object())
+        .and_then(Members::of)
         .ok_or_else(|| TranslateError::bad("the choice has no message"))?;
-    let reasoning = reasoning_of(message).filter(|r| !r.is_empty());
+    // `reasoning_content` as DeepSeek and vLLM send it, or `reasoning`.
+    let reasoning = [message.get("reasoning_content"), message.get("reasoning")]
+        .into_iter()
+        .flatten()
+        .find(|r| is_str(*r))
+        .filter(|r| !is_empty_str(*r));
     let mut texts = Vec::with_capacity(2);
     for key in ["content", "refusal"] {
         match message.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => texts.push(s.as_str()),
+            None => {}
+            Some(t) if is_null(t) || is_empty_str(t) => {}
+            Some(t) if is_str(t) => texts.push(t),
             Some(_) => {
                 return Err(TranslateError::bad(format!(
                     "`message.{key}` is not a string"
@@ -572,51 +712,49 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         }
     }
     let mut calls = Vec::new();
-    if let Some(list) = message.get("tool_calls").filter(|c| !c.is_null()) {
-        let list = list
-            .as_array()
-            .ok_or_else(|| TranslateError::bad("`tool_calls` is not an array"))?;
+    if let Some(list) = message.get_some("tool_calls") {
+        let list =
+            items(list).ok_or_else(|| TranslateError::bad("`tool_calls` is not an array"))?;
         for call in list {
-            let f = call.get("function");
+            let call = Members::of(call).unwrap_or_default();
+            let f = call
+                .get("function")
+                .and_then(Members::of)
+                .unwrap_or_default();
             let (Some(id), Some(name)) = (
-                call.get("id").and_then(Value::as_str),
-                f.and_then(|f| f.get("name")).and_then(Value::as_str),
+                call.get("id").filter(|v| is_str(*v)),
+                f.get("name").filter(|v| is_str(*v)),
             ) else {
                 return Err(TranslateError::bad("a tool call without `id` or `name`"));
             };
-            let args = f
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(args)
-                    .ok()
-                    .filter(Value::is_object)
-                    .ok_or_else(|| {
-                        TranslateError::bad("a tool call's arguments are not a JSON object")
-                    })?
-            };
-            calls.push((id, name, input));
+            let args = f.get("arguments").and_then(as_str).unwrap_or_default();
+            // The arguments' text, checked to be one JSON object, becomes the input.
+            if !args.trim().is_empty() && !raw::is_json_object(args.as_bytes()) {
+                return Err(TranslateError::bad(
+                    "a tool call's arguments are not a JSON object",
+                ));
+            }
+            calls.push((id, name, args));
         }
     }
     let finish = choice
         .get("finish_reason")
-        .and_then(Value::as_str)
+        .and_then(as_str)
         .ok_or_else(|| TranslateError::bad("`finish_reason` is missing"))?;
-    let stop = stop_reason(finish)?;
-    let usage = v.get("usage").filter(|u| u.is_object()).map(read_usage);
+    let stop = stop_reason(&finish)?;
+    let usage = v.get("usage").filter(|u| is_object(*u)).map(read_usage_raw);
     // Written as it is read, without building the answer as a tree.
-    let mut out = BytesMut::with_capacity(
-        320 + reasoning.map_or(0, str::len) + texts.iter().map(|t| t.len() + 32).sum::<usize>(),
-    );
-    let mut body = Obj::new(&mut out);
-    body.field("id", id)
+    let mut out = BytesMut::with_capacity(320 + size);
+    let mut answer = Obj::new(&mut out);
+    match &id {
+        Some(id) => answer.field("id", id),
+        None => answer.field("id", ""),
+    };
+    answer
         .field("type", "message")
         .field("role", "assistant")
         .field("model", &*ctx.model);
-    let content = body.key("content");
+    let content = answer.key("content");
     content.put_u8(b'[');
     let mut first = true;
     let mut block = |content: &mut BytesMut, fill: &dyn Fn(&mut Obj<'_>)| {
@@ -627,7 +765,7 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
         fill(&mut o);
         o.end();
     };
-    if let Some(r) = reasoning {
+    if let Some(r) = &reasoning {
         block(content, &|o| {
             o.field("type", "thinking")
                 .field("thinking", r)
@@ -636,22 +774,29 @@ pub(super) fn response(v: &Value, ctx: &ResponseContext) -> Result<Translated, T
     }
     for text in &texts {
         block(content, &|o| {
-            o.field("type", "text").field("text", *text);
+            o.field("type", "text").field("text", text);
         });
     }
-    for (id, name, input) in &calls {
+    for (id, name, args) in &calls {
         block(content, &|o| {
             o.field("type", "tool_use")
-                .field("id", *id)
-                .field("name", *name)
-                .field("input", input);
+                .field("id", id)
+                .field("name", name);
+            // Checked above: one JSON object (or nothing: `{}`), copied as its text.
+            let input = args.trim();
+            o.key("input").extend_from_slice(if input.is_empty() {
+                b"{}"
+            } else {
+                input.as_bytes()
+            });
         });
     }
     content.put_u8(b']');
-    body.field("stop_reason", stop)
+    answer
+        .field("stop_reason", stop)
         .field("stop_sequence", &Value::Null)
         .object("usage", |u| usage.unwrap_or_default().write_anthropic(u));
-    body.end();
+    answer.end();
     Ok(Translated {
         body: out.freeze(),
         usage,
@@ -704,14 +849,8 @@ pub(super) fn raw_delta(data: &[u8]) -> Option<RawDelta<'_>> {
         (None, r, b"}".as_slice())
     } else {
         let r = rest.strip_prefix(br#"tool_calls":[{"index":"#)?;
-        let digits = r.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 || digits > 9 || (digits > 1 && r[0] == b'0') {
-            return None;
-        }
-        let index = r[..digits]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        let r = r[digits..].strip_prefix(br#","function":{"arguments":"#)?;
+        let (index, r) = super::sse::leading_index(r)?;
+        let r = r.strip_prefix(br#","function":{"arguments":"#)?;
         (Some(index), r, b"}}]}".as_slice())
     };
     let (len, _) = crate::read_request::scan::string_len(rest)?;
@@ -792,16 +931,16 @@ impl Stream {
         // or more arguments of the open tool call: the text goes on as the
         // JSON literal it came in.
         if self.started && self.stop.is_none() {
-            let (kind, field, text) = match raw_delta(event.data) {
+            let fast = match raw_delta(event.data) {
                 Some(RawDelta::Text(text)) if self.open == Open::Text => {
-                    ("text_delta", "text", text)
+                    Some(("text_delta", "text", text))
                 }
                 Some(RawDelta::Arguments(index, text)) if self.open == Open::Tool(index) => {
-                    ("input_json_delta", "partial_json", text)
+                    Some(("input_json_delta", "partial_json", text))
                 }
-                _ => ("", "", b"".as_slice()),
+                _ => None,
             };
-            if !kind.is_empty() {
+            if let Some((kind, field, text)) = fast {
                 if text != b"\"\"" {
                     self.block_delta_with(out, kind, field, |out| out.extend_from_slice(text));
                 }
@@ -985,18 +1124,21 @@ impl Stream {
     }
 
     fn end(&mut self, out: &mut BytesMut) -> Result<(), TranslateError> {
-        let usage = match &self.usage {
-            Some(u) => u.anthropic(),
-            None => json!({"output_tokens": 0}),
-        };
-        write_event(
-            out,
-            "message_delta",
-            &json!({"type": "message_delta",
-                "delta": {"stop_reason": self.stop, "stop_sequence": null},
-                "usage": usage}),
-        );
-        write_event(out, "message_stop", &json!({"type": "message_stop"}));
+        out.extend_from_slice(b"event: message_delta\ndata: ");
+        let mut o = Obj::new(out);
+        o.field("type", "message_delta")
+            .object("delta", |d| {
+                d.field("stop_reason", &self.stop)
+                    .field("stop_sequence", &Value::Null);
+            })
+            .object("usage", |u| match &self.usage {
+                Some(usage) => usage.write_anthropic(u),
+                None => {
+                    u.field("output_tokens", &0);
+                }
+            });
+        o.end();
+        out.extend_from_slice(b"\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         Ok(())
     }
 

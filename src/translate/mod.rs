@@ -50,6 +50,7 @@ mod gemini;
 mod messages_request;
 mod messages_to_chat;
 mod messages_to_converse;
+mod raw;
 pub mod sse;
 
 #[cfg(test)]
@@ -274,11 +275,12 @@ impl Usage {
 
     /// Anthropic's `usage` as a value, for the events built as trees.
     pub(crate) fn anthropic(&self) -> Value {
-        let mut out = BytesMut::new();
-        let mut o = sse::Obj::new(&mut out);
-        self.write_anthropic(&mut o);
-        o.end();
-        serde_json::from_slice(&out).unwrap_or_default()
+        serde_json::json!({
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
+        })
     }
 }
 
@@ -423,6 +425,47 @@ impl Pair {
         upstream_model: &str,
         options: &Options,
     ) -> Result<TranslatedRequest, Error> {
+        self.request_from(body, upstream_model, options, false)
+    }
+
+    /// [`request`](Self::request) of a body the request scanner has already
+    /// accepted (a [`Parsed`](crate::read_request::Parsed) request's bytes,
+    /// as the provider has them): not validated a second time.
+    pub(crate) fn request_scanned(
+        self,
+        body: &[u8],
+        upstream_model: &str,
+        options: &Options,
+    ) -> Result<TranslatedRequest, Error> {
+        self.request_from(body, upstream_model, options, true)
+    }
+
+    fn request_from(
+        self,
+        body: &[u8],
+        upstream_model: &str,
+        options: &Options,
+        scanned: bool,
+    ) -> Result<TranslatedRequest, Error> {
+        // Chat Completions ↔ Messages read the body without building a tree.
+        if let Pair::ChatToMessages | Pair::MessagesToChat = self {
+            let read = if scanned {
+                raw::scanned_body
+            } else {
+                raw::body
+            };
+            let req = read(body).map_err(|e| match e {
+                Some(e) => Error::new(
+                    Reason::InvalidJson,
+                    format!("the body is not valid JSON: {e}"),
+                ),
+                None => bad("", "the body must be a JSON object"),
+            })?;
+            return match self {
+                Pair::ChatToMessages => chat_to_messages::request(req, upstream_model, options),
+                _ => messages_to_chat::request(req, upstream_model, options),
+            };
+        }
         let Value::Object(map) = serde_json::from_slice::<Value>(body).map_err(|e| {
             Error::new(
                 Reason::InvalidJson,
@@ -433,8 +476,7 @@ impl Pair {
             return Err(bad("", "the body must be a JSON object"));
         };
         match self {
-            Pair::ChatToMessages => chat_to_messages::request(map, upstream_model, options),
-            Pair::MessagesToChat => messages_to_chat::request(map, upstream_model, options),
+            Pair::ChatToMessages | Pair::MessagesToChat => unreachable!("read above"),
             Pair::ChatToConverse => chat_to_converse::request(map, options),
             Pair::MessagesToConverse => messages_to_converse::request(map, options),
             Pair::ChatToGemini(_) => gemini::request_from_chat(map, options),
@@ -448,11 +490,21 @@ impl Pair {
         body: &[u8],
         ctx: &ResponseContext,
     ) -> Result<Translated, TranslateError> {
+        // Chat Completions ↔ Messages read the answer without building a tree.
+        if let Pair::ChatToMessages | Pair::MessagesToChat = self {
+            let answer = raw::body(body).map_err(|e| match e {
+                Some(e) => TranslateError::bad(format!("the answer is not JSON: {e}")),
+                None => TranslateError::bad("the answer is not a JSON object"),
+            })?;
+            return match self {
+                Pair::ChatToMessages => chat_to_messages::response(answer, body.len(), ctx),
+                _ => messages_to_chat::response(answer, body.len(), ctx),
+            };
+        }
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| TranslateError::bad(format!("the answer is not JSON: {e}")))?;
         match self {
-            Pair::ChatToMessages => chat_to_messages::response(&value, ctx),
-            Pair::MessagesToChat => messages_to_chat::response(&value, ctx),
+            Pair::ChatToMessages | Pair::MessagesToChat => unreachable!("read above"),
             Pair::ChatToConverse => chat_to_converse::response(&value, ctx),
             Pair::MessagesToConverse => messages_to_converse::response(&value, ctx),
             Pair::ChatToGemini(_) => gemini::response_to_chat(&value, ctx),

@@ -246,6 +246,12 @@ impl<T: Json + ?Sized> Json for &T {
     }
 }
 
+impl Json for bool {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.extend_from_slice(if *self { b"true" } else { b"false" });
+    }
+}
+
 impl Json for u64 {
     fn write_to(&self, out: &mut BytesMut) {
         out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
@@ -274,14 +280,21 @@ impl<'a> Obj<'a> {
         Obj { out, empty: true }
     }
 
-    /// Writes `"key":` (after a comma unless first) and returns the buffer for its value.
+    /// Writes `"key":` (after a comma unless first) and returns the buffer
+    /// for its value. Keys are the translators' own field names, which
+    /// need no escaping: written as they are.
     pub(crate) fn key(&mut self, key: &str) -> &mut BytesMut {
+        debug_assert!(
+            key.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\'),
+            "{key:?} needs escaping"
+        );
         if !self.empty {
             self.out.put_u8(b',');
         }
         self.empty = false;
-        write_str(self.out, key);
-        self.out.put_u8(b':');
+        self.out.put_u8(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
         self.out
     }
 
@@ -357,6 +370,20 @@ pub(crate) fn write_str(out: &mut BytesMut, s: &str) {
         rest = &rest[stop + 1..];
     }
     out.put_u8(b'"');
+}
+
+/// The block or tool-call index a hand-read event spells at the start of
+/// `b` (one to nine digits, no leading zero), and what follows it: for the
+/// stream fast paths of both directions.
+pub(crate) fn leading_index(b: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && b[0] == b'0') {
+        return None;
+    }
+    let index = b[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((index, &b[digits..]))
 }
 
 /// Writes one Anthropic frame: `event: <name>\ndata: <json>\n\n`.

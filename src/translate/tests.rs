@@ -1333,3 +1333,217 @@ fn a_text_chunk_as_openai_writes_it_is_copied_as_the_general_reader_writes_it() 
             .is_some()
     );
 }
+
+// ------------------------------------------------------- borrowed reading
+
+/// The request readers copy strings and sub-objects as the JSON text they
+/// came in: escapes, unicode, numbers as written, schemas and tool inputs
+/// mean on arrival what they meant, both ways.
+#[test]
+fn strings_and_sub_objects_are_copied_as_they_came_and_mean_the_same() {
+    let o = Options::default();
+    let chat = br#"{"model":"m","temperature":0.50,"top_p":1e-1,"messages":[
+        {"role":"system","content":"sys \"q\" \u00e9 \ud83d\ude00 \/"},
+        {"role":"user","content":[{"type":"text","text":"a\nb"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA\/A"}}]},
+        {"role":"assistant","content":"x","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"k\": [1, 2.5e3, \"\\u00e9\"]}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":"r"}],
+        "tools":[{"type":"function","function":{"name":"f","description":"d\te","parameters":{"type":"object","properties":{"k":{"type":"array","maxItems":1e2}}}}}]}"#;
+    let t = Pair::ChatToMessages.request(chat, "c", &o).unwrap();
+    let got: Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(got["system"], "sys \"q\" é 😀 /");
+    assert_eq!(got["temperature"], json!(0.5));
+    assert_eq!(got["top_p"], json!(0.1));
+    assert_eq!(got["messages"][0]["content"][0]["text"], "a\nb");
+    assert_eq!(
+        got["messages"][0]["content"][1]["source"],
+        json!({"type": "base64", "media_type": "image/png", "data": "AA/A"})
+    );
+    assert_eq!(
+        got["messages"][1]["content"][1]["input"],
+        json!({"k": [1, 2500.0, "é"]})
+    );
+    assert_eq!(got["tools"][0]["description"], "d\te");
+    assert_eq!(
+        got["tools"][0]["input_schema"]["properties"]["k"]["maxItems"],
+        json!(100.0)
+    );
+
+    // And back: the Anthropic request this made, translated to an OpenAI one.
+    let mut anthropic = got.clone();
+    anthropic["model"] = json!("m");
+    let t = Pair::MessagesToChat
+        .request(&serde_json::to_vec(&anthropic).unwrap(), "g", &o)
+        .unwrap();
+    let back: Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(
+        back["messages"][0],
+        json!({"role": "system", "content": "sys \"q\" é 😀 /"})
+    );
+    assert_eq!(
+        back["messages"][1]["content"],
+        json!([{"type": "text", "text": "a\nb"},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA/A"}}])
+    );
+    let args = back["messages"][2]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(args).unwrap(),
+        json!({"k": [1, 2500.0, "é"]})
+    );
+    assert_eq!(
+        back["messages"][3],
+        json!({"role": "tool", "tool_call_id": "c1", "content": "r"})
+    );
+    assert_eq!(
+        back["tools"][0]["function"]["parameters"],
+        got["tools"][0]["input_schema"]
+    );
+}
+
+/// A key given twice counts once, with its last value, and the first
+/// refusal is the first unknown key in key order: what the `serde_json::Map`
+/// these readers replace did.
+#[test]
+fn a_repeated_key_counts_once_with_its_last_value() {
+    let o = Options::default();
+    let t = Pair::ChatToMessages
+        .request(
+            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a","content":"b"}],"stream":false}"#,
+            "c",
+            &o,
+        )
+        .unwrap();
+    assert!(!t.stream);
+    let got: Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(got["messages"][0]["content"], "b");
+    let err = Pair::ChatToMessages
+        .request(
+            br#"{"model":"m","seed":1,"messages":[],"logit_bias":{"1":2}}"#,
+            "c",
+            &o,
+        )
+        .unwrap_err();
+    assert_eq!(err.metadata()["param"], "logit_bias");
+    let err = Pair::MessagesToChat
+        .request(
+            br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a","z":1,"citations":[]}]}]}"#,
+            "g",
+            &o,
+        )
+        .unwrap_err();
+    assert_eq!(err.metadata()["param"], "messages[0].content[0].citations");
+}
+
+/// What a `serde_json::Value` could not hold (a lone surrogate escape, a
+/// number out of range) is never copied on: the client's request is
+/// refused with a 400, the upstream's answer is a bad response.
+#[test]
+fn what_a_tree_could_not_hold_is_not_copied() {
+    let o = Options::default();
+    for (pair, body) in [
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#,
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"a\udc00"}]}"#,
+        ),
+    ] {
+        let err = pair.request(body.as_bytes(), "u", &o).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidJson, "{body}");
+    }
+    for (pair, body, param) in [
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[],"top_p":1e400}"#,
+            "top_p",
+        ),
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"maximum":1e400}}}]}"#,
+            "tools[0].function.parameters",
+        ),
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{\"a\":\"\\ud800\"}"}}]}]}"#,
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"1","name":"f","input":{"a":-1e999}}]}]}"#,
+            "messages[0].content[0].input",
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"model":"m","max_tokens":5,"messages":[],"tools":[{"name":"f","input_schema":{"minimum":1e400}}]}"#,
+            "tools[0].input_schema",
+        ),
+    ] {
+        let err = pair.request(body.as_bytes(), "u", &o).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidRequest, "{body}");
+        assert_eq!(err.metadata()["param"], param, "{body}");
+    }
+    for (pair, body) in [
+        (
+            Pair::ChatToMessages,
+            r#"{"type":"message","id":"m","content":[{"type":"text","text":"\ud800"}],"stop_reason":"end_turn"}"#,
+        ),
+        (
+            Pair::ChatToMessages,
+            r#"{"type":"message","id":"m","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":1e400}}],"stop_reason":"tool_use"}"#,
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"choices":[{"message":{"tool_calls":[{"id":"1","function":{"name":"f","arguments":"{\"a\":\"\\udfff\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        ),
+    ] {
+        let err = pair.response(body.as_bytes(), &ctx()).unwrap_err();
+        assert_eq!(
+            err.into_error().reason(),
+            Reason::UpstreamBadResponse,
+            "{body}"
+        );
+    }
+}
+
+/// A user turn of one image block stays an image part (a lone text block
+/// becomes a plain string; an image never does).
+#[test]
+fn a_lone_image_block_goes_on_as_an_image_part() {
+    let t = Pair::MessagesToChat
+        .request(
+            br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]}]}"#,
+            "g",
+            &Options::default(),
+        )
+        .unwrap();
+    let got: Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(
+        got["messages"][0]["content"],
+        json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}])
+    );
+}
+
+/// The provider's entry for a body the request scanner already accepted
+/// translates exactly as the validating one.
+#[test]
+fn a_scanned_body_translates_as_an_unscanned_one() {
+    let o = Options::default();
+    for (pair, body) in [
+        (
+            Pair::ChatToMessages,
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"q \"x\" \u00e9"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"stream":true}"#,
+        ),
+        (
+            Pair::MessagesToChat,
+            r#"{"model":"m","max_tokens":9,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"text","text":"a\\b"}]},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"k":[1,2]}}]}]}"#,
+        ),
+    ] {
+        crate::read_request::scan::scan(body.as_bytes()).unwrap();
+        let a = pair.request(body.as_bytes(), "u", &o).unwrap();
+        let b = pair.request_scanned(body.as_bytes(), "u", &o).unwrap();
+        assert_eq!(a.body, b.body, "{body}");
+    }
+}

@@ -1,0 +1,645 @@
+//! Borrowed reading for the translators of Chat Completions ↔ Messages:
+//! a body is validated once, by the request scanner
+//! ([`read_request::scan`](crate::read_request::scan), strings 32 bytes at
+//! a time), and then read into objects whose members are the keys
+//! (borrowed unless escaped) and each value's raw JSON text ([`Raw`]); a
+//! value is looked into only where a translator needs to. A string passed
+//! on is copied as the JSON literal it came in, a sub-object passed on (a
+//! tool's schema, a tool call's input) as its text. Nothing is decoded and
+//! re-encoded, and no tree (no `BTreeMap` per object, no `String` per
+//! string) is built.
+//!
+//! Two things the scanner does not refuse and a `serde_json::Value` parse
+//! does, and that a copy would carry on: a lone surrogate escape
+//! (`"\ud800"`) and a number out of `f64`'s range (`1e400`). [`body`]
+//! refuses a body with the first, as the `Value` parse did; every sub-value
+//! copied that may hold a number is checked with [`numbers_in_range`]
+//! (scalar numbers copied are checked by their readers).
+
+use std::borrow::Cow;
+
+use bytes::BytesMut;
+
+use crate::read_request::scan::{self, ErrorKind};
+
+/// One JSON value of a validated body, unread: its text, as it came, with
+/// no whitespace around it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Raw<'a>(&'a [u8]);
+
+impl std::fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Raw({})", String::from_utf8_lossy(self.0))
+    }
+}
+
+/// `null`.
+pub(super) const NULL: Raw<'static> = Raw(b"null");
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub(super) fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The value's JSON text as a `str` (a validated body is UTF-8).
+    pub(super) fn text(self) -> &'a str {
+        std::str::from_utf8(self.0).unwrap_or("null")
+    }
+
+    /// Whether the value's text is exactly `lit` (`true`, `1`, …).
+    pub(super) fn is(self, lit: &str) -> bool {
+        self.0 == lit.as_bytes()
+    }
+}
+
+impl super::sse::Json for Raw<'_> {
+    /// Raw JSON text, already valid: copied as it is (a string keeps the
+    /// escapes it came with).
+    fn write_to(&self, out: &mut BytesMut) {
+        out.extend_from_slice(self.0);
+    }
+}
+
+/// A JSON object's members in the order written: the key's bytes, decoded
+/// (borrowed unless it had escapes), and the value's raw text.
+#[derive(Debug, Default)]
+pub(super) struct Members<'a>(pub(super) Vec<(Cow<'a, [u8]>, Raw<'a>)>);
+
+/// A key's bytes as text (a validated body's keys are UTF-8).
+fn key_str(k: &[u8]) -> &str {
+    std::str::from_utf8(k).unwrap_or("?")
+}
+
+/// The bytes a key literal (quotes included) decodes to.
+fn key_bytes(lit: &[u8]) -> Cow<'_, [u8]> {
+    let inner = &lit[1..lit.len().max(2) - 1];
+    if !inner.contains(&b'\\') {
+        return Cow::Borrowed(inner);
+    }
+    Cow::Owned(
+        serde_json::from_slice::<String>(lit)
+            .unwrap_or_default()
+            .into_bytes(),
+    )
+}
+
+/// The first byte at or after `i` that is not JSON whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (one past the closing quote) of the string that opens at `i`,
+/// in a validated body: the first `"` not escaped (not after an odd run of
+/// backslashes), found with `memchr` — in valid JSON nothing else can end
+/// a string.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        j += memchr::memchr(b'"', b.get(j..)?)?;
+        let run = b[i + 1..j]
+            .iter()
+            .rev()
+            .take_while(|c| **c == b'\\')
+            .count();
+        if run % 2 == 0 {
+            return Some(j + 1);
+        }
+        j += 1;
+    }
+}
+
+/// The end of the value that starts at `i`, in a validated body.
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
+/// The items of the container (`{…}` or `[…]`, validated) that opens at
+/// `b[at]`, each `(key, value)` of an object or `(None, value)` of an
+/// array; the container's end (one past its closing bracket).
+fn split<'a>(
+    b: &'a [u8],
+    at: usize,
+    mut each: impl FnMut(Option<Raw<'a>>, Raw<'a>),
+) -> Option<usize> {
+    let object = *b.get(at)? == b'{';
+    let mut i = skip_ws(b, at + 1);
+    if matches!(b.get(i), Some(b'}' | b']')) {
+        return Some(i + 1);
+    }
+    loop {
+        let key = if object {
+            let end = string_end(b, i)?;
+            let key = Raw(&b[i..end]);
+            i = skip_ws(b, skip_ws(b, end) + 1); // past the colon
+            Some(key)
+        } else {
+            None
+        };
+        let end = value_end(b, i)?;
+        each(key, Raw(&b[i..end]));
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return Some(i + 1); // the closing bracket
+        }
+        i = skip_ws(b, i + 1);
+    }
+}
+
+/// The members of the object that opens at `b[at]`, and its end.
+fn members_at(b: &[u8], at: usize) -> Option<(Members<'_>, usize)> {
+    let mut members = Vec::with_capacity(8);
+    let end = split(b, at, |key, value| {
+        let key = key.map_or(Cow::Borrowed(&b""[..]), |k| key_bytes(k.0));
+        members.push((key, value));
+    })?;
+    Some((Members(members), end))
+}
+
+/// The items of an array, each with its members when it is an object, read
+/// in one pass (an object's end is where its members end): the messages
+/// of a request, without reading each message twice.
+pub(super) fn object_items(raw: Raw<'_>) -> Option<Vec<(Raw<'_>, Option<Members<'_>>)>> {
+    let b = raw.0;
+    if b.first() != Some(&b'[') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(4);
+    let mut i = skip_ws(b, 1);
+    if b.get(i) == Some(&b']') {
+        return Some(out);
+    }
+    loop {
+        if b.get(i) == Some(&b'{') {
+            let (members, end) = members_at(b, i)?;
+            out.push((Raw(&b[i..end]), Some(members)));
+            i = end;
+        } else {
+            let end = value_end(b, i)?;
+            out.push((Raw(&b[i..end]), None));
+            i = end;
+        }
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b',') {
+            return Some(out);
+        }
+        i = skip_ws(b, i + 1);
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The members of `raw`, or `None` when it is not an object.
+    pub(super) fn of(raw: Raw<'a>) -> Option<Self> {
+        if !is_object(raw) {
+            return None;
+        }
+        members_at(raw.0, 0).map(|(m, _)| m)
+    }
+
+    /// The value at `key` (null included); of a key given twice, the last,
+    /// as a `serde_json::Value` reads it.
+    pub(super) fn get(&self, key: &str) -> Option<Raw<'a>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_ref() == key.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    /// The value at `key` unless it is absent or null.
+    pub(super) fn get_some(&self, key: &str) -> Option<Raw<'a>> {
+        self.get(key).filter(|v| !is_null(*v))
+    }
+
+    /// The members in key order, a key given twice once with its last
+    /// value: the order (and so the first refusal) of a
+    /// `serde_json::Map`, which these readers replace.
+    pub(super) fn sorted(mut self) -> impl Iterator<Item = (Cow<'a, str>, Raw<'a>)> {
+        self.0.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the last of equal keys stays last
+        let mut members = self.0.into_iter().peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let (k, v) = members.next()?;
+                if members.peek().is_none_or(|next| next.0 != k) {
+                    let k = match k {
+                        Cow::Borrowed(b) => Cow::Borrowed(key_str(b)),
+                        Cow::Owned(b) => Cow::Owned(String::from_utf8_lossy(&b).into_owned()),
+                    };
+                    return Some((k, v));
+                }
+            }
+        })
+    }
+
+    /// The first key in key order (as a `serde_json::Map` iterates) whose
+    /// value is not null and that is not in `allowed`; `skip` is ignored.
+    pub(super) fn unknown(&self, allowed: &[&str], skip: Option<&str>) -> Option<&str> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, v))| {
+                let name = key_str(k);
+                !allowed.contains(&name)
+                    && Some(name) != skip
+                    && !is_null(*v)
+                    && !self.0[i + 1..].iter().any(|(later, _)| later == k)
+            })
+            .map(|(_, (k, _))| key_str(k))
+            .min()
+    }
+}
+
+/// The items of `raw`, or `None` when it is not an array.
+pub(super) fn items(raw: Raw<'_>) -> Option<Vec<Raw<'_>>> {
+    if raw.0.first() != Some(&b'[') {
+        return None;
+    }
+    let mut items = Vec::with_capacity(4);
+    split(raw.0, 0, |_, v| items.push(v))?;
+    Some(items)
+}
+
+pub(super) fn is_null(raw: Raw<'_>) -> bool {
+    raw.is("null")
+}
+
+pub(super) fn is_object(raw: Raw<'_>) -> bool {
+    raw.0.first() == Some(&b'{')
+}
+
+pub(super) fn is_str(raw: Raw<'_>) -> bool {
+    raw.0.first() == Some(&b'"')
+}
+
+pub(super) fn is_number(raw: Raw<'_>) -> bool {
+    raw.0
+        .first()
+        .is_some_and(|c| *c == b'-' || c.is_ascii_digit())
+}
+
+pub(super) fn as_bool(raw: Raw<'_>) -> Option<bool> {
+    match raw.0 {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
+/// An integer `serde_json::Value::as_u64` reads: digits only, in range.
+pub(super) fn as_u64(raw: Raw<'_>) -> Option<u64> {
+    let s = raw.0;
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// A number as `f64`, `None` for anything else or one out of range.
+pub(super) fn as_f64(raw: Raw<'_>) -> Option<f64> {
+    if !is_number(raw) {
+        return None;
+    }
+    raw.text().parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// A token count, as [`super::tokens`] reads one: integers, floats rounded,
+/// anything else 0.
+pub(super) fn tokens(raw: Option<Raw<'_>>) -> u64 {
+    let Some(raw) = raw else { return 0 };
+    as_u64(raw)
+        .or_else(|| as_f64(raw).filter(|f| *f > 0.0).map(|f| f.round() as u64))
+        .unwrap_or(0)
+}
+
+/// The string `raw` holds, decoded: borrowed when it has no escapes.
+pub(super) fn as_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
+    let s = raw.0;
+    if !is_str(raw) || s.len() < 2 {
+        return None;
+    }
+    let inner = &s[1..s.len() - 1];
+    if !has_escape(inner) {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(s).ok().map(Cow::Owned)
+}
+
+/// Whether a string's text has a backslash: a plain loop for the short
+/// names a translator reads (`role`, `type`), `memchr` for longer ones.
+fn has_escape(inner: &[u8]) -> bool {
+    if inner.len() < 32 {
+        inner.contains(&b'\\')
+    } else {
+        memchr::memchr(b'\\', inner).is_some()
+    }
+}
+
+/// Whether `raw` is the string `want`: compared as bytes unless escaped.
+pub(super) fn str_is(raw: Option<Raw<'_>>, want: &str) -> bool {
+    let Some(raw) = raw.filter(|r| is_str(*r)) else {
+        return false;
+    };
+    let inner = &raw.0[1..raw.0.len() - 1];
+    if inner == want.as_bytes() {
+        return true;
+    }
+    has_escape(inner) && as_str(raw).is_some_and(|s| s == want)
+}
+
+/// Whether `raw` is the empty string.
+pub(super) fn is_empty_str(raw: Raw<'_>) -> bool {
+    raw.is("\"\"")
+}
+
+/// The JSON string literals `parts` concatenated into one literal (`""`
+/// for none): each one's text between its quotes is already escaped, so
+/// they join as they are.
+pub(super) fn write_joined(out: &mut BytesMut, parts: &[Raw<'_>]) {
+    if let [one] = parts {
+        out.extend_from_slice(one.0);
+        return;
+    }
+    out.extend_from_slice(b"\"");
+    for p in parts {
+        out.extend_from_slice(&p.0[1..p.0.len() - 1]);
+    }
+    out.extend_from_slice(b"\"");
+}
+
+/// Whether every `\u` escape in `text` is a character `serde_json` decodes
+/// into a string (no lone surrogate). Only `\u` sequences are looked at
+/// (`memmem`): a body that has none costs one pass that stops nowhere.
+/// Meant for valid JSON, where a backslash only occurs in a string.
+pub(super) fn no_lone_surrogate(text: &[u8]) -> bool {
+    let hex = |at: usize| -> Option<u16> {
+        let h = text.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut after = 0;
+    for p in memchr::memmem::find_iter(text, b"\\u") {
+        if p < after {
+            continue; // the low half of a pair already read
+        }
+        // An escape only after an even run of backslashes (`\\u` is a
+        // backslash, then `u`).
+        let run = text[..=p].iter().rev().take_while(|c| **c == b'\\').count();
+        if run % 2 == 0 {
+            continue;
+        }
+        match hex(p + 2) {
+            None => return false,
+            Some(0xD800..=0xDBFF) => {
+                let low = text.get(p + 6..p + 8) == Some(b"\\u")
+                    && hex(p + 8).is_some_and(|lo| (0xDC00..=0xDFFF).contains(&lo));
+                if !low {
+                    return false;
+                }
+                after = p + 12;
+            }
+            Some(0xDC00..=0xDFFF) => return false,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// Whether every number in `raw` (validated JSON) is one a
+/// `serde_json::Value` holds: in `f64`'s range. For the sub-values copied
+/// whole (a tool's schema, a tool call's input). Only numbers with an
+/// exponent or over 300 digits can be out of range; only they are parsed.
+pub(super) fn numbers_in_range(raw: Raw<'_>) -> bool {
+    let b = raw.0;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => match string_end(b, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    i += 1;
+                }
+                let number = &b[start..i];
+                if (number.len() > 300 || number.iter().any(|c| matches!(c, b'e' | b'E')))
+                    && !std::str::from_utf8(number)
+                        .ok()
+                        .and_then(|n| n.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// A sub-value copied as its text: it must read as a `serde_json::Value`
+/// would (no number out of range), or the copy would not; refused naming
+/// `param` otherwise.
+pub(super) fn checked<'a>(
+    v: Raw<'a>,
+    param: &dyn Fn() -> String,
+) -> Result<Raw<'a>, crate::error::Error> {
+    if is_str(v) || numbers_in_range(v) {
+        Ok(v)
+    } else {
+        Err(super::bad(&param(), "holds a number out of range"))
+    }
+}
+
+/// A comma before every item of a list but the first.
+pub(super) fn comma(out: &mut BytesMut, n: &mut usize) {
+    if *n > 0 {
+        out.extend_from_slice(b",");
+    }
+    *n += 1;
+}
+
+/// Whether `text` is one JSON object a `serde_json::Value` reads: valid
+/// (the scanner's checks), no lone surrogate, every number in range. For
+/// the JSON a string carries (a tool call's `arguments`).
+pub(super) fn is_json_object(text: &[u8]) -> bool {
+    valid(text) && no_lone_surrogate(text) && numbers_in_range(Raw(text.trim_ascii()))
+}
+
+/// Whether `body` is one valid JSON object (the request scanner's checks:
+/// RFC 8259, UTF-8, nesting): its errors about recognised fields are about
+/// valid JSON.
+fn valid(body: &[u8]) -> bool {
+    match scan::scan(body) {
+        Ok(_) => true,
+        Err(e) => matches!(
+            e.kind,
+            ErrorKind::DuplicateField(_) | ErrorKind::FieldType { .. }
+        ),
+    }
+}
+
+/// A whole body read as an object's members, or why not: `Err(None)` when
+/// it is JSON but not an object, `Err(Some(e))` with the error a
+/// `serde_json::Value` parse gives when it is not JSON (a lone surrogate
+/// escape included).
+pub(super) fn body(body: &[u8]) -> Result<Members<'_>, Option<serde_json::Error>> {
+    read(body, valid(body))
+}
+
+/// [`body`] of a body the request scanner has already accepted (a
+/// [`Parsed`](crate::read_request::Parsed) request's bytes): not validated twice.
+pub(super) fn scanned_body(body: &[u8]) -> Result<Members<'_>, Option<serde_json::Error>> {
+    read(body, true)
+}
+
+fn read(body: &[u8], valid: bool) -> Result<Members<'_>, Option<serde_json::Error>> {
+    if valid && no_lone_surrogate(body) {
+        let start = skip_ws(body, 0);
+        let end = body.trim_ascii_end().len();
+        if let Some(members) = body.get(start..end).and_then(|b| Members::of(Raw(b))) {
+            return Ok(members);
+        }
+    }
+    // Not an object, or not JSON: which one, and the parser's own words.
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(_) => Err(None),
+        Err(e) => Err(Some(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Raw<'_> {
+        Raw(s.as_bytes())
+    }
+
+    fn members(s: &str) -> Members<'_> {
+        Members::of(raw(s)).unwrap()
+    }
+
+    #[test]
+    fn members_keep_the_last_of_a_key_and_sort_as_a_map_does() {
+        let m = members(r#"{ "b" : 1 ,"a\u0041":2,"b":null,"c":[ 1, {"x":"y]"} ] }"#);
+        assert_eq!(m.get("b").unwrap(), NULL);
+        assert!(m.get_some("b").is_none());
+        assert_eq!(m.get("aA").unwrap().text(), "2");
+        let keys: Vec<_> = m
+            .sorted()
+            .map(|(k, v)| format!("{k}={}", v.text()))
+            .collect();
+        assert_eq!(keys, ["aA=2", "b=null", "c=[ 1, {\"x\":\"y]\"} ]"]);
+        assert_eq!(
+            items(raw(r#"[ "a\"]" ,{"k":[{}]},-1.5e3 , true,[]]"#)).unwrap(),
+            [
+                raw(r#""a\"]""#),
+                raw(r#"{"k":[{}]}"#),
+                raw("-1.5e3"),
+                raw("true"),
+                raw("[]")
+            ]
+        );
+        assert!(members("{}").0.is_empty());
+        assert!(items(raw("[ ]")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_names_the_first_key_in_order_ignoring_nulls_and_overridden_values() {
+        let m = members(r#"{"z":1,"y":1,"ok":2,"n":null,"w":3,"w":null,"\u0078":1}"#);
+        assert_eq!(m.unknown(&["ok"], None), Some("x"));
+        assert_eq!(m.unknown(&["ok", "x"], Some("y")), Some("z"));
+        assert_eq!(m.unknown(&["ok", "x", "y", "z"], None), None);
+    }
+
+    #[test]
+    fn scalars_read_as_a_value_reads_them() {
+        assert_eq!(as_u64(raw("42")), Some(42));
+        for no in ["-1", "1.0", "1e3", "\"1\"", "18446744073709551616"] {
+            assert_eq!(as_u64(raw(no)), None, "{no}");
+        }
+        assert_eq!(as_f64(raw("-0.5e1")), Some(-5.0));
+        assert_eq!(as_f64(raw("1e400")), None);
+        assert_eq!(tokens(Some(raw("2.6"))), 3);
+        assert_eq!(tokens(Some(raw("\"x\""))), 0);
+        assert_eq!(as_str(raw(r#""plain""#)).unwrap(), "plain");
+        assert_eq!(as_str(raw(r#""a\"b\u00e9""#)).unwrap(), "a\"bé");
+        assert!(str_is(Some(raw(r#""\u0066unction""#)), "function"));
+        assert_eq!(as_bool(raw("true")), Some(true));
+    }
+
+    #[test]
+    fn lone_surrogates_and_out_of_range_numbers_are_found() {
+        assert!(no_lone_surrogate(
+            br#"{"a":"\\ud800 \ud83d\ude00 \u00e9 \\\u0041"}"#
+        ));
+        assert!(!no_lone_surrogate(br#"{"a":"\\\ud800"}"#));
+        assert!(!no_lone_surrogate(br#"{"a":"\ud800"}"#));
+        assert!(!no_lone_surrogate(br#"{"a":"\ude00\ud800"}"#));
+        assert!(!no_lone_surrogate(br#"{"a":"\ud83d\u0041"}"#));
+        assert!(numbers_in_range(raw(
+            r#"{"a":[1,-2,2.5e10,"1e400",1e-400,null,true]}"#
+        )));
+        assert!(!numbers_in_range(raw(r#"{"a":[1e400]}"#)));
+        assert!(!numbers_in_range(raw(&"9".repeat(400))));
+        assert!(is_json_object(br#" {"a":"\u00e9"} "#));
+        assert!(!is_json_object(br#"{"a":"\ud800"}"#));
+        assert!(!is_json_object(br#"{"a":1e999}"#));
+        assert!(!is_json_object(b"[1]"));
+        assert!(!is_json_object(b"{"));
+        assert!(matches!(body(br#"{"a":"\ud800"}"#), Err(Some(_))));
+        assert!(matches!(body(b"[1]"), Err(None)));
+        assert!(matches!(body(b"{"), Err(Some(_))));
+        assert!(matches!(body(b"{\"a\":\"\xff\"}"), Err(Some(_))));
+    }
+
+    #[test]
+    fn joined_literals_are_one_literal() {
+        let mut out = bytes::BytesMut::new();
+        write_joined(&mut out, &[raw(r#""a\n""#), raw(r#""\"b""#)]);
+        assert_eq!(
+            serde_json::from_slice::<String>(&out).unwrap(),
+            "a\n\"b".to_owned()
+        );
+    }
+}
