@@ -287,8 +287,8 @@ impl Keyring {
 mod tests {
     use super::*;
     use crate::keys::Change;
-    use crate::keys::{CustomerRecord, KeyRecord, UserRecord};
     use crate::keys::store::StoreFuture;
+    use crate::keys::{CustomerRecord, KeyRecord, UserRecord};
     use crate::keys::{KeyStore, MemoryStore, NewKey, NewTeam, Snapshot, StoreError};
     use http::StatusCode;
     use std::sync::Arc;
