@@ -135,13 +135,6 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
     if let Some(k) = q.keys().find(|k| !PARAMS.contains(&k.as_str())) {
         return Err(bad(k, format!("unknown parameter; use {}", PARAMS.join(", "))).into());
     }
-    if q.contains_key("request_id") {
-        return Err(bad(
-            "request_id",
-            "is not supported by this gateway's /spend/logs; filter by key, team, model and time",
-        )
-        .into());
-    }
     let start = either(
         time(&q, "start_time")?,
         date(&q, "start_date")?,
@@ -180,6 +173,7 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         // LiteLLM's `user_id`: the records of every key made for the user.
         user_id: filter(&q, "user_id")?,
         end_user: filter(&q, "end_user")?,
+        request_id: filter(&q, "request_id")?,
         model: filter(&q, "model")?,
         start,
         end,
@@ -394,6 +388,18 @@ mod tests {
             .map(|r| r["request_id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, ["r11", "r10"]);
+        // LiteLLM's `request_id`: that request's record, and only it.
+        let (s, v) = get(&app, "/spend/logs?request_id=r11").await;
+        assert_eq!(s, 200, "{v}");
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["r11"]);
+        let (_, v) = get(&app, "/spend/logs?request_id=r999").await;
+        assert_eq!(v["data"], json!([]), "{v}");
         for (uri, param) in [
             ("/spend/logs?limit=0", "limit"),
             ("/spend/logs?limit=1001", "limit"),

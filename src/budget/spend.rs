@@ -207,6 +207,10 @@ pub struct SpendQuery {
     pub user_id: Option<String>,
     /// Only this end user's.
     pub end_user: Option<String>,
+    /// Only the record of this request (its `x-request-id`; LiteLLM's
+    /// `request_id`). A request retried by its client under the same id has
+    /// one record per try.
+    pub request_id: Option<String>,
     /// Only requests that asked for this model.
     pub model: Option<String>,
     /// Only requests started at or after this instant.
@@ -229,6 +233,7 @@ impl SpendQuery {
             && eq(&self.team_id, r.team_id.as_ref())
             && eq(&self.user_id, r.user_id.as_ref())
             && eq(&self.end_user, r.end_user.as_ref())
+            && eq(&self.request_id, Some(&r.request_id))
             && eq(&self.model, Some(&r.model))
             && self.start.is_none_or(|s| r.start >= s)
             && self.end.is_none_or(|e| r.start < e)
@@ -375,6 +380,7 @@ pub(crate) fn page_sql(
         ("team_id", &q.team_id),
         ("user_id", &q.user_id),
         ("end_user", &q.end_user),
+        ("request_id", &q.request_id),
         ("model", &q.model),
     ] {
         if let Some(v) = value {

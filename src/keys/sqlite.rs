@@ -126,6 +126,11 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         5,
         "ALTER TABLE teams ADD COLUMN members TEXT NOT NULL DEFAULT '[]';",
     ),
+    // LiteLLM's `/spend/logs?request_id=`: one request's record.
+    (
+        6,
+        "CREATE INDEX spend_by_request ON spend (request_id, start_us);",
+    ),
 ];
 
 /// Keys and teams in a SQLite file (see the module docs).

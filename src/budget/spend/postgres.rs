@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         CREATE INDEX tollgate_spend_by_user ON tollgate_spend (user_id, start_us, id);
         CREATE INDEX tollgate_spend_by_end_user ON tollgate_spend (end_user, start_us, id);",
     ),
+    // LiteLLM's `/spend/logs?request_id=`: one request's record.
+    (
+        3,
+        "CREATE INDEX tollgate_spend_by_request ON tollgate_spend (request_id, start_us, id);",
+    ),
 ];
 
 const COLUMNS: &str = "id, request_id, key_id, team_id, model, model_group, deployment, served_model, \
