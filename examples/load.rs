@@ -67,6 +67,13 @@
 //! parse it; the gateway's difference to that floor is then its own work
 //! (docs/performance-guard.md, "the one-request hop").
 //!
+//! `--family anthropic`: Anthropic Messages (`/v1/messages`) in every
+//! phase, passed through by the gateway to an Anthropic-API deployment on
+//! the mock. `--family chat-to-anthropic`: the gateway gets OpenAI chat
+//! requests and translates them (and the answers) for an Anthropic-API
+//! deployment, while the direct and bare-proxy phases send the Messages
+//! request itself: the floor for the same upstream work.
+//!
 //! `--workers N` (with any mode) sets `[server] worker_threads = N` in the
 //! gateway's config (default: one runtime thread per core).
 //!
@@ -104,7 +111,24 @@ struct Args {
     workers: Option<u64>,
     client_h2: bool,
     bare_read_body: bool,
+    family: Family,
 }
+
+/// Which API the load speaks (`--family`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// OpenAI chat completions, to an OpenAI-API deployment (the default).
+    Chat,
+    /// Anthropic Messages, passed through to an Anthropic-API deployment.
+    Anthropic,
+    /// OpenAI chat to the gateway, translated to Messages for an
+    /// Anthropic-API deployment; the direct and bare-proxy phases send the
+    /// Messages request itself, the floor for the same upstream work.
+    ChatToAnthropic,
+}
+
+/// Requests carry `anthropic-version` (the mock requires it on Messages).
+static ANTHROPIC_VERSION: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn parse_args() -> Args {
     let mut a = Args {
@@ -121,6 +145,7 @@ fn parse_args() -> Args {
         workers: None,
         client_h2: false,
         bare_read_body: false,
+        family: Family::Chat,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -142,11 +167,22 @@ fn parse_args() -> Args {
             "--workers" => a.workers = Some(num("--workers").max(1)),
             "--client-h2" => a.client_h2 = true,
             "--bare-read-body" => a.bare_read_body = true,
+            "--family" => {
+                a.family = match it.next().as_deref() {
+                    Some("chat") => Family::Chat,
+                    Some("anthropic") => Family::Anthropic,
+                    Some("chat-to-anthropic") => Family::ChatToAnthropic,
+                    _ => {
+                        eprintln!("load: --family needs chat, anthropic or chat-to-anthropic");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--hold" => a.hold = Some(num("--hold").max(1) as usize),
             "--big-stream" => a.big_stream_mib = Some(num("--big-stream").max(1)),
             "--help" | "-h" => {
                 println!(
-                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] [--bare-read-body] | --hold N [--client-h2] | --big-stream MIB"
+                    "usage: load [--seconds N] [--rounds N] [--concurrency N] [--rate RPS] [--stream] [--body-bytes N] [--budget] [--upstream-h2] [--workers N] [--bare-read-body] [--family chat|anthropic|chat-to-anthropic] | --hold N [--client-h2] | --big-stream MIB"
                 );
                 std::process::exit(0)
             }
@@ -346,11 +382,13 @@ type Timing = ((u64, u64), (u64, u64));
 async fn one(client: &HttpClient, url: &str, body: &Bytes, due: Instant) -> Result<Timing, ()> {
     let start = Instant::now();
     let lag = start.saturating_duration_since(due).as_micros() as u64;
-    let req = http::Request::post(url)
+    let mut req = http::Request::post(url)
         .header("authorization", AUTHORIZATION)
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
-        .unwrap();
+        .header("content-type", "application/json");
+    if ANTHROPIC_VERSION.get().copied().unwrap_or(false) {
+        req = req.header("anthropic-version", "2023-06-01");
+    }
+    let req = req.body(Full::new(body.clone())).unwrap();
     let res = client.request(req).await.map_err(|_| ())?;
     let ok = res.status().is_success();
     let mut body = res.into_body();
@@ -791,13 +829,18 @@ async fn main() {
     let workers = args
         .workers
         .map_or(String::new(), |n| format!("worker_threads = {n}\n"));
+    let (upstream_model, api) = match args.family {
+        Family::Chat => ("mock-small", ""),
+        Family::Anthropic | Family::ChatToAnthropic => ("mock-claude", "api = \"anthropic\"\n"),
+    };
+    let _ = ANTHROPIC_VERSION.set(args.family != Family::Chat);
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"{gw_addr}\"\nshutdown_grace_ms = 1000\n{workers}\n{upstream}{budgets}\
              [keys]\n{store}\n[[keys.static]]\nkey_env = \"TOLLGATE_LOAD_KEY\"\nmodels = [\"*\"]\n{budget}\n\
              [[groups]]\nname = \"gpt-4o-mini\"\n{price}\
-             [[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"http://{mock_addr}/v1\"\nmodel = \"mock-small\"\n"
+             [[groups.deployments]]\nprovider = \"mock\"\n{api}base_url = \"http://{mock_addr}/v1\"\nmodel = \"{upstream_model}\"\n"
         ),
     )
     .unwrap();
@@ -860,15 +903,27 @@ async fn main() {
     } else {
         ""
     };
-    let body = Bytes::from(format!(
+    let chat = format!(
         r#"{{"model":"{{M}}","stream":{}{usage},"messages":[{{"role":"user","content":"{pad}"}}]}}"#,
         args.stream
-    ));
-    let direct_body = Bytes::from(String::from_utf8_lossy(&body).replace("{M}", "mock-small"));
-    let gateway_body = Bytes::from(String::from_utf8_lossy(&body).replace("{M}", "gpt-4o-mini"));
-    let direct_url = format!("http://{mock_addr}/v1/chat/completions");
-    let gateway_url = format!("http://{gw_addr}/v1/chat/completions");
-    let bare_url = format!("http://{bare_addr}/v1/chat/completions");
+    );
+    // What an Anthropic client sends, and what the gateway sends upstream
+    // for a translated chat request (`max_tokens`: the mock answers in a
+    // few tokens either way).
+    let messages = format!(
+        r#"{{"model":"{{M}}","max_tokens":1024,"stream":{},"messages":[{{"role":"user","content":"{pad}"}}]}}"#,
+        args.stream
+    );
+    let (upstream_body, upstream_path, gateway_body, gateway_path) = match args.family {
+        Family::Chat => (&chat, "/v1/chat/completions", &chat, "/v1/chat/completions"),
+        Family::Anthropic => (&messages, "/v1/messages", &messages, "/v1/messages"),
+        Family::ChatToAnthropic => (&messages, "/v1/messages", &chat, "/v1/chat/completions"),
+    };
+    let direct_body = Bytes::from(upstream_body.replace("{M}", upstream_model));
+    let gateway_body = Bytes::from(gateway_body.replace("{M}", "gpt-4o-mini"));
+    let direct_url = format!("http://{mock_addr}{upstream_path}");
+    let gateway_url = format!("http://{gw_addr}{gateway_path}");
+    let bare_url = format!("http://{bare_addr}{upstream_path}");
     if let Some(n) = args.hold {
         let upstream = if args.upstream_h2 {
             "HTTP/2 (h2c)"
@@ -901,7 +956,7 @@ async fn main() {
     }
 
     println!(
-        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}; mock, bare proxy{} and gateway as separate processes on 127.0.0.1, {} cores",
+        "tollgate load: {} for {} s per phase, {} rounds, {}-byte body{}, {}; mock, bare proxy{} and gateway as separate processes on 127.0.0.1, {} cores",
         match args.rate {
             Some(r) => format!("open loop at {r} req/s"),
             None => format!("closed loop, {} in flight", args.concurrency),
@@ -910,6 +965,12 @@ async fn main() {
         args.rounds,
         direct_body.len(),
         if args.stream { ", streaming" } else { "" },
+        match args.family {
+            Family::Chat => "OpenAI chat",
+            Family::Anthropic => "Anthropic Messages passed through",
+            Family::ChatToAnthropic =>
+                "OpenAI chat translated to Anthropic Messages (direct and bare proxy: the Messages request)",
+        },
         if args.bare_read_body {
             " (reading each body whole)"
         } else {
