@@ -444,6 +444,28 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// One row of `table` by its id, as `row` reads it (`None`: no such row).
+    fn get_one<T: Send + 'static>(
+        &self,
+        id: &str,
+        columns: &'static str,
+        table: &'static str,
+        row: fn(&Row) -> Result<T, String>,
+    ) -> StoreFuture<'_, Option<T>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let found = client
+                .query_opt(
+                    &format!("SELECT {columns} FROM {table} WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            found.as_ref().map(row).transpose().map_err(|e| self.err(e))
+        })
+    }
+
     fn err(&self, e: impl fmt::Display) -> StoreError {
         StoreError::new(format!("key store `{}`: {e}", self.name))
     }
@@ -1090,39 +1112,11 @@ impl KeyStore for PostgresStore {
     }
 
     fn get_key(&self, id: &str) -> Option<StoreFuture<'_, Option<KeyRecord>>> {
-        let id = id.to_owned();
-        Some(Box::pin(async move {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {KEY_COLUMNS} FROM tollgate_keys WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            row.as_ref()
-                .map(key_row)
-                .transpose()
-                .map_err(|e| self.err(e))
-        }))
+        Some(self.get_one(id, KEY_COLUMNS, "tollgate_keys", key_row))
     }
 
     fn get_team(&self, id: &str) -> Option<StoreFuture<'_, Option<TeamRecord>>> {
-        let id = id.to_owned();
-        Some(Box::pin(async move {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {TEAM_COLUMNS} FROM tollgate_teams WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            row.as_ref()
-                .map(team_row)
-                .transpose()
-                .map_err(|e| self.err(e))
-        }))
+        Some(self.get_one(id, TEAM_COLUMNS, "tollgate_teams", team_row))
     }
 
     fn delete_keys(&self, ids: Vec<String>) -> StoreFuture<'_, ()> {
@@ -1246,39 +1240,11 @@ impl KeyStore for PostgresStore {
     }
 
     fn get_user(&self, id: &str) -> Option<StoreFuture<'_, Option<UserRecord>>> {
-        let id = id.to_owned();
-        Some(Box::pin(async move {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {USER_COLUMNS} FROM tollgate_users WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            row.as_ref()
-                .map(user_row)
-                .transpose()
-                .map_err(|e| self.err(e))
-        }))
+        Some(self.get_one(id, USER_COLUMNS, "tollgate_users", user_row))
     }
 
     fn get_customer(&self, id: &str) -> Option<StoreFuture<'_, Option<CustomerRecord>>> {
-        let id = id.to_owned();
-        Some(Box::pin(async move {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {CUSTOMER_COLUMNS} FROM tollgate_customers WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            row.as_ref()
-                .map(customer_row)
-                .transpose()
-                .map_err(|e| self.err(e))
-        }))
+        Some(self.get_one(id, CUSTOMER_COLUMNS, "tollgate_customers", customer_row))
     }
 
     fn delete_teams(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
