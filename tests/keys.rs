@@ -778,9 +778,21 @@ async fn litellms_read_endpoints_and_model_retrieval() {
     )
     .await;
     assert_eq!(before["data"], json!([]));
+    // LiteLLM's `request_id`: that request's record (its `x-request-id`).
+    let rid = logs["data"][0]["request_id"].as_str().unwrap().to_owned();
+    let by_request = admin(
+        &gw,
+        "GET",
+        &format!("/spend/logs?request_id={rid}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(by_request["data"], logs["data"], "{by_request}");
+    let unknown = admin(&gw, "GET", "/spend/logs?request_id=abc", Value::Null).await;
+    assert_eq!(unknown["data"], json!([]));
     for (query, param) in [
         ("start_date=yesterday", "start_date"),
-        ("request_id=abc", "request_id"),
+        ("request_id=", "request_id"),
         ("api_key=tg-nokey-nosecret", "api_key"),
         ("key_id=x&api_key=", "api_key"),
     ] {
