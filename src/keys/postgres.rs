@@ -664,106 +664,124 @@ impl PostgresStore {
                 _ => keys.insert(id.clone()),
             };
         }
-        // Users before keys: a key made for a new user links to it.
-        self.catch_up_people(&client, ring, users, customers)
-            .await?;
-        if !teams.is_empty() {
-            let ids: Vec<String> = teams.iter().cloned().collect();
-            let rows = client
-                .query(
-                    &format!("SELECT {TEAM_COLUMNS} FROM tollgate_teams WHERE id = ANY($1)"),
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            for row in &rows {
-                let team = team_row(row).map_err(|e| self.err(e))?;
-                teams.remove(&team.id);
-                ring.apply(Change::Team(team))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-            // Changed and no longer there: deleted, and its keys with it.
-            for gone in teams {
-                ring.apply(Change::TeamDeleted(gone))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-        }
-        if !keys.is_empty() {
-            let ids: Vec<String> = keys.iter().cloned().collect();
-            let rows = client
-                .query(
-                    &format!("SELECT {KEY_COLUMNS} FROM tollgate_keys WHERE id = ANY($1)"),
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            for row in &rows {
-                let key = key_row(row).map_err(|e| self.err(e))?;
-                keys.remove(&key.id);
-                ring.apply(Change::Key(key))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-            for gone in keys {
-                ring.apply(Change::KeyDeleted(gone))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-        }
+        // Users before keys: a key made for a new user links to it; teams
+        // before keys, for the same reason.
+        let (c, r) = (&client, ring);
+        self.reload(
+            c,
+            r,
+            users,
+            USER_COLUMNS,
+            "tollgate_users",
+            user_row,
+            Change::User,
+            Change::UserDeleted,
+        )
+        .await?;
+        self.reload(
+            c,
+            r,
+            customers,
+            CUSTOMER_COLUMNS,
+            "tollgate_customers",
+            customer_row,
+            Change::Customer,
+            Change::CustomerDeleted,
+        )
+        .await?;
+        // A team changed and no longer there was deleted, and its keys with it.
+        self.reload(
+            c,
+            r,
+            teams,
+            TEAM_COLUMNS,
+            "tollgate_teams",
+            team_row,
+            Change::Team,
+            Change::TeamDeleted,
+        )
+        .await?;
+        self.reload(
+            c,
+            r,
+            keys,
+            KEY_COLUMNS,
+            "tollgate_keys",
+            key_row,
+            Change::Key,
+            Change::KeyDeleted,
+        )
+        .await?;
         state.version.store(last, Ordering::SeqCst);
         Ok(changes.len())
     }
 }
 
+/// A record the change feed reloads by id.
+trait Identified {
+    fn id(&self) -> &str;
+}
+
+impl Identified for KeyRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for TeamRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for UserRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for CustomerRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl PostgresStore {
-    /// Part of a catch-up round: reloads these users and customers, and
-    /// applies them (or their deletion) to `ring`.
-    async fn catch_up_people(
+    /// Part of a catch-up round: reloads the rows of `table` whose ids
+    /// changed and applies each to `ring` (`changed`); an id no longer in the
+    /// table was deleted (`deleted`).
+    #[allow(clippy::too_many_arguments)]
+    async fn reload<T: Identified>(
         &self,
         client: &deadpool_postgres::Object,
         ring: &Keyring,
-        mut users: BTreeSet<String>,
-        mut customers: BTreeSet<String>,
+        mut ids: BTreeSet<String>,
+        columns: &str,
+        table: &str,
+        row: fn(&Row) -> Result<T, String>,
+        changed: fn(T) -> Change,
+        deleted: fn(String) -> Change,
     ) -> Result<(), StoreError> {
-        if !users.is_empty() {
-            let ids: Vec<String> = users.iter().cloned().collect();
-            let rows = client
-                .query(
-                    &format!("SELECT {USER_COLUMNS} FROM tollgate_users WHERE id = ANY($1)"),
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            for row in &rows {
-                let user = user_row(row).map_err(|e| self.err(e))?;
-                users.remove(&user.id);
-                ring.apply(Change::User(user))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-            for gone in users {
-                ring.apply(Change::UserDeleted(gone))
-                    .map_err(|e| self.err(e.message()))?;
-            }
+        if ids.is_empty() {
+            return Ok(());
         }
-        if !customers.is_empty() {
-            let ids: Vec<String> = customers.iter().cloned().collect();
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT {CUSTOMER_COLUMNS} FROM tollgate_customers WHERE id = ANY($1)"
-                    ),
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-            for row in &rows {
-                let customer = customer_row(row).map_err(|e| self.err(e))?;
-                customers.remove(&customer.id);
-                ring.apply(Change::Customer(customer))
-                    .map_err(|e| self.err(e.message()))?;
-            }
-            for gone in customers {
-                ring.apply(Change::CustomerDeleted(gone))
-                    .map_err(|e| self.err(e.message()))?;
-            }
+        let wanted: Vec<String> = ids.iter().cloned().collect();
+        let rows = client
+            .query(
+                &format!("SELECT {columns} FROM {table} WHERE id = ANY($1)"),
+                &[&wanted],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        for r in &rows {
+            let record = row(r).map_err(|e| self.err(e))?;
+            ids.remove(record.id());
+            ring.apply(changed(record))
+                .map_err(|e| self.err(e.message()))?;
+        }
+        for gone in ids {
+            ring.apply(deleted(gone))
+                .map_err(|e| self.err(e.message()))?;
         }
         Ok(())
     }
