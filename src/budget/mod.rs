@@ -124,8 +124,10 @@ pub use spend::PostgresSpendStore;
 #[cfg(feature = "sqlite")]
 pub use spend::SqliteSpendStore;
 pub use spend::{
-    Cursor, MemorySpendStore, PendingSpend, SpendError, SpendFuture, SpendPage, SpendQuery,
-    SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger, restore_windows,
+    Bucket, Cursor, GroupBy, MAX_BUCKETS, MAX_SERIES, MemorySpendStore, PendingSpend, Series,
+    SeriesName, SeriesPoint, SeriesQuery, SeriesRangeError, SpendError, SpendFuture, SpendPage,
+    SpendQuery, SpendRecord, SpendStore, SpendTotals, SpendWriter, Spender, restore_ledger,
+    restore_windows,
 };
 pub use store::{BudgetStore, EitherReserve, EitherStore, UsageSource};
 pub use usage::{Price, TokenUsage};

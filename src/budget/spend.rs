@@ -27,11 +27,12 @@
 //! with the `sqlite` feature, [`SqliteSpendStore`] (the keys' database
 //! file, table `spend`). The trait is small and object-safe, to be used as
 //! `Arc<dyn SpendStore>`: write a batch atomically, read one page of a
-//! filtered query by keyset pagination (newest first), and sum the cost per
+//! filtered query by keyset pagination (newest first), sum the cost per
 //! key, per team and overall since an instant ([`restore_ledger`] rebuilds
-//! a ledger's spend in the current periods from it after a restart). A
-//! store must answer a page in memory bounded by the page's size, whatever
-//! the history's size.
+//! a ledger's spend in the current periods from it after a restart), and
+//! sum spend over time per group and hour or day ([`series`]). A store
+//! must answer a page in memory bounded by the page's size, and a series
+//! in memory bounded by its buckets, whatever the history's size.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -71,12 +72,17 @@ use crate::{Error, Served};
 
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod series;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
 
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresSpendStore;
+pub use series::{
+    Bucket, GroupBy, MAX_BUCKETS, MAX_SERIES, Series, SeriesName, SeriesPoint, SeriesQuery,
+    SeriesRangeError,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSpendStore;
 pub use writer::SpendWriter;
@@ -311,7 +317,7 @@ pub type SpendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SpendError>>
 /// Durable storage of spend records (see the [module docs](self)).
 ///
 /// Object-safe: use it as `Arc<dyn SpendStore>`. Implementations for a
-/// shared database (PostgreSQL) implement the same three calls.
+/// shared database (PostgreSQL) implement the same calls.
 pub trait SpendStore: Send + Sync + 'static {
     /// Stores `batch` atomically (one transaction), in order.
     fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()>;
@@ -329,6 +335,19 @@ pub trait SpendStore: Send + Sync + 'static {
     /// The cost of the requests started at or after `since` (`None`: ever),
     /// per key, per team and overall.
     fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals>;
+    /// Spend over time: the records of `query`'s range summed per group and
+    /// bucket by the store (an aggregation: memory bounded by the answer,
+    /// at most [`MAX_SERIES`] + 1 series of [`MAX_BUCKETS`] points; see
+    /// [`series`]). A range the query refuses
+    /// ([`SeriesQuery::buckets`]) is a [permanent](SpendError::is_permanent)
+    /// error. The default refuses every query, for a store that cannot sum
+    /// (every store of this crate can).
+    fn series(&self, query: SeriesQuery) -> SpendFuture<'_, Vec<Series>> {
+        let _ = query;
+        Box::pin(std::future::ready(Err(SpendError::permanent(
+            "this spend store cannot sum spend over time",
+        ))))
+    }
 }
 
 impl<S: SpendStore + ?Sized> SpendStore for Arc<S> {
@@ -343,6 +362,9 @@ impl<S: SpendStore + ?Sized> SpendStore for Arc<S> {
     }
     fn totals(&self, since: Option<Timestamp>) -> SpendFuture<'_, SpendTotals> {
         (**self).totals(since)
+    }
+    fn series(&self, query: SeriesQuery) -> SpendFuture<'_, Vec<Series>> {
+        (**self).series(query)
     }
 }
 
@@ -518,6 +540,22 @@ impl SpendStore for MemorySpendStore {
             end_users: end_users.into_iter().collect(),
             global,
         })))
+    }
+
+    fn series(&self, query: SeriesQuery) -> SpendFuture<'_, Vec<Series>> {
+        let m = self.lock();
+        let at = |t: Timestamp| Cursor {
+            start_us: micros(t),
+            seq: i64::MIN,
+        };
+        // Checked first: a range whose end is before its start cannot be read.
+        let answer = query.buckets().map_err(|e| e.to_string()).and_then(|_| {
+            series::from_records(
+                &query,
+                m.records.range(at(query.start)..at(query.end)).map(|e| e.1),
+            )
+        });
+        Box::pin(std::future::ready(answer.map_err(SpendError::permanent)))
     }
 }
 
@@ -885,6 +923,346 @@ mod tests {
         let since = store.totals(Some(end)).await.unwrap();
         // Records 60..250 start at second 20 or later.
         assert_eq!(since.global, 1_900);
+        series_contract(store).await;
+    }
+
+    /// A point of a series: (bucket start, cost, requests, prompt, completion).
+    type Pt = (&'static str, Micros, u64, u64, u64);
+    /// A series as compared: its name, its points with RFC 3339 starts.
+    type Shape = Vec<(SeriesName, Vec<(String, Micros, u64, u64, u64)>)>;
+
+    fn named(v: &str) -> SeriesName {
+        SeriesName::Value(v.to_owned())
+    }
+
+    /// The series as (name, points) with RFC 3339 bucket starts.
+    fn shape(series: &[Series]) -> Shape {
+        series
+            .iter()
+            .map(|s| {
+                let points = s
+                    .points
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.start.to_string(),
+                            p.cost,
+                            p.requests,
+                            p.prompt_tokens,
+                            p.completion_tokens,
+                        )
+                    })
+                    .collect();
+                (s.name.clone(), points)
+            })
+            .collect()
+    }
+
+    fn expect(series: Vec<(SeriesName, Vec<Pt>)>) -> Shape {
+        series
+            .into_iter()
+            .map(|(n, pts)| {
+                (
+                    n,
+                    pts.into_iter()
+                        .map(|(t, c, r, p, o)| (t.to_owned(), c, r, p, o))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Spend over time, identical in every store: bucket edges (a record
+    /// at a boundary, the range's end excluded), hours and days, each
+    /// grouping with the records that lack its field, filters, the top
+    /// groups with the rest summed, and ranges refused.
+    async fn series_contract(store: &dyn SpendStore) {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        #[allow(clippy::type_complexity)]
+        let rows: [(&str, &str, Option<&str>, &str, Option<&str>, Micros); 8] = [
+            // (start, key, team, model, deployment, cost)
+            (
+                "2030-01-01T00:00:00Z",
+                "a",
+                Some("t"),
+                "m1",
+                Some("d1"),
+                100,
+            ),
+            (
+                "2030-01-01T00:59:59.999999Z",
+                "a",
+                Some("t"),
+                "m1",
+                Some("d1"),
+                200,
+            ),
+            // A budget's refusal: no deployment, nothing charged.
+            ("2030-01-01T01:00:00Z", "b", None, "m2", None, 0),
+            ("2030-01-01T01:30:00Z", "b", None, "m2", Some("d2"), 50),
+            ("2030-01-01T23:59:00Z", "a", None, "m2", Some("d2"), 7),
+            ("2030-01-02T00:00:00Z", "a", None, "m1", Some("d1"), 1_000),
+            // Outside [2030-01-01, 2030-01-03): the end is exclusive.
+            (
+                "2030-01-03T00:00:00Z",
+                "a",
+                Some("t"),
+                "m1",
+                Some("d1"),
+                9_999,
+            ),
+            (
+                "2029-12-31T23:59:59.999999Z",
+                "a",
+                Some("t"),
+                "m1",
+                Some("d1"),
+                5_555,
+            ),
+        ];
+        let batch: Vec<SpendRecord> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (start, key, team, model, deployment, cost))| {
+                let mut r = SpendRecord::new(format!("s{i}"), *model, at(start));
+                r.key_id = Some((*key).into());
+                r.team_id = team.map(Into::into);
+                r.deployment = deployment.map(Into::into);
+                r.cost = *cost;
+                r.prompt_tokens = 10 * (i as u64 + 1);
+                r.completion_tokens = i as u64 + 1;
+                r.status = if deployment.is_some() { 200 } else { 402 };
+                r
+            })
+            .collect();
+        store.write(batch).await.unwrap();
+        let (t0, t2) = (at("2030-01-01T00:00:00Z"), at("2030-01-03T00:00:00Z"));
+        let run = |q: SeriesQuery| async move { shape(&store.series(q).await.unwrap()) };
+
+        let hourly = run(SeriesQuery::new(GroupBy::Model, Bucket::Hour, t0, t2)).await;
+        assert_eq!(
+            hourly,
+            expect(vec![
+                (
+                    named("m1"),
+                    vec![
+                        ("2030-01-01T00:00:00Z", 300, 2, 30, 3),
+                        ("2030-01-02T00:00:00Z", 1_000, 1, 60, 6),
+                    ]
+                ),
+                (
+                    named("m2"),
+                    vec![
+                        ("2030-01-01T01:00:00Z", 50, 2, 70, 7),
+                        ("2030-01-01T23:00:00Z", 7, 1, 50, 5),
+                    ]
+                ),
+            ])
+        );
+        let daily = run(SeriesQuery::new(GroupBy::Model, Bucket::Day, t0, t2)).await;
+        assert_eq!(
+            daily,
+            expect(vec![
+                (
+                    named("m1"),
+                    vec![
+                        ("2030-01-01T00:00:00Z", 300, 2, 30, 3),
+                        ("2030-01-02T00:00:00Z", 1_000, 1, 60, 6),
+                    ]
+                ),
+                (named("m2"), vec![("2030-01-01T00:00:00Z", 57, 3, 120, 12)]),
+            ])
+        );
+        // The refusal has no deployment: its own group, ranked last (0).
+        let by_deployment = run(SeriesQuery::new(GroupBy::Deployment, Bucket::Day, t0, t2)).await;
+        assert_eq!(
+            by_deployment,
+            expect(vec![
+                (
+                    named("d1"),
+                    vec![
+                        ("2030-01-01T00:00:00Z", 300, 2, 30, 3),
+                        ("2030-01-02T00:00:00Z", 1_000, 1, 60, 6),
+                    ]
+                ),
+                (named("d2"), vec![("2030-01-01T00:00:00Z", 57, 2, 90, 9)]),
+                (
+                    SeriesName::Missing,
+                    vec![("2030-01-01T00:00:00Z", 0, 1, 30, 3)]
+                ),
+            ])
+        );
+        // Key a's records without a team cost more than team t's: first.
+        let a_by_team = run(SeriesQuery {
+            key_id: Some("a".into()),
+            ..SeriesQuery::new(GroupBy::Team, Bucket::Day, t0, t2)
+        })
+        .await;
+        assert_eq!(
+            a_by_team,
+            expect(vec![
+                (
+                    SeriesName::Missing,
+                    vec![
+                        ("2030-01-01T00:00:00Z", 7, 1, 50, 5),
+                        ("2030-01-02T00:00:00Z", 1_000, 1, 60, 6),
+                    ]
+                ),
+                (named("t"), vec![("2030-01-01T00:00:00Z", 300, 2, 30, 3)]),
+            ])
+        );
+        let m2_by_key = expect(vec![
+            (named("b"), vec![("2030-01-01T00:00:00Z", 50, 2, 70, 7)]),
+            (named("a"), vec![("2030-01-01T00:00:00Z", 7, 1, 50, 5)]),
+        ]);
+        let q = SeriesQuery::new(GroupBy::Key, Bucket::Day, t0, t2);
+        let m2 = SeriesQuery {
+            model: Some("m2".into()),
+            ..q.clone()
+        };
+        assert_eq!(run(m2).await, m2_by_key);
+        let team_t = SeriesQuery {
+            team_id: Some("t".into()),
+            ..q.clone()
+        };
+        assert_eq!(
+            run(team_t).await,
+            expect(vec![(
+                named("a"),
+                vec![("2030-01-01T00:00:00Z", 300, 2, 30, 3)]
+            )])
+        );
+        let d2 = SeriesQuery {
+            deployment: Some("d2".into()),
+            ..q.clone()
+        };
+        let d2_by_key = expect(vec![
+            (named("b"), vec![("2030-01-01T00:00:00Z", 50, 1, 40, 4)]),
+            (named("a"), vec![("2030-01-01T00:00:00Z", 7, 1, 50, 5)]),
+        ]);
+        assert_eq!(run(d2).await, d2_by_key);
+        let nobody = SeriesQuery {
+            key_id: Some("nobody".into()),
+            ..q.clone()
+        };
+        assert_eq!(run(nobody).await, vec![]);
+        // The end is exclusive: the record at 2030-01-02T00:00Z is out.
+        let first_day = run(SeriesQuery::new(
+            GroupBy::Model,
+            Bucket::Hour,
+            t0,
+            at("2030-01-02T00:00:00Z"),
+        ))
+        .await;
+        assert_eq!(
+            first_day[0].1,
+            vec![("2030-01-01T00:00:00Z".into(), 300, 2, 30, 3)]
+        );
+        // The start is inclusive (the refusal at 01:00 is in), and a start
+        // inside a bucket counts only the records from it on.
+        let from_one = run(SeriesQuery::new(
+            GroupBy::Model,
+            Bucket::Hour,
+            at("2030-01-01T01:00:00Z"),
+            t2,
+        ))
+        .await;
+        assert_eq!(
+            from_one,
+            expect(vec![
+                (named("m1"), vec![("2030-01-02T00:00:00Z", 1_000, 1, 60, 6)]),
+                (
+                    named("m2"),
+                    vec![
+                        ("2030-01-01T01:00:00Z", 50, 2, 70, 7),
+                        ("2030-01-01T23:00:00Z", 7, 1, 50, 5),
+                    ]
+                ),
+            ])
+        );
+        let mid_bucket = run(SeriesQuery::new(
+            GroupBy::Model,
+            Bucket::Day,
+            at("2030-01-01T00:30:00Z"),
+            t2,
+        ))
+        .await;
+        assert_eq!(
+            mid_bucket[0],
+            expect(vec![(
+                named("m1"),
+                vec![
+                    ("2030-01-01T00:00:00Z", 200, 1, 20, 2),
+                    ("2030-01-02T00:00:00Z", 1_000, 1, 60, 6),
+                ]
+            )])[0]
+        );
+
+        // More groups than MAX_SERIES: the costliest named, the rest summed.
+        let t3 = at("2031-06-01T00:00:00Z");
+        let many: Vec<SpendRecord> = (0..MAX_SERIES as u64 + 3)
+            .map(|i| {
+                let mut r = SpendRecord::new(format!("g{i}"), format!("model-{i:02}"), t3);
+                r.cost = 100 + i;
+                r.prompt_tokens = 1;
+                r
+            })
+            .collect();
+        store.write(many).await.unwrap();
+        let top = store
+            .series(SeriesQuery::new(
+                GroupBy::Model,
+                Bucket::Hour,
+                t3,
+                at("2031-06-01T01:00:00Z"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(top.len(), MAX_SERIES + 1);
+        let names: Vec<SeriesName> = top.iter().map(|s| s.name.clone()).collect();
+        let mut want: Vec<SeriesName> = (3..MAX_SERIES as u64 + 3)
+            .rev()
+            .map(|i| named(&format!("model-{i:02}")))
+            .collect();
+        want.push(SeriesName::Other);
+        assert_eq!(names, want, "costliest first, the rest last");
+        let other = &top[MAX_SERIES].points;
+        assert_eq!(
+            (
+                other.len(),
+                other[0].cost,
+                other[0].requests,
+                other[0].prompt_tokens
+            ),
+            (1, 100 + 101 + 102, 3, 3)
+        );
+
+        // Ranges refused: empty, reversed, over MAX_BUCKETS buckets.
+        let hours = |n: i64| t0.checked_add(jiff::SignedDuration::from_hours(n)).unwrap();
+        for (bucket, start, end) in [
+            (Bucket::Hour, t0, t0),
+            (Bucket::Day, t2, t0),
+            (Bucket::Hour, t0, hours(MAX_BUCKETS as i64 + 1)),
+            (Bucket::Day, t0, hours(24 * MAX_BUCKETS as i64 + 1)),
+        ] {
+            let e = store
+                .series(SeriesQuery::new(GroupBy::Key, bucket, start, end))
+                .await
+                .unwrap_err();
+            assert!(e.is_permanent(), "{e}");
+        }
+        // Exactly MAX_BUCKETS is answered.
+        let longest = store
+            .series(SeriesQuery::new(
+                GroupBy::Key,
+                Bucket::Hour,
+                t0,
+                hours(MAX_BUCKETS as i64),
+            ))
+            .await
+            .unwrap();
+        // Key a's records of the first two days, and the one at the third's start.
+        assert_eq!(longest[0].cost(), 1_307 + 9_999);
     }
 
     #[tokio::test]

@@ -10,9 +10,10 @@ use jiff::Timestamp;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::series::{Row as SeriesRow, SeriesSql};
 use super::{
-    Cursor, PageArg, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore,
-    SpendTotals, micros,
+    Cursor, PageArg, Series, SeriesQuery, SpendError, SpendFuture, SpendPage, SpendQuery,
+    SpendRecord, SpendStore, SpendTotals, micros, series,
 };
 use crate::budget::Micros;
 use crate::keys::postgres::{MigrateError, PostgresOptions, migrate};
@@ -138,17 +139,26 @@ type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 /// One page of `q`, with PostgreSQL's placeholders and values.
 fn page_sql(q: &SpendQuery) -> (String, Params) {
     let (sql, args) = super::page_sql(q, "tollgate_spend", COLUMNS, '$');
-    let args = args
-        .into_iter()
+    (sql, values(args))
+}
+
+fn values(args: Vec<PageArg>) -> Params {
+    args.into_iter()
         .map(|a| -> Box<dyn ToSql + Sync + Send> {
             match a {
                 PageArg::Text(t) => Box::new(t),
                 PageArg::Int(i) => Box::new(i),
             }
         })
-        .collect();
-    (sql, args)
+        .collect()
 }
+
+/// Group names ordered by byte, as SQLite and the memory store order them.
+const SERIES: SeriesSql<'static> = SeriesSql {
+    table: "tollgate_spend",
+    mark: '$',
+    collate: " COLLATE \"C\"",
+};
 
 fn refs(args: &Params) -> Vec<&(dyn ToSql + Sync)> {
     args.iter()
@@ -416,6 +426,45 @@ impl SpendStore for PostgresSpendStore {
             })
         }))
     }
+
+    fn series(&self, q: SeriesQuery) -> SpendFuture<'_, Vec<Series>> {
+        Box::pin(self.bounded(async move {
+            let (first, _) = q
+                .buckets()
+                .map_err(|e| SpendError::permanent(e.to_string()))?;
+            let client = self.client().await?;
+            let (sql, args) = SERIES.rank(&q);
+            let ranked = client
+                .query(&sql, &refs(&values(args)))
+                .await
+                .map_err(|e| self.pg(e))?
+                .iter()
+                .map(|r| r.get::<_, Option<String>>(0))
+                .collect();
+            let named = series::named(ranked);
+            let (sql, args) = SERIES.sums(&q, &named, first);
+            let rows = client
+                .query(&sql, &refs(&values(args)))
+                .await
+                .map_err(|e| self.pg(e))?;
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    let n = |i: usize| u(r.get::<_, Option<i64>>(i).unwrap_or(0));
+                    Ok(SeriesRow {
+                        name: series::row_name(i64::from(r.get::<_, i32>(0)), r.get(1))?,
+                        bucket_us: r.get(2),
+                        cost: n(3),
+                        requests: n(4),
+                        prompt_tokens: n(5),
+                        completion_tokens: n(6),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| self.err(e))?;
+            series::assemble(&named, rows).map_err(|e| self.err(e))
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -445,14 +494,25 @@ mod tests {
         );
         contract(&a).await;
         // The other replica reads the same history.
-        assert_eq!(b.totals(None).await.unwrap().global, 2_500);
-        let first = b
-            .query(SpendQuery {
-                limit: 1,
-                ..SpendQuery::default()
-            })
-            .await
-            .unwrap();
+        // The same history as the memory store's after the same contract.
+        let reference = crate::budget::MemorySpendStore::new();
+        contract(&reference).await;
+        assert_eq!(
+            b.totals(None).await.unwrap(),
+            reference.totals(None).await.unwrap()
+        );
+        let newest = SpendQuery {
+            limit: 20,
+            ..SpendQuery::default()
+        };
+        let page = b.query(newest.clone()).await.unwrap();
+        assert_eq!(page.records, reference.query(newest).await.unwrap().records);
+        let before_2030 = SpendQuery {
+            end: Some("2029-01-01T00:00:00Z".parse().unwrap()),
+            limit: 1,
+            ..SpendQuery::default()
+        };
+        let first = b.query(before_2030).await.unwrap();
         let r = &first.records[0];
         assert_eq!(
             (r.request_id.as_str(), r.cost, r.key_id.as_deref()),

@@ -7,9 +7,10 @@ use jiff::Timestamp;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, Row, params};
 
+use super::series::{Row as SeriesRow, SeriesSql};
 use super::{
-    Cursor, PageArg, SpendError, SpendFuture, SpendPage, SpendQuery, SpendRecord, SpendStore,
-    SpendTotals, micros,
+    Cursor, PageArg, Series, SeriesQuery, SpendError, SpendFuture, SpendPage, SpendQuery,
+    SpendRecord, SpendStore, SpendTotals, micros, series,
 };
 use crate::budget::Micros;
 
@@ -130,15 +131,23 @@ impl SqliteSpendStore {
 /// One page of `q`, with SQLite's placeholders and values.
 fn page_sql(q: &SpendQuery) -> (String, Vec<Sql>) {
     let (sql, args) = super::page_sql(q, "spend", COLUMNS, '?');
-    let args = args
-        .into_iter()
+    (sql, values(args))
+}
+
+fn values(args: Vec<PageArg>) -> Vec<Sql> {
+    args.into_iter()
         .map(|a| match a {
             PageArg::Text(t) => Sql::Text(t),
             PageArg::Int(i) => Sql::Integer(i),
         })
-        .collect();
-    (sql, args)
+        .collect()
 }
+
+const SERIES: SeriesSql<'static> = SeriesSql {
+    table: "spend",
+    mark: '?',
+    collate: "",
+};
 
 impl SpendStore for SqliteSpendStore {
     fn write(&self, batch: Vec<SpendRecord>) -> SpendFuture<'_, ()> {
@@ -230,6 +239,64 @@ impl SpendStore for SqliteSpendStore {
             })
         })
     }
+
+    fn series(&self, q: SeriesQuery) -> SpendFuture<'_, Vec<Series>> {
+        let first = match q.buckets() {
+            Ok((first, _)) => first,
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(SpendError::permanent(
+                    e.to_string(),
+                ))));
+            }
+        };
+        let path = self.path.clone();
+        let sums = self.run(&self.read, move |conn| {
+            let (sql, args) = SERIES.rank(&q);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let ranked = stmt
+                .query_map(rusqlite::params_from_iter(values(args)), |r| {
+                    r.get::<_, Option<String>>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let named = series::named(ranked);
+            let (sql, args) = SERIES.sums(&q, &named, first);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values(args)), |r| {
+                    let n = |i: usize| -> rusqlite::Result<u64> {
+                        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+                    };
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        SeriesRow {
+                            name: series::SeriesName::Other,
+                            bucket_us: r.get(2)?,
+                            cost: n(3)?,
+                            requests: n(4)?,
+                            prompt_tokens: n(5)?,
+                            completion_tokens: n(6)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((named, rows))
+        });
+        Box::pin(async move {
+            let (named, rows) = sums.await?;
+            let rows = rows
+                .into_iter()
+                .map(|(kind, name, row)| {
+                    Ok(SeriesRow {
+                        name: series::row_name(kind, name)?,
+                        ..row
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| err(&path, e))?;
+            series::assemble(&named, rows).map_err(|e| err(&path, e))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -258,14 +325,25 @@ mod tests {
             crate::keys::sqlite::MIGRATIONS.last().unwrap().0
         );
         let again = SqliteSpendStore::open(&path).unwrap();
-        assert_eq!(again.totals(None).await.unwrap().global, 2_500);
-        let first = again
-            .query(SpendQuery {
-                limit: 1,
-                ..SpendQuery::default()
-            })
-            .await
-            .unwrap();
+        // The same history as the memory store's after the same contract.
+        let reference = crate::budget::MemorySpendStore::new();
+        contract(&reference).await;
+        assert_eq!(
+            again.totals(None).await.unwrap(),
+            reference.totals(None).await.unwrap()
+        );
+        let newest = SpendQuery {
+            limit: 20,
+            ..SpendQuery::default()
+        };
+        let page = again.query(newest.clone()).await.unwrap();
+        assert_eq!(page.records, reference.query(newest).await.unwrap().records);
+        let before_2030 = SpendQuery {
+            end: Some("2029-01-01T00:00:00Z".parse().unwrap()),
+            limit: 1,
+            ..SpendQuery::default()
+        };
+        let first = again.query(before_2030).await.unwrap();
         let r = &first.records[0];
         assert_eq!(
             (r.request_id.as_str(), r.cost, r.key_id.as_deref()),
