@@ -18,6 +18,7 @@
 //! | `POST /team/member_add`, `/team/member_delete`, `/team/member_update` | a team's members (`{"team_id", "member": {"role", "user_id", "user_email"}}`, roles `admin` or `user`; `max_budget_in_team` only `null`) |
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
 //! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `request_id`, `start_date`, `end_date` too |
+//! | `GET /spend/series?group_by=key\|team\|model\|deployment&bucket=hour\|day&start_time=&end_time=&key_id=&team_id=&model=&deployment=` | tollgate's own: spend over time, per group and hour or day (UTC), summed by the store; the [`MAX_SERIES`](crate::budget::MAX_SERIES) costliest groups, the rest as one `other` series (feature `budget`) |
 //! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
 //! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
 //! | `/user/new\|update\|info\|list\|delete`, `/customer/new\|update\|info\|list\|delete\|block\|unblock` (and `/end_user/…`) | users, whose budgets cap their keys (team keys too), and customers (end users named by the request), with LiteLLM's fields: see the `people` routes in `docs/keys-and-admin.md` |
@@ -33,6 +34,20 @@
 //! `next_cursor` to pass as `cursor` for the next page (`null` on the last).
 //! Pages are read by keyset from the store's indexes: memory stays bounded
 //! by `limit`, whatever the history's size. A bad parameter is a 400 naming it.
+//!
+//! `GET /spend/series`: `group_by` and `bucket` are required; the range is
+//! `start_time` ≤ start < `end_time` (RFC 3339; by default `end_time` is
+//! now and the range the last 24 hours for `hour`, the last 30 days for
+//! `day`), at most [`MAX_BUCKETS`](crate::budget::MAX_BUCKETS) buckets.
+//! The answer: `{"group_by", "bucket", "start_time", "end_time", "series":
+//! [{"name", "kind", "spend", "spend_micros", "requests", "points":
+//! [{"start", "spend", "spend_micros", "requests", "prompt_tokens",
+//! "completion_tokens"}]}]}`, the costliest series first. `kind` is
+//! `value` (`name` is the key, team, model or deployment), `missing` (the
+//! records without one, such as budget refusals, which have no
+//! deployment; `name` null) or `other` (every group beyond the costliest,
+//! summed; `name` null). A series has a point for each bucket with
+//! records, oldest first; a bucket without one is zero.
 //!
 //! Every route but the probes needs the master key (`Authorization: Bearer
 //! <master key>`, `x-api-key` or LiteLLM's `x-litellm-api-key`): 401 without it. Bad input — an unknown field, a wrong type,
@@ -303,6 +318,7 @@ fn routes(state: Admin) -> axum::Router {
     #[cfg(feature = "budget")]
     let router = router
         .route("/spend/logs", get(spend::logs))
+        .route("/spend/series", get(spend::series))
         .route("/global/spend", get(spend::global));
     router.with_state(state).layer(NormalizeErrorsLayer::new())
 }

@@ -1,4 +1,5 @@
-//! `GET /spend/logs` and the budgets shown by `GET /key/info`.
+//! `GET /spend/logs`, `GET /spend/series` and the budgets shown by
+//! `GET /key/info`.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -6,7 +7,10 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{Admin, Answer, Params, bad, number, ok, query};
-use crate::budget::{Cursor, Limit, Scope, SpendQuery, SpendRecord, usd_value};
+use crate::budget::{
+    Bucket, Cursor, GroupBy, Limit, Micros, Scope, Series, SeriesName, SeriesQuery, SpendQuery,
+    SpendRecord, usd_value,
+};
 use crate::error::{Error, Reason};
 use crate::keys::KeyRecord;
 
@@ -195,6 +199,110 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         "data": data,
         "next_cursor": page.next.map(Cursor::encode),
     }))
+}
+
+const SERIES_PARAMS: [&str; 8] = [
+    "group_by",
+    "bucket",
+    "start_time",
+    "end_time",
+    "key_id",
+    "team_id",
+    "model",
+    "deployment",
+];
+
+/// `GET /spend/series`: spend over time per group and bucket, summed by
+/// the store (see [`crate::budget::spend::series`]).
+pub(super) async fn series(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
+    a.check(&headers)?;
+    let q = query(q)?;
+    if let Some(k) = q.keys().find(|k| !SERIES_PARAMS.contains(&k.as_str())) {
+        return Err(bad(
+            k,
+            format!("unknown parameter; use {}", SERIES_PARAMS.join(", ")),
+        )
+        .into());
+    }
+    let group_by = q
+        .get("group_by")
+        .and_then(|v| GroupBy::parse(v))
+        .ok_or_else(|| bad("group_by", "must be `key`, `team`, `model` or `deployment`"))?;
+    let bucket = q
+        .get("bucket")
+        .and_then(|v| Bucket::parse(v))
+        .ok_or_else(|| bad("bucket", "must be `hour` or `day`"))?;
+    // By default the last 24 hours by the hour, the last 30 days by the day.
+    let span = jiff::SignedDuration::from_hours(match bucket {
+        Bucket::Hour => 24,
+        Bucket::Day => 30 * 24,
+    });
+    let end = time(&q, "end_time")?.unwrap_or_else(Timestamp::now);
+    let start = match time(&q, "start_time")? {
+        Some(s) => s,
+        None => end
+            .checked_sub(span)
+            .map_err(|_| bad("end_time", "is too early"))?,
+    };
+    if end <= start {
+        return Err(bad("end_time", "must be later than `start_time`").into());
+    }
+    let series_query = SeriesQuery {
+        key_id: filter(&q, "key_id")?,
+        team_id: filter(&q, "team_id")?,
+        model: filter(&q, "model")?,
+        deployment: filter(&q, "deployment")?,
+        ..SeriesQuery::new(group_by, bucket, start, end)
+    };
+    series_query.buckets().map_err(|e| bad("start_time", e))?;
+    let Some(store) = &a.spend.store else {
+        return Err(no_records().into());
+    };
+    let series = store.series(series_query).await.map_err(|e| {
+        tracing::error!(error = %e, "spend store query failed");
+        Error::new(
+            Reason::Internal,
+            "The spend records could not be read; see the gateway's log.",
+        )
+    })?;
+    ok(json!({
+        "group_by": group_by.as_str(),
+        "bucket": bucket.as_str(),
+        "start_time": start.to_string(),
+        "end_time": end.to_string(),
+        "series": series.iter().map(series_json).collect::<Vec<_>>(),
+    }))
+}
+
+fn series_json(s: &Series) -> Value {
+    let (name, kind) = match &s.name {
+        SeriesName::Value(v) => (json!(v), "value"),
+        SeriesName::Missing => (Value::Null, "missing"),
+        SeriesName::Other => (Value::Null, "other"),
+    };
+    let points: Vec<Value> = s
+        .points
+        .iter()
+        .map(|p| {
+            json!({
+                "start": p.start.to_string(),
+                "spend": usd_value(p.cost),
+                "spend_micros": p.cost,
+                "requests": p.requests,
+                "prompt_tokens": p.prompt_tokens,
+                "completion_tokens": p.completion_tokens,
+            })
+        })
+        .collect();
+    let cost: Micros = s.cost();
+    json!({
+        "name": name,
+        "kind": kind,
+        "spend": usd_value(cost),
+        "spend_micros": cost,
+        "requests": s.points.iter().map(|p| p.requests).sum::<u64>(),
+        "points": points,
+    })
 }
 
 /// `GET /global/spend`: LiteLLM's `{"spend", "max_budget"}`, every
@@ -417,6 +525,147 @@ mod tests {
             assert_eq!(s, 400, "{uri}: {v}");
             assert_eq!(v["error"]["metadata"]["param"], param, "{uri}: {v}");
         }
+    }
+
+    #[tokio::test]
+    async fn series_sum_per_group_and_bucket_and_refuse_bad_parameters() {
+        let ring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
+        let store = Arc::new(MemorySpendStore::new());
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let batch = [
+            ("2027-03-01T10:00:00Z", "k1", Some("d1"), 1_500_000),
+            ("2027-03-01T10:59:00Z", "k1", Some("d1"), 500_000),
+            ("2027-03-01T11:00:00Z", "k2", Some("d2"), 250_000),
+            // A budget's refusal: no deployment.
+            ("2027-03-01T11:10:00Z", "k2", None, 0),
+            // At the end: not counted.
+            ("2027-03-01T12:00:00Z", "k1", Some("d1"), 9_000_000),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (start, key, deployment, cost))| {
+            let mut r = SpendRecord::new(format!("r{i}"), "m", at(start));
+            r.key_id = Some(key.into());
+            r.deployment = deployment.map(Into::into);
+            r.cost = cost;
+            r.prompt_tokens = 100;
+            r.completion_tokens = 10;
+            r
+        })
+        .collect();
+        store.write(batch).await.unwrap();
+        let app = super::super::router_with_spend(
+            ring,
+            MASTER,
+            SpendView {
+                store: Some(store),
+                ..SpendView::default()
+            },
+        );
+        let range = "start_time=2027-03-01T10:00:00Z&end_time=2027-03-01T12:00:00Z";
+        let (s, v) = get(
+            &app,
+            &format!("/spend/series?group_by=key&bucket=hour&{range}"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (
+                &v["group_by"],
+                &v["bucket"],
+                &v["start_time"],
+                &v["end_time"]
+            ),
+            (
+                &json!("key"),
+                &json!("hour"),
+                &json!("2027-03-01T10:00:00Z"),
+                &json!("2027-03-01T12:00:00Z")
+            )
+        );
+        let series = v["series"].as_array().unwrap();
+        assert_eq!(series.len(), 2, "{v}");
+        assert_eq!(
+            (&series[0]["name"], &series[0]["kind"], &series[0]["spend"]),
+            (&json!("k1"), &json!("value"), &json!(2.0))
+        );
+        assert_eq!(
+            series[0]["points"],
+            json!([{"start": "2027-03-01T10:00:00Z", "spend": 2.0, "spend_micros": 2_000_000,
+                    "requests": 2, "prompt_tokens": 200, "completion_tokens": 20}])
+        );
+        assert_eq!(series[1]["name"], "k2");
+        assert_eq!(series[1]["points"][0]["start"], "2027-03-01T11:00:00Z");
+        assert_eq!(series[1]["points"][0]["requests"], 2);
+        // By deployment: the refusal is the `missing` series, name null.
+        let (s, v) = get(
+            &app,
+            &format!("/spend/series?group_by=deployment&bucket=day&key_id=k2&{range}"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let kinds: Vec<(&Value, &Value, &Value)> = v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (&s["name"], &s["kind"], &s["requests"]))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&json!("d2"), &json!("value"), &json!(1)),
+                (&Value::Null, &json!("missing"), &json!(1))
+            ]
+        );
+        assert_eq!(v["series"][0]["points"][0]["start"], "2027-03-01T00:00:00Z");
+        // Without times: the last 24 hours (hour) or 30 days (day), to now.
+        let (s, v) = get(&app, "/spend/series?group_by=model&bucket=day").await;
+        assert_eq!(s, 200, "{v}");
+        let start: Timestamp = v["start_time"].as_str().unwrap().parse().unwrap();
+        let end: Timestamp = v["end_time"].as_str().unwrap().parse().unwrap();
+        assert_eq!(end.duration_since(start).as_hours(), 30 * 24);
+        assert_eq!(v["series"], json!([]), "nothing in the last 30 days");
+        for (uri, param) in [
+            ("/spend/series?bucket=hour", "group_by"),
+            ("/spend/series?group_by=user&bucket=hour", "group_by"),
+            ("/spend/series?group_by=key", "bucket"),
+            ("/spend/series?group_by=key&bucket=minute", "bucket"),
+            (
+                "/spend/series?group_by=key&bucket=hour&start_time=yesterday",
+                "start_time",
+            ),
+            (
+                "/spend/series?group_by=key&bucket=hour&start_time=2027-03-02T00:00:00Z&end_time=2027-03-01T00:00:00Z",
+                "end_time",
+            ),
+            // 1001 hours.
+            (
+                "/spend/series?group_by=key&bucket=hour&start_time=2027-01-01T00:00:00Z&end_time=2027-02-11T17:00:00Z",
+                "start_time",
+            ),
+            ("/spend/series?group_by=key&bucket=hour&model=", "model"),
+            ("/spend/series?group_by=key&bucket=hour&limit=5", "limit"),
+        ] {
+            let (s, v) = get(&app, uri).await;
+            assert_eq!(s, 400, "{uri}: {v}");
+            assert_eq!(v["error"]["metadata"]["param"], param, "{uri}: {v}");
+        }
+        // 1000 hours are answered.
+        let (s, v) = get(
+            &app,
+            "/spend/series?group_by=key&bucket=hour&start_time=2027-01-01T00:00:00Z&end_time=2027-02-11T16:00:00Z",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, _) = get(
+            &super::super::router(
+                Keyring::builder(MemoryStore::new()).build().await.unwrap(),
+                MASTER,
+            ),
+            "/spend/series?group_by=key&bucket=hour",
+        )
+        .await;
+        assert_eq!(s, 404, "no store, no series");
     }
 
     #[tokio::test]
