@@ -367,3 +367,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod series_plan_tests {
+    use super::*;
+    use crate::budget::{Bucket, GroupBy};
+
+    fn plan(store: &SqliteSpendStore, sql: &str, args: Vec<PageArg>) -> String {
+        let conn = store.read.lock().unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values(args)), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Both queries of a series read the range (or the filtered key, team
+    /// or model within it) from an index, never the whole table.
+    #[test]
+    fn every_series_query_reads_an_index() {
+        let path = std::env::temp_dir().join(format!(
+            "tollgate-spend-series-plan-{}-{}.db",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SqliteSpendStore::open(&path).unwrap();
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let end: Timestamp = "2026-01-31T00:00:00Z".parse().unwrap();
+        for group_by in GroupBy::ALL {
+            for (key, team, model, deployment) in [
+                (None, None, None, None),
+                (Some("k"), None, None, None),
+                (None, Some("t"), None, None),
+                (None, None, Some("m"), None),
+                (None, None, None, Some("d")),
+            ] {
+                let q = SeriesQuery {
+                    key_id: key.map(Into::into),
+                    team_id: team.map(Into::into),
+                    model: model.map(Into::into),
+                    deployment: deployment.map(Into::into),
+                    ..SeriesQuery::new(group_by, Bucket::Day, start, end)
+                };
+                let (rank, args) = SERIES.rank(&q);
+                let (sums, sums_args) = SERIES.sums(&q, &[Some("a".into()), None], start);
+                for plan in [plan(&store, &rank, args), plan(&store, &sums, sums_args)] {
+                    let lines: Vec<&str> = plan.lines().collect();
+                    assert!(
+                        lines
+                            .iter()
+                            .any(|l| l.starts_with("SEARCH spend USING INDEX")),
+                        "{q:?}: {plan}"
+                    );
+                    assert!(
+                        !lines.iter().any(|l| l.starts_with("SCAN spend")),
+                        "{q:?} reads the whole table: {plan}"
+                    );
+                }
+            }
+        }
+    }
+}
