@@ -103,10 +103,12 @@ async fn spend(
         && get_param(&params, "start_time").is_none()
         && let Some(start) = b.period_start
     {
-        // The current period, as far back as one chart reaches.
+        // The current period, as far back as one chart reaches (a bucket
+        // spare: the first one is the one containing the start, and the
+        // end is taken a moment later).
         let bucket = get_param(&params, "bucket").and_then(Bucket::parse);
         let reach = bucket.map_or(start, |bucket| {
-            let span = SignedDuration::from_micros(bucket.micros() * (MAX_BUCKETS as i64 - 1));
+            let span = SignedDuration::from_micros(bucket.micros() * (MAX_BUCKETS as i64 - 2));
             Timestamp::now()
                 .checked_sub(span)
                 .map_or(start, |earliest| start.max(earliest))
@@ -780,6 +782,33 @@ mod tests {
             key.body.contains("key&#39;s budget of $5.00")
                 || key.body.contains("key's budget of $5.00")
         );
+        // A team's budget, over its current (monthly) period.
+        b.admin(
+            "POST",
+            "/team/new",
+            json!({"team_id": "t1", "max_budget": 10, "budget_duration": "monthly"}),
+        )
+        .await;
+        let month_start = || {
+            let now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+            let first = now.first_of_month().unwrap().start_of_day().unwrap();
+            format!("from {}", first.timestamp())
+        };
+        let before = month_start();
+        let team = b.get("/ui/spend?team_id=t1&bucket=hour").await;
+        let after = month_start();
+        assert!(
+            team.body.contains(&before) || team.body.contains(&after),
+            "not from the period's start ({before}): {}",
+            team.body
+        );
+        assert_eq!(team.status, StatusCode::OK, "{}", team.body);
+        assert!(
+            lines_in(svg(&team.body), BUDGET) >= 1,
+            "no team budget line"
+        );
+        assert!(svg(&team.body).contains("budget $10.00"));
+        assert!(team.body.contains("over the current budget period"));
         // The other key has no budget: no line.
         let other = b
             .get(&format!("/ui/spend?key_id={without}&bucket=hour"))
