@@ -263,9 +263,9 @@ fn spend_page(
         @if let Some(a) = answer {
             p.hint {
                 "Spend per " (a["group_by"].as_str().unwrap_or_default())
-                " from " (a["start_time"].as_str().unwrap_or_default())
-                " to " (a["end_time"].as_str().unwrap_or_default())
-                ", by the " (a["bucket"].as_str().unwrap_or_default()) " (UTC)."
+                " from " (minute(&a["start_time"]))
+                " to " (minute(&a["end_time"]))
+                ", by the " (a["bucket"].as_str().unwrap_or_default()) "."
                 @if let Some(b) = budget {
                     " Cumulative"
                     @if b.period_start.is_some() { " over the current budget period" }
@@ -311,6 +311,14 @@ fn spend_page(
         *res.status_mut() = e.status;
     }
     res
+}
+
+/// An RFC 3339 time of an answer, to the minute (UTC).
+fn minute(v: &Value) -> String {
+    match v.as_str().map(|s| s.parse::<Timestamp>()) {
+        Some(Ok(t)) => t.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        _ => v.as_str().unwrap_or_default().to_owned(),
+    }
 }
 
 /// A series' name as the page shows it.
@@ -792,7 +800,7 @@ mod tests {
         let month_start = || {
             let now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
             let first = now.first_of_month().unwrap().start_of_day().unwrap();
-            format!("from {}", first.timestamp())
+            format!("from {}", first.strftime("%Y-%m-%d %H:%M UTC"))
         };
         let before = month_start();
         let team = b.get("/ui/spend?team_id=t1&bucket=hour").await;
