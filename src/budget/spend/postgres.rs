@@ -559,6 +559,51 @@ mod tests {
         }
     }
 
+    /// Both queries of a series read the range (or the filtered key, team
+    /// or model within it) from an index, with sequential scans priced out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_series_query_reads_an_index() {
+        use crate::budget::{Bucket, GroupBy};
+        let db = test_db("spend_series_plan").await;
+        let store = PostgresSpendStore::connect(&db.url).await.unwrap();
+        let mut client = store.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL enable_seqscan = off")
+            .await
+            .unwrap();
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let end: Timestamp = "2026-01-31T00:00:00Z".parse().unwrap();
+        for group_by in GroupBy::ALL {
+            for (key, team, model) in [
+                (None, None, None),
+                (Some("k"), None, None),
+                (None, Some("t"), None),
+                (None, None, Some("m")),
+            ] {
+                let q = SeriesQuery {
+                    key_id: key.map(Into::into),
+                    team_id: team.map(Into::into),
+                    model: model.map(Into::into),
+                    ..SeriesQuery::new(group_by, Bucket::Day, start, end)
+                };
+                let (rank, rank_args) = SERIES.rank(&q);
+                let (sums, sums_args) = SERIES.sums(&q, &[Some("a".into()), None], start);
+                for (sql, args) in [(rank, rank_args), (sums, sums_args)] {
+                    let plan = tx
+                        .query(&format!("EXPLAIN {sql}"), &refs(&values(args)))
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get::<_, String>(0))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    assert!(plan.contains("Index"), "{q:?}: {plan}");
+                    assert!(!plan.contains("Seq Scan"), "{q:?}: {plan}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_unreachable_database_is_a_retryable_error_naming_no_password() {
         // Nothing listens on port 1 of 127.0.0.1.
