@@ -366,12 +366,6 @@ mod tests {
             );
         }
     }
-}
-
-#[cfg(test)]
-mod series_plan_tests {
-    use super::*;
-    use crate::budget::{Bucket, GroupBy};
 
     fn plan(store: &SqliteSpendStore, sql: &str, args: Vec<PageArg>) -> String {
         let conn = store.read.lock().unwrap();
@@ -388,6 +382,7 @@ mod series_plan_tests {
     /// or model within it) from an index, never the whole table.
     #[test]
     fn every_series_query_reads_an_index() {
+        use crate::budget::{Bucket, GroupBy};
         let path = std::env::temp_dir().join(format!(
             "tollgate-spend-series-plan-{}-{}.db",
             std::process::id(),
