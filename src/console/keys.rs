@@ -576,7 +576,10 @@ async fn key_page(
         .await
     {
         Ok(v) => v,
-        Err(e) => return refused("No such key", Nav::Keys, session, &e),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return refused("No such key", Nav::Keys, session, &e);
+        }
+        Err(e) => return refused("Key", Nav::Keys, session, &e),
     };
     let info = &v["info"];
     let id = info["key_id"].as_str().unwrap_or(id);

@@ -206,7 +206,10 @@ async fn team_page(
         .await
     {
         Ok(v) => v,
-        Err(e) => return refused("No such team", Nav::Teams, session, &e),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return refused("No such team", Nav::Teams, session, &e);
+        }
+        Err(e) => return refused("Team", Nav::Teams, session, &e),
     };
     let info = &v["team_info"];
     let href = team_href(id);
