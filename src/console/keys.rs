@@ -413,7 +413,7 @@ fn key_table(v: &Value, spend: &HashMap<String, f64>, search: &str) -> Markup {
             table.keys {
                 thead { tr {
                     th { "Alias" } th { "Id" } th { "Team" } th { "User" } th { "Models" }
-                    th { "Limits (rpm / tpm)" } th { "Budget" } th { "Status" } th { "Expires" }
+                    th.num { "Limits (rpm / tpm)" } th { "Budget" } th { "Status" } th { "Expires" }
                 } }
                 tbody {
                     @for k in keys {

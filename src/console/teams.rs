@@ -138,7 +138,7 @@ fn team_table(v: &Value) -> Markup {
             table.teams {
                 thead { tr {
                     th { "Alias" } th { "Id" } th.num { "Members" } th.num { "Keys" }
-                    th { "Budget" } th { "Limits (rpm / tpm)" } th { "Status" }
+                    th { "Budget" } th.num { "Limits (rpm / tpm)" } th { "Status" }
                 } }
                 tbody {
                     @for t in teams {
