@@ -18,7 +18,9 @@
 //!   free, as upstream, so neither rate-limited nor charged;
 //! - `GET /v1/models` through `NormalizeErrors` → `VirtualKeys` →
 //!   `ModelList`: the model groups the key may use, in OpenAI's list shape;
-//! - the admin API (`/key/*`, `/team/*`, `/spend/logs`) when `keys.master_key_env` is set;
+//! - the admin API (`/key/*`, `/team/*`, `/spend/logs`) when `keys.master_key_env` is set,
+//!   and the operator's console over it under `/ui` (feature `console`, on by
+//!   default; log in with the master key: `docs/console.md`);
 //!   keys live where `keys.url` says (`sqlite://…` by default, `memory`, or
 //!   `postgres://…` for several replicas, which then follow each other's
 //!   changes through the database's change feed: see `Config::keyring`);
@@ -301,6 +303,8 @@ pub async fn build(
         metrics,
         admin_writes: Arc::new(tokio::sync::RwLock::new(())),
         in_place: Arc::new(OnceLock::new()),
+        #[cfg(feature = "console")]
+        sessions: tollgate::console::Sessions::new(),
     };
     let generation = Generation {
         config: config.clone(),
@@ -377,6 +381,10 @@ struct Kept {
     /// The routes in place (weak: the routes themselves hold it), where an
     /// admin request that waited out a reload goes instead of its old routes.
     in_place: Arc<OnceLock<WeakReload<axum::Router>>>,
+    /// The console's sessions: a reload keeps everyone logged in (unless
+    /// the master key changed).
+    #[cfg(feature = "console")]
+    sessions: tollgate::console::Sessions,
 }
 
 /// What one configuration builds and a reload's next one carries over: the
@@ -455,29 +463,38 @@ fn routes(
             .unenforced(config.unenforced())
             .models(model_info(config))
             .deployments(deployments(g, fair_queue)?);
-        let admin = tollgate::admin::router_with_options(keyring, &master, options).layer(
-            axum::middleware::from_fn(
-                move |req: axum::extract::Request, next: axum::middleware::Next| {
-                    let (writes, in_place) = (writes.clone(), in_place.clone());
-                    async move {
-                        let held = writes.read_owned().await;
-                        // A reload swapped the routes while this request waited:
-                        // it goes to the new ones (and their keyring) instead.
-                        let now = in_place.get().and_then(WeakReload::upgrade);
-                        if let Some(now) = now.filter(|r| r.generation() != number) {
-                            drop(held);
-                            use axum::response::IntoResponse;
-                            use tower::ServiceExt;
-                            return match now.oneshot(req).await {
-                                Ok(res) => res.into_response(),
-                                Err(never) => match never {},
-                            };
-                        }
-                        next.run(req).await
+        let admin = tollgate::admin::router_with_options(keyring, &master, options);
+        let admin = admin.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (writes, in_place) = (writes.clone(), in_place.clone());
+                async move {
+                    let held = writes.read_owned().await;
+                    // A reload swapped the routes while this request waited:
+                    // it goes to the new ones (and their keyring) instead.
+                    let now = in_place.get().and_then(WeakReload::upgrade);
+                    if let Some(now) = now.filter(|r| r.generation() != number) {
+                        drop(held);
+                        use axum::response::IntoResponse;
+                        use tower::ServiceExt;
+                        return match now.oneshot(req).await {
+                            Ok(res) => res.into_response(),
+                            Err(never) => match never {},
+                        };
                     }
-                },
-            ),
-        );
+                    next.run(req).await
+                }
+            },
+        ));
+        // The operator's console under /ui, a client of this admin API.
+        #[cfg(feature = "console")]
+        {
+            app = app.merge(tollgate::console::router(
+                admin.clone(),
+                &master,
+                kept.sessions.clone(),
+                tollgate::console::ConsoleOptions::default(),
+            ));
+        }
         app = app.merge(admin);
     }
     if let Some(handle) = kept.metrics.clone() {

@@ -193,6 +193,9 @@ pub mod keys;
 #[cfg(feature = "admin")]
 pub mod admin;
 
+#[cfg(feature = "console")]
+pub mod console;
+
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 
