@@ -42,6 +42,9 @@ fn main() {
             eprintln!("demo: {var}={value}");
         }
     }
+    eprintln!(
+        "demo: the console is at http://127.0.0.1:4000/ui (log in with TOLLGATE_MASTER_KEY's value)"
+    );
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     rt.block_on(run());
 }

@@ -9,7 +9,7 @@
 //! | `POST /key/update` | changes a key: a field set to `null` removes it (a limit, the budget, the expiry), a field left out is kept |
 //! | `GET /key/info?key=` | one key (by public id or whole key) |
 //! | `POST /key/delete` | `{"keys": [...], "key_aliases": [...]}` (either may be `null`): deletes all of them or none |
-//! | `GET /key/list?page=&size=&team_id=&user_id=&key_alias=&return_full_object=&include_team_keys=` | keys, paginated (`size` at most 100); LiteLLM's other parameters (`organization_id`, `key_hash`, `sort_by`, `sort_order`, `expand`) only empty |
+//! | `GET /key/list?page=&size=&team_id=&user_id=&key_alias=&search=&return_full_object=&include_team_keys=` | keys, paginated (`size` at most 100); `search` (tollgate's own) keeps the keys whose alias or public id contains it, in any case; LiteLLM's other parameters (`organization_id`, `key_hash`, `sort_by`, `sort_order`, `expand`) only empty |
 //! | `POST /key/block`, `POST /key/unblock` | `{"key": ...}`: revokes / restores a key |
 //! | `POST /key/regenerate` | `{"key": ...}`: a new secret, the id, settings and spend kept; the old key is refused from the next request |
 //! | `POST /team/new`, `POST /team/update`, `GET /team/info?team_id=` | teams (with their `members_with_roles`) |
@@ -19,6 +19,7 @@
 //! | `GET /health/liveliness`, `GET /health/readiness` | probes, no key needed; readiness names the server (`litellm_version: "tollgate <version>"`, which LiteLLM's `version` command shows) |
 //! | `GET /spend/logs?key_id=&team_id=&model=&start_time=&end_time=&limit=&cursor=` | spend records, newest first, one page at a time (feature `budget`, with [`router_with_spend`]); LiteLLM's `api_key`, `user_id`, `request_id`, `start_date`, `end_date` too |
 //! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
+//! | `GET /budget/list?limit=` | tollgate's own (feature `budget`, with a ledger): every budget of a key, team or user, and the global one, with the current period's spend and reset, the most used first (`limit` of them, at most 500) |
 //! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
 //! | `GET /deployments?model_group=` | each model group's deployments, live, from the [`HealthSource`] given to [`AdminOptions::deployments`]: in flight and capacity, cooldown (reason, time left), route families cooling, failed attempts by reason over the last 5 minutes, the fair queue's depth, the fallback chains ([`Health::to_json`](crate::router::Health::to_json)) |
 //! | `/user/new\|update\|info\|list\|delete`, `/customer/new\|update\|info\|list\|delete\|block\|unblock` (and `/end_user/…`) | users, whose budgets cap their keys (team keys too), and customers (end users named by the request), with LiteLLM's fields: see the `people` routes in `docs/keys-and-admin.md` |
@@ -395,7 +396,8 @@ fn routes(state: Admin) -> axum::Router {
     #[cfg(feature = "budget")]
     let router = router
         .route("/spend/logs", get(spend::logs))
-        .route("/global/spend", get(spend::global));
+        .route("/global/spend", get(spend::global))
+        .route("/budget/list", get(budgets::list));
     router.with_state(state).layer(NormalizeErrorsLayer::new())
 }
 
@@ -975,12 +977,13 @@ const KEY_LIST_DEFAULTS: [(&str, &str); 5] = [
 async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answer {
     a.check(&headers)?;
     let q = query(q)?;
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "page",
         "size",
         "team_id",
         "user_id",
         "key_alias",
+        "search",
         "return_full_object",
         "include_team_keys",
     ];
@@ -1000,7 +1003,7 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
             None => {
                 return Err(bad(
                     k,
-                    "unknown parameter; use page, size, team_id, user_id, key_alias, return_full_object, include_team_keys",
+                    "unknown parameter; use page, size, team_id, user_id, key_alias, search, return_full_object, include_team_keys",
                 )
                 .into());
             }
@@ -1018,11 +1021,19 @@ async fn key_list(State(a): State<Admin>, headers: HeaderMap, q: Params) -> Answ
     flag("include_team_keys")?;
     let wanted = |name: &str| q.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let (team, user, alias) = (wanted("team_id"), wanted("user_id"), wanted("key_alias"));
+    // tollgate's own: a part of the alias or of the public id, in any case.
+    let search = wanted("search").map(str::to_lowercase);
     let (keys, total) = a.keyring.list_keys_where(
         |r| {
             team.is_none_or(|t| r.team_id.as_deref() == Some(t))
                 && user.is_none_or(|u| r.user_id.as_deref() == Some(u))
                 && alias.is_none_or(|al| r.alias.as_deref() == Some(al))
+                && search.as_deref().is_none_or(|s| {
+                    r.id.to_lowercase().contains(s)
+                        || r.alias
+                            .as_deref()
+                            .is_some_and(|al| al.to_lowercase().contains(s))
+                })
         },
         page,
         size,
@@ -1145,6 +1156,8 @@ async fn readiness() -> Answer {
     }))
 }
 
+#[cfg(feature = "budget")]
+mod budgets;
 mod deployments;
 mod models;
 mod people;
@@ -1397,6 +1410,59 @@ mod tests {
             .body(axum::body::Body::empty())
             .unwrap();
         assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 401);
+    }
+
+    /// tollgate's `search`: a part of the alias or of the public id, in
+    /// any case, with the other filters and the pages.
+    #[tokio::test]
+    async fn key_list_searches_alias_and_id() {
+        let (app, _) = app().await;
+        let m = Some(MASTER);
+        let mut ids = Vec::new();
+        for alias in ["Billing-Prod", "billing-dev", "search-bot"] {
+            let (s, v) = call(
+                &app,
+                "POST",
+                "/key/generate",
+                &format!(r#"{{"key_alias":"{alias}"}}"#),
+                m,
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            ids.push(v["key_id"].as_str().unwrap().to_owned());
+        }
+        let found = |v: &Value| -> Vec<String> {
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (s, v) = call(&app, "GET", "/key/list?search=BILLING", "", m).await;
+        assert_eq!(s, 200, "{v}");
+        // Listed by creation, then id (the same second here).
+        let billing = found(&v);
+        let mut sorted = billing.clone();
+        sorted.sort_unstable();
+        let mut expected = ids[..2].to_vec();
+        expected.sort_unstable();
+        assert_eq!(sorted, expected, "{v}");
+        assert_eq!(v["total_count"], 2);
+        let (_, v) = call(&app, "GET", "/key/list?search=billing&size=1&page=2", "", m).await;
+        assert_eq!(
+            (found(&v), v["total_pages"].as_u64()),
+            (vec![billing[1].clone()], Some(2))
+        );
+        // A part of the public id, upper-cased.
+        let part = ids[2][1..5].to_uppercase();
+        let (_, v) = call(&app, "GET", &format!("/key/list?search={part}"), "", m).await;
+        assert!(found(&v).contains(&ids[2]), "{part}: {v}");
+        let (_, v) = call(&app, "GET", "/key/list?search=nothing-like-it", "", m).await;
+        assert_eq!((v["total_count"].as_u64(), found(&v).len()), (Some(0), 0));
+        // Empty: no filter.
+        let (_, v) = call(&app, "GET", "/key/list?search=", "", m).await;
+        assert_eq!(v["total_count"], 3);
     }
 
     #[tokio::test]

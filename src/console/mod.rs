@@ -28,13 +28,15 @@
 //! - **Without a session**, a `GET` is sent to the login page (303) and
 //!   anything else is refused (403).
 //! - **Forms are CSRF-safe**: every `POST` carries the session's token in a
-//!   hidden field (compared in constant time), and a request whose `Origin`
-//!   is not this host, or whose `Sec-Fetch-Site` is `cross-site`, is
-//!   refused (403) before the token is looked at.
+//!   hidden field (compared in constant time), and a request whose
+//!   `Sec-Fetch-Site` is not `same-origin` (or, from a client that sends no
+//!   `Sec-Fetch-Site`, whose `Origin` is not this host) is refused (403)
+//!   before the token is looked at.
 //! - **Every answer** has a strict `Content-Security-Policy` (no inline
 //!   script or style, nothing from another origin, no framing), plus
-//!   `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
-//!   `Cache-Control: no-store`.
+//!   `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin` (no
+//!   other site learns a console URL; `no-referrer` would make browsers send
+//!   `Origin: null` on the console's own forms) and `Cache-Control: no-store`.
 //!
 //! ```
 //! use tollgate::console::{self, ConsoleOptions, Sessions};
@@ -399,7 +401,7 @@ async fn headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -419,14 +421,13 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Refuses a state-changing request sent from another site: its `Origin`
-/// is not this host, or the browser says it is cross-site.
+/// Refuses a state-changing request sent from another site. A browser says
+/// where a request comes from in `Sec-Fetch-Site`: only `same-origin`
+/// passes. Without it (an older browser, a script), an `Origin` header, if
+/// any, must be this host.
 fn cross_site(headers: &HeaderMap) -> bool {
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
-    {
-        return true;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() != b"same-origin";
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;

@@ -154,10 +154,50 @@ async fn a_post_needs_the_sessions_token_from_this_site() {
         .send(req.body(Body::from(format!("csrf={token}"))).unwrap())
         .await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // `same-site` (another port or subdomain) is another origin: refused.
+    let req = Request::post("/ui/logout")
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-site")
+        .header(
+            header::COOKIE,
+            format!("{COOKIE}={}", b.cookie.clone().unwrap()),
+        );
+    let page = b
+        .send(req.body(Body::from(format!("csrf={token}"))).unwrap())
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
     assert_eq!(
         b.get("/ui/keys").await.status,
         StatusCode::OK,
         "still logged in"
+    );
+    // A browser's own form says `same-origin`, which passes whatever
+    // `Origin` says (`null` under some referrer policies).
+    let req = Request::post("/ui/logout")
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .header(header::ORIGIN, "null")
+        .header(
+            header::COOKIE,
+            format!("{COOKIE}={}", b.cookie.clone().unwrap()),
+        );
+    let page = b
+        .send(
+            req.body(Body::from(format!("csrf={}", "f".repeat(64))))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::FORBIDDEN,
+        "same-origin still needs the token"
+    );
+    assert!(
+        page.body.contains("token"),
+        "refused for its token, not its site: {}",
+        page.body
     );
     // The login form from another site is refused too.
     let page = b
@@ -219,7 +259,7 @@ async fn every_answer_has_the_strict_headers() {
         );
         assert_eq!(
             page.headers[header::REFERRER_POLICY],
-            "no-referrer",
+            "same-origin",
             "{path}"
         );
         assert_eq!(page.headers[header::CACHE_CONTROL], "no-store", "{path}");
