@@ -125,7 +125,7 @@ const MODELS_ADVICE: &str =
 const NO_SUCH_ROUTE: &str = "No such route. This gateway serves inference under /v1/ \
      (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, \
      /v1/models), the admin API with the master key (/key/*, /team/*, /spend/logs, \
-     /global/spend, /model/info), health (/health, /health/liveliness, /health/readiness) \
+     /global/spend, /model/info, /deployments), health (/health, /health/liveliness, /health/readiness) \
      and metrics (/metrics).";
 
 /// The 404 for an unknown route, in the caller's family's shape: an
@@ -409,6 +409,7 @@ fn routes(
     // `GET /key/info` reads budgets' spend where they live (here or Redis).
     let usage = Some(Arc::new(kept.store.clone()) as Arc<dyn tollgate::budget::UsageSource>);
     let fallback = config.fallback_layer()?;
+    let fair_queue = fair_queue(config);
     let auth = VirtualKeysLayer::new(keyring.clone());
     let models = ServiceBuilder::new()
         .layer(NormalizeErrorsLayer::new())
@@ -436,7 +437,7 @@ fn routes(
             kept.writer.clone(),
             Some(keyring.clone())
         ),
-        fair_queue(config),
+        fair_queue.clone(),
         fallback,
         router
     );
@@ -457,14 +458,13 @@ fn routes(
             global: config.global_budget(),
         };
         let (writes, in_place) = (kept.admin_writes.clone(), kept.in_place.clone());
-        let admin = tollgate::admin::router_with_models(
-            keyring,
-            &master,
-            view,
-            config.unenforced(),
-            model_info(config),
-        )
-        .layer(axum::middleware::from_fn(
+        let options = tollgate::admin::AdminOptions::new()
+            .spend(view)
+            .unenforced(config.unenforced())
+            .models(model_info(config))
+            .deployments(deployments(g, fair_queue)?);
+        let admin = tollgate::admin::router_with_options(keyring, &master, options);
+        let admin = admin.layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let (writes, in_place) = (writes.clone(), in_place.clone());
                 async move {
@@ -512,6 +512,23 @@ fn routes(
         );
     }
     Ok(app.fallback(no_such_route))
+}
+
+/// What the admin API's `GET /deployments` shows: this configuration's
+/// router (its deployments' in-flight counts, cooldowns and recent
+/// errors), its fallback chains and its fair queue's depth, when asked.
+fn deployments(
+    g: &Generation,
+    queue: Option<FairQueueLayer<TenantOfKey>>,
+) -> Result<tollgate::admin::HealthSource, ConfigError> {
+    let (router, chains) = (g.router.clone(), g.config.chains()?);
+    Ok(Arc::new(move || {
+        let health = router.health().with_fallbacks(&chains);
+        match &queue {
+            Some(q) => health.with_fair_queue(q),
+            None => health,
+        }
+    }))
 }
 
 /// Applies a new configuration to a running gateway without a restart

@@ -22,6 +22,7 @@
 //! | `GET /global/spend` | LiteLLM's `{"spend", "max_budget"}`: every record's cost, and the global budget |
 //! | `GET /budget/list?limit=` | tollgate's own (feature `budget`, with a ledger): every budget of a key, team or user, and the global one, with the current period's spend and reset, the most used first (`limit` of them, at most 500) |
 //! | `GET /model/info`, `GET /v1/model/info`, `GET /models` | the deployments and model groups given to [`router_with_models`] ([`ModelInfo`]: names, API, prices; never a URL or credential) |
+//! | `GET /deployments?model_group=` | each model group's deployments, live, from the [`HealthSource`] given to [`AdminOptions::deployments`]: in flight and capacity, cooldown (reason, time left), route families cooling, failed attempts by reason over the last 5 minutes, the fair queue's depth, the fallback chains ([`Health::to_json`](crate::router::Health::to_json)) |
 //! | `/user/new\|update\|info\|list\|delete`, `/customer/new\|update\|info\|list\|delete\|block\|unblock` (and `/end_user/…`) | users, whose budgets cap their keys (team keys too), and customers (end users named by the request), with LiteLLM's fields: see the `people` routes in `docs/keys-and-admin.md` |
 //!
 //! `GET /key/info` also shows, with [`router_with_spend`] and a ledger, each
@@ -134,6 +135,7 @@ struct Admin {
     spend: SpendView,
     unenforced: Arc<Unenforced>,
     models: Arc<[ModelInfo]>,
+    deployments: Option<HealthSource>,
 }
 
 /// Who holds a limit field: a key, a key that belongs to a team, a team.
@@ -225,13 +227,101 @@ fn digest(text: &str) -> [u8; 32] {
 
 /// The admin API over `keyring`, protected by `master_key`.
 pub fn router(keyring: Keyring, master_key: &str) -> axum::Router {
+    router_with_options(keyring, master_key, AdminOptions::new())
+}
+
+/// What the admin API shows and enforces besides keys, teams, users and
+/// customers: the argument of [`router_with_options`]. Each part is
+/// optional; a route whose part is missing answers with empty data
+/// (`/model/info`) or an error that says so (`/deployments`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::admin::AdminOptions;
+/// use tollgate::keys::{Keyring, MemoryStore};
+/// use tollgate::provider::Provider;
+/// use tollgate::router::{Deployment, Router};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let keyring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
+/// let east = Provider::builder("east", "http://127.0.0.1:9001/v1").unwrap().build();
+/// let router = Router::builder()
+///     .group("gpt-4o-mini", vec![Deployment::new("east", east, 1)])
+///     .unwrap()
+///     .build();
+/// // `GET /deployments` shows the router's deployments, live.
+/// let options = AdminOptions::new().deployments(Arc::new(move || router.health()));
+/// let admin = tollgate::admin::router_with_options(keyring, "master-key-from-the-environment", options);
+/// # let _ = admin; }
+/// ```
+#[derive(Clone, Default)]
+pub struct AdminOptions {
+    #[cfg(feature = "budget")]
+    spend: SpendView,
+    unenforced: Unenforced,
+    models: Vec<ModelInfo>,
+    deployments: Option<HealthSource>,
+}
+
+impl std::fmt::Debug for AdminOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOptions")
+            .field("unenforced", &self.unenforced)
+            .field("models", &self.models.len())
+            .field("deployments", &self.deployments.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminOptions {
+    /// Nothing beyond keys and teams.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spend: `GET /spend/logs` from `spend.store`, budgets' current spend
+    /// in `GET /key/info` from `spend.ledger`, `GET /global/spend`.
+    #[cfg(feature = "budget")]
+    pub fn spend(mut self, spend: SpendView) -> Self {
+        self.spend = spend;
+        self
+    }
+
+    /// Refuse to set the limit fields the stack does not enforce (see [`Unenforced`]).
+    pub fn unenforced(mut self, unenforced: Unenforced) -> Self {
+        self.unenforced = unenforced;
+        self
+    }
+
+    /// `GET /model/info` (and `/v1/model/info`) and `GET /models` answer
+    /// with `models`: the deployments the gateway serves.
+    pub fn models(mut self, models: Vec<ModelInfo>) -> Self {
+        self.models = models;
+        self
+    }
+
+    /// `GET /deployments` answers with what `source` returns when asked:
+    /// the deployments' live health ([`Health`](crate::router::Health)).
+    pub fn deployments(mut self, source: HealthSource) -> Self {
+        self.deployments = Some(source);
+        self
+    }
+}
+
+/// The admin API over `keyring`, protected by `master_key`, with `options`.
+pub fn router_with_options(
+    keyring: Keyring,
+    master_key: &str,
+    options: AdminOptions,
+) -> axum::Router {
     routes(Admin {
         keyring,
         master: Arc::new(digest(master_key)),
         #[cfg(feature = "budget")]
-        spend: SpendView::default(),
-        unenforced: Arc::default(),
-        models: Arc::new([]),
+        spend: options.spend,
+        unenforced: Arc::new(options.unenforced),
+        models: options.models.into(),
+        deployments: options.deployments,
     })
 }
 
@@ -265,13 +355,14 @@ pub fn router_with_models(
     unenforced: Unenforced,
     models: Vec<ModelInfo>,
 ) -> axum::Router {
-    routes(Admin {
+    router_with_options(
         keyring,
-        master: Arc::new(digest(master_key)),
-        spend,
-        unenforced: Arc::new(unenforced),
-        models: models.into(),
-    })
+        master_key,
+        AdminOptions::new()
+            .spend(spend)
+            .unenforced(unenforced)
+            .models(models),
+    )
 }
 
 fn routes(state: Admin) -> axum::Router {
@@ -297,6 +388,7 @@ fn routes(state: Admin) -> axum::Router {
         .route("/model/info", get(models::info))
         .route("/v1/model/info", get(models::info))
         .route("/models", get(models::list))
+        .route("/deployments", get(deployments::deployments))
         .route("/user/new", post(people::user_new))
         .route("/user/update", post(people::user_update))
         .route("/user/info", get(people::user_info))
@@ -1082,12 +1174,14 @@ async fn readiness() -> Answer {
 
 #[cfg(feature = "budget")]
 mod budgets;
+mod deployments;
 mod models;
 mod people;
 #[cfg(feature = "budget")]
 mod spend;
 mod teams;
 
+pub use deployments::HealthSource;
 pub use models::ModelInfo;
 
 #[cfg(test)]

@@ -387,6 +387,22 @@ impl RouteCooldowns {
             .filter(|&until| until > now)
     }
 
+    /// Every route family cooling on the deployment at `now`, with its
+    /// expiry, in [`Endpoint`] order.
+    pub fn cooling(&self, id: &DeploymentId, now: Millis) -> Vec<(Endpoint, Millis)> {
+        if self.latest.load(Ordering::Acquire) <= now {
+            return Vec::new();
+        }
+        let mut out: Vec<(Endpoint, Millis)> = self
+            .entries()
+            .iter()
+            .filter(|((key, _), until)| *key == id.key && **until > now)
+            .map(|((_, endpoint), until)| (*endpoint, *until))
+            .collect();
+        out.sort_by_key(|(e, _)| *e as u8);
+        out
+    }
+
     /// Cools `endpoint` on the deployment down until `until`; a later
     /// expiry already set is kept. Expired entries are dropped.
     pub fn cool_down(&self, id: &DeploymentId, endpoint: Endpoint, until: Millis, now: Millis) {
@@ -507,6 +523,13 @@ mod tests {
             "an earlier expiry does not shorten it"
         );
         assert_eq!(r.get(&id(0), Endpoint::Responses, 5_000), None, "expired");
+        r.cool_down(&id(0), Endpoint::Embeddings, 6_000, 1_000);
+        assert_eq!(
+            r.cooling(&id(0), 4_000),
+            [(Endpoint::Embeddings, 6_000), (Endpoint::Responses, 5_000)]
+        );
+        assert_eq!(r.cooling(&id(0), 5_500), [(Endpoint::Embeddings, 6_000)]);
+        assert_eq!(r.cooling(&id(1), 4_000), []);
         // An expired entry is dropped when another is set.
         r.cool_down(&id(1), Endpoint::Embeddings, 9_000, 6_000);
         assert_eq!(r.entries().len(), 1);

@@ -57,6 +57,12 @@
 //! `upstream_route_not_served`), or they refused the gateway's key (502
 //! `upstream_auth_failed`). An unknown group is 404 `model_not_found`.
 //!
+//! **Health.** [`Router::health`] is a read-only snapshot for operators:
+//! per deployment, requests in flight against capacity, the cooldown (read
+//! through the same store as routing) with its reason and time left, and
+//! failed attempts by reason over the last minutes, counted only where a
+//! failure is handled ([`health`]).
+//!
 //! **Retry-After.** A client is never told to come back sooner than the
 //! gateway will take its request: when every deployment of the group is
 //! cooling once the attempts are over (cooldowns set by this very request
@@ -81,6 +87,7 @@
 pub mod body;
 pub mod classify;
 pub mod cooldown;
+pub mod health;
 pub mod outcome;
 
 use std::collections::VecDeque;
@@ -111,6 +118,9 @@ use self::body::{CommitWatch, Failed, InFlight, OnFailure, PEEK_LIMIT, RouterBod
 pub use self::cooldown::{
     Clock, Cooldown, CooldownReason, CooldownStore, DeploymentId, FailureWindow, InMemoryCooldowns,
     ManualClock, Millis, RouteCooldowns, SystemClock, TokioClock,
+};
+pub use self::health::{
+    Cooling, DeploymentHealth, ErrorCounts, GroupHealth, Health, QueueDepth, RouteCooling,
 };
 pub use self::outcome::Outcome;
 use self::outcome::{ATTEMPTS, attempt_record, most_useful};
@@ -192,6 +202,7 @@ impl RetryPolicy {
         let ms = |d: Duration| d.as_millis() as u64;
         let id = at.id;
         metrics::record::upstream_error(id.key(), e.reason().as_str());
+        at.errors.record(e.reason(), now);
         let asked = || {
             e.retry_after()
                 .unwrap_or(self.min_rate_limit_cooldown)
@@ -256,6 +267,8 @@ struct Penalty<'a> {
     routes: &'a RouteCooldowns,
     id: &'a DeploymentId,
     endpoint: Endpoint,
+    /// The deployment's failed attempts, for [`Router::health`].
+    errors: &'a ErrorCounts,
 }
 
 /// One deployment of a model group.
@@ -312,6 +325,8 @@ struct Slot<S> {
     load: Arc<AtomicU32>,
     /// Mirrors `load` in `tollgate_deployment_in_flight`.
     gauge: metrics::Gauge,
+    /// Failed attempts per minute and reason (written only on failures).
+    errors: Arc<ErrorCounts>,
 }
 
 struct Group<S> {
@@ -618,6 +633,54 @@ impl<S> Router<S> {
     pub fn in_flight(&self, group: &str, deployment: &str) -> Option<u32> {
         Some(self.slot(group, deployment)?.load.load(Ordering::Relaxed))
     }
+
+    /// A snapshot of every deployment: in flight, cooldowns (read through
+    /// the cooldown store, as routing reads them), failed attempts of the
+    /// last minutes ([`health`] module docs). Groups sorted by name.
+    pub fn health(&self) -> Health {
+        let now = self.shared.clock.now_ms();
+        let remaining = |until: Millis| Duration::from_millis(until.saturating_sub(now));
+        let groups =
+            self.model_names()
+                .filter_map(|name| self.shared.groups.get(name))
+                .map(|g| GroupHealth {
+                    name: g.name.to_string(),
+                    deployments: g
+                        .slots
+                        .iter()
+                        .map(|s| DeploymentHealth {
+                            name: s.name.to_string(),
+                            weight: s.weight as u32,
+                            in_flight: s.load.load(Ordering::Relaxed),
+                            capacity: (s.capacity != u32::MAX).then_some(s.capacity),
+                            cooldown: self.shared.store.get(&s.id).filter(|c| c.until > now).map(
+                                |c| Cooling {
+                                    reason: c.reason,
+                                    until: c.until,
+                                    remaining: remaining(c.until),
+                                },
+                            ),
+                            route_cooldowns: self
+                                .shared
+                                .routes
+                                .cooling(&s.id, now)
+                                .into_iter()
+                                .map(|(route, until)| RouteCooling {
+                                    route,
+                                    until,
+                                    remaining: remaining(until),
+                                })
+                                .collect(),
+                            errors: s.errors.recent(now),
+                        })
+                        .collect(),
+                    fallbacks: Vec::new(),
+                    context_window_fallbacks: Vec::new(),
+                    queue: None,
+                })
+                .collect();
+        Health { now, groups }
+    }
 }
 
 impl<S> RouterBuilder<S> {
@@ -723,9 +786,9 @@ impl<S> RouterBuilder<S> {
                     let id = DeploymentId::new(index, &format!("{name}/{}", d.name));
                     index += 1;
                     // A deployment the replaced router had counts its requests still there.
-                    let load = prev
-                        .and_then(|p| p.slot(&name, &d.name))
-                        .map_or_else(|| Arc::new(AtomicU32::new(0)), |s| s.load.clone());
+                    let kept = prev.and_then(|p| p.slot(&name, &d.name));
+                    let load = kept.map_or_else(|| Arc::new(AtomicU32::new(0)), |s| s.load.clone());
+                    let errors = kept.map_or_else(Arc::default, |s| s.errors.clone());
                     Slot {
                         gauge: metrics::record::in_flight(id.key()),
                         header: HeaderValue::from_str(&d.name)
@@ -736,6 +799,7 @@ impl<S> RouterBuilder<S> {
                         capacity: d.capacity.unwrap_or(u32::MAX),
                         id,
                         load,
+                        errors,
                     }
                 })
                 .collect();
@@ -917,6 +981,7 @@ impl<S> Shared<S> {
                 routes: &self.routes,
                 id: &slot.id,
                 endpoint,
+                errors: &slot.errors,
             };
             span.in_scope(|| {
                 self.policy.penalize(&penalty, &e, self.clock.now_ms());
@@ -994,12 +1059,13 @@ impl<S> Shared<S> {
             body
         };
         let on_failure: Option<OnFailure> = streaming.then(|| {
-            let (store, routes, clock, policy, id) = (
+            let (store, routes, clock, policy, id, errors) = (
                 self.store.clone(),
                 self.routes.clone(),
                 self.clock.clone(),
                 self.policy,
                 slot.id.clone(),
+                slot.errors.clone(),
             );
             Box::new(move |e: &Error| {
                 let at = Penalty {
@@ -1007,6 +1073,7 @@ impl<S> Shared<S> {
                     routes: &routes,
                     id: &id,
                     endpoint,
+                    errors: &errors,
                 };
                 policy.penalize(&at, e, clock.now_ms())
             }) as OnFailure

@@ -1012,3 +1012,234 @@ async fn a_rebuilt_router_carries_over_cooldowns_and_in_flight_counts() {
     tokio::time::advance(Duration::from_secs(61)).await;
     assert_eq!(new.cooldown("g", "a"), None, "expired on time");
 }
+
+/// `Router::health` over a manual clock: in flight against capacity, the
+/// cooldown with its reason and time left, the failed attempts of the
+/// last minutes, and a route family cooling alone.
+#[tokio::test]
+async fn health_shows_in_flight_cooldowns_and_recent_errors() {
+    let clock = ManualClock::default();
+    let limited = Fake::failing(429, &[("retry-after", "6")]);
+    let r = Router::builder()
+        .clock(Arc::new(clock.clone()))
+        .group(
+            "g",
+            vec![
+                Deployment::new("a", limited.clone(), 1),
+                Deployment::new("b", Fake::ok().not_serving("/v1/responses"), 2).capacity(4),
+            ],
+        )
+        .unwrap()
+        .group("other", vec![Deployment::new("z", Fake::ok(), 1)])
+        .unwrap()
+        .build();
+    let h = r.health();
+    assert_eq!(
+        h.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+        ["g", "other"]
+    );
+    let a = h.deployment("g", "a").unwrap();
+    assert_eq!((a.state(), a.in_flight, a.capacity), ("ok", 0, None));
+    assert!(a.errors.is_empty());
+    let b = h.deployment("g", "b").unwrap();
+    assert_eq!((b.weight, b.capacity), (2, Some(4)));
+
+    // `a` meets a 429 (sooner or later it is picked); `b` serves the retry
+    // and keeps its answer open.
+    let mut held = Vec::new();
+    while limited.calls() == 0 {
+        held.push(r.clone().oneshot(req("g")).await.unwrap());
+    }
+    let h = r.health();
+    let a = h.deployment("g", "a").unwrap();
+    assert_eq!(a.state(), "cooldown");
+    let c = a.cooldown.unwrap();
+    assert_eq!(c.reason, CooldownReason::RateLimited);
+    assert_eq!(c.until, h.now + 6_000);
+    assert_eq!(c.remaining, Duration::from_secs(6));
+    assert_eq!(a.errors, [(Reason::UpstreamRateLimited, 1)]);
+    assert_eq!(a.errors_total(), 1);
+    let b = h.deployment("g", "b").unwrap();
+    assert_eq!(b.in_flight as usize, held.len(), "the open answers count");
+    assert!(b.errors.is_empty() && b.cooldown.is_none());
+    drop(held);
+    assert_eq!(r.health().deployment("g", "b").unwrap().in_flight, 0);
+
+    // Time left shrinks with the clock, then the cooldown is over; its
+    // error still counts.
+    clock.advance(Duration::from_millis(4_500));
+    let c = r.health().deployment("g", "a").unwrap().cooldown.unwrap();
+    assert_eq!(c.remaining, Duration::from_millis(1_500));
+    clock.advance(Duration::from_millis(1_500));
+    let a = r.health().deployment("g", "a").unwrap().clone();
+    assert_eq!((a.state(), a.cooldown), ("ok", None));
+    assert_eq!(a.errors, [(Reason::UpstreamRateLimited, 1)]);
+
+    // `b` does not serve /v1/responses: that route cools on it, alone.
+    r.clone()
+        .oneshot(req_at("/v1/responses", r#"{"model":"g","input":"hi"}"#))
+        .await
+        .unwrap_err();
+    let h = r.health();
+    let b = h.deployment("g", "b").unwrap();
+    assert_eq!(b.state(), "ok");
+    assert_eq!(b.route_cooldowns.len(), 1);
+    assert_eq!(b.route_cooldowns[0].route, Endpoint::Responses);
+    assert_eq!(b.route_cooldowns[0].remaining, Duration::from_secs(300));
+    assert_eq!(b.errors, [(Reason::UpstreamRouteNotServed, 1)]);
+
+    // Five minutes on, the errors have left the window.
+    clock.advance(Duration::from_secs(5 * 60));
+    let h = r.health();
+    assert!(h.deployment("g", "a").unwrap().errors.is_empty());
+    assert!(h.deployment("g", "b").unwrap().route_cooldowns.is_empty());
+}
+
+/// Two routers over one cooldown store (two replicas sharing state): a
+/// cooldown set by one shows in the other's snapshot, as it steers the
+/// other's routing; failures are counted where they happened.
+#[tokio::test]
+async fn health_reads_cooldowns_through_the_shared_store() {
+    let clock = ManualClock::default();
+    let store: Arc<dyn CooldownStore> = Arc::new(InMemoryCooldowns::new(2));
+    let replica = |a: Fake, b: Fake| {
+        Router::builder()
+            .clock(Arc::new(clock.clone()))
+            .cooldown_store(store.clone())
+            .group(
+                "g",
+                vec![Deployment::new("a", a, 1), Deployment::new("b", b, 1)],
+            )
+            .unwrap()
+            .build()
+    };
+    let failing = Fake::failing(401, &[]);
+    let one = replica(failing.clone(), Fake::ok());
+    let two = replica(Fake::ok(), Fake::ok());
+    while failing.calls() == 0 {
+        one.clone().oneshot(req("g")).await.unwrap();
+    }
+    let seen = two.health();
+    let a = seen.deployment("g", "a").unwrap();
+    assert_eq!(
+        a.cooldown.map(|c| c.reason),
+        Some(CooldownReason::Credential)
+    );
+    assert!(a.errors.is_empty(), "replica two met no failure");
+    assert_eq!(
+        one.health().deployment("g", "a").unwrap().errors,
+        [(Reason::UpstreamAuthFailed, 1)]
+    );
+    // And replica two routes as its snapshot says.
+    for _ in 0..4 {
+        assert_eq!(
+            served_by(&two.clone().oneshot(req("g")).await.unwrap()),
+            "b"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rebuilt_router_keeps_the_recent_errors_of_the_deployments_it_keeps() {
+    let clock = ManualClock::default();
+    let failing = Fake::failing(500, &[]);
+    let old = Router::builder()
+        .clock(Arc::new(clock.clone()))
+        .group(
+            "g",
+            vec![
+                Deployment::new("a", failing.clone(), 1),
+                Deployment::new("b", Fake::ok(), 1),
+            ],
+        )
+        .unwrap()
+        .build();
+    while failing.calls() == 0 {
+        old.clone().oneshot(req("g")).await.unwrap();
+    }
+    let new = Router::builder()
+        .clock(Arc::new(clock.clone()))
+        .group("n", vec![Deployment::new("x", Fake::ok(), 1)])
+        .unwrap()
+        .group("g", vec![Deployment::new("a", Fake::ok(), 1)])
+        .unwrap()
+        .carry_over(&old)
+        .build();
+    assert_eq!(
+        new.health().deployment("g", "a").unwrap().errors,
+        [(Reason::UpstreamError, 1)]
+    );
+    assert!(new.health().deployment("n", "x").unwrap().errors.is_empty());
+}
+
+#[test]
+fn health_json_names_every_field_with_chains_and_queue() {
+    let clock = ManualClock::new(120_000);
+    let r = Router::builder()
+        .clock(Arc::new(clock.clone()))
+        .group("g", vec![Deployment::new("a", Fake::ok(), 1).capacity(3)])
+        .unwrap()
+        .group("h", vec![Deployment::new("b", Fake::ok(), 1)])
+        .unwrap()
+        .build();
+    let id = DeploymentId::new(0, "g/a");
+    r.shared.store.cool_down(
+        &id,
+        Cooldown {
+            until: 150_000,
+            reason: CooldownReason::Failures,
+        },
+    );
+    r.shared.groups["g"].slots[0]
+        .errors
+        .record(Reason::UpstreamTimeout, 110_000);
+    let chains = crate::fallback::Chains::builder(["g", "h"])
+        .fallbacks("g", ["h"])
+        .build()
+        .unwrap();
+    let json = r
+        .health()
+        .with_fallbacks(&chains)
+        .with_queue(|g| {
+            (g == "g").then(|| QueueDepth {
+                capacity: 8,
+                in_flight: 8,
+                waiting: vec![("team:x".into(), 2), ("team:y".into(), 1)],
+            })
+        })
+        .to_json();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "now_ms": 120_000,
+            "error_window_minutes": 5,
+            "groups": [
+                {
+                    "model_group": "g",
+                    "fallbacks": ["h"],
+                    "context_window_fallbacks": [],
+                    "queue": {"capacity": 8, "in_flight": 8, "waiting": 3,
+                              "waiting_by_tenant": {"team:x": 2, "team:y": 1}},
+                    "deployments": [{
+                        "deployment": "a", "state": "cooldown", "weight": 1,
+                        "in_flight": 0, "capacity": 3,
+                        "cooldown": {"reason": "failures", "until_ms": 150_000, "remaining_ms": 30_000},
+                        "route_cooldowns": [],
+                        "errors": {"upstream_timeout": 1}, "errors_total": 1,
+                    }],
+                },
+                {
+                    "model_group": "h",
+                    "fallbacks": [],
+                    "context_window_fallbacks": [],
+                    "queue": null,
+                    "deployments": [{
+                        "deployment": "b", "state": "ok", "weight": 1,
+                        "in_flight": 0, "capacity": null, "cooldown": null,
+                        "route_cooldowns": [], "errors": {}, "errors_total": 0,
+                    }],
+                },
+            ],
+        })
+    );
+}
