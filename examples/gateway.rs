@@ -487,12 +487,17 @@ fn routes(
         ));
         // The operator's console under /ui, a client of this admin API.
         #[cfg(feature = "console")]
-        {
+        if config.console.enabled {
+            let options = tollgate::console::ConsoleOptions {
+                secure_cookie: config.console.secure_cookie,
+                idle: Duration::from_millis(config.console.session_idle_ms),
+                ..Default::default()
+            };
             app = app.merge(tollgate::console::router(
                 admin.clone(),
                 &master,
                 kept.sessions.clone(),
-                tollgate::console::ConsoleOptions::default(),
+                options,
             ));
         }
         app = app.merge(admin);

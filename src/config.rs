@@ -117,10 +117,39 @@ pub struct Config {
     /// (absent: off; needs the `otel` feature).
     #[serde(default)]
     pub telemetry: Option<TelemetryConfig>,
+    /// `[console]`: the operator's console under `/ui` (feature `console`),
+    /// served with the admin API (when `keys.master_key_env` is set).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     #[serde(skip)]
     path: PathBuf,
     #[serde(skip)]
     price_table: PriceTable,
+}
+
+/// `[console]`: the operator's console (`docs/console.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console under `/ui` with the admin API (default `true`).
+    pub enabled: bool,
+    /// Mark the session cookie `Secure`, sent over HTTPS only (default
+    /// `false`): set it when clients reach the gateway over HTTPS, e.g.
+    /// through a proxy that terminates TLS.
+    pub secure_cookie: bool,
+    /// A console session ends after this long without a request (default
+    /// 1 800 000: 30 minutes).
+    pub session_idle_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            secure_cookie: false,
+            session_idle_ms: 30 * 60 * 1000,
+        }
+    }
 }
 
 /// `[pricing]`: where prices come from when a group does not set them.
@@ -1219,6 +1248,9 @@ impl Config {
         }
         if self.server.worker_threads == Some(0) {
             return Err(self.err("server.worker_threads", "must be at least 1"));
+        }
+        if self.console.session_idle_ms == 0 {
+            return Err(self.err("console.session_idle_ms", "must be greater than 0"));
         }
         if self.groups.is_empty() {
             return Err(self.err(
@@ -2567,6 +2599,24 @@ mod tests {
         assert!(e.to_string().contains("server.worker_threads"), "{e}");
         assert_eq!(c.groups[0].deployments[0].weight, 1);
         assert!(c.router().unwrap().has_model("g"));
+    }
+
+    #[test]
+    fn the_console_section_has_defaults_and_refuses_bad_fields() {
+        let c = Config::from_toml("gw.toml", OK).unwrap();
+        assert!(c.console.enabled, "on by default, with the admin API");
+        assert!(!c.console.secure_cookie);
+        assert_eq!(c.console.session_idle_ms, 30 * 60 * 1000);
+        let text = format!(
+            "[console]\nenabled = false\nsecure_cookie = true\nsession_idle_ms = 60000\n{OK}"
+        );
+        let c = Config::from_toml("gw.toml", &text).unwrap();
+        assert!(!c.console.enabled && c.console.secure_cookie);
+        assert_eq!(c.console.session_idle_ms, 60_000);
+        let e = err(&format!("[console]\nsession_idle_ms = 0\n{OK}"));
+        assert!(e.to_string().contains("console.session_idle_ms"), "{e}");
+        let e = err(&format!("[console]\nport = 8080\n{OK}"));
+        assert!(e.to_string().contains("port"), "{e}");
     }
 
     #[test]

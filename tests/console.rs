@@ -106,6 +106,8 @@ async fn an_operator_manages_keys_spend_budgets_and_deployments_in_the_console()
     let mock = mock().await;
     let gw = gateway(&CONFIG.replace("{db}", db.to_str().unwrap()), &mock).await;
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    // Only this run's screenshots (a failed check leaves `failed-….png`).
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("console.mjs"))
@@ -148,6 +150,53 @@ async fn an_operator_manages_keys_spend_budgets_and_deployments_in_the_console()
             file.display()
         );
     }
+}
+
+/// `[console]`: `enabled = false` serves no `/ui` (the admin API stays);
+/// `secure_cookie` marks the session cookie `Secure`.
+#[tokio::test]
+async fn the_console_section_turns_it_off_or_marks_its_cookie_secure() {
+    let mock = mock().await;
+    let admin_only = "[keys]\nstore = \"memory\"\nmaster_key_env = \"{master_env}\"\n";
+    let groups = "[[groups]]\nname = \"m\"\n[[groups.deployments]]\nprovider = \"mock\"\nbase_url = \"{mock}\"\n";
+    let off = gateway(
+        &format!("[console]\nenabled = false\n{groups}{admin_only}"),
+        &mock,
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client.get(off.url("/ui/login")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "the console is off");
+    let res = client
+        .get(off.url("/key/list"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the admin API is still there");
+
+    let secure = gateway(
+        &format!("[console]\nsecure_cookie = true\n{groups}{admin_only}"),
+        &mock,
+    )
+    .await;
+    let res = client
+        .post(secure.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("master_key={MASTER_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(MASTER_KEY));
 }
 
 /// A fresh directory under Cargo's test temporary directory.

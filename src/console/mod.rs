@@ -54,8 +54,6 @@
 //! # let _ = app; }
 //! ```
 
-#![allow(dead_code)] // REMOVE-AT-MERGE: the pages use these helpers
-
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -724,7 +722,6 @@ pub(crate) fn query_value(s: &str) -> String {
 
 /// Markup kept as it is: only for markup the console itself wrote (an SVG
 /// chart from the plotting crate), never for data.
-#[allow(dead_code)]
 pub(crate) fn trusted(markup: String) -> Markup {
     PreEscaped(markup)
 }
