@@ -11,9 +11,12 @@
 //! first; `limit` entries (1 to 500, default 50), and `total`, how many
 //! budgets there are. Holders without a budget are not listed.
 //!
-//! The counters are read one by one (with a shared ledger in Redis, one
-//! round trip each), in chunks, keeping only the top `limit`: memory stays
-//! bounded by `limit` and the chunk, whatever the number of budgets.
+//! The holders come from the keyring's memory (where every key, team and
+//! user already is); their counters are read one by one (with a shared
+//! ledger in Redis, one round trip each), in chunks, keeping only the top
+//! `limit` between chunks. So the work grows with the number of budgets
+//! (with Redis, a round trip per budget): fine for a page an operator
+//! opens, not a route to poll.
 //! Without a ledger (no `[budgets]`) the route is a 404 saying so.
 
 use axum::extract::State;

@@ -1577,5 +1577,13 @@ mod tests {
         .await;
         assert_eq!(s, 400, "{v}");
         assert_eq!(v["error"]["metadata"]["param"], "tags");
+        // Team ids are letters, digits and underscores: `.` and `..`, which
+        // a URL path (`/ui/teams/{id}`) would read as folders, are refused.
+        for id in [".", ".."] {
+            let body = json!({ "team_id": id }).to_string();
+            let (s, v) = call(&app, "POST", "/team/new", &body, Some(MASTER)).await;
+            assert_eq!(s, 400, "{v}");
+            assert_eq!(v["error"]["metadata"]["param"], "team_id");
+        }
     }
 }

@@ -15,6 +15,8 @@ document.addEventListener("DOMContentLoaded", () => {
         const res = await fetch(live.dataset.refresh, {
           credentials: "same-origin",
           cache: "no-store",
+          // Not activity: the session still ends when the operator is idle.
+          headers: { "x-tollgate-refresh": "1" },
           redirect: "follow",
         });
         if (res.redirected || res.status === 401 || res.status === 403) {

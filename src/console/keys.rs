@@ -334,6 +334,10 @@ async fn list_page(
     let listed = console.admin_get(&uri).await;
     let mut spend: HashMap<String, f64> = HashMap::new();
     if let Ok(v) = &listed {
+        // The page's budgeted keys' spend (at most a page of them), read
+        // at once rather than one after another: each may be a round trip
+        // to a shared ledger.
+        let mut reads = tokio::task::JoinSet::new();
         for k in v["keys"].as_array().into_iter().flatten() {
             let Some(id) = k["key_id"].as_str() else {
                 continue;
@@ -341,8 +345,15 @@ async fn list_page(
             if k["max_budget"].is_null() {
                 continue;
             }
-            if let Some(s) = own_spend(console, id).await {
-                spend.insert(id.to_owned(), s);
+            let (console, id) = (console.clone(), id.to_owned());
+            reads.spawn(async move {
+                let s = own_spend(&console, &id).await;
+                (id, s)
+            });
+        }
+        while let Some(read) = reads.join_next().await {
+            if let Ok((id, Some(s))) = read {
+                spend.insert(id, s);
             }
         }
     }
@@ -408,7 +419,11 @@ fn key_table(v: &Value, spend: &HashMap<String, f64>, search: &str) -> Markup {
     let now = jiff::Timestamp::now();
     html! {
         @if keys.is_empty() {
-            p.muted { @if search.is_empty() { "No keys yet." } @else { "No key's alias or id contains this." } }
+            p.muted {
+                @if page > 1 && total > 0 { "No keys on this page. " a href=(link(1)) { "First page" } }
+                @else if search.is_empty() { "No keys yet." }
+                @else { "No key's alias or id contains this." }
+            }
         } @else {
             table.keys {
                 thead { tr {
@@ -834,6 +849,23 @@ pub(super) mod tests {
     use serde_json::{Value, json};
 
     use super::super::testing::{Browser, Page};
+
+    #[tokio::test]
+    async fn a_page_past_the_last_links_back_to_the_first() {
+        let b = Browser::logged_in().await;
+        b.admin("POST", "/key/generate", json!({"key_alias": "only"}))
+            .await;
+        let page = b.get("/ui/keys?page=9").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("No keys on this page."), "{}", page.body);
+        assert!(
+            page.body.contains(r#"href="/ui/keys?page=1""#),
+            "{}",
+            page.body
+        );
+        let first = b.get("/ui/keys?page=1").await;
+        assert!(first.body.contains(r#"data-alias="only""#));
+    }
 
     /// Undoes the escaping of a page's text.
     pub(crate) fn unescape(s: &str) -> String {

@@ -16,15 +16,17 @@
 //!
 //! - **Login** is a form that takes the master key (`POST /ui/login`),
 //!   compared in constant time with the admin API's own check. A virtual
-//!   key, or anything else, is refused. Failed logins are rate limited
-//!   (5 a second, bursts of 10, over all clients).
+//!   key, or anything else, is refused. Login attempts are rate limited
+//!   (5 a second, bursts of 10, over all clients), checked before the key:
+//!   while the limit holds, the right key is refused too.
 //! - **Sessions** live on the server ([`Sessions`]): the browser holds a
 //!   random 256-bit id in the cookie `tollgate_console` (`HttpOnly`,
 //!   `SameSite=Strict`, `Path=/ui`, and `Secure` when
 //!   [`ConsoleOptions::secure_cookie`] says so). The master key is never
 //!   put in a cookie, a URL or a page. A session ends at logout, after 30
-//!   minutes without a request, after 12 hours in any case, and when the
-//!   master key changes.
+//!   minutes without a request (the deployments page's automatic refreshes
+//!   do not count), after 12 hours in any case, and when the master key
+//!   changes.
 //! - **Without a session**, a `GET` is sent to the login page (303) and
 //!   anything else is refused (403).
 //! - **Forms are CSRF-safe**: every `POST` carries the session's token in a
@@ -86,6 +88,10 @@ pub const COOKIE: &str = "tollgate_console";
 /// The most live sessions kept; logging in beyond it ends the oldest.
 const MAX_SESSIONS: usize = 1024;
 
+/// Sent by a page's script on its automatic refreshes (which do not keep a
+/// session from going idle).
+pub(crate) const REFRESH_HEADER: &str = "x-tollgate-refresh";
+
 /// The largest form body accepted (a key's metadata included).
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
@@ -103,6 +109,9 @@ pub struct ConsoleOptions {
     pub idle: Duration,
     /// A session ends this long after its login, whatever it does (12 hours).
     pub lifetime: Duration,
+    /// How many login attempts are taken, over all clients (5 a second,
+    /// bursts of 10); beyond, every attempt gets a 429, the right key too.
+    pub logins: governor::Quota,
 }
 
 impl Default for ConsoleOptions {
@@ -111,6 +120,8 @@ impl Default for ConsoleOptions {
             secure_cookie: false,
             idle: Duration::from_secs(30 * 60),
             lifetime: Duration::from_secs(12 * 3600),
+            logins: governor::Quota::per_second(NonZeroU32::new(5).expect("5 > 0"))
+                .allow_burst(NonZeroU32::new(10).expect("10 > 0")),
         }
     }
 }
@@ -182,9 +193,16 @@ impl Sessions {
         Ok(id)
     }
 
-    /// The live session `id` names, touched; `None` when there is none or
-    /// it has expired (then it is dropped).
-    fn find(&self, id: &str, master: &[u8; 32], options: &ConsoleOptions) -> Option<Arc<str>> {
+    /// The live session `id` names, touched (unless `touch` is false: a
+    /// page's automatic refresh is no sign of a person); `None` when there
+    /// is none or it has expired (then it is dropped).
+    fn find(
+        &self,
+        id: &str,
+        master: &[u8; 32],
+        options: &ConsoleOptions,
+        touch: bool,
+    ) -> Option<Arc<str>> {
         let key = digest(id);
         let now = Instant::now();
         let mut sessions = self.lock();
@@ -193,7 +211,9 @@ impl Sessions {
             sessions.remove(&key);
             return None;
         }
-        s.last = now;
+        if touch {
+            s.last = now;
+        }
         Some(s.csrf.clone())
     }
 
@@ -234,7 +254,7 @@ pub(crate) struct Console {
     master: [u8; 32],
     sessions: Sessions,
     options: Arc<ConsoleOptions>,
-    failed_logins: Arc<LoginLimiter>,
+    logins: Arc<LoginLimiter>,
 }
 
 /// The session a page is served in: its CSRF token, for the page's forms.
@@ -357,11 +377,8 @@ pub fn router(
         master_key: master_key.into(),
         master: digest(master_key),
         sessions,
+        logins: Arc::new(governor::RateLimiter::direct(options.logins)),
         options: Arc::new(options),
-        failed_logins: Arc::new(governor::RateLimiter::direct(
-            governor::Quota::per_second(NonZeroU32::new(5).expect("5 > 0"))
-                .allow_burst(NonZeroU32::new(10).expect("10 > 0")),
-        )),
     };
     let pages = axum::Router::new()
         .route("/", get(|| async { Redirect::to("/ui/keys") }))
@@ -464,8 +481,15 @@ async fn same_origin(req: Request, next: Next) -> Response {
 /// [`SessionInfo`]) and, for a `POST`, the session's CSRF token from this
 /// site; sends anything else to the login page or refuses it.
 async fn guard(State(console): State<Console>, req: Request, next: Next) -> Response {
-    let csrf = cookie(req.headers())
-        .and_then(|id| console.sessions.find(id, &console.master, &console.options));
+    // A page's own automatic refresh (the deployments page's script says
+    // so) keeps the session, but does not count as activity: a tab left
+    // open still ends after the idle time.
+    let touch = !req.headers().contains_key(REFRESH_HEADER);
+    let csrf = cookie(req.headers()).and_then(|id| {
+        console
+            .sessions
+            .find(id, &console.master, &console.options, touch)
+    });
     let Some(csrf) = csrf else {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             return Redirect::to("/ui/login").into_response();
@@ -506,7 +530,11 @@ struct LoginForm {
 
 async fn login_page(State(console): State<Console>, headers: HeaderMap) -> Response {
     if cookie(&headers)
-        .and_then(|id| console.sessions.find(id, &console.master, &console.options))
+        .and_then(|id| {
+            console
+                .sessions
+                .find(id, &console.master, &console.options, true)
+        })
         .is_some()
     {
         return Redirect::to("/ui/keys").into_response();
@@ -545,13 +573,16 @@ async fn login(
     State(console): State<Console>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
+    // Every attempt counts, and the limit is checked before the key is:
+    // while it holds, the right key is refused too, so guessing faster
+    // than the limit learns nothing.
+    if console.logins.check().is_err() {
+        return login_form(
+            Some("Too many logins: wait a few seconds and try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
     if !bool::from(digest(form.master_key.trim()).ct_eq(&console.master)) {
-        if console.failed_logins.check().is_err() {
-            return login_form(
-                Some("Too many failed logins: wait a few seconds and try again."),
-                StatusCode::TOO_MANY_REQUESTS,
-            );
-        }
         tracing::info!("console login refused: not the master key");
         return login_form(
             Some("This is not the master key; the console needs the master key."),

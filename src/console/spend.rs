@@ -146,7 +146,13 @@ async fn budget_of(
             .admin_get(&url("/key/info", &[("key".into(), key.into())]))
             .await
             .map_err(|e| AdminError {
-                param: Some("key_id".into()),
+                // "No such key/team" is about the filter; anything else
+                // (the admin API down, a 500) stays as it came.
+                param: if e.status.is_client_error() {
+                    Some("key_id".into())
+                } else {
+                    e.param
+                },
                 ..e
             })?;
         ("key", v["info"].clone())
@@ -155,7 +161,13 @@ async fn budget_of(
             .admin_get(&url("/team/info", &[("team_id".into(), team.into())]))
             .await
             .map_err(|e| AdminError {
-                param: Some("team_id".into()),
+                // "No such key/team" is about the filter; anything else
+                // (the admin API down, a 500) stays as it came.
+                param: if e.status.is_client_error() {
+                    Some("team_id".into())
+                } else {
+                    e.param
+                },
                 ..e
             })?;
         ("team", v["team_info"].clone())
@@ -306,7 +318,7 @@ fn spend_page(
     };
     let mut res = page("Spend", Nav::Spend, session, html! {}, body);
     if let Some(e) = error
-        && e.status.is_client_error()
+        && (e.status.is_client_error() || e.status.is_server_error())
     {
         *res.status_mut() = e.status;
     }
@@ -616,7 +628,7 @@ async fn logs(
     };
     let mut res = page("Request log", Nav::Logs, &session, html! {}, body);
     if let Some(e) = error
-        && e.status.is_client_error()
+        && (e.status.is_client_error() || e.status.is_server_error())
     {
         *res.status_mut() = e.status;
     }
@@ -637,7 +649,7 @@ fn log_row(r: &Value) -> Markup {
             td.mono { (time) }
             td.mono { (text("request_id")) }
             td.mono {
-                @if !key.is_empty() { a href={ "/ui/keys/" (super::query_value(&key)) } { (key) } }
+                @if !key.is_empty() { a href={ "/ui/keys/" (super::keys::segment(&key)) } { (key) } }
             }
             td { (team) }
             td { (text("model")) }

@@ -334,15 +334,30 @@ async fn the_secure_option_marks_the_cookie() {
 }
 
 #[tokio::test]
-async fn failed_logins_are_rate_limited() {
-    let mut b = Browser::over(admin().await);
-    let mut limited = 0;
-    for _ in 0..40 {
-        if b.login("guess").await.status == StatusCode::TOO_MANY_REQUESTS {
-            limited += 1;
-        }
+async fn logins_are_rate_limited_before_the_key_is_compared() {
+    let admin = admin().await;
+    let options = ConsoleOptions {
+        // Three attempts, then one an hour: deterministic whatever the machine's speed.
+        logins: governor::Quota::per_hour(std::num::NonZeroU32::new(1).unwrap())
+            .allow_burst(std::num::NonZeroU32::new(3).unwrap()),
+        ..ConsoleOptions::default()
+    };
+    let mut b = Browser::over(admin.clone());
+    b.app = admin
+        .clone()
+        .merge(router(admin, MASTER, Sessions::new(), options));
+    for _ in 0..3 {
+        assert_eq!(b.login("guess").await.status, StatusCode::UNAUTHORIZED);
     }
-    assert!(limited >= 20, "only {limited} of 40 rapid failures limited");
+    let page = b.login("guess").await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(page.body.contains("Too many logins"), "{}", page.body);
+    // While the limit holds, the right key is refused too: guessing faster
+    // than the limit cannot tell a right guess from a wrong one.
+    let page = b.login(MASTER).await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(page.headers.get(header::SET_COOKIE).is_none());
+    assert!(b.cookie.is_none());
 }
 
 #[tokio::test]
@@ -356,8 +371,8 @@ async fn the_admin_apis_refusal_names_its_field() {
         master: super::digest(MASTER),
         sessions: Sessions::new(),
         options: Default::default(),
-        failed_logins: std::sync::Arc::new(governor::RateLimiter::direct(
-            governor::Quota::per_second(std::num::NonZeroU32::new(1).unwrap()),
+        logins: std::sync::Arc::new(governor::RateLimiter::direct(
+            ConsoleOptions::default().logins,
         )),
     };
     let e = console
@@ -374,4 +389,37 @@ async fn the_admin_apis_refusal_names_its_field() {
         .await
         .unwrap();
     assert!(ok["key"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn an_automatic_refresh_keeps_the_session_but_is_not_activity() {
+    let admin = admin().await;
+    let sessions = Sessions::new();
+    let mut b = Browser::over(admin.clone());
+    b.app = admin.clone().merge(router(
+        admin,
+        MASTER,
+        sessions.clone(),
+        ConsoleOptions::default(),
+    ));
+    b.login(MASTER).await;
+    let old = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(60))
+        .unwrap();
+    sessions.lock().values_mut().for_each(|s| s.last = old);
+    let last = || sessions.lock().values().next().unwrap().last;
+    let req = Request::get("/ui/deployments/table")
+        .header(header::HOST, HOST)
+        .header(super::REFRESH_HEADER, "1")
+        .header(
+            header::COOKIE,
+            format!("{COOKIE}={}", b.cookie.clone().unwrap()),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let page = b.send(req).await;
+    assert_ne!(page.status, StatusCode::SEE_OTHER, "still logged in");
+    assert_eq!(last(), old, "a refresh is not activity");
+    assert_eq!(b.get("/ui/keys").await.status, StatusCode::OK);
+    assert!(last() > old, "a page the operator opens is");
 }

@@ -21,9 +21,11 @@
 //!   until it ends), shared across a reload like the router's.
 //! - **Errors** are counted in this replica only, per deployment, in a
 //!   ring of one bucket per minute of atomic counters ([`ErrorCounts`]),
-//!   written only where a failed attempt is already being handled (never on
-//!   a successful request's path). A reload's router keeps the counts of
-//!   the deployments it keeps.
+//!   written only where a failed attempt is already being handled: a
+//!   successful request writes none (a stream carries one more reference
+//!   count to them, cloned with the cooldown store's, for a failure
+//!   mid-stream). A reload's router keeps the counts of the deployments it
+//!   keeps.
 //!
 //! Nothing here takes a lock on the inference path; taking a snapshot is a
 //! handful of atomic loads per deployment (and a lock only while some route
@@ -99,10 +101,14 @@ impl ErrorCounts {
         let slot = &self.buckets[(minute % ERROR_WINDOW_MINUTES) as usize][reason as usize];
         let mut v = slot.load(Ordering::Relaxed);
         loop {
-            let next = if v >> 32 == minute {
-                v.saturating_add(1).min(v | 0xFFFF_FFFF)
-            } else {
-                (minute << 32) | 1
+            let next = match (v >> 32).cmp(&minute) {
+                std::cmp::Ordering::Equal => v.saturating_add(1).min(v | 0xFFFF_FFFF),
+                std::cmp::Ordering::Less => (minute << 32) | 1,
+                // The slot holds a later minute (the wall clock stepped back,
+                // or this thread was held up a whole turn of the ring): this
+                // failure is older than the window the slot counts; drop it
+                // rather than wipe newer counts.
+                std::cmp::Ordering::Greater => return,
             };
             match slot.compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
@@ -440,6 +446,10 @@ mod tests {
         // The same bucket, one turn of the ring later.
         let t1 = t0 + ERROR_WINDOW_MINUTES * MINUTE_MS;
         e.record(Reason::UpstreamError, t1);
+        assert_eq!(e.recent(t1), [(Reason::UpstreamError, 1)]);
+        // A failure stamped a turn earlier (the wall clock stepped back)
+        // does not wipe the newer count.
+        e.record(Reason::UpstreamError, t0);
         assert_eq!(e.recent(t1), [(Reason::UpstreamError, 1)]);
     }
 }

@@ -156,12 +156,24 @@ try {
   await check("a budget set on the key page holds, and shows on the budgets page", async () => {
     await page.goto(`${base}/ui/keys/${encodeURIComponent(keyId)}`);
     const form = page.locator("form#edit-key");
-    await form.locator("[name=max_budget]").fill("5");
+    // More than one request's worst case at these prices (the budget
+    // reserves a request's most before it runs).
+    await form.locator("[name=max_budget]").fill("50");
     await form.getByRole("button", { name: "Save" }).click();
     const info = await admin(`/key/info?key=${encodeURIComponent(keyId)}`);
-    assert.equal(info.info.max_budget, 5, JSON.stringify(info.info));
-    await page.goto(`${base}/ui/budgets`);
-    await page.locator(`tr[data-holder="key:${keyId}"]`).waitFor();
+    assert.equal(info.info.max_budget, 50, JSON.stringify(info.info));
+    // Spend charged on the budget from now on shows on the budgets page.
+    for (let i = 0; i < 2; i++) {
+      const r = await chat(key, "gpt-4o-mini");
+      assert.equal(r.status, 200, r.body);
+    }
+    await eventually("spend on the budget", async () => {
+      await page.goto(`${base}/ui/budgets`);
+      const row = page.locator(`tr[data-holder="key:${keyId}"]`);
+      await row.waitFor();
+      const used = (await row.textContent()).match(/(\d+(?:\.\d+)?)%/);
+      assert.ok(used && Number(used[1]) > 0, `no spend on the budget: ${await row.textContent()}`);
+    });
     await shot("budgets");
   });
 
