@@ -28,7 +28,8 @@ use serde_json::{Map, Value, json};
 
 use super::budgets::{at, until};
 use super::{
-    AdminError, Console, Nav, SessionInfo, field_error, form_error, page, query_value, usd,
+    AdminError, Console, Nav, SessionInfo, field_error, form_error, page, query_value, unconfirmed,
+    usd,
 };
 
 /// Keys on one page of the list.
@@ -768,7 +769,7 @@ async fn edit(
 }
 
 fn done(id: &str, what: &str) -> Response {
-    Redirect::to(&format!("{}?done={what}", key_href(id))).into_response()
+    super::done(&key_href(id), what)
 }
 
 /// Sends `{"key": id}` to `path`, then back to the key's page.
@@ -826,12 +827,7 @@ async fn delete(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if form.get("confirm").is_none_or(|c| c.is_empty()) {
-        let e = AdminError {
-            status: StatusCode::BAD_REQUEST,
-            message: "Tick the box to confirm: a deleted key cannot be brought back.".into(),
-            param: Some("confirm".into()),
-        };
+    if let Some(e) = unconfirmed(&form, "a deleted key cannot be brought back.") {
         return key_page(&console, &session, &id, None, None, Some(&e)).await;
     }
     match console

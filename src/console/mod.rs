@@ -737,6 +737,24 @@ pub(crate) fn form_error(error: Option<&AdminError>, fields: &[&str]) -> Markup 
     }
 }
 
+/// A refusal when a form's `confirm` box was not ticked (`why`: what
+/// cannot be undone), for the field `confirm`.
+pub(crate) fn unconfirmed(form: &HashMap<String, String>, why: &str) -> Option<AdminError> {
+    form.get("confirm")
+        .is_none_or(|c| c.is_empty())
+        .then(|| AdminError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("Tick the box to confirm: {why}"),
+            param: Some("confirm".into()),
+        })
+}
+
+/// Back to `page` (a key's or a team's) after a form did `what` (a word
+/// from the page's fixed list of notices: never data).
+pub(crate) fn done(page: &str, what: &str) -> Response {
+    Redirect::to(&format!("{page}?done={what}")).into_response()
+}
+
 /// A USD amount as the console writes it.
 pub(crate) fn usd(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {

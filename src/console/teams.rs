@@ -25,7 +25,9 @@ use super::keys::{
     BUDGET_DURATION, Field, Kind, MAX_BUDGET, METADATA, MODELS, RPM, TPM, budget_text, create_body,
     inputs, limit, names, notice, on_field, refused, segment, text_of, update_body, with_status,
 };
-use super::{AdminError, Console, Nav, SessionInfo, field_error, form_error, page, query_value};
+use super::{
+    AdminError, Console, Nav, SessionInfo, field_error, form_error, page, query_value, unconfirmed,
+};
 
 pub(super) fn routes() -> axum::Router<Console> {
     axum::Router::new()
@@ -175,7 +177,7 @@ async fn create(
 }
 
 fn done(id: &str, what: &str) -> Response {
-    Redirect::to(&format!("{}?done={what}", team_href(id))).into_response()
+    super::done(&team_href(id), what)
 }
 
 /// What a failed form on the team's page sent, to fill that form again.
@@ -502,13 +504,7 @@ async fn delete(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if form.get("confirm").is_none_or(|c| c.is_empty()) {
-        let e = AdminError {
-            status: StatusCode::BAD_REQUEST,
-            message: "Tick the box to confirm: the team and its keys cannot be brought back."
-                .into(),
-            param: Some("confirm".into()),
-        };
+    if let Some(e) = unconfirmed(&form, "the team and its keys cannot be brought back.") {
         return team_page(&console, &session, &id, None, None, Some(&e)).await;
     }
     match console
