@@ -251,6 +251,22 @@ async fn team_page(
         .as_array()
         .map_or(&[][..], Vec::as_slice);
     let fields = names(&EDIT_FIELDS);
+    // A refusal of the member form is shown in that form, next to the
+    // field its `param` names (`member.role` → `role`).
+    let (error, member_error) = match (sent, error) {
+        (Some(Sent::Member(_)), Some(e)) => {
+            let mut e = e.clone();
+            e.param = e
+                .param
+                .as_deref()
+                .and_then(|p| p.strip_prefix("member."))
+                .map(str::to_owned);
+            (None, Some(e))
+        }
+        (_, e) => (e, None),
+    };
+    let member_error = member_error.as_ref();
+    let status = error.or(member_error).map_or(StatusCode::OK, |e| e.status);
     let body = html! {
         (notice(done))
         (form_error(error, &fields))
@@ -335,15 +351,18 @@ async fn team_page(
         }
         form.card #add-member method="post" action=(format!("{href}/members/add")) {
             (session.csrf_field())
+            (form_error(member_error, &["user_id", "user_email", "role"]))
             div.grid {
                 div.field {
                     label for="member-user_id" { "User id" }
                     input id="member-user_id" type="text" name="user_id" value=(member_value("user_id"));
+                    (field_error(member_error, "user_id"))
                 }
                 div.field {
                     label for="member-user_email" { "Email" }
                     input id="member-user_email" type="text" name="user_email" value=(member_value("user_email"));
                     span.hint { "A user id, an email, or both." }
+                    (field_error(member_error, "user_email"))
                 }
                 div.field {
                     label for="member-role" { "Role" }
@@ -352,6 +371,7 @@ async fn team_page(
                             option value=(r) selected[member_value("role") == r] { (r) }
                         }
                     }
+                    (field_error(member_error, "role"))
                 }
             }
             button type="submit" { "Add member" }
@@ -391,7 +411,6 @@ async fn team_page(
             button.danger type="submit" { "Delete" }
         }
     };
-    let status = error.map_or(StatusCode::OK, |e| e.status);
     with_status(page(&title, Nav::Teams, session, html! {}, body), status)
 }
 
@@ -637,7 +656,22 @@ mod tests {
             )
             .await;
         assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
-        assert!(page.body.contains("role=\"alert\""), "{}", page.body);
+        let form = &page.body[page.body.find(r#"id="add-member""#).unwrap()..];
+        let form = &form[..form.find("</form>").unwrap()];
+        assert!(
+            form.contains("role=\"alert\""),
+            "not in the member form: {}",
+            page.body
+        );
+        // A bad role is shown next to the role.
+        let page = b
+            .post(
+                "/ui/teams/ops/members/add",
+                &[("user_id", "u9"), ("role", "owner")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+        assert!(page.body.contains(r#"data-field="role""#), "{}", page.body);
         assert_eq!(members(&team(&b, "ops").await).as_array().unwrap().len(), 1);
 
         let page = b
