@@ -99,7 +99,8 @@ async fn spend(
         }
     };
     let mut query = params.clone();
-    if let Some(b) = &budget
+    let mut budget = budget;
+    if let Some(b) = &mut budget
         && get_param(&params, "start_time").is_none()
         && let Some(start) = b.period_start
     {
@@ -113,6 +114,7 @@ async fn spend(
                 .checked_sub(span)
                 .map_or(start, |earliest| start.max(earliest))
         });
+        b.clipped = reach > start;
         query.push(("start_time".to_owned(), reach.to_string()));
     }
     match console.admin_get(&url("/spend/series", &query)).await {
@@ -133,6 +135,9 @@ struct BudgetLine {
     /// Where the current period starts (`None`: a `total` budget).
     period_start: Option<Timestamp>,
     resets_at: Option<String>,
+    /// The period began before the chart can reach (too many buckets):
+    /// the chart starts later, and the page says so.
+    clipped: bool,
 }
 
 /// The budget of the key (`key_id`) or else the team (`team_id`) the page
@@ -194,6 +199,7 @@ async fn budget_of(
         duration,
         period_start,
         resets_at,
+        clipped: false,
     }))
 }
 
@@ -280,7 +286,11 @@ fn spend_page(
                 ", by the " (a["bucket"].as_str().unwrap_or_default()) "."
                 @if let Some(b) = budget {
                     " Cumulative"
-                    @if b.period_start.is_some() { " over the current budget period" }
+                    @if b.clipped {
+                        " from the chart's start: the current budget period began earlier than a chart by the "
+                        (a["bucket"].as_str().unwrap_or_default())
+                        " reaches (choose day to see it whole), so spend before the chart is not in the line"
+                    } @else if b.period_start.is_some() { " over the current budget period" }
                     ", against the " (b.scope) "'s budget of " (usd(b.max))
                     @if let Some(d) = &b.duration { " (" (d) ")" }
                     @if let Some(r) = &b.resets_at { ", which resets at " (r) }
@@ -677,6 +687,42 @@ mod tests {
     use crate::admin::SpendView;
     use crate::budget::{Ledger, MemorySpendStore, SpendRecord, SpendStore};
     use crate::keys::{Keyring, MemoryStore};
+
+    #[tokio::test]
+    async fn a_budget_period_longer_than_the_chart_reaches_is_said() {
+        let session = SessionInfo { csrf: "t".into() };
+        let answer = json!({
+            "group_by": "model", "bucket": "hour", "series": [],
+            "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-02-11T00:00:00Z",
+        });
+        let mut line = BudgetLine {
+            scope: "key",
+            max: 10.0,
+            duration: Some("60d".into()),
+            period_start: Some(Timestamp::from_second(1_764_000_000).unwrap()),
+            resets_at: None,
+            clipped: true,
+        };
+        let text = |line: &BudgetLine| {
+            let res = spend_page(&session, &[], Some(&answer), None, Some(line));
+            async move {
+                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                String::from_utf8(bytes.to_vec()).unwrap()
+            }
+        };
+        let clipped = text(&line).await;
+        assert!(
+            clipped.contains("began earlier than a chart by the hour"),
+            "{clipped}"
+        );
+        assert!(!clipped.contains("over the current budget period"));
+        line.clipped = false;
+        let whole = text(&line).await;
+        assert!(whole.contains("over the current budget period"), "{whole}");
+        assert!(!whole.contains("began earlier"));
+    }
 
     async fn browser(store: Arc<MemorySpendStore>) -> Browser {
         let keyring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
