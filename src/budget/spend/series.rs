@@ -89,7 +89,8 @@ impl GroupBy {
         GroupBy::ALL.into_iter().find(|g| g.as_str() == name)
     }
 
-    /// The record's column.
+    /// The record's column (for the SQL stores).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn column(self) -> &'static str {
         match self {
             GroupBy::Key => "key_id",
