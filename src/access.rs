@@ -91,7 +91,6 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -107,7 +106,7 @@ use crate::read_request::{Identified, Parsed};
 /// Named lists of model names and patterns, usable as one grant.
 #[derive(Clone, Debug, Default)]
 pub struct AccessGroups {
-    groups: Arc<HashMap<String, Vec<String>>>,
+    groups: Arc<crate::Map<String, Vec<String>>>,
 }
 
 impl AccessGroups {

@@ -76,7 +76,6 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -406,7 +405,7 @@ pub(crate) mod record {
 /// The configured model groups, for bounding a label: a known name as a
 /// shared string, anything else [`OTHER`].
 #[derive(Clone, Debug, Default)]
-pub(crate) struct KnownGroups(HashMap<Box<str>, Arc<str>>);
+pub(crate) struct KnownGroups(crate::Map<Box<str>, Arc<str>>);
 
 impl KnownGroups {
     pub(crate) fn new<T: AsRef<str>>(groups: impl IntoIterator<Item = T>) -> Self {
@@ -451,7 +450,7 @@ impl GroupHandles {
 }
 
 struct Groups {
-    by_name: HashMap<Box<str>, Arc<GroupHandles>>,
+    by_name: crate::Map<Box<str>, Arc<GroupHandles>>,
     other: Arc<GroupHandles>,
 }
 
@@ -593,6 +592,7 @@ pub(crate) mod tests {
     use http::Request;
     use metrics_util::MetricKind;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    use std::collections::HashMap;
     use tower::{ServiceExt, service_fn};
 
     type Series = (u8, String, Vec<(String, String)>);

@@ -73,7 +73,6 @@ mod layer;
 mod scheduler;
 mod service;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,7 +124,7 @@ where
 #[derive(Clone, Debug)]
 pub struct QueueSettings {
     capacity: usize,
-    group_capacity: HashMap<String, usize>,
+    group_capacity: crate::Map<String, usize>,
     pub(crate) max_queue_per_tenant: usize,
     pub(crate) max_wait: Duration,
     pub(crate) retry_after: Duration,
@@ -137,7 +136,7 @@ impl QueueSettings {
     pub fn new(capacity: usize) -> Self {
         QueueSettings {
             capacity: capacity.max(1),
-            group_capacity: HashMap::new(),
+            group_capacity: crate::Map::default(),
             max_queue_per_tenant: 1000,
             max_wait: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
