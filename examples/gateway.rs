@@ -487,10 +487,12 @@ fn routes(
         ));
         // The operator's console under /ui, a client of this admin API.
         #[cfg(feature = "console")]
-        if config.console.enabled {
+        if let console = config.console()
+            && console.enabled
+        {
             let options = tollgate::console::ConsoleOptions {
-                secure_cookie: config.console.secure_cookie,
-                idle: Duration::from_millis(config.console.session_idle_ms),
+                secure_cookie: console.secure_cookie,
+                idle: Duration::from_millis(console.session_idle_ms),
                 ..Default::default()
             };
             app = app.merge(tollgate::console::router(

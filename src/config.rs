@@ -118,9 +118,10 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: Option<TelemetryConfig>,
     /// `[console]`: the operator's console under `/ui` (feature `console`),
-    /// served with the admin API (when `keys.master_key_env` is set).
-    #[serde(default)]
-    pub console: ConsoleConfig,
+    /// served with the admin API (when `keys.master_key_env` is set);
+    /// absent: the defaults ([`Config::console`]).
+    #[serde(default, rename = "console")]
+    pub console_section: Option<ConsoleConfig>,
     #[serde(skip)]
     path: PathBuf,
     #[serde(skip)]
@@ -1249,8 +1250,23 @@ impl Config {
         if self.server.worker_threads == Some(0) {
             return Err(self.err("server.worker_threads", "must be at least 1"));
         }
-        if self.console.session_idle_ms == 0 {
-            return Err(self.err("console.session_idle_ms", "must be greater than 0"));
+        if let Some(c) = &self.console_section {
+            // A section that would do nothing is refused, not ignored.
+            if !cfg!(feature = "console") {
+                return Err(self.err(
+                    "console",
+                    "this build has no console (build with the `console` feature)",
+                ));
+            }
+            if c.enabled && self.keys.master_key_env.is_none() {
+                return Err(self.err(
+                    "console",
+                    "the console is served with the admin API: set keys.master_key_env (or enabled = false)",
+                ));
+            }
+            if c.session_idle_ms == 0 {
+                return Err(self.err("console.session_idle_ms", "must be greater than 0"));
+            }
         }
         if self.groups.is_empty() {
             return Err(self.err(
@@ -2065,6 +2081,11 @@ impl Config {
         AccessGroups::new(self.access_groups.clone())
     }
 
+    /// The `[console]` settings (the defaults when the section is absent).
+    pub fn console(&self) -> ConsoleConfig {
+        self.console_section.clone().unwrap_or_default()
+    }
+
     /// The admin API's master key, when `keys.master_key_env` is set.
     pub fn master_key(&self) -> Option<String> {
         let var = self.keys.master_key_env.as_ref()?;
@@ -2604,19 +2625,25 @@ mod tests {
     #[test]
     fn the_console_section_has_defaults_and_refuses_bad_fields() {
         let c = Config::from_toml("gw.toml", OK).unwrap();
-        assert!(c.console.enabled, "on by default, with the admin API");
-        assert!(!c.console.secure_cookie);
-        assert_eq!(c.console.session_idle_ms, 30 * 60 * 1000);
+        assert!(c.console().enabled, "on by default, with the admin API");
+        assert!(!c.console().secure_cookie);
+        assert_eq!(c.console().session_idle_ms, 30 * 60 * 1000);
+        let admin = "[keys]\nmaster_key_env = \"PATH\"\n";
         let text = format!(
-            "[console]\nenabled = false\nsecure_cookie = true\nsession_idle_ms = 60000\n{OK}"
+            "[console]\nenabled = false\nsecure_cookie = true\nsession_idle_ms = 60000\n{admin}{OK}"
         );
         let c = Config::from_toml("gw.toml", &text).unwrap();
-        assert!(!c.console.enabled && c.console.secure_cookie);
-        assert_eq!(c.console.session_idle_ms, 60_000);
-        let e = err(&format!("[console]\nsession_idle_ms = 0\n{OK}"));
+        assert!(!c.console().enabled && c.console().secure_cookie);
+        assert_eq!(c.console().session_idle_ms, 60_000);
+        let e = err(&format!("[console]\nsession_idle_ms = 0\n{admin}{OK}"));
         assert!(e.to_string().contains("console.session_idle_ms"), "{e}");
-        let e = err(&format!("[console]\nport = 8080\n{OK}"));
+        let e = err(&format!("[console]\nport = 8080\n{admin}{OK}"));
         assert!(e.to_string().contains("port"), "{e}");
+        // Without the admin API the console would not be served: the
+        // section is refused, not ignored (`enabled = false` says so itself).
+        let e = err(&format!("[console]\nsecure_cookie = true\n{OK}"));
+        assert!(e.to_string().contains("keys.master_key_env"), "{e}");
+        Config::from_toml("gw.toml", &format!("[console]\nenabled = false\n{OK}")).unwrap();
     }
 
     #[test]
