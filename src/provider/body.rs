@@ -31,10 +31,16 @@ pub(crate) enum StreamEnd {
 pub struct UpstreamBody {
     #[pin]
     inner: Incoming,
+    /// Fires at the idle deadline as it was when last set; the deadline
+    /// itself moves with `last_data` and the timer catches up only when it
+    /// fires (moving a timer in tokio's wheel on every frame cost more than
+    /// the rest of passing the frame on).
     #[pin]
     idle: Sleep,
     #[pin]
     total: Sleep,
+    /// When the last data frame arrived.
+    last_data: Instant,
     idle_after: Duration,
     total_after: Duration,
     end: StreamEnd,
@@ -55,6 +61,7 @@ impl UpstreamBody {
             inner,
             idle: tokio::time::sleep_until(now + idle),
             total: tokio::time::sleep_until(deadline),
+            last_data: now,
             idle_after: idle,
             total_after: deadline.saturating_duration_since(now),
             end,
@@ -215,7 +222,15 @@ fn check_events(events: &[u8]) -> Result<(), Error> {
         (None, Some(d)) => check_data(d),
         (None, None) => Ok(()),
     };
-    for line in events.split(|&b| b == b'\n') {
+    // Lines found with memchr: a byte-at-a-time split cost more than the
+    // check itself.
+    let mut rest = Some(events);
+    while let Some(text) = rest {
+        let (line, next) = match memchr::memchr(b'\n', text) {
+            Some(nl) => (&text[..nl], Some(&text[nl + 1..])),
+            None => (text, None),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             flush(&mut single, &mut joined)?;
@@ -242,7 +257,7 @@ fn check_events(events: &[u8]) -> Result<(), Error> {
 
 fn check_data(data: &[u8]) -> Result<(), Error> {
     let data = data.trim_ascii();
-    if data == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+    if data == b"[DONE]" || crate::read_request::scan::is_json(data) {
         return Ok(());
     }
     Err(Error::new(
@@ -294,7 +309,7 @@ impl HttpBody for UpstreamBody {
                         && !data.is_empty()
                     {
                         push_tail(this.tail, data);
-                        this.idle.as_mut().reset(Instant::now() + *this.idle_after);
+                        *this.last_data = Instant::now();
                     }
                     let Some(check) = this.check.as_mut() else {
                         return Poll::Ready(Some(Ok(frame)));
@@ -359,7 +374,13 @@ impl HttpBody for UpstreamBody {
                 *this.total_after,
             ))));
         }
-        if this.idle.poll(cx).is_ready() {
+        while this.idle.as_mut().poll(cx).is_ready() {
+            let due = *this.last_data + *this.idle_after;
+            if due > this.idle.deadline() {
+                // Data came since the timer was set: wait for the new deadline.
+                this.idle.as_mut().reset(due);
+                continue;
+            }
             *this.finished = true;
             return Poll::Ready(Some(Err(Error::timeout(
                 TimeoutPhase::Idle,
