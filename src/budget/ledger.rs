@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use super::period::{Clock, Period, SystemClock, Window};
+use super::period::{Clock, Period, SystemClock, Window, Windows};
 use crate::error::{Error, Reason};
 
 /// Money in micro-USD (a millionth of a dollar): sums never drift.
@@ -205,6 +205,7 @@ impl Shards {
 pub struct Ledger {
     shards: Arc<Shards>,
     tz: TimeZone,
+    windows: Arc<Windows>,
     clock: Arc<dyn Clock>,
 }
 
@@ -236,6 +237,7 @@ impl Ledger {
                 hasher: foldhash::fast::RandomState::default(),
             }),
             tz,
+            windows: Arc::default(),
             clock: Arc::new(clock),
         }
     }
@@ -251,7 +253,7 @@ impl Ledger {
     }
 
     fn id(&self, scope: &Scope, period: Period, now: Timestamp) -> (CounterId, Window) {
-        let window = period.window(now, &self.tz);
+        let window = self.windows.window(period, now, &self.tz);
         let id = CounterId {
             scope: scope.clone(),
             period,

@@ -107,7 +107,7 @@
 mod layer;
 mod ledger;
 pub(crate) mod meter;
-mod period;
+pub(crate) mod period;
 pub mod spend;
 mod store;
 pub(crate) mod usage;

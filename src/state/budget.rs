@@ -14,6 +14,7 @@ use redis::Script;
 use tokio::sync::Notify;
 
 use super::RedisState;
+use crate::budget::period::Windows;
 use crate::budget::{
     BudgetStore, Clock, Limit, Micros, Period, Refusal, Reservation, Scope, SystemClock, Usage,
 };
@@ -131,6 +132,7 @@ pub struct RedisLedger {
 struct Inner {
     state: RedisState,
     tz: TimeZone,
+    windows: Windows,
     clock: Arc<dyn Clock>,
     reserve: Script,
     settle: Script,
@@ -168,6 +170,7 @@ impl RedisLedger {
             inner: Arc::new(Inner {
                 state,
                 tz,
+                windows: Windows::default(),
                 clock: Arc::new(clock),
                 reserve: Script::new(RESERVE),
                 settle: Script::new(SETTLE),
@@ -193,7 +196,7 @@ impl RedisLedger {
     }
 
     fn keys(&self, scope: &Scope, period: Period, now: Timestamp) -> (CounterKeys, Option<i64>) {
-        let window = period.window(now, &self.inner.tz);
+        let window = self.inner.windows.window(period, now, &self.inner.tz);
         let start = window.start.map(Timestamp::as_second);
         let (kind, id) = (scope.kind(), scope.id().unwrap_or(""));
         // The id comes last, so no id can make two counters' keys equal.
