@@ -70,6 +70,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::get;
+use futures_util::future::Either;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 use tollgate::access::ModelList;
 use tollgate::admin::SpendView;
 use tollgate::budget::{BudgetLayer, BudgetsOf, Ledger, Limit, Scope, SpendWriter, Spender};
@@ -83,7 +86,8 @@ use tollgate::read_request::Identified;
 use tollgate::reload::{Reload, ReloadHandle, WeakReload};
 use tollgate::router::{Clock, SystemClock};
 use tollgate::{Error, LlmRequest, Reason};
-use tower::ServiceBuilder;
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -180,14 +184,16 @@ pub async fn app_with_ledger(
     clock: Arc<dyn Clock>,
     ledger: Ledger,
 ) -> Result<axum::Router, ConfigError> {
-    Ok(build(config, clock, ledger).await?.router)
+    Ok(axum::Router::new().fallback_service(build(config, clock, ledger).await?.app))
 }
 
 /// The gateway, built: its routes, the spend writer and span exporter
 /// that must be flushed when it stops ([`serve_and_flush`]), and its reloader.
 pub struct Built {
-    /// The routes.
-    pub router: axum::Router,
+    /// The gateway as one service: request ids and spans around the
+    /// routes in place ([`serve`] serves it; [`app_with_ledger`] hands it
+    /// out as an axum router).
+    pub app: App,
     /// The spend records' writer, when spend records are on.
     pub spend: Option<SpendWriter>,
     /// The OTLP span exporter, with `[telemetry]`.
@@ -313,15 +319,17 @@ pub async fn build(
     };
     let (in_place, swap) = Reload::new(routes(&generation, &kept, keyring, 0)?);
     let _ = kept.in_place.set(in_place.downgrade());
-    let router = axum::Router::new()
-        // Every request is served by the routes in place when it arrives
-        // (until its response body ends); a reload swaps them.
-        .fallback_service(in_place)
+    // Every request is served by the routes in place when it arrives (until
+    // its response body ends); a reload swaps them.
+    let app = ServiceBuilder::new()
+        .map_response(axum::response::IntoResponse::into_response)
         // Outermost: every request gets an `x-request-id` (the client's, or a
         // new UUID), echoed in the response and named in every log line of
         // its span (with the path; never a header, so never a key). The
         // layers fill in the empty fields: the key's public id and team,
         // the model, the fair queue's wait.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
                 let id = req
@@ -341,10 +349,9 @@ pub async fn build(
                 )
             }),
         )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+        .service(in_place);
     Ok(Built {
-        router,
+        app: BoxCloneSyncService::new(app),
         spend: writer,
         telemetry,
         reloader: Reloader {
@@ -380,7 +387,7 @@ struct Kept {
     admin_writes: Arc<tokio::sync::RwLock<()>>,
     /// The routes in place (weak: the routes themselves hold it), where an
     /// admin request that waited out a reload goes instead of its old routes.
-    in_place: Arc<OnceLock<WeakReload<axum::Router>>>,
+    in_place: Arc<OnceLock<WeakReload<Routes>>>,
     /// The console's sessions: a reload keeps everyone logged in (unless
     /// the master key changed).
     #[cfg(feature = "console")]
@@ -403,7 +410,7 @@ fn routes(
     kept: &Kept,
     keyring: Keyring,
     number: u64,
-) -> Result<axum::Router, ConfigError> {
+) -> Result<Routes, ConfigError> {
     let config = &g.config;
     let router = g.router.clone();
     // `GET /key/info` reads budgets' spend where they live (here or Redis).
@@ -441,13 +448,9 @@ fn routes(
         fallback,
         router
     );
+    let inference = route(inference);
+    let count_tokens = route(count_tokens);
     let mut app = axum::Router::new()
-        .route_service("/v1/chat/completions", inference.clone())
-        .route_service("/v1/completions", inference.clone())
-        .route_service("/v1/embeddings", inference.clone())
-        .route_service("/v1/responses", inference.clone())
-        .route_service("/v1/messages", inference)
-        .route_service("/v1/messages/count_tokens", count_tokens)
         .route_service("/v1/models", models.clone())
         .route_service("/v1/models/{*id}", models)
         .route("/health", get(|| async { "ok" }));
@@ -474,10 +477,8 @@ fn routes(
                     let now = in_place.get().and_then(WeakReload::upgrade);
                     if let Some(now) = now.filter(|r| r.generation() != number) {
                         drop(held);
-                        use axum::response::IntoResponse;
-                        use tower::ServiceExt;
                         return match now.oneshot(req).await {
-                            Ok(res) => res.into_response(),
+                            Ok(res) => res,
                             Err(never) => match never {},
                         };
                     }
@@ -518,7 +519,73 @@ fn routes(
             }),
         );
     }
-    Ok(app.fallback(no_such_route))
+    Ok(Routes {
+        inference,
+        count_tokens,
+        rest: app.fallback(no_such_route),
+    })
+}
+
+/// The gateway as one service (see [`Built::app`]).
+pub type App = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// A request as axum hands it on, and a response as it takes it.
+type Request = axum::extract::Request;
+type Response = axum::response::Response;
+
+/// One route's service, type-erased (as axum keeps its routes).
+type Route = BoxCloneSyncService<Request, Response, Infallible>;
+
+fn route<S>(service: S) -> Route
+where
+    S: Service<Request, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    use axum::response::IntoResponse;
+    BoxCloneSyncService::new(service.map_response(IntoResponse::into_response))
+}
+
+/// The routes of one configuration. The inference paths, which carry the
+/// gateway's load, are found by a `match` on the path; every other path
+/// (the model list, the admin API, the console, metrics, health, the 404)
+/// goes to `rest`, an axum router. For each request axum's router clones
+/// the URI into an extension, looks the path up, inserts the matched path
+/// and its parameters (more extensions) and finds the route in a SipHash
+/// map: about 5,000 instructions that a `match` does without
+/// (docs/performance-guard.md, section 3).
+#[derive(Clone)]
+struct Routes {
+    /// Chat Completions, Completions, Embeddings, Responses, Messages.
+    inference: Route,
+    /// Anthropic's `POST /v1/messages/count_tokens`.
+    count_tokens: Route,
+    /// Everything else.
+    rest: axum::Router,
+}
+
+impl Service<Request> for Routes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Oneshot<Route, Request>, axum::routing::future::RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness belongs to the clone each call takes, as in axum.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = match req.uri().path() {
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+            | "/v1/messages" => &self.inference,
+            "/v1/messages/count_tokens" => &self.count_tokens,
+            _ => return Either::Right(self.rest.call(req)),
+        };
+        Either::Left(route.clone().oneshot(req))
+    }
 }
 
 /// What the admin API's `GET /deployments` shows: this configuration's
@@ -555,7 +622,7 @@ pub struct Reloader {
 }
 
 struct ReloaderInner {
-    swap: ReloadHandle<axum::Router>,
+    swap: ReloadHandle<Routes>,
     kept: Kept,
     /// The configuration in place; locked for a whole reload (one at a time).
     current: tokio::sync::Mutex<Generation>,
@@ -936,7 +1003,7 @@ pub fn fair_queue(config: &Config) -> Option<FairQueueLayer<TenantOfKey>> {
 /// requests run on for at most `grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -947,11 +1014,9 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    // `axum::serve(listener, router)` deep-copies the router's route tables
-    // for every connection (~4.5 KiB each, held as long as the connection);
-    // a make-service over the state-resolved router hands each connection a
-    // clone of one `Arc` instead.
-    let app = app.with_state::<()>(()).into_make_service();
+    // Each connection gets a clone of the one service (an `Arc` and the
+    // layers' small state).
+    let app = tower::make::Shared::new(app);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!(
@@ -984,7 +1049,7 @@ pub async fn serve_and_flush(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let served = serve(listener, built.router, shutdown, grace).await;
+    let served = serve(listener, built.app, shutdown, grace).await;
     if let Some(writer) = built.spend {
         // Bounded: a spend store that is away must not keep the process
         // from ending (what is left unwritten is logged as an error).
