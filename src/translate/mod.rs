@@ -485,6 +485,11 @@ impl Pair {
     }
 
     /// Translates a whole (non-stream) upstream answer into the client's family.
+    ///
+    /// An answer translated is valid JSON: every pair reads it with a
+    /// validating reader (the request scanner, or a `serde_json::Value`
+    /// parse) before anything else, so the provider does not check it
+    /// again.
     pub fn response(
         self,
         body: &[u8],
