@@ -547,9 +547,11 @@ async fn an_openai_chat_client_is_served_by_an_anthropic_deployment() {
     );
     // The same garbage as a whole answer: the provider's own refusal (the
     // translator reads the answer first, and a refusal of it is told apart
-    // as not JSON at all), a 502 before any header went out.
+    // as not JSON at all), a 502 before any header went out. (A gateway
+    // of its own: the deployment cools down after the stream's failure.)
+    let fresh = gateway(&config(&faulty_groups()), &mock).await;
     let a = post(
-        &gw.url("/v1/chat/completions"),
+        &fresh.url("/v1/chat/completions"),
         chat("anthropic-garbage", ""),
     )
     .await;
