@@ -418,7 +418,65 @@ pub(super) fn as_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     if !has_escape(inner) {
         return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
     }
-    serde_json::from_slice::<String>(s).ok().map(Cow::Owned)
+    unescape(inner).map(Cow::Owned)
+}
+
+/// The text of a validated JSON string's literal between its quotes,
+/// decoded as `serde_json` decodes a `String` (`None` where it refuses one:
+/// a lone surrogate). One pass that copies the runs between escapes: a
+/// tool call's `arguments` (a `\"` every few bytes) is decoded without a
+/// parser's per-escape machinery.
+fn unescape(inner: &[u8]) -> Option<String> {
+    let hex = |at: usize| -> Option<u32> {
+        let h = inner.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    // The start of the run of plain bytes not yet copied; a plain loop to
+    // each backslash (escaped JSON has one every few bytes: a search
+    // started again after each would cost more).
+    let mut run = 0;
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&inner[run..i]);
+        let c = match *inner.get(i + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0C,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut code = hex(i + 2)?;
+                i += 6;
+                if (0xD800..0xDC00).contains(&code) {
+                    // A high surrogate: its low half must follow.
+                    if inner.get(i..i + 2) != Some(b"\\u") {
+                        return None;
+                    }
+                    let low = hex(i + 2).filter(|lo| (0xDC00..0xE000).contains(lo))?;
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    i += 6;
+                }
+                let ch = char::from_u32(code)?; // a lone low surrogate: None
+                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                run = i;
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(c);
+        i += 2;
+        run = i;
+    }
+    out.extend_from_slice(&inner[run..]);
+    String::from_utf8(out).ok()
 }
 
 /// Whether a string's text has a backslash: a plain loop for the short
@@ -710,6 +768,48 @@ mod tests {
         assert_eq!(as_str(raw(r#""a\"b\u00e9""#)).unwrap(), "a\"bé");
         assert!(str_is(Some(raw(r#""\u0066unction""#)), "function"));
         assert_eq!(as_bool(raw("true")), Some(true));
+    }
+
+    #[test]
+    fn strings_decode_as_serde_json_decodes_them() {
+        for lit in [
+            r#""a\"b\\c\/d\b\f\n\r\t""#,
+            r#""\u00e9\u20ac\ud83d\ude00 \u0000 \uFFFF \\u0041""#,
+            r#""{\"city\":\"Paris\",\"unit\":\"celsius\"}""#,
+            r#""plain é \"""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800x""#,
+        ] {
+            assert_eq!(
+                as_str(raw(lit)).map(Cow::into_owned),
+                serde_json::from_str::<String>(lit).ok(),
+                "{lit}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_written_by_serde_json_reads_back(s in ".*", ascii in proptest::bool::ANY) {
+            let lit = if ascii {
+                // Every non-ASCII character as `\u` escapes (surrogate pairs too).
+                serde_json::to_string(&s).unwrap().chars().fold(String::new(), |mut out, c| {
+                    if c.is_ascii() {
+                        out.push(c);
+                    } else {
+                        for unit in c.encode_utf16(&mut [0; 2]) {
+                            out.push_str(&format!("\\u{unit:04x}"));
+                        }
+                    }
+                    out
+                })
+            } else {
+                serde_json::to_string(&s).unwrap()
+            };
+            proptest::prop_assert_eq!(as_str(raw(&lit)).map(Cow::into_owned), Some(s));
+        }
     }
 
     #[test]
