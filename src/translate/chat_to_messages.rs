@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::raw::{
-    self, Members, ObjectItems, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
-    is_object, is_str, items, numbers_in_range, str_is,
+    self, Members, ObjectItems, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str,
+    is_null, is_object, is_str, items, numbers_in_range, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_json, write_str};
 use super::{

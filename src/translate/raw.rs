@@ -738,7 +738,10 @@ mod tests {
             object_items(first).unwrap().len()
         );
         // Not an array, or no such member: nothing split, read as before.
-        for (text, array) in [(&br#"{"messages":{}}"#[..], "messages"), (br#"{"a":[]}"#, "b")] {
+        for (text, array) in [
+            (&br#"{"messages":{}}"#[..], "messages"),
+            (br#"{"a":[]}"#, "b"),
+        ] {
             let mut m = body(text, Some(array)).unwrap();
             assert!(m.take_split().0.is_none());
         }
