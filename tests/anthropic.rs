@@ -545,6 +545,24 @@ async fn an_openai_chat_client_is_served_by_an_anthropic_deployment() {
         "{}",
         a.body
     );
+    // The same garbage as a whole answer: the provider's own refusal (the
+    // translator reads the answer first, and a refusal of it is told apart
+    // as not JSON at all), a 502 before any header went out. (A gateway
+    // of its own: the deployment cools down after the stream's failure.)
+    let fresh = gateway(&config(&faulty_groups()), &mock).await;
+    let a = post(
+        &fresh.url("/v1/chat/completions"),
+        chat("anthropic-garbage", ""),
+    )
+    .await;
+    let v = a.error(502, "upstream_bad_response");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{v}"
+    );
     // An endpoint Anthropic has no counterpart of: not served, 502 naming it.
     let a = post(
         &gw.url("/v1/embeddings"),

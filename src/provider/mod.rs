@@ -955,17 +955,24 @@ impl Inner {
                 Ok(b) => b,
                 Err(e) => return Err(self.tag(e)),
             };
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            // Translated, the translator reads the answer first: one it
+            // translates is valid JSON (it validates what it reads, more
+            // strictly than this check), so the check runs only for an
+            // answer passed through or one the translator refused, which
+            // it then tells apart as before (not JSON at all, or JSON the
+            // translator cannot take). The answer is not read twice.
+            let translated = translation.map(|(pair, context)| pair.response(&bytes, &context));
+            if !matches!(translated, Some(Ok(_)))
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+            {
                 return Err(self.tag(Error::new(
                     Reason::UpstreamBadResponse,
                     "The upstream answered with something that is not valid JSON.",
                 )));
             }
-            match translation {
-                Some((pair, context)) => match pair.response(&bytes, &context) {
-                    Ok(t) => Body::full(t.body),
-                    Err(e) => return Err(self.tag(e.into_error())),
-                },
+            match translated {
+                Some(Ok(t)) => Body::full(t.body),
+                Some(Err(e)) => return Err(self.tag(e.into_error())),
                 None => Body::full(bytes),
             }
         };

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::raw::{
-    self, Members, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str, is_null,
-    is_object, is_str, items, numbers_in_range, str_is,
+    self, Members, ObjectItems, Raw, as_bool, as_f64, as_str, as_u64, checked, comma, is_empty_str,
+    is_null, is_object, is_str, items, numbers_in_range, str_is,
 };
 use super::sse::{Json, Obj, SseEvent, write_json, write_str};
 use super::{
@@ -46,10 +46,12 @@ enum Choice<'a> {
 /// request, read from the client's body without building a tree: strings
 /// and sub-objects passed on are copied as their JSON text.
 pub(super) fn request(
-    req: Members<'_>,
+    mut req: Members<'_>,
     model: &str,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
+    // `messages`' items, if split as the body was read.
+    let split = req.take_split();
     let mut stream = None;
     let mut include_usage = false;
     let (mut max_tokens, mut max_completion) = (None, None);
@@ -145,7 +147,7 @@ pub(super) fn request(
 
     let messages = messages.ok_or_else(|| bad("messages", "is required"))?;
     let mut turns = BytesMut::with_capacity(messages.bytes().len() + 64);
-    let system = self::messages(messages, &mut turns)?;
+    let system = self::messages(split.object_items(messages), &mut turns)?;
 
     let max = match (max_completion, max_tokens) {
         (Some(a), Some(b)) if a != b => {
@@ -310,7 +312,8 @@ pub(super) fn request_tree(
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
     let body = super::sse::to_bytes(&req);
-    let req = raw::body(&body).map_err(|_| bad("", "the body must be a JSON object"))?;
+    let req = raw::body(&body, Some("messages"))
+        .map_err(|_| bad("", "the body must be a JSON object"))?;
     request(req, model, options)
 }
 
@@ -370,9 +373,11 @@ fn write_text_block(out: &mut BytesMut, text: Raw<'_>) {
 /// Leading `system`/`developer` messages become the top-level `system`; the
 /// rest become Anthropic turns (consecutive `tool` messages one user turn of
 /// `tool_result` blocks), written into `out` as the `messages` array.
-fn messages<'a>(messages: Raw<'a>, out: &mut BytesMut) -> Result<System<'a>, Error> {
-    let messages =
-        raw::object_items(messages).ok_or_else(|| bad("messages", "must be an array"))?;
+fn messages<'a>(
+    messages: Option<ObjectItems<'a>>,
+    out: &mut BytesMut,
+) -> Result<System<'a>, Error> {
+    let messages = messages.ok_or_else(|| bad("messages", "must be an array"))?;
     let mut system: Vec<Raw<'a>> = Vec::new();
     let mut system_is_one_string = true;
     let mut started = false;
@@ -810,10 +815,12 @@ fn read_usage_raw(u: Raw<'_>, into: &mut Usage) {
 /// into a Chat Completions answer; the texts are copied as the JSON
 /// literals they came in.
 pub(super) fn response(
-    m: Members<'_>,
+    mut m: Members<'_>,
     size: usize,
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
+    // `content`'s items, if split as the answer was read.
+    let split = m.take_split();
     let kind = m.get("type").and_then(as_str);
     if kind.as_deref() == Some("error") {
         let e: Value = m
@@ -836,7 +843,7 @@ pub(super) fn response(
     let id = string(m.get("id"), "id")?;
     let content = m
         .get("content")
-        .and_then(raw::object_items)
+        .and_then(|c| split.object_items(c))
         .ok_or_else(|| TranslateError::bad("`content` is missing"))?;
     // The texts of the text and thinking blocks, joined as literals.
     let (mut text, mut reasoning): (Option<Vec<Raw<'_>>>, Option<Vec<Raw<'_>>>) = (None, None);
@@ -950,7 +957,8 @@ pub(super) fn response_tree(
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
     let body = super::sse::to_bytes(v);
-    let m = raw::body(&body).map_err(|_| TranslateError::bad("the answer is not a JSON object"))?;
+    let m = raw::body(&body, Some("content"))
+        .map_err(|_| TranslateError::bad("the answer is not a JSON object"))?;
     response(m, body.len(), ctx)
 }
 

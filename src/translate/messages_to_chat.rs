@@ -37,10 +37,12 @@ enum ToolChoice<'a> {
 /// request, read from the client's body without building a tree: strings
 /// and sub-objects passed on are copied as their JSON text.
 pub(super) fn request(
-    req: Members<'_>,
+    mut req: Members<'_>,
     model: &str,
     options: &Options,
 ) -> Result<TranslatedRequest, Error> {
+    // `messages`' items, if split as the body was read.
+    let split = req.take_split();
     let mut stream = None;
     let mut system = None;
     let mut messages = None;
@@ -137,7 +139,7 @@ pub(super) fn request(
         one_or_parts(&mut chat, &parts);
         chat.put_u8(b'}');
     }
-    let Some(messages) = messages.and_then(raw::object_items) else {
+    let Some(messages) = messages.and_then(|m| split.object_items(m)) else {
         return Err(bad("messages", "must be an array"));
     };
     for (i, (_, message)) in messages.into_iter().enumerate() {
@@ -671,16 +673,18 @@ fn read_usage_raw(u: Raw<'_>) -> Usage {
 /// tree) into an Anthropic message; the texts are copied as the JSON
 /// literals they came in.
 pub(super) fn response(
-    v: Members<'_>,
+    mut v: Members<'_>,
     size: usize,
     ctx: &ResponseContext,
 ) -> Result<Translated, TranslateError> {
+    // `choices`' items, if split as the answer was read.
+    let split = v.take_split();
     if let Some(e) = v.get_some("error") {
         let e: Value = serde_json::from_slice(e.bytes()).unwrap_or_default();
         return Err(upstream_error(&e));
     }
     let id = v.get("id").filter(|id| is_str(*id));
-    let choice = match v.get("choices").and_then(raw::object_items) {
+    let choice = match v.get("choices").and_then(|c| split.object_items(c)) {
         Some(mut one) if one.len() == 1 => one.pop().and_then(|(_, c)| c).unwrap_or_default(),
         _ => {
             return Err(TranslateError::bad(

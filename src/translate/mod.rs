@@ -454,7 +454,8 @@ impl Pair {
             } else {
                 raw::body
             };
-            let req = read(body).map_err(|e| match e {
+            // Both families' requests: `messages` is read next.
+            let req = read(body, Some("messages")).map_err(|e| match e {
                 Some(e) => Error::new(
                     Reason::InvalidJson,
                     format!("the body is not valid JSON: {e}"),
@@ -485,6 +486,11 @@ impl Pair {
     }
 
     /// Translates a whole (non-stream) upstream answer into the client's family.
+    ///
+    /// An answer translated is valid JSON: every pair reads it with a
+    /// validating reader (the request scanner, or a `serde_json::Value`
+    /// parse) before anything else, so the provider does not check it
+    /// again.
     pub fn response(
         self,
         body: &[u8],
@@ -492,7 +498,13 @@ impl Pair {
     ) -> Result<Translated, TranslateError> {
         // Chat Completions ↔ Messages read the answer without building a tree.
         if let Pair::ChatToMessages | Pair::MessagesToChat = self {
-            let answer = raw::body(body).map_err(|e| match e {
+            // The array of the answer read next: an Anthropic message's
+            // `content`, an OpenAI answer's `choices`.
+            let array = match self {
+                Pair::ChatToMessages => "content",
+                _ => "choices",
+            };
+            let answer = raw::body(body, Some(array)).map_err(|e| match e {
                 Some(e) => TranslateError::bad(format!("the answer is not JSON: {e}")),
                 None => TranslateError::bad("the answer is not a JSON object"),
             })?;

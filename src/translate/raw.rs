@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 
-use crate::read_request::scan::{self, ErrorKind};
+use crate::read_request::scan;
 
 /// One JSON value of a validated body, unread: its text, as it came, with
 /// no whitespace around it.
@@ -62,9 +62,32 @@ impl super::sse::Json for Raw<'_> {
 }
 
 /// A JSON object's members in the order written: the key's bytes, decoded
-/// (borrowed unless it had escapes), and the value's raw text.
+/// (borrowed unless it had escapes), and the value's raw text; and, for a
+/// whole body, the items of the one array member its translator splits
+/// next ([`Split`]).
 #[derive(Debug, Default)]
-pub(super) struct Members<'a>(pub(super) Vec<(Cow<'a, [u8]>, Raw<'a>)>);
+pub(super) struct Members<'a>(pub(super) Vec<(Cow<'a, [u8]>, Raw<'a>)>, Split<'a>);
+
+/// An array's items ([`object_items`]) split while its object was split:
+/// the array a translator reads next (a request's `messages`, an answer's
+/// `content` or `choices`) is passed over once, not once to find its end
+/// and once more to split it.
+#[derive(Debug, Default)]
+pub(super) struct Split<'a>(Option<(Raw<'a>, ObjectItems<'a>)>);
+
+/// An array's items, each with its members when it is an object.
+pub(super) type ObjectItems<'a> = Vec<(Raw<'a>, Option<Members<'a>>)>;
+
+impl<'a> Split<'a> {
+    /// [`object_items`] of `raw`: the items split already when `raw` is
+    /// the array they were split from.
+    pub(super) fn object_items(self, raw: Raw<'a>) -> Option<ObjectItems<'a>> {
+        match self.0 {
+            Some((from, items)) if std::ptr::eq(from.0, raw.0) => Some(items),
+            _ => object_items(raw),
+        }
+    }
+}
 
 /// A key's bytes as text (a validated body's keys are UTF-8).
 fn key_str(k: &[u8]) -> &str {
@@ -182,26 +205,58 @@ fn split<'a>(
 
 /// The members of the object that opens at `b[at]`, and its end.
 fn members_at(b: &[u8], at: usize) -> Option<(Members<'_>, usize)> {
+    members_splitting(b, at, None)
+}
+
+/// [`members_at`], splitting the items of the array member named `array`
+/// (the last, if it is given twice) as it goes ([`Split`]).
+fn members_splitting<'a>(
+    b: &'a [u8],
+    at: usize,
+    array: Option<&str>,
+) -> Option<(Members<'a>, usize)> {
     let mut members = Vec::with_capacity(8);
-    let end = split(b, at, |key, value| {
-        let key = key.map_or(Cow::Borrowed(&b""[..]), |k| key_bytes(k.0));
-        members.push((key, value));
-    })?;
-    Some((Members(members), end))
+    let mut split = Split::default();
+    let mut i = skip_ws(b, at + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some((Members(members, split), i + 1));
+    }
+    loop {
+        let key_end = string_end(b, i)?;
+        let key = key_bytes(&b[i..key_end]);
+        i = skip_ws(b, skip_ws(b, key_end) + 1); // past the colon
+        let end = if b.get(i) == Some(&b'[') && array.is_some_and(|a| *key == *a.as_bytes()) {
+            let (items, end) = object_items_at(b, i)?;
+            split = Split(Some((Raw(&b[i..end]), items)));
+            end
+        } else {
+            value_end(b, i)?
+        };
+        members.push((key, Raw(&b[i..end])));
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return Some((Members(members, split), i + 1)); // past the closing brace
+        }
+        i = skip_ws(b, i + 1);
+    }
 }
 
 /// The items of an array, each with its members when it is an object, read
 /// in one pass (an object's end is where its members end): the messages
 /// of a request, without reading each message twice.
-pub(super) fn object_items(raw: Raw<'_>) -> Option<Vec<(Raw<'_>, Option<Members<'_>>)>> {
-    let b = raw.0;
-    if b.first() != Some(&b'[') {
+pub(super) fn object_items(raw: Raw<'_>) -> Option<ObjectItems<'_>> {
+    if raw.0.first() != Some(&b'[') {
         return None;
     }
+    object_items_at(raw.0, 0).map(|(items, _)| items)
+}
+
+/// [`object_items`] of the array that opens at `b[at]`, and its end.
+fn object_items_at(b: &[u8], at: usize) -> Option<(ObjectItems<'_>, usize)> {
     let mut out = Vec::with_capacity(4);
-    let mut i = skip_ws(b, 1);
+    let mut i = skip_ws(b, at + 1);
     if b.get(i) == Some(&b']') {
-        return Some(out);
+        return Some((out, i + 1));
     }
     loop {
         if b.get(i) == Some(&b'{') {
@@ -215,13 +270,19 @@ pub(super) fn object_items(raw: Raw<'_>) -> Option<Vec<(Raw<'_>, Option<Members<
         }
         i = skip_ws(b, i);
         if b.get(i) != Some(&b',') {
-            return Some(out);
+            return Some((out, i + 1)); // past the closing bracket
         }
         i = skip_ws(b, i + 1);
     }
 }
 
 impl<'a> Members<'a> {
+    /// The array items split while these members were read ([`Split`]),
+    /// taken.
+    pub(super) fn take_split(&mut self) -> Split<'a> {
+        std::mem::take(&mut self.1)
+    }
+
     /// The members of `raw`, or `None` when it is not an object.
     pub(super) fn of(raw: Raw<'a>) -> Option<Self> {
         if !is_object(raw) {
@@ -357,7 +418,65 @@ pub(super) fn as_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     if !has_escape(inner) {
         return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
     }
-    serde_json::from_slice::<String>(s).ok().map(Cow::Owned)
+    unescape(inner).map(Cow::Owned)
+}
+
+/// The text of a validated JSON string's literal between its quotes,
+/// decoded as `serde_json` decodes a `String` (`None` where it refuses one:
+/// a lone surrogate). One pass that copies the runs between escapes: a
+/// tool call's `arguments` (a `\"` every few bytes) is decoded without a
+/// parser's per-escape machinery.
+fn unescape(inner: &[u8]) -> Option<String> {
+    let hex = |at: usize| -> Option<u32> {
+        let h = inner.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    // The start of the run of plain bytes not yet copied; a plain loop to
+    // each backslash (escaped JSON has one every few bytes: a search
+    // started again after each would cost more).
+    let mut run = 0;
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&inner[run..i]);
+        let c = match *inner.get(i + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0C,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut code = hex(i + 2)?;
+                i += 6;
+                if (0xD800..0xDC00).contains(&code) {
+                    // A high surrogate: its low half must follow.
+                    if inner.get(i..i + 2) != Some(b"\\u") {
+                        return None;
+                    }
+                    let low = hex(i + 2).filter(|lo| (0xDC00..0xE000).contains(lo))?;
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    i += 6;
+                }
+                let ch = char::from_u32(code)?; // a lone low surrogate: None
+                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                run = i;
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(c);
+        i += 2;
+        run = i;
+    }
+    out.extend_from_slice(&inner[run..]);
+    String::from_utf8(out).ok()
 }
 
 /// Whether a string's text has a backslash: a plain loop for the short
@@ -506,37 +625,45 @@ pub(super) fn is_json_object(text: &[u8]) -> bool {
 }
 
 /// Whether `body` is one valid JSON object (the request scanner's checks:
-/// RFC 8259, UTF-8, nesting): its errors about recognised fields are about
-/// valid JSON.
+/// RFC 8259, UTF-8, nesting), without the scanner's request fields (a bad
+/// one is still valid JSON, and an answer has none to read); lone
+/// surrogates are looked for by the callers.
 fn valid(body: &[u8]) -> bool {
-    match scan::scan(body) {
-        Ok(_) => true,
-        Err(e) => matches!(
-            e.kind,
-            ErrorKind::DuplicateField(_) | ErrorKind::FieldType { .. }
-        ),
-    }
+    scan::is_object(body)
 }
 
 /// A whole body read as an object's members, or why not: `Err(None)` when
 /// it is JSON but not an object, `Err(Some(e))` with the error a
 /// `serde_json::Value` parse gives when it is not JSON (a lone surrogate
-/// escape included).
-pub(super) fn body(body: &[u8]) -> Result<Members<'_>, Option<serde_json::Error>> {
-    read(body, valid(body))
+/// escape included). The items of the array member named `array`, if any,
+/// are split as it is read ([`Members::take_split`]).
+pub(super) fn body<'a>(
+    body: &'a [u8],
+    array: Option<&str>,
+) -> Result<Members<'a>, Option<serde_json::Error>> {
+    read(body, valid(body), array)
 }
 
 /// [`body`] of a body the request scanner has already accepted (a
 /// [`Parsed`](crate::read_request::Parsed) request's bytes): not validated twice.
-pub(super) fn scanned_body(body: &[u8]) -> Result<Members<'_>, Option<serde_json::Error>> {
-    read(body, true)
+pub(super) fn scanned_body<'a>(
+    body: &'a [u8],
+    array: Option<&str>,
+) -> Result<Members<'a>, Option<serde_json::Error>> {
+    read(body, true, array)
 }
 
-fn read(body: &[u8], valid: bool) -> Result<Members<'_>, Option<serde_json::Error>> {
+fn read<'a>(
+    body: &'a [u8],
+    valid: bool,
+    array: Option<&str>,
+) -> Result<Members<'a>, Option<serde_json::Error>> {
     if valid && no_lone_surrogate(body) {
         let start = skip_ws(body, 0);
         let end = body.trim_ascii_end().len();
-        if let Some(members) = body.get(start..end).and_then(|b| Members::of(Raw(b))) {
+        if let Some(text) = body.get(start..end).filter(|b| b.first() == Some(&b'{'))
+            && let Some((members, _)) = members_splitting(text, 0, array)
+        {
             return Ok(members);
         }
     }
@@ -585,6 +712,44 @@ mod tests {
     }
 
     #[test]
+    fn an_array_split_as_its_body_is_read_is_the_array_split_again() {
+        // `messages` twice: the last is the one read, and the one split.
+        let text = br#" { "messages" : [1, {"a":"x\"]"} ,[{}]], "m":{}, "messages":[ {"role":"user" , "k" : [ ] } , "s" ] } "#;
+        let mut m = body(text, Some("messages")).unwrap();
+        let last = m.get("messages").unwrap();
+        let split = m.take_split();
+        assert!(split.0.is_some());
+        let taken = split.object_items(last).unwrap();
+        let again = object_items(last).unwrap();
+        assert_eq!(taken.len(), 2);
+        for ((r1, m1), (r2, m2)) in taken.iter().zip(&again) {
+            assert_eq!(r1, r2);
+            assert_eq!(m1.as_ref().map(|m| &m.0), m2.as_ref().map(|m| &m.0));
+        }
+        assert_eq!(taken[0].1.as_ref().unwrap().get("k").unwrap().text(), "[ ]");
+        assert_eq!(taken[1].0.text(), r#""s""#);
+        // Taken once; another array (here the first `messages`, the same
+        // text elsewhere) is split anew.
+        assert!(m.take_split().0.is_none());
+        let mut m = body(text, Some("messages")).unwrap();
+        let first = m.0[0].1;
+        assert_eq!(
+            m.take_split().object_items(first).unwrap().len(),
+            object_items(first).unwrap().len()
+        );
+        // Not an array, or no such member: nothing split, read as before.
+        for (text, array) in [
+            (&br#"{"messages":{}}"#[..], "messages"),
+            (br#"{"a":[]}"#, "b"),
+        ] {
+            let mut m = body(text, Some(array)).unwrap();
+            assert!(m.take_split().0.is_none());
+        }
+        let empty = body(br#"{"c":[ ]}"#, Some("c")).unwrap();
+        assert_eq!(empty.1.0.as_ref().map(|(_, items)| items.len()), Some(0));
+    }
+
+    #[test]
     fn unknown_names_the_first_key_in_order_ignoring_nulls_and_overridden_values() {
         let m = members(r#"{"z":1,"y":1,"ok":2,"n":null,"w":3,"w":null,"\u0078":1}"#);
         assert_eq!(m.unknown(&["ok"], None), Some("x"));
@@ -609,6 +774,48 @@ mod tests {
     }
 
     #[test]
+    fn strings_decode_as_serde_json_decodes_them() {
+        for lit in [
+            r#""a\"b\\c\/d\b\f\n\r\t""#,
+            r#""\u00e9\u20ac\ud83d\ude00 \u0000 \uFFFF \\u0041""#,
+            r#""{\"city\":\"Paris\",\"unit\":\"celsius\"}""#,
+            r#""plain é \"""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800x""#,
+        ] {
+            assert_eq!(
+                as_str(raw(lit)).map(Cow::into_owned),
+                serde_json::from_str::<String>(lit).ok(),
+                "{lit}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_written_by_serde_json_reads_back(s in ".*", ascii in proptest::bool::ANY) {
+            let lit = if ascii {
+                // Every non-ASCII character as `\u` escapes (surrogate pairs too).
+                serde_json::to_string(&s).unwrap().chars().fold(String::new(), |mut out, c| {
+                    if c.is_ascii() {
+                        out.push(c);
+                    } else {
+                        for unit in c.encode_utf16(&mut [0; 2]) {
+                            out.push_str(&format!("\\u{unit:04x}"));
+                        }
+                    }
+                    out
+                })
+            } else {
+                serde_json::to_string(&s).unwrap()
+            };
+            proptest::prop_assert_eq!(as_str(raw(&lit)).map(Cow::into_owned), Some(s));
+        }
+    }
+
+    #[test]
     fn lone_surrogates_and_out_of_range_numbers_are_found() {
         assert!(no_lone_surrogate(
             br#"{"a":"\\ud800 \ud83d\ude00 \u00e9 \\\u0041"}"#
@@ -627,10 +834,10 @@ mod tests {
         assert!(!is_json_object(br#"{"a":1e999}"#));
         assert!(!is_json_object(b"[1]"));
         assert!(!is_json_object(b"{"));
-        assert!(matches!(body(br#"{"a":"\ud800"}"#), Err(Some(_))));
-        assert!(matches!(body(b"[1]"), Err(None)));
-        assert!(matches!(body(b"{"), Err(Some(_))));
-        assert!(matches!(body(b"{\"a\":\"\xff\"}"), Err(Some(_))));
+        assert!(matches!(body(br#"{"a":"\ud800"}"#, None), Err(Some(_))));
+        assert!(matches!(body(b"[1]", None), Err(None)));
+        assert!(matches!(body(b"{", None), Err(Some(_))));
+        assert!(matches!(body(b"{\"a\":\"\xff\"}", None), Err(Some(_))));
     }
 
     #[test]
