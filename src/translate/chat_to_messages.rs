@@ -1215,7 +1215,10 @@ impl Stream {
             }
             return Ok(());
         }
-        if let Ok(fast) = serde_json::from_slice::<DeltaEvent<'_>>(event.data)
+        // The other deltas (a named event of another kind is not tried:
+        // reading it as a delta would read it whole for nothing).
+        if matches!(event.name, "" | "content_block_delta")
+            && let Ok(fast) = serde_json::from_slice::<DeltaEvent<'_>>(event.data)
             && fast.kind == "content_block_delta"
         {
             if !event.name.is_empty() && event.name != fast.kind {
