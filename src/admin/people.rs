@@ -162,13 +162,7 @@ async fn with_spend(
 ) -> Result<(), Error> {
     use crate::budget::{Limit, Scope, usd_value};
     if let Some(store) = &a.spend.store {
-        let totals = store.totals(None).await.map_err(|e| {
-            tracing::error!(error = %e, "spend store query failed");
-            Error::new(
-                crate::Reason::Internal,
-                "The spend records could not be read; see the gateway's log.",
-            )
-        })?;
+        let totals = store.totals(None).await.map_err(super::spend::unreadable)?;
         let (list, id) = match &scope {
             Scope::User(id) => (&totals.users, id),
             Scope::EndUser(id) => (&totals.end_users, id),

@@ -184,16 +184,8 @@ pub(super) async fn logs(State(a): State<Admin>, headers: HeaderMap, q: Params) 
         after,
         limit: number(&q, "limit", 100, MAX_LIMIT)?,
     };
-    let Some(store) = &a.spend.store else {
-        return Err(no_records().into());
-    };
-    let page = store.query(spend_query).await.map_err(|e| {
-        tracing::error!(error = %e, "spend store query failed");
-        Error::new(
-            Reason::Internal,
-            "The spend records could not be read; see the gateway's log.",
-        )
-    })?;
+    let store = spend_store(&a)?;
+    let page = store.query(spend_query).await.map_err(unreadable)?;
     let data: Vec<Value> = page.records.iter().map(record_json).collect();
     ok(json!({
         "data": data,
@@ -255,16 +247,8 @@ pub(super) async fn series(State(a): State<Admin>, headers: HeaderMap, q: Params
         ..SeriesQuery::new(group_by, bucket, start, end)
     };
     series_query.buckets().map_err(|e| bad("start_time", e))?;
-    let Some(store) = &a.spend.store else {
-        return Err(no_records().into());
-    };
-    let series = store.series(series_query).await.map_err(|e| {
-        tracing::error!(error = %e, "spend store query failed");
-        Error::new(
-            Reason::Internal,
-            "The spend records could not be read; see the gateway's log.",
-        )
-    })?;
+    let store = spend_store(&a)?;
+    let series = store.series(series_query).await.map_err(unreadable)?;
     ok(json!({
         "group_by": group_by.as_str(),
         "bucket": bucket.as_str(),
@@ -313,16 +297,8 @@ pub(super) async fn global(State(a): State<Admin>, headers: HeaderMap, q: Params
     if let Some(k) = query(q)?.keys().next() {
         return Err(bad(k, "unknown parameter; /global/spend takes none").into());
     }
-    let Some(store) = &a.spend.store else {
-        return Err(no_records().into());
-    };
-    let totals = store.totals(None).await.map_err(|e| {
-        tracing::error!(error = %e, "spend store query failed");
-        Error::new(
-            Reason::Internal,
-            "The spend records could not be read; see the gateway's log.",
-        )
-    })?;
+    let store = spend_store(&a)?;
+    let totals = store.totals(None).await.map_err(unreadable)?;
     let mut m = Map::new();
     m.insert("spend".into(), usd_value(totals.global));
     m.insert("spend_micros".into(), json!(totals.global));
@@ -338,6 +314,21 @@ pub(super) async fn global(State(a): State<Admin>, headers: HeaderMap, q: Params
         );
     }
     ok(Value::Object(m))
+}
+
+/// The spend store, or the 404 that says this gateway keeps none.
+fn spend_store(a: &Admin) -> Result<&std::sync::Arc<dyn crate::budget::SpendStore>, Error> {
+    a.spend.store.as_ref().ok_or_else(no_records)
+}
+
+/// A read of the spend store that failed: logged, and a 500 that points at
+/// the log (the store's own words may name its host or path).
+pub(super) fn unreadable(e: crate::budget::SpendError) -> Error {
+    tracing::error!(error = %e, "spend store query failed");
+    Error::new(
+        Reason::Internal,
+        "The spend records could not be read; see the gateway's log.",
+    )
 }
 
 fn no_records() -> Error {
@@ -442,10 +433,23 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
-    #[tokio::test]
-    async fn logs_filter_page_and_refuse_bad_parameters() {
+    /// The admin API over a store holding `records`.
+    async fn app_with_records(records: Vec<SpendRecord>) -> axum::Router {
         let ring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
         let store = Arc::new(MemorySpendStore::new());
+        store.write(records).await.unwrap();
+        super::super::router_with_spend(
+            ring,
+            MASTER,
+            SpendView {
+                store: Some(store),
+                ..SpendView::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn logs_filter_page_and_refuse_bad_parameters() {
         let batch = (0..25)
             .map(|i| {
                 let mut r = SpendRecord::new(
@@ -458,15 +462,7 @@ mod tests {
                 r
             })
             .collect();
-        store.write(batch).await.unwrap();
-        let app = super::super::router_with_spend(
-            ring,
-            MASTER,
-            SpendView {
-                store: Some(store),
-                ..SpendView::default()
-            },
-        );
+        let app = app_with_records(batch).await;
         let mut seen = Vec::new();
         let mut uri = "/spend/logs?model=a&limit=5".to_owned();
         loop {
@@ -529,8 +525,6 @@ mod tests {
 
     #[tokio::test]
     async fn series_sum_per_group_and_bucket_and_refuse_bad_parameters() {
-        let ring = Keyring::builder(MemoryStore::new()).build().await.unwrap();
-        let store = Arc::new(MemorySpendStore::new());
         let at = |s: &str| s.parse::<Timestamp>().unwrap();
         let batch = [
             ("2027-03-01T10:00:00Z", "k1", Some("d1"), 1_500_000),
@@ -553,15 +547,7 @@ mod tests {
             r
         })
         .collect();
-        store.write(batch).await.unwrap();
-        let app = super::super::router_with_spend(
-            ring,
-            MASTER,
-            SpendView {
-                store: Some(store),
-                ..SpendView::default()
-            },
-        );
+        let app = app_with_records(batch).await;
         let range = "start_time=2027-03-01T10:00:00Z&end_time=2027-03-01T12:00:00Z";
         let (s, v) = get(
             &app,

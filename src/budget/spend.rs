@@ -819,6 +819,35 @@ mod tests {
         ]
     }
 
+    /// `store`, after [`contract`], holds what the memory store holds
+    /// after it: the same totals, the same newest page, the same record at
+    /// a time bound.
+    pub(crate) async fn same_history_as_the_memory_store(store: &dyn SpendStore) {
+        let reference = MemorySpendStore::new();
+        contract(&reference).await;
+        assert_eq!(
+            store.totals(None).await.unwrap(),
+            reference.totals(None).await.unwrap()
+        );
+        let newest = SpendQuery {
+            limit: 20,
+            ..SpendQuery::default()
+        };
+        let page = store.query(newest.clone()).await.unwrap();
+        assert_eq!(page.records, reference.query(newest).await.unwrap().records);
+        let before_2030 = SpendQuery {
+            end: Some("2029-01-01T00:00:00Z".parse().unwrap()),
+            limit: 1,
+            ..SpendQuery::default()
+        };
+        let first = store.query(before_2030).await.unwrap();
+        let r = &first.records[0];
+        assert_eq!(
+            (r.request_id.as_str(), r.cost, r.key_id.as_deref()),
+            ("r249", 10, Some("b"))
+        );
+    }
+
     /// The shared contract of every store: filters, pages, totals.
     pub(crate) async fn contract(store: &dyn SpendStore) {
         let batch: Vec<SpendRecord> = (0..250)

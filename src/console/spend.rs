@@ -146,39 +146,26 @@ async fn budget_of(
     console: &Console,
     params: &[(String, String)],
 ) -> Result<Option<BudgetLine>, AdminError> {
-    let (scope, info) = if let Some(key) = get_param(params, "key_id") {
-        let v = console
-            .admin_get(&url("/key/info", &[("key".into(), key.into())]))
-            .await
-            .map_err(|e| AdminError {
-                // "No such key/team" is about the filter; anything else
-                // (the admin API down, a 500) stays as it came.
-                param: if e.status.is_client_error() {
-                    Some("key_id".into())
-                } else {
-                    e.param
-                },
-                ..e
-            })?;
-        ("key", v["info"].clone())
+    let (scope, param, path, field) = if let Some(key) = get_param(params, "key_id") {
+        let path = url("/key/info", &[("key".into(), key.into())]);
+        ("key", "key_id", path, "info")
     } else if let Some(team) = get_param(params, "team_id") {
-        let v = console
-            .admin_get(&url("/team/info", &[("team_id".into(), team.into())]))
-            .await
-            .map_err(|e| AdminError {
-                // "No such key/team" is about the filter; anything else
-                // (the admin API down, a 500) stays as it came.
-                param: if e.status.is_client_error() {
-                    Some("team_id".into())
-                } else {
-                    e.param
-                },
-                ..e
-            })?;
-        ("team", v["team_info"].clone())
+        let path = url("/team/info", &[("team_id".into(), team.into())]);
+        ("team", "team_id", path, "team_info")
     } else {
         return Ok(None);
     };
+    let v = console.admin_get(&path).await.map_err(|e| AdminError {
+        // "No such key/team" is about the filter; anything else (the admin
+        // API down, a 500) stays as it came.
+        param: if e.status.is_client_error() {
+            Some(param.into())
+        } else {
+            e.param
+        },
+        ..e
+    })?;
+    let info = &v[field];
     let Some(max) = info["max_budget"].as_f64() else {
         return Ok(None);
     };

@@ -962,9 +962,7 @@ impl Inner {
             // it then tells apart as before (not JSON at all, or JSON the
             // translator cannot take). The answer is not read twice.
             let translated = translation.map(|(pair, context)| pair.response(&bytes, &context));
-            if !matches!(translated, Some(Ok(_)))
-                && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
-            {
+            if !matches!(translated, Some(Ok(_))) && !crate::read_request::scan::is_json(&bytes) {
                 return Err(self.tag(Error::new(
                     Reason::UpstreamBadResponse,
                     "The upstream answered with something that is not valid JSON.",

@@ -171,13 +171,15 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
-/// The items of the container (`{…}` or `[…]`, validated) that opens at
-/// `b[at]`, each `(key, value)` of an object or `(None, value)` of an
-/// array; the container's end (one past its closing bracket).
+/// Walks the container (`{…}` or `[…]`, validated) that opens at `b[at]`:
+/// for each item, `each` gets its key (an object's, as its raw string
+/// literal; `None` in an array) and where its value starts, reads the value
+/// as it needs and returns where it ends. Returns the container's end (one
+/// past its closing bracket).
 fn split<'a>(
     b: &'a [u8],
     at: usize,
-    mut each: impl FnMut(Option<Raw<'a>>, Raw<'a>),
+    mut each: impl FnMut(Option<Raw<'a>>, usize) -> Option<usize>,
 ) -> Option<usize> {
     let object = *b.get(at)? == b'{';
     let mut i = skip_ws(b, at + 1);
@@ -193,9 +195,7 @@ fn split<'a>(
         } else {
             None
         };
-        let end = value_end(b, i)?;
-        each(key, Raw(&b[i..end]));
-        i = skip_ws(b, end);
+        i = skip_ws(b, each(key, i)?);
         if b.get(i) != Some(&b',') {
             return Some(i + 1); // the closing bracket
         }
@@ -216,29 +216,20 @@ fn members_splitting<'a>(
     array: Option<&str>,
 ) -> Option<(Members<'a>, usize)> {
     let mut members = Vec::with_capacity(8);
-    let mut split = Split::default();
-    let mut i = skip_ws(b, at + 1);
-    if b.get(i) == Some(&b'}') {
-        return Some((Members(members, split), i + 1));
-    }
-    loop {
-        let key_end = string_end(b, i)?;
-        let key = key_bytes(&b[i..key_end]);
-        i = skip_ws(b, skip_ws(b, key_end) + 1); // past the colon
+    let mut split_items = Split::default();
+    let end = split(b, at, |key, i| {
+        let key = key.map_or(Cow::Borrowed(&b""[..]), |k| key_bytes(k.0));
         let end = if b.get(i) == Some(&b'[') && array.is_some_and(|a| *key == *a.as_bytes()) {
             let (items, end) = object_items_at(b, i)?;
-            split = Split(Some((Raw(&b[i..end]), items)));
+            split_items = Split(Some((Raw(&b[i..end]), items)));
             end
         } else {
             value_end(b, i)?
         };
         members.push((key, Raw(&b[i..end])));
-        i = skip_ws(b, end);
-        if b.get(i) != Some(&b',') {
-            return Some((Members(members, split), i + 1)); // past the closing brace
-        }
-        i = skip_ws(b, i + 1);
-    }
+        Some(end)
+    })?;
+    Some((Members(members, split_items), end))
 }
 
 /// The items of an array, each with its members when it is an object, read
@@ -254,26 +245,17 @@ pub(super) fn object_items(raw: Raw<'_>) -> Option<ObjectItems<'_>> {
 /// [`object_items`] of the array that opens at `b[at]`, and its end.
 fn object_items_at(b: &[u8], at: usize) -> Option<(ObjectItems<'_>, usize)> {
     let mut out = Vec::with_capacity(4);
-    let mut i = skip_ws(b, at + 1);
-    if b.get(i) == Some(&b']') {
-        return Some((out, i + 1));
-    }
-    loop {
-        if b.get(i) == Some(&b'{') {
+    let end = split(b, at, |_, i| {
+        let (members, end) = if b.get(i) == Some(&b'{') {
             let (members, end) = members_at(b, i)?;
-            out.push((Raw(&b[i..end]), Some(members)));
-            i = end;
+            (Some(members), end)
         } else {
-            let end = value_end(b, i)?;
-            out.push((Raw(&b[i..end]), None));
-            i = end;
-        }
-        i = skip_ws(b, i);
-        if b.get(i) != Some(&b',') {
-            return Some((out, i + 1)); // past the closing bracket
-        }
-        i = skip_ws(b, i + 1);
-    }
+            (None, value_end(b, i)?)
+        };
+        out.push((Raw(&b[i..end]), members));
+        Some(end)
+    })?;
+    Some((out, end))
 }
 
 impl<'a> Members<'a> {
@@ -349,8 +331,13 @@ pub(super) fn items(raw: Raw<'_>) -> Option<Vec<Raw<'_>>> {
     if raw.0.first() != Some(&b'[') {
         return None;
     }
+    let b = raw.0;
     let mut items = Vec::with_capacity(4);
-    split(raw.0, 0, |_, v| items.push(v))?;
+    split(b, 0, |_, i| {
+        let end = value_end(b, i)?;
+        items.push(Raw(&b[i..end]));
+        Some(end)
+    })?;
     Some(items)
 }
 

@@ -470,7 +470,7 @@ impl SpendStore for PostgresSpendStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::spend::tests::{contract, page_shapes};
+    use crate::budget::spend::tests::{contract, page_shapes, same_history_as_the_memory_store};
     use crate::keys::postgres::tests::test_db;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,30 +494,7 @@ mod tests {
         );
         contract(&a).await;
         // The other replica reads the same history.
-        // The same history as the memory store's after the same contract.
-        let reference = crate::budget::MemorySpendStore::new();
-        contract(&reference).await;
-        assert_eq!(
-            b.totals(None).await.unwrap(),
-            reference.totals(None).await.unwrap()
-        );
-        let newest = SpendQuery {
-            limit: 20,
-            ..SpendQuery::default()
-        };
-        let page = b.query(newest.clone()).await.unwrap();
-        assert_eq!(page.records, reference.query(newest).await.unwrap().records);
-        let before_2030 = SpendQuery {
-            end: Some("2029-01-01T00:00:00Z".parse().unwrap()),
-            limit: 1,
-            ..SpendQuery::default()
-        };
-        let first = b.query(before_2030).await.unwrap();
-        let r = &first.records[0];
-        assert_eq!(
-            (r.request_id.as_str(), r.cost, r.key_id.as_deref()),
-            ("r249", 10, Some("b"))
-        );
+        same_history_as_the_memory_store(&b).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

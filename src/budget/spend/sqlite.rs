@@ -302,7 +302,7 @@ impl SpendStore for SqliteSpendStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::spend::tests::{contract, page_shapes};
+    use crate::budget::spend::tests::{contract, page_shapes, same_history_as_the_memory_store};
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -325,30 +325,7 @@ mod tests {
             crate::keys::sqlite::MIGRATIONS.last().unwrap().0
         );
         let again = SqliteSpendStore::open(&path).unwrap();
-        // The same history as the memory store's after the same contract.
-        let reference = crate::budget::MemorySpendStore::new();
-        contract(&reference).await;
-        assert_eq!(
-            again.totals(None).await.unwrap(),
-            reference.totals(None).await.unwrap()
-        );
-        let newest = SpendQuery {
-            limit: 20,
-            ..SpendQuery::default()
-        };
-        let page = again.query(newest.clone()).await.unwrap();
-        assert_eq!(page.records, reference.query(newest).await.unwrap().records);
-        let before_2030 = SpendQuery {
-            end: Some("2029-01-01T00:00:00Z".parse().unwrap()),
-            limit: 1,
-            ..SpendQuery::default()
-        };
-        let first = again.query(before_2030).await.unwrap();
-        let r = &first.records[0];
-        assert_eq!(
-            (r.request_id.as_str(), r.cost, r.key_id.as_deref()),
-            ("r249", 10, Some("b"))
-        );
+        same_history_as_the_memory_store(&again).await;
     }
 
     #[test]
